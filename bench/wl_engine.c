@@ -1,0 +1,486 @@
+/* wl_engine.c -- the raw workloads again, through aorm's engine.
+ *
+ * Same SQL, same ids (BENCH_SEED_PK), same rows and the same checks as
+ * wl_raw.c, so that scripts/bench-ratios can divide one by the other:
+ *
+ *   engine_pk_seq         5,000 lookups, the next queued from the previous
+ *                         one's callback (vs raw_pk_seq)
+ *   engine_pk_concurrent  50,000 lookups, 64 in flight (vs raw_pk_pipelined)
+ *   engine_copy           aorm_engine_copy of 100,000 rows (vs raw_copy)
+ *
+ * Each workload gets a private libev loop and engine. Set-up is not
+ * timed: the pool is filled first (one SELECT 1 on each of pool_size held
+ * connections) so that connecting never counts, and the COPY's TRUNCATE
+ * runs before the clock starts. The statement count is the engine's own
+ * (aorm_engine_stats_get), as a delta over the timed part.
+ *
+ * Every phase runs the loop until its last callback calls ev_break; a
+ * watchdog timer turns a phase that never finishes into a failure instead
+ * of a hang. Any error callback fails the workload: its message and
+ * SQLSTATE go to stderr and nothing more is queued. Must not: share state
+ * between workloads, or time anything but the measured work. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <ev.h>
+
+#include "aorm/aorm.h"
+#include "bench.h"
+
+#define PK_SQL "SELECT id, name, born FROM authors WHERE id = $1"
+#define PK_AUTHORS 10000
+#define PK_SEQ_N 5000
+#define PK_CONC_N 50000
+#define PK_CONC_INFLIGHT 64
+
+#define COPY_SQL "COPY bulk_books (author_id, title, year, price) FROM STDIN (FORMAT binary)"
+#define COPY_ROWS 100000
+#define COPY_CHUNK 65536
+
+/* Longest a phase (warm-up, truncate, the measured run) may take. */
+#define PHASE_LIMIT 120.0
+
+/* ---- one engine on its own loop ----------------------------------------- */
+
+typedef struct eng {
+    bench_ctx *ctx;
+    bench_out *out;
+    struct ev_loop *evl;
+    aorm_loop *loop;
+    aorm_engine *e;
+    ev_timer watchdog;
+    const char *phase;  /* what is running, for messages */
+    int phase_done;     /* set by the phase's last callback */
+    int failed;         /* an error was recorded: queue nothing more */
+    int closing;        /* inside aorm_engine_free: ignore cancellations */
+    double t_end;       /* bench_now() at the last timed callback */
+} eng;
+
+/* Callbacks return at once when this holds: after a failure the rest of
+ * the in-flight work is left to aorm_engine_free to cancel. */
+static int eng_halted(const eng *g) { return g->failed || g->closing; }
+
+static void eng_stop_loop(eng *g) { ev_break(g->evl, EVBREAK_ALL); }
+
+static void eng_phase_done(eng *g) {
+    g->phase_done = 1;
+    eng_stop_loop(g);
+}
+
+/* Records an asynchronous error: details on stderr, a one-line reason for
+ * the error= line, and the loop stopped. */
+static void eng_error(eng *g, const char *what, const aorm_error *err) {
+    fprintf(stderr, "aorm-bench: %s: %s: %s (%s, SQLSTATE %s)\n", g->phase, what, err->message,
+            aorm_errname(err->code), err->sqlstate[0] ? err->sqlstate : "none");
+    if (err->detail[0]) fprintf(stderr, "aorm-bench:   DETAIL: %s\n", err->detail);
+    bench_fail(g->out, "%s: %s: %s [%s]", g->phase, what, aorm_errname(err->code),
+               err->sqlstate[0] ? err->sqlstate : "-");
+    g->failed = 1;
+    eng_stop_loop(g);
+}
+
+/* Records a failed call (a negative aorm code) and stops the loop.
+ * Returns -1. */
+static int eng_code(eng *g, const char *what, int code) {
+    fprintf(stderr, "aorm-bench: %s: %s: %s (%s)\n", g->phase, what, aorm_strerror(code),
+            aorm_errname(code));
+    bench_fail(g->out, "%s: %s: %s", g->phase, what, aorm_errname(code));
+    g->failed = 1;
+    eng_stop_loop(g);
+    return -1;
+}
+
+static void eng_log(aorm_log_level level, const char *message, void *user) {
+    (void)user;
+    static const char *const names[] = {"error", "warn", "info", "sql", "debug"};
+    const char *name = (unsigned)level < sizeof(names) / sizeof(names[0]) ? names[level] : "?";
+    fprintf(stderr, "aorm-bench: aorm %s: %s\n", name, message);
+}
+
+static void eng_watchdog(struct ev_loop *evl, ev_timer *w, int revents) {
+    (void)evl;
+    (void)revents;
+    eng *g = w->data;
+    fprintf(stderr, "aorm-bench: %s: not finished after %.0f s\n", g->phase, PHASE_LIMIT);
+    bench_fail(g->out, "%s: timed out after %.0f s", g->phase, PHASE_LIMIT);
+    g->failed = 1;
+    eng_stop_loop(g);
+}
+
+/* Runs the loop until the current phase's last callback, a failure or the
+ * watchdog. Returns 0 when the phase completed, else -1 (reason recorded). */
+static int eng_wait(eng *g) {
+    /* Work queued from outside any callback: make sure the before-poll
+     * stage runs before the loop blocks. */
+    aorm_loop_wake(g->loop);
+    ev_now_update(g->evl);
+    ev_timer_set(&g->watchdog, PHASE_LIMIT, 0.0);
+    ev_timer_start(g->evl, &g->watchdog);
+    ev_run(g->evl, 0);
+    ev_timer_stop(g->evl, &g->watchdog);
+    if (g->failed) return -1;
+    if (!g->phase_done)
+        return bench_fail(g->out, "%s: the loop ran out of work before the phase finished", g->phase);
+    g->phase_done = 0;
+    return 0;
+}
+
+/* Frees everything eng_open made. Safe on a partly opened eng. */
+static void eng_close(eng *g) {
+    g->closing = 1;
+    if (g->evl) ev_timer_stop(g->evl, &g->watchdog);
+    aorm_engine_free(g->e);
+    aorm_loop_free(g->loop);
+    if (g->evl) ev_loop_destroy(g->evl);
+    g->e = NULL;
+    g->loop = NULL;
+    g->evl = NULL;
+}
+
+/* ---- warm-up: one statement on every pooled connection ------------------ */
+
+/* Holding pool_size connections at once is the only way to be sure each
+ * of them is opened (autocommit statements may all share one pipeline);
+ * the SELECT 1 makes sure each has finished connecting and answers. */
+typedef struct warm {
+    eng *g;
+    aorm_conn **conns;
+    int n;
+    int acquired;
+    int answered;
+} warm;
+
+static void warm_answered(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
+    (void)e;
+    (void)res;
+    warm *w = user;
+    if (eng_halted(w->g)) return;
+    if (err) {
+        eng_error(w->g, "SELECT 1", err);
+        return;
+    }
+    if (++w->answered < w->n) return;
+    for (int i = 0; i < w->acquired; i++) aorm_conn_release(w->conns[i]);
+    w->acquired = 0;
+    eng_phase_done(w->g);
+}
+
+static void warm_acquired(aorm_engine *e, aorm_conn *c, const aorm_error *err, void *user) {
+    (void)e;
+    warm *w = user;
+    if (eng_halted(w->g)) {
+        /* A connection handed over after another acquire failed: give it
+         * straight back (during aorm_engine_free, c is NULL). */
+        if (c && !w->g->closing) aorm_conn_release(c);
+        return;
+    }
+    if (err) {
+        eng_error(w->g, "acquire", err);
+        return;
+    }
+    w->conns[w->acquired++] = c;
+    int rc = aorm_conn_execute(c, "SELECT 1", NULL, NULL, warm_answered, w);
+    if (rc != 0) eng_code(w->g, "aorm_conn_execute", rc);
+}
+
+static int eng_warm(eng *g) {
+    warm w = {.g = g, .n = g->ctx->pool_size};
+    w.conns = calloc((size_t)w.n, sizeof(*w.conns));
+    if (!w.conns) return bench_fail(g->out, "out of memory");
+    g->phase = "warm-up";
+    int rc = 0;
+    for (int i = 0; rc == 0 && i < w.n; i++) {
+        rc = aorm_engine_acquire(g->e, warm_acquired, &w);
+        if (rc != 0) eng_code(g, "aorm_engine_acquire", rc);
+    }
+    if (rc == 0) rc = eng_wait(g);
+    if (rc != 0) {
+        /* Held connections and pending acquires still point at w, which
+         * lives on this stack frame: end them now, while w is alive. */
+        g->closing = 1;
+        aorm_engine_free(g->e);
+        g->e = NULL;
+    }
+    free(w.conns);
+    return rc;
+}
+
+/* Opens the loop and the engine (pool_size connections, no overflow) and
+ * warms the pool. Returns 0, or -1 with the reason recorded; eng_close()
+ * must be called either way. */
+static int eng_open(eng *g, bench_ctx *ctx, bench_out *out) {
+    memset(g, 0, sizeof(*g));
+    g->ctx = ctx;
+    g->out = out;
+    g->phase = "set-up";
+    ev_timer_init(&g->watchdog, eng_watchdog, PHASE_LIMIT, 0.0);
+    g->watchdog.data = g;
+    g->evl = ev_loop_new(EVFLAG_AUTO);
+    if (!g->evl) return bench_fail(out, "ev_loop_new failed");
+    g->loop = aorm_loop_new_ev(g->evl);
+    if (!g->loop) return bench_fail(out, "aorm_loop_new_ev failed");
+
+    aorm_engine_options o;
+    aorm_engine_options_init(&o);
+    o.conninfo = ctx->dsn;
+    o.pool_size = ctx->pool_size;
+    o.max_overflow = 0;
+    o.log = eng_log;
+    o.log_user = g;
+    o.log_level = ctx->verbose >= 2 ? AORM_LOG_DEBUG : ctx->verbose ? AORM_LOG_INFO : AORM_LOG_WARN;
+    g->e = aorm_engine_new(g->loop, &o);
+    if (!g->e) return bench_fail(out, "aorm_engine_new failed (reason logged above)");
+    return eng_warm(g);
+}
+
+static void eng_report_stats(const eng *g, const aorm_engine_stats *a, const aorm_engine_stats *b) {
+    if (!g->ctx->verbose) return;
+    fprintf(stderr,
+            "aorm-bench: engine: statements=%llu round_trips=%llu syncs=%llu prepares=%llu "
+            "prepared_hits=%llu resent=%llu connects=%llu\n",
+            (unsigned long long)(b->statements - a->statements),
+            (unsigned long long)(b->round_trips - a->round_trips),
+            (unsigned long long)(b->syncs - a->syncs), (unsigned long long)(b->prepares - a->prepares),
+            (unsigned long long)(b->prepared_hits - a->prepared_hits),
+            (unsigned long long)(b->resent - a->resent), (unsigned long long)(b->connects - a->connects));
+}
+
+/* ---- primary-key lookups ------------------------------------------------ */
+
+typedef struct eng_author {
+    int64_t id;
+    const char *name; /* borrowed from the result */
+    size_t name_len;
+    int32_t born;
+    int born_null;
+} eng_author;
+
+typedef struct pk_run pk_run;
+
+/* One lookup in flight; reused for the next lookup when it completes. */
+typedef struct pk_slot {
+    pk_run *run;
+    int64_t want;
+} pk_slot;
+
+struct pk_run {
+    eng *g;
+    int total;
+    int issued;
+    int done;
+    aorm_params params; /* reused: the engine copies it at submission */
+    aorm_exec_options xo;
+    int64_t born_sum;   /* keeps the decoded values observable */
+};
+
+/* Decodes the single row of a lookup into *a and checks it is author
+ * `want`. Returns 0, or -1 with the reason recorded. */
+static int pk_decode(eng *g, const aorm_result *res, int64_t want, eng_author *a) {
+    int n = aorm_result_nrows(res);
+    if (n != 1) {
+        bench_fail(g->out, "lookup %lld: %d rows", (long long)want, n);
+        g->failed = 1;
+        return -1;
+    }
+    int rc = aorm_result_int64(res, 0, 0, &a->id);
+    if (rc == 0) rc = aorm_result_text(res, 0, 1, &a->name, &a->name_len);
+    int isnull = rc == 0 ? aorm_result_is_null(res, 0, 2) : 0;
+    if (isnull < 0) rc = isnull;
+    a->born_null = isnull == 1;
+    a->born = 0;
+    if (rc == 0 && !a->born_null) rc = aorm_result_int32(res, 0, 2, &a->born);
+    if (rc != 0) {
+        eng_code(g, "decoding a row", rc);
+        return -1;
+    }
+    if (a->id != want || a->name_len == 0) {
+        bench_fail(g->out, "lookup %lld: got author %lld", (long long)want, (long long)a->id);
+        g->failed = 1;
+        return -1;
+    }
+    return 0;
+}
+
+static void pk_done(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user);
+
+/* Draws the next id and queues its lookup on slot s. Returns 0 or -1. */
+static int pk_issue(pk_run *p, pk_slot *s) {
+    s->want = bench_rng_range(&p->g->ctx->rng, 1, PK_AUTHORS);
+    aorm_params_reset(&p->params);
+    aorm_params_int8(&p->params, s->want);
+    int rc = aorm_engine_execute(p->g->e, PK_SQL, &p->params, &p->xo, pk_done, s);
+    if (rc != 0) return eng_code(p->g, "aorm_engine_execute", rc);
+    p->issued++;
+    return 0;
+}
+
+static void pk_done(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
+    (void)e;
+    pk_slot *s = user;
+    pk_run *p = s->run;
+    eng *g = p->g;
+    if (eng_halted(g)) return;
+    if (err) {
+        eng_error(g, "lookup", err);
+        return;
+    }
+    eng_author a;
+    if (pk_decode(g, res, s->want, &a) != 0) {
+        eng_stop_loop(g);
+        return;
+    }
+    p->born_sum += a.born;
+    p->done++;
+    if (p->issued < p->total) {
+        pk_issue(p, s);
+    } else if (p->done == p->total) {
+        g->t_end = bench_now();
+        eng_phase_done(g);
+    }
+}
+
+/* `total` lookups with at most `inflight` outstanding: each callback
+ * queues the next lookup on its slot until all are issued. */
+static int run_pk(bench_ctx *ctx, bench_out *out, const char *name, int total, int inflight) {
+    eng g;
+    int rc = eng_open(&g, ctx, out);
+    pk_run p = {.g = &g, .total = total, .xo = {.flags = AORM_EXEC_READONLY}};
+    pk_slot *slots = calloc((size_t)inflight, sizeof(*slots));
+    aorm_params_init(&p.params);
+    if (rc == 0 && !slots) rc = bench_fail(out, "out of memory");
+    bench_rng_seed(&ctx->rng, BENCH_SEED_PK);
+
+    if (rc == 0) {
+        aorm_engine_stats st0, st1;
+        g.phase = name;
+        aorm_engine_stats_get(g.e, &st0);
+        double t0 = bench_now();
+        for (int k = 0; rc == 0 && k < inflight && k < total; k++) {
+            slots[k].run = &p;
+            rc = pk_issue(&p, &slots[k]);
+        }
+        if (rc == 0) rc = eng_wait(&g);
+        aorm_engine_stats_get(g.e, &st1);
+        out->seconds = g.t_end - t0;
+        out->ops = (uint64_t)total;
+        out->queries = st1.statements - st0.statements;
+        eng_report_stats(&g, &st0, &st1);
+    }
+    /* Cancels whatever is still in flight after a failure; slots and p
+     * must outlive this. */
+    eng_close(&g);
+    aorm_params_free(&p.params);
+    free(slots);
+    return rc;
+}
+
+static int run_engine_pk_seq(bench_ctx *ctx, bench_out *out) {
+    return run_pk(ctx, out, "engine_pk_seq", PK_SEQ_N, 1);
+}
+
+static int run_engine_pk_concurrent(bench_ctx *ctx, bench_out *out) {
+    bench_extra(out, "inflight", "%d", PK_CONC_INFLIGHT);
+    return run_pk(ctx, out, "engine_pk_concurrent", PK_CONC_N, PK_CONC_INFLIGHT);
+}
+
+/* ---- COPY --------------------------------------------------------------- */
+
+typedef struct copy_run {
+    eng *g;
+    int next; /* next row to append */
+} copy_run;
+
+/* Appends about COPY_CHUNK bytes of rows (the peer's copy_bulk_insert:
+ * author_id 1 + i % 10000, title "b<i>", year 2000, price 1.5). The size
+ * is counted here rather than read from aorm_copy_buffered(), which may
+ * or may not include what earlier calls left unwritten. */
+static int copy_fill(aorm_copy *cp, void *user) {
+    copy_run *c = user;
+    size_t bytes = 0;
+    char title[16];
+    while (c->next < COPY_ROWS && bytes < COPY_CHUNK) {
+        int i = c->next++;
+        int tlen = snprintf(title, sizeof(title), "b%d", i);
+        int rc = aorm_copy_row(cp, 4);
+        if (rc == 0) rc = aorm_copy_int8(cp, 1 + i % 10000);
+        if (rc == 0) rc = aorm_copy_text(cp, title, (size_t)tlen);
+        if (rc == 0) rc = aorm_copy_int4(cp, 2000);
+        if (rc == 0) rc = aorm_copy_float8(cp, 1.5);
+        if (rc != 0) {
+            /* Aborting makes the COPY fail; the recorded reason is this
+             * one, as bench_fail keeps the first. */
+            fprintf(stderr, "aorm-bench: engine_copy: row %d: %s\n", i, aorm_strerror(rc));
+            bench_fail(c->g->out, "engine_copy: row %d: %s", i, aorm_errname(rc));
+            return -1;
+        }
+        /* field count, then length word + value per field */
+        bytes += 2 + (4 + 8) + (4 + (size_t)tlen) + (4 + 4) + (4 + 8);
+    }
+    return c->next < COPY_ROWS ? 1 : 0;
+}
+
+static void copy_done(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
+    (void)e;
+    copy_run *c = user;
+    eng *g = c->g;
+    if (eng_halted(g)) return;
+    if (err) {
+        eng_error(g, "COPY", err);
+        return;
+    }
+    g->t_end = bench_now();
+    int64_t n = aorm_result_affected(res);
+    if (n != COPY_ROWS) {
+        bench_fail(g->out, "engine_copy: loaded %lld rows, expected %d", (long long)n, COPY_ROWS);
+        g->failed = 1;
+        eng_stop_loop(g);
+        return;
+    }
+    eng_phase_done(g);
+}
+
+static void truncate_done(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
+    (void)e;
+    (void)res;
+    eng *g = user;
+    if (eng_halted(g)) return;
+    if (err) {
+        eng_error(g, "TRUNCATE bulk_books", err);
+        return;
+    }
+    eng_phase_done(g);
+}
+
+static int run_engine_copy(bench_ctx *ctx, bench_out *out) {
+    eng g;
+    int rc = eng_open(&g, ctx, out);
+    copy_run c = {.g = &g};
+    if (rc == 0) {
+        g.phase = "engine_copy truncate";
+        rc = aorm_engine_execute(g.e, "TRUNCATE bulk_books", NULL, NULL, truncate_done, &g);
+        rc = rc != 0 ? eng_code(&g, "aorm_engine_execute", rc) : eng_wait(&g);
+    }
+    if (rc == 0) {
+        aorm_engine_stats st0, st1;
+        g.phase = "engine_copy";
+        aorm_engine_stats_get(g.e, &st0);
+        double t0 = bench_now();
+        rc = aorm_engine_copy(g.e, COPY_SQL, copy_fill, &c, copy_done, &c);
+        rc = rc != 0 ? eng_code(&g, "aorm_engine_copy", rc) : eng_wait(&g);
+        aorm_engine_stats_get(g.e, &st1);
+        out->seconds = g.t_end - t0;
+        out->ops = COPY_ROWS;
+        out->queries = st1.statements - st0.statements;
+        eng_report_stats(&g, &st0, &st1);
+    }
+    eng_close(&g);
+    return rc;
+}
+
+const bench_workload wl_engine_list[] = {
+    {"engine_pk_seq", "engine", run_engine_pk_seq},
+    {"engine_pk_concurrent", "engine", run_engine_pk_concurrent},
+    {"engine_copy", "engine", run_engine_copy},
+    {NULL, NULL, NULL}
+};

@@ -1,0 +1,998 @@
+/* engine.c -- the engine: options, the pool, operation queues and the
+ * before-poll dispatcher.
+ *
+ * Dispatch is the one place where statements reach connections. It runs
+ * at the loop's before-poll stage, so every statement queued during a
+ * loop turn (by any number of callers) goes out together: one pipeline
+ * write per connection per turn. Autocommit statements are packed onto
+ * the most recently used shared connection until it holds AORM__PACK
+ * statements, then spread to the least loaded one; the pool grows toward
+ * pool_size while every shared connection is that busy.
+ *
+ * Owns: the connections (conn.c), queued operations, the helper thread.
+ * Must not: call a user callback from inside the call that queued its
+ * operation; free itself while its code is on the stack (depth). */
+#include <arpa/inet.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+
+#include "async_engine/engine_int.h"
+
+/* Statements one shared connection takes before the next one is used. */
+#define AORM__PACK 32
+
+static void dispatch(aorm_loop *loop, void *arg);
+static void on_engine_timer(aorm_timer *t, void *arg);
+static void engine_destroy(aorm_engine *e);
+static void fail_waiters(aorm_engine *e, int code, const char *sqlstate, const char *msg);
+
+/* ---- logging and errors -------------------------------------------------- */
+
+void aorm__engine_log(aorm_engine *e, aorm_log_level lvl, const char *fmt, ...) {
+    if (!e->o.log || lvl > e->o.log_level) return;
+    char stackbuf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(stackbuf, sizeof(stackbuf), fmt, ap);
+    va_end(ap);
+    if (n < 0) return;
+    if ((size_t)n < sizeof(stackbuf)) {
+        e->o.log(lvl, stackbuf, e->o.log_user);
+        return;
+    }
+    char *big = malloc((size_t)n + 1);
+    if (!big) {
+        e->o.log(lvl, stackbuf, e->o.log_user); /* truncated beats nothing */
+        return;
+    }
+    va_start(ap, fmt);
+    vsnprintf(big, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    e->o.log(lvl, big, e->o.log_user);
+    free(big);
+}
+
+static const char *field(const PGresult *r, int code) {
+    const char *v = PQresultErrorField(r, code);
+    return v ? v : "";
+}
+
+void aorm__error_from_pg(aorm_error *err, const PGresult *r) {
+    memset(err, 0, sizeof(*err));
+    err->code = AORM_ESERVER;
+    snprintf(err->sqlstate, sizeof(err->sqlstate), "%s", field(r, PG_DIAG_SQLSTATE));
+    err->message = field(r, PG_DIAG_MESSAGE_PRIMARY);
+    if (!*err->message) err->message = PQresultErrorMessage(r);
+    err->detail = field(r, PG_DIAG_MESSAGE_DETAIL);
+    err->hint = field(r, PG_DIAG_MESSAGE_HINT);
+    err->constraint = field(r, PG_DIAG_CONSTRAINT_NAME);
+    err->table = field(r, PG_DIAG_TABLE_NAME);
+    err->column = field(r, PG_DIAG_COLUMN_NAME);
+}
+
+static void error_make(aorm_error *err, int code, const char *sqlstate, const char *msg) {
+    memset(err, 0, sizeof(*err));
+    err->code = code;
+    snprintf(err->sqlstate, sizeof(err->sqlstate), "%s", sqlstate ? sqlstate : "");
+    err->message = msg ? msg : aorm_strerror(code);
+    err->detail = err->hint = err->constraint = err->table = err->column = "";
+}
+
+/* ---- options --------------------------------------------------------------- */
+
+void aorm_engine_options_init(aorm_engine_options *o) {
+    memset(o, 0, sizeof(*o));
+    o->pool_size = 5;
+    o->max_overflow = 10;
+    o->pool_timeout = 30;
+    o->lifo = true;
+    o->connect_timeout = 10;
+    o->prepared_cache_size = 256;
+    o->max_pipeline = 1024;
+    o->reconnect_min = 0.05;
+    o->reconnect_max = 2;
+    o->log_level = AORM_LOG_WARN;
+}
+
+/* True when libpq would need a DNS lookup for this host entry. */
+static bool host_needs_lookup(const char *h, size_t n) {
+    char buf[256];
+    if (n == 0 || h[0] == '/' || h[0] == '@' || n >= sizeof(buf)) return false;
+    memcpy(buf, h, n);
+    buf[n] = '\0';
+    unsigned char addr[16];
+    return inet_pton(AF_INET, buf, addr) != 1 && inet_pton(AF_INET6, buf, addr) != 1;
+}
+
+/* Parses conninfo once into keyword/value arrays for PQconnectStartParams
+ * and decides whether host names must be resolved off the loop. */
+static int parse_conninfo(aorm_engine *e) {
+    char *errmsg = NULL;
+    PQconninfoOption *opts = PQconninfoParse(e->conninfo, &errmsg);
+    if (!opts) {
+        aorm__engine_log(e, AORM_LOG_ERROR, "invalid conninfo: %s", errmsg ? errmsg : "out of memory");
+        PQfreemem(errmsg);
+        return AORM_EMISUSE;
+    }
+    int n = 0;
+    for (PQconninfoOption *o = opts; o->keyword; o++)
+        if (o->val && *o->val) n++;
+    /* + hostaddr slot + terminator */
+    e->kw = calloc((size_t)n + 2, sizeof(char *));
+    e->val = calloc((size_t)n + 2, sizeof(char *));
+    if (!e->kw || !e->val) {
+        PQconninfoFree(opts);
+        return AORM_ENOMEM;
+    }
+    const char *host = NULL;
+    bool has_hostaddr = false;
+    int k = 0;
+    for (PQconninfoOption *o = opts; o->keyword; o++) {
+        if (!o->val || !*o->val) continue;
+        e->kw[k] = aorm__strdup(o->keyword);
+        e->val[k] = aorm__strdup(o->val);
+        if (!e->kw[k] || !e->val[k]) {
+            PQconninfoFree(opts);
+            e->nkw = k + 1;
+            return AORM_ENOMEM;
+        }
+        if (strcmp(o->keyword, "host") == 0) host = e->val[k];
+        if (strcmp(o->keyword, "hostaddr") == 0) has_hostaddr = true;
+        k++;
+    }
+    e->nkw = k;
+    PQconninfoFree(opts);
+    e->hostaddr_index = -1;
+    if (host && !has_hostaddr) {
+        bool need = false;
+        for (const char *p = host;;) {
+            const char *comma = strchr(p, ',');
+            size_t len = comma ? (size_t)(comma - p) : strlen(p);
+            if (host_needs_lookup(p, len)) need = true;
+            if (!comma) break;
+            p = comma + 1;
+        }
+        if (need) {
+            e->host_list = aorm__strdup(host);
+            if (!e->host_list) return AORM_ENOMEM;
+            e->kw[k] = "hostaddr"; /* static string: never freed (see engine_destroy) */
+            e->val[k] = NULL;
+            e->hostaddr_index = k;
+        }
+    }
+    return 0;
+}
+
+/* ---- lifecycle ------------------------------------------------------------- */
+
+aorm_engine *aorm_engine_new(aorm_loop *loop, const aorm_engine_options *o) {
+    if (!loop || !o || !o->conninfo) return NULL;
+    aorm_engine *e = calloc(1, sizeof(*e));
+    if (!e) return NULL;
+    e->loop = loop;
+    e->o = *o;
+    if (e->o.pool_size < 1) e->o.pool_size = 1;
+    if (e->o.max_overflow < 0) e->o.max_overflow = 0;
+    if (e->o.max_pipeline < 1) e->o.max_pipeline = 1;
+    if (e->o.prepared_cache_size < 0) e->o.prepared_cache_size = 0;
+    if (e->o.connect_timeout <= 0) e->o.connect_timeout = 10;
+    if (e->o.pool_timeout <= 0) e->o.pool_timeout = 30;
+    if (e->o.reconnect_min <= 0) e->o.reconnect_min = 0.05;
+    if (e->o.reconnect_max < e->o.reconnect_min) e->o.reconnect_max = e->o.reconnect_min;
+    e->conninfo = aorm__strdup(o->conninfo);
+    e->o.conninfo = e->conninfo;
+    if (!e->conninfo || parse_conninfo(e) < 0) goto fail;
+    e->timer = aorm_timer_new(loop, on_engine_timer, e);
+    e->worker = aorm__worker_new(e);
+    if (!e->timer || !e->worker) goto fail;
+    if (aorm_loop_before_poll_add(loop, dispatch, e) < 0) goto fail;
+    return e;
+fail:
+    engine_destroy(e);
+    return NULL;
+}
+
+static void free_conninfo(aorm_engine *e) {
+    if (e->kw) {
+        for (int i = 0; i < e->nkw; i++) {
+            free((char *)e->kw[i]);
+            free((char *)e->val[i]);
+        }
+    }
+    free(e->kw);
+    free(e->val);
+    free(e->host_list);
+    free(e->conninfo);
+}
+
+static void cancel_all(aorm_engine *e) {
+    fail_waiters(e, AORM_ECANCELED, "", "engine closed");
+    for (aorm_conn *c = e->conns; c; c = c->next) {
+        if (c->state != CONN_BROKEN) {
+            c->busy++; /* keep it allocated: it is freed below */
+            aorm__conn_lost(c, AORM_ECANCELED, "engine closed");
+            c->busy--;
+        }
+    }
+}
+
+static void engine_destroy(aorm_engine *e) {
+    e->closing = true;
+    cancel_all(e);
+    while (e->conns) {
+        aorm_conn *c = e->conns;
+        e->conns = c->next;
+        c->dead = false;
+        aorm__conn_free(c);
+    }
+    aorm_loop_before_poll_remove(e->loop, dispatch, e);
+    aorm__worker_free(e->worker);
+    aorm_timer_free(e->timer);
+    free_conninfo(e);
+    free(e);
+}
+
+void aorm_engine_free(aorm_engine *e) {
+    if (!e) return;
+    if (e->depth > 0) {
+        /* inside one of our callbacks: cancel now, free when it unwinds */
+        if (!e->closing) {
+            e->closing = true;
+            e->free_pending = true;
+            e->depth++;
+            cancel_all(e);
+            e->depth--;
+        }
+        return;
+    }
+    e->depth++;
+    engine_destroy(e);
+}
+
+void aorm__engine_enter(aorm_engine *e) { e->depth++; }
+
+void aorm__engine_leave(aorm_engine *e) {
+    if (--e->depth == 0 && e->free_pending) {
+        e->depth++;
+        engine_destroy(e);
+    }
+}
+
+aorm_loop *aorm_engine_loop(const aorm_engine *e) { return e ? e->loop : NULL; }
+void aorm_engine_set_data(aorm_engine *e, void *data) { if (e) e->data = data; }
+void *aorm_engine_data(const aorm_engine *e) { return e ? e->data : NULL; }
+
+void aorm_engine_stats_get(const aorm_engine *e, aorm_engine_stats *out) {
+    if (!e || !out) return;
+    *out = e->stats;
+    out->open = out->idle = out->held = 0;
+    for (const aorm_conn *c = e->conns; c; c = c->next) {
+        if (c->state == CONN_BROKEN) continue;
+        out->open++;
+        if (c->held) out->held++;
+        else if (aorm__conn_idle(c)) out->idle++;
+    }
+    out->waiting = e->q_len + e->acq_len;
+}
+
+/* ---- operations ------------------------------------------------------------ */
+
+static double op_wait_limit(const aorm__op *op, const aorm_engine *e) {
+    return fmin(op->deadline, op->submitted + e->o.pool_timeout);
+}
+
+static void arm_engine_timer(aorm_engine *e, double at) {
+    if (aorm_timer_active(e->timer) && e->timer_at <= at) return;
+    e->timer_at = at;
+    aorm_timer_start(e->timer, at - aorm_loop_now(e->loop));
+}
+
+static aorm__op *op_new(aorm_engine *e, const char *sql, const aorm_params *p,
+                        const aorm_exec_options *xo, int *rc) {
+    int n = p ? p->count : 0;
+    size_t sql_len = strlen(sql);
+    size_t data_len = p ? p->len : 0;
+    size_t arrays = (size_t)n * (sizeof(char *) + 2 * sizeof(int) + sizeof(Oid));
+    aorm__op *op = malloc(sizeof(*op) + arrays + sql_len + 1 + data_len);
+    if (!op) {
+        *rc = AORM_ENOMEM;
+        return NULL;
+    }
+    memset(op, 0, sizeof(*op));
+    op->e = e;
+    char *cur = op->storage;
+    op->values = (const char **)(void *)cur;
+    cur += (size_t)n * sizeof(char *);
+    op->lengths = (int *)(void *)cur;
+    cur += (size_t)n * sizeof(int);
+    op->formats = (int *)(void *)cur;
+    cur += (size_t)n * sizeof(int);
+    op->types = (Oid *)(void *)cur;
+    cur += (size_t)n * sizeof(Oid);
+    memcpy(cur, sql, sql_len + 1);
+    op->sql = cur;
+    op->sql_len = sql_len;
+    cur += sql_len + 1;
+    if (data_len) memcpy(cur, p->data, data_len);
+    op->nparams = n;
+    for (int i = 0; i < n; i++) {
+        const aorm_param_slot *s = &p->slots[i];
+        op->values[i] = s->len < 0 ? NULL : cur + s->offset;
+        op->lengths[i] = s->len < 0 ? 0 : s->len;
+        op->formats[i] = s->format;
+        op->types[i] = s->type;
+    }
+    if (e->o.prepared_cache_size > 0) op->hash = aorm__stmt_hash(op->sql, sql_len, op->types, n);
+    op->flags = xo ? xo->flags : 0;
+    op->submitted = aorm_loop_now(e->loop);
+    double d = xo ? xo->deadline : 0;
+    if (d == 0) d = e->o.statement_timeout > 0 ? e->o.statement_timeout : -1;
+    op->deadline = d > 0 ? op->submitted + d : AORM__NEVER;
+    op->queued = true;
+    return op;
+}
+
+/* Frees op once its callback has run and no in-flight item refers to it. */
+void aorm__op_release(aorm__op *op) {
+    if (op->done && op->nitems == 0 && !op->queued) {
+        PQclear(op->prep_err);
+        free(op);
+    }
+}
+
+static void echo(aorm_engine *e, const aorm__op *op, const aorm_result *res, const aorm_error *err) {
+    double ms = (aorm_loop_now(e->loop) - op->submitted) * 1000.0;
+    char params[512];
+    size_t pl = 0;
+    params[0] = '\0';
+    for (int i = 0; i < op->nparams && pl < sizeof(params) - 48; i++) {
+        int w;
+        if (!e->o.echo_params) {
+            w = snprintf(params + pl, sizeof(params) - pl, "%s$%d redacted", i ? ", " : "", i + 1);
+        } else if (!op->values[i]) {
+            w = snprintf(params + pl, sizeof(params) - pl, "%s$%d=NULL", i ? ", " : "", i + 1);
+        } else {
+            int64_t iv;
+            const char *v = op->values[i];
+            int len = op->lengths[i];
+            if (op->formats[i] == 1 && aorm_decode_int(op->types[i], v, len, &iv) == 0)
+                w = snprintf(params + pl, sizeof(params) - pl, "%s$%d=%lld", i ? ", " : "", i + 1, (long long)iv);
+            else if (op->formats[i] == 0 || op->types[i] == AORM_T_TEXT || op->types[i] == AORM_T_VARCHAR)
+                w = snprintf(params + pl, sizeof(params) - pl, "%s$%d='%.*s'", i ? ", " : "", i + 1,
+                             len > 40 ? 40 : len, v);
+            else
+                w = snprintf(params + pl, sizeof(params) - pl, "%s$%d=<%d bytes>", i ? ", " : "", i + 1, len);
+        }
+        if (w < 0) break;
+        pl += (size_t)w;
+        if (pl >= sizeof(params)) pl = sizeof(params) - 1;
+    }
+    if (err)
+        aorm__engine_log(e, AORM_LOG_SQL, "%s [%s] -> error %s %s (%.3f ms)", op->sql, params, err->sqlstate,
+                         err->message, ms);
+    else
+        aorm__engine_log(e, AORM_LOG_SQL, "%s [%s] -> %s, %d rows (%.3f ms)", op->sql, params,
+                         aorm_result_cmd_tag(res), res->nrows, ms);
+}
+
+void aorm__op_deliver(aorm__op *op, aorm_result *res, const aorm_error *err) {
+    aorm_engine *e = op->e;
+    aorm__assert(!op->done);
+    op->done = true;
+    if (op->kind != OP_ACQUIRE && e->o.echo && e->o.log && e->o.log_level >= AORM_LOG_SQL)
+        echo(e, op, res, err);
+    aorm_conn *auto_conn = op->auto_release;
+    if (op->role != ROLE_INTERNAL) {
+        if (op->kind == OP_ACQUIRE) op->cb.conn(e, NULL, err, op->user);
+        else op->cb.result(e, err ? NULL : res, err, op->user);
+    } else if (err && err->code != AORM_ECANCELED) {
+        aorm__engine_log(e, AORM_LOG_WARN, "internal statement failed: %s: %s", op->sql, err->message);
+    }
+    if (auto_conn) aorm_conn_release(auto_conn);
+}
+
+void aorm__op_fail(aorm__op *op, int code, const char *sqlstate, const char *msg) {
+    aorm_error err;
+    error_make(&err, code, sqlstate, msg);
+    aorm__op_deliver(op, NULL, &err);
+}
+
+void aorm__op_requeue(aorm__op *op) {
+    aorm_engine *e = op->e;
+    op->resends++;
+    PQclear(op->prep_err);
+    op->prep_err = NULL;
+    op->queued = true;
+    op->next = e->q_head; /* ahead of newer work: it was submitted first */
+    e->q_head = op;
+    if (!e->q_tail) e->q_tail = op;
+    e->q_len++;
+}
+
+static void queue_push(aorm__op **head, aorm__op **tail, aorm__op *op) {
+    op->next = NULL;
+    if (*tail) (*tail)->next = op;
+    else *head = op;
+    *tail = op;
+}
+
+int aorm_engine_execute(aorm_engine *e, const char *sql, const aorm_params *params,
+                        const aorm_exec_options *opts, aorm_result_cb cb, void *user) {
+    if (!e || !sql || !cb) return AORM_EMISUSE;
+    if (e->closing) return AORM_ECLOSED;
+    if (params && params->error) return params->error;
+    int rc = 0;
+    aorm__op *op = op_new(e, sql, params, opts, &rc);
+    if (!op) return rc;
+    op->cb.result = cb;
+    op->user = user;
+    queue_push(&e->q_head, &e->q_tail, op);
+    e->q_len++;
+    return 0;
+}
+
+aorm_result *aorm_result_detach(aorm_result *r) {
+    if (!r) return NULL;
+    if (r->heap) return r;
+    aorm_result *d = malloc(sizeof(*d));
+    if (!d) return NULL;
+    *d = *r;
+    d->heap = 1;
+    r->pg = NULL; /* ownership moved: the engine will not clear it */
+    return d;
+}
+
+void aorm_result_free(aorm_result *r) {
+    if (!r || !r->heap) return;
+    PQclear(r->pg);
+    free(r);
+}
+
+/* ---- held connections ------------------------------------------------------ */
+
+int aorm_engine_acquire(aorm_engine *e, aorm_conn_cb cb, void *user) {
+    if (!e || !cb) return AORM_EMISUSE;
+    if (e->closing) return AORM_ECLOSED;
+    int rc = 0;
+    aorm__op *op = op_new(e, "", NULL, NULL, &rc);
+    if (!op) return rc;
+    op->kind = OP_ACQUIRE;
+    op->cb.conn = cb;
+    op->user = user;
+    queue_push(&e->acq_head, &e->acq_tail, op);
+    e->acq_len++;
+    return 0;
+}
+
+static void mark_dirty(aorm_conn *c) {
+    if (c->in_dirty) return;
+    c->in_dirty = true;
+    c->dirty_next = c->e->dirty;
+    c->e->dirty = c;
+}
+
+static int conn_submit(aorm_conn *c, aorm__op *op) {
+    op->held = c;
+    queue_push(&c->pend_head, &c->pend_tail, op);
+    mark_dirty(c);
+    return 0;
+}
+
+static int conn_check(const aorm_conn *c) {
+    if (!c || !c->held || c->releasing) return AORM_EMISUSE;
+    if (c->e->closing) return AORM_ECLOSED;
+    if (c->state == CONN_BROKEN) return AORM_ECONNLOST;
+    return 0;
+}
+
+static int conn_exec_role(aorm_conn *c, const char *sql, const aorm_params *params,
+                          const aorm_exec_options *opts, uint8_t role, aorm_result_cb cb, void *user) {
+    int rc = conn_check(c);
+    if (rc < 0) return rc;
+    if (!sql || (!cb && role != ROLE_INTERNAL)) return AORM_EMISUSE;
+    if (params && params->error) return params->error;
+    aorm__op *op = op_new(c->e, sql, params, opts, &rc);
+    if (!op) return rc;
+    op->role = role;
+    op->cb.result = cb;
+    op->user = user;
+    return conn_submit(c, op);
+}
+
+int aorm_conn_execute(aorm_conn *c, const char *sql, const aorm_params *params,
+                      const aorm_exec_options *opts, aorm_result_cb cb, void *user) {
+    return conn_exec_role(c, sql, params, opts, ROLE_USER, cb, user);
+}
+
+int aorm_conn_begin(aorm_conn *c, const aorm_tx_options *o, aorm_result_cb cb, void *user) {
+    char sql[128] = "BEGIN";
+    if (o) {
+        static const char *iso[] = {"", " ISOLATION LEVEL READ COMMITTED", " ISOLATION LEVEL REPEATABLE READ",
+                                    " ISOLATION LEVEL SERIALIZABLE"};
+        if ((unsigned)o->isolation > AORM_ISO_SERIALIZABLE) return AORM_EMISUSE;
+        snprintf(sql, sizeof(sql), "BEGIN%s%s%s", iso[o->isolation], o->read_only ? " READ ONLY" : "",
+                 o->deferrable ? " DEFERRABLE" : "");
+    }
+    aorm_exec_options xo = {AORM_EXEC_UNPREPARED, -1};
+    return conn_exec_role(c, sql, NULL, &xo, ROLE_BEGIN, cb, user);
+}
+
+int aorm_conn_commit(aorm_conn *c, aorm_result_cb cb, void *user) {
+    aorm_exec_options xo = {AORM_EXEC_UNPREPARED, -1};
+    return conn_exec_role(c, "COMMIT", NULL, &xo, ROLE_COMMIT, cb, user);
+}
+
+int aorm_conn_rollback(aorm_conn *c, aorm_result_cb cb, void *user) {
+    aorm_exec_options xo = {AORM_EXEC_UNPREPARED, -1};
+    return conn_exec_role(c, "ROLLBACK", NULL, &xo, ROLE_END, cb, user);
+}
+
+/* "<verb> <quoted name>": names are identifiers, quoted so that nothing a
+ * caller passes can change the statement. */
+static int savepoint_stmt(aorm_conn *c, const char *verb, const char *name, aorm_result_cb cb, void *user) {
+    if (!name || !*name) return AORM_EMISUSE;
+    aorm__buf b = {0};
+    int rc = AORM_ENOMEM;
+    if (aorm__buf_append(&b, verb, strlen(verb)) < 0 || aorm__buf_putc(&b, '"') < 0) goto out;
+    for (const char *p = name; *p; p++)
+        if ((*p == '"' && aorm__buf_putc(&b, '"') < 0) || aorm__buf_putc(&b, *p) < 0) goto out;
+    if (aorm__buf_append(&b, "\"", 2) < 0) goto out;
+    aorm_exec_options xo = {AORM_EXEC_UNPREPARED, -1};
+    rc = conn_exec_role(c, b.data, NULL, &xo, ROLE_USER, cb, user);
+out:
+    aorm__buf_free(&b);
+    return rc;
+}
+
+int aorm_conn_savepoint(aorm_conn *c, const char *name, aorm_result_cb cb, void *user) {
+    return savepoint_stmt(c, "SAVEPOINT ", name, cb, user);
+}
+int aorm_conn_release_savepoint(aorm_conn *c, const char *name, aorm_result_cb cb, void *user) {
+    return savepoint_stmt(c, "RELEASE SAVEPOINT ", name, cb, user);
+}
+int aorm_conn_rollback_to(aorm_conn *c, const char *name, aorm_result_cb cb, void *user) {
+    return savepoint_stmt(c, "ROLLBACK TO SAVEPOINT ", name, cb, user);
+}
+
+aorm_tx_status aorm_conn_tx_status(const aorm_conn *c) {
+    if (!c || c->state == CONN_BROKEN) return AORM_TX_UNKNOWN;
+    if (c->icount > 0 || c->pend_head) return AORM_TX_ACTIVE;
+    return c->txs;
+}
+
+bool aorm_conn_broken(const aorm_conn *c) { return !c || c->state == CONN_BROKEN; }
+
+static void unlink_conn(aorm_engine *e, aorm_conn *c) {
+    if (c->prev) c->prev->next = c->next;
+    else if (e->conns == c) e->conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+    if (c->in_dirty) {
+        aorm_conn **pp = &e->dirty;
+        while (*pp && *pp != c) pp = &(*pp)->dirty_next;
+        if (*pp) *pp = c->dirty_next;
+        c->in_dirty = false;
+    }
+}
+
+void aorm_conn_release(aorm_conn *c) {
+    if (!c || !c->held || c->releasing) return;
+    aorm_engine *e = c->e;
+    c->releasing = true;
+    if (c->state == CONN_BROKEN) {
+        e->nheld--;
+        unlink_conn(e, c);
+        aorm__conn_free(c);
+        return;
+    }
+    /* Anything that may have left a transaction open is rolled back; the
+     * dispatcher hands the connection back once it is clean. */
+    if (c->in_tx || c->txs == AORM_TX_INTRANS || c->txs == AORM_TX_INERROR || c->pend_head) {
+        int rc = 0;
+        aorm_exec_options xo = {AORM_EXEC_UNPREPARED, -1};
+        aorm__op *op = op_new(e, "ROLLBACK", NULL, &xo, &rc);
+        if (!op) {
+            aorm__conn_lost(c, AORM_ENOMEM, "out of memory cleaning a released connection");
+            return;
+        }
+        op->role = ROLE_INTERNAL;
+        conn_submit(c, op);
+    }
+    mark_dirty(c);
+}
+
+int aorm_engine_copy(aorm_engine *e, const char *sql, aorm_copy_fill_fn fill, void *fill_user,
+                     aorm_result_cb cb, void *user) {
+    if (!e || !sql || !fill || !cb) return AORM_EMISUSE;
+    if (e->closing) return AORM_ECLOSED;
+    int rc = 0;
+    aorm_exec_options xo = {AORM_EXEC_UNPREPARED, -1};
+    aorm__op *op = op_new(e, sql, NULL, &xo, &rc);
+    if (!op) return rc;
+    op->kind = OP_COPY;
+    op->fill = fill;
+    op->fill_user = fill_user;
+    op->cb.result = cb;
+    op->user = user;
+    queue_push(&e->acq_head, &e->acq_tail, op); /* needs a connection of its own */
+    e->acq_len++;
+    return 0;
+}
+
+int aorm_conn_copy(aorm_conn *c, const char *sql, aorm_copy_fill_fn fill, void *fill_user,
+                   aorm_result_cb cb, void *user) {
+    int rc = conn_check(c);
+    if (rc < 0) return rc;
+    if (!sql || !fill || !cb) return AORM_EMISUSE;
+    aorm_exec_options xo = {AORM_EXEC_UNPREPARED, -1};
+    aorm__op *op = op_new(c->e, sql, NULL, &xo, &rc);
+    if (!op) return rc;
+    op->kind = OP_COPY;
+    op->fill = fill;
+    op->fill_user = fill_user;
+    op->cb.result = cb;
+    op->user = user;
+    return conn_submit(c, op);
+}
+
+/* ---- connection events ----------------------------------------------------- */
+
+void aorm__engine_conn_ready(aorm_engine *e, aorm_conn *c) {
+    e->backoff = 0;
+    e->next_connect_at = 0;
+}
+
+static void fail_list(aorm__op *op, int code, const char *sqlstate, const char *msg) {
+    while (op) {
+        aorm__op *next = op->next;
+        op->queued = false;
+        aorm__op_fail(op, code, sqlstate, msg);
+        aorm__op_release(op);
+        op = next;
+    }
+}
+
+static void fail_waiters(aorm_engine *e, int code, const char *sqlstate, const char *msg) {
+    aorm__op *q = e->q_head, *a = e->acq_head;
+    e->q_head = e->q_tail = e->acq_head = e->acq_tail = NULL;
+    e->q_len = e->acq_len = 0;
+    fail_list(q, code, sqlstate, msg);
+    fail_list(a, code, sqlstate, msg);
+}
+
+void aorm__engine_conn_gone(aorm_engine *e, aorm_conn *c, bool connect_failed) {
+    e->nconns--;
+    if (e->closing) return; /* engine_destroy frees every listed connection */
+    bool keep = c->held && !c->releasing; /* its holder still has the handle */
+    if (!keep) {
+        if (c->held) e->nheld--;
+        unlink_conn(e, c);
+        aorm__conn_free(c);
+    }
+    if (connect_failed) {
+        double now = aorm_loop_now(e->loop);
+        e->backoff = e->backoff > 0 ? fmin(e->backoff * 2, e->o.reconnect_max) : e->o.reconnect_min;
+        e->next_connect_at = now + e->backoff;
+        /* With no usable connection left, waiting callers learn now that
+         * the server cannot be reached rather than at the pool timeout. */
+        bool any = false;
+        for (aorm_conn *o = e->conns; o; o = o->next)
+            if (o->state == CONN_READY || o->state == CONN_CONNECTING || o->state == CONN_RESOLVING) any = true;
+        if (!any) fail_waiters(e, AORM_ECONNECT, "08001", "could not connect to the server");
+        if (e->q_head || e->acq_head) arm_engine_timer(e, e->next_connect_at);
+    }
+}
+
+/* ---- the dispatcher -------------------------------------------------------- */
+
+static bool shared_usable(const aorm_conn *c) {
+    return c->state == CONN_READY && !c->held && !c->draining && !c->reserved && !c->dead;
+}
+
+static void touch(aorm_conn *c, aorm_conn **touched) {
+    if (c->touched) return;
+    c->touched = true;
+    c->group_open = false;
+    c->touched_next = *touched;
+    *touched = c;
+}
+
+/* Sends one op on c with the sync discipline of its kind: read-only
+ * autocommit statements and statements inside a transaction block share a
+ * sync; anything else is its own implicit transaction. */
+static int send_one(aorm_conn *c, aorm__op *op) {
+    bool share = (op->flags & AORM_EXEC_READONLY) || (c->held && c->in_tx) || op->role == ROLE_BEGIN;
+    if (!share && c->group_open) {
+        if (aorm__conn_sync(c) < 0) return -1;
+        c->group_open = false;
+    }
+    if (aorm__conn_send(c, op) < 0) return -1;
+    if (op->kind == OP_COPY) return 0; /* not in pipeline mode: no sync */
+    if (share && (op->role != ROLE_COMMIT && op->role != ROLE_END)) {
+        c->group_open = true;
+        return 0;
+    }
+    if (aorm__conn_sync(c) < 0) return -1;
+    c->group_open = false;
+    return 0;
+}
+
+static aorm_conn *pick_shared(aorm_engine *e, double now) {
+    aorm_conn *best = NULL, *room = NULL;
+    for (aorm_conn *c = e->conns; c; c = c->next) {
+        if (!shared_usable(c) || c->icount >= (uint32_t)e->o.max_pipeline) continue;
+        if (c->icount == 0 && !c->touched && (now - c->last_used > 1.0 || e->o.pre_ping)) {
+            if (!aorm__conn_check_alive(c)) return pick_shared(e, now); /* list changed */
+        }
+        bool newer = e->o.lifo ? (!room || c->last_used > room->last_used)
+                               : (!room || c->last_used < room->last_used);
+        if (c->inflight_ops < AORM__PACK && newer) room = c;
+        if (!best || c->inflight_ops < best->inflight_ops) best = c;
+    }
+    return room ? room : best;
+}
+
+static aorm_conn *pick_idle(aorm_engine *e, double now) {
+    for (aorm_conn *c = e->conns; c; c = c->next) {
+        if (!shared_usable(c) || !aorm__conn_idle(c) || c->touched) continue;
+        if ((now - c->last_used > 1.0 || e->o.pre_ping) && !aorm__conn_check_alive(c)) return pick_idle(e, now);
+        return c;
+    }
+    return NULL;
+}
+
+static void open_conn(aorm_engine *e) {
+    aorm_conn *c = aorm__conn_new(e);
+    if (!c) return;
+    aorm__conn_start(c);
+}
+
+static void grant(aorm_engine *e, aorm__op *op, aorm_conn *c) {
+    e->acq_head = op->next;
+    if (!e->acq_head) e->acq_tail = NULL;
+    e->acq_len--;
+    op->queued = false;
+    c->held = true;
+    c->reserved = false;
+    c->draining = false;
+    c->releasing = false;
+    c->in_tx = false;
+    e->nheld++;
+    if (op->kind == OP_COPY) {
+        op->auto_release = c;
+        op->queued = true;
+        conn_submit(c, op);
+        return;
+    }
+    op->done = true;
+    op->cb.conn(e, c, NULL, op->user);
+    aorm__op_release(op);
+}
+
+static void finish_release(aorm_engine *e, aorm_conn *c) {
+    c->held = false;
+    c->releasing = false;
+    c->in_tx = false;
+    e->nheld--;
+    c->last_used = aorm_loop_now(e->loop);
+    if (c->txs != AORM_TX_IDLE) {
+        e->stats.discarded++;
+        aorm__conn_lost(c, AORM_ECONNLOST, "released connection could not be cleaned; discarded");
+        return;
+    }
+    if (e->nconns > e->o.pool_size || (e->o.recycle > 0 && c->last_used - c->created > e->o.recycle)) {
+        aorm__engine_log(e, AORM_LOG_INFO, "connection %llu closed (%s)", (unsigned long long)c->id,
+                         e->nconns > e->o.pool_size ? "overflow" : "recycled");
+        e->nconns--;
+        unlink_conn(e, c);
+        aorm__conn_free(c);
+    }
+}
+
+static void send_pending(aorm_conn *c, aorm_conn **touched) {
+    while (c->pend_head && c->state == CONN_READY) {
+        aorm__op *op = c->pend_head;
+        if (op->kind == OP_COPY && (c->icount > 0 || c->group_open)) {
+            if (c->group_open && aorm__conn_sync(c) == 0) c->group_open = false;
+            return; /* COPY leaves pipeline mode: wait for the pipeline to drain */
+        }
+        c->pend_head = op->next;
+        if (!c->pend_head) c->pend_tail = NULL;
+        touch(c, touched);
+        if (send_one(c, op) < 0) {
+            if (c->state == CONN_BROKEN) { /* conn_lost failed the rest of pending */
+                op->queued = false;
+                aorm__op_fail(op, AORM_ECONNLOST, "08006", "connection lost");
+                aorm__op_release(op);
+                return;
+            }
+            op->queued = false;
+            aorm__op_fail(op, AORM_ENOMEM, "", "out of memory sending a statement");
+            aorm__op_release(op);
+            continue;
+        }
+        if (op->kind == OP_COPY) return;
+    }
+}
+
+static void dispatch(aorm_loop *loop, void *arg) {
+    aorm_engine *e = arg;
+    if (e->closing) return;
+    aorm__engine_enter(e);
+    double now = aorm_loop_now(loop);
+    aorm_conn *touched = NULL;
+
+    /* 1. held connections: queued statements, in order */
+    aorm_conn *dirty = e->dirty;
+    e->dirty = NULL;
+    while (dirty) {
+        aorm_conn *c = dirty;
+        dirty = c->dirty_next;
+        c->dirty_next = NULL;
+        c->in_dirty = false;
+        if (c->state == CONN_READY) send_pending(c, &touched);
+        /* still waiting (for a COPY to drain or the connection): next turn */
+        if (c->pend_head && c->state != CONN_BROKEN) mark_dirty(c);
+    }
+
+    /* 2. connections coming back: released, drained after a cancel */
+    for (aorm_conn *c = e->conns, *next; c; c = next) {
+        next = c->next;
+        if (c->state != CONN_READY || c->touched) continue;
+        if (c->held && c->releasing && !c->pend_head && c->icount == 0 && !c->writing) {
+            finish_release(e, c);
+            continue;
+        }
+        if (c->draining && !c->reserved && c->icount == 0 && !c->cancel_pending) {
+            c->draining = false;
+            c->drain_limit = 0;
+        }
+    }
+
+    /* 3. acquire requests: an idle connection, a new one, or the next
+     *    shared connection to drain */
+    while (e->acq_head) {
+        aorm_conn *c = NULL;
+        for (aorm_conn *r = e->conns; r; r = r->next)
+            if (r->reserved && r->state == CONN_READY && r->icount == 0 && !r->cancel_pending && !r->touched) c = r;
+        if (!c) c = pick_idle(e, now);
+        if (c) {
+            grant(e, e->acq_head, c);
+            if (e->closing) goto out;
+            continue;
+        }
+        int reserved = 0;
+        for (aorm_conn *r = e->conns; r; r = r->next)
+            if (r->reserved) reserved++;
+        int want = e->acq_len - reserved - e->connecting;
+        if (want > 0 && e->nconns < e->o.pool_size + e->o.max_overflow && now >= e->next_connect_at) {
+            open_conn(e);
+            continue;
+        }
+        if (want > 0 && e->connecting == 0) {
+            /* every slot is open: take the least busy shared connection
+             * out of the autocommit rotation for the next waiter */
+            aorm_conn *r = NULL;
+            for (aorm_conn *x = e->conns; x; x = x->next)
+                if (shared_usable(x) && (!r || x->inflight_ops < r->inflight_ops)) r = x;
+            if (r) {
+                r->reserved = true;
+                r->draining = true;
+            }
+        }
+        break;
+    }
+
+    /* 4. autocommit statements */
+    while (e->q_head) {
+        aorm_conn *c = pick_shared(e, now);
+        if (!c) break;
+        aorm__op *op = e->q_head;
+        e->q_head = op->next;
+        if (!e->q_head) e->q_tail = NULL;
+        e->q_len--;
+        touch(c, &touched);
+        c->last_used = now;
+        if (send_one(c, op) < 0) {
+            if (c->state == CONN_BROKEN) {
+                aorm__op_requeue(op); /* never reached the server */
+                op->resends--;
+                continue;
+            }
+            op->queued = false;
+            aorm__op_fail(op, AORM_ENOMEM, "", "out of memory sending a statement");
+            aorm__op_release(op);
+        }
+    }
+
+    /* 5. grow the pool while there is work the open connections cannot
+     *    take at their packing depth */
+    if (now >= e->next_connect_at) {
+        int busy = 0, shared = 0;
+        for (aorm_conn *c = e->conns; c; c = c->next) {
+            if (!shared_usable(c)) continue;
+            shared++;
+            if (c->inflight_ops >= AORM__PACK) busy++;
+        }
+        int open = e->nconns - e->nheld;
+        bool need = e->q_head ? true : (shared > 0 && busy == shared);
+        if (need && e->connecting == 0 && open < e->o.pool_size &&
+            e->nconns < e->o.pool_size + e->o.max_overflow)
+            open_conn(e);
+    }
+
+    /* 6. one write per connection: close open sync groups and flush */
+    while (touched) {
+        aorm_conn *c = touched;
+        touched = c->touched_next;
+        c->touched = false;
+        c->touched_next = NULL;
+        if (c->state != CONN_READY && c->state != CONN_COPY) continue;
+        if (c->group_open && c->state == CONN_READY) {
+            if (aorm__conn_sync(c) < 0) continue;
+        }
+        c->group_open = false;
+        e->stats.round_trips++;
+        aorm__conn_flush(c);
+    }
+
+    /* 7. time limits for whoever still waits */
+    if (e->q_head || e->acq_head) {
+        double at = AORM__NEVER;
+        for (aorm__op *op = e->q_head; op; op = op->next) at = fmin(at, op_wait_limit(op, e));
+        for (aorm__op *op = e->acq_head; op; op = op->next) at = fmin(at, op_wait_limit(op, e));
+        if (e->next_connect_at > now) at = fmin(at, e->next_connect_at);
+        arm_engine_timer(e, at);
+    } else {
+        aorm_timer_stop(e->timer);
+    }
+out:
+    aorm__engine_leave(e);
+}
+
+static void expire_list(aorm_engine *e, aorm__op **head, aorm__op **tail, int *len, double now) {
+    aorm__op *keep_head = NULL, *keep_tail = NULL, *expired = NULL;
+    while (*head) {
+        aorm__op *op = *head;
+        *head = op->next;
+        op->next = NULL;
+        if (op_wait_limit(op, e) <= now) {
+            op->next = expired;
+            expired = op;
+            (*len)--;
+        } else {
+            queue_push(&keep_head, &keep_tail, op);
+        }
+    }
+    *head = keep_head;
+    *tail = keep_tail;
+    while (expired) {
+        aorm__op *op = expired;
+        expired = op->next;
+        op->queued = false;
+        if (op->deadline <= now)
+            aorm__op_fail(op, AORM_ETIMEOUT, "57014", "statement deadline expired before it could be sent");
+        else
+            aorm__op_fail(op, AORM_EPOOLTIMEOUT, "", "timed out waiting for a connection from the pool");
+        aorm__op_release(op);
+        if (e->closing) return;
+    }
+}
+
+static void on_engine_timer(aorm_timer *t, void *arg) {
+    aorm_engine *e = arg;
+    aorm__engine_enter(e);
+    double now = aorm_loop_now(e->loop);
+    expire_list(e, &e->q_head, &e->q_tail, &e->q_len, now);
+    if (!e->closing) expire_list(e, &e->acq_head, &e->acq_tail, &e->acq_len, now);
+    /* the dispatcher runs before the next poll: it reconnects if needed */
+    aorm__engine_leave(e);
+}
+
+int aorm_engine_warm(aorm_engine *e) {
+    if (!e) return AORM_EMISUSE;
+    if (e->closing) return AORM_ECLOSED;
+    while (e->nconns < e->o.pool_size) open_conn(e);
+    return 0;
+}

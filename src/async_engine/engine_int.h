@@ -1,0 +1,280 @@
+/* engine_int.h -- private to src/async_engine: operations, connections,
+ * prepared statements and the engine that ties them together.
+ *
+ * Life of an operation (aorm__op):
+ *   queued   in the engine's autocommit queue, or in a held connection's
+ *            pending list, until the before-poll stage;
+ *   sent     one or more protocol items (PREPARE, QUERY, SYNC) in the
+ *            connection's in-flight ring, answered strictly in order;
+ *   done     its callback has run (result, error, timeout or cancel).
+ * An operation is freed when it is done and no in-flight item refers to it
+ * any more: a timed-out statement's late answer is read and dropped, never
+ * handed to anyone. */
+#ifndef AORM_ENGINE_INT_H
+#define AORM_ENGINE_INT_H
+
+#include <libpq-fe.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "aorm/engine.h"
+#include "async_engine/result_int.h"
+#include "util/util.h"
+
+typedef struct aorm__op aorm__op;
+typedef struct aorm__stmt aorm__stmt;
+typedef struct aorm__worker aorm__worker;
+
+#define AORM__NEVER 1e300 /* deadline of an operation that has none */
+
+typedef enum op_kind {
+    OP_QUERY,   /* a statement with parameters */
+    OP_COPY,    /* COPY FROM STDIN, streamed from a fill callback */
+    OP_ACQUIRE  /* a request for a held connection */
+} op_kind;
+
+typedef enum op_role {
+    ROLE_USER,     /* a caller's statement */
+    ROLE_BEGIN,    /* BEGIN: opens a transaction block */
+    ROLE_COMMIT,   /* COMMIT: outcome unknown if the connection is lost */
+    ROLE_END,      /* ROLLBACK: closes the transaction block */
+    ROLE_INTERNAL  /* the engine's own (rollback on release, DEALLOCATE): no callback */
+} op_role;
+
+struct aorm__op {
+    aorm__op *next;        /* engine queue / pending list link */
+    aorm_engine *e;
+    aorm_conn *held;       /* NULL for autocommit */
+    uint8_t kind;          /* op_kind */
+    uint8_t role;          /* op_role */
+    bool done;             /* callback delivered (or never to be: internal) */
+    bool queued;           /* in a queue, not yet sent */
+    bool cancel_sent;      /* a cancel request went out for it */
+    uint8_t resends;       /* times re-sent after a pipeline abort or stale plan */
+    uint16_t nitems;       /* in-flight items referring to this op */
+    unsigned flags;        /* AORM_EXEC_* */
+    double submitted;      /* loop time at submission */
+    double deadline;       /* absolute loop time, AORM__NEVER for none */
+    union {
+        aorm_result_cb result;
+        aorm_conn_cb conn;
+    } cb;
+    void *user;
+
+    /* statement */
+    const char *sql;
+    size_t sql_len;
+    uint64_t hash;         /* of sql and parameter types, for the statement cache */
+    int nparams;
+    const char **values;
+    int *lengths;
+    int *formats;
+    Oid *types;
+    PGresult *res;         /* the statement's result, once read */
+    PGresult *prep_err;    /* a failed PREPARE's error, reported instead of "aborted" */
+
+    /* COPY */
+    aorm_copy_fill_fn fill;
+    void *fill_user;
+    aorm_conn *auto_release; /* engine-level COPY: give the connection back after */
+
+    char storage[];        /* sql, parameter arrays and values */
+};
+
+/* ---- prepared statements (per connection, bounded LRU) ----------------- */
+
+typedef enum stmt_state {
+    STMT_PREPARING, /* Parse sent, not yet confirmed */
+    STMT_READY,     /* confirmed by the server */
+    STMT_FAILED     /* Parse failed or was skipped: must not be used */
+} stmt_state;
+
+struct aorm__stmt {
+    aorm__stmt *hnext;               /* hash chain */
+    aorm__stmt *lru_prev, *lru_next; /* most recently used first */
+    uint64_t hash;
+    int refs;                        /* in-flight items using it */
+    uint8_t state;                   /* stmt_state */
+    bool cached;                     /* still in the cache (else freed at refs == 0) */
+    int nparams;
+    Oid *types;
+    size_t sql_len;
+    char *sql;
+    char name[24];
+    char storage[];
+};
+
+typedef struct aorm__stmt_cache {
+    aorm__stmt **buckets;
+    uint32_t nbuckets;               /* power of two */
+    int count;
+    int cap;
+    aorm__stmt *lru_head, *lru_tail;
+    uint64_t next_id;
+} aorm__stmt_cache;
+
+/* ---- connections -------------------------------------------------------- */
+
+typedef enum conn_state {
+    CONN_RESOLVING,  /* host names being resolved on the helper thread */
+    CONN_CONNECTING, /* PQconnectPoll in progress; the watcher waits for what it asked */
+    CONN_READY,      /* connected, in pipeline mode */
+    CONN_COPY,       /* out of pipeline mode, streaming a COPY */
+    CONN_BROKEN      /* lost; kept only while an aorm_conn holder still has it */
+} conn_state;
+
+typedef enum item_kind {
+    IT_PREPARE, /* Parse of op->stmt */
+    IT_QUERY,   /* Bind/Execute of op */
+    IT_SYNC,    /* pipeline sync point */
+    IT_DISCARD  /* an internal statement whose answer is ignored */
+} item_kind;
+
+typedef struct aorm__item {
+    uint8_t kind;     /* item_kind */
+    aorm__op *op;     /* IT_PREPARE, IT_QUERY */
+    aorm__stmt *stmt; /* IT_PREPARE, and IT_QUERY of a prepared statement */
+    PGresult *res;    /* IT_QUERY / IT_PREPARE: first result, until the item ends */
+} aorm__item;
+
+struct aorm_conn {
+    aorm_engine *e;
+    aorm_conn *prev, *next;  /* engine's list of connections */
+    uint64_t id;
+    conn_state state;
+    PGconn *pg;
+    aorm_io *io;
+    aorm_timer *timer;       /* connect timeout, deadlines, drain limit */
+    double timer_at;
+    double created;
+    double last_used;
+
+    bool held;               /* handed to an aorm_conn holder */
+    bool releasing;          /* holder let go: clean up, then back to the pool */
+    bool draining;           /* no new autocommit work (cancel or hand-over pending) */
+    bool reserved;           /* promised to an acquire waiter once drained */
+    bool cancel_pending;     /* cancel request on the helper thread */
+    bool in_tx;              /* a transaction block is (being) opened */
+    bool writing;            /* output not fully flushed: write watcher on */
+    bool dead;               /* freed once the current handler unwinds */
+    int busy;                /* handler depth on this connection */
+    double drain_limit;      /* discard if still draining at this time */
+    aorm_tx_status txs;
+
+    /* in-flight protocol items, a ring in send order */
+    aorm__item *items;
+    uint32_t ihead, icount, icap;
+    int inflight_ops;        /* queries and COPY in flight */
+
+    /* statements queued on a held connection */
+    aorm__op *pend_head, *pend_tail;
+    aorm_conn *dirty_next;   /* engine list of held conns with pending work */
+    bool in_dirty;
+
+    aorm__stmt_cache stmts;
+
+    /* COPY in progress */
+    aorm__op *copy_op;
+    aorm_copy *copy;
+    bool copy_started;       /* server answered CopyInResponse */
+    bool copy_ended;         /* PQputCopyEnd sent */
+
+    /* per-dispatch scratch */
+    bool touched;            /* got work this dispatch */
+    bool group_open;         /* statements sent since the last sync */
+    aorm_conn *touched_next;
+};
+
+/* ---- the engine --------------------------------------------------------- */
+
+struct aorm_engine {
+    aorm_loop *loop;
+    aorm_engine_options o;
+    char *conninfo;
+    /* conninfo parsed once into libpq keyword/value arrays; hostaddr_index is
+     * where a resolved hostaddr goes (-1 when no resolution is needed) */
+    const char **kw;
+    const char **val;
+    int nkw;
+    char *host_list;         /* hosts needing resolution, or NULL */
+    int hostaddr_index;
+
+    aorm_conn *conns;        /* every connection */
+    int nconns;              /* including connecting and broken-but-held */
+    int nheld;
+    uint64_t next_conn_id;
+
+    aorm__op *q_head, *q_tail; /* autocommit statements waiting for a connection */
+    int q_len;
+    aorm__op *acq_head, *acq_tail; /* acquire requests */
+    int acq_len;
+    aorm_conn *dirty;        /* held connections with pending statements */
+
+    aorm_timer *timer;       /* pool-wait expiry and reconnect backoff */
+    double timer_at;
+    double backoff;          /* current reconnect delay, 0 when healthy */
+    double next_connect_at;  /* no automatic connect before this */
+    int connecting;
+
+    aorm__worker *worker;    /* helper thread for cancel and name resolution */
+    aorm_io *worker_io;
+
+    aorm_engine_stats stats;
+    void *data;
+    int depth;               /* engine code on the stack (callbacks may free) */
+    bool free_pending;
+    bool closing;
+};
+
+/* ---- cross-file internals ------------------------------------------------ */
+
+/* engine.c */
+void aorm__engine_log(aorm_engine *e, aorm_log_level lvl, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void aorm__op_deliver(aorm__op *op, aorm_result *res, const aorm_error *err);
+void aorm__op_fail(aorm__op *op, int code, const char *sqlstate, const char *msg);
+void aorm__op_release(aorm__op *op);
+void aorm__op_requeue(aorm__op *op);
+void aorm__engine_conn_ready(aorm_engine *e, aorm_conn *c);
+void aorm__engine_conn_gone(aorm_engine *e, aorm_conn *c, bool connect_failed);
+void aorm__engine_enter(aorm_engine *e);
+void aorm__engine_leave(aorm_engine *e);
+void aorm__error_from_pg(aorm_error *err, const PGresult *r);
+
+/* conn.c */
+aorm_conn *aorm__conn_new(aorm_engine *e);
+void aorm__conn_start(aorm_conn *c);
+void aorm__conn_free(aorm_conn *c);
+void aorm__conn_lost(aorm_conn *c, int code, const char *msg);
+int aorm__conn_send(aorm_conn *c, aorm__op *op);
+int aorm__conn_sync(aorm_conn *c);
+int aorm__conn_flush(aorm_conn *c);
+bool aorm__conn_idle(const aorm_conn *c);
+bool aorm__conn_check_alive(aorm_conn *c);
+void aorm__conn_arm_timer(aorm_conn *c, double at);
+void aorm__conn_cancel_done(aorm_conn *c);
+void aorm__conn_start_copy(aorm_conn *c, aorm__op *op);
+void aorm__conn_resolved(aorm_conn *c, const char *hostaddr, const char *err);
+
+/* stmt.c */
+void aorm__stmt_cache_init(aorm__stmt_cache *sc, int cap);
+void aorm__stmt_cache_free(aorm__stmt_cache *sc);
+aorm__stmt *aorm__stmt_lookup(aorm__stmt_cache *sc, const aorm__op *op);
+aorm__stmt *aorm__stmt_insert(aorm__stmt_cache *sc, const aorm__op *op, aorm__stmt **evicted);
+void aorm__stmt_forget(aorm__stmt_cache *sc, aorm__stmt *s);
+void aorm__stmt_unref(aorm__stmt *s);
+uint64_t aorm__stmt_hash(const char *sql, size_t len, const Oid *types, int n);
+
+/* worker.c: the helper thread */
+aorm__worker *aorm__worker_new(aorm_engine *e);
+void aorm__worker_free(aorm__worker *w);
+int aorm__worker_cancel(aorm__worker *w, uint64_t conn_id, PGcancel *cancel);
+int aorm__worker_resolve(aorm__worker *w, uint64_t conn_id, const char *hosts);
+
+/* copy.c */
+aorm_copy *aorm__copy_new(void);
+void aorm__copy_free(aorm_copy *cp);
+int aorm__copy_pump(aorm_conn *c);
+
+#endif /* AORM_ENGINE_INT_H */

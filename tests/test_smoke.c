@@ -1,0 +1,61 @@
+/* test_smoke.c -- the sandbox servers are reachable: PostgreSQL through
+ * the engine (non-blocking, loop-driven) and Redis through hiredis. A
+ * missing sandbox fails here, loudly. */
+#include <ev.h>
+#include <hiredis/hiredis.h>
+#include <string.h>
+
+#include "support.h"
+
+typedef struct version_state {
+    char version[256];
+    int done;
+    int failed;
+} version_state;
+
+static void on_version(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
+    version_state *s = user;
+    s->done = 1;
+    if (err) {
+        s->failed = 1;
+        cr_log_error("SELECT version() failed: %s %s", err->sqlstate, err->message);
+        return;
+    }
+    const char *v;
+    if (aorm_result_text(res, 0, 0, &v, NULL) == 0) snprintf(s->version, sizeof(s->version), "%s", v);
+}
+
+Test(smoke, postgresql_through_the_engine, .timeout = 30) {
+    struct ev_loop *evl = ev_loop_new(EVFLAG_AUTO);
+    aorm_loop *l = aorm_loop_new_ev(evl);
+    aorm_engine_options o;
+    aorm_engine_options_init(&o);
+    o.conninfo = t_dsn();
+    aorm_engine *e = aorm_engine_new(l, &o);
+    cr_assert_not_null(e);
+    version_state s = {0};
+    cr_assert_eq(aorm_engine_execute(e, "SELECT version()", NULL, NULL, on_version, &s), 0);
+    cr_assert_eq(s.done, 0, "callback ran inside execute");
+    cr_assert(t_run_until(evl, &s.done, 20), "no answer from the sandbox PostgreSQL");
+    cr_assert_eq(s.failed, 0);
+    cr_assert(strncmp(s.version, "PostgreSQL", 10) == 0, "unexpected version string: %s", s.version);
+    aorm_engine_free(e);
+    aorm_loop_free(l);
+    ev_loop_destroy(evl);
+}
+
+Test(smoke, redis, .timeout = 30) {
+    struct timeval tv = {5, 0};
+    redisContext *r = redisConnectWithTimeout(t_redis_host(), t_redis_port(), tv);
+    cr_assert(r && !r->err, "cannot connect to the sandbox Redis: %s", r ? r->errstr : "out of memory");
+    redisReply *rep = redisCommand(r, "PING");
+    cr_assert(rep && rep->type == REDIS_REPLY_STATUS && strcmp(rep->str, "PONG") == 0);
+    freeReplyObject(rep);
+    rep = redisCommand(r, "SET %s %b", "aorm:smoke", "v\0x", (size_t)3);
+    cr_assert(rep && rep->type == REDIS_REPLY_STATUS);
+    freeReplyObject(rep);
+    rep = redisCommand(r, "GET aorm:smoke");
+    cr_assert(rep && rep->type == REDIS_REPLY_STRING && rep->len == 3 && memcmp(rep->str, "v\0x", 3) == 0);
+    freeReplyObject(rep);
+    redisFree(r);
+}
