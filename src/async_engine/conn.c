@@ -586,6 +586,7 @@ static void on_timer(aorm_timer *t, void *arg) {
              * until the pipeline has drained, and if the server does not
              * stop in time the connection is discarded. */
             if (!c->held) c->draining = true;
+            e->rescan = true;
             c->drain_limit = now + fmax(5.0, e->o.connect_timeout);
             maybe_cancel(c);
         }
@@ -601,7 +602,10 @@ static void on_timer(aorm_timer *t, void *arg) {
     aorm__engine_leave(e);
 }
 
-void aorm__conn_cancel_done(aorm_conn *c) { c->cancel_pending = false; }
+void aorm__conn_cancel_done(aorm_conn *c) {
+    c->cancel_pending = false;
+    c->e->rescan = true;
+}
 
 /* ---- loss and teardown ---------------------------------------------------- */
 
@@ -640,6 +644,8 @@ void aorm__conn_lost(aorm_conn *c, int code, const char *msg) {
         e->connecting--;
         e->stats.connect_failures++;
         aorm__engine_log(e, AORM_LOG_ERROR, "connection %llu failed: %s", (unsigned long long)c->id, buf);
+    } else if (code == AORM_ECANCELED) {
+        aorm__engine_log(e, AORM_LOG_INFO, "connection %llu closed", (unsigned long long)c->id);
     } else {
         e->stats.connections_lost++;
         aorm__engine_log(e, AORM_LOG_WARN, "connection %llu lost: %s", (unsigned long long)c->id, buf);

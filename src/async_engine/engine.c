@@ -466,6 +466,7 @@ int aorm_engine_acquire(aorm_engine *e, aorm_conn_cb cb, void *user) {
 }
 
 static void mark_dirty(aorm_conn *c) {
+    if (c->e->in_dispatch) c->e->dirty_during_dispatch = true;
     if (c->in_dirty) return;
     c->in_dirty = true;
     c->dirty_next = c->e->dirty;
@@ -564,6 +565,7 @@ aorm_tx_status aorm_conn_tx_status(const aorm_conn *c) {
 bool aorm_conn_broken(const aorm_conn *c) { return !c || c->state == CONN_BROKEN; }
 
 static void unlink_conn(aorm_engine *e, aorm_conn *c) {
+    if (e->last_pick == c) e->last_pick = NULL;
     if (c->prev) c->prev->next = c->next;
     else if (e->conns == c) e->conns = c->next;
     if (c->next) c->next->prev = c->prev;
@@ -580,6 +582,7 @@ void aorm_conn_release(aorm_conn *c) {
     if (!c || !c->held || c->releasing) return;
     aorm_engine *e = c->e;
     c->releasing = true;
+    e->rescan = true;
     if (c->state == CONN_BROKEN) {
         e->nheld--;
         unlink_conn(e, c);
@@ -719,6 +722,12 @@ static int send_one(aorm_conn *c, aorm__op *op) {
 }
 
 static aorm_conn *pick_shared(aorm_engine *e, double now) {
+    /* keep packing the connection picked last while it has room */
+    aorm_conn *last = e->last_pick;
+    if (last && shared_usable(last) && last->inflight_ops < AORM__PACK &&
+        last->icount < (uint32_t)e->o.max_pipeline &&
+        (last->icount > 0 || last->touched || (now - last->last_used <= 1.0 && !e->o.pre_ping)))
+        return last;
     aorm_conn *best = NULL, *room = NULL;
     for (aorm_conn *c = e->conns; c; c = c->next) {
         if (!shared_usable(c) || c->icount >= (uint32_t)e->o.max_pipeline) continue;
@@ -730,7 +739,8 @@ static aorm_conn *pick_shared(aorm_engine *e, double now) {
         if (c->inflight_ops < AORM__PACK && newer) room = c;
         if (!best || c->inflight_ops < best->inflight_ops) best = c;
     }
-    return room ? room : best;
+    e->last_pick = room ? room : best;
+    return e->last_pick;
 }
 
 static aorm_conn *pick_idle(aorm_engine *e, double now) {
@@ -819,25 +829,17 @@ static void send_pending(aorm_conn *c, aorm_conn **touched) {
 static void dispatch(aorm_loop *loop, void *arg) {
     aorm_engine *e = arg;
     if (e->closing) return;
+    /* the common turn: nothing queued, nothing to hand back */
+    if (!e->q_head && !e->acq_head && !e->dirty && !e->rescan) return;
     aorm__engine_enter(e);
     double now = aorm_loop_now(loop);
     aorm_conn *touched = NULL;
+    e->in_dispatch = true;
 
-    /* 1. held connections: queued statements, in order */
-    aorm_conn *dirty = e->dirty;
-    e->dirty = NULL;
-    while (dirty) {
-        aorm_conn *c = dirty;
-        dirty = c->dirty_next;
-        c->dirty_next = NULL;
-        c->in_dirty = false;
-        if (c->state == CONN_READY) send_pending(c, &touched);
-        /* still waiting (for a COPY to drain or the connection): next turn */
-        if (c->pend_head && c->state != CONN_BROKEN) mark_dirty(c);
-    }
-
-    /* 2. connections coming back: released, drained after a cancel */
-    for (aorm_conn *c = e->conns, *next; c; c = next) {
+    /* 1. connections coming back: released, drained after a cancel */
+    bool rescan = e->rescan;
+    e->rescan = false;
+    for (aorm_conn *c = rescan ? e->conns : NULL, *next; c; c = next) {
         next = c->next;
         if (c->state != CONN_READY || c->touched) continue;
         if (c->held && c->releasing && !c->pend_head && c->icount == 0 && !c->writing) {
@@ -848,9 +850,10 @@ static void dispatch(aorm_loop *loop, void *arg) {
             c->draining = false;
             c->drain_limit = 0;
         }
+        if ((c->held && c->releasing) || c->draining) e->rescan = true; /* not yet */
     }
 
-    /* 3. acquire requests: an idle connection, a new one, or the next
+    /* 2. acquire requests: an idle connection, a new one, or the next
      *    shared connection to drain */
     while (e->acq_head) {
         aorm_conn *c = NULL;
@@ -884,6 +887,19 @@ static void dispatch(aorm_loop *loop, void *arg) {
         break;
     }
 
+    /* 3. held connections: queued statements, in order */
+    aorm_conn *dirty = e->dirty;
+    e->dirty = NULL;
+    while (dirty) {
+        aorm_conn *c = dirty;
+        dirty = c->dirty_next;
+        c->dirty_next = NULL;
+        c->in_dirty = false;
+        if (c->state == CONN_READY) send_pending(c, &touched);
+        /* still waiting (for a COPY to drain or the connection): next turn */
+        if (c->pend_head && c->state != CONN_BROKEN) mark_dirty(c);
+    }
+
     /* 4. autocommit statements */
     while (e->q_head) {
         aorm_conn *c = pick_shared(e, now);
@@ -908,7 +924,7 @@ static void dispatch(aorm_loop *loop, void *arg) {
 
     /* 5. grow the pool while there is work the open connections cannot
      *    take at their packing depth */
-    if (now >= e->next_connect_at) {
+    if (now >= e->next_connect_at && (e->q_head || (e->last_pick && e->last_pick->inflight_ops >= AORM__PACK))) {
         int busy = 0, shared = 0;
         for (aorm_conn *c = e->conns; c; c = c->next) {
             if (!shared_usable(c)) continue;
@@ -936,6 +952,16 @@ static void dispatch(aorm_loop *loop, void *arg) {
         e->stats.round_trips++;
         aorm__conn_flush(c);
     }
+
+    /* Callbacks run during this dispatch (grants, failures) may have queued
+     * statements on held connections after step 3: make the loop come
+     * back at once instead of blocking in poll. */
+    if (e->dirty_during_dispatch) {
+        for (aorm_conn *c = e->dirty; c; c = c->dirty_next)
+            if (c->state == CONN_READY && c->icount == 0) aorm_loop_wake(e->loop);
+    }
+    e->in_dispatch = false;
+    e->dirty_during_dispatch = false;
 
     /* 7. time limits for whoever still waits */
     if (e->q_head || e->acq_head) {

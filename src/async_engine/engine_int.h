@@ -223,6 +223,10 @@ struct aorm_engine {
     aorm_engine_stats stats;
     void *data;
     int depth;               /* engine code on the stack (callbacks may free) */
+    bool in_dispatch;
+    bool rescan;             /* a connection may be coming back (release, drain) */
+    aorm_conn *last_pick;    /* shared connection that took the last statement */
+    bool dirty_during_dispatch; /* a held connection got work while dispatching */
     bool free_pending;
     bool closing;
 };
