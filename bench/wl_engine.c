@@ -74,7 +74,7 @@ static void eng_error(eng *g, const char *what, const aorm_error *err) {
     fprintf(stderr, "aorm-bench: %s: %s: %s (%s, SQLSTATE %s)\n", g->phase, what, err->message,
             aorm_errname(err->code), err->sqlstate[0] ? err->sqlstate : "none");
     if (err->detail[0]) fprintf(stderr, "aorm-bench:   DETAIL: %s\n", err->detail);
-    bench_fail(g->out, "%s: %s: %s [%s]", g->phase, what, aorm_errname(err->code),
+    bench_fail(g->out, "%s: %s: %s [%s %s]", g->phase, what, err->message, aorm_errname(err->code),
                err->sqlstate[0] ? err->sqlstate : "-");
     g->failed = 1;
     eng_stop_loop(g);

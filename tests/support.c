@@ -61,10 +61,17 @@ long t_pg_long(PGconn *c, const char *sql) {
 typedef struct until_state {
     int (*cond)(void *);
     void *arg;
-    int done;
 } until_state;
 
+/* The condition is checked after every poll (ev_check) and every
+ * millisecond (a repeating timer), so that work the library completes
+ * before polling, at its before-poll stage, is seen too. */
 static void until_check(struct ev_loop *evl, ev_check *w, int revents) {
+    until_state *st = w->data;
+    if (st->cond(st->arg)) ev_break(evl, EVBREAK_ONE);
+}
+
+static void until_tick(struct ev_loop *evl, ev_timer *w, int revents) {
     until_state *st = w->data;
     if (st->cond(st->arg)) ev_break(evl, EVBREAK_ONE);
 }
@@ -75,17 +82,21 @@ static void until_timeout(struct ev_loop *evl, ev_timer *w, int revents) {
 
 int t_run_until_fn(struct ev_loop *evl, int (*cond)(void *), void *arg, double seconds) {
     if (cond(arg)) return 1;
-    until_state st = {cond, arg, 0};
+    until_state st = {cond, arg};
     ev_check chk;
-    ev_timer tm;
+    ev_timer tick, tm;
+    ev_now_update(evl); /* the caller may have blocked: time the limit from now */
     ev_check_init(&chk, until_check);
     chk.data = &st;
     ev_check_start(evl, &chk);
+    ev_timer_init(&tick, until_tick, 0.001, 0.001);
+    tick.data = &st;
+    ev_timer_start(evl, &tick);
     ev_timer_init(&tm, until_timeout, seconds, 0.);
     ev_timer_start(evl, &tm);
-    ev_now_update(evl);
     ev_run(evl, 0);
     ev_check_stop(evl, &chk);
+    ev_timer_stop(evl, &tick);
     ev_timer_stop(evl, &tm);
     return cond(arg);
 }

@@ -114,6 +114,9 @@ AORM_API aorm_loop *aorm_engine_loop(const aorm_engine *e);
 AORM_API void aorm_engine_set_data(aorm_engine *e, void *data);
 AORM_API void *aorm_engine_data(const aorm_engine *e);
 
+/* Counters since the engine was created. A statement re-sent after a
+ * pipeline abort or a stale plan counts again in `statements`; a COPY
+ * counts as one statement; PREPAREs are counted in `prepares` only. */
 typedef struct aorm_engine_stats {
     uint64_t statements;     /* statements sent to the server */
     uint64_t round_trips;    /* pipeline writes (one per connection per dispatch) */
@@ -160,7 +163,10 @@ typedef void (*aorm_result_cb)(aorm_engine *e, aorm_result *res, const aorm_erro
 /* Queues an autocommit statement. `params` (may be NULL) and `sql` are
  * copied; `opts` may be NULL. Returns 0 (cb will run once, later) or a
  * negative code (cb will never run): AORM_EMISUSE, AORM_ENOMEM, AORM_ECLOSED,
- * or the params builder's sticky error. */
+ * or the params builder's sticky error. Statements may be queued before
+ * the loop runs: the first loop turn sends them. Errors of statements that
+ * could not reach the server (AORM_ECONNECT, AORM_EPOOLTIMEOUT) carry the
+ * last connection failure in `detail`. */
 AORM_API int aorm_engine_execute(aorm_engine *e, const char *sql, const aorm_params *params,
                                  const aorm_exec_options *opts, aorm_result_cb cb, void *user);
 
@@ -237,7 +243,11 @@ typedef int (*aorm_copy_fill_fn)(aorm_copy *cp, void *user);
 /* Runs `sql` (a "COPY table (cols) FROM STDIN (FORMAT binary)"
  * statement) on a pooled connection (aorm_engine_copy) or a held one
  * (aorm_conn_copy), streaming what `fill` produces without blocking the
- * loop. cb gets the COPY's result (aorm_result_affected() = rows). */
+ * loop. cb gets the COPY's result (aorm_result_affected() = rows).
+ * `fill` is called only from the loop, once the server has accepted the
+ * COPY (never from inside these calls), and never after cb has run;
+ * fill_user must stay valid until cb runs. The binary header and trailer
+ * are written by aorm. */
 AORM_API int aorm_engine_copy(aorm_engine *e, const char *sql, aorm_copy_fill_fn fill, void *fill_user,
                               aorm_result_cb cb, void *user);
 AORM_API int aorm_conn_copy(aorm_conn *c, const char *sql, aorm_copy_fill_fn fill, void *fill_user,
@@ -257,7 +267,8 @@ AORM_API int aorm_copy_text(aorm_copy *cp, const char *s, size_t len);
 AORM_API int aorm_copy_bytea(aorm_copy *cp, const void *data, size_t len);
 /* A field already in binary form (len bytes). */
 AORM_API int aorm_copy_raw(aorm_copy *cp, const void *data, size_t len);
-/* Bytes buffered and not yet handed to the connection. */
+/* Bytes appended since the buffer was last handed to the connection
+ * (the current call's chunk, plus the header on the first call). */
 AORM_API size_t aorm_copy_buffered(const aorm_copy *cp);
 
 #ifdef __cplusplus

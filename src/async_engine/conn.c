@@ -17,7 +17,9 @@
  * is on the stack (`busy` / `dead`). */
 #include <errno.h>
 #include <math.h>
+#include <poll.h>
 #include <stdio.h>
+#include <time.h>
 
 #include "async_engine/engine_int.h"
 
@@ -43,7 +45,8 @@ aorm_conn *aorm__conn_new(aorm_engine *e) {
         return NULL;
     }
     aorm__stmt_cache_init(&c->stmts, e->o.prepared_cache_size);
-    c->created = c->last_used = aorm_loop_now(e->loop);
+    c->created = aorm_loop_now(e->loop);
+    c->last_used = aorm__mono_now();
     c->txs = AORM_TX_IDLE;
     c->state = CONN_CONNECTING;
     c->next = e->conns;
@@ -116,7 +119,8 @@ static void connected(aorm_conn *c) {
     e->connecting--;
     aorm_timer_stop(c->timer);
     aorm_io_set(c->io, AORM_READ);
-    c->created = c->last_used = aorm_loop_now(e->loop);
+    c->created = aorm_loop_now(e->loop);
+    c->last_used = aorm__mono_now();
     e->stats.connects++;
     aorm__engine_log(e, AORM_LOG_INFO, "connection %llu open (server %d, backend pid %d)",
                      (unsigned long long)c->id, PQserverVersion(c->pg), PQbackendPID(c->pg));
@@ -301,6 +305,12 @@ static bool sqlstate_is(const PGresult *r, const char *state) {
     return s && strcmp(s, state) == 0;
 }
 
+/* FATAL and PANIC end the session on the server side. */
+static bool is_fatal(const PGresult *r) {
+    const char *sev = PQresultErrorField(r, PG_DIAG_SEVERITY_NONLOCALIZED);
+    return sev && (strcmp(sev, "FATAL") == 0 || strcmp(sev, "PANIC") == 0);
+}
+
 static void update_txs(aorm_conn *c) {
     switch (PQtransactionStatus(c->pg)) {
     case PQTRANS_IDLE: c->txs = AORM_TX_IDLE; c->in_tx = false; break;
@@ -350,7 +360,12 @@ static void query_done(aorm_conn *c, aorm__op *op, PGresult *r) {
     case PGRES_COMMAND_OK:
     case PGRES_EMPTY_QUERY:
     case PGRES_SINGLE_TUPLE: {
-        if (op->role == ROLE_COMMIT || op->role == ROLE_END) c->in_tx = false;
+        if (op->role == ROLE_COMMIT || op->role == ROLE_END) {
+            /* the block is closed; the sync behind it will confirm IDLE,
+             * but a release from this very callback must not see INTRANS */
+            c->in_tx = false;
+            c->txs = AORM_TX_IDLE;
+        }
         aorm_result res;
         aorm__result_init(&res, r);
         aorm__op_deliver(op, &res, NULL);
@@ -385,6 +400,23 @@ static void query_done(aorm_conn *c, aorm__op *op, PGresult *r) {
             PQclear(r);
             c->e->stats.resent++;
             aorm__op_requeue(op);
+            return;
+        }
+        if (is_fatal(r)) {
+            /* the backend is going away (terminated, shut down, crashed):
+             * the connection is lost for everyone, and this statement's
+             * outcome is known only if it is not a COMMIT */
+            aorm__conn_lost(c, AORM_ECONNLOST, PQresultErrorMessage(r));
+            aorm__error_from_pg(&err, r);
+            if (op->role == ROLE_COMMIT) {
+                err.code = AORM_EUNKNOWN_OUTCOME;
+                memcpy(err.sqlstate, "08007", 6);
+                err.message = "connection lost while committing: the transaction may or may not have committed";
+            } else {
+                err.code = AORM_ECONNLOST;
+            }
+            aorm__op_deliver(op, NULL, &err);
+            PQclear(r);
             return;
         }
         aorm__error_from_pg(&err, op->prep_err ? op->prep_err : r);
@@ -490,6 +522,7 @@ static void process(aorm_conn *c) {
 }
 
 static void read_input(aorm_conn *c) {
+    bool was_idle = c->icount == 0;
     if (!PQconsumeInput(c->pg)) {
         aorm__conn_lost(c, AORM_ECONNLOST, PQerrorMessage(c->pg));
         return;
@@ -502,20 +535,37 @@ static void read_input(aorm_conn *c) {
         aorm__conn_lost(c, AORM_ECONNLOST, PQerrorMessage(c->pg));
         return;
     }
-    if (c->icount == 0) c->last_used = aorm_loop_now(c->e->loop);
+    if (c->icount == 0) {
+        if (was_idle && c->state == CONN_READY) {
+            /* input nobody asked for: the server is closing it (FATAL,
+             * then end of stream, which the second read sees) */
+            if (!PQconsumeInput(c->pg) || PQstatus(c->pg) == CONNECTION_BAD) {
+                aorm__conn_lost(c, AORM_ECONNLOST, PQerrorMessage(c->pg));
+                return;
+            }
+        }
+        c->last_used = aorm__mono_now();
+    }
+}
+
+double aorm__mono_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 bool aorm__conn_check_alive(aorm_conn *c) {
-    /* An idle connection must have nothing to say: any input is a FATAL
-     * (server shutdown, pg_terminate_backend) followed by EOF. Two reads:
-     * the first takes the message, the second sees the EOF. */
-    for (int i = 0; i < 2; i++) {
-        if (!PQconsumeInput(c->pg) || PQstatus(c->pg) == CONNECTION_BAD) {
-            aorm__conn_lost(c, AORM_ECONNLOST, PQerrorMessage(c->pg));
-            return false;
-        }
-    }
-    return true;
+    /* An idle connection must have nothing to say: readable means the
+     * server sent a FATAL (shutdown, pg_terminate_backend) and closed it,
+     * even if the loop has not polled since. One poll() tells. */
+    struct pollfd p = {.fd = PQsocket(c->pg), .events = POLLIN | POLLRDHUP};
+    int n = poll(&p, 1, 0);
+    if (n == 0) return true;
+    if (n < 0 && errno == EINTR) return true;
+    PQconsumeInput(c->pg);
+    aorm__conn_lost(c, AORM_ECONNLOST, PQstatus(c->pg) == CONNECTION_BAD ? PQerrorMessage(c->pg)
+                                                                           : "server closed the idle connection");
+    return false;
 }
 
 static void on_io(aorm_io *io, int revents, void *arg) {
@@ -643,6 +693,7 @@ void aorm__conn_lost(aorm_conn *c, int code, const char *msg) {
     if (connecting) {
         e->connecting--;
         e->stats.connect_failures++;
+        snprintf(e->last_connect_error, sizeof(e->last_connect_error), "%s", buf);
         aorm__engine_log(e, AORM_LOG_ERROR, "connection %llu failed: %s", (unsigned long long)c->id, buf);
     } else if (code == AORM_ECANCELED) {
         aorm__engine_log(e, AORM_LOG_INFO, "connection %llu closed", (unsigned long long)c->id);

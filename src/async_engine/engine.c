@@ -71,12 +71,13 @@ void aorm__error_from_pg(aorm_error *err, const PGresult *r) {
     err->column = field(r, PG_DIAG_COLUMN_NAME);
 }
 
-static void error_make(aorm_error *err, int code, const char *sqlstate, const char *msg) {
+static void error_make(aorm_error *err, int code, const char *sqlstate, const char *msg, const char *detail) {
     memset(err, 0, sizeof(*err));
     err->code = code;
     snprintf(err->sqlstate, sizeof(err->sqlstate), "%s", sqlstate ? sqlstate : "");
     err->message = msg ? msg : aorm_strerror(code);
-    err->detail = err->hint = err->constraint = err->table = err->column = "";
+    err->detail = detail ? detail : "";
+    err->hint = err->constraint = err->table = err->column = "";
 }
 
 /* ---- options --------------------------------------------------------------- */
@@ -394,7 +395,9 @@ void aorm__op_deliver(aorm__op *op, aorm_result *res, const aorm_error *err) {
 
 void aorm__op_fail(aorm__op *op, int code, const char *sqlstate, const char *msg) {
     aorm_error err;
-    error_make(&err, code, sqlstate, msg);
+    /* failures to reach the server carry the last connection error */
+    const char *detail = (code == AORM_ECONNECT || code == AORM_EPOOLTIMEOUT) ? op->e->last_connect_error : NULL;
+    error_make(&err, code, sqlstate, msg, detail);
     aorm__op_deliver(op, NULL, &err);
 }
 
@@ -415,6 +418,12 @@ static void queue_push(aorm__op **head, aorm__op **tail, aorm__op *op) {
     if (*tail) (*tail)->next = op;
     else *head = op;
     *tail = op;
+    /* Work queued after the before-poll stage (from a soon callback, at
+     * the end of a turn) must keep the loop running until the next
+     * before-poll stage dispatches it, even when no connection is open
+     * yet: wake it. The wake ends at that stage, so it never turns the
+     * poll itself non-blocking. */
+    aorm_loop_wake(op->e->loop);
 }
 
 int aorm_engine_execute(aorm_engine *e, const char *sql, const aorm_params *params,
@@ -682,7 +691,7 @@ void aorm__engine_conn_gone(aorm_engine *e, aorm_conn *c, bool connect_failed) {
         bool any = false;
         for (aorm_conn *o = e->conns; o; o = o->next)
             if (o->state == CONN_READY || o->state == CONN_CONNECTING || o->state == CONN_RESOLVING) any = true;
-        if (!any) fail_waiters(e, AORM_ECONNECT, "08001", "could not connect to the server");
+        if (!any) fail_waiters(e, AORM_ECONNECT, "08001", e->last_connect_error);
         if (e->q_head || e->acq_head) arm_engine_timer(e, e->next_connect_at);
     }
 }
@@ -721,17 +730,24 @@ static int send_one(aorm_conn *c, aorm__op *op) {
     return 0;
 }
 
+/* A connection idle for more than a millisecond may have been closed by
+ * the server while the loop was not looking (the caller may have blocked,
+ * or the loop has not polled since): check it before sending. Measured on
+ * the monotonic clock, not the loop's cached time, for that reason. */
+static bool needs_check(aorm_engine *e, aorm_conn *c) {
+    return e->o.pre_ping || aorm__mono_now() - c->last_used > 0.001;
+}
+
 static aorm_conn *pick_shared(aorm_engine *e, double now) {
     /* keep packing the connection picked last while it has room */
     aorm_conn *last = e->last_pick;
     if (last && shared_usable(last) && last->inflight_ops < AORM__PACK &&
-        last->icount < (uint32_t)e->o.max_pipeline &&
-        (last->icount > 0 || last->touched || (now - last->last_used <= 1.0 && !e->o.pre_ping)))
+        last->icount < (uint32_t)e->o.max_pipeline && (last->icount > 0 || last->touched || !needs_check(e, last)))
         return last;
     aorm_conn *best = NULL, *room = NULL;
     for (aorm_conn *c = e->conns; c; c = c->next) {
         if (!shared_usable(c) || c->icount >= (uint32_t)e->o.max_pipeline) continue;
-        if (c->icount == 0 && !c->touched && (now - c->last_used > 1.0 || e->o.pre_ping)) {
+        if (c->icount == 0 && !c->touched && needs_check(e, c)) {
             if (!aorm__conn_check_alive(c)) return pick_shared(e, now); /* list changed */
         }
         bool newer = e->o.lifo ? (!room || c->last_used > room->last_used)
@@ -746,7 +762,7 @@ static aorm_conn *pick_shared(aorm_engine *e, double now) {
 static aorm_conn *pick_idle(aorm_engine *e, double now) {
     for (aorm_conn *c = e->conns; c; c = c->next) {
         if (!shared_usable(c) || !aorm__conn_idle(c) || c->touched) continue;
-        if ((now - c->last_used > 1.0 || e->o.pre_ping) && !aorm__conn_check_alive(c)) return pick_idle(e, now);
+        if (needs_check(e, c) && !aorm__conn_check_alive(c)) return pick_idle(e, now);
         return c;
     }
     return NULL;
@@ -785,13 +801,13 @@ static void finish_release(aorm_engine *e, aorm_conn *c) {
     c->releasing = false;
     c->in_tx = false;
     e->nheld--;
-    c->last_used = aorm_loop_now(e->loop);
+    c->last_used = aorm__mono_now();
     if (c->txs != AORM_TX_IDLE) {
         e->stats.discarded++;
         aorm__conn_lost(c, AORM_ECONNLOST, "released connection could not be cleaned; discarded");
         return;
     }
-    if (e->nconns > e->o.pool_size || (e->o.recycle > 0 && c->last_used - c->created > e->o.recycle)) {
+    if (e->nconns > e->o.pool_size || (e->o.recycle > 0 && aorm_loop_now(e->loop) - c->created > e->o.recycle)) {
         aorm__engine_log(e, AORM_LOG_INFO, "connection %llu closed (%s)", (unsigned long long)c->id,
                          e->nconns > e->o.pool_size ? "overflow" : "recycled");
         e->nconns--;
@@ -909,7 +925,7 @@ static void dispatch(aorm_loop *loop, void *arg) {
         if (!e->q_head) e->q_tail = NULL;
         e->q_len--;
         touch(c, &touched);
-        c->last_used = now;
+        c->last_used = aorm__mono_now();
         if (send_one(c, op) < 0) {
             if (c->state == CONN_BROKEN) {
                 aorm__op_requeue(op); /* never reached the server */

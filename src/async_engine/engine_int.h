@@ -147,8 +147,8 @@ struct aorm_conn {
     aorm_io *io;
     aorm_timer *timer;       /* connect timeout, deadlines, drain limit */
     double timer_at;
-    double created;
-    double last_used;
+    double created;          /* loop time */
+    double last_used;        /* monotonic time (aorm__mono_now) the pipeline last went idle */
 
     bool held;               /* handed to an aorm_conn holder */
     bool releasing;          /* holder let go: clean up, then back to the pool */
@@ -220,6 +220,7 @@ struct aorm_engine {
     aorm__worker *worker;    /* helper thread for cancel and name resolution */
     aorm_io *worker_io;
 
+    char last_connect_error[512]; /* why the last connection attempt failed */
     aorm_engine_stats stats;
     void *data;
     int depth;               /* engine code on the stack (callbacks may free) */
@@ -256,6 +257,7 @@ int aorm__conn_sync(aorm_conn *c);
 int aorm__conn_flush(aorm_conn *c);
 bool aorm__conn_idle(const aorm_conn *c);
 bool aorm__conn_check_alive(aorm_conn *c);
+double aorm__mono_now(void);
 void aorm__conn_arm_timer(aorm_conn *c, double at);
 void aorm__conn_cancel_done(aorm_conn *c);
 void aorm__conn_start_copy(aorm_conn *c, aorm__op *op);

@@ -46,3 +46,13 @@ char *aorm__strdup(const char *s) {
     if (d) memcpy(d, s, n);
     return d;
 }
+
+int aorm__quote_ident(aorm__buf *b, const char *ident) {
+    if (!ident || !*ident) return -1;
+    if (aorm__buf_putc(b, '"') < 0) return -1;
+    for (const char *p = ident; *p; p++) {
+        if (*p == '"' && aorm__buf_putc(b, '"') < 0) return -1;
+        if (aorm__buf_putc(b, *p) < 0) return -1;
+    }
+    return aorm__buf_putc(b, '"');
+}

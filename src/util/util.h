@@ -68,4 +68,10 @@ static inline uint64_t aorm__get_be64(const char *p) {
 /* strdup that returns NULL for NULL. */
 char *aorm__strdup(const char *s);
 
+/* Appends `"ident"` with embedded double quotes doubled: how every
+ * identifier reaches SQL text. Returns -1 on out of memory, or when ident
+ * is NULL/empty or holds a byte PostgreSQL cannot take in an identifier
+ * (none today besides NUL, which cannot occur in a C string). */
+int aorm__quote_ident(aorm__buf *b, const char *ident);
+
 #endif /* AORM_UTIL_H */

@@ -1,0 +1,194 @@
+/* session.h -- the AsyncSession: identity map, unit of work, lazy
+ * transactions, deferred operations.
+ *
+ * A session turns rows into objects and object changes into SQL without
+ * ever blocking the loop. Every call queues an operation and returns at
+ * once; the operations of one session run one after another in the order
+ * they were queued, and their callbacks fire exactly once each, later.
+ * Operations of many sessions issued in the same loop turn share the
+ * engine's pipelines.
+ *
+ * Objects. The session allocates, owns and frees the objects it loads and
+ * the ones created through it (aorm_session_new_object): they live in the
+ * session's arena until aorm_session_free(). Your struct is untouched:
+ * the session keeps each object's state (transient, pending, persistent,
+ * deleted, detached), its loaded snapshot and its relationship load state
+ * beside it. Change detection compares fields with the snapshot at flush:
+ * just assign struct fields. Strings are treated as immutable values:
+ * assign a new pointer (aorm_session_strdup() puts a copy in the arena; a
+ * pointer to memory you own is copied into the arena at flush), never
+ * write into a string the session gave you.
+ *
+ * Identity map: at most one object per (model, primary key) per session.
+ * Loading a row whose object is already present returns that object and
+ * leaves its pending changes alone (unless populate_existing is asked).
+ *
+ * Transactions are lazy. Reads run in autocommit on shared, pipelined
+ * connections until the session first writes (flush), begins explicitly,
+ * or locks rows (FOR UPDATE); from then on the session holds one
+ * connection until commit or rollback. A failed statement inside a
+ * transaction puts the session in the *rollback required* state: every
+ * operation except rollback fails with AORM_ETXSTATE until
+ * aorm_session_rollback(). */
+#ifndef AORM_SESSION_H
+#define AORM_SESSION_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine.h"
+#include "error.h"
+#include "export.h"
+#include "model.h"
+#include "sql.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct aorm_session aorm_session;
+typedef struct aorm_load_plan aorm_load_plan; /* see loaders.h */
+
+typedef enum aorm_object_state {
+    AORM_TRANSIENT = 0, /* created through the session, not added */
+    AORM_PENDING,       /* added: INSERT at the next flush */
+    AORM_PERSISTENT,    /* has a row; changes are flushed as UPDATE */
+    AORM_DELETED,       /* marked for DELETE at the next flush */
+    AORM_DETACHED       /* expunged, deleted and flushed, or its session rolled back its INSERT */
+} aorm_object_state;
+
+typedef struct aorm_session_options {
+    bool expire_on_commit;      /* expire every object after commit (false) */
+    bool autoflush;             /* flush pending changes before each query (true) */
+    double statement_timeout;   /* deadline of each statement, 0 = engine default */
+    size_t arena_block;         /* arena block size in bytes (64 KiB) */
+} aorm_session_options;
+
+AORM_API void aorm_session_options_init(aorm_session_options *o);
+
+/* Creates a session on an engine (o may be NULL). Returns NULL on out of
+ * memory. */
+AORM_API aorm_session *aorm_session_new(aorm_engine *e, const aorm_session_options *o);
+
+/* Closes the session: every queued or running operation calls back once
+ * with AORM_ECANCELED, an open transaction is rolled back, the held
+ * connection is released and every object and string of the session is
+ * freed. Accepts NULL. May be called from a callback of the session (the
+ * memory is released when that callback returns). */
+AORM_API void aorm_session_free(aorm_session *s);
+
+AORM_API aorm_engine *aorm_session_engine(const aorm_session *s);
+AORM_API void aorm_session_set_data(aorm_session *s, void *data);
+AORM_API void *aorm_session_data(const aorm_session *s);
+
+/* ---- objects ------------------------------------------------------------------ */
+
+/* A new zeroed object of model m, owned by the session, TRANSIENT. NULL on
+ * out of memory. */
+AORM_API void *aorm_session_new_object(aorm_session *s, const aorm_model *m);
+/* A copy of str (or NULL) in the session's arena. */
+AORM_API char *aorm_session_strdup(aorm_session *s, const char *str);
+/* Memory in the session's arena, freed with the session. */
+AORM_API void *aorm_session_alloc(aorm_session *s, size_t n);
+
+AORM_API aorm_object_state aorm_object_state_of(const aorm_session *s, const void *obj);
+/* The model of a session object, or NULL when obj is not one. */
+AORM_API const aorm_model *aorm_object_model(const aorm_session *s, const void *obj);
+/* True when a persistent object's fields differ from its snapshot. */
+AORM_API bool aorm_object_modified(const aorm_session *s, const void *obj);
+
+/* TRANSIENT -> PENDING (and, through save-update cascades, every object
+ * reachable from it by relationships). Persistent objects: no-op. */
+AORM_API int aorm_session_add(aorm_session *s, void *obj);
+/* PERSISTENT -> DELETED (cascading where declared); PENDING -> TRANSIENT. */
+AORM_API int aorm_session_delete(aorm_session *s, void *obj);
+/* Forgets the object: DETACHED, out of the identity map. Its memory stays
+ * valid until the session is freed. */
+AORM_API int aorm_session_expunge(aorm_session *s, void *obj);
+AORM_API void aorm_session_expunge_all(aorm_session *s);
+/* Marks a persistent object's columns stale: the next query that returns
+ * its row overwrites them (as with populate_existing). */
+AORM_API int aorm_session_expire(aorm_session *s, void *obj);
+
+/* ---- queries ---------------------------------------------------------------------- */
+
+/* The objects of one query, in result order; borrowed for the callback
+ * (the objects themselves belong to the session and stay). */
+typedef struct aorm_objects {
+    void **items;
+    size_t len;
+} aorm_objects;
+
+typedef void (*aorm_objects_cb)(aorm_session *s, aorm_objects *objs, const aorm_error *err, void *user);
+typedef void (*aorm_object_cb)(aorm_session *s, void *obj, const aorm_error *err, void *user);
+typedef void (*aorm_session_cb)(aorm_session *s, const aorm_error *err, void *user);
+typedef void (*aorm_rows_cb)(aorm_session *s, aorm_result *res, const aorm_error *err, void *user);
+
+typedef struct aorm_query_options {
+    const aorm_load_plan *load;  /* relationships to load eagerly (loaders.h), or NULL */
+    bool populate_existing;      /* overwrite objects already in the session */
+    double deadline;             /* per statement, 0 = session default */
+} aorm_query_options;
+
+/* Runs a SELECT of a model (aorm_select(&m) plus where/order/joins...) and
+ * hands over its objects through the identity map. Takes over q (freed by
+ * the session, also on error). opts may be NULL. */
+AORM_API int aorm_session_query(aorm_session *s, aorm_stmt *q, const aorm_query_options *opts,
+                                aorm_objects_cb cb, void *user);
+
+/* Runs any Core or raw statement in the session's context (its
+ * transaction, if one is open) and hands over the raw result (scalars,
+ * row tuples, RETURNING, bulk UPDATEs). Takes over q. */
+AORM_API int aorm_session_execute(aorm_session *s, aorm_stmt *q, aorm_rows_cb cb, void *user);
+
+/* The object of model m whose primary key equals the key fields of `key`
+ * (a struct of model m with its primary-key fields set; composite keys
+ * work the same). Answered from the identity map without any statement
+ * when the object is there; obj is NULL (and err NULL) when no row
+ * exists. */
+AORM_API int aorm_session_get(aorm_session *s, const aorm_model *m, const void *key,
+                              const aorm_query_options *opts, aorm_object_cb cb, void *user);
+/* Several keys at once: one `= ANY($1)` statement for those not in the
+ * identity map. objs->items[i] answers keys[i] (NULL when missing). */
+AORM_API int aorm_session_get_many(aorm_session *s, const aorm_model *m, const void *const *keys, size_t n,
+                                   const aorm_query_options *opts, aorm_objects_cb cb, void *user);
+/* Re-reads the object's columns from the database (overwriting changes). */
+AORM_API int aorm_session_refresh(aorm_session *s, void *obj, aorm_session_cb cb, void *user);
+
+/* ---- unit of work and transactions ----------------------------------------------- */
+
+/* Sends every pending change in foreign-key order as one pipeline on the
+ * session's transaction (beginning it if needed): INSERTs of new objects
+ * (keys generated by the server are filled in, and so are the foreign
+ * keys of their children), UPDATEs of changed columns only, DELETEs. On
+ * failure the whole flush is rolled back on the server, the session is in
+ * rollback-required state and err names the SQLSTATE and constraint. */
+AORM_API int aorm_session_flush(aorm_session *s, aorm_session_cb cb, void *user);
+/* Flush, then COMMIT; releases the connection. */
+AORM_API int aorm_session_commit(aorm_session *s, aorm_session_cb cb, void *user);
+/* ROLLBACK (if a transaction is open), release the connection, discard
+ * pending changes: new objects become TRANSIENT again, deleted ones
+ * PERSISTENT, and modified persistent objects are expired. */
+AORM_API int aorm_session_rollback(aorm_session *s, aorm_session_cb cb, void *user);
+
+/* Begins a transaction now (for an isolation level, read-only mode, or to
+ * lock rows); without it the first flush begins one. */
+AORM_API int aorm_session_begin(aorm_session *s, const aorm_tx_options *tx, aorm_session_cb cb, void *user);
+/* SAVEPOINT; the matching release/rollback come from
+ * aorm_session_release_nested / aorm_session_rollback_nested. */
+AORM_API int aorm_session_begin_nested(aorm_session *s, aorm_session_cb cb, void *user);
+AORM_API int aorm_session_release_nested(aorm_session *s, aorm_session_cb cb, void *user);
+AORM_API int aorm_session_rollback_nested(aorm_session *s, aorm_session_cb cb, void *user);
+
+AORM_API bool aorm_session_in_transaction(const aorm_session *s);
+AORM_API bool aorm_session_rollback_required(const aorm_session *s);
+
+/* Statements this session has sent (for tests and the N+1 advisor). */
+AORM_API uint64_t aorm_session_statements(const aorm_session *s);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* AORM_SESSION_H */

@@ -1,0 +1,955 @@
+/* flush.c -- the unit of work: turns the session's object changes into
+ * SQL and sends them as one pipeline on the session's transaction.
+ *
+ * A flush runs in up to two round trips:
+ *   1. keys: new objects whose primary key the server generates (SERIAL or
+ *      IDENTITY, field still 0) get their keys first when anything depends
+ *      on them (children, association rows) or when there are several
+ *      rows of the model: one `SELECT nextval(...) FROM generate_series`
+ *      per model, all in one pipeline. A single independent new row gets
+ *      its key from INSERT ... RETURNING instead, and skips this step.
+ *   2. writes, in one pipeline, in foreign-key order: INSERTs parents
+ *      first (one statement per model: VALUES for one row, unnest arrays
+ *      for many, COPY for large batches), association rows, UPDATEs of the
+ *      changed columns of each modified object, then DELETEs children
+ *      first.
+ * Foreign keys of children are filled from their parents' keys (and from
+ * collections: a book in author->books gets author_id = author->id) before
+ * the writes are built.
+ *
+ * Nothing in the session changes until every statement has answered: on
+ * success objects move to their new states and get new snapshots; on
+ * failure they stay as they were, the transaction is marked failed
+ * (rollback required) and the caller gets the first error.
+ *
+ * Owns: the flush plan (arrays of object headers, malloc'd, freed at the
+ * end). Must not: send anything before the keys it depends on are known. */
+#include <math.h>
+#include <stdio.h>
+
+#include "async_session/session_int.h"
+
+/* Multi-row inserts of at least this many rows use COPY. */
+#define COPY_THRESHOLD 1000
+
+typedef void (*flush_then)(aorm__sop *op, const aorm_error *err);
+
+typedef struct model_batch {
+    const aorm_model *m;
+    aorm__obj **news;
+    size_t nnew, cap_new;
+    aorm__obj **dels;
+    size_t ndel, cap_del;
+    int64_t *keys;        /* prefetched keys */
+    size_t nkeys;
+    int order;            /* topological position */
+    bool need_keys;       /* generated keys must be fetched first */
+} model_batch;
+
+typedef struct link_rows {
+    const aorm_relationship *rel; /* many-to-many */
+    void **rows;                  /* association structs (region) to insert */
+    size_t n, cap;
+    void **gone;                  /* association structs to delete */
+    size_t ngone, cap_gone;
+} link_rows;
+
+typedef struct flush_run {
+    aorm__sop *op;
+    flush_then then;
+    model_batch *batches;
+    int nbatches;
+    aorm__obj **dirty;
+    size_t ndirty, cap_dirty;
+    link_rows *links;
+    int nlinks;
+    int out;             /* statements not yet answered */
+    aorm_error *err;     /* first failure */
+    int copy_batch;      /* batch whose COPY is being filled */
+    size_t copy_pos;
+    aorm_params scratch; /* one field at a time, for COPY rows */
+} flush_run;
+
+/* ---- helpers ------------------------------------------------------------------- */
+
+static int push_ptr(void ***arr, size_t *n, size_t *cap, void *p) {
+    if (*n == *cap) {
+        size_t c = *cap ? *cap * 2 : 16;
+        void **a = realloc(*arr, c * sizeof(void *));
+        if (!a) return -1;
+        *arr = a;
+        *cap = c;
+    }
+    (*arr)[(*n)++] = p;
+    return 0;
+}
+
+static model_batch *batch_for(flush_run *f, const aorm_model *m) {
+    for (int i = 0; i < f->nbatches; i++)
+        if (f->batches[i].m == m) return &f->batches[i];
+    model_batch *b = realloc(f->batches, (size_t)(f->nbatches + 1) * sizeof(*b));
+    if (!b) return NULL;
+    f->batches = b;
+    b = &f->batches[f->nbatches++];
+    memset(b, 0, sizeof(*b));
+    b->m = m;
+    return b;
+}
+
+static link_rows *links_for(flush_run *f, const aorm_relationship *r) {
+    for (int i = 0; i < f->nlinks; i++)
+        if (f->links[i].rel == r) return &f->links[i];
+    link_rows *l = realloc(f->links, (size_t)(f->nlinks + 1) * sizeof(*l));
+    if (!l) return NULL;
+    f->links = l;
+    l = &f->links[f->nlinks++];
+    memset(l, 0, sizeof(*l));
+    l->rel = r;
+    return l;
+}
+
+static void run_free(flush_run *f) {
+    for (int i = 0; i < f->nbatches; i++) {
+        free(f->batches[i].news);
+        free(f->batches[i].dels);
+        free(f->batches[i].keys);
+    }
+    for (int i = 0; i < f->nlinks; i++) {
+        free(f->links[i].rows);
+        free(f->links[i].gone);
+    }
+    free(f->batches);
+    free(f->links);
+    free(f->dirty);
+    aorm_error_free(f->err);
+    aorm_params_free(&f->scratch);
+    free(f);
+}
+
+static const aorm_column *single_pk(const aorm_model *m) {
+    return aorm_model_pk_count(m) == 1 ? aorm_model_pk(m, 0) : NULL;
+}
+
+static bool generated_key(const aorm_model *m) {
+    const aorm_column *pk = single_pk(m);
+    return pk && (pk->flags & (AORM_SERIAL | AORM_IDENTITY)) &&
+           (pk->type == AORM_INT8 || pk->type == AORM_INT4 || pk->type == AORM_INT2);
+}
+
+static int64_t int_field(const aorm_column *c, const void *obj) {
+    const void *f = aorm__cfield(c, obj);
+    switch (c->type) {
+    case AORM_INT2: return *(const int16_t *)f;
+    case AORM_INT4: return *(const int32_t *)f;
+    default: return *(const int64_t *)f;
+    }
+}
+
+static void set_int_field(const aorm_column *c, void *obj, int64_t v) {
+    void *f = aorm__field(c, obj);
+    switch (c->type) {
+    case AORM_INT2: *(int16_t *)f = (int16_t)v; break;
+    case AORM_INT4: *(int32_t *)f = (int32_t)v; break;
+    default: *(int64_t *)f = v; break;
+    }
+}
+
+/* Copies the value of column src of `from` into column dst of `to` (a
+ * foreign key taking its parent's key; same C type by validation). */
+static void copy_field(const aorm_column *dst, void *to, const aorm_column *src, const void *from) {
+    if (dst->size == src->size) {
+        memcpy(aorm__field(dst, to), aorm__cfield(src, from), dst->size);
+    } else if ((dst->flags & AORM_NULLABLE) && dst->type == AORM_INT8) {
+        aorm_opt_int64 *o = aorm__field(dst, to);
+        o->valid = true;
+        o->value = int_field(src, from);
+    } else {
+        set_int_field(dst, to, int_field(src, from));
+    }
+}
+
+/* The primary key column of the target a foreign-key field points at. */
+static const aorm_column *pk_of(const aorm_model *m) { return aorm_model_pk(m, 0); }
+
+static bool key_known(const aorm__obj *h) {
+    const aorm_column *pk = single_pk(h->model);
+    if (!pk || !generated_key(h->model)) return true;
+    return int_field(pk, (const char *)h + sizeof(aorm__obj)) != 0;
+}
+
+/* ---- 1. collect -------------------------------------------------------------------- */
+
+bool aorm__session_has_changes(aorm_session *s) {
+    if (s->npending || s->ndeleted) return true;
+    for (aorm__obj *h = s->tracked; h; h = h->track_next) {
+        if (h->state != AORM_PERSISTENT) continue;
+        if (aorm__obj_changed(h)) return true;
+        /* collections changed since loaded */
+        for (int i = 0; h->rel_snap && i < h->model->nrelationships; i++) {
+            const aorm_relationship *r = &h->model->relationships[i];
+            if (r->kind == AORM_MANY_TO_ONE || !(h->loaded_rels & (1u << i))) continue;
+            const aorm_list *now = (const aorm_list *)((const char *)h + sizeof(aorm__obj) + r->offset);
+            const aorm_list *was = &h->rel_snap[i];
+            if (now->len != was->len || (now->len && memcmp(now->items, was->items, now->len * sizeof(void *))))
+                return true;
+        }
+        /* a relationship pointer moved without the FK field */
+        for (int i = 0; i < h->model->nrelationships; i++) {
+            const aorm_relationship *r = &h->model->relationships[i];
+            if (r->kind != AORM_MANY_TO_ONE) continue;
+            void *t = *(void **)((char *)h + sizeof(aorm__obj) + r->offset);
+            aorm__obj *th = aorm__obj_of(s, t);
+            if (!th) continue;
+            if (th->state == AORM_TRANSIENT || th->state == AORM_PENDING) return true;
+            const aorm_column *fk = aorm_model_column_at(h->model, r->fk_offset);
+            if (fk && !aorm__field_equal(fk, (char *)h + sizeof(aorm__obj), (char *)th + sizeof(aorm__obj))) {
+                /* compare the FK with the target's key */
+                const aorm_column *tpk = pk_of(th->model);
+                if (tpk && int_field(fk, (char *)h + sizeof(aorm__obj)) != int_field(tpk, (char *)th + sizeof(aorm__obj)))
+                    return true;
+            }
+        }
+    }
+    return false;
+}
+
+/* Children take their parents' keys: many-to-one pointers and one-to-many
+ * collections both set the child's FK field (and the inverse pointer). */
+static void sync_foreign_keys(aorm_session *s) {
+    for (aorm__obj *h = s->tracked; h; h = h->track_next) {
+        if (h->state != AORM_PENDING && h->state != AORM_PERSISTENT) continue;
+        void *obj = aorm__obj_data(h);
+        for (int i = 0; i < h->model->nrelationships; i++) {
+            const aorm_relationship *r = &h->model->relationships[i];
+            if (r->kind == AORM_MANY_TO_ONE) {
+                aorm__obj *th = aorm__obj_of(s, *(void **)((char *)obj + r->offset));
+                const aorm_column *fk = aorm_model_column_at(h->model, r->fk_offset);
+                if (th && fk && key_known(th) && th->state != AORM_DELETED)
+                    copy_field(fk, obj, pk_of(th->model), aorm__obj_data(th));
+            } else if (r->kind == AORM_ONE_TO_MANY) {
+                aorm_list *l = (aorm_list *)((char *)obj + r->offset);
+                const aorm_column *fk = aorm_model_column_at(r->target, r->fk_offset);
+                const aorm_relationship *back =
+                    r->back_populates ? aorm_model_relationship(r->target, r->back_populates) : NULL;
+                for (size_t k = 0; k < l->len; k++) {
+                    aorm__obj *ch = aorm__obj_of(s, l->items[k]);
+                    if (!ch || ch->state == AORM_DELETED) continue;
+                    if (fk && key_known(h)) copy_field(fk, l->items[k], pk_of(h->model), obj);
+                    if (back && back->kind == AORM_MANY_TO_ONE)
+                        *(void **)((char *)l->items[k] + back->offset) = obj;
+                }
+            }
+        }
+    }
+}
+
+/* Association rows for many-to-many collections: every link of a new
+ * owner, and for loaded collections the links added/removed since load. */
+static int collect_links(aorm_session *s, flush_run *f) {
+    for (aorm__obj *h = s->tracked; h; h = h->track_next) {
+        if (h->state != AORM_PENDING && h->state != AORM_PERSISTENT) continue;
+        void *obj = aorm__obj_data(h);
+        for (int i = 0; i < h->model->nrelationships; i++) {
+            const aorm_relationship *r = &h->model->relationships[i];
+            if (r->kind != AORM_MANY_TO_MANY) continue;
+            const aorm_list *now = (const aorm_list *)((char *)obj + r->offset);
+            const aorm_list *was = (h->state == AORM_PERSISTENT && h->rel_snap && (h->loaded_rels & (1u << i)))
+                                       ? &h->rel_snap[i]
+                                       : NULL;
+            if (h->state == AORM_PERSISTENT && !was && now->len == 0) continue;
+            const aorm_column *loc = aorm_model_column_at(r->secondary, r->secondary_local);
+            const aorm_column *rem = aorm_model_column_at(r->secondary, r->secondary_remote);
+            if (!loc || !rem) return AORM_EMISUSE;
+            link_rows *lr = NULL;
+            for (size_t k = 0; k < now->len; k++) {
+                bool existed = false;
+                for (size_t j = 0; was && j < was->len; j++)
+                    if (was->items[j] == now->items[k]) existed = true;
+                if (existed) continue;
+                /* a collection never loaded has no snapshot: every item
+                 * in it is taken as added */
+                aorm__obj *th = aorm__obj_of(s, now->items[k]);
+                if (!th || th->state == AORM_DELETED) continue;
+                void *row = aorm__region_calloc(&s->region, r->secondary->size);
+                if (!row) return AORM_ENOMEM;
+                if (!lr && !(lr = links_for(f, r))) return AORM_ENOMEM;
+                /* keys are filled once they are known (fill_links) */
+                if (push_ptr(&lr->rows, &lr->n, &lr->cap, row) < 0) return AORM_ENOMEM;
+            }
+            for (size_t j = 0; was && j < was->len; j++) {
+                bool still = false;
+                for (size_t k = 0; k < now->len; k++)
+                    if (was->items[j] == now->items[k]) still = true;
+                if (still) continue;
+                void *row = aorm__region_calloc(&s->region, r->secondary->size);
+                if (!row) return AORM_ENOMEM;
+                if (!lr && !(lr = links_for(f, r))) return AORM_ENOMEM;
+                copy_field(loc, row, pk_of(h->model), obj);
+                copy_field(rem, row, pk_of(r->target), was->items[j]);
+                if (push_ptr(&lr->gone, &lr->ngone, &lr->cap_gone, row) < 0) return AORM_ENOMEM;
+            }
+        }
+    }
+    return 0;
+}
+
+/* Fills the association rows' keys once every key is known. Rows were
+ * collected in the same order as this walk produces them. */
+static void fill_links(aorm_session *s, flush_run *f) {
+    for (int li = 0; li < f->nlinks; li++) f->links[li].cap = 0; /* reused as a cursor */
+    for (aorm__obj *h = s->tracked; h; h = h->track_next) {
+        if (h->state != AORM_PENDING && h->state != AORM_PERSISTENT) continue;
+        void *obj = aorm__obj_data(h);
+        for (int i = 0; i < h->model->nrelationships; i++) {
+            const aorm_relationship *r = &h->model->relationships[i];
+            if (r->kind != AORM_MANY_TO_MANY) continue;
+            link_rows *lr = NULL;
+            for (int li = 0; li < f->nlinks; li++)
+                if (f->links[li].rel == r) lr = &f->links[li];
+            if (!lr) continue;
+            const aorm_list *now = (const aorm_list *)((char *)obj + r->offset);
+            const aorm_list *was = (h->state == AORM_PERSISTENT && h->rel_snap && (h->loaded_rels & (1u << i)))
+                                       ? &h->rel_snap[i]
+                                       : NULL;
+            if (h->state == AORM_PERSISTENT && !was && now->len == 0) continue;
+            const aorm_column *loc = aorm_model_column_at(r->secondary, r->secondary_local);
+            const aorm_column *rem = aorm_model_column_at(r->secondary, r->secondary_remote);
+            for (size_t k = 0; k < now->len; k++) {
+                bool existed = false;
+                for (size_t j = 0; was && j < was->len; j++)
+                    if (was->items[j] == now->items[k]) existed = true;
+                if (existed) continue;
+                aorm__obj *th = aorm__obj_of(s, now->items[k]);
+                if (!th || th->state == AORM_DELETED) continue;
+                void *row = lr->rows[lr->cap++];
+                copy_field(loc, row, pk_of(h->model), obj);
+                copy_field(rem, row, pk_of(r->target), now->items[k]);
+            }
+        }
+    }
+    for (int li = 0; li < f->nlinks; li++) f->links[li].cap = f->links[li].n;
+}
+
+/* Topological order of the models involved: a model comes after every
+ * model its foreign keys reference. Returns AORM_EMISUSE on a cycle. */
+static int order_batches(flush_run *f, char *msg, size_t cap) {
+    int n = f->nbatches;
+    for (int i = 0; i < n; i++) f->batches[i].order = -1;
+    for (int pos = 0; pos < n; pos++) {
+        int pick = -1;
+        for (int i = 0; i < n && pick < 0; i++) {
+            model_batch *b = &f->batches[i];
+            if (b->order >= 0) continue;
+            bool ready = true;
+            for (int k = 0; k < b->m->nforeign_keys && ready; k++) {
+                const aorm_model *t = b->m->foreign_keys[k].target;
+                if (t == b->m) continue; /* self-reference: rows of one statement, see below */
+                for (int j = 0; j < n; j++)
+                    if (j != i && f->batches[j].m == t && f->batches[j].order < 0) ready = false;
+            }
+            if (ready) pick = i;
+        }
+        if (pick < 0) {
+            int w = snprintf(msg, cap, "flush: foreign-key cycle between");
+            for (int i = 0; i < n; i++)
+                if (f->batches[i].order < 0 && w > 0 && (size_t)w < cap)
+                    w += snprintf(msg + w, cap - (size_t)w, " %s", f->batches[i].m->table);
+            return AORM_EMISUSE;
+        }
+        f->batches[pick].order = pos;
+    }
+    /* sort by order */
+    for (int i = 1; i < n; i++) {
+        model_batch t = f->batches[i];
+        int j = i - 1;
+        while (j >= 0 && f->batches[j].order > t.order) {
+            f->batches[j + 1] = f->batches[j];
+            j--;
+        }
+        f->batches[j + 1] = t;
+    }
+    return 0;
+}
+
+/* ---- completion ------------------------------------------------------------------------ */
+
+static void apply_success(aorm_session *s, flush_run *f) {
+    for (int i = 0; i < f->nbatches; i++) {
+        model_batch *b = &f->batches[i];
+        for (size_t k = 0; k < b->nnew; k++) {
+            aorm__obj *h = b->news[k];
+            h->state = AORM_PERSISTENT;
+            s->npending--;
+            h->key_hash = aorm__key_hash(h->model, aorm__obj_data(h));
+            aorm__session_take_snapshot(s, h);
+            if (!(h->flags & OBJ_IN_MAP)) aorm__idmap_put(&s->idmap, h);
+            push_ptr((void ***)&s->tx_new, &s->tx_nnew, &s->tx_new_cap, h);
+        }
+        for (size_t k = 0; k < b->ndel; k++) {
+            aorm__obj *h = b->dels[k];
+            h->state = AORM_DETACHED;
+            s->ndeleted--;
+            aorm__idmap_remove(&s->idmap, h);
+            push_ptr((void ***)&s->tx_del, &s->tx_ndel, &s->tx_del_cap, h);
+        }
+    }
+    for (size_t k = 0; k < f->ndirty; k++) aorm__session_take_snapshot(s, f->dirty[k]);
+    /* collections as flushed become the new baseline */
+    for (aorm__obj *h = s->tracked; h; h = h->track_next) {
+        if (h->state != AORM_PERSISTENT || !h->rel_snap) continue;
+        for (int i = 0; i < h->model->nrelationships; i++) {
+            const aorm_relationship *r = &h->model->relationships[i];
+            if (r->kind == AORM_MANY_TO_ONE || !(h->loaded_rels & (1u << i))) continue;
+            const aorm_list *now = (const aorm_list *)((char *)h + sizeof(aorm__obj) + r->offset);
+            aorm_list *was = &h->rel_snap[i];
+            was->items = now->len ? aorm__region_alloc(&s->region, now->len * sizeof(void *)) : NULL;
+            if (now->len && was->items) memcpy(was->items, now->items, now->len * sizeof(void *));
+            was->len = was->items || !now->len ? now->len : 0;
+        }
+    }
+    /* new objects' collections are now known to be complete */
+    for (int i = 0; i < f->nbatches; i++) {
+        model_batch *b = &f->batches[i];
+        for (size_t k = 0; k < b->nnew; k++) {
+            aorm__obj *h = b->news[k];
+            for (int r = 0; r < h->model->nrelationships && r < 32; r++) h->loaded_rels |= 1u << r;
+        }
+    }
+}
+
+static void finish(flush_run *f) {
+    aorm__sop *op = f->op;
+    aorm_session *s = op->s;
+    op->ext = NULL;
+    op->ext_free = NULL;
+    if (f->err) {
+        aorm__session_fail_tx(s);
+        f->then(op, f->err);
+    } else {
+        apply_success(s, f);
+        f->then(op, NULL);
+    }
+    run_free(f);
+}
+
+static void record_error(flush_run *f, const aorm_error *err) {
+    if (!f->err) f->err = aorm_error_copy(err);
+}
+
+static void on_write(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
+    aorm__sop *op = user;
+    aorm_session *s = op->s;
+    aorm__session_enter(s);
+    if (!aorm__op_arrived(op)) { /* closing: the plan goes with the operation */
+        aorm__session_leave(s);
+        return;
+    }
+    flush_run *f = op->ext;
+    if (err) {
+        /* the pipeline aborted what followed the failing statement: report
+         * the statement that failed, not the ones skipped because of it */
+        if (!f->err || (f->err->code == AORM_EABORTED && err->code != AORM_EABORTED)) {
+            aorm_error_free(f->err);
+            f->err = aorm_error_copy(err);
+        }
+    }
+    if (--f->out == 0) finish(f);
+    aorm__session_leave(s);
+}
+
+/* INSERT ... RETURNING for one row whose key the server generates: the key
+ * comes back in the result. */
+static void on_insert_returning(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
+    aorm__sop *op = user;
+    flush_run *f = op->ext;
+    if (!err && f && !op->s->closing && res && aorm_result_nrows(res) == 1) {
+        /* the returned key goes into the one new object of the batch whose
+         * statement this was: found by the statement's position */
+        for (int i = 0; i < f->nbatches; i++) {
+            model_batch *b = &f->batches[i];
+            if (b->nnew == 1 && !b->need_keys && generated_key(b->m) && !key_known(b->news[0])) {
+                int64_t id;
+                if (aorm_result_int64(res, 0, 0, &id) == 0) set_int_field(single_pk(b->m), aorm__obj_data(b->news[0]), id);
+                break;
+            }
+        }
+    }
+    on_write(e, res, err, user);
+}
+
+/* ---- 2. writes ---------------------------------------------------------------------- */
+
+static int send_stmt(aorm_session *s, flush_run *f, aorm_stmt *q, aorm_result_cb cb) {
+    int rc = q ? aorm_stmt_error(q) : AORM_ENOMEM;
+    if (rc == 0) rc = aorm__session_send(s, f->op, q, false, cb);
+    aorm_stmt_free(q);
+    if (rc == 0) f->out++;
+    return rc;
+}
+
+static int copy_fill(aorm_copy *cp, void *user) {
+    aorm__sop *op = user;
+    flush_run *f = op->ext;
+    model_batch *b = &f->batches[f->copy_batch];
+    const aorm_model *m = b->m;
+    while (f->copy_pos < b->nnew && aorm_copy_buffered(cp) < 65536) {
+        const void *obj = aorm__obj_data(b->news[f->copy_pos++]);
+        if (aorm_copy_row(cp, m->ncolumns) < 0) return -1;
+        for (int i = 0; i < m->ncolumns; i++) {
+            const aorm_column *c = &m->columns[i];
+            aorm_params_reset(&f->scratch);
+            if (aorm__field_param(c, obj, &f->scratch) < 0) return -1;
+            const aorm_param_slot *sl = &f->scratch.slots[0];
+            int rc = sl->len < 0 ? aorm_copy_null(cp)
+                                 : aorm_copy_raw(cp, f->scratch.data + sl->offset, (size_t)sl->len);
+            if (rc < 0) return -1;
+        }
+    }
+    return f->copy_pos < b->nnew ? 1 : 0;
+}
+
+static int send_copy(aorm_session *s, flush_run *f, int bi) {
+    model_batch *b = &f->batches[bi];
+    aorm__buf sql = {0};
+    int rc = AORM_ENOMEM;
+    if (aorm__buf_append(&sql, "COPY ", 5) < 0) goto out;
+    if (b->m->schema && (aorm__quote_ident(&sql, b->m->schema) < 0 || aorm__buf_putc(&sql, '.') < 0)) goto out;
+    if (aorm__quote_ident(&sql, b->m->table) < 0 || aorm__buf_append(&sql, " (", 2) < 0) goto out;
+    for (int i = 0; i < b->m->ncolumns; i++)
+        if ((i && aorm__buf_append(&sql, ", ", 2) < 0) || aorm__quote_ident(&sql, b->m->columns[i].name) < 0) goto out;
+    if (aorm__buf_append(&sql, ") FROM STDIN (FORMAT binary)", 29) < 0) goto out;
+    f->copy_batch = bi;
+    f->copy_pos = 0;
+    rc = aorm_conn_copy(s->conn, sql.data, copy_fill, f->op, on_write, f->op);
+    if (rc == 0) {
+        f->out++;
+        f->op->pending++;
+        s->statements++;
+    }
+out:
+    aorm__buf_free(&sql);
+    return rc;
+}
+
+static int send_inserts(aorm_session *s, flush_run *f, int bi) {
+    model_batch *b = &f->batches[bi];
+    if (b->nnew == 0) return 0;
+    bool server_defaults = false;
+    for (int i = 0; i < b->m->ncolumns; i++)
+        if (b->m->columns[i].server_default) server_defaults = true;
+    if (b->nnew >= COPY_THRESHOLD && !server_defaults && !b->m->schema) return send_copy(s, f, bi);
+    aorm_stmt *q = aorm_insert(b->m);
+    if (!q) return AORM_ENOMEM;
+    aorm_result_cb cb = on_write;
+    if (b->nnew == 1) {
+        aorm_insert_object(q, aorm__obj_data(b->news[0]));
+        if (generated_key(b->m) && !key_known(b->news[0])) {
+            aorm_expr pk = {.kind = AORM_X_COLUMN, .model = b->m, .offset = single_pk(b->m)->offset};
+            aorm_returning(q, &pk);
+            cb = on_insert_returning;
+        }
+    } else {
+        const void **objs = malloc(b->nnew * sizeof(void *));
+        if (!objs) {
+            aorm_stmt_free(q);
+            return AORM_ENOMEM;
+        }
+        for (size_t k = 0; k < b->nnew; k++) objs[k] = aorm__obj_data(b->news[k]);
+        aorm_insert_objects(q, objs, b->nnew);
+        free(objs);
+    }
+    return send_stmt(s, f, q, cb);
+}
+
+static int send_update(aorm_session *s, flush_run *f, aorm__obj *h) {
+    const aorm_model *m = h->model;
+    void *obj = aorm__obj_data(h);
+    aorm_stmt *q = aorm_update(m);
+    if (!q) return AORM_ENOMEM;
+    for (int i = 0; i < m->ncolumns; i++) {
+        const aorm_column *c = &m->columns[i];
+        if ((c->flags & AORM_PK) || aorm__field_equal(c, obj, h->snapshot)) continue;
+        /* strings the caller assigned move into the session before they
+         * become the snapshot */
+        if (c->type == AORM_TEXT || c->type == AORM_NUMERIC || c->type == AORM_JSON || c->type == AORM_JSONB) {
+            char **fp = aorm__field(c, obj);
+            if (*fp && !(*fp = aorm__region_strdup(&s->region, *fp))) {
+                aorm_stmt_free(q);
+                return AORM_ENOMEM;
+            }
+        }
+        aorm_expr col = {.kind = AORM_X_COLUMN, .model = m, .offset = c->offset};
+        aorm_expr val;
+        aorm__field_value_expr(c, obj, &val);
+        aorm_set(q, &col, &val);
+    }
+    for (int i = 0; i < m->ncolumns; i++) {
+        const aorm_column *c = &m->columns[i];
+        if (!(c->flags & AORM_PK)) continue;
+        aorm_expr col = {.kind = AORM_X_COLUMN, .model = m, .offset = c->offset};
+        aorm_expr val;
+        aorm__field_value_expr(c, h->snapshot, &val); /* the row as it was loaded */
+        aorm_expr eq = {.kind = AORM_X_BINARY, .op = AORM_OP_EQ, .a = &col, .b = &val};
+        aorm_where(q, &eq);
+    }
+    return send_stmt(s, f, q, on_write);
+}
+
+static int send_link_inserts(aorm_session *s, flush_run *f) {
+    for (int i = 0; i < f->nlinks; i++) {
+        link_rows *l = &f->links[i];
+        if (l->n == 0) continue;
+        aorm_stmt *q = aorm_insert(l->rel->secondary);
+        if (!q) return AORM_ENOMEM;
+        if (l->n == 1) aorm_insert_object(q, l->rows[0]);
+        else aorm_insert_objects(q, (const void *const *)l->rows, l->n);
+        int rc = send_stmt(s, f, q, on_write);
+        if (rc < 0) return rc;
+    }
+    return 0;
+}
+
+static int send_link_deletes(aorm_session *s, flush_run *f) {
+    for (int i = 0; i < f->nlinks; i++) {
+        link_rows *l = &f->links[i];
+        const aorm_model *sm = l->rel->secondary;
+        for (size_t k = 0; k < l->ngone; k++) {
+            aorm_stmt *q = aorm_delete(sm);
+            if (!q) return AORM_ENOMEM;
+            for (int c = 0; c < sm->ncolumns; c++) {
+                const aorm_column *col = &sm->columns[c];
+                if (!(col->flags & AORM_PK)) continue;
+                aorm_expr ce = {.kind = AORM_X_COLUMN, .model = sm, .offset = col->offset};
+                aorm_expr v;
+                aorm__field_value_expr(col, l->gone[k], &v);
+                aorm_expr eq = {.kind = AORM_X_BINARY, .op = AORM_OP_EQ, .a = &ce, .b = &v};
+                aorm_where(q, &eq);
+            }
+            int rc = send_stmt(s, f, q, on_write);
+            if (rc < 0) return rc;
+        }
+    }
+    return 0;
+}
+
+/* DELETE of a model's deleted objects, preceded by what must go before
+ * them: association rows of their many-to-many collections, and rows of
+ * one-to-many children with delete cascade (loaded or not). */
+static int send_deletes(aorm_session *s, flush_run *f, model_batch *b) {
+    if (b->ndel == 0) return 0;
+    const aorm_model *m = b->m;
+    const aorm_column *pk = single_pk(m);
+    if (!pk || (pk->type != AORM_INT8 && pk->type != AORM_INT4)) {
+        /* composite or non-integer keys: one statement per object */
+        for (size_t k = 0; k < b->ndel; k++) {
+            aorm_stmt *q = aorm_delete(m);
+            if (!q) return AORM_ENOMEM;
+            for (int c = 0; c < m->ncolumns; c++) {
+                const aorm_column *col = &m->columns[c];
+                if (!(col->flags & AORM_PK)) continue;
+                aorm_expr ce = {.kind = AORM_X_COLUMN, .model = m, .offset = col->offset};
+                aorm_expr v;
+                aorm__field_value_expr(col, aorm__obj_data(b->dels[k]), &v);
+                aorm_expr eq = {.kind = AORM_X_BINARY, .op = AORM_OP_EQ, .a = &ce, .b = &v};
+                aorm_where(q, &eq);
+            }
+            int rc = send_stmt(s, f, q, on_write);
+            if (rc < 0) return rc;
+        }
+        return 0;
+    }
+    int64_t *keys = malloc(b->ndel * sizeof(int64_t));
+    int32_t *keys4 = malloc(b->ndel * sizeof(int32_t));
+    if (!keys || !keys4) {
+        free(keys);
+        free(keys4);
+        return AORM_ENOMEM;
+    }
+    for (size_t k = 0; k < b->ndel; k++) {
+        keys[k] = int_field(pk, aorm__obj_data(b->dels[k]));
+        keys4[k] = (int32_t)keys[k];
+    }
+    int rc = 0;
+    /* dependents first */
+    for (int i = 0; i < m->nrelationships && rc == 0; i++) {
+        const aorm_relationship *r = &m->relationships[i];
+        const aorm_model *dm = NULL;
+        size_t doff = 0;
+        if (r->kind == AORM_MANY_TO_MANY) {
+            dm = r->secondary;
+            doff = r->secondary_local;
+        } else if (r->kind == AORM_ONE_TO_MANY && (r->cascade & AORM_CASCADE_DELETE)) {
+            dm = r->target;
+            doff = r->fk_offset;
+        }
+        if (!dm) continue;
+        const aorm_column *dc = aorm_model_column_at(dm, doff);
+        if (!dc) continue;
+        aorm_stmt *q = aorm_delete(dm);
+        if (!q) {
+            rc = AORM_ENOMEM;
+            break;
+        }
+        aorm_expr ce = {.kind = AORM_X_COLUMN, .model = dm, .offset = doff};
+        aorm_expr arr = {.kind = AORM_X_ARRAY, .type = dc->type == AORM_INT4 ? AORM_INT4 : AORM_INT8,
+                         .v.p = dc->type == AORM_INT4 ? (const void *)keys4 : (const void *)keys, .len = b->ndel};
+        aorm_expr any = {.kind = AORM_X_ANY, .op = AORM_OP_EQ, .a = &ce, .b = &arr};
+        aorm_where(q, &any);
+        rc = send_stmt(s, f, q, on_write);
+    }
+    if (rc == 0) {
+        aorm_stmt *q = aorm_delete(m);
+        aorm_expr ce = {.kind = AORM_X_COLUMN, .model = m, .offset = pk->offset};
+        aorm_expr arr = {.kind = AORM_X_ARRAY, .type = pk->type, .v.p = pk->type == AORM_INT4 ? (const void *)keys4 : (const void *)keys,
+                         .len = b->ndel};
+        aorm_expr any = {.kind = AORM_X_ANY, .op = AORM_OP_EQ, .a = &ce, .b = &arr};
+        if (q) aorm_where(q, &any);
+        rc = send_stmt(s, f, q, on_write);
+    }
+    free(keys);
+    free(keys4);
+    return rc;
+}
+
+static void send_writes(flush_run *f) {
+    aorm__sop *op = f->op;
+    aorm_session *s = op->s;
+    sync_foreign_keys(s); /* keys just arrived: children take them */
+    fill_links(s, f);
+    /* modified persistent objects, now that foreign keys are synced */
+    for (aorm__obj *h = s->tracked; h; h = h->track_next)
+        if (h->state == AORM_PERSISTENT && aorm__obj_changed(h))
+            if (push_ptr((void ***)&f->dirty, &f->ndirty, &f->cap_dirty, h) < 0) goto oom;
+    /* strings of new objects move into the session's region */
+    for (int i = 0; i < f->nbatches; i++) {
+        model_batch *b = &f->batches[i];
+        for (int c = 0; c < b->m->ncolumns; c++) {
+            const aorm_column *col = &b->m->columns[c];
+            if (col->type != AORM_TEXT && col->type != AORM_NUMERIC && col->type != AORM_JSON && col->type != AORM_JSONB)
+                continue;
+            for (size_t k = 0; k < b->nnew; k++) {
+                char **fp = aorm__field(col, aorm__obj_data(b->news[k]));
+                if (*fp && !(*fp = aorm__region_strdup(&s->region, *fp))) goto oom;
+            }
+        }
+    }
+    int rc = 0;
+    for (int i = 0; i < f->nbatches && rc == 0; i++) rc = send_inserts(s, f, i);
+    if (rc == 0) rc = send_link_inserts(s, f);
+    for (size_t k = 0; k < f->ndirty && rc == 0; k++) rc = send_update(s, f, f->dirty[k]);
+    if (rc == 0) rc = send_link_deletes(s, f);
+    for (int i = f->nbatches - 1; i >= 0 && rc == 0; i--) rc = send_deletes(s, f, &f->batches[i]);
+    if (rc < 0) {
+        aorm_error err = {.code = rc, .message = "flush: a statement could not be queued", .detail = "",
+                          .hint = "", .constraint = "", .table = "", .column = ""};
+        record_error(f, &err);
+    }
+    if (f->out == 0) finish(f);
+    return;
+oom: {
+    aorm_error err = {.code = AORM_ENOMEM, .message = "out of memory", .detail = "", .hint = "",
+                      .constraint = "", .table = "", .column = ""};
+    record_error(f, &err);
+    if (f->out == 0) finish(f);
+}
+}
+
+/* ---- 1b. keys ------------------------------------------------------------------------- */
+
+static void on_keys(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
+    aorm__sop *op = user;
+    aorm_session *s = op->s;
+    aorm__session_enter(s);
+    if (!aorm__op_arrived(op)) {
+        aorm__session_leave(s);
+        return;
+    }
+    flush_run *f = op->ext;
+    if (err) {
+        record_error(f, err);
+    } else {
+        /* which batch: the first one still waiting for its keys */
+        for (int i = 0; i < f->nbatches; i++) {
+            model_batch *b = &f->batches[i];
+            if (!b->need_keys || b->keys) continue;
+            int n = aorm_result_nrows(res);
+            b->keys = malloc(((size_t)n + 1) * sizeof(int64_t));
+            if (!b->keys || (size_t)n < b->nnew) {
+                aorm_error e2 = {.code = AORM_EPROTOCOL, .message = "flush: fewer keys than rows", .detail = "",
+                                 .hint = "", .constraint = "", .table = "", .column = ""};
+                record_error(f, &e2);
+                break;
+            }
+            const aorm_column *pk = single_pk(b->m);
+            size_t k = 0;
+            for (size_t j = 0; j < b->nnew; j++) {
+                if (key_known(b->news[j])) continue;
+                int64_t id;
+                aorm_result_int64(res, (int)k++, 0, &id);
+                set_int_field(pk, aorm__obj_data(b->news[j]), id);
+            }
+            b->nkeys = k;
+            break;
+        }
+    }
+    if (--f->out == 0) {
+        if (f->err) finish(f);
+        else send_writes(f);
+    }
+    aorm__session_leave(s);
+}
+
+static void fetch_keys(flush_run *f) {
+    aorm__sop *op = f->op;
+    aorm_session *s = op->s;
+    for (int i = 0; i < f->nbatches; i++) {
+        model_batch *b = &f->batches[i];
+        if (!b->need_keys) continue;
+        size_t missing = 0;
+        for (size_t k = 0; k < b->nnew; k++)
+            if (!key_known(b->news[k])) missing++;
+        if (missing == 0) {
+            b->need_keys = false;
+            continue;
+        }
+        aorm__buf table = {0};
+        if (b->m->schema && (aorm__quote_ident(&table, b->m->schema) < 0 || aorm__buf_putc(&table, '.') < 0)) goto oom;
+        if (aorm__quote_ident(&table, b->m->table) < 0 || aorm__buf_putc(&table, '\0') < 0) goto oom;
+        aorm_stmt *q = aorm_raw("SELECT nextval(pg_get_serial_sequence(:t, :c)) FROM generate_series(1, :n)");
+        aorm_bind(q, "t", aorm_text(table.data));
+        aorm_bind(q, "c", aorm_text(single_pk(b->m)->name));
+        aorm_bind(q, "n", aorm_int4((int32_t)missing));
+        aorm__buf_free(&table);
+        if (send_stmt(s, f, q, on_keys) < 0) goto oom;
+        continue;
+    oom:
+        aorm__buf_free(&table);
+        {
+            aorm_error err = {.code = AORM_ENOMEM, .message = "out of memory", .detail = "", .hint = "",
+                              .constraint = "", .table = "", .column = ""};
+            record_error(f, &err);
+        }
+        break;
+    }
+    if (f->out == 0) {
+        if (f->err) finish(f);
+        else send_writes(f);
+    }
+}
+
+/* ---- start ----------------------------------------------------------------------------- */
+
+static void run_free_cb(void *p) { run_free(p); }
+
+static void plan_and_send(aorm__sop *op, const aorm_error *err);
+
+void aorm__flush_start(aorm__sop *op, flush_then then) {
+    aorm_session *s = op->s;
+    flush_run *f = calloc(1, sizeof(*f));
+    if (!f) {
+        aorm_error e = {.code = AORM_ENOMEM, .message = "out of memory", .detail = "", .hint = "",
+                        .constraint = "", .table = "", .column = ""};
+        then(op, &e);
+        return;
+    }
+    f->op = op;
+    f->then = then;
+    aorm_params_init(&f->scratch);
+    op->ext = f;
+    op->ext_free = run_free_cb;
+    /* save-update cascades for relationships set after aorm_session_add */
+    for (aorm__obj *h = s->tracked; h; h = h->track_next)
+        if (h->state == AORM_PENDING || h->state == AORM_PERSISTENT) aorm__session_cascade(s, h, 0);
+    aorm__session_ensure_tx(s, op, plan_and_send);
+}
+
+static void plan_and_send(aorm__sop *op, const aorm_error *err) {
+    aorm_session *s = op->s;
+    flush_run *f = op->ext;
+    if (err) {
+        record_error(f, err);
+        finish(f);
+        return;
+    }
+    char msg[256];
+    int rc = 0;
+    sync_foreign_keys(s); /* keys already known flow to children now */
+    for (aorm__obj *h = s->tracked; h && rc == 0; h = h->track_next) {
+        if (h->state == AORM_PENDING) {
+            model_batch *b = batch_for(f, h->model);
+            if (!b || push_ptr((void ***)&b->news, &b->nnew, &b->cap_new, h) < 0) rc = AORM_ENOMEM;
+        } else if (h->state == AORM_DELETED) {
+            model_batch *b = batch_for(f, h->model);
+            if (!b || push_ptr((void ***)&b->dels, &b->ndel, &b->cap_del, h) < 0) rc = AORM_ENOMEM;
+        }
+    }
+    /* new objects in creation order (the tracked list is newest first) */
+    for (int i = 0; i < f->nbatches; i++) {
+        model_batch *b = &f->batches[i];
+        for (size_t a = 0, z = b->nnew ? b->nnew - 1 : 0; a < z; a++, z--) {
+            aorm__obj *t = b->news[a];
+            b->news[a] = b->news[z];
+            b->news[z] = t;
+        }
+    }
+    if (rc == 0) rc = collect_links(s, f);
+    /* association models are part of the order too */
+    for (int i = 0; i < f->nlinks && rc == 0; i++)
+        if (!batch_for(f, f->links[i].rel->secondary)) rc = AORM_ENOMEM;
+    if (rc == 0 && (rc = order_batches(f, msg, sizeof(msg))) < 0) {
+        aorm_error e = {.code = rc, .message = msg, .detail = "", .hint = "", .constraint = "", .table = "",
+                        .column = ""};
+        record_error(f, &e);
+        finish(f);
+        return;
+    }
+    if (rc < 0) {
+        aorm_error e = {.code = rc, .message = aorm_strerror(rc), .detail = "", .hint = "", .constraint = "",
+                        .table = "", .column = ""};
+        record_error(f, &e);
+        finish(f);
+        return;
+    }
+    /* which batches need their keys before anything else can be written */
+    bool dependents = f->nlinks > 0;
+    for (int i = 0; i < f->nbatches; i++)
+        for (int j = 0; j < f->nbatches; j++)
+            for (int k = 0; k < f->batches[j].m->nforeign_keys; k++)
+                if (f->batches[j].nnew && f->batches[j].m->foreign_keys[k].target == f->batches[i].m)
+                    dependents = true;
+    for (int i = 0; i < f->nbatches; i++) {
+        model_batch *b = &f->batches[i];
+        if (b->nnew == 0 || !generated_key(b->m)) continue;
+        b->need_keys = b->nnew > 1 || dependents;
+    }
+    fetch_keys(f);
+}
+
+/* ---- transaction end ---------------------------------------------------------------------- */
+
+void aorm__flush_commit_states(aorm_session *s) {
+    s->tx_nnew = s->tx_ndel = 0;
+}
+
+void aorm__flush_rollback_states(aorm_session *s) {
+    /* rows inserted in the transaction are gone: their objects are new
+     * again (keys cleared when the server generated them) */
+    for (size_t i = 0; i < s->tx_nnew; i++) {
+        aorm__obj *h = s->tx_new[i];
+        if (h->state != AORM_PERSISTENT) continue;
+        aorm__idmap_remove(&s->idmap, h);
+        h->state = AORM_TRANSIENT;
+        if (generated_key(h->model)) set_int_field(single_pk(h->model), aorm__obj_data(h), 0);
+        h->snapshot = NULL;
+    }
+    for (size_t i = 0; i < s->tx_ndel; i++) {
+        aorm__obj *h = s->tx_del[i];
+        if (h->state != AORM_DETACHED) continue;
+        h->state = AORM_PERSISTENT;
+        aorm__idmap_put(&s->idmap, h);
+    }
+    /* what the database holds is unknown for modified objects: reload */
+    for (aorm__obj *h = s->tracked; h; h = h->track_next)
+        if (h->state == AORM_PERSISTENT) h->flags |= OBJ_EXPIRED;
+    s->tx_nnew = s->tx_ndel = 0;
+}

@@ -1,0 +1,41 @@
+/* region.h -- a region (bump) allocator: many small allocations, one free.
+ *
+ * Private to src/async_session and src/loaders (the objects a session
+ * loads live here). Blocks are malloc'd as needed; nothing is freed
+ * before aorm__region_free(). */
+#ifndef AORM_REGION_H
+#define AORM_REGION_H
+
+#include <stddef.h>
+
+typedef struct aorm__region_block aorm__region_block;
+
+typedef struct aorm__region {
+    aorm__region_block *head; /* current block first */
+    char *cur;
+    char *end;
+    size_t block_size;
+    size_t total;            /* bytes handed out */
+} aorm__region;
+
+void aorm__region_init(aorm__region *a, size_t block_size);
+void aorm__region_free(aorm__region *a);
+/* 16-byte aligned memory, NULL on out of memory. Not zeroed. */
+void *aorm__region_alloc_slow(aorm__region *a, size_t n);
+static inline void *aorm__region_alloc(aorm__region *a, size_t n) {
+    n = (n + 15) & ~(size_t)15;
+    if ((size_t)(a->end - a->cur) >= n) {
+        void *p = a->cur;
+        a->cur += n;
+        a->total += n;
+        return p;
+    }
+    return aorm__region_alloc_slow(a, n);
+}
+void *aorm__region_calloc(aorm__region *a, size_t n);
+char *aorm__region_strdup(aorm__region *a, const char *s);
+char *aorm__region_memdup(aorm__region *a, const void *p, size_t n);
+/* allocator adapter for aorm__field_load and aorm_stmt_load */
+void *aorm__region_alloc_fn(void *ctx, size_t n);
+
+#endif /* AORM_REGION_H */

@@ -1,0 +1,1227 @@
+/* session.c -- the AsyncSession: objects, the operation queue, queries
+ * through the identity map, and lazy transactions.
+ *
+ * Operations of one session run one at a time, in the order they were
+ * queued: an operation starts when the previous one has called back. The
+ * first operation of an idle session is started from the loop's soon
+ * queue, so that nothing ever calls back from inside the call that queued
+ * it; later ones start from the previous operation's completion.
+ *
+ * Transactions are lazy: statements go to the engine in autocommit until
+ * the session needs a transaction (flush, begin, FOR UPDATE); it then
+ * acquires a connection, queues BEGIN and sends everything after it down
+ * that connection's pipeline without waiting for BEGIN's answer.
+ *
+ * Owns: the region with every object and string, the identity map, the
+ * queued operations and, during a transaction, the held connection.
+ * Must not: block, or answer an operation before the ones queued before
+ * it. */
+#include <stdio.h>
+
+#include "async_session/session_int.h"
+
+static void start_next(aorm_session *s);
+static void soon_start(void *arg);
+static void session_destroy(aorm_session *s);
+
+void aorm_session_options_init(aorm_session_options *o) {
+    memset(o, 0, sizeof(*o));
+    o->autoflush = true;
+    o->arena_block = 65536;
+}
+
+aorm_session *aorm_session_new(aorm_engine *e, const aorm_session_options *o) {
+    if (!e) return NULL;
+    aorm_session *s = calloc(1, sizeof(*s));
+    if (!s) return NULL;
+    s->e = e;
+    s->loop = aorm_engine_loop(e);
+    if (o) s->o = *o;
+    else aorm_session_options_init(&s->o);
+    aorm__region_init(&s->region, s->o.arena_block);
+    aorm__idmap_init(&s->idmap);
+    return s;
+}
+
+aorm_engine *aorm_session_engine(const aorm_session *s) { return s ? s->e : NULL; }
+void aorm_session_set_data(aorm_session *s, void *data) { if (s) s->data = data; }
+void *aorm_session_data(const aorm_session *s) { return s ? s->data : NULL; }
+uint64_t aorm_session_statements(const aorm_session *s) { return s ? s->statements : 0; }
+bool aorm_session_in_transaction(const aorm_session *s) { return s && s->tx != TX_NONE; }
+bool aorm_session_rollback_required(const aorm_session *s) { return s && s->tx == TX_FAILED; }
+
+/* ---- objects ------------------------------------------------------------------ */
+
+static aorm__obj *obj_alloc(aorm_session *s, const aorm_model *m) {
+    aorm__obj *h = aorm__region_alloc(&s->region, sizeof(aorm__obj) + m->size);
+    if (!h) return NULL;
+    memset(h, 0, sizeof(aorm__obj) + m->size);
+    h->magic = AORM__OBJ_MAGIC;
+    h->s = s;
+    h->model = m;
+    h->seq = ++s->next_seq;
+    h->state = AORM_TRANSIENT;
+    return h;
+}
+
+static void track(aorm_session *s, aorm__obj *h) {
+    if (h->flags & OBJ_ADDED) return;
+    h->flags |= OBJ_ADDED;
+    h->track_next = s->tracked;
+    s->tracked = h;
+}
+
+aorm__obj *aorm__session_track_new(aorm_session *s, const aorm_model *m) {
+    aorm__obj *h = obj_alloc(s, m);
+    if (h) track(s, h);
+    return h;
+}
+
+void *aorm_session_new_object(aorm_session *s, const aorm_model *m) {
+    if (!s || !m || s->closing) return NULL;
+    aorm__obj *h = obj_alloc(s, m);
+    return h ? aorm__obj_data(h) : NULL;
+}
+
+char *aorm_session_strdup(aorm_session *s, const char *str) {
+    return s ? aorm__region_strdup(&s->region, str) : NULL;
+}
+
+void *aorm_session_alloc(aorm_session *s, size_t n) { return s ? aorm__region_alloc(&s->region, n) : NULL; }
+
+aorm_object_state aorm_object_state_of(const aorm_session *s, const void *obj) {
+    aorm__obj *h = aorm__obj_of(s, obj);
+    return h ? (aorm_object_state)h->state : AORM_DETACHED;
+}
+
+const aorm_model *aorm_object_model(const aorm_session *s, const void *obj) {
+    aorm__obj *h = aorm__obj_of(s, obj);
+    return h ? h->model : NULL;
+}
+
+bool aorm__obj_changed(const aorm__obj *h) {
+    if (!h->snapshot) return true;
+    const void *obj = (const char *)h + sizeof(aorm__obj);
+    for (int i = 0; i < h->model->ncolumns; i++)
+        if (!aorm__field_equal(&h->model->columns[i], obj, h->snapshot)) return true;
+    return false;
+}
+
+bool aorm_object_modified(const aorm_session *s, const void *obj) {
+    aorm__obj *h = aorm__obj_of(s, obj);
+    return h && h->state == AORM_PERSISTENT && aorm__obj_changed(h);
+}
+
+void aorm__session_take_snapshot(aorm_session *s, aorm__obj *h) {
+    if (!h->snapshot) h->snapshot = aorm__region_alloc(&s->region, h->model->size);
+    if (h->snapshot) memcpy(h->snapshot, aorm__obj_data(h), h->model->size);
+}
+
+/* Save-update cascade: objects reachable through relationships of an added
+ * object are added too (unless the relationship opts out). */
+void aorm__session_cascade(aorm_session *s, aorm__obj *h, int depth) {
+    if (depth > 64) return; /* object graphs deeper than this are added by the flush's own scan */
+    void *obj = aorm__obj_data(h);
+    for (int i = 0; i < h->model->nrelationships; i++) {
+        const aorm_relationship *r = &h->model->relationships[i];
+        if (r->cascade & AORM_CASCADE_NONE) continue;
+        void *field = (char *)obj + r->offset;
+        if (r->kind == AORM_MANY_TO_ONE) {
+            void *t = *(void **)field;
+            aorm__obj *th = aorm__obj_of(s, t);
+            if (th && th->state == AORM_TRANSIENT) {
+                th->state = AORM_PENDING;
+                s->npending++;
+                track(s, th);
+                aorm__session_cascade(s, th, depth + 1);
+            }
+        } else {
+            aorm_list *l = field;
+            for (size_t k = 0; k < l->len; k++) {
+                aorm__obj *th = aorm__obj_of(s, l->items[k]);
+                if (th && th->state == AORM_TRANSIENT) {
+                    th->state = AORM_PENDING;
+                    s->npending++;
+                    track(s, th);
+                    aorm__session_cascade(s, th, depth + 1);
+                }
+            }
+        }
+    }
+}
+
+int aorm_session_add(aorm_session *s, void *obj) {
+    if (!s) return AORM_EMISUSE;
+    if (s->closing) return AORM_ECLOSED;
+    aorm__obj *h = aorm__obj_of(s, obj);
+    if (!h) return AORM_EMISUSE;
+    switch ((aorm_object_state)h->state) {
+    case AORM_TRANSIENT:
+        h->state = AORM_PENDING;
+        s->npending++;
+        track(s, h);
+        break;
+    case AORM_DELETED: /* un-delete */
+        h->state = AORM_PERSISTENT;
+        s->ndeleted--;
+        break;
+    case AORM_DETACHED:
+        return AORM_EMISUSE; /* expunged objects cannot come back into this session */
+    case AORM_PENDING:
+    case AORM_PERSISTENT:
+        break;
+    }
+    aorm__session_cascade(s, h, 0);
+    return 0;
+}
+
+static void cascade_delete(aorm_session *s, aorm__obj *h, int depth);
+
+int aorm_session_delete(aorm_session *s, void *obj) {
+    if (!s) return AORM_EMISUSE;
+    if (s->closing) return AORM_ECLOSED;
+    aorm__obj *h = aorm__obj_of(s, obj);
+    if (!h) return AORM_EMISUSE;
+    switch ((aorm_object_state)h->state) {
+    case AORM_PENDING:
+        h->state = AORM_TRANSIENT;
+        s->npending--;
+        return 0;
+    case AORM_PERSISTENT:
+        h->state = AORM_DELETED;
+        s->ndeleted++;
+        cascade_delete(s, h, 0);
+        return 0;
+    case AORM_DELETED:
+        return 0;
+    case AORM_TRANSIENT:
+    case AORM_DETACHED:
+        return AORM_EMISUSE;
+    }
+    return AORM_EMISUSE;
+}
+
+/* Delete cascade through loaded collections; unloaded ones are handled by
+ * the flush with one DELETE ... WHERE fk = ANY(...) per relationship. */
+static void cascade_delete(aorm_session *s, aorm__obj *h, int depth) {
+    if (depth > 64) return;
+    void *obj = aorm__obj_data(h);
+    for (int i = 0; i < h->model->nrelationships; i++) {
+        const aorm_relationship *r = &h->model->relationships[i];
+        if (r->kind != AORM_ONE_TO_MANY || !(r->cascade & AORM_CASCADE_DELETE)) continue;
+        if (!(h->loaded_rels & (1u << i))) continue;
+        aorm_list *l = (aorm_list *)((char *)obj + r->offset);
+        for (size_t k = 0; k < l->len; k++) {
+            aorm__obj *ch = aorm__obj_of(s, l->items[k]);
+            if (ch && ch->state == AORM_PERSISTENT) {
+                ch->state = AORM_DELETED;
+                s->ndeleted++;
+                cascade_delete(s, ch, depth + 1);
+            } else if (ch && ch->state == AORM_PENDING) {
+                ch->state = AORM_TRANSIENT;
+                s->npending--;
+            }
+        }
+    }
+}
+
+int aorm_session_expunge(aorm_session *s, void *obj) {
+    if (!s) return AORM_EMISUSE;
+    aorm__obj *h = aorm__obj_of(s, obj);
+    if (!h) return AORM_EMISUSE;
+    if (h->state == AORM_PENDING) s->npending--;
+    if (h->state == AORM_DELETED) s->ndeleted--;
+    aorm__idmap_remove(&s->idmap, h);
+    h->state = AORM_DETACHED;
+    return 0;
+}
+
+void aorm_session_expunge_all(aorm_session *s) {
+    if (!s) return;
+    for (aorm__obj *h = s->tracked; h; h = h->track_next)
+        if (h->state != AORM_TRANSIENT) h->state = AORM_DETACHED;
+    aorm__idmap_clear(&s->idmap);
+    s->tracked = NULL; /* detached objects need no tracking; their memory stays in the region */
+    s->npending = s->ndeleted = 0;
+}
+
+int aorm_session_expire(aorm_session *s, void *obj) {
+    if (!s) return AORM_EMISUSE;
+    aorm__obj *h = aorm__obj_of(s, obj);
+    if (!h || h->state != AORM_PERSISTENT) return AORM_EMISUSE;
+    h->flags |= OBJ_EXPIRED;
+    return 0;
+}
+
+/* ---- rows to objects ------------------------------------------------------------ */
+
+static void *scratch_for(aorm_session *s, const aorm_model *m) {
+    if (s->scratch_size < m->size) {
+        void *p = realloc(s->scratch, m->size);
+        if (!p) return NULL;
+        s->scratch = p;
+        s->scratch_size = m->size;
+    }
+    memset(s->scratch, 0, m->size);
+    return s->scratch;
+}
+
+static int load_columns(aorm_session *s, const aorm_result *res, int row, const aorm_model *m, const int *pos,
+                        void *obj, bool pk_only) {
+    aorm_allocator alloc = {aorm__region_alloc_fn, &s->region};
+    for (int i = 0; i < m->ncolumns; i++) {
+        const aorm_column *c = &m->columns[i];
+        if (pos[i] < 0 || (pk_only && !(c->flags & AORM_PK))) continue;
+        const char *v;
+        int len;
+        int rc = aorm_result_raw(res, row, pos[i], &v, &len);
+        if (rc < 0) return rc;
+        rc = aorm__field_load(c, obj, aorm_result_col_type(res, pos[i]), v, len, &alloc);
+        if (rc < 0) return rc;
+    }
+    return 0;
+}
+
+int aorm__session_materialize(aorm_session *s, const aorm_stmt *q, const aorm_result *res, const aorm_model *m,
+                              bool populate, void **out) {
+    int nrows = aorm_result_nrows(res);
+    int pos_stack[32];
+    int *pos = m->ncolumns <= 32 ? pos_stack : malloc((size_t)m->ncolumns * sizeof(int));
+    if (!pos) return AORM_ENOMEM;
+    int npk = 0;
+    for (int i = 0; i < m->ncolumns; i++) {
+        aorm_expr col = {.kind = AORM_X_COLUMN, .model = m, .offset = m->columns[i].offset};
+        pos[i] = aorm_stmt_column(q, &col);
+        if ((m->columns[i].flags & AORM_PK) && pos[i] >= 0) npk++;
+    }
+    int rc = 0;
+    if (npk != aorm_model_pk_count(m)) {
+        rc = AORM_EMISUSE; /* objects need their whole primary key in the select list */
+        goto out;
+    }
+    for (int r = 0; r < nrows; r++) {
+        void *key = scratch_for(s, m);
+        if (!key) {
+            rc = AORM_ENOMEM;
+            goto out;
+        }
+        if ((rc = load_columns(s, res, r, m, pos, key, true)) < 0) goto out;
+        uint64_t hash = aorm__key_hash(m, key);
+        aorm__obj *h = aorm__idmap_find(&s->idmap, m, key, hash);
+        if (h) {
+            if (populate || (h->flags & OBJ_EXPIRED)) {
+                if ((rc = load_columns(s, res, r, m, pos, aorm__obj_data(h), false)) < 0) goto out;
+                aorm__session_take_snapshot(s, h);
+                h->flags &= (uint8_t)~OBJ_EXPIRED;
+            }
+        } else {
+            h = obj_alloc(s, m);
+            if (!h) {
+                rc = AORM_ENOMEM;
+                goto out;
+            }
+            if ((rc = load_columns(s, res, r, m, pos, aorm__obj_data(h), false)) < 0) goto out;
+            h->key_hash = hash;
+            h->state = AORM_PERSISTENT;
+            aorm__session_take_snapshot(s, h);
+            if (!h->snapshot || aorm__idmap_put(&s->idmap, h) < 0) {
+                rc = AORM_ENOMEM;
+                goto out;
+            }
+            track(s, h);
+        }
+        out[r] = aorm__obj_data(h);
+    }
+out:
+    if (pos != pos_stack) free(pos);
+    return rc;
+}
+
+/* An aorm_expr holding the value of field c of obj (for key conditions). */
+int aorm__field_value_expr(const aorm_column *c, const void *obj, aorm_expr *out) {
+    memset(out, 0, sizeof(*out));
+    out->kind = AORM_X_VALUE;
+    out->type = c->type;
+    const void *f = aorm__cfield(c, obj);
+    bool nullable = (c->flags & AORM_NULLABLE) != 0;
+    out->null = aorm__field_is_null(c, obj);
+    if (out->null) return 0;
+    switch (c->type) {
+    case AORM_BOOL: out->v.b = nullable ? ((const aorm_opt_bool *)f)->value : *(const bool *)f; break;
+    case AORM_INT2: out->v.i = nullable ? ((const aorm_opt_int16 *)f)->value : *(const int16_t *)f; break;
+    case AORM_INT4:
+    case AORM_DATE: out->v.i = nullable ? ((const aorm_opt_int32 *)f)->value : *(const int32_t *)f; break;
+    case AORM_INT8:
+    case AORM_TIMESTAMP:
+    case AORM_TIMESTAMPTZ: out->v.i = nullable ? ((const aorm_opt_int64 *)f)->value : *(const int64_t *)f; break;
+    case AORM_FLOAT4: out->v.d = nullable ? ((const aorm_opt_float *)f)->value : *(const float *)f; break;
+    case AORM_FLOAT8: out->v.d = nullable ? ((const aorm_opt_double *)f)->value : *(const double *)f; break;
+    case AORM_TEXT:
+    case AORM_NUMERIC:
+    case AORM_JSON:
+    case AORM_JSONB:
+        out->v.s = *(char *const *)f;
+        out->len = SIZE_MAX;
+        break;
+    case AORM_BYTEA:
+        out->v.p = ((const aorm_bytes *)f)->data;
+        out->len = ((const aorm_bytes *)f)->len;
+        break;
+    case AORM_UUID:
+        out->v.p = nullable ? ((const aorm_opt_uuid *)f)->value.b : ((const aorm_uuid *)f)->b;
+        out->len = 16;
+        break;
+    }
+    return 0;
+}
+
+/* WHERE pk1 = $1 AND pk2 = $2 ... for the key fields of `key`. */
+static int where_key(aorm_stmt *q, const aorm_model *m, const void *key) {
+    aorm_expr cols[8], vals[8], eqs[8];
+    const aorm_expr *list[8];
+    int n = 0;
+    for (int i = 0; i < m->ncolumns; i++) {
+        const aorm_column *c = &m->columns[i];
+        if (!(c->flags & AORM_PK)) continue;
+        if (n == 8) return AORM_EMISUSE; /* keys of more than 8 columns are not supported */
+        cols[n] = (aorm_expr){.kind = AORM_X_COLUMN, .model = m, .offset = c->offset};
+        aorm__field_value_expr(c, key, &vals[n]);
+        eqs[n] = (aorm_expr){.kind = AORM_X_BINARY, .op = AORM_OP_EQ, .a = &cols[n], .b = &vals[n]};
+        list[n] = &eqs[n];
+        n++;
+    }
+    if (n == 0) return AORM_EMISUSE;
+    if (n == 1) return aorm_where(q, list[0]);
+    aorm_expr all = {.kind = AORM_X_AND, .list = list, .n = n};
+    return aorm_where(q, &all);
+}
+
+/* ---- the operation queue ---------------------------------------------------------- */
+
+static aorm__sop *sop_new(aorm_session *s, sop_kind kind, void *user) {
+    aorm__sop *op = calloc(1, sizeof(*op));
+    if (!op) return NULL;
+    op->s = s;
+    op->kind = kind;
+    op->user = user;
+    return op;
+}
+
+static void sop_free(aorm__sop *op) {
+    if (op->ext && op->ext_free) op->ext_free(op->ext);
+    aorm_stmt_free(op->stmt);
+    aorm_error_free(op->err);
+    free(op->keys);
+    free(op);
+}
+
+static int sop_push(aorm_session *s, aorm__sop *op) {
+    op->next = NULL;
+    if (s->q_tail) s->q_tail->next = op;
+    else s->q_head = op;
+    s->q_tail = op;
+    if (!s->running && !s->start_scheduled) {
+        if (aorm_loop_soon(s->loop, soon_start, s) < 0) {
+            /* undo: the caller gets the error and no callback */
+            s->q_head = s->q_tail = NULL;
+            return AORM_ENOMEM;
+        }
+        s->start_scheduled = true;
+    }
+    return 0;
+}
+
+void aorm__session_enter(aorm_session *s) { s->depth++; }
+void aorm__session_leave(aorm_session *s) {
+    if (--s->depth == 0 && s->free_pending && !s->running) session_destroy(s);
+}
+#define session_enter aorm__session_enter
+#define session_leave aorm__session_leave
+
+/* Every engine callback that carries an operation starts here. Returns
+ * false when the session is closing: the operation was already answered
+ * with AORM_ECANCELED, and is freed once its last statement is back. */
+bool aorm__op_arrived(aorm__sop *op) {
+    aorm_session *s = op->s;
+    op->pending--;
+    if (!s->closing) return true;
+    if (op->pending == 0 && s->running == op) {
+        s->running = NULL;
+        sop_free(op);
+    }
+    return false;
+}
+
+/* Delivers op's outcome to its callback (exactly once). */
+static void deliver(aorm_session *s, aorm__sop *op, void *obj, aorm_objects *objs, aorm_result *res,
+                    const aorm_error *err) {
+    if (op->answered) return; /* exactly once, even if closed from its own callback */
+    op->answered = true;
+    switch (op->kind) {
+    case SOP_QUERY:
+    case SOP_GET_MANY:
+        op->cb.objects(s, err ? NULL : objs, err, op->user);
+        break;
+    case SOP_GET:
+        op->cb.object(s, err ? NULL : obj, err, op->user);
+        break;
+    case SOP_EXECUTE:
+        op->cb.rows(s, err ? NULL : res, err, op->user);
+        break;
+    case SOP_REFRESH:
+    case SOP_FLUSH:
+    case SOP_COMMIT:
+    case SOP_ROLLBACK:
+    case SOP_BEGIN:
+    case SOP_SAVEPOINT:
+    case SOP_RELEASE_SAVEPOINT:
+    case SOP_ROLLBACK_SAVEPOINT:
+    case SOP_LOAD:
+        if (op->cb.done) op->cb.done(s, err, op->user);
+        break;
+    }
+}
+
+/* The running operation is finished (its callback has run): free it and
+ * start the next one. */
+void aorm__session_op_done(aorm_session *s, aorm__sop *op) {
+    aorm__assert(s->running == op);
+    s->running = NULL;
+    sop_free(op);
+    if (!s->closing) start_next(s);
+}
+
+static void fail_op(aorm_session *s, aorm__sop *op, int code, const char *msg) {
+    aorm_error err = {.code = code, .message = msg ? msg : aorm_strerror(code), .detail = "", .hint = "",
+                      .constraint = "", .table = "", .column = ""};
+    deliver(s, op, NULL, NULL, NULL, &err);
+    aorm__session_op_done(s, op);
+}
+
+static void finish_err(aorm_session *s, aorm__sop *op, const aorm_error *err) {
+    deliver(s, op, NULL, NULL, NULL, err);
+    aorm__session_op_done(s, op);
+}
+
+/* ---- sending statements ------------------------------------------------------------- */
+
+/* A statement failed inside the transaction: the server aborted it. */
+void aorm__session_fail_tx(aorm_session *s) {
+    if (s->tx == TX_ACTIVE || s->tx == TX_ACQUIRING) s->tx = TX_FAILED;
+}
+
+int aorm__session_send(aorm_session *s, aorm__sop *op, aorm_stmt *q, bool readonly_ok, aorm_result_cb cb) {
+    aorm_exec_options xo = {0, op->qo.deadline != 0 ? op->qo.deadline : s->o.statement_timeout};
+    int rc;
+    if (s->conn) {
+        rc = aorm_stmt_execute_on(s->conn, q, &xo, cb, op);
+    } else {
+        /* aorm_stmt_execute flags plain SELECTs read-only by itself */
+        rc = aorm_stmt_execute(s->e, q, &xo, cb, op);
+    }
+    if (rc == 0) {
+        s->statements++;
+        op->pending++;
+    }
+    return rc;
+}
+
+/* ---- transactions ----------------------------------------------------------------- */
+
+typedef void (*tx_then)(aorm__sop *op, const aorm_error *err);
+
+static void on_begin_result(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
+    aorm__sop *op = user;
+    aorm_session *s = op->s;
+    session_enter(s);
+    if (aorm__op_arrived(op) && err) aorm__session_fail_tx(s); /* the statements behind it report it */
+    session_leave(s);
+}
+
+typedef struct acquire_wait {
+    aorm__sop *op;
+    tx_then then;
+} acquire_wait;
+
+static void on_acquired(aorm_engine *e, aorm_conn *c, const aorm_error *err, void *user) {
+    acquire_wait *w = user;
+    aorm__sop *op = w->op;
+    tx_then then = w->then;
+    free(w);
+    aorm_session *s = op->s;
+    session_enter(s);
+    if (!aorm__op_arrived(op)) {
+        if (c) aorm_conn_release(c);
+    } else if (err) {
+        s->tx = TX_NONE;
+        then(op, err);
+    } else {
+        s->conn = c;
+        s->tx = TX_ACTIVE;
+        int rc = aorm_conn_begin(c, op->has_tx ? &op->tx : NULL, on_begin_result, op);
+        if (rc == 0) {
+            op->pending++;
+            s->statements++;
+        }
+        if (rc < 0) {
+            aorm_conn_release(c);
+            s->conn = NULL;
+            s->tx = TX_NONE;
+            aorm_error e2 = {.code = rc, .message = aorm_strerror(rc), .detail = "", .hint = "",
+                             .constraint = "", .table = "", .column = ""};
+            then(op, &e2);
+        } else {
+            then(op, NULL);
+        }
+    }
+    session_leave(s);
+}
+
+/* Makes sure the session holds a connection inside BEGIN, then calls
+ * then(op, NULL) (or then(op, err)). BEGIN's own answer is not waited
+ * for: what follows is pipelined behind it. */
+void aorm__session_ensure_tx(aorm_session *s, aorm__sop *op, tx_then then) {
+    if (s->tx == TX_ACTIVE) {
+        then(op, NULL);
+        return;
+    }
+    if (s->tx == TX_FAILED) {
+        aorm_error err = {.code = AORM_ETXSTATE,
+                          .message = "the session's transaction failed: roll it back first",
+                          .detail = "", .hint = "", .constraint = "", .table = "", .column = ""};
+        then(op, &err);
+        return;
+    }
+    acquire_wait *w = malloc(sizeof(*w));
+    int rc = w ? aorm_engine_acquire(s->e, on_acquired, w) : AORM_ENOMEM;
+    if (rc < 0) {
+        free(w);
+        aorm_error err = {.code = rc, .message = aorm_strerror(rc), .detail = "", .hint = "",
+                          .constraint = "", .table = "", .column = ""};
+        then(op, &err);
+        return;
+    }
+    w->op = op;
+    w->then = then;
+    op->pending++;
+    s->tx = TX_ACQUIRING;
+}
+
+static void end_tx(aorm_session *s) {
+    if (s->conn) aorm_conn_release(s->conn);
+    s->conn = NULL;
+    s->tx = TX_NONE;
+    s->savepoints = 0;
+    s->tx_nnew = s->tx_ndel = 0;
+}
+
+/* ---- operations: queries -------------------------------------------------------------- */
+
+static void query_send(aorm__sop *op, const aorm_error *err);
+
+static void on_query_rows(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
+    aorm__sop *op = user;
+    aorm_session *s = op->s;
+    session_enter(s);
+    if (!aorm__op_arrived(op)) {
+        session_leave(s);
+        return;
+    }
+    if (err) {
+        if (s->conn) aorm__session_fail_tx(s);
+        finish_err(s, op, err);
+        session_leave(s);
+        return;
+    }
+    const aorm_model *m = op->model ? op->model : aorm_stmt_model(op->stmt);
+    if (op->kind == SOP_EXECUTE) {
+        deliver(s, op, NULL, NULL, res, NULL);
+        aorm__session_op_done(s, op);
+        session_leave(s);
+        return;
+    }
+    int n = aorm_result_nrows(res);
+    void **items = malloc(((size_t)n + 1) * sizeof(void *));
+    if (!items) {
+        fail_op(s, op, AORM_ENOMEM, NULL);
+        session_leave(s);
+        return;
+    }
+    int rc = aorm__session_materialize(s, op->stmt, res, m, op->qo.populate_existing || op->kind == SOP_REFRESH,
+                                       items);
+    if (rc < 0) {
+        free(items);
+        fail_op(s, op, rc,
+                rc == AORM_EMISUSE ? "the query does not select the model's primary key"
+                                   : "a row could not be loaded into its object");
+        session_leave(s);
+        return;
+    }
+    switch (op->kind) {
+    case SOP_GET:
+        deliver(s, op, n > 0 ? items[0] : NULL, NULL, NULL, NULL);
+        break;
+    case SOP_GET_MANY: {
+        /* answer in key order: every key looked up again, now that the
+         * rows are in the identity map */
+        void **byk = malloc((op->nkeys + 1) * sizeof(void *));
+        if (!byk) {
+            free(items);
+            fail_op(s, op, AORM_ENOMEM, NULL);
+            session_leave(s);
+            return;
+        }
+        for (size_t k = 0; k < op->nkeys; k++) {
+            aorm__obj *h = aorm__idmap_find(&s->idmap, m, op->keys[k], aorm__key_hash(m, op->keys[k]));
+            byk[k] = (h && h->state != AORM_DETACHED) ? aorm__obj_data(h) : NULL;
+        }
+        aorm_objects objs = {byk, op->nkeys};
+        deliver(s, op, NULL, &objs, NULL, NULL);
+        free(byk);
+        break;
+    }
+    case SOP_REFRESH:
+        if (n == 0) {
+            free(items);
+            fail_op(s, op, AORM_ENOTFOUND, "the object's row no longer exists");
+            session_leave(s);
+            return;
+        }
+        deliver(s, op, NULL, NULL, NULL, NULL);
+        break;
+    default: {
+        aorm_objects objs = {items, (size_t)n};
+        deliver(s, op, NULL, &objs, NULL, NULL);
+        break;
+    }
+    }
+    free(items);
+    aorm__session_op_done(s, op);
+    session_leave(s);
+}
+
+static void query_send(aorm__sop *op, const aorm_error *err) {
+    aorm_session *s = op->s;
+    if (err) {
+        finish_err(s, op, err);
+        return;
+    }
+    bool ro = aorm_stmt_readonly(op->stmt);
+    int rc = aorm__session_send(s, op, op->stmt, ro, on_query_rows);
+    if (rc < 0) fail_op(s, op, rc, aorm_stmt_error(op->stmt) ? aorm_stmt_errmsg(op->stmt) : NULL);
+}
+
+static void after_autoflush(aorm__sop *op, const aorm_error *err) {
+    aorm_session *s = op->s;
+    if (err) {
+        finish_err(s, op, err);
+        return;
+    }
+    /* a locking read needs the transaction; plain reads go wherever the
+     * session is (its connection when in a transaction) */
+    if (op->stmt && !aorm_stmt_readonly(op->stmt) && s->tx == TX_NONE)
+        aorm__session_ensure_tx(s, op, query_send);
+    else
+        query_send(op, NULL);
+}
+
+static void start_query(aorm_session *s, aorm__sop *op) {
+    if (s->tx == TX_FAILED) {
+        fail_op(s, op, AORM_ETXSTATE, "the session's transaction failed: roll it back first");
+        return;
+    }
+    if (s->o.autoflush && aorm__session_has_changes(s)) {
+        aorm__flush_start(op, after_autoflush);
+        return;
+    }
+    after_autoflush(op, NULL);
+}
+
+static void start_get(aorm_session *s, aorm__sop *op) {
+    const aorm_model *m = op->model;
+    aorm__obj *h = aorm__idmap_find(&s->idmap, m, op->key, aorm__key_hash(m, op->key));
+    if (h && !(h->flags & OBJ_EXPIRED) && !op->qo.populate_existing) {
+        /* the identity map answers: no statement */
+        deliver(s, op, h->state == AORM_DELETED ? NULL : aorm__obj_data(h), NULL, NULL, NULL);
+        aorm__session_op_done(s, op);
+        return;
+    }
+    op->stmt = aorm_select(m);
+    int rc = op->stmt ? where_key(op->stmt, m, op->key) : AORM_ENOMEM;
+    if (rc < 0) {
+        fail_op(s, op, rc, "cannot build the primary-key lookup");
+        return;
+    }
+    start_query(s, op);
+}
+
+static void start_get_many(aorm_session *s, aorm__sop *op) {
+    const aorm_model *m = op->model;
+    const aorm_column *pk = aorm_model_pk(m, 0);
+    size_t missing = 0;
+    void *vals = NULL;
+    size_t esz = pk->type == AORM_INT8 ? 8 : pk->type == AORM_INT4 ? 4 : pk->type == AORM_UUID ? 16 : sizeof(char *);
+    vals = malloc((op->nkeys + 1) * esz);
+    if (!vals) {
+        fail_op(s, op, AORM_ENOMEM, NULL);
+        return;
+    }
+    for (size_t k = 0; k < op->nkeys; k++) {
+        aorm__obj *h = aorm__idmap_find(&s->idmap, m, op->keys[k], aorm__key_hash(m, op->keys[k]));
+        if (h && !(h->flags & OBJ_EXPIRED) && !op->qo.populate_existing) continue;
+        memcpy((char *)vals + missing * esz, aorm__cfield(pk, op->keys[k]), esz);
+        missing++;
+    }
+    if (missing == 0) {
+        free(vals);
+        void **byk = malloc((op->nkeys + 1) * sizeof(void *));
+        if (!byk) {
+            fail_op(s, op, AORM_ENOMEM, NULL);
+            return;
+        }
+        for (size_t k = 0; k < op->nkeys; k++) {
+            aorm__obj *h = aorm__idmap_find(&s->idmap, m, op->keys[k], aorm__key_hash(m, op->keys[k]));
+            byk[k] = h && h->state != AORM_DELETED ? aorm__obj_data(h) : NULL;
+        }
+        aorm_objects objs = {byk, op->nkeys};
+        deliver(s, op, NULL, &objs, NULL, NULL);
+        free(byk);
+        aorm__session_op_done(s, op);
+        return;
+    }
+    op->stmt = aorm_select(m);
+    aorm_expr col = {.kind = AORM_X_COLUMN, .model = m, .offset = pk->offset};
+    aorm_expr arr = {.kind = AORM_X_ARRAY, .type = pk->type, .v.p = vals, .len = missing};
+    aorm_expr any = {.kind = AORM_X_ANY, .op = AORM_OP_EQ, .a = &col, .b = &arr};
+    int rc = op->stmt ? aorm_where(op->stmt, &any) : AORM_ENOMEM;
+    free(vals);
+    if (rc < 0) {
+        fail_op(s, op, rc, "cannot build the key lookup");
+        return;
+    }
+    start_query(s, op);
+}
+
+static void start_refresh(aorm_session *s, aorm__sop *op) {
+    aorm__obj *h = aorm__obj_of(s, op->obj);
+    if (!h || h->state != AORM_PERSISTENT) {
+        fail_op(s, op, AORM_EMISUSE, "only persistent objects can be refreshed");
+        return;
+    }
+    op->model = h->model;
+    op->stmt = aorm_select(h->model);
+    int rc = op->stmt ? where_key(op->stmt, h->model, op->obj) : AORM_ENOMEM;
+    if (rc < 0) {
+        fail_op(s, op, rc, "cannot build the primary-key lookup");
+        return;
+    }
+    op->qo.populate_existing = true;
+    after_autoflush(op, NULL); /* no autoflush: it would write what refresh discards */
+}
+
+/* ---- operations: transactions ------------------------------------------------------------ */
+
+static void on_tx_stmt(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
+    aorm__sop *op = user;
+    aorm_session *s = op->s;
+    session_enter(s);
+    if (!aorm__op_arrived(op)) {
+        session_leave(s);
+        return;
+    }
+    switch (op->kind) {
+    case SOP_COMMIT:
+        end_tx(s);
+        if (err) {
+            /* COMMIT failed (deferred constraint, serialization failure,
+             * lost connection): the transaction is gone */
+            aorm__flush_rollback_states(s);
+        } else {
+            aorm__flush_commit_states(s);
+            if (s->o.expire_on_commit)
+                for (aorm__obj *h = s->tracked; h; h = h->track_next)
+                    if (h->state == AORM_PERSISTENT) h->flags |= OBJ_EXPIRED;
+        }
+        break;
+    case SOP_ROLLBACK:
+        end_tx(s);
+        aorm__flush_rollback_states(s);
+        break;
+    case SOP_SAVEPOINT:
+        if (!err) s->savepoints++;
+        else aorm__session_fail_tx(s);
+        break;
+    case SOP_RELEASE_SAVEPOINT:
+    case SOP_ROLLBACK_SAVEPOINT:
+        if (!err) {
+            s->savepoints--;
+            if (op->kind == SOP_ROLLBACK_SAVEPOINT && s->tx == TX_FAILED) s->tx = TX_ACTIVE;
+        } else {
+            aorm__session_fail_tx(s);
+        }
+        break;
+    default:
+        break;
+    }
+    finish_err(s, op, err);
+    session_leave(s);
+}
+
+static void commit_send(aorm__sop *op, const aorm_error *err) {
+    aorm_session *s = op->s;
+    if (err) {
+        finish_err(s, op, err);
+        return;
+    }
+    if (!s->conn) { /* nothing was ever written: nothing to commit */
+        aorm__flush_commit_states(s);
+        finish_err(s, op, NULL);
+        return;
+    }
+    int rc = aorm_conn_commit(s->conn, on_tx_stmt, op);
+    if (rc < 0) {
+        end_tx(s);
+        aorm__flush_rollback_states(s);
+        fail_op(s, op, rc == AORM_ECONNLOST ? AORM_EUNKNOWN_OUTCOME : rc, NULL);
+    } else {
+        s->statements++;
+        op->pending++;
+    }
+}
+
+static void start_commit(aorm_session *s, aorm__sop *op) {
+    if (s->tx == TX_FAILED) {
+        fail_op(s, op, AORM_ETXSTATE, "the session's transaction failed: roll it back first");
+        return;
+    }
+    if (aorm__session_has_changes(s)) aorm__flush_start(op, commit_send);
+    else commit_send(op, NULL);
+}
+
+static void start_rollback(aorm_session *s, aorm__sop *op) {
+    if (!s->conn) {
+        end_tx(s);
+        aorm__flush_rollback_states(s);
+        finish_err(s, op, NULL);
+        return;
+    }
+    int rc = aorm_conn_rollback(s->conn, on_tx_stmt, op);
+    if (rc < 0) { /* connection lost: the server rolled back on its own */
+        end_tx(s);
+        aorm__flush_rollback_states(s);
+        finish_err(s, op, NULL);
+    } else {
+        s->statements++;
+        op->pending++;
+    }
+}
+
+static void begin_done(aorm__sop *op, const aorm_error *err) { finish_err(op->s, op, err); }
+
+static void savepoint_send(aorm__sop *op, const aorm_error *err) {
+    aorm_session *s = op->s;
+    if (err) {
+        finish_err(s, op, err);
+        return;
+    }
+    char name[32];
+    int depth = op->kind == SOP_SAVEPOINT ? s->savepoints + 1 : s->savepoints;
+    snprintf(name, sizeof(name), "aorm_sp_%d", depth);
+    int rc;
+    if (op->kind == SOP_SAVEPOINT) rc = aorm_conn_savepoint(s->conn, name, on_tx_stmt, op);
+    else if (op->kind == SOP_RELEASE_SAVEPOINT) rc = aorm_conn_release_savepoint(s->conn, name, on_tx_stmt, op);
+    else rc = aorm_conn_rollback_to(s->conn, name, on_tx_stmt, op);
+    if (rc < 0) {
+        fail_op(s, op, rc, NULL);
+    } else {
+        s->statements++;
+        op->pending++;
+    }
+}
+
+static void start_savepoint_op(aorm_session *s, aorm__sop *op) {
+    if (op->kind != SOP_SAVEPOINT) {
+        if (s->savepoints == 0) {
+            fail_op(s, op, AORM_ETXSTATE, "no nested transaction is open");
+            return;
+        }
+        savepoint_send(op, NULL);
+        return;
+    }
+    if (s->tx == TX_FAILED) {
+        fail_op(s, op, AORM_ETXSTATE, "the session's transaction failed: roll it back first");
+        return;
+    }
+    if (aorm__session_has_changes(s)) { /* changes before the savepoint belong before it */
+        aorm__flush_start(op, savepoint_send);
+        return;
+    }
+    aorm__session_ensure_tx(s, op, savepoint_send);
+}
+
+static void start_op(aorm_session *s, aorm__sop *op) {
+    switch (op->kind) {
+    case SOP_QUERY:
+    case SOP_EXECUTE:
+        start_query(s, op);
+        break;
+    case SOP_GET:
+        start_get(s, op);
+        break;
+    case SOP_GET_MANY:
+        start_get_many(s, op);
+        break;
+    case SOP_REFRESH:
+        start_refresh(s, op);
+        break;
+    case SOP_FLUSH:
+        if (s->tx == TX_FAILED) fail_op(s, op, AORM_ETXSTATE, "the session's transaction failed: roll it back first");
+        else if (!aorm__session_has_changes(s)) finish_err(s, op, NULL);
+        else aorm__flush_start(op, begin_done);
+        break;
+    case SOP_COMMIT:
+        start_commit(s, op);
+        break;
+    case SOP_ROLLBACK:
+        start_rollback(s, op);
+        break;
+    case SOP_BEGIN:
+        if (s->tx != TX_NONE) fail_op(s, op, AORM_ETXSTATE, "a transaction is already open");
+        else aorm__session_ensure_tx(s, op, begin_done);
+        break;
+    case SOP_SAVEPOINT:
+    case SOP_RELEASE_SAVEPOINT:
+    case SOP_ROLLBACK_SAVEPOINT:
+        start_savepoint_op(s, op);
+        break;
+    case SOP_LOAD:
+        fail_op(s, op, AORM_EMISUSE, "relationship loads are started by the loaders");
+        break;
+    }
+}
+
+static void start_next(aorm_session *s) {
+    while (!s->running && s->q_head && !s->closing) {
+        aorm__sop *op = s->q_head;
+        s->q_head = op->next;
+        if (!s->q_head) s->q_tail = NULL;
+        s->running = op;
+        start_op(s, op); /* may finish synchronously and start the next one itself */
+    }
+}
+
+static void soon_start(void *arg) {
+    aorm_session *s = arg;
+    s->start_scheduled = false;
+    session_enter(s);
+    start_next(s);
+    session_leave(s);
+}
+
+/* ---- public operations --------------------------------------------------------------- */
+
+static int check_open(const aorm_session *s) {
+    if (!s) return AORM_EMISUSE;
+    if (s->closing) return AORM_ECLOSED;
+    return 0;
+}
+
+int aorm_session_query(aorm_session *s, aorm_stmt *q, const aorm_query_options *opts, aorm_objects_cb cb,
+                       void *user) {
+    int rc = check_open(s);
+    if (rc == 0 && (!q || !cb)) rc = AORM_EMISUSE;
+    if (rc == 0 && (rc = aorm_stmt_compile(q)) == 0 && !aorm_stmt_model(q)) rc = AORM_EMISUSE;
+    aorm__sop *op = rc == 0 ? sop_new(s, SOP_QUERY, user) : NULL;
+    if (rc == 0 && !op) rc = AORM_ENOMEM;
+    if (rc < 0) {
+        aorm_stmt_free(q);
+        return rc;
+    }
+    op->stmt = q;
+    op->cb.objects = cb;
+    if (opts) op->qo = *opts;
+    if ((rc = sop_push(s, op)) < 0) sop_free(op);
+    return rc;
+}
+
+int aorm_session_execute(aorm_session *s, aorm_stmt *q, aorm_rows_cb cb, void *user) {
+    int rc = check_open(s);
+    if (rc == 0 && (!q || !cb)) rc = AORM_EMISUSE;
+    if (rc == 0) rc = aorm_stmt_compile(q);
+    aorm__sop *op = rc == 0 ? sop_new(s, SOP_EXECUTE, user) : NULL;
+    if (rc == 0 && !op) rc = AORM_ENOMEM;
+    if (rc < 0) {
+        aorm_stmt_free(q);
+        return rc;
+    }
+    op->stmt = q;
+    op->cb.rows = cb;
+    if ((rc = sop_push(s, op)) < 0) sop_free(op);
+    return rc;
+}
+
+static void *copy_key(aorm_session *s, const aorm_model *m, const void *key) {
+    /* the whole struct is copied; only key fields are read. Text keys are
+     * copied too, since the caller's string may not outlive the call. */
+    void *k = aorm__region_alloc(&s->region, m->size);
+    if (!k) return NULL;
+    memcpy(k, key, m->size);
+    for (int i = 0; i < m->ncolumns; i++) {
+        const aorm_column *c = &m->columns[i];
+        if (!(c->flags & AORM_PK)) continue;
+        if (c->type == AORM_TEXT || c->type == AORM_NUMERIC || c->type == AORM_JSON || c->type == AORM_JSONB) {
+            char **f = (char **)aorm__field(c, k);
+            if (*f && !(*f = aorm__region_strdup(&s->region, *f))) return NULL;
+        }
+    }
+    return k;
+}
+
+int aorm_session_get(aorm_session *s, const aorm_model *m, const void *key, const aorm_query_options *opts,
+                     aorm_object_cb cb, void *user) {
+    int rc = check_open(s);
+    if (rc < 0) return rc;
+    if (!m || !key || !cb || aorm_model_pk_count(m) == 0) return AORM_EMISUSE;
+    aorm__sop *op = sop_new(s, SOP_GET, user);
+    if (!op) return AORM_ENOMEM;
+    op->model = m;
+    op->cb.object = cb;
+    if (opts) op->qo = *opts;
+    if (!(op->key = copy_key(s, m, key))) {
+        sop_free(op);
+        return AORM_ENOMEM;
+    }
+    if ((rc = sop_push(s, op)) < 0) sop_free(op);
+    return rc;
+}
+
+int aorm_session_get_many(aorm_session *s, const aorm_model *m, const void *const *keys, size_t n,
+                          const aorm_query_options *opts, aorm_objects_cb cb, void *user) {
+    int rc = check_open(s);
+    if (rc < 0) return rc;
+    if (!m || (!keys && n) || !cb || aorm_model_pk_count(m) != 1) return AORM_EMISUSE;
+    aorm_type t = aorm_model_pk(m, 0)->type;
+    if (t != AORM_INT8 && t != AORM_INT4 && t != AORM_TEXT && t != AORM_UUID) return AORM_EMISUSE;
+    aorm__sop *op = sop_new(s, SOP_GET_MANY, user);
+    if (!op) return AORM_ENOMEM;
+    op->model = m;
+    op->cb.objects = cb;
+    if (opts) op->qo = *opts;
+    op->keys = malloc((n + 1) * sizeof(void *));
+    if (!op->keys) {
+        sop_free(op);
+        return AORM_ENOMEM;
+    }
+    op->nkeys = n;
+    for (size_t i = 0; i < n; i++) {
+        if (!keys[i] || !(op->keys[i] = copy_key(s, m, keys[i]))) {
+            sop_free(op);
+            return keys[i] ? AORM_ENOMEM : AORM_EMISUSE;
+        }
+    }
+    if ((rc = sop_push(s, op)) < 0) sop_free(op);
+    return rc;
+}
+
+static int push_simple(aorm_session *s, sop_kind kind, aorm_session_cb cb, void *user, void *obj) {
+    int rc = check_open(s);
+    if (rc < 0) return rc;
+    aorm__sop *op = sop_new(s, kind, user);
+    if (!op) return AORM_ENOMEM;
+    op->cb.done = cb;
+    op->obj = obj;
+    if ((rc = sop_push(s, op)) < 0) sop_free(op);
+    return rc;
+}
+
+int aorm_session_refresh(aorm_session *s, void *obj, aorm_session_cb cb, void *user) {
+    if (s && !aorm__obj_of(s, obj)) return AORM_EMISUSE;
+    return push_simple(s, SOP_REFRESH, cb, user, obj);
+}
+int aorm_session_flush(aorm_session *s, aorm_session_cb cb, void *user) {
+    return push_simple(s, SOP_FLUSH, cb, user, NULL);
+}
+int aorm_session_commit(aorm_session *s, aorm_session_cb cb, void *user) {
+    return push_simple(s, SOP_COMMIT, cb, user, NULL);
+}
+int aorm_session_rollback(aorm_session *s, aorm_session_cb cb, void *user) {
+    return push_simple(s, SOP_ROLLBACK, cb, user, NULL);
+}
+int aorm_session_begin_nested(aorm_session *s, aorm_session_cb cb, void *user) {
+    return push_simple(s, SOP_SAVEPOINT, cb, user, NULL);
+}
+int aorm_session_release_nested(aorm_session *s, aorm_session_cb cb, void *user) {
+    return push_simple(s, SOP_RELEASE_SAVEPOINT, cb, user, NULL);
+}
+int aorm_session_rollback_nested(aorm_session *s, aorm_session_cb cb, void *user) {
+    return push_simple(s, SOP_ROLLBACK_SAVEPOINT, cb, user, NULL);
+}
+
+int aorm_session_begin(aorm_session *s, const aorm_tx_options *tx, aorm_session_cb cb, void *user) {
+    int rc = check_open(s);
+    if (rc < 0) return rc;
+    aorm__sop *op = sop_new(s, SOP_BEGIN, user);
+    if (!op) return AORM_ENOMEM;
+    op->cb.done = cb;
+    if (tx) {
+        op->tx = *tx;
+        op->has_tx = true;
+    }
+    if ((rc = sop_push(s, op)) < 0) sop_free(op);
+    return rc;
+}
+
+/* ---- closing -------------------------------------------------------------------------- */
+
+static void cancel_all(aorm_session *s) {
+    aorm_error err = {.code = AORM_ECANCELED, .message = "session closed", .detail = "", .hint = "",
+                      .constraint = "", .table = "", .column = ""};
+    aorm__sop *run = s->running;
+    s->running = NULL;
+    if (run) {
+        deliver(s, run, NULL, NULL, NULL, &err);
+        /* statements of it still out hold a pointer to it: it stays
+         * parked in `running` until the last of them is back (op_arrived) */
+        if (run->pending == 0) sop_free(run);
+        else s->running = run;
+    }
+    while (s->q_head) {
+        aorm__sop *op = s->q_head;
+        s->q_head = op->next;
+        deliver(s, op, NULL, NULL, NULL, &err);
+        sop_free(op);
+    }
+    s->q_tail = NULL;
+}
+
+static void session_destroy(aorm_session *s) {
+    if (s->start_scheduled) aorm_loop_soon_cancel(s->loop, soon_start, s);
+    if (s->conn) aorm_conn_release(s->conn); /* rolled back by the engine */
+    s->conn = NULL;
+    aorm__assert(!s->running);
+    aorm__idmap_free(&s->idmap);
+    aorm__region_free(&s->region);
+    free(s->tx_new);
+    free(s->tx_del);
+    free(s->scratch);
+    free(s);
+}
+
+void aorm_session_free(aorm_session *s) {
+    if (!s || s->closing) return;
+    s->closing = true;
+    s->depth++;
+    cancel_all(s);
+    s->depth--;
+    if (s->conn) { /* rolled back by the engine once its statements are back */
+        aorm_conn_release(s->conn);
+        s->conn = NULL;
+    }
+    if (s->running || s->depth > 0) {
+        /* statements still out hold pointers to the running operation:
+         * the session goes when the last of them is back */
+        s->free_pending = true;
+        return;
+    }
+    session_destroy(s);
+}

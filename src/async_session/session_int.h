@@ -1,0 +1,185 @@
+/* session_int.h -- private to src/async_session (and read by src/loaders
+ * through loaders' own needs): object headers, the identity map, session
+ * operations and the session itself.
+ *
+ * Every object the session owns is laid out as [aorm__obj header][user
+ * struct] in the session's arena; the user only ever sees the struct.
+ * aorm__obj_of() finds the header again and checks its magic, so a
+ * pointer that is not a session object is refused (AORM_EMISUSE) rather
+ * than trusted. */
+#ifndef AORM_SESSION_INT_H
+#define AORM_SESSION_INT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "aorm/session.h"
+#include "async_session/region.h"
+#include "mapping/mapping.h"
+
+#define AORM__OBJ_MAGIC 0x616f726du /* "aorm" */
+
+enum {
+    OBJ_IN_MAP = 1u << 0,   /* in the identity map */
+    OBJ_EXPIRED = 1u << 1,  /* columns stale: the next load overwrites them */
+    OBJ_ADDED = 1u << 2,    /* on the session's tracked list */
+    OBJ_FLUSHING = 1u << 3  /* part of the flush in progress */
+};
+
+typedef struct aorm__obj {
+    struct aorm__obj *id_next;    /* identity-map chain */
+    struct aorm__obj *track_next; /* session's tracked objects (new, deleted, persistent) */
+    aorm_session *s;
+    const aorm_model *model;
+    void *snapshot;               /* column values as last loaded / flushed (NULL: new) */
+    uint64_t key_hash;
+    uint32_t magic;
+    uint8_t state;                /* aorm_object_state */
+    uint8_t flags;
+    uint16_t pad_;
+    uint32_t loaded_rels;         /* bit i: relationship i of the model is loaded */
+    uint32_t seq;                 /* creation order, for stable flush order */
+    aorm_list *rel_snap;          /* per relationship: the collection as loaded/flushed (or NULL) */
+    void *spare_;                 /* keeps the header a multiple of 16 bytes */
+} aorm__obj;
+
+_Static_assert(sizeof(aorm__obj) % 16 == 0, "object header keeps the struct 16-byte aligned");
+
+static inline void *aorm__obj_data(aorm__obj *h) { return (char *)h + sizeof(aorm__obj); }
+
+/* The header of a session object, or NULL when obj is not one of s's. */
+static inline aorm__obj *aorm__obj_of(const aorm_session *s, const void *obj) {
+    if (!obj) return NULL;
+    aorm__obj *h = (aorm__obj *)((char *)obj - sizeof(aorm__obj));
+    return (h->magic == AORM__OBJ_MAGIC && h->s == s) ? h : NULL;
+}
+
+/* ---- identity map --------------------------------------------------------- */
+
+typedef struct aorm__idmap {
+    aorm__obj **buckets;
+    uint32_t nbuckets; /* power of two */
+    uint32_t count;
+} aorm__idmap;
+
+void aorm__idmap_init(aorm__idmap *m);
+void aorm__idmap_free(aorm__idmap *m);
+/* Hash of the primary key fields of obj (a struct of model m). */
+uint64_t aorm__key_hash(const aorm_model *m, const void *obj);
+/* The object of model m whose key equals the key fields of `key`. */
+aorm__obj *aorm__idmap_find(aorm__idmap *map, const aorm_model *m, const void *key, uint64_t hash);
+int aorm__idmap_put(aorm__idmap *map, aorm__obj *h);
+void aorm__idmap_remove(aorm__idmap *map, aorm__obj *h);
+void aorm__idmap_clear(aorm__idmap *map);
+
+/* ---- the session -------------------------------------------------------------- */
+
+typedef enum sop_kind {
+    SOP_QUERY, SOP_EXECUTE, SOP_GET, SOP_GET_MANY, SOP_REFRESH,
+    SOP_FLUSH, SOP_COMMIT, SOP_ROLLBACK, SOP_BEGIN,
+    SOP_SAVEPOINT, SOP_RELEASE_SAVEPOINT, SOP_ROLLBACK_SAVEPOINT,
+    SOP_LOAD /* explicit relationship load (loaders.h) */
+} sop_kind;
+
+typedef struct aorm__sop aorm__sop;
+
+/* A queued session operation. */
+struct aorm__sop {
+    aorm__sop *next;
+    aorm_session *s;
+    sop_kind kind;
+    union {
+        aorm_objects_cb objects;
+        aorm_object_cb object;
+        aorm_session_cb done;
+        aorm_rows_cb rows;
+    } cb;
+    void *user;
+    aorm_stmt *stmt;          /* owned */
+    aorm_query_options qo;
+    const aorm_model *model;
+    void *key;                /* GET: region copy of the key struct */
+    void **keys;              /* GET_MANY: region copies */
+    size_t nkeys;
+    void *obj;                /* REFRESH */
+    aorm_tx_options tx;
+    bool has_tx;
+    int phase;                /* step within a multi-step operation */
+    bool answered;            /* its callback has run */
+    int pending;              /* statements of this operation still out */
+    aorm_error *err;          /* first failure, copied (for multi-statement operations) */
+    void *ext;                /* per-kind state (flush plan, load plan run)... */
+    void (*ext_free)(void *); /* ...and how to free it if the operation dies first */
+};
+
+typedef enum tx_state {
+    TX_NONE,      /* autocommit reads on shared connections */
+    TX_ACQUIRING, /* waiting for a connection of its own */
+    TX_ACTIVE,    /* holding a connection inside BEGIN */
+    TX_FAILED     /* a statement failed inside the transaction: rollback required */
+} tx_state;
+
+struct aorm_session {
+    aorm_engine *e;
+    aorm_loop *loop;
+    aorm_session_options o;
+    aorm__region region;
+    aorm__idmap idmap;
+    aorm__obj *tracked;       /* every object that is or was pending/persistent/deleted */
+    uint32_t next_seq;
+    uint32_t npending;        /* PENDING objects */
+    uint32_t ndeleted;        /* DELETED objects */
+    void *scratch;            /* a key struct buffer for row lookups */
+    size_t scratch_size;
+
+    aorm__sop *q_head, *q_tail;
+    aorm__sop *running;
+    bool start_scheduled;     /* a soon callback will start the next operation */
+
+    tx_state tx;
+    aorm_conn *conn;          /* held while in a transaction */
+    int savepoints;
+    /* objects inserted / deleted by flushes of the current transaction,
+     * so that a rollback can restore their states */
+    aorm__obj **tx_new;
+    size_t tx_nnew, tx_new_cap;
+    aorm__obj **tx_del;
+    size_t tx_ndel, tx_del_cap;
+
+    uint64_t statements;
+    void *data;
+    int depth;                /* session code on the stack */
+    bool closing;
+    bool free_pending;
+};
+
+/* session.c, for flush.c and the loaders */
+typedef void (*aorm__stmt_done)(aorm__sop *op, aorm_result *res, const aorm_error *err);
+int aorm__session_send(aorm_session *s, aorm__sop *op, aorm_stmt *q, bool readonly_ok,
+                       aorm_result_cb cb);
+void aorm__session_op_done(aorm_session *s, aorm__sop *op);
+void aorm__session_enter(aorm_session *s);
+void aorm__session_leave(aorm_session *s);
+/* Start of every engine callback carrying op: false when the session is
+ * closing (op already answered; freed with its ext after its last
+ * statement is back). */
+bool aorm__op_arrived(aorm__sop *op);
+void aorm__session_fail_tx(aorm_session *s);
+void aorm__session_ensure_tx(aorm_session *s, aorm__sop *op, void (*then)(aorm__sop *op, const aorm_error *err));
+aorm__obj *aorm__session_track_new(aorm_session *s, const aorm_model *m);
+/* Rows of res (a result of q) as objects of m through the identity map,
+ * into out[0..nrows). Returns 0 or a negative code with msg set. */
+int aorm__session_materialize(aorm_session *s, const aorm_stmt *q, const aorm_result *res,
+                              const aorm_model *m, bool populate, void **out);
+void aorm__session_take_snapshot(aorm_session *s, aorm__obj *h);
+bool aorm__obj_changed(const aorm__obj *h);
+void aorm__session_cascade(aorm_session *s, aorm__obj *h, int depth);
+int aorm__field_value_expr(const aorm_column *c, const void *obj, aorm_expr *out);
+
+/* flush.c */
+void aorm__flush_start(aorm__sop *op, void (*then)(aorm__sop *op, const aorm_error *err));
+bool aorm__session_has_changes(aorm_session *s);
+void aorm__flush_rollback_states(aorm_session *s);
+void aorm__flush_commit_states(aorm_session *s);
+
+#endif /* AORM_SESSION_INT_H */

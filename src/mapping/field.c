@@ -1,0 +1,616 @@
+/* field.c -- one field of a mapped object <-> one binary value.
+ *
+ * What every statement path needs to move column values between C structs
+ * and the wire: the OIDs and SQL names of the column types, NULL and
+ * "unset" tests, binary parameters (one value, or one array of n objects'
+ * values for unnest() inserts), decoding of binary result values into
+ * fields, and value equality for change detection.
+ *
+ * Owns nothing. Strings and byte arrays loaded into fields come from the
+ * caller's allocator (malloc when none) and belong to whoever owns the
+ * object; a load overwrites a field, it never frees what was there.
+ *
+ * Traps:
+ *  - Fields are read and written with memcpy through the column's declared
+ *    C type, never through a cast pointer, so a model declared by hand with
+ *    an odd offset cannot trigger a misaligned access. aorm_model_validate()
+ *    checks that each column's size is its type's C size; the codecs assert
+ *    it.
+ *  - Every aorm_opt_* struct starts with `bool valid`, followed by the value;
+ *    a zeroed one is NULL.
+ *  - Binary array elements are written here rather than with the
+ *    aorm_params_*_array helpers, which only exist for a few element types;
+ *    numeric elements reuse the builder's numeric encoder through a scratch
+ *    builder, so the decimal parsing exists once. */
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "aorm/error.h"
+#include "mapping/mapping.h"
+#include "mapping/mapping_int.h"
+
+/* =========================================================================
+ * Column types
+ * ========================================================================= */
+
+typedef struct type_info {
+    const char *name;       /* the enum's spelling, for messages */
+    uint32_t oid;           /* PostgreSQL type OID */
+    uint32_t array_oid;     /* OID of its one-dimensional array type */
+    const char *sql;        /* SQL type name (as format_type() prints it) */
+    const char *serial_sql; /* serial pseudo-type, or NULL */
+    size_t size;            /* sizeof the non-nullable C field */
+    size_t opt_size;        /* sizeof the nullable C field */
+} type_info;
+
+static const type_info types[] = {
+    [AORM_BOOL] = {"AORM_BOOL", AORM_T_BOOL, 1000, "boolean", NULL, sizeof(bool), sizeof(aorm_opt_bool)},
+    [AORM_INT2] = {"AORM_INT2", AORM_T_INT2, AORM_T_INT2_ARRAY, "smallint", "smallserial", sizeof(int16_t),
+                   sizeof(aorm_opt_int16)},
+    [AORM_INT4] = {"AORM_INT4", AORM_T_INT4, AORM_T_INT4_ARRAY, "integer", "serial", sizeof(int32_t),
+                   sizeof(aorm_opt_int32)},
+    [AORM_INT8] = {"AORM_INT8", AORM_T_INT8, AORM_T_INT8_ARRAY, "bigint", "bigserial", sizeof(int64_t),
+                   sizeof(aorm_opt_int64)},
+    [AORM_FLOAT4] = {"AORM_FLOAT4", AORM_T_FLOAT4, 1021, "real", NULL, sizeof(float), sizeof(aorm_opt_float)},
+    [AORM_FLOAT8] = {"AORM_FLOAT8", AORM_T_FLOAT8, 1022, "double precision", NULL, sizeof(double),
+                     sizeof(aorm_opt_double)},
+    [AORM_NUMERIC] = {"AORM_NUMERIC", AORM_T_NUMERIC, 1231, "numeric", NULL, sizeof(char *), sizeof(char *)},
+    [AORM_TEXT] = {"AORM_TEXT", AORM_T_TEXT, AORM_T_TEXT_ARRAY, "text", NULL, sizeof(char *), sizeof(char *)},
+    [AORM_BYTEA] = {"AORM_BYTEA", AORM_T_BYTEA, 1001, "bytea", NULL, sizeof(aorm_bytes), sizeof(aorm_bytes)},
+    [AORM_DATE] = {"AORM_DATE", AORM_T_DATE, 1182, "date", NULL, sizeof(int32_t), sizeof(aorm_opt_int32)},
+    [AORM_TIMESTAMP] = {"AORM_TIMESTAMP", AORM_T_TIMESTAMP, 1115, "timestamp without time zone", NULL,
+                        sizeof(int64_t), sizeof(aorm_opt_int64)},
+    [AORM_TIMESTAMPTZ] = {"AORM_TIMESTAMPTZ", AORM_T_TIMESTAMPTZ, 1185, "timestamp with time zone", NULL,
+                          sizeof(int64_t), sizeof(aorm_opt_int64)},
+    [AORM_UUID] = {"AORM_UUID", AORM_T_UUID, AORM_T_UUID_ARRAY, "uuid", NULL, sizeof(aorm_uuid),
+                   sizeof(aorm_opt_uuid)},
+    [AORM_JSON] = {"AORM_JSON", AORM_T_JSON, 199, "json", NULL, sizeof(char *), sizeof(char *)},
+    [AORM_JSONB] = {"AORM_JSONB", AORM_T_JSONB, 3807, "jsonb", NULL, sizeof(char *), sizeof(char *)},
+};
+
+static const type_info *info(aorm_type t) {
+    if ((int)t < (int)AORM_BOOL || (int)t > (int)AORM_JSONB) return NULL;
+    return &types[t];
+}
+
+bool aorm__type_valid(aorm_type t) { return info(t) != NULL; }
+
+const char *aorm__type_name(aorm_type t) {
+    const type_info *ti = info(t);
+    return ti ? ti->name : "an invalid type";
+}
+
+size_t aorm__type_csize(aorm_type t, bool nullable) {
+    const type_info *ti = info(t);
+    if (!ti) return 0;
+    return nullable ? ti->opt_size : ti->size;
+}
+
+bool aorm__type_is_integer(aorm_type t) { return t == AORM_INT2 || t == AORM_INT4 || t == AORM_INT8; }
+
+uint32_t aorm__type_oid(aorm_type t) {
+    const type_info *ti = info(t);
+    return ti ? ti->oid : 0;
+}
+
+uint32_t aorm__type_array_oid(aorm_type t) {
+    const type_info *ti = info(t);
+    return ti ? ti->array_oid : 0;
+}
+
+const char *aorm__type_sql(aorm_type t, bool serial) {
+    const type_info *ti = info(t);
+    if (!ti) return NULL;
+    return serial && ti->serial_sql ? ti->serial_sql : ti->sql;
+}
+
+/* =========================================================================
+ * Reading and writing fields
+ * ========================================================================= */
+
+/* One field's value, whatever its type. */
+typedef union scalar {
+    bool b;
+    int16_t i2;
+    int32_t i4;
+    int64_t i8;
+    float f4;
+    double f8;
+    aorm_uuid u;
+    char *s;
+    aorm_bytes by;
+} scalar;
+
+static bool nullable(const aorm_column *col) { return (col->flags & AORM_NULLABLE) != 0; }
+
+/* Reads the field of col into *v. Returns false when it holds SQL NULL
+ * (then *v is unspecified). */
+static bool read_field(const aorm_column *col, const void *obj, scalar *v) {
+    const char *f = aorm__cfield(col, obj);
+    aorm__assert(col->size == aorm__type_csize(col->type, nullable(col)));
+#define READ_SCALAR(OPT, member)                   \
+    do {                                           \
+        if (nullable(col)) {                       \
+            OPT o;                                 \
+            memcpy(&o, f, sizeof(o));              \
+            if (!o.valid) return false;            \
+            v->member = o.value;                   \
+            return true;                           \
+        }                                          \
+        memcpy(&v->member, f, sizeof(v->member));  \
+        return true;                               \
+    } while (0)
+    switch (col->type) {
+    case AORM_BOOL: READ_SCALAR(aorm_opt_bool, b);
+    case AORM_INT2: READ_SCALAR(aorm_opt_int16, i2);
+    case AORM_INT4:
+    case AORM_DATE: READ_SCALAR(aorm_opt_int32, i4);
+    case AORM_INT8:
+    case AORM_TIMESTAMP:
+    case AORM_TIMESTAMPTZ: READ_SCALAR(aorm_opt_int64, i8);
+    case AORM_FLOAT4: READ_SCALAR(aorm_opt_float, f4);
+    case AORM_FLOAT8: READ_SCALAR(aorm_opt_double, f8);
+    case AORM_UUID: READ_SCALAR(aorm_opt_uuid, u);
+    case AORM_NUMERIC:
+    case AORM_TEXT:
+    case AORM_JSON:
+    case AORM_JSONB:
+        memcpy(&v->s, f, sizeof(v->s));
+        return v->s != NULL;
+    case AORM_BYTEA:
+        memcpy(&v->by, f, sizeof(v->by));
+        return v->by.data != NULL;
+    }
+#undef READ_SCALAR
+    aorm__assert(!"invalid column type");
+    return false;
+}
+
+/* Stores *v into the field of col, or SQL NULL when v is NULL (a zeroed
+ * aorm_opt_*, a NULL pointer, {NULL, 0} bytes; a non-nullable scalar never
+ * gets here with NULL). */
+static void write_field(const aorm_column *col, void *obj, const scalar *v) {
+    char *f = aorm__field(col, obj);
+    aorm__assert(col->size == aorm__type_csize(col->type, nullable(col)));
+#define WRITE_SCALAR(OPT, member)                  \
+    do {                                           \
+        if (nullable(col)) {                       \
+            OPT o;                                 \
+            memset(&o, 0, sizeof(o));              \
+            if (v) {                               \
+                o.valid = true;                    \
+                o.value = v->member;               \
+            }                                      \
+            memcpy(f, &o, sizeof(o));              \
+            return;                                \
+        }                                          \
+        aorm__assert(v != NULL);                   \
+        memcpy(f, &v->member, sizeof(v->member));  \
+        return;                                    \
+    } while (0)
+    switch (col->type) {
+    case AORM_BOOL: WRITE_SCALAR(aorm_opt_bool, b);
+    case AORM_INT2: WRITE_SCALAR(aorm_opt_int16, i2);
+    case AORM_INT4:
+    case AORM_DATE: WRITE_SCALAR(aorm_opt_int32, i4);
+    case AORM_INT8:
+    case AORM_TIMESTAMP:
+    case AORM_TIMESTAMPTZ: WRITE_SCALAR(aorm_opt_int64, i8);
+    case AORM_FLOAT4: WRITE_SCALAR(aorm_opt_float, f4);
+    case AORM_FLOAT8: WRITE_SCALAR(aorm_opt_double, f8);
+    case AORM_UUID: WRITE_SCALAR(aorm_opt_uuid, u);
+    case AORM_NUMERIC:
+    case AORM_TEXT:
+    case AORM_JSON:
+    case AORM_JSONB: {
+        char *s = v ? v->s : NULL;
+        memcpy(f, &s, sizeof(s));
+        return;
+    }
+    case AORM_BYTEA: {
+        aorm_bytes b = {NULL, 0};
+        if (v) b = v->by;
+        memcpy(f, &b, sizeof(b));
+        return;
+    }
+    }
+#undef WRITE_SCALAR
+    aorm__assert(!"invalid column type");
+}
+
+bool aorm__field_is_null(const aorm_column *col, const void *obj) {
+    if (!col || !obj || !info(col->type)) return false;
+    scalar v;
+    return !read_field(col, obj, &v);
+}
+
+bool aorm__field_unset(const aorm_column *col, const void *obj) {
+    if (!col || !obj || !info(col->type)) return false;
+    if (!(col->flags & (AORM_SERIAL | AORM_IDENTITY)) && !col->server_default) return false;
+    scalar v;
+    if (!read_field(col, obj, &v)) return true;
+    static const aorm_uuid zero_uuid;
+    switch (col->type) {
+    case AORM_BOOL: return !v.b;
+    case AORM_INT2: return v.i2 == 0;
+    case AORM_INT4:
+    case AORM_DATE: return v.i4 == 0;
+    case AORM_INT8:
+    case AORM_TIMESTAMP:
+    case AORM_TIMESTAMPTZ: return v.i8 == 0;
+    case AORM_FLOAT4: return v.f4 == 0.0f;
+    case AORM_FLOAT8: return v.f8 == 0.0;
+    case AORM_UUID: return memcmp(v.u.b, zero_uuid.b, sizeof(v.u.b)) == 0;
+    /* A pointer that is not NULL holds a value, even "" or zero bytes. */
+    case AORM_NUMERIC:
+    case AORM_TEXT:
+    case AORM_JSON:
+    case AORM_JSONB:
+    case AORM_BYTEA: return false;
+    }
+    return false;
+}
+
+bool aorm__field_equal(const aorm_column *col, const void *a, const void *b) {
+    if (!col || !a || !b || !info(col->type)) return false;
+    scalar x, y;
+    bool xn = !read_field(col, a, &x), yn = !read_field(col, b, &y);
+    if (xn || yn) return xn && yn;
+    switch (col->type) {
+    case AORM_BOOL: return x.b == y.b;
+    case AORM_INT2: return x.i2 == y.i2;
+    case AORM_INT4:
+    case AORM_DATE: return x.i4 == y.i4;
+    case AORM_INT8:
+    case AORM_TIMESTAMP:
+    case AORM_TIMESTAMPTZ: return x.i8 == y.i8;
+    /* Bit patterns: NaN equals the same NaN, and 0.0 differs from -0.0,
+     * which the server stores as different values too. */
+    case AORM_FLOAT4: return memcmp(&x.f4, &y.f4, sizeof(x.f4)) == 0;
+    case AORM_FLOAT8: return memcmp(&x.f8, &y.f8, sizeof(x.f8)) == 0;
+    case AORM_UUID: return memcmp(x.u.b, y.u.b, sizeof(x.u.b)) == 0;
+    case AORM_NUMERIC:
+    case AORM_TEXT:
+    case AORM_JSON:
+    case AORM_JSONB: return strcmp(x.s, y.s) == 0;
+    case AORM_BYTEA: return x.by.len == y.by.len && (x.by.len == 0 || memcmp(x.by.data, y.by.data, x.by.len) == 0);
+    }
+    return false;
+}
+
+/* =========================================================================
+ * Parameters
+ * ========================================================================= */
+
+/* Records rc as the builder's sticky error (the first one wins), as the
+ * builder's own appends do, for failures met here before any append. */
+static int params_fail(aorm_params *p, int rc) {
+    if (!p->error) p->error = rc;
+    return p->error;
+}
+
+int aorm__field_param(const aorm_column *col, const void *obj, aorm_params *p) {
+    if (!p) return AORM_EMISUSE;
+    if (p->error) return p->error;
+    const type_info *ti = col ? info(col->type) : NULL;
+    if (!ti || !obj) return params_fail(p, AORM_EMISUSE);
+    scalar v;
+    if (!read_field(col, obj, &v)) return aorm_params_null(p, ti->oid);
+    switch (col->type) {
+    case AORM_BOOL: return aorm_params_bool(p, v.b);
+    case AORM_INT2: return aorm_params_int2(p, v.i2);
+    case AORM_INT4: return aorm_params_int4(p, v.i4);
+    case AORM_INT8: return aorm_params_int8(p, v.i8);
+    case AORM_FLOAT4: return aorm_params_float4(p, v.f4);
+    case AORM_FLOAT8: return aorm_params_float8(p, v.f8);
+    case AORM_NUMERIC: return aorm_params_numeric(p, v.s);
+    case AORM_TEXT: return aorm_params_text(p, v.s);
+    case AORM_BYTEA: return aorm_params_bytea(p, v.by.data, v.by.len);
+    case AORM_DATE: return aorm_params_date(p, v.i4);
+    case AORM_TIMESTAMP: return aorm_params_timestamp(p, v.i8);
+    case AORM_TIMESTAMPTZ: return aorm_params_timestamptz(p, v.i8);
+    case AORM_UUID: return aorm_params_uuid(p, v.u.b);
+    case AORM_JSON: return aorm_params_json(p, v.s, strlen(v.s));
+    case AORM_JSONB: return aorm_params_jsonb(p, v.s, strlen(v.s));
+    }
+    return params_fail(p, AORM_EMISUSE);
+}
+
+/* ---- binary arrays ---------------------------------------------------------
+ * int32 ndim (1, or 0 for an empty array), int32 has-null flag, uint32
+ * element OID, then for the one dimension int32 length and int32 lower
+ * bound (1), then per element int32 length (-1 for NULL) and its bytes. */
+
+static int put32(aorm__buf *b, uint32_t v) {
+    char w[4];
+    aorm__put_be32(w, v);
+    return aorm__buf_append(b, w, sizeof(w)) < 0 ? AORM_ENOMEM : 0;
+}
+
+static int put64(aorm__buf *b, uint64_t v) {
+    char w[8];
+    aorm__put_be64(w, v);
+    return aorm__buf_append(b, w, sizeof(w)) < 0 ? AORM_ENOMEM : 0;
+}
+
+/* One element of `len` bytes (plus an optional leading version byte). */
+static int put_elem(aorm__buf *b, const void *data, size_t len, bool jsonb_version) {
+    size_t total = len + (jsonb_version ? 1 : 0);
+    if (len > (size_t)INT32_MAX - 1) return AORM_ERANGE;
+    int rc = put32(b, (uint32_t)total);
+    if (rc) return rc;
+    if (jsonb_version && aorm__buf_putc(b, 1) < 0) return AORM_ENOMEM;
+    if (len && aorm__buf_append(b, data, len) < 0) return AORM_ENOMEM;
+    return 0;
+}
+
+/* A numeric element: the decimal string is encoded by the builder's own
+ * numeric encoder into `scratch` (one value), whose bytes are copied. The
+ * builder's storage is read directly, since it exposes no accessor for a
+ * value's bytes outside the engine. */
+static int put_numeric_elem(aorm__buf *b, aorm_params *scratch, const char *decimal) {
+    aorm_params_reset(scratch);
+    int rc = aorm_params_numeric(scratch, decimal);
+    if (rc) return rc;
+    aorm__assert(scratch->count == 1 && scratch->slots[0].len >= 0);
+    const aorm_param_slot *s = &scratch->slots[0];
+    return put_elem(b, scratch->data + s->offset, (size_t)s->len, false);
+}
+
+static int put_value_elem(aorm__buf *b, const aorm_column *col, const scalar *v, aorm_params *scratch) {
+    int rc;
+    switch (col->type) {
+    case AORM_BOOL:
+        if ((rc = put32(b, 1))) return rc;
+        return aorm__buf_putc(b, v->b ? 1 : 0) < 0 ? AORM_ENOMEM : 0;
+    case AORM_INT2: {
+        char w[2];
+        aorm__put_be16(w, (uint16_t)v->i2);
+        if ((rc = put32(b, 2))) return rc;
+        return aorm__buf_append(b, w, 2) < 0 ? AORM_ENOMEM : 0;
+    }
+    case AORM_INT4:
+    case AORM_DATE:
+        if ((rc = put32(b, 4))) return rc;
+        return put32(b, (uint32_t)v->i4);
+    case AORM_INT8:
+    case AORM_TIMESTAMP:
+    case AORM_TIMESTAMPTZ:
+        if ((rc = put32(b, 8))) return rc;
+        return put64(b, (uint64_t)v->i8);
+    case AORM_FLOAT4: {
+        uint32_t bits;
+        memcpy(&bits, &v->f4, sizeof(bits));
+        if ((rc = put32(b, 4))) return rc;
+        return put32(b, bits);
+    }
+    case AORM_FLOAT8: {
+        uint64_t bits;
+        memcpy(&bits, &v->f8, sizeof(bits));
+        if ((rc = put32(b, 8))) return rc;
+        return put64(b, bits);
+    }
+    case AORM_UUID: return put_elem(b, v->u.b, sizeof(v->u.b), false);
+    case AORM_NUMERIC: return put_numeric_elem(b, scratch, v->s);
+    case AORM_TEXT:
+    case AORM_JSON: return put_elem(b, v->s, strlen(v->s), false);
+    case AORM_JSONB: return put_elem(b, v->s, strlen(v->s), true);
+    case AORM_BYTEA: return put_elem(b, v->by.data, v->by.len, false);
+    }
+    return AORM_EMISUSE;
+}
+
+static int encode_array(const aorm_column *col, const type_info *ti, const void *const *objs, size_t n,
+                        aorm__buf *b) {
+    if (n > (size_t)INT32_MAX) return AORM_ERANGE;
+    /* Fixed-width elements take at most 4 + 16 bytes each: reserving up
+     * front saves the doublings for the common integer key arrays. */
+    if (n <= ((size_t)INT32_MAX - 20) / 20 && aorm__buf_reserve(b, 20 + n * 12) < 0) return AORM_ENOMEM;
+    int rc;
+    if ((rc = put32(b, n ? 1 : 0)) || (rc = put32(b, 0)) || (rc = put32(b, ti->oid))) return rc;
+    if (n && ((rc = put32(b, (uint32_t)n)) || (rc = put32(b, 1)))) return rc;
+    bool has_null = false;
+    aorm_params scratch;
+    aorm_params_init(&scratch);
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        if (!objs[i]) {
+            rc = AORM_EMISUSE;
+            break;
+        }
+        scalar v;
+        if (!read_field(col, objs[i], &v)) {
+            has_null = true;
+            rc = put32(b, UINT32_MAX); /* -1: NULL */
+            continue;
+        }
+        rc = put_value_elem(b, col, &v, &scratch);
+    }
+    aorm_params_free(&scratch);
+    if (rc) return rc;
+    if (has_null) aorm__put_be32(b->data + 4, 1);
+    return 0;
+}
+
+int aorm__field_param_array(const aorm_column *col, const void *const *objs, size_t n, aorm_params *p) {
+    if (!p) return AORM_EMISUSE;
+    if (p->error) return p->error;
+    const type_info *ti = col ? info(col->type) : NULL;
+    if (!ti || (!objs && n)) return params_fail(p, AORM_EMISUSE);
+    aorm__buf b = {0};
+    int rc = encode_array(col, ti, objs, n, &b);
+    if (rc == 0) rc = aorm_params_raw(p, ti->array_oid, b.data, b.len, 1);
+    else params_fail(p, rc);
+    aorm__buf_free(&b);
+    return rc;
+}
+
+/* =========================================================================
+ * Loading result values
+ * ========================================================================= */
+
+static void *alloc_bytes(const aorm_allocator *a, size_t n) {
+    return a && a->alloc ? a->alloc(a->ctx, n) : malloc(n);
+}
+
+/* A NUL-terminated copy of len bytes; a text value holding a NUL byte
+ * cannot be a C string and did not come from a well-behaved server. */
+static int copy_string(const aorm_allocator *a, const char *val, size_t len, char **out) {
+    if (len && memchr(val, '\0', len)) return AORM_EPROTOCOL;
+    if (len == SIZE_MAX) return AORM_ERANGE;
+    char *s = alloc_bytes(a, len + 1);
+    if (!s) return AORM_ENOMEM;
+    if (len) memcpy(s, val, len);
+    s[len] = '\0';
+    *out = s;
+    return 0;
+}
+
+/* Accepted source types per field type: lossless conversions only. */
+static bool accepts(aorm_type t, uint32_t oid) {
+    switch (t) {
+    case AORM_BOOL: return oid == AORM_T_BOOL;
+    case AORM_INT2: return oid == AORM_T_INT2;
+    case AORM_INT4: return oid == AORM_T_INT2 || oid == AORM_T_INT4;
+    case AORM_INT8: return oid == AORM_T_INT2 || oid == AORM_T_INT4 || oid == AORM_T_INT8 || oid == AORM_T_OID;
+    /* every int2 is exact in a float's 24-bit mantissa, every int4 in a
+     * double's 53 bits */
+    case AORM_FLOAT4: return oid == AORM_T_FLOAT4 || oid == AORM_T_INT2;
+    case AORM_FLOAT8:
+        return oid == AORM_T_FLOAT8 || oid == AORM_T_FLOAT4 || oid == AORM_T_INT2 || oid == AORM_T_INT4;
+    case AORM_NUMERIC:
+        return oid == AORM_T_NUMERIC || oid == AORM_T_INT2 || oid == AORM_T_INT4 || oid == AORM_T_INT8;
+    case AORM_TEXT:
+        return oid == AORM_T_TEXT || oid == AORM_T_VARCHAR || oid == AORM_T_BPCHAR || oid == AORM_T_NAME ||
+               oid == AORM_T_UNKNOWN;
+    case AORM_JSON:
+    case AORM_JSONB: return oid == AORM_T_JSON || oid == AORM_T_JSONB;
+    case AORM_BYTEA: return oid == AORM_T_BYTEA;
+    case AORM_DATE: return oid == AORM_T_DATE;
+    /* both are microseconds since 2000-01-01 on the wire */
+    case AORM_TIMESTAMP:
+    case AORM_TIMESTAMPTZ: return oid == AORM_T_TIMESTAMP || oid == AORM_T_TIMESTAMPTZ;
+    case AORM_UUID: return oid == AORM_T_UUID;
+    }
+    return false;
+}
+
+/* numeric field from a binary numeric or integer value. */
+static int load_numeric(const aorm_allocator *a, uint32_t oid, const char *val, int len, char **out) {
+    if (oid != AORM_T_NUMERIC) {
+        int64_t x;
+        int rc = aorm_decode_int(oid, val, len, &x);
+        if (rc) return rc;
+        char tmp[24];
+        int n = snprintf(tmp, sizeof(tmp), "%" PRId64, x);
+        return copy_string(a, tmp, (size_t)n, out);
+    }
+    size_t need = 0;
+    int rc = aorm_decode_numeric(val, len, NULL, 0, &need);
+    if (rc != AORM_ERANGE) return rc < 0 ? rc : AORM_EPROTOCOL;
+    char *s = alloc_bytes(a, need + 1);
+    if (!s) return AORM_ENOMEM;
+    rc = aorm_decode_numeric(val, len, s, need + 1, NULL);
+    /* Cannot fail: the value was validated and measured above. With the
+     * malloc allocator the buffer would leak otherwise, so say so. */
+    aorm__assert(rc == (int)need);
+    if (rc < 0) {
+        if (!a || !a->alloc) free(s);
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
+int aorm__field_load(const aorm_column *col, void *obj, uint32_t oid, const char *val, int len,
+                     const aorm_allocator *alloc) {
+    if (!col || !obj || (!val && len > 0) || !info(col->type)) return AORM_EMISUSE;
+    if (len < 0) {
+        /* Text-like fields are pointers in both forms; only a NULLABLE
+         * column may receive NULL. */
+        if (!nullable(col)) return AORM_ENULLVALUE;
+        write_field(col, obj, NULL);
+        return 0;
+    }
+    if (!accepts(col->type, oid)) return AORM_ETYPE;
+    scalar v;
+    memset(&v, 0, sizeof(v));
+    int64_t x;
+    int rc = 0;
+    switch (col->type) {
+    case AORM_BOOL:
+        if (len != 1) return AORM_EPROTOCOL;
+        v.b = val[0] != 0;
+        break;
+    case AORM_INT2:
+        if ((rc = aorm_decode_int(oid, val, len, &x))) return rc;
+        v.i2 = (int16_t)x;
+        break;
+    case AORM_INT4:
+        if ((rc = aorm_decode_int(oid, val, len, &x))) return rc;
+        v.i4 = (int32_t)x;
+        break;
+    case AORM_INT8:
+        if ((rc = aorm_decode_int(oid, val, len, &x))) return rc;
+        v.i8 = x;
+        break;
+    case AORM_FLOAT4:
+        if (oid == AORM_T_INT2) {
+            if ((rc = aorm_decode_int(oid, val, len, &x))) return rc;
+            v.f4 = (float)x;
+        } else {
+            if (len != 4) return AORM_EPROTOCOL;
+            uint32_t bits = aorm__get_be32(val);
+            memcpy(&v.f4, &bits, sizeof(bits));
+        }
+        break;
+    case AORM_FLOAT8:
+        if (oid == AORM_T_INT2 || oid == AORM_T_INT4) {
+            if ((rc = aorm_decode_int(oid, val, len, &x))) return rc;
+            v.f8 = (double)x;
+        } else if ((rc = aorm_decode_float8(oid, val, len, &v.f8))) {
+            return rc;
+        }
+        break;
+    case AORM_NUMERIC:
+        if ((rc = load_numeric(alloc, oid, val, len, &v.s))) return rc;
+        break;
+    case AORM_TEXT:
+        if ((rc = copy_string(alloc, val, (size_t)len, &v.s))) return rc;
+        break;
+    case AORM_JSON:
+    case AORM_JSONB:
+        if (oid == AORM_T_JSONB) {
+            /* binary jsonb: version byte 1, then the text */
+            if (len < 1 || val[0] != 1) return AORM_EPROTOCOL;
+            val++;
+            len--;
+        }
+        if ((rc = copy_string(alloc, val, (size_t)len, &v.s))) return rc;
+        break;
+    case AORM_BYTEA:
+        /* data == NULL means SQL NULL, so even an empty value gets a
+         * buffer */
+        v.by.data = alloc_bytes(alloc, len ? (size_t)len : 1);
+        if (!v.by.data) return AORM_ENOMEM;
+        if (len) memcpy(v.by.data, val, (size_t)len);
+        v.by.len = (size_t)len;
+        break;
+    case AORM_DATE:
+        if (len != 4) return AORM_EPROTOCOL;
+        v.i4 = (int32_t)aorm__get_be32(val);
+        break;
+    case AORM_TIMESTAMP:
+    case AORM_TIMESTAMPTZ:
+        if (len != 8) return AORM_EPROTOCOL;
+        v.i8 = (int64_t)aorm__get_be64(val);
+        break;
+    case AORM_UUID:
+        if (len != 16) return AORM_EPROTOCOL;
+        memcpy(v.u.b, val, 16);
+        break;
+    }
+    write_field(col, obj, &v);
+    return 0;
+}

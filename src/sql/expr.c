@@ -1,0 +1,390 @@
+/* expr.c -- copying expression trees into a statement.
+ *
+ * Expressions arrive as compound literals on the caller's stack (see the
+ * macros of sql.h) and must not be referenced after the builder call
+ * returns, so every node, string and array is copied into the statement's
+ * arena here, and checked on the way: unknown kinds and operators,
+ * columns the model does not declare, NUL bytes in text, values out of
+ * range of their type, labels or EXCLUDED where they cannot go. A copied
+ * COLUMN node keeps its resolved `const aorm_column *` in v.p, so the
+ * compiler never searches a model again.
+ *
+ * Subqueries (aorm_in_select, aorm_exists) are statements handed over by
+ * the caller: the statement the expression is attached to becomes their
+ * owner, also when the attach fails, and frees them with itself.
+ *
+ * Must not: keep any pointer into the caller's expression, or change the
+ * statement beyond its arena, its subquery list and its error. */
+#include <limits.h>
+#include <string.h>
+
+#include "mapping/mapping.h"
+#include "sql/sql_int.h"
+
+/* Deeper trees are refused rather than risking the stack. */
+#define MAX_DEPTH 500
+
+typedef struct cp {
+    aorm_stmt *q;
+    unsigned flags;
+    const char *what;
+} cp;
+
+static const char *type_name(aorm_type t) {
+    switch (t) {
+    case AORM_BOOL: return "bool";
+    case AORM_INT2: return "int2";
+    case AORM_INT4: return "int4";
+    case AORM_INT8: return "int8";
+    case AORM_FLOAT4: return "float4";
+    case AORM_FLOAT8: return "float8";
+    case AORM_NUMERIC: return "numeric";
+    case AORM_TEXT: return "text";
+    case AORM_BYTEA: return "bytea";
+    case AORM_DATE: return "date";
+    case AORM_TIMESTAMP: return "timestamp";
+    case AORM_TIMESTAMPTZ: return "timestamptz";
+    case AORM_UUID: return "uuid";
+    case AORM_JSON: return "json";
+    case AORM_JSONB: return "jsonb";
+    }
+    return "?";
+}
+
+static bool is_ancestor(const aorm_stmt *q, const aorm_stmt *s) {
+    for (const aorm_stmt *a = q; a; a = a->owner)
+        if (a == s) return true;
+    return false;
+}
+
+static void adopt(aorm_stmt *q, aorm_stmt *sub) {
+    sub->owner = q;
+    sub->next_sub = q->subs;
+    q->subs = sub;
+    /* A raw subquery may do anything: the statement is not read-only. */
+    if (sub->kind == AORM__RAW || sub->raw_sub)
+        for (aorm_stmt *a = q; a; a = a->owner) a->raw_sub = true;
+}
+
+static void take_subs(aorm_stmt *q, const aorm_expr *e, int depth) {
+    if (!e || depth > MAX_DEPTH) return;
+    switch (e->kind) {
+    case AORM_X_IN_SELECT:
+    case AORM_X_EXISTS:
+        if (e->sub && !e->sub->owner && !(q && is_ancestor(q, e->sub))) {
+            if (q) adopt(q, e->sub);
+            else aorm__sql_destroy(e->sub);
+        }
+        take_subs(q, e->a, depth + 1);
+        return;
+    case AORM_X_BINARY:
+    case AORM_X_BETWEEN:
+    case AORM_X_ANY:
+    case AORM_X_NOT:
+    case AORM_X_IS_NULL:
+    case AORM_X_IS_NOT_NULL:
+    case AORM_X_FUNC:
+    case AORM_X_LABEL:
+        take_subs(q, e->a, depth + 1);
+        take_subs(q, e->b, depth + 1);
+        take_subs(q, e->c, depth + 1);
+        return;
+    case AORM_X_AND:
+    case AORM_X_OR:
+        for (int i = 0; e->list && i < e->n; i++) take_subs(q, e->list[i], depth + 1);
+        return;
+    case AORM_X_COLUMN:
+    case AORM_X_VALUE:
+    case AORM_X_ARRAY:
+    case AORM_X_EXCLUDED:
+        return;
+    }
+}
+
+void aorm__sql_take_subs(aorm_stmt *q, const aorm_expr *e) { take_subs(q, e, 0); }
+
+static int fail_nomem(cp *c) { return aorm__sql_fail(c->q, AORM_ENOMEM, NULL); }
+
+static void *alloc(cp *c, size_t n) { return aorm__arena_alloc(&c->q->arena, n); }
+
+/* Text-like values: the given length (or strlen), NUL-terminated copy. */
+static int copy_text(cp *c, const aorm_expr *e, aorm_expr *n) {
+    const char *s = e->v.s;
+    if (!s) {
+        if (e->len == SIZE_MAX) {
+            n->null = true;
+            return 0;
+        }
+        if (e->len != 0)
+            return aorm__sql_fail(c->q, AORM_EMISUSE, "%s: %s value with a NULL pointer and length %zu", c->what,
+                                  type_name(e->type), e->len);
+        s = "";
+    }
+    size_t len = e->len == SIZE_MAX ? strlen(s) : e->len;
+    if (e->len != SIZE_MAX && memchr(s, '\0', len))
+        return aorm__sql_fail(c->q, AORM_EENCODING,
+                              "%s: %s value contains a NUL byte (PostgreSQL text cannot hold one)", c->what,
+                              type_name(e->type));
+    if (len > (size_t)INT32_MAX - 1)
+        return aorm__sql_fail(c->q, AORM_ERANGE, "%s: %s value of %zu bytes is too long", c->what,
+                              type_name(e->type), len);
+    char *d = alloc(c, len + 1);
+    if (!d) return fail_nomem(c);
+    memcpy(d, s, len);
+    d[len] = '\0';
+    n->v.s = d;
+    n->len = len;
+    if (e->type == AORM_NUMERIC) {
+        /* Checked now, so that a malformed decimal is reported by the call
+         * that received it. */
+        aorm_params t;
+        aorm_params_init(&t);
+        int rc = aorm_params_numeric(&t, d);
+        aorm_params_free(&t);
+        if (rc)
+            return aorm__sql_fail(c->q, rc == AORM_ENOMEM ? AORM_ENOMEM : AORM_EENCODING,
+                                  "%s: malformed numeric value \"%.40s\"", c->what, d);
+    }
+    return 0;
+}
+
+static int copy_value(cp *c, const aorm_expr *e, aorm_expr *n) {
+    n->type = e->type;
+    n->null = e->null;
+    if (e->type < AORM_BOOL || e->type > AORM_JSONB)
+        return aorm__sql_fail(c->q, AORM_EMISUSE, "%s: unknown value type %d", c->what, (int)e->type);
+    if (e->null) return 0;
+    switch (e->type) {
+    case AORM_BOOL: n->v.b = e->v.b; return 0;
+    case AORM_INT2:
+        if (e->v.i < INT16_MIN || e->v.i > INT16_MAX) goto range;
+        n->v.i = e->v.i;
+        return 0;
+    case AORM_INT4:
+    case AORM_DATE:
+        if (e->v.i < INT32_MIN || e->v.i > INT32_MAX) goto range;
+        n->v.i = e->v.i;
+        return 0;
+    case AORM_INT8:
+    case AORM_TIMESTAMP:
+    case AORM_TIMESTAMPTZ: n->v.i = e->v.i; return 0;
+    case AORM_FLOAT4:
+    case AORM_FLOAT8: n->v.d = e->v.d; return 0;
+    case AORM_TEXT:
+    case AORM_JSON:
+    case AORM_JSONB:
+    case AORM_NUMERIC: return copy_text(c, e, n);
+    case AORM_BYTEA: {
+        if (!e->v.p && e->len)
+            return aorm__sql_fail(c->q, AORM_EMISUSE, "%s: bytea value with a NULL pointer and length %zu", c->what,
+                                  e->len);
+        if (e->len == SIZE_MAX || e->len > (size_t)INT32_MAX)
+            return aorm__sql_fail(c->q, AORM_ERANGE, "%s: bytea value needs a length that fits (got %zu)", c->what,
+                                  e->len);
+        void *d = alloc(c, e->len);
+        if (!d) return fail_nomem(c);
+        if (e->len) memcpy(d, e->v.p, e->len);
+        n->v.p = d;
+        n->len = e->len;
+        return 0;
+    }
+    case AORM_UUID: {
+        if (!e->v.p) {
+            n->null = true;
+            return 0;
+        }
+        void *d = alloc(c, 16);
+        if (!d) return fail_nomem(c);
+        memcpy(d, e->v.p, 16);
+        n->v.p = d;
+        n->len = 16;
+        return 0;
+    }
+    }
+    return 0;
+range:
+    return aorm__sql_fail(c->q, AORM_ERANGE, "%s: value %lld out of range for %s", c->what, (long long)e->v.i,
+                          type_name(e->type));
+}
+
+/* IN-list arrays: int4, int8, text and uuid elements. Text arrays carry
+ * their NULL elements as NULL pointers (the NULL flags folded in). */
+static int copy_array(cp *c, const aorm_expr *e, aorm_expr *n) {
+    size_t cnt = e->len, width;
+    n->type = e->type;
+    switch (e->type) {
+    case AORM_INT4: width = 4; break;
+    case AORM_INT8: width = 8; break;
+    case AORM_UUID: width = 16; break;
+    case AORM_TEXT: width = sizeof(char *); break;
+    default:
+        return aorm__sql_fail(c->q, AORM_EMISUSE, "%s: arrays of %s are not supported (int4, int8, text, uuid)",
+                              c->what, type_name(e->type));
+    }
+    if (cnt > (size_t)INT32_MAX / 32)
+        return aorm__sql_fail(c->q, AORM_ERANGE, "%s: array of %zu elements is too long", c->what, cnt);
+    if (!e->v.p && cnt)
+        return aorm__sql_fail(c->q, AORM_EMISUSE, "%s: array of %zu elements with a NULL pointer", c->what, cnt);
+    n->len = cnt;
+    if (e->type == AORM_TEXT) {
+        const char *const *src = e->v.p;
+        size_t total = 0;
+        for (size_t i = 0; i < cnt; i++)
+            if (src[i] && !(e->nulls && e->nulls[i])) total += strlen(src[i]) + 1;
+        const char **v = alloc(c, cnt * sizeof(*v) + 1);
+        char *buf = alloc(c, total + 1);
+        if (!v || !buf) return fail_nomem(c);
+        for (size_t i = 0; i < cnt; i++) {
+            if (!src[i] || (e->nulls && e->nulls[i])) {
+                v[i] = NULL;
+                continue;
+            }
+            size_t l = strlen(src[i]) + 1;
+            memcpy(buf, src[i], l);
+            v[i] = buf;
+            buf += l;
+        }
+        n->v.p = v;
+        return 0;
+    }
+    void *v = alloc(c, cnt * width + 1);
+    if (!v) return fail_nomem(c);
+    if (cnt) memcpy(v, e->v.p, cnt * width);
+    n->v.p = v;
+    if (e->nulls && cnt) {
+        bool *nl = alloc(c, cnt * sizeof(bool));
+        if (!nl) return fail_nomem(c);
+        memcpy(nl, e->nulls, cnt * sizeof(bool));
+        n->nulls = nl;
+    }
+    return 0;
+}
+
+static int take_sub(cp *c, aorm_stmt *sub) {
+    aorm_stmt *q = c->q;
+    if (!sub) return aorm__sql_fail(q, AORM_EMISUSE, "%s: NULL subquery statement", c->what);
+    if (is_ancestor(q, sub))
+        return aorm__sql_fail(q, AORM_EMISUSE, "%s: a statement cannot be a subquery of itself", c->what);
+    if (sub->owner)
+        return aorm__sql_fail(q, AORM_EMISUSE, "%s: the subquery already belongs to another statement", c->what);
+    adopt(q, sub);
+    if (sub->kind != AORM__SELECT && sub->kind != AORM__RAW)
+        return aorm__sql_fail(q, AORM_EMISUSE, "%s: a subquery must be a SELECT (or raw text)", c->what);
+    if (sub->error) return aorm__sql_fail(q, sub->error, "%s: subquery: %s", c->what, sub->errmsg);
+    return 0;
+}
+
+static int copy_node(cp *c, const aorm_expr *e, int depth, const aorm_expr **out);
+
+static int copy_child(cp *c, const aorm_expr *e, int depth, const aorm_expr **out) {
+    return copy_node(c, e, depth + 1, out);
+}
+
+static int copy_node(cp *c, const aorm_expr *e, int depth, const aorm_expr **out) {
+    aorm_stmt *q = c->q;
+    if (!e) return aorm__sql_fail(q, AORM_EMISUSE, "%s: NULL expression", c->what);
+    if (depth > MAX_DEPTH)
+        return aorm__sql_fail(q, AORM_EMISUSE, "%s: expression nested deeper than %d levels", c->what, MAX_DEPTH);
+    aorm_expr *n = alloc(c, sizeof(*n));
+    if (!n) return fail_nomem(c);
+    memset(n, 0, sizeof(*n));
+    n->kind = e->kind;
+    n->op = e->op;
+    int rc = 0;
+    switch (e->kind) {
+    case AORM_X_COLUMN: {
+        if (!e->model) return aorm__sql_fail(q, AORM_EMISUSE, "%s: column without a model", c->what);
+        const aorm_column *col = aorm__sql_column_at(e->model, e->offset);
+        if (!col)
+            return aorm__sql_fail(q, AORM_EMISUSE, "%s: model %s (table \"%s\") has no column at offset %zu",
+                                  c->what, e->model->name ? e->model->name : "?",
+                                  e->model->table ? e->model->table : "?", e->offset);
+        n->model = e->model;
+        n->offset = e->offset;
+        n->v.p = col;
+        break;
+    }
+    case AORM_X_VALUE: rc = copy_value(c, e, n); break;
+    case AORM_X_ARRAY: rc = copy_array(c, e, n); break;
+    case AORM_X_BINARY:
+        if (e->op < AORM_OP_EQ || e->op > AORM_OP_DIV)
+            return aorm__sql_fail(q, AORM_EMISUSE, "%s: unknown binary operator %d", c->what, (int)e->op);
+        if (!(rc = copy_child(c, e->a, depth, &n->a))) rc = copy_child(c, e->b, depth, &n->b);
+        break;
+    case AORM_X_AND:
+    case AORM_X_OR: {
+        if (e->n < 0 || (e->n > 0 && !e->list))
+            return aorm__sql_fail(q, AORM_EMISUSE, "%s: AND/OR list without its %d elements", c->what, e->n);
+        const aorm_expr **l = alloc(c, (size_t)(e->n ? e->n : 1) * sizeof(*l));
+        if (!l) return fail_nomem(c);
+        for (int i = 0; i < e->n && !rc; i++) rc = copy_child(c, e->list[i], depth, &l[i]);
+        n->list = l;
+        n->n = e->n;
+        break;
+    }
+    case AORM_X_NOT:
+    case AORM_X_IS_NULL:
+    case AORM_X_IS_NOT_NULL: rc = copy_child(c, e->a, depth, &n->a); break;
+    case AORM_X_BETWEEN:
+        if (!(rc = copy_child(c, e->a, depth, &n->a)) && !(rc = copy_child(c, e->b, depth, &n->b)))
+            rc = copy_child(c, e->c, depth, &n->c);
+        break;
+    case AORM_X_ANY:
+        if (e->op != AORM_OP_EQ && e->op != AORM_OP_NE)
+            return aorm__sql_fail(q, AORM_EMISUSE, "%s: ANY takes = or <> (got operator %d)", c->what, (int)e->op);
+        if (!e->b || e->b->kind != AORM_X_ARRAY)
+            return aorm__sql_fail(q, AORM_EMISUSE, "%s: the right side of ANY must be an array", c->what);
+        if (!(rc = copy_child(c, e->a, depth, &n->a))) rc = copy_child(c, e->b, depth, &n->b);
+        break;
+    case AORM_X_IN_SELECT:
+        if ((rc = take_sub(c, e->sub))) break;
+        n->sub = e->sub;
+        rc = copy_child(c, e->a, depth, &n->a);
+        break;
+    case AORM_X_EXISTS:
+        if ((rc = take_sub(c, e->sub))) break;
+        n->sub = e->sub;
+        break;
+    case AORM_X_FUNC:
+        if (e->op < AORM_FN_COUNT || e->op > AORM_FN_MAX)
+            return aorm__sql_fail(q, AORM_EMISUSE, "%s: unknown aggregate %d", c->what, (int)e->op);
+        if (e->a) rc = copy_child(c, e->a, depth, &n->a);
+        else if (e->op != AORM_FN_COUNT)
+            return aorm__sql_fail(q, AORM_EMISUSE, "%s: aggregate without an argument", c->what);
+        break;
+    case AORM_X_EXCLUDED:
+        if (!(c->flags & AORM__CP_EXCLUDED))
+            return aorm__sql_fail(q, AORM_EMISUSE,
+                                  "%s: EXCLUDED.column only goes in aorm_set() after aorm_on_conflict_do_update()",
+                                  c->what);
+        if (!e->a || e->a->kind != AORM_X_COLUMN)
+            return aorm__sql_fail(q, AORM_EMISUSE, "%s: aorm_excluded() takes a column", c->what);
+        rc = copy_child(c, e->a, depth, &n->a);
+        break;
+    case AORM_X_LABEL:
+        if (depth != 0 || !(c->flags & AORM__CP_LABEL))
+            return aorm__sql_fail(q, AORM_EMISUSE, "%s: a label only goes at the top of a select or RETURNING entry",
+                                  c->what);
+        if (!e->label || !*e->label) return aorm__sql_fail(q, AORM_EMISUSE, "%s: empty label", c->what);
+        {
+            size_t l = strlen(e->label) + 1;
+            char *s = alloc(c, l);
+            if (!s) return fail_nomem(c);
+            memcpy(s, e->label, l);
+            n->label = s;
+        }
+        rc = copy_child(c, e->a, depth, &n->a);
+        break;
+    default: return aorm__sql_fail(q, AORM_EMISUSE, "%s: unknown expression kind %d", c->what, (int)e->kind);
+    }
+    if (rc) return rc;
+    *out = n;
+    return 0;
+}
+
+int aorm__sql_copy(aorm_stmt *q, const aorm_expr *e, unsigned flags, const char *what, const aorm_expr **out) {
+    cp c = {q, flags, what};
+    int rc = copy_node(&c, e, 0, out);
+    if (rc) aorm__sql_take_subs(q, e);
+    return rc;
+}

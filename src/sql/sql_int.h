@@ -1,0 +1,207 @@
+/* sql_int.h -- private to src/sql: the statement struct, its arena and the
+ * functions the Core's files share.
+ *
+ * Memory: a statement owns one arena (a bump allocator over a first block
+ * inside the statement itself and further malloc'd blocks, all freed with
+ * the statement). Every copied expression node, string, array, select
+ * item and list lives there; growing lists are re-allocated in the arena
+ * (doubling, the old copy is simply abandoned). Nothing in the arena is
+ * freed individually. Outside the arena the statement owns: the compiled
+ * text (an aorm__buf), two parameter builders (the compiled parameters
+ * and the encoded INSERT rows) and its subqueries (the `subs` list). */
+#ifndef AORM_SQL_INT_H
+#define AORM_SQL_INT_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "aorm/error.h"
+#include "aorm/sql.h"
+#include "util/util.h"
+
+/* ---- arena ---------------------------------------------------------------- */
+
+typedef struct aorm__arena_block {
+    struct aorm__arena_block *next;
+    max_align_t data[]; /* the block's bytes */
+} aorm__arena_block;
+
+typedef struct aorm__arena {
+    char *ptr, *end;           /* free room of the current block */
+    aorm__arena_block *blocks; /* malloc'd blocks (the inline first one is not listed) */
+    size_t next_size;          /* size of the next ordinary block */
+} aorm__arena;
+
+/* Bytes of the arena's first block, kept inside the statement so that a
+ * small statement costs one malloc. */
+#define AORM__STMT_INLINE 1536
+
+void aorm__arena_init(aorm__arena *a, void *first, size_t size);
+void aorm__arena_free(aorm__arena *a);
+/* n bytes aligned for any type, or NULL on out of memory. */
+void *aorm__arena_alloc(aorm__arena *a, size_t n);
+
+/* ---- statement parts ------------------------------------------------------------ */
+
+typedef enum aorm__stmt_kind {
+    AORM__SELECT = 1, /* SELECT ... FROM ... */
+    AORM__INSERT,     /* INSERT INTO ... */
+    AORM__UPDATE,     /* UPDATE ... SET ... */
+    AORM__DELETE,     /* DELETE FROM ... */
+    AORM__RAW         /* raw text with :name binds */
+} aorm__stmt_kind;
+
+/* One select-list or RETURNING entry. */
+typedef struct aorm__item {
+    const aorm_expr *e;       /* the copied expression; NULL for a plain column */
+    const aorm_model *model;  /* column entries (plain or labelled): the column's model... */
+    const aorm_column *col;   /* ...and column; NULL for other expressions */
+    const char *name;         /* output name */
+    bool as;                  /* emit `AS "name"` (explicit or automatic label) */
+} aorm__item;
+
+typedef struct aorm__items {
+    aorm__item *v;
+    int n, cap;
+    const char **set;         /* open-addressing set of the output names */
+    unsigned set_cap;         /* power of two, or 0 */
+    unsigned set_len;
+} aorm__items;
+
+typedef struct aorm__exprs {
+    const aorm_expr **v;
+    int n, cap;
+} aorm__exprs;
+
+typedef struct aorm__join {
+    const aorm_model *model;
+    const aorm_expr *on;
+    bool outer;
+} aorm__join;
+
+typedef struct aorm__order {
+    const aorm_expr *e;
+    unsigned flags;
+} aorm__order;
+
+/* `col = value` of UPDATE SET, an INSERT's explicit values or DO UPDATE SET. */
+typedef struct aorm__set {
+    const aorm_column *col;
+    const aorm_expr *value;
+} aorm__set;
+
+typedef struct aorm__sets {
+    aorm__set *v;
+    int n, cap;
+} aorm__sets;
+
+/* Raw text: a placeholder occurrence and a distinct name. */
+typedef struct aorm__raw_ph {
+    size_t start, end;        /* the `:name` bytes in the text */
+    int name;                 /* index into names */
+} aorm__raw_ph;
+
+typedef struct aorm__raw_name {
+    const char *name;         /* into the copied text, not NUL-terminated */
+    size_t len;
+    const aorm_expr *value;   /* bound value (copied), or NULL */
+    int num;                  /* $n given during the current compile, 0 before */
+} aorm__raw_name;
+
+enum { AORM__CONFLICT_NONE = 0, AORM__CONFLICT_NOTHING, AORM__CONFLICT_UPDATE };
+
+struct aorm_stmt {
+    aorm__stmt_kind kind;
+    int error;                /* sticky error, 0 when fine */
+    const char *errmsg;       /* its description (arena or static) */
+    bool compiled;            /* sql/params hold the current compilation */
+
+    aorm_stmt *owner;         /* the statement this one is a subquery of */
+    aorm_stmt *subs;          /* owned subqueries, linked by next_sub */
+    aorm_stmt *next_sub;
+
+    const aorm_model *model;  /* FROM / INSERT INTO / UPDATE / DELETE */
+    bool from_explicit;       /* model given by aorm_select/aorm_from (not derived) */
+
+    /* SELECT */
+    bool distinct;
+    aorm__items items;        /* select list */
+    aorm__join *joins;
+    int njoins, cap_joins;
+    aorm__exprs where, group, having;
+    aorm__order *order;
+    int norder, cap_order;
+    bool has_limit, has_offset, has_lock;
+    int64_t limit, offset;
+    unsigned lock;
+    bool raw_sub;             /* some subquery (at any depth) is raw text */
+
+    /* INSERT */
+    const aorm_column **icols; /* columns of the object rows */
+    int nicols;
+    size_t nrows;              /* object rows added (0: none) */
+    aorm_params rows;          /* encoded object rows: one value or one array per column */
+    int conflict;              /* AORM__CONFLICT_* */
+    const aorm_column **ccols; /* conflict target */
+    int nccols;
+    aorm__sets sets;           /* UPDATE SET / INSERT explicit values */
+    aorm__sets upd;            /* ON CONFLICT DO UPDATE SET */
+    aorm__items ret;           /* RETURNING */
+
+    /* RAW */
+    const char *text;
+    size_t text_len;
+    aorm__raw_ph *ph;
+    int nph;
+    aorm__raw_name *names;
+    int nnames;
+
+    /* compiled output */
+    aorm__buf sql;
+    aorm_params params;
+
+    aorm__arena arena;
+    max_align_t inline_mem[AORM__STMT_INLINE / sizeof(max_align_t)];
+};
+
+/* ---- shared helpers --------------------------------------------------------------- */
+
+/* Records code (and a printf-style description) as q's error unless one is
+ * already kept; clears the compiled state. Returns the kept error. */
+int aorm__sql_fail(aorm_stmt *q, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+int aorm__sql_failv(aorm_stmt *q, int code, const char *fmt, va_list ap);
+
+/* A new empty statement of `kind`, or NULL on out of memory. */
+aorm_stmt *aorm__sql_new(aorm__stmt_kind kind, const aorm_model *m);
+
+/* The column of m stored at offset, or NULL. */
+const aorm_column *aorm__sql_column_at(const aorm_model *m, size_t offset);
+
+/* Copy flags: where an expression may hold a label / EXCLUDED.col. */
+enum { AORM__CP_LABEL = 1u << 0, AORM__CP_EXCLUDED = 1u << 1 };
+
+/* Deep-copies e into q's arena, checking it on the way. Subqueries met are
+ * taken over by q. Returns 0 and *out, or the (recorded) error; on error
+ * every subquery of e has been taken over by q all the same. `what` names
+ * the calling function for messages. */
+int aorm__sql_copy(aorm_stmt *q, const aorm_expr *e, unsigned flags, const char *what,
+                   const aorm_expr **out);
+/* Takes over every subquery of e not owned yet: q becomes its owner, or it
+ * is freed when q is NULL. For the error paths of builder calls. */
+void aorm__sql_take_subs(aorm_stmt *q, const aorm_expr *e);
+/* Frees a statement regardless of ownership (the owner's teardown). */
+void aorm__sql_destroy(aorm_stmt *q);
+
+/* Compiles q into its sql buffer and params (both reset first). */
+int aorm__sql_compile(aorm_stmt *q);
+
+/* Raw text: splits it into placeholders (aorm_raw) / compiles it into b
+ * with parameters appended to p (numbered in p's sequence). */
+int aorm__sql_raw_parse(aorm_stmt *q);
+int aorm__sql_raw_emit(aorm_stmt *q, aorm_stmt *root, aorm__buf *b, aorm_params *p);
+/* Appends value e (an AORM_X_VALUE or AORM_X_ARRAY copy) to p. */
+int aorm__sql_param(aorm_params *p, const aorm_expr *e);
+
+#endif /* AORM_SQL_INT_H */

@@ -1,0 +1,971 @@
+/* stmt.c -- Core statements: creation, the arena, sticky errors and every
+ * builder call (select lists, joins, where, order, insert rows, sets,
+ * returning...).
+ *
+ * A builder call checks its arguments, deep-copies the expressions it is
+ * given into the statement's arena (expr.c) and records what it was asked;
+ * nothing is turned into SQL text here (compile.c does that, once, when
+ * the statement is compiled). Any builder call drops the compiled text.
+ *
+ * Errors are sticky: the first failure is kept with a message and every
+ * later builder call returns it without doing anything, except that
+ * subqueries passed in are still taken over (freed with the statement),
+ * so a failed chain never leaks. A NULL statement is AORM_EMISUSE, never
+ * a crash.
+ *
+ * Must not: talk to the engine, or keep any pointer into caller memory
+ * (models excepted: they are static descriptions that outlive statements). */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mapping/mapping.h"
+#include "sql/sql_int.h"
+
+/* =========================================================================
+ * Arena
+ * ========================================================================= */
+
+#define ARENA_ALIGN (sizeof(max_align_t))
+#define ARENA_BLOCK_MIN 4096u
+#define ARENA_BLOCK_MAX 65536u
+/* Larger requests get a block of their own, leaving the bump block as is. */
+#define ARENA_BIG 1024u
+
+void aorm__arena_init(aorm__arena *a, void *first, size_t size) {
+    a->ptr = first;
+    a->end = (char *)first + size;
+    a->blocks = NULL;
+    a->next_size = ARENA_BLOCK_MIN;
+}
+
+void aorm__arena_free(aorm__arena *a) {
+    aorm__arena_block *b = a->blocks;
+    while (b) {
+        aorm__arena_block *next = b->next;
+        free(b);
+        b = next;
+    }
+    a->blocks = NULL;
+    a->ptr = a->end = NULL;
+}
+
+static aorm__arena_block *arena_block(aorm__arena *a, size_t n) {
+    if (n > SIZE_MAX - sizeof(aorm__arena_block)) return NULL;
+    aorm__arena_block *b = malloc(sizeof(*b) + n);
+    if (!b) return NULL;
+    b->next = a->blocks;
+    a->blocks = b;
+    return b;
+}
+
+void *aorm__arena_alloc(aorm__arena *a, size_t n) {
+    if (n == 0) n = 1;
+    if (n > SIZE_MAX - ARENA_ALIGN) return NULL;
+    n = (n + ARENA_ALIGN - 1) & ~(ARENA_ALIGN - 1);
+    if ((size_t)(a->end - a->ptr) >= n) {
+        void *p = a->ptr;
+        a->ptr += n;
+        return p;
+    }
+    if (n > ARENA_BIG) {
+        aorm__arena_block *b = arena_block(a, n);
+        return b ? (void *)b->data : NULL;
+    }
+    size_t size = a->next_size;
+    aorm__arena_block *b = arena_block(a, size);
+    if (!b) return NULL;
+    if (a->next_size < ARENA_BLOCK_MAX) a->next_size *= 2;
+    a->ptr = (char *)b->data + n;
+    a->end = (char *)b->data + size;
+    return b->data;
+}
+
+/* Grows an arena array of `size`-byte elements to hold at least need
+ * (doubling). The old copy is abandoned in the arena. */
+static int arena_grow(aorm__arena *a, void **v, int *cap, int need, size_t size) {
+    if (need <= *cap) return 0;
+    int ncap = *cap ? *cap : 4;
+    while (ncap < need) {
+        if (ncap > INT32_MAX / 2) return AORM_ENOMEM;
+        ncap *= 2;
+    }
+    if ((size_t)ncap > SIZE_MAX / size) return AORM_ENOMEM;
+    void *n = aorm__arena_alloc(a, (size_t)ncap * size);
+    if (!n) return AORM_ENOMEM;
+    if (*cap) memcpy(n, *v, (size_t)*cap * size);
+    *v = n;
+    *cap = ncap;
+    return 0;
+}
+
+static char *arena_strdup(aorm__arena *a, const char *s) {
+    size_t n = strlen(s) + 1;
+    char *d = aorm__arena_alloc(a, n);
+    if (d) memcpy(d, s, n);
+    return d;
+}
+
+/* =========================================================================
+ * Errors
+ * ========================================================================= */
+
+int aorm__sql_failv(aorm_stmt *q, int code, const char *fmt, va_list ap) {
+    q->compiled = false;
+    if (q->error) return q->error;
+    q->error = code;
+    q->errmsg = aorm_strerror(code);
+    if (fmt && code != AORM_ENOMEM) {
+        va_list ap2;
+        va_copy(ap2, ap);
+        int n = vsnprintf(NULL, 0, fmt, ap2);
+        va_end(ap2);
+        if (n >= 0) {
+            char *m = aorm__arena_alloc(&q->arena, (size_t)n + 1);
+            if (m) {
+                vsnprintf(m, (size_t)n + 1, fmt, ap);
+                q->errmsg = m;
+            }
+        }
+    }
+    return code;
+}
+
+int aorm__sql_fail(aorm_stmt *q, int code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int rc = aorm__sql_failv(q, code, fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+#define OOM(q) aorm__sql_fail((q), AORM_ENOMEM, NULL)
+
+static const char *kind_name(aorm__stmt_kind k) {
+    switch (k) {
+    case AORM__SELECT: return "SELECT";
+    case AORM__INSERT: return "INSERT";
+    case AORM__UPDATE: return "UPDATE";
+    case AORM__DELETE: return "DELETE";
+    case AORM__RAW: return "raw SQL";
+    }
+    return "?";
+}
+
+/* Entry check of a builder call that takes expressions: a NULL or failed
+ * statement still takes over the subqueries of e (and of e2). */
+static int enter(aorm_stmt *q, const aorm_expr *e, const aorm_expr *e2) {
+    if (!q) {
+        aorm__sql_take_subs(NULL, e);
+        aorm__sql_take_subs(NULL, e2);
+        return AORM_EMISUSE;
+    }
+    if (q->owner) {
+        /* Frozen: its parent may already have compiled it. */
+        aorm__sql_take_subs(q, e);
+        aorm__sql_take_subs(q, e2);
+        return AORM_EMISUSE;
+    }
+    q->compiled = false;
+    if (q->error) {
+        aorm__sql_take_subs(q, e);
+        aorm__sql_take_subs(q, e2);
+        return q->error;
+    }
+    return 0;
+}
+
+/* Fails q when it is not one of the kinds in the mask (1 << kind). */
+static int need_kind(aorm_stmt *q, unsigned mask, const char *fn) {
+    if (mask & (1u << q->kind)) return 0;
+    return aorm__sql_fail(q, AORM_EMISUSE, "%s is not allowed on a %s statement", fn, kind_name(q->kind));
+}
+#define K(k) (1u << (k))
+
+/* =========================================================================
+ * Life cycle
+ * ========================================================================= */
+
+const aorm_column *aorm__sql_column_at(const aorm_model *m, size_t offset) {
+    for (int i = 0; i < m->ncolumns; i++)
+        if (m->columns[i].offset == offset) return &m->columns[i];
+    return NULL;
+}
+
+aorm_stmt *aorm__sql_new(aorm__stmt_kind kind, const aorm_model *m) {
+    aorm_stmt *q = malloc(sizeof(*q));
+    if (!q) return NULL;
+    memset(q, 0, offsetof(aorm_stmt, inline_mem));
+    q->kind = kind;
+    q->model = m;
+    q->from_explicit = m != NULL;
+    q->errmsg = "";
+    aorm_params_init(&q->rows);
+    aorm_params_init(&q->params);
+    aorm__arena_init(&q->arena, q->inline_mem, sizeof(q->inline_mem));
+    return q;
+}
+
+void aorm__sql_destroy(aorm_stmt *q) {
+    if (!q) return;
+    aorm_stmt *s = q->subs;
+    while (s) {
+        aorm_stmt *next = s->next_sub;
+        aorm__sql_destroy(s);
+        s = next;
+    }
+    aorm__buf_free(&q->sql);
+    aorm_params_free(&q->params);
+    aorm_params_free(&q->rows);
+    aorm__arena_free(&q->arena);
+    free(q);
+}
+
+void aorm_stmt_free(aorm_stmt *q) {
+    /* A subquery belongs to its parent, which frees it. */
+    if (!q || q->owner) return;
+    aorm__sql_destroy(q);
+}
+
+int aorm_stmt_error(const aorm_stmt *q) { return q ? q->error : AORM_EMISUSE; }
+
+const char *aorm_stmt_errmsg(const aorm_stmt *q) {
+    if (!q) return "NULL statement";
+    return q->error ? q->errmsg : "";
+}
+
+const aorm_model *aorm_stmt_model(const aorm_stmt *q) { return q ? q->model : NULL; }
+
+bool aorm_stmt_readonly(const aorm_stmt *q) {
+    return q && q->kind == AORM__SELECT && !q->has_lock && !q->raw_sub;
+}
+
+/* =========================================================================
+ * Lists
+ * ========================================================================= */
+
+static int push_expr(aorm_stmt *q, aorm__exprs *l, const aorm_expr *e) {
+    if (arena_grow(&q->arena, (void **)&l->v, &l->cap, l->n + 1, sizeof(*l->v))) return OOM(q);
+    l->v[l->n++] = e;
+    return 0;
+}
+
+static uint32_t name_hash(const char *s) {
+    uint32_t h = 2166136261u;
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 16777619u;
+    return h;
+}
+
+static bool names_has(const aorm__items *it, const char *name) {
+    if (!it->set_cap) return false;
+    unsigned mask = it->set_cap - 1;
+    for (unsigned i = name_hash(name) & mask;; i = (i + 1) & mask) {
+        if (!it->set[i]) return false;
+        if (strcmp(it->set[i], name) == 0) return true;
+    }
+}
+
+static void names_put(aorm__items *it, const char *name) {
+    unsigned mask = it->set_cap - 1;
+    unsigned i = name_hash(name) & mask;
+    while (it->set[i]) {
+        if (strcmp(it->set[i], name) == 0) return;
+        i = (i + 1) & mask;
+    }
+    it->set[i] = name;
+    it->set_len++;
+}
+
+static int names_add(aorm_stmt *q, aorm__items *it, const char *name) {
+    if ((it->set_len + 1) * 2 > it->set_cap) {
+        unsigned cap = it->set_cap ? it->set_cap * 2 : 16;
+        while ((it->set_len + 1) * 2 > cap) cap *= 2;
+        const char **old = it->set;
+        unsigned old_cap = it->set_cap;
+        it->set = aorm__arena_alloc(&q->arena, cap * sizeof(*it->set));
+        if (!it->set) {
+            it->set = old;
+            return OOM(q);
+        }
+        memset(it->set, 0, cap * sizeof(*it->set));
+        it->set_cap = cap;
+        it->set_len = 0;
+        for (unsigned i = 0; i < old_cap; i++)
+            if (old[i]) names_put(it, old[i]);
+    }
+    names_put(it, name);
+    return 0;
+}
+
+/* Default output name PostgreSQL gives an expression entry. */
+static const char *expr_name(const aorm_expr *e) {
+    if (e->kind == AORM_X_FUNC) {
+        switch (e->op) {
+        case AORM_FN_COUNT:
+        case AORM_FN_COUNT_DISTINCT: return "count";
+        case AORM_FN_SUM: return "sum";
+        case AORM_FN_AVG: return "avg";
+        case AORM_FN_MIN: return "min";
+        case AORM_FN_MAX: return "max";
+        default: break;
+        }
+    }
+    if (e->kind == AORM_X_EXISTS) return "exists";
+    return "?column?";
+}
+
+/* Appends one entry built from the copied expression e (a column, a
+ * labelled expression or any other expression). A later entry whose
+ * output name is taken gets a label of its own: "<table>_<column>" for a
+ * column, "<name>_<k>" otherwise (k from 2 up until free); entries
+ * PostgreSQL calls "?column?" are left alone. */
+static int items_add(aorm_stmt *q, aorm__items *it, const aorm_expr *e, const aorm_model *m,
+                     const aorm_column *col) {
+    if (arena_grow(&q->arena, (void **)&it->v, &it->cap, it->n + 1, sizeof(*it->v))) return OOM(q);
+    aorm__item item = {.e = e, .model = m, .col = col};
+    if (e && e->kind == AORM_X_LABEL) {
+        const aorm_expr *in = e->a;
+        if (in->kind == AORM_X_COLUMN) {
+            item.model = in->model;
+            item.col = in->v.p;
+        }
+        item.name = e->label;
+        item.as = true;
+    } else if (e && e->kind == AORM_X_COLUMN) {
+        item.e = NULL;
+        item.model = e->model;
+        item.col = e->v.p;
+        item.name = item.col->name;
+    } else if (e) {
+        item.name = expr_name(e);
+    } else {
+        item.name = col->name;
+    }
+    /* "?column?" is no name anyone looks up: such entries keep it. */
+    bool anonymous = !item.as && !item.col && strcmp(item.name, "?column?") == 0;
+    if (anonymous) {
+        it->v[it->n++] = item;
+        return 0;
+    }
+    if (!item.as && names_has(it, item.name)) {
+        const char *base = item.name;
+        char *label = NULL;
+        if (item.col) {
+            size_t n = strlen(item.model->table) + 1 + strlen(item.col->name) + 1;
+            label = aorm__arena_alloc(&q->arena, n);
+            if (!label) return OOM(q);
+            snprintf(label, n, "%s_%s", item.model->table, item.col->name);
+            base = label;
+        }
+        if (!label || names_has(it, label)) {
+            size_t n = strlen(base) + 24;
+            char *l2 = aorm__arena_alloc(&q->arena, n);
+            if (!l2) return OOM(q);
+            for (int k = 2;; k++) {
+                snprintf(l2, n, "%s_%d", base, k);
+                if (!names_has(it, l2)) break;
+            }
+            label = l2;
+        }
+        item.name = label;
+        item.as = true;
+    }
+    if (names_add(q, it, item.name)) return q->error;
+    it->v[it->n++] = item;
+    return 0;
+}
+
+static int items_add_model(aorm_stmt *q, aorm__items *it, const aorm_model *m) {
+    if (arena_grow(&q->arena, (void **)&it->v, &it->cap, it->n + m->ncolumns, sizeof(*it->v)))
+        return OOM(q);
+    for (int i = 0; i < m->ncolumns; i++) {
+        int rc = items_add(q, it, NULL, m, &m->columns[i]);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+/* The model of the first column met in e (depth first), or NULL. */
+static const aorm_model *first_model(const aorm_expr *e) {
+    if (!e) return NULL;
+    if (e->kind == AORM_X_COLUMN) return e->model;
+    const aorm_model *m;
+    if ((m = first_model(e->a)) || (m = first_model(e->b)) || (m = first_model(e->c))) return m;
+    for (int i = 0; i < e->n && e->list; i++)
+        if ((m = first_model(e->list[i]))) return m;
+    return NULL;
+}
+
+/* Copies e; its subqueries are taken over whatever happens. */
+#define copy aorm__sql_copy
+
+static bool model_in(const aorm_stmt *q, const aorm_model *m) {
+    if (q->model == m) return true;
+    for (int i = 0; i < q->njoins; i++)
+        if (q->joins[i].model == m) return true;
+    return false;
+}
+
+static int check_model(aorm_stmt *q, const aorm_model *m, const char *fn) {
+    if (!m) return aorm__sql_fail(q, AORM_EMISUSE, "%s: NULL model", fn);
+    if (!m->table || !*m->table || m->ncolumns <= 0 || !m->columns)
+        return aorm__sql_fail(q, AORM_EMISUSE, "%s: model %s has no table name or no columns", fn,
+                              m->name ? m->name : "(unnamed)");
+    return 0;
+}
+
+/* =========================================================================
+ * SELECT
+ * ========================================================================= */
+
+aorm_stmt *aorm_select(const aorm_model *m) {
+    if (!m) return NULL;
+    aorm_stmt *q = aorm__sql_new(AORM__SELECT, m);
+    if (!q) return NULL;
+    if (check_model(q, m, "aorm_select") == 0) items_add_model(q, &q->items, m);
+    return q;
+}
+
+aorm_stmt *aorm_select_exprs(const aorm_expr *const *exprs, int n) {
+    aorm_stmt *q = aorm__sql_new(AORM__SELECT, NULL);
+    if (!q) {
+        for (int i = 0; exprs && i < n; i++) aorm__sql_take_subs(NULL, exprs[i]);
+        return NULL;
+    }
+    if (n < 0 || (n > 0 && !exprs)) {
+        aorm__sql_fail(q, AORM_EMISUSE, "aorm_select_exprs: no expression array for %d entries", n);
+        return q;
+    }
+    for (int i = 0; i < n; i++) aorm_select_add(q, exprs[i]);
+    return q;
+}
+
+int aorm_select_add(aorm_stmt *q, const aorm_expr *e) {
+    int rc = enter(q, e, NULL);
+    if (rc) return rc;
+    if ((rc = need_kind(q, K(AORM__SELECT), "aorm_select_add"))) return rc;
+    const aorm_expr *c;
+    if ((rc = copy(q, e, AORM__CP_LABEL, "aorm_select_add", &c))) return rc;
+    if (!q->model) q->model = first_model(c);
+    return items_add(q, &q->items, c, NULL, NULL);
+}
+
+int aorm_select_add_model(aorm_stmt *q, const aorm_model *m) {
+    int rc = enter(q, NULL, NULL);
+    if (rc) return rc;
+    if ((rc = need_kind(q, K(AORM__SELECT), "aorm_select_add_model"))) return rc;
+    if ((rc = check_model(q, m, "aorm_select_add_model"))) return rc;
+    if (!q->model) q->model = m;
+    return items_add_model(q, &q->items, m);
+}
+
+int aorm_from(aorm_stmt *q, const aorm_model *m) {
+    int rc = enter(q, NULL, NULL);
+    if (rc) return rc;
+    if ((rc = need_kind(q, K(AORM__SELECT), "aorm_from"))) return rc;
+    if ((rc = check_model(q, m, "aorm_from"))) return rc;
+    if (q->from_explicit && q->model != m)
+        return aorm__sql_fail(q, AORM_EMISUSE, "aorm_from(%s): the statement's FROM is already %s", m->table,
+                              q->model->table);
+    for (int i = 0; i < q->njoins; i++)
+        if (q->joins[i].model == m)
+            return aorm__sql_fail(q, AORM_EMISUSE, "aorm_from(%s): the model is already joined", m->table);
+    q->model = m;
+    q->from_explicit = true;
+    return 0;
+}
+
+int aorm_distinct(aorm_stmt *q) {
+    int rc = enter(q, NULL, NULL);
+    if (rc) return rc;
+    if ((rc = need_kind(q, K(AORM__SELECT), "aorm_distinct"))) return rc;
+    q->distinct = true;
+    return 0;
+}
+
+static int add_join(aorm_stmt *q, const aorm_model *m, const aorm_expr *on, bool outer, const char *fn) {
+    if (!q->model) {
+        /* A join before anything named the FROM model: it becomes FROM. */
+        return aorm__sql_fail(q, AORM_EMISUSE, "%s(%s): the statement has no FROM model yet", fn, m->table);
+    }
+    if (model_in(q, m))
+        return aorm__sql_fail(q, AORM_EMISUSE,
+                              "%s(%s): the model is already part of the statement (self-joins need "
+                              "aliases, which aorm does not support)",
+                              fn, m->table);
+    if (arena_grow(&q->arena, (void **)&q->joins, &q->cap_joins, q->njoins + 1, sizeof(*q->joins)))
+        return OOM(q);
+    q->joins[q->njoins++] = (aorm__join){m, on, outer};
+    return 0;
+}
+
+static int join_expr(aorm_stmt *q, const aorm_model *m, const aorm_expr *on, bool outer, const char *fn) {
+    int rc = enter(q, on, NULL);
+    if (rc) return rc;
+    if ((rc = need_kind(q, K(AORM__SELECT), fn)) || (rc = check_model(q, m, fn))) {
+        aorm__sql_take_subs(q, on);
+        return rc;
+    }
+    const aorm_expr *c;
+    if ((rc = copy(q, on, 0, fn, &c))) return rc;
+    return add_join(q, m, c, outer, fn);
+}
+
+int aorm_join(aorm_stmt *q, const aorm_model *m, const aorm_expr *on) {
+    return join_expr(q, m, on, false, "aorm_join");
+}
+
+int aorm_left_join(aorm_stmt *q, const aorm_model *m, const aorm_expr *on) {
+    return join_expr(q, m, on, true, "aorm_left_join");
+}
+
+static aorm_expr *col_node(aorm_stmt *q, const aorm_model *m, const aorm_column *col) {
+    aorm_expr *n = aorm__arena_alloc(&q->arena, sizeof(*n));
+    if (!n) return NULL;
+    memset(n, 0, sizeof(*n));
+    n->kind = AORM_X_COLUMN;
+    n->model = m;
+    n->offset = col->offset;
+    n->v.p = col;
+    return n;
+}
+
+/* `ta.fa = tb.fb` as a copied expression. */
+static const aorm_expr *eq_node(aorm_stmt *q, const aorm_model *ma, const aorm_column *ca, const aorm_model *mb,
+                                const aorm_column *cb) {
+    aorm_expr *a = col_node(q, ma, ca), *b = col_node(q, mb, cb);
+    aorm_expr *n = aorm__arena_alloc(&q->arena, sizeof(*n));
+    if (!a || !b || !n) return NULL;
+    memset(n, 0, sizeof(*n));
+    n->kind = AORM_X_BINARY;
+    n->op = AORM_OP_EQ;
+    n->a = a;
+    n->b = b;
+    return n;
+}
+
+/* The column of `target` that field `offset` of `from` references: from
+ * from's foreign keys, else target's single primary-key column. */
+static const aorm_column *referenced(aorm_stmt *q, const aorm_model *from, size_t offset, const aorm_model *target,
+                                     const char *rel) {
+    for (int i = 0; i < from->nforeign_keys; i++) {
+        const aorm_foreign_key *fk = &from->foreign_keys[i];
+        if (fk->offset == offset && fk->target == target) {
+            const aorm_column *c = aorm__sql_column_at(target, fk->target_offset);
+            if (c) return c;
+        }
+    }
+    const aorm_column *pk = NULL;
+    for (int i = 0; i < target->ncolumns; i++) {
+        if (!(target->columns[i].flags & AORM_PK)) continue;
+        if (pk) {
+            aorm__sql_fail(q, AORM_EMISUSE,
+                           "aorm_join_rel(%s): %s has a composite primary key and no foreign key says which "
+                           "column is referenced",
+                           rel, target->table);
+            return NULL;
+        }
+        pk = &target->columns[i];
+    }
+    if (!pk) aorm__sql_fail(q, AORM_EMISUSE, "aorm_join_rel(%s): %s has no primary key", rel, target->table);
+    return pk;
+}
+
+static const aorm_column *field(aorm_stmt *q, const aorm_model *m, size_t offset, const char *rel) {
+    const aorm_column *c = aorm__sql_column_at(m, offset);
+    if (!c)
+        aorm__sql_fail(q, AORM_EMISUSE, "aorm_join_rel(%s): model %s has no column at offset %zu", rel,
+                       m->name ? m->name : m->table, offset);
+    return c;
+}
+
+/* The model of the statement that declares rel (by address, or by an
+ * equal descriptor), or NULL. */
+static const aorm_model *rel_owner(const aorm_stmt *q, const aorm_relationship *rel) {
+    int n = q->njoins + 1;
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < n; i++) {
+            const aorm_model *m = i == 0 ? q->model : q->joins[i - 1].model;
+            if (!m) continue;
+            for (int k = 0; k < m->nrelationships; k++) {
+                const aorm_relationship *r = &m->relationships[k];
+                if (pass == 0 ? r == rel
+                              : (r->offset == rel->offset && r->kind == rel->kind && r->target == rel->target &&
+                                 r->name && rel->name && strcmp(r->name, rel->name) == 0))
+                    return m;
+            }
+        }
+    }
+    return NULL;
+}
+
+int aorm_join_rel(aorm_stmt *q, const aorm_relationship *rel, bool outer) {
+    int rc = enter(q, NULL, NULL);
+    if (rc) return rc;
+    if ((rc = need_kind(q, K(AORM__SELECT), "aorm_join_rel"))) return rc;
+    if (!rel) return aorm__sql_fail(q, AORM_EMISUSE, "aorm_join_rel: NULL relationship");
+    const char *rn = rel->name ? rel->name : "?";
+    const aorm_model *m = rel_owner(q, rel);
+    if (!m)
+        return aorm__sql_fail(q, AORM_EMISUSE,
+                              "aorm_join_rel(%s): the relationship does not belong to a model of the statement", rn);
+    const aorm_model *t = rel->target;
+    if (!t || check_model(q, t, "aorm_join_rel")) return aorm__sql_fail(q, AORM_EMISUSE, "aorm_join_rel(%s): no target", rn);
+    const aorm_column *a, *b;
+    const aorm_expr *on;
+    switch (rel->kind) {
+    case AORM_MANY_TO_ONE:
+        /* JOIN target ON target.pk = this.fk */
+        if (!(b = field(q, m, rel->fk_offset, rn)) || !(a = referenced(q, m, rel->fk_offset, t, rn))) return q->error;
+        if (!(on = eq_node(q, t, a, m, b))) return OOM(q);
+        return add_join(q, t, on, outer, "aorm_join_rel");
+    case AORM_ONE_TO_MANY:
+        /* JOIN target ON target.fk = this.pk */
+        if (!(a = field(q, t, rel->fk_offset, rn)) || !(b = referenced(q, t, rel->fk_offset, m, rn))) return q->error;
+        if (!(on = eq_node(q, t, a, m, b))) return OOM(q);
+        return add_join(q, t, on, outer, "aorm_join_rel");
+    case AORM_MANY_TO_MANY: {
+        const aorm_model *s = rel->secondary;
+        if (!s || check_model(q, s, "aorm_join_rel"))
+            return aorm__sql_fail(q, AORM_EMISUSE, "aorm_join_rel(%s): no secondary model", rn);
+        /* JOIN secondary ON secondary.local = this.pk JOIN target ON target.pk = secondary.remote */
+        if (!(a = field(q, s, rel->secondary_local, rn)) || !(b = referenced(q, s, rel->secondary_local, m, rn)))
+            return q->error;
+        if (!(on = eq_node(q, s, a, m, b))) return OOM(q);
+        if (model_in(q, t))
+            return aorm__sql_fail(q, AORM_EMISUSE,
+                                  "aorm_join_rel(%s): %s is already part of the statement (self-joins are not "
+                                  "supported)",
+                                  rn, t->table);
+        if ((rc = add_join(q, s, on, outer, "aorm_join_rel"))) return rc;
+        if (!(b = field(q, s, rel->secondary_remote, rn)) || !(a = referenced(q, s, rel->secondary_remote, t, rn)))
+            return q->error;
+        if (!(on = eq_node(q, t, a, s, b))) return OOM(q);
+        return add_join(q, t, on, outer, "aorm_join_rel");
+    }
+    }
+    return aorm__sql_fail(q, AORM_EMISUSE, "aorm_join_rel(%s): unknown relationship kind %d", rn, (int)rel->kind);
+}
+
+static int add_cond(aorm_stmt *q, aorm__exprs *l, const aorm_expr *cond, unsigned kinds, const char *fn) {
+    int rc = enter(q, cond, NULL);
+    if (rc) return rc;
+    if ((rc = need_kind(q, kinds, fn))) {
+        aorm__sql_take_subs(q, cond);
+        return rc;
+    }
+    const aorm_expr *c;
+    if ((rc = copy(q, cond, 0, fn, &c))) return rc;
+    return push_expr(q, l, c);
+}
+
+int aorm_where(aorm_stmt *q, const aorm_expr *cond) {
+    return add_cond(q, q ? &q->where : NULL, cond, K(AORM__SELECT) | K(AORM__UPDATE) | K(AORM__DELETE),
+                    "aorm_where");
+}
+
+int aorm_group_by(aorm_stmt *q, const aorm_expr *e) {
+    return add_cond(q, q ? &q->group : NULL, e, K(AORM__SELECT), "aorm_group_by");
+}
+
+int aorm_having(aorm_stmt *q, const aorm_expr *cond) {
+    return add_cond(q, q ? &q->having : NULL, cond, K(AORM__SELECT), "aorm_having");
+}
+
+int aorm_order_by(aorm_stmt *q, const aorm_expr *e, unsigned flags) {
+    int rc = enter(q, e, NULL);
+    if (rc) return rc;
+    if ((rc = need_kind(q, K(AORM__SELECT), "aorm_order_by"))) {
+        aorm__sql_take_subs(q, e);
+        return rc;
+    }
+    if ((flags & ~(unsigned)(AORM_DESC | AORM_NULLS_FIRST | AORM_NULLS_LAST)) ||
+        ((flags & AORM_NULLS_FIRST) && (flags & AORM_NULLS_LAST))) {
+        aorm__sql_take_subs(q, e);
+        return aorm__sql_fail(q, AORM_EMISUSE, "aorm_order_by: invalid flags 0x%x", flags);
+    }
+    const aorm_expr *c;
+    if ((rc = copy(q, e, 0, "aorm_order_by", &c))) return rc;
+    if (arena_grow(&q->arena, (void **)&q->order, &q->cap_order, q->norder + 1, sizeof(*q->order))) return OOM(q);
+    q->order[q->norder++] = (aorm__order){c, flags};
+    return 0;
+}
+
+static int limit_offset(aorm_stmt *q, int64_t n, bool offset) {
+    const char *fn = offset ? "aorm_offset" : "aorm_limit";
+    int rc = enter(q, NULL, NULL);
+    if (rc) return rc;
+    if ((rc = need_kind(q, K(AORM__SELECT), fn))) return rc;
+    if (n < 0) return aorm__sql_fail(q, AORM_EMISUSE, "%s: negative count %" PRId64, fn, n);
+    if (offset) {
+        q->has_offset = true;
+        q->offset = n;
+    } else {
+        q->has_limit = true;
+        q->limit = n;
+    }
+    return 0;
+}
+
+int aorm_limit(aorm_stmt *q, int64_t n) { return limit_offset(q, n, false); }
+int aorm_offset(aorm_stmt *q, int64_t n) { return limit_offset(q, n, true); }
+
+int aorm_for_update(aorm_stmt *q, unsigned flags) {
+    int rc = enter(q, NULL, NULL);
+    if (rc) return rc;
+    if ((rc = need_kind(q, K(AORM__SELECT), "aorm_for_update"))) return rc;
+    if ((flags & ~(unsigned)(AORM_LOCK_SHARE | AORM_LOCK_NOWAIT | AORM_LOCK_SKIP_LOCKED)) ||
+        ((flags & AORM_LOCK_NOWAIT) && (flags & AORM_LOCK_SKIP_LOCKED)))
+        return aorm__sql_fail(q, AORM_EMISUSE, "aorm_for_update: invalid flags 0x%x (NOWAIT and SKIP LOCKED "
+                                               "exclude each other)",
+                              flags);
+    q->has_lock = true;
+    q->lock = flags;
+    return 0;
+}
+
+/* =========================================================================
+ * INSERT / UPDATE / DELETE
+ * ========================================================================= */
+
+static aorm_stmt *dml_new(aorm__stmt_kind kind, const aorm_model *m, const char *fn) {
+    if (!m) return NULL;
+    aorm_stmt *q = aorm__sql_new(kind, m);
+    if (q) check_model(q, m, fn);
+    return q;
+}
+
+aorm_stmt *aorm_insert(const aorm_model *m) { return dml_new(AORM__INSERT, m, "aorm_insert"); }
+aorm_stmt *aorm_update(const aorm_model *m) { return dml_new(AORM__UPDATE, m, "aorm_update"); }
+aorm_stmt *aorm_delete(const aorm_model *m) { return dml_new(AORM__DELETE, m, "aorm_delete"); }
+
+int aorm_insert_object(aorm_stmt *q, const void *obj) {
+    const void *objs[1] = {obj};
+    return aorm_insert_objects(q, objs, 1);
+}
+
+int aorm_insert_objects(aorm_stmt *q, const void *const *objs, size_t n) {
+    int rc = enter(q, NULL, NULL);
+    if (rc) return rc;
+    if ((rc = need_kind(q, K(AORM__INSERT), "aorm_insert_objects"))) return rc;
+    const aorm_model *m = q->model;
+    if (!objs || n == 0) return aorm__sql_fail(q, AORM_EMISUSE, "aorm_insert_objects(%s): no objects", m->table);
+    if (q->nrows)
+        return aorm__sql_fail(q, AORM_EMISUSE,
+                              "aorm_insert_objects(%s): rows were already added (pass every object in one call)",
+                              m->table);
+    if (q->sets.n)
+        return aorm__sql_fail(q, AORM_EMISUSE,
+                              "aorm_insert_objects(%s): cannot be combined with aorm_set values", m->table);
+    for (size_t r = 0; r < n; r++)
+        if (!objs[r])
+            return aorm__sql_fail(q, AORM_EMISUSE, "aorm_insert_objects(%s): object %zu is NULL", m->table, r);
+    /* The column set comes from the first row; every other row must leave
+     * the same columns to the server, or the statement's shape would
+     * depend on the data. */
+    const aorm_column **cols = aorm__arena_alloc(&q->arena, (size_t)m->ncolumns * sizeof(*cols));
+    if (!cols) return OOM(q);
+    int k = 0;
+    for (int i = 0; i < m->ncolumns; i++) {
+        const aorm_column *col = &m->columns[i];
+        bool unset = aorm__field_unset(col, objs[0]);
+        for (size_t r = 1; r < n; r++)
+            if (aorm__field_unset(col, objs[r]) != unset)
+                return aorm__sql_fail(q, AORM_EMISUSE,
+                                      "aorm_insert_objects(%s): object %zu %s column \"%s\" but object 0 %s; every "
+                                      "row of a multi-row insert must set the same columns",
+                                      m->table, r, unset ? "sets" : "leaves to the server", col->name,
+                                      unset ? "does not" : "does");
+        if (!unset) cols[k++] = col;
+    }
+    if (k == 0 && n > 1)
+        return aorm__sql_fail(q, AORM_EMISUSE,
+                              "aorm_insert_objects(%s): every column is left to the server; insert such rows one "
+                              "at a time",
+                              m->table);
+    aorm_params_reset(&q->rows);
+    for (int i = 0; i < k; i++) {
+        rc = n == 1 ? aorm__field_param(cols[i], objs[0], &q->rows)
+                    : aorm__field_param_array(cols[i], objs, n, &q->rows);
+        if (rc) {
+            aorm_params_reset(&q->rows);
+            if (rc == AORM_ENOMEM) return OOM(q);
+            return aorm__sql_fail(q, rc, "aorm_insert_objects(%s): column \"%s\": %s", m->table, cols[i]->name,
+                                  aorm_strerror(rc));
+        }
+    }
+    q->icols = cols;
+    q->nicols = k;
+    q->nrows = n;
+    return 0;
+}
+
+/* The column of the statement's model that e (a copy) names, or NULL
+ * with the error recorded. */
+static const aorm_column *target_column(aorm_stmt *q, const aorm_expr *e, const char *fn) {
+    if (e->kind != AORM_X_COLUMN) {
+        aorm__sql_fail(q, AORM_EMISUSE, "%s: the target must be a column (AORM_COL)", fn);
+        return NULL;
+    }
+    if (e->model != q->model) {
+        const aorm_column *c = e->v.p;
+        aorm__sql_fail(q, AORM_EMISUSE, "%s: column %s.%s is not a column of %s, the statement's table", fn,
+                       e->model->table, c->name, q->model->table);
+        return NULL;
+    }
+    return e->v.p;
+}
+
+static int cols_list(aorm_stmt *q, const aorm_expr *const *cols, int n, const char *fn) {
+    if (n < 0 || (n > 0 && !cols)) return aorm__sql_fail(q, AORM_EMISUSE, "%s: no column array for %d columns", fn, n);
+    const aorm_column **v = aorm__arena_alloc(&q->arena, (size_t)(n ? n : 1) * sizeof(*v));
+    if (!v) return OOM(q);
+    for (int i = 0; i < n; i++) {
+        const aorm_expr *c;
+        int rc = copy(q, cols[i], 0, fn, &c);
+        if (rc) return rc;
+        if (!(v[i] = target_column(q, c, fn))) return q->error;
+    }
+    q->ccols = v;
+    q->nccols = n;
+    return 0;
+}
+
+static int on_conflict(aorm_stmt *q, const aorm_expr *const *cols, int n, int what, const char *fn) {
+    int rc = enter(q, NULL, NULL);
+    if (rc) return rc;
+    if ((rc = need_kind(q, K(AORM__INSERT), fn))) return rc;
+    if (q->conflict) return aorm__sql_fail(q, AORM_EMISUSE, "%s: ON CONFLICT was already given", fn);
+    if (what == AORM__CONFLICT_UPDATE && n == 0)
+        return aorm__sql_fail(q, AORM_EMISUSE, "%s: DO UPDATE needs the conflict columns", fn);
+    if ((rc = cols_list(q, cols, n, fn))) return rc;
+    q->conflict = what;
+    return 0;
+}
+
+int aorm_on_conflict_do_nothing(aorm_stmt *q, const aorm_expr *const *cols, int n) {
+    return on_conflict(q, cols, n, AORM__CONFLICT_NOTHING, "aorm_on_conflict_do_nothing");
+}
+
+int aorm_on_conflict_do_update(aorm_stmt *q, const aorm_expr *const *cols, int n) {
+    return on_conflict(q, cols, n, AORM__CONFLICT_UPDATE, "aorm_on_conflict_do_update");
+}
+
+int aorm_set(aorm_stmt *q, const aorm_expr *col, const aorm_expr *value) {
+    int rc = enter(q, col, value);
+    if (rc) return rc;
+    if ((rc = need_kind(q, K(AORM__INSERT) | K(AORM__UPDATE), "aorm_set"))) {
+        aorm__sql_take_subs(q, col);
+        aorm__sql_take_subs(q, value);
+        return rc;
+    }
+    bool upd = q->kind == AORM__INSERT && q->conflict == AORM__CONFLICT_UPDATE;
+    if (q->kind == AORM__INSERT && !upd && q->nrows) {
+        aorm__sql_take_subs(q, value);
+        return aorm__sql_fail(q, AORM_EMISUSE, "aorm_set(%s): the INSERT already has object rows", q->model->table);
+    }
+    const aorm_expr *c, *v;
+    if ((rc = copy(q, col, 0, "aorm_set", &c))) {
+        aorm__sql_take_subs(q, value);
+        return rc;
+    }
+    if ((rc = copy(q, value, upd ? AORM__CP_EXCLUDED : 0, "aorm_set", &v))) return rc;
+    const aorm_column *tc = target_column(q, c, "aorm_set");
+    if (!tc) return q->error;
+    aorm__sets *s = upd ? &q->upd : &q->sets;
+    for (int i = 0; i < s->n; i++)
+        if (s->v[i].col == tc)
+            return aorm__sql_fail(q, AORM_EMISUSE, "aorm_set: column \"%s\" is set twice", tc->name);
+    if (arena_grow(&q->arena, (void **)&s->v, &s->cap, s->n + 1, sizeof(*s->v))) return OOM(q);
+    s->v[s->n++] = (aorm__set){tc, v};
+    return 0;
+}
+
+int aorm_returning(aorm_stmt *q, const aorm_expr *e) {
+    int rc = enter(q, e, NULL);
+    if (rc) return rc;
+    if ((rc = need_kind(q, K(AORM__INSERT) | K(AORM__UPDATE) | K(AORM__DELETE), "aorm_returning"))) {
+        aorm__sql_take_subs(q, e);
+        return rc;
+    }
+    const aorm_expr *c;
+    if ((rc = copy(q, e, AORM__CP_LABEL, "aorm_returning", &c))) return rc;
+    return items_add(q, &q->ret, c, NULL, NULL);
+}
+
+int aorm_returning_all(aorm_stmt *q) {
+    int rc = enter(q, NULL, NULL);
+    if (rc) return rc;
+    if ((rc = need_kind(q, K(AORM__INSERT) | K(AORM__UPDATE) | K(AORM__DELETE), "aorm_returning_all"))) return rc;
+    return items_add_model(q, &q->ret, q->model);
+}
+
+/* =========================================================================
+ * Raw text
+ * ========================================================================= */
+
+aorm_stmt *aorm_raw(const char *sql) {
+    if (!sql) return NULL;
+    aorm_stmt *q = aorm__sql_new(AORM__RAW, NULL);
+    if (!q) return NULL;
+    char *t = arena_strdup(&q->arena, sql);
+    if (!t) {
+        OOM(q);
+        return q;
+    }
+    q->text = t;
+    q->text_len = strlen(t);
+    aorm__sql_raw_parse(q);
+    return q;
+}
+
+int aorm_bind(aorm_stmt *q, const char *name, const aorm_expr *value) {
+    int rc = enter(q, value, NULL);
+    if (rc) return rc;
+    if ((rc = need_kind(q, K(AORM__RAW), "aorm_bind"))) {
+        aorm__sql_take_subs(q, value);
+        return rc;
+    }
+    if (!name) {
+        aorm__sql_take_subs(q, value);
+        return aorm__sql_fail(q, AORM_EMISUSE, "aorm_bind: NULL name");
+    }
+    if (*name == ':') name++;
+    size_t len = strlen(name);
+    int k = -1;
+    for (int i = 0; i < q->nnames; i++)
+        if (q->names[i].len == len && memcmp(q->names[i].name, name, len) == 0) k = i;
+    if (k < 0) {
+        aorm__sql_take_subs(q, value);
+        return aorm__sql_fail(q, AORM_EMISUSE, "aorm_bind: the raw SQL has no placeholder :%s (unused bind)", name);
+    }
+    const aorm_expr *c;
+    if ((rc = copy(q, value, 0, "aorm_bind", &c))) return rc;
+    if (c->kind != AORM_X_VALUE && c->kind != AORM_X_ARRAY)
+        return aorm__sql_fail(q, AORM_EMISUSE, "aorm_bind(:%s): only values can be bound (aorm_int8(), aorm_text()...)",
+                              name);
+    /* Binding a name again replaces its value. */
+    q->names[k].value = c;
+    return 0;
+}
+
+/* =========================================================================
+ * Compiling
+ * ========================================================================= */
+
+int aorm_stmt_compile(aorm_stmt *q) {
+    if (!q) return AORM_EMISUSE;
+    if (q->error) return q->error;
+    if (q->owner)
+        return aorm__sql_fail(q, AORM_EMISUSE, "this statement is a subquery of another one: compile the outer one");
+    if (q->compiled) return 0;
+    int rc = aorm__sql_compile(q);
+    if (rc) return rc;
+    q->compiled = true;
+    return 0;
+}
+
+const char *aorm_stmt_sql(const aorm_stmt *q) { return q && q->compiled ? q->sql.data : NULL; }
+
+const aorm_params *aorm_stmt_params(const aorm_stmt *q) { return q && q->compiled ? &q->params : NULL; }
