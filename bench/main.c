@@ -32,11 +32,18 @@
 
 #include "bench.h"
 
+/* wl_session.c: the peer's session workloads (and raw_load_rows, their
+ * libpq ceiling); wl_core.c: the peer's Core bulk loads. */
+extern const bench_workload wl_session_list[];
+extern const bench_workload wl_core_list[];
+
 /* The default run order: the ceilings first, then what is measured
  * against them. New wl_*.c files add their array here (see bench.h). */
 static const bench_workload *const lists[] = {
     wl_raw_list,
     wl_engine_list,
+    wl_session_list,
+    wl_core_list,
     NULL
 };
 

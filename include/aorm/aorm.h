@@ -11,5 +11,9 @@
 #include "loop.h"
 #include "result.h"
 #include "engine.h"
+#include "model.h"
+#include "sql.h"
+#include "session.h"
+#include "loaders.h"
 
 #endif /* AORM_H */

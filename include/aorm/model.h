@@ -129,7 +129,10 @@ typedef struct aorm_column {
     size_t size;                /* sizeof the field */
     aorm_type type;
     unsigned flags;             /* AORM_PK | AORM_NULLABLE | ... */
-    const char *server_default; /* SQL expression from the model's author, e.g. "now()"; or NULL */
+    /* SQL expression from the model's author, e.g. "now()"; or NULL. DDL
+     * writes it into CREATE TABLE as is (it is SQL, not a value): it must
+     * be a constant of the program, never built from user input. */
+    const char *server_default;
     int aorm_reserved;          /* lets the declaration macros end without a trailing option */
 } aorm_column;
 

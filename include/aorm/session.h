@@ -187,6 +187,75 @@ AORM_API bool aorm_session_rollback_required(const aorm_session *s);
 /* Statements this session has sent (for tests and the N+1 advisor). */
 AORM_API uint64_t aorm_session_statements(const aorm_session *s);
 
+
+/* ---- callback chaining ---------------------------------------------------------------
+ *
+ * A chain runs steps one after another, each seeing the outcome of the
+ * previous one, with a single `done` callback that gets the first failure
+ * (the remaining steps are skipped) or NULL after the last step:
+ *
+ *   static int find(aorm_chain *c, void *u) { return aorm_chain_get(c, &author_model, &(author){.id = 42}); }
+ *   static int load(aorm_chain *c, void *u) {
+ *       author *a = aorm_chain_object(c);
+ *       aorm_chain_keep(c, 0, a);                       // for later steps
+ *       return aorm_chain_load(c, a, plan_books);       // loaders.h
+ *   }
+ *   static int edit(aorm_chain *c, void *u) {
+ *       author *a = aorm_chain_kept(c, 0);
+ *       ((book *)a->books.items[0])->title = "New title";
+ *       return aorm_chain_commit(c);
+ *   }
+ *   aorm_chain_run(s, AORM_STEPS(find, load, edit), on_done, user);
+ *
+ * A step queues at most one operation with an aorm_chain_*() call and
+ * returns its result (0), or returns 0 without queuing anything (the next
+ * step runs at once), or returns a negative code to stop the chain with
+ * AORM_EMISUSE-style failure. aorm_chain_fail() stops it with a message. */
+typedef struct aorm_chain aorm_chain;
+typedef int (*aorm_step_fn)(aorm_chain *c, void *user);
+
+#define AORM_STEPS(...) ((const aorm_step_fn[]){__VA_ARGS__}), \
+    ((int)(sizeof((const aorm_step_fn[]){__VA_ARGS__}) / sizeof(aorm_step_fn)))
+
+/* Runs the steps (copied) on s. done runs exactly once. Returns 0 or a
+ * negative code (done never runs then). */
+AORM_API int aorm_chain_run(aorm_session *s, const aorm_step_fn *steps, int nsteps, aorm_session_cb done, void *user);
+
+/* Runs the steps as one transaction: BEGIN (with tx, may be NULL) before
+ * the first step and COMMIT after the last. When the transaction fails
+ * with a serialization failure (40001) or a deadlock (40P01), it is
+ * rolled back, the session's identity map is cleared (objects from the
+ * failed attempt must not be reused) and the steps run again from the
+ * first, up to max_attempts times in all; done gets the last error if
+ * every attempt failed. Steps must not commit or roll back themselves. */
+AORM_API int aorm_session_run_transaction(aorm_session *s, const aorm_tx_options *tx, int max_attempts,
+                                          const aorm_step_fn *steps, int nsteps, aorm_session_cb done, void *user);
+
+/* Operations a step may queue (one per step). */
+AORM_API int aorm_chain_get(aorm_chain *c, const aorm_model *m, const void *key);
+AORM_API int aorm_chain_query(aorm_chain *c, aorm_stmt *q, const aorm_query_options *opts);
+AORM_API int aorm_chain_execute(aorm_chain *c, aorm_stmt *q);
+AORM_API int aorm_chain_flush(aorm_chain *c);
+AORM_API int aorm_chain_commit(aorm_chain *c);
+AORM_API int aorm_chain_rollback(aorm_chain *c);
+AORM_API int aorm_chain_begin(aorm_chain *c, const aorm_tx_options *tx);
+/* Stops the chain: done gets AORM_EMISUSE... with this message (code). */
+AORM_API int aorm_chain_fail(aorm_chain *c, int code, const char *message);
+
+/* The previous step's outcome: the object of a get (NULL when no row),
+ * the objects of a query (the array is valid during the next step), the
+ * result of an execute (valid during the next step). */
+AORM_API void *aorm_chain_object(const aorm_chain *c);
+AORM_API aorm_objects *aorm_chain_objects(aorm_chain *c);
+AORM_API aorm_result *aorm_chain_result(const aorm_chain *c);
+AORM_API aorm_session *aorm_chain_session(const aorm_chain *c);
+AORM_API void *aorm_chain_user(const aorm_chain *c);
+/* Values carried across steps: 8 slots. */
+AORM_API void aorm_chain_keep(aorm_chain *c, int slot, void *value);
+AORM_API void *aorm_chain_kept(const aorm_chain *c, int slot);
+/* Attempt number of aorm_session_run_transaction (1 for the first). */
+AORM_API int aorm_chain_attempt(const aorm_chain *c);
+
 #ifdef __cplusplus
 }
 #endif

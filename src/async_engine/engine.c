@@ -592,6 +592,7 @@ void aorm_conn_release(aorm_conn *c) {
     aorm_engine *e = c->e;
     c->releasing = true;
     e->rescan = true;
+    if (e->closing) return; /* engine_destroy frees every connection */
     if (c->state == CONN_BROKEN) {
         e->nheld--;
         unlink_conn(e, c);

@@ -18,6 +18,7 @@
  * it. */
 #include <stdio.h>
 
+#include "aorm/loaders.h"
 #include "async_session/session_int.h"
 
 static void start_next(aorm_session *s);
@@ -282,55 +283,67 @@ static int load_columns(aorm_session *s, const aorm_result *res, int row, const 
     return 0;
 }
 
-int aorm__session_materialize(aorm_session *s, const aorm_stmt *q, const aorm_result *res, const aorm_model *m,
-                              bool populate, void **out) {
-    int nrows = aorm_result_nrows(res);
-    int pos_stack[32];
-    int *pos = m->ncolumns <= 32 ? pos_stack : malloc((size_t)m->ncolumns * sizeof(int));
-    if (!pos) return AORM_ENOMEM;
+/* Result positions of m's columns in q (-1 when absent). Returns the
+ * number of primary-key columns found. */
+int aorm__model_positions(const aorm_stmt *q, const aorm_model *m, int *pos) {
     int npk = 0;
     for (int i = 0; i < m->ncolumns; i++) {
         aorm_expr col = {.kind = AORM_X_COLUMN, .model = m, .offset = m->columns[i].offset};
         pos[i] = aorm_stmt_column(q, &col);
         if ((m->columns[i].flags & AORM_PK) && pos[i] >= 0) npk++;
     }
+    return npk;
+}
+
+/* Row `r` as an object of m through the identity map. Returns 1 with
+ * *out set, 0 when the row's key is NULL (an outer join without a match),
+ * or a negative code. */
+int aorm__session_materialize_row(aorm_session *s, const aorm_result *res, int r, const aorm_model *m,
+                                  const int *pos, bool populate, void **out) {
+    for (int i = 0; i < m->ncolumns; i++)
+        if ((m->columns[i].flags & AORM_PK) && aorm_result_is_null(res, r, pos[i]) == 1) return 0;
+    void *key = scratch_for(s, m);
+    if (!key) return AORM_ENOMEM;
+    int rc = load_columns(s, res, r, m, pos, key, true);
+    if (rc < 0) return rc;
+    uint64_t hash = aorm__key_hash(m, key);
+    aorm__obj *h = aorm__idmap_find(&s->idmap, m, key, hash);
+    if (h) {
+        if (populate || (h->flags & OBJ_EXPIRED)) {
+            if ((rc = load_columns(s, res, r, m, pos, aorm__obj_data(h), false)) < 0) return rc;
+            aorm__session_take_snapshot(s, h);
+            h->flags &= (uint8_t)~OBJ_EXPIRED;
+        }
+    } else {
+        h = obj_alloc(s, m);
+        if (!h) return AORM_ENOMEM;
+        if ((rc = load_columns(s, res, r, m, pos, aorm__obj_data(h), false)) < 0) return rc;
+        h->key_hash = hash;
+        h->state = AORM_PERSISTENT;
+        aorm__session_take_snapshot(s, h);
+        if (!h->snapshot || aorm__idmap_put(&s->idmap, h) < 0) return AORM_ENOMEM;
+        track(s, h);
+    }
+    *out = aorm__obj_data(h);
+    return 1;
+}
+
+int aorm__session_materialize(aorm_session *s, const aorm_stmt *q, const aorm_result *res, const aorm_model *m,
+                              bool populate, void **out) {
+    int nrows = aorm_result_nrows(res);
+    int pos_stack[32];
+    int *pos = m->ncolumns <= 32 ? pos_stack : malloc((size_t)m->ncolumns * sizeof(int));
+    if (!pos) return AORM_ENOMEM;
     int rc = 0;
-    if (npk != aorm_model_pk_count(m)) {
+    if (aorm__model_positions(q, m, pos) != aorm_model_pk_count(m)) {
         rc = AORM_EMISUSE; /* objects need their whole primary key in the select list */
         goto out;
     }
     for (int r = 0; r < nrows; r++) {
-        void *key = scratch_for(s, m);
-        if (!key) {
-            rc = AORM_ENOMEM;
-            goto out;
-        }
-        if ((rc = load_columns(s, res, r, m, pos, key, true)) < 0) goto out;
-        uint64_t hash = aorm__key_hash(m, key);
-        aorm__obj *h = aorm__idmap_find(&s->idmap, m, key, hash);
-        if (h) {
-            if (populate || (h->flags & OBJ_EXPIRED)) {
-                if ((rc = load_columns(s, res, r, m, pos, aorm__obj_data(h), false)) < 0) goto out;
-                aorm__session_take_snapshot(s, h);
-                h->flags &= (uint8_t)~OBJ_EXPIRED;
-            }
-        } else {
-            h = obj_alloc(s, m);
-            if (!h) {
-                rc = AORM_ENOMEM;
-                goto out;
-            }
-            if ((rc = load_columns(s, res, r, m, pos, aorm__obj_data(h), false)) < 0) goto out;
-            h->key_hash = hash;
-            h->state = AORM_PERSISTENT;
-            aorm__session_take_snapshot(s, h);
-            if (!h->snapshot || aorm__idmap_put(&s->idmap, h) < 0) {
-                rc = AORM_ENOMEM;
-                goto out;
-            }
-            track(s, h);
-        }
-        out[r] = aorm__obj_data(h);
+        rc = aorm__session_materialize_row(s, res, r, m, pos, populate, &out[r]);
+        if (rc < 0) goto out;
+        if (rc == 0) out[r] = NULL;
+        rc = 0;
     }
 out:
     if (pos != pos_stack) free(pos);
@@ -477,6 +490,7 @@ static void deliver(aorm_session *s, aorm__sop *op, void *obj, aorm_objects *obj
     case SOP_RELEASE_SAVEPOINT:
     case SOP_ROLLBACK_SAVEPOINT:
     case SOP_LOAD:
+    case SOP_NOOP:
         if (op->cb.done) op->cb.done(s, err, op->user);
         break;
     }
@@ -618,6 +632,7 @@ static void end_tx(aorm_session *s) {
 /* ---- operations: queries -------------------------------------------------------------- */
 
 static void query_send(aorm__sop *op, const aorm_error *err);
+static void deliver_rows(aorm__sop *op, void **items, size_t n, const aorm_error *err);
 
 static void on_query_rows(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
     aorm__sop *op = user;
@@ -657,6 +672,37 @@ static void on_query_rows(aorm_engine *e, aorm_result *res, const aorm_error *er
         session_leave(s);
         return;
     }
+    if (op->qo.load) { /* relationships first; the loaders call deliver_rows */
+        aorm__loaders_after_query(op, res, items, (size_t)n, deliver_rows);
+    } else {
+        deliver_rows(op, items, (size_t)n, NULL);
+        free(items);
+    }
+    session_leave(s);
+}
+
+/* Answers a query-like operation with its objects (rows in order; a plan
+ * with joined collections repeats parents: they are de-duplicated). Does
+ * not free items. */
+static void deliver_rows(aorm__sop *op, void **items, size_t n, const aorm_error *err) {
+    aorm_session *s = op->s;
+    const aorm_model *m = op->model ? op->model : aorm_stmt_model(op->stmt);
+    if (err) {
+        finish_err(s, op, err);
+        return;
+    }
+    if (op->qo.load && n > 1) {
+        /* one pass with a mark on each object header, cleared after */
+        size_t k = 0;
+        for (size_t i = 0; i < n; i++) {
+            aorm__obj *h = aorm__obj_of(s, items[i]);
+            if (!h || (h->flags & OBJ_SEEN)) continue;
+            h->flags |= OBJ_SEEN;
+            items[k++] = items[i];
+        }
+        for (size_t i = 0; i < k; i++) aorm__obj_of(s, items[i])->flags &= (uint8_t)~OBJ_SEEN;
+        n = k;
+    }
     switch (op->kind) {
     case SOP_GET:
         deliver(s, op, n > 0 ? items[0] : NULL, NULL, NULL, NULL);
@@ -666,9 +712,7 @@ static void on_query_rows(aorm_engine *e, aorm_result *res, const aorm_error *er
          * rows are in the identity map */
         void **byk = malloc((op->nkeys + 1) * sizeof(void *));
         if (!byk) {
-            free(items);
             fail_op(s, op, AORM_ENOMEM, NULL);
-            session_leave(s);
             return;
         }
         for (size_t k = 0; k < op->nkeys; k++) {
@@ -682,22 +726,21 @@ static void on_query_rows(aorm_engine *e, aorm_result *res, const aorm_error *er
     }
     case SOP_REFRESH:
         if (n == 0) {
-            free(items);
             fail_op(s, op, AORM_ENOTFOUND, "the object's row no longer exists");
-            session_leave(s);
             return;
         }
         deliver(s, op, NULL, NULL, NULL, NULL);
         break;
+    case SOP_LOAD:
+        deliver(s, op, NULL, NULL, NULL, NULL);
+        break;
     default: {
-        aorm_objects objs = {items, (size_t)n};
+        aorm_objects objs = {items, n};
         deliver(s, op, NULL, &objs, NULL, NULL);
         break;
     }
     }
-    free(items);
     aorm__session_op_done(s, op);
-    session_leave(s);
 }
 
 static void query_send(aorm__sop *op, const aorm_error *err) {
@@ -705,6 +748,14 @@ static void query_send(aorm__sop *op, const aorm_error *err) {
     if (err) {
         finish_err(s, op, err);
         return;
+    }
+    if (op->qo.load && op->phase == 0) {
+        op->phase = 1;
+        int prc = aorm__loaders_prepare_query(op);
+        if (prc < 0) {
+            fail_op(s, op, prc, "invalid load plan for this query (see aorm_load_plan_validate)");
+            return;
+        }
     }
     bool ro = aorm_stmt_readonly(op->stmt);
     int rc = aorm__session_send(s, op, op->stmt, ro, on_query_rows);
@@ -995,7 +1046,16 @@ static void start_op(aorm_session *s, aorm__sop *op) {
         start_savepoint_op(s, op);
         break;
     case SOP_LOAD:
-        fail_op(s, op, AORM_EMISUSE, "relationship loads are started by the loaders");
+        if (s->tx == TX_FAILED) {
+            fail_op(s, op, AORM_ETXSTATE, "the session's transaction failed: roll it back first");
+        } else {
+            void **objs = op->keys; /* the objects to load for */
+            op->keys = NULL;
+            aorm__loaders_start_explicit(op, objs, op->nkeys, deliver_rows);
+        }
+        break;
+    case SOP_NOOP:
+        finish_err(s, op, NULL);
         break;
     }
 }
@@ -1138,6 +1198,35 @@ int aorm_session_refresh(aorm_session *s, void *obj, aorm_session_cb cb, void *u
     if (s && !aorm__obj_of(s, obj)) return AORM_EMISUSE;
     return push_simple(s, SOP_REFRESH, cb, user, obj);
 }
+int aorm_session_load(aorm_session *s, void *const *objs, size_t n, const aorm_load_plan *plan,
+                      aorm_session_cb cb, void *user) {
+    int rc = check_open(s);
+    if (rc < 0) return rc;
+    if (!plan || (!objs && n) || plan->n < 1) return AORM_EMISUSE;
+    const aorm_model *m = plan->loads[0].model;
+    for (size_t i = 0; i < n; i++) {
+        aorm__obj *h = aorm__obj_of(s, objs[i]);
+        if (!h || h->model != m || h->state != AORM_PERSISTENT) return AORM_EMISUSE;
+    }
+    aorm__sop *op = sop_new(s, SOP_LOAD, user);
+    if (!op) return AORM_ENOMEM;
+    op->cb.done = cb;
+    op->model = m;
+    op->qo.load = plan;
+    op->keys = malloc((n + 1) * sizeof(void *));
+    if (!op->keys) {
+        sop_free(op);
+        return AORM_ENOMEM;
+    }
+    if (n) memcpy(op->keys, objs, n * sizeof(void *));
+    op->nkeys = n;
+    if ((rc = sop_push(s, op)) < 0) sop_free(op);
+    return rc;
+}
+
+int aorm__session_noop(aorm_session *s, aorm_session_cb cb, void *user) {
+    return push_simple(s, SOP_NOOP, cb, user, NULL);
+}
 int aorm_session_flush(aorm_session *s, aorm_session_cb cb, void *user) {
     return push_simple(s, SOP_FLUSH, cb, user, NULL);
 }
@@ -1177,14 +1266,17 @@ static void cancel_all(aorm_session *s) {
     aorm_error err = {.code = AORM_ECANCELED, .message = "session closed", .detail = "", .hint = "",
                       .constraint = "", .table = "", .column = ""};
     aorm__sop *run = s->running;
-    s->running = NULL;
-    if (run) {
-        deliver(s, run, NULL, NULL, NULL, &err);
+    if (run && !run->answered) {
         /* statements of it still out hold a pointer to it: it stays
          * parked in `running` until the last of them is back (op_arrived) */
-        if (run->pending == 0) sop_free(run);
-        else s->running = run;
+        deliver(s, run, NULL, NULL, NULL, &err);
+        if (run->pending == 0) {
+            s->running = NULL;
+            sop_free(run);
+        }
     }
+    /* an answered running operation is inside its own callback: the code
+     * that answered it finishes it (aorm__session_op_done) */
     while (s->q_head) {
         aorm__sop *op = s->q_head;
         s->q_head = op->next;

@@ -23,7 +23,8 @@ enum {
     OBJ_IN_MAP = 1u << 0,   /* in the identity map */
     OBJ_EXPIRED = 1u << 1,  /* columns stale: the next load overwrites them */
     OBJ_ADDED = 1u << 2,    /* on the session's tracked list */
-    OBJ_FLUSHING = 1u << 3  /* part of the flush in progress */
+    OBJ_FLUSHING = 1u << 3, /* part of the flush in progress */
+    OBJ_SEEN = 1u << 4      /* scratch mark for one pass (de-duplication) */
 };
 
 typedef struct aorm__obj {
@@ -78,7 +79,8 @@ typedef enum sop_kind {
     SOP_QUERY, SOP_EXECUTE, SOP_GET, SOP_GET_MANY, SOP_REFRESH,
     SOP_FLUSH, SOP_COMMIT, SOP_ROLLBACK, SOP_BEGIN,
     SOP_SAVEPOINT, SOP_RELEASE_SAVEPOINT, SOP_ROLLBACK_SAVEPOINT,
-    SOP_LOAD /* explicit relationship load (loaders.h) */
+    SOP_LOAD, /* explicit relationship load (loaders.h) */
+    SOP_NOOP  /* answers in queue order: chains start on it */
 } sop_kind;
 
 typedef struct aorm__sop aorm__sop;
@@ -147,6 +149,7 @@ struct aorm_session {
     size_t tx_ndel, tx_del_cap;
 
     uint64_t statements;
+    char errmsg[256];         /* last aorm_rel_get message */
     void *data;
     int depth;                /* session code on the stack */
     bool closing;
@@ -164,6 +167,7 @@ void aorm__session_leave(aorm_session *s);
  * closing (op already answered; freed with its ext after its last
  * statement is back). */
 bool aorm__op_arrived(aorm__sop *op);
+int aorm__session_noop(aorm_session *s, aorm_session_cb cb, void *user);
 void aorm__session_fail_tx(aorm_session *s);
 void aorm__session_ensure_tx(aorm_session *s, aorm__sop *op, void (*then)(aorm__sop *op, const aorm_error *err));
 aorm__obj *aorm__session_track_new(aorm_session *s, const aorm_model *m);
@@ -171,10 +175,19 @@ aorm__obj *aorm__session_track_new(aorm_session *s, const aorm_model *m);
  * into out[0..nrows). Returns 0 or a negative code with msg set. */
 int aorm__session_materialize(aorm_session *s, const aorm_stmt *q, const aorm_result *res,
                               const aorm_model *m, bool populate, void **out);
+int aorm__model_positions(const aorm_stmt *q, const aorm_model *m, int *pos);
+int aorm__session_materialize_row(aorm_session *s, const aorm_result *res, int r, const aorm_model *m,
+                                  const int *pos, bool populate, void **out);
 void aorm__session_take_snapshot(aorm_session *s, aorm__obj *h);
 bool aorm__obj_changed(const aorm__obj *h);
 void aorm__session_cascade(aorm_session *s, aorm__obj *h, int depth);
 int aorm__field_value_expr(const aorm_column *c, const void *obj, aorm_expr *out);
+
+/* src/loaders/loaders.c */
+typedef void (*aorm__load_then)(aorm__sop *op, void **roots, size_t n, const aorm_error *err);
+int aorm__loaders_prepare_query(aorm__sop *op);
+void aorm__loaders_after_query(aorm__sop *op, const aorm_result *res, void **roots, size_t n, aorm__load_then then);
+void aorm__loaders_start_explicit(aorm__sop *op, void **objs, size_t n, aorm__load_then then);
 
 /* flush.c */
 void aorm__flush_start(aorm__sop *op, void (*then)(aorm__sop *op, const aorm_error *err));

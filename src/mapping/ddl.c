@@ -2,7 +2,8 @@
  *
  * aorm_ddl_create_sql() writes, for a list of models: one CREATE TABLE per
  * model in dependency order (a table comes after every table it
- * references), then the indexes. aorm_ddl_create_all() runs the same
+ * references), then the indexes; every statement ends with ";\n", so the
+ * text is also a valid script. aorm_ddl_create_all() runs the same
  * statements in one transaction on a held connection.
  *
  * Foreign keys are written inline, as table constraints of the CREATE
@@ -495,6 +496,8 @@ int aorm_ddl_drop_sql(const aorm_model *const *models, int n, unsigned flags, ch
  *              callback with the first error.
  * Once a statement fails the server skips the rest of the pipeline (they
  * come back AORM_EABORTED), so the first error is the one that matters.
+ * The connection is released before the caller's callback runs, so that the
+ * callback may free the engine or start the next job on the same pool.
  * ========================================================================= */
 
 typedef struct ddl_job {
@@ -506,6 +509,7 @@ typedef struct ddl_job {
     size_t *starts;     /* where each one starts in sql */
     int n;
     int outstanding;    /* queued operations not yet called back */
+    bool began;         /* BEGIN was queued: a failure needs a ROLLBACK */
     bool failed;
     int code;           /* the first error's code */
     aorm_error *err;    /* ... and a copy of it (NULL if the copy failed) */
@@ -562,10 +566,11 @@ static void finish(ddl_job *j, aorm_result *res) {
         cb(e, res, NULL, user);
         return;
     }
-    int rc = aorm_conn_rollback(j->c, on_rollback, j);
+    int rc = j->began ? aorm_conn_rollback(j->c, on_rollback, j) : AORM_EMISUSE;
     if (rc == 0) return;
     /* AORM_ECLOSED: the engine is closing and frees its connections
-     * itself; otherwise (a lost connection) releasing closes it. */
+     * itself; otherwise (a lost connection, or no BEGIN was ever queued)
+     * releasing closes or returns it. */
     if (rc != AORM_ECLOSED) aorm_conn_release(j->c);
     job_fail(j);
 }
@@ -588,7 +593,10 @@ static void on_acquired(aorm_engine *e, aorm_conn *c, const aorm_error *err, voi
     /* DDL runs once: keep it out of the prepared-statement cache */
     aorm_exec_options xo = {AORM_EXEC_UNPREPARED, 0};
     int rc = aorm_conn_begin(c, NULL, on_step, j);
-    if (rc == 0) j->outstanding++;
+    if (rc == 0) {
+        j->began = true;
+        j->outstanding++;
+    }
     for (int i = 0; i < j->n && rc == 0; i++) {
         rc = aorm_conn_execute(c, j->sql + j->starts[i], NULL, &xo, on_step, j);
         if (rc == 0) j->outstanding++;

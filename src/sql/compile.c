@@ -38,6 +38,10 @@ typedef struct cc {
     aorm_params *p;
     const scope *sc;  /* innermost statement first */
     bool oom;
+    /* The quoted, qualified name of the model met last: column references
+     * repeat it, and quoting is the costliest step of a compile. */
+    const aorm_model *qual_model;
+    aorm__buf *qual;
 } cc;
 
 static void put(cc *c, const char *s, size_t n) {
@@ -55,11 +59,19 @@ static void ident(cc *c, const char *s) {
 }
 
 static void table(cc *c, const aorm_model *m) {
-    if (m->schema) {
-        ident(c, m->schema);
-        LIT(c, ".");
+    if (m != c->qual_model) {
+        aorm__buf *saved = c->b;
+        c->qual->len = 0;
+        c->b = c->qual;
+        if (m->schema) {
+            ident(c, m->schema);
+            LIT(c, ".");
+        }
+        ident(c, m->table);
+        c->b = saved;
+        c->qual_model = m;
     }
-    ident(c, m->table);
+    put(c, c->qual->data, c->qual->len);
 }
 
 static void number(cc *c, int n) {
@@ -524,7 +536,9 @@ int aorm__sql_compile(aorm_stmt *q) {
     q->sql.len = 0;
     aorm_params_reset(&q->params);
     scope sc = {q, NULL};
-    cc c = {q, &q->sql, &q->params, &sc, false};
+    cc c = {q, &q->sql, &q->params, &sc, false, NULL, &q->qual};
+    /* Room for a typical statement at once, instead of doubling from 64. */
+    if (aorm__buf_reserve(&q->sql, 512) < 0) return aorm__sql_fail(q, AORM_ENOMEM, NULL);
     stmt_body(&c, q);
     if (aorm__buf_putc(&q->sql, '\0') < 0) c.oom = true;
     else q->sql.len--;

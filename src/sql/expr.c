@@ -71,10 +71,7 @@ static void take_subs(aorm_stmt *q, const aorm_expr *e, int depth) {
     switch (e->kind) {
     case AORM_X_IN_SELECT:
     case AORM_X_EXISTS:
-        if (e->sub && !e->sub->owner && !(q && is_ancestor(q, e->sub))) {
-            if (q) adopt(q, e->sub);
-            else aorm__sql_destroy(e->sub);
-        }
+        if (e->sub && !e->sub->owner && !is_ancestor(q, e->sub)) adopt(q, e->sub);
         take_subs(q, e->a, depth + 1);
         return;
     case AORM_X_BINARY:
@@ -101,7 +98,63 @@ static void take_subs(aorm_stmt *q, const aorm_expr *e, int depth) {
     }
 }
 
-void aorm__sql_take_subs(aorm_stmt *q, const aorm_expr *e) { take_subs(q, e, 0); }
+/* Marks subqueries collected for freeing, so that one passed twice in the
+ * same expression is freed once. */
+static char trash_mark;
+#define TRASH ((aorm_stmt *)(void *)&trash_mark)
+
+static void collect_subs(aorm_stmt **list, const aorm_expr *e, int depth) {
+    if (!e || depth > MAX_DEPTH) return;
+    switch (e->kind) {
+    case AORM_X_IN_SELECT:
+    case AORM_X_EXISTS:
+        if (e->sub && !e->sub->owner) {
+            e->sub->owner = TRASH;
+            e->sub->next_sub = *list;
+            *list = e->sub;
+        }
+        collect_subs(list, e->a, depth + 1);
+        return;
+    case AORM_X_BINARY:
+    case AORM_X_BETWEEN:
+    case AORM_X_ANY:
+    case AORM_X_NOT:
+    case AORM_X_IS_NULL:
+    case AORM_X_IS_NOT_NULL:
+    case AORM_X_FUNC:
+    case AORM_X_LABEL:
+        collect_subs(list, e->a, depth + 1);
+        collect_subs(list, e->b, depth + 1);
+        collect_subs(list, e->c, depth + 1);
+        return;
+    case AORM_X_AND:
+    case AORM_X_OR:
+        for (int i = 0; e->list && i < e->n; i++) collect_subs(list, e->list[i], depth + 1);
+        return;
+    case AORM_X_COLUMN:
+    case AORM_X_VALUE:
+    case AORM_X_ARRAY:
+    case AORM_X_EXCLUDED:
+        return;
+    }
+}
+
+void aorm__sql_take_subs(aorm_stmt *q, const aorm_expr *e, const aorm_expr *e2) {
+    if (q) {
+        take_subs(q, e, 0);
+        take_subs(q, e2, 0);
+        return;
+    }
+    aorm_stmt *list = NULL;
+    collect_subs(&list, e, 0);
+    collect_subs(&list, e2, 0);
+    while (list) {
+        aorm_stmt *next = list->next_sub;
+        list->next_sub = NULL;
+        aorm__sql_destroy(list);
+        list = next;
+    }
+}
 
 static int fail_nomem(cp *c) { return aorm__sql_fail(c->q, AORM_ENOMEM, NULL); }
 
@@ -266,7 +319,8 @@ static int take_sub(cp *c, aorm_stmt *sub) {
     if (is_ancestor(q, sub))
         return aorm__sql_fail(q, AORM_EMISUSE, "%s: a statement cannot be a subquery of itself", c->what);
     if (sub->owner)
-        return aorm__sql_fail(q, AORM_EMISUSE, "%s: the subquery already belongs to another statement", c->what);
+        return aorm__sql_fail(q, AORM_EMISUSE,
+                              "%s: the subquery already belongs to a statement (a subquery is attached once)", c->what);
     adopt(q, sub);
     if (sub->kind != AORM__SELECT && sub->kind != AORM__RAW)
         return aorm__sql_fail(q, AORM_EMISUSE, "%s: a subquery must be a SELECT (or raw text)", c->what);
@@ -385,6 +439,6 @@ static int copy_node(cp *c, const aorm_expr *e, int depth, const aorm_expr **out
 int aorm__sql_copy(aorm_stmt *q, const aorm_expr *e, unsigned flags, const char *what, const aorm_expr **out) {
     cp c = {q, flags, what};
     int rc = copy_node(&c, e, 0, out);
-    if (rc) aorm__sql_take_subs(q, e);
+    if (rc) aorm__sql_take_subs(q, e, NULL);
     return rc;
 }

@@ -160,6 +160,7 @@ struct aorm_stmt {
 
     /* compiled output */
     aorm__buf sql;
+    aorm__buf qual;            /* compile scratch: a quoted table name */
     aorm_params params;
 
     aorm__arena arena;
@@ -188,9 +189,10 @@ enum { AORM__CP_LABEL = 1u << 0, AORM__CP_EXCLUDED = 1u << 1 };
  * the calling function for messages. */
 int aorm__sql_copy(aorm_stmt *q, const aorm_expr *e, unsigned flags, const char *what,
                    const aorm_expr **out);
-/* Takes over every subquery of e not owned yet: q becomes its owner, or it
- * is freed when q is NULL. For the error paths of builder calls. */
-void aorm__sql_take_subs(aorm_stmt *q, const aorm_expr *e);
+/* Takes over every subquery of e and e2 (either may be NULL) not owned
+ * yet: q becomes its owner, or it is freed when q is NULL (once, even if
+ * passed twice). For the error paths of builder calls. */
+void aorm__sql_take_subs(aorm_stmt *q, const aorm_expr *e, const aorm_expr *e2);
 /* Frees a statement regardless of ownership (the owner's teardown). */
 void aorm__sql_destroy(aorm_stmt *q);
 

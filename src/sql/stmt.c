@@ -157,20 +157,17 @@ static const char *kind_name(aorm__stmt_kind k) {
  * statement still takes over the subqueries of e (and of e2). */
 static int enter(aorm_stmt *q, const aorm_expr *e, const aorm_expr *e2) {
     if (!q) {
-        aorm__sql_take_subs(NULL, e);
-        aorm__sql_take_subs(NULL, e2);
+        aorm__sql_take_subs(NULL, e, e2);
         return AORM_EMISUSE;
     }
     if (q->owner) {
         /* Frozen: its parent may already have compiled it. */
-        aorm__sql_take_subs(q, e);
-        aorm__sql_take_subs(q, e2);
+        aorm__sql_take_subs(q, e, e2);
         return AORM_EMISUSE;
     }
     q->compiled = false;
     if (q->error) {
-        aorm__sql_take_subs(q, e);
-        aorm__sql_take_subs(q, e2);
+        aorm__sql_take_subs(q, e, e2);
         return q->error;
     }
     return 0;
@@ -216,6 +213,7 @@ void aorm__sql_destroy(aorm_stmt *q) {
         s = next;
     }
     aorm__buf_free(&q->sql);
+    aorm__buf_free(&q->qual);
     aorm_params_free(&q->params);
     aorm_params_free(&q->rows);
     aorm__arena_free(&q->arena);
@@ -430,7 +428,7 @@ aorm_stmt *aorm_select(const aorm_model *m) {
 aorm_stmt *aorm_select_exprs(const aorm_expr *const *exprs, int n) {
     aorm_stmt *q = aorm__sql_new(AORM__SELECT, NULL);
     if (!q) {
-        for (int i = 0; exprs && i < n; i++) aorm__sql_take_subs(NULL, exprs[i]);
+        for (int i = 0; exprs && i < n; i++) aorm__sql_take_subs(NULL, exprs[i], NULL);
         return NULL;
     }
     if (n < 0 || (n > 0 && !exprs)) {
@@ -504,7 +502,7 @@ static int join_expr(aorm_stmt *q, const aorm_model *m, const aorm_expr *on, boo
     int rc = enter(q, on, NULL);
     if (rc) return rc;
     if ((rc = need_kind(q, K(AORM__SELECT), fn)) || (rc = check_model(q, m, fn))) {
-        aorm__sql_take_subs(q, on);
+        aorm__sql_take_subs(q, on, NULL);
         return rc;
     }
     const aorm_expr *c;
@@ -652,7 +650,7 @@ static int add_cond(aorm_stmt *q, aorm__exprs *l, const aorm_expr *cond, unsigne
     int rc = enter(q, cond, NULL);
     if (rc) return rc;
     if ((rc = need_kind(q, kinds, fn))) {
-        aorm__sql_take_subs(q, cond);
+        aorm__sql_take_subs(q, cond, NULL);
         return rc;
     }
     const aorm_expr *c;
@@ -677,12 +675,12 @@ int aorm_order_by(aorm_stmt *q, const aorm_expr *e, unsigned flags) {
     int rc = enter(q, e, NULL);
     if (rc) return rc;
     if ((rc = need_kind(q, K(AORM__SELECT), "aorm_order_by"))) {
-        aorm__sql_take_subs(q, e);
+        aorm__sql_take_subs(q, e, NULL);
         return rc;
     }
     if ((flags & ~(unsigned)(AORM_DESC | AORM_NULLS_FIRST | AORM_NULLS_LAST)) ||
         ((flags & AORM_NULLS_FIRST) && (flags & AORM_NULLS_LAST))) {
-        aorm__sql_take_subs(q, e);
+        aorm__sql_take_subs(q, e, NULL);
         return aorm__sql_fail(q, AORM_EMISUSE, "aorm_order_by: invalid flags 0x%x", flags);
     }
     const aorm_expr *c;
@@ -856,18 +854,18 @@ int aorm_set(aorm_stmt *q, const aorm_expr *col, const aorm_expr *value) {
     int rc = enter(q, col, value);
     if (rc) return rc;
     if ((rc = need_kind(q, K(AORM__INSERT) | K(AORM__UPDATE), "aorm_set"))) {
-        aorm__sql_take_subs(q, col);
-        aorm__sql_take_subs(q, value);
+        aorm__sql_take_subs(q, col, NULL);
+        aorm__sql_take_subs(q, value, NULL);
         return rc;
     }
     bool upd = q->kind == AORM__INSERT && q->conflict == AORM__CONFLICT_UPDATE;
     if (q->kind == AORM__INSERT && !upd && q->nrows) {
-        aorm__sql_take_subs(q, value);
+        aorm__sql_take_subs(q, value, NULL);
         return aorm__sql_fail(q, AORM_EMISUSE, "aorm_set(%s): the INSERT already has object rows", q->model->table);
     }
     const aorm_expr *c, *v;
     if ((rc = copy(q, col, 0, "aorm_set", &c))) {
-        aorm__sql_take_subs(q, value);
+        aorm__sql_take_subs(q, value, NULL);
         return rc;
     }
     if ((rc = copy(q, value, upd ? AORM__CP_EXCLUDED : 0, "aorm_set", &v))) return rc;
@@ -886,7 +884,7 @@ int aorm_returning(aorm_stmt *q, const aorm_expr *e) {
     int rc = enter(q, e, NULL);
     if (rc) return rc;
     if ((rc = need_kind(q, K(AORM__INSERT) | K(AORM__UPDATE) | K(AORM__DELETE), "aorm_returning"))) {
-        aorm__sql_take_subs(q, e);
+        aorm__sql_take_subs(q, e, NULL);
         return rc;
     }
     const aorm_expr *c;
@@ -924,11 +922,11 @@ int aorm_bind(aorm_stmt *q, const char *name, const aorm_expr *value) {
     int rc = enter(q, value, NULL);
     if (rc) return rc;
     if ((rc = need_kind(q, K(AORM__RAW), "aorm_bind"))) {
-        aorm__sql_take_subs(q, value);
+        aorm__sql_take_subs(q, value, NULL);
         return rc;
     }
     if (!name) {
-        aorm__sql_take_subs(q, value);
+        aorm__sql_take_subs(q, value, NULL);
         return aorm__sql_fail(q, AORM_EMISUSE, "aorm_bind: NULL name");
     }
     if (*name == ':') name++;
@@ -937,7 +935,7 @@ int aorm_bind(aorm_stmt *q, const char *name, const aorm_expr *value) {
     for (int i = 0; i < q->nnames; i++)
         if (q->names[i].len == len && memcmp(q->names[i].name, name, len) == 0) k = i;
     if (k < 0) {
-        aorm__sql_take_subs(q, value);
+        aorm__sql_take_subs(q, value, NULL);
         return aorm__sql_fail(q, AORM_EMISUSE, "aorm_bind: the raw SQL has no placeholder :%s (unused bind)", name);
     }
     const aorm_expr *c;
@@ -957,8 +955,7 @@ int aorm_bind(aorm_stmt *q, const char *name, const aorm_expr *value) {
 int aorm_stmt_compile(aorm_stmt *q) {
     if (!q) return AORM_EMISUSE;
     if (q->error) return q->error;
-    if (q->owner)
-        return aorm__sql_fail(q, AORM_EMISUSE, "this statement is a subquery of another one: compile the outer one");
+    if (q->owner) return AORM_EMISUSE; /* a subquery: its parent compiles it */
     if (q->compiled) return 0;
     int rc = aorm__sql_compile(q);
     if (rc) return rc;

@@ -1,0 +1,909 @@
+/* loaders.c -- eager loading of relationships: selectin (one `= ANY($1)`
+ * statement per relationship per depth), joined (LEFT OUTER JOIN folded
+ * into the query) and raise (reading an unloaded relationship is an
+ * error), plus the N+1 advisor.
+ *
+ * A load runs level by level. Every load of a level is built and sent in
+ * the same loop turn -- the engine then writes them as one pipeline, on
+ * the session's connection when it is in a transaction -- and the next
+ * level starts when the last answer of this one is in. Objects go through
+ * the session's identity map like any query's rows.
+ *
+ * This module reads and writes the session's object headers (load state,
+ * collection snapshots) through async_session/session_int.h: the two
+ * modules share that private state by design. Owns: the load run (level
+ * arrays, malloc'd) until it calls back. */
+#include <pthread.h>
+#include <stdio.h>
+
+#include "aorm/loaders.h"
+#include "async_session/session_int.h"
+
+/* ---- helpers ---------------------------------------------------------------------- */
+
+typedef struct ptr_vec {
+    void **v;
+    size_t n, cap;
+} ptr_vec;
+
+static int vec_push(ptr_vec *a, void *p) {
+    if (a->n == a->cap) {
+        size_t c = a->cap ? a->cap * 2 : 64;
+        void **n = realloc(a->v, c * sizeof(void *));
+        if (!n) return -1;
+        a->v = n;
+        a->cap = c;
+    }
+    a->v[a->n++] = p;
+    return 0;
+}
+
+/* A pointer set (open addressing) for de-duplicating objects. */
+typedef struct ptr_set {
+    void **slots;
+    size_t cap, n;
+} ptr_set;
+
+static int set_add(ptr_set *s, void *p) { /* 1 added, 0 present, -1 oom */
+    if ((s->n + 1) * 2 > s->cap) {
+        size_t c = s->cap ? s->cap * 2 : 128;
+        void **ns = calloc(c, sizeof(void *));
+        if (!ns) return -1;
+        for (size_t i = 0; i < s->cap; i++) {
+            if (!s->slots[i]) continue;
+            size_t h = ((uintptr_t)s->slots[i] >> 4) * 0x9e3779b97f4a7c15ull & (c - 1);
+            while (ns[h]) h = (h + 1) & (c - 1);
+            ns[h] = s->slots[i];
+        }
+        free(s->slots);
+        s->slots = ns;
+        s->cap = c;
+    }
+    size_t h = ((uintptr_t)p >> 4) * 0x9e3779b97f4a7c15ull & (s->cap - 1);
+    while (s->slots[h]) {
+        if (s->slots[h] == p) return 0;
+        h = (h + 1) & (s->cap - 1);
+    }
+    s->slots[h] = p;
+    s->n++;
+    return 1;
+}
+
+static void set_free(ptr_set *s) {
+    free(s->slots);
+    memset(s, 0, sizeof(*s));
+}
+
+static int rel_index(const aorm_model *m, const aorm_relationship *r) { return (int)(r - m->relationships); }
+
+static void mark_loaded(aorm__obj *h, int i) {
+    if (i < 32) h->loaded_rels |= 1u << i;
+}
+
+static bool key_type_ok(aorm_type t) {
+    return t == AORM_INT8 || t == AORM_INT4 || t == AORM_TEXT || t == AORM_UUID;
+}
+
+/* ---- plans --------------------------------------------------------------------------- */
+
+static int validate_loads(const aorm_model *m, const aorm_load *loads, int n, int depth, char *msg, size_t cap) {
+    if (depth > 16) {
+        snprintf(msg, cap, "load plan deeper than 16 levels");
+        return AORM_EMISUSE;
+    }
+    for (int i = 0; i < n; i++) {
+        const aorm_load *l = &loads[i];
+        if (l->model != m) {
+            snprintf(msg, cap, "load plan: a load of %s is applied to %s objects", l->model ? l->model->name : "?",
+                     m->name);
+            return AORM_EMISUSE;
+        }
+        const aorm_relationship *r = aorm_model_relationship_at(m, l->offset);
+        if (!r) {
+            snprintf(msg, cap, "load plan: %s has no relationship at that field", m->name);
+            return AORM_EMISUSE;
+        }
+        const aorm_column *pk = aorm_model_pk(m, 0);
+        const aorm_column *tpk = aorm_model_pk(r->target, 0);
+        if (aorm_model_pk_count(m) != 1 || aorm_model_pk_count(r->target) != 1 || !key_type_ok(pk->type) ||
+            !key_type_ok(tpk->type)) {
+            snprintf(msg, cap, "load plan: %s.%s needs single-column int4/int8/text/uuid keys", m->name, r->name);
+            return AORM_EMISUSE;
+        }
+        int rc = validate_loads(r->target, l->children, l->nchildren, depth + 1, msg, cap);
+        if (rc < 0) return rc;
+    }
+    return 0;
+}
+
+int aorm_load_plan_validate(const aorm_model *root, const aorm_load_plan *plan, char *msg, size_t cap) {
+    char dummy[8];
+    if (!msg || cap == 0) {
+        msg = dummy;
+        cap = sizeof(dummy);
+    }
+    msg[0] = '\0';
+    if (!root || !plan || (plan->n > 0 && !plan->loads)) {
+        snprintf(msg, cap, "load plan: NULL model or plan");
+        return AORM_EMISUSE;
+    }
+    return validate_loads(root, plan->loads, plan->n, 0, msg, cap);
+}
+
+/* ---- a load run -------------------------------------------------------------------------- */
+
+typedef struct level_item {
+    const aorm_load *ld;
+    const aorm_relationship *rel;
+    int ri;               /* relationship index in its model */
+    ptr_vec owners;       /* distinct owner objects */
+    ptr_vec found;        /* distinct target objects (owners of the children loads) */
+    ptr_set found_set;
+    aorm_stmt *q;         /* the statement, kept for result positions */
+    bool joined_done;     /* resolved from the root query's own rows */
+} level_item;
+
+typedef aorm__load_then load_then;
+
+typedef struct load_run {
+    aorm__sop *op;
+    void **roots;         /* owned */
+    size_t nroots;
+    load_then then;
+    level_item *items;
+    int nitems;
+    int out;
+    aorm_error *err;
+} load_run;
+
+static void level_free(load_run *r) {
+    for (int i = 0; i < r->nitems; i++) {
+        free(r->items[i].owners.v);
+        free(r->items[i].found.v);
+        set_free(&r->items[i].found_set);
+        aorm_stmt_free(r->items[i].q);
+    }
+    free(r->items);
+    r->items = NULL;
+    r->nitems = 0;
+}
+
+static void run_free(load_run *r) {
+    level_free(r);
+    free(r->roots);
+    aorm_error_free(r->err);
+    free(r);
+}
+
+static void run_free_cb(void *p) { run_free(p); }
+
+static void record(load_run *r, int code, const char *sqlstate, const char *msg) {
+    if (r->err) return;
+    aorm_error e = {.code = code, .message = msg, .detail = "", .hint = "", .constraint = "", .table = "",
+                    .column = ""};
+    snprintf(e.sqlstate, sizeof(e.sqlstate), "%s", sqlstate ? sqlstate : "");
+    r->err = aorm_error_copy(&e);
+}
+
+static int add_found(level_item *it, void *obj) {
+    int rc = set_add(&it->found_set, obj);
+    if (rc < 0) return rc;
+    return rc == 1 ? vec_push(&it->found, obj) : 0;
+}
+
+static void finish(load_run *r) {
+    aorm__sop *op = r->op;
+    op->ext = NULL;
+    op->ext_free = NULL;
+    void **roots = r->roots;
+    size_t n = r->nroots;
+    r->roots = NULL;
+    load_then then = r->then;
+    aorm_error *err = r->err;
+    r->err = NULL;
+    run_free(r);
+    then(op, roots, n, err);
+    free(roots);
+    aorm_error_free(err);
+}
+
+/* The key value of column c of obj as an int64 (int columns). */
+static int64_t int_of(const aorm_column *c, const void *obj) {
+    const void *f = aorm__cfield(c, obj);
+    if (c->flags & AORM_NULLABLE) {
+        if (c->type == AORM_INT4) return ((const aorm_opt_int32 *)f)->value;
+        return ((const aorm_opt_int64 *)f)->value;
+    }
+    return c->type == AORM_INT4 ? *(const int32_t *)f : *(const int64_t *)f;
+}
+
+/* Builds a key struct of model m (in the session's scratch space via the
+ * region) whose primary key equals the value of column src of obj. */
+static void *key_like(aorm_session *s, const aorm_model *m, const aorm_column *src, const void *obj,
+                      void *buf) {
+    const aorm_column *pk = aorm_model_pk(m, 0);
+    memset(buf, 0, m->size);
+    void *dst = aorm__field(pk, buf);
+    const void *from = aorm__cfield(src, obj);
+    switch (pk->type) {
+    case AORM_INT8: *(int64_t *)dst = int_of(src, obj); break;
+    case AORM_INT4: *(int32_t *)dst = (int32_t)int_of(src, obj); break;
+    case AORM_TEXT: *(char **)dst = *(char *const *)from; break;
+    case AORM_UUID:
+        memcpy(dst, (src->flags & AORM_NULLABLE) ? ((const aorm_opt_uuid *)from)->value.b : from, 16);
+        break;
+    default: return NULL;
+    }
+    return buf;
+}
+
+/* Appends the value of column c of obj to a key array of type t. */
+typedef struct key_array {
+    aorm_type type;
+    void *data;
+    size_t n, cap, esz;
+} key_array;
+
+static int keys_push(key_array *k, const aorm_column *c, const void *obj) {
+    if (k->n == k->cap) {
+        size_t cap = k->cap ? k->cap * 2 : 256;
+        void *d = realloc(k->data, cap * k->esz);
+        if (!d) return -1;
+        k->data = d;
+        k->cap = cap;
+    }
+    char *at = (char *)k->data + k->n * k->esz;
+    const void *f = aorm__cfield(c, obj);
+    switch (k->type) {
+    case AORM_INT8: *(int64_t *)(void *)at = int_of(c, obj); break;
+    case AORM_INT4: *(int32_t *)(void *)at = (int32_t)int_of(c, obj); break;
+    case AORM_TEXT: *(const char **)(void *)at = *(char *const *)f; break;
+    case AORM_UUID:
+        memcpy(at, (c->flags & AORM_NULLABLE) ? ((const aorm_opt_uuid *)f)->value.b : f, 16);
+        break;
+    default: return -1;
+    }
+    k->n++;
+    return 0;
+}
+
+static size_t esize(aorm_type t) {
+    return t == AORM_INT8 ? 8 : t == AORM_INT4 ? 4 : t == AORM_UUID ? 16 : sizeof(char *);
+}
+
+static void send_level(load_run *r);
+
+/* Collections: empty every owner's list, mark it loaded. */
+static void reset_collections(aorm_session *s, level_item *it) {
+    for (size_t i = 0; i < it->owners.n; i++) {
+        aorm_list *l = (aorm_list *)((char *)it->owners.v[i] + it->rel->offset);
+        l->items = NULL;
+        l->len = l->cap = 0;
+        aorm__obj *h = aorm__obj_of(s, it->owners.v[i]);
+        if (h) mark_loaded(h, it->ri);
+    }
+}
+
+/* Sets owner's collection to the group and snapshots it (for the flush's
+ * many-to-many and orphan bookkeeping). */
+static int set_collection(aorm_session *s, level_item *it, void *owner, void **group, size_t n) {
+    aorm_list *l = (aorm_list *)((char *)owner + it->rel->offset);
+    void **items = n ? aorm__region_alloc(&s->region, n * sizeof(void *)) : NULL;
+    if (n && !items) return AORM_ENOMEM;
+    if (n) memcpy(items, group, n * sizeof(void *));
+    l->items = items;
+    l->len = l->cap = n;
+    aorm__obj *h = aorm__obj_of(s, owner);
+    if (!h) return 0;
+    if (!h->rel_snap) {
+        h->rel_snap = aorm__region_calloc(&s->region, (size_t)h->model->nrelationships * sizeof(aorm_list));
+        if (!h->rel_snap) return AORM_ENOMEM;
+    }
+    void **snap = n ? aorm__region_alloc(&s->region, n * sizeof(void *)) : NULL;
+    if (n && !snap) return AORM_ENOMEM;
+    if (n) memcpy(snap, group, n * sizeof(void *));
+    h->rel_snap[it->ri] = (aorm_list){snap, n, n};
+    return 0;
+}
+
+/* Many-to-one: point each owner at its target (now in the identity map). */
+static int assign_targets(aorm_session *s, level_item *it) {
+    const aorm_relationship *rel = it->rel;
+    const aorm_column *fk = aorm_model_column_at(it->ld->model, rel->fk_offset);
+    void *buf = aorm__region_alloc(&s->region, rel->target->size);
+    if (!fk || !buf) return AORM_ENOMEM;
+    for (size_t i = 0; i < it->owners.n; i++) {
+        void *owner = it->owners.v[i];
+        void *target = NULL;
+        if (!aorm__field_is_null(fk, owner)) {
+            void *key = key_like(s, rel->target, fk, owner, buf);
+            aorm__obj *th = key ? aorm__idmap_find(&s->idmap, rel->target, key, aorm__key_hash(rel->target, key)) : NULL;
+            if (th && th->state != AORM_DETACHED) target = aorm__obj_data(th);
+        }
+        *(void **)((char *)owner + rel->offset) = target;
+        aorm__obj *h = aorm__obj_of(s, owner);
+        if (h) mark_loaded(h, it->ri);
+        if (target && add_found(it, target) < 0) return AORM_ENOMEM;
+    }
+    return 0;
+}
+
+typedef struct item_ref {
+    load_run *run;
+    int index;
+} item_ref;
+
+static void on_level_rows(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user);
+
+/* Builds and sends the statement of one level item; resolves it at once
+ * when no statement is needed. Returns 0 or a negative code. */
+static int send_item(load_run *r, int idx) {
+    aorm__sop *op = r->op;
+    aorm_session *s = op->s;
+    level_item *it = &r->items[idx];
+    const aorm_relationship *rel = it->rel;
+    const aorm_model *owner_m = it->ld->model;
+    const aorm_model *tm = rel->target;
+    const aorm_column *opk = aorm_model_pk(owner_m, 0);
+    const aorm_column *tpk = aorm_model_pk(tm, 0);
+    key_array keys = {0};
+    int rc = 0;
+
+    if (rel->kind == AORM_MANY_TO_ONE) {
+        const aorm_column *fk = aorm_model_column_at(owner_m, rel->fk_offset);
+        keys.type = tpk->type;
+        keys.esz = esize(keys.type);
+        void *buf = aorm__region_alloc(&s->region, tm->size);
+        ptr_set seen = {0};
+        if (!fk || !buf) return AORM_ENOMEM;
+        for (size_t i = 0; i < it->owners.n && rc == 0; i++) {
+            void *owner = it->owners.v[i];
+            if (aorm__field_is_null(fk, owner)) continue;
+            void *key = key_like(s, tm, fk, owner, buf);
+            aorm__obj *th = aorm__idmap_find(&s->idmap, tm, key, aorm__key_hash(tm, key));
+            if (th && !(th->flags & OBJ_EXPIRED)) continue; /* already here: not queried again */
+            /* distinct keys only: the owners of one target share it */
+            int64_t iv = (keys.type == AORM_INT8 || keys.type == AORM_INT4) ? int_of(fk, owner) : 0;
+            if ((keys.type == AORM_INT8 || keys.type == AORM_INT4)) {
+                int added = set_add(&seen, (void *)(uintptr_t)(iv * 2 + 1));
+                if (added < 0) rc = AORM_ENOMEM;
+                if (added <= 0) continue;
+            }
+            if (keys_push(&keys, fk, owner) < 0) rc = AORM_ENOMEM;
+        }
+        set_free(&seen);
+        if (rc == 0 && keys.n == 0) { /* everything was in the identity map */
+            free(keys.data);
+            return assign_targets(s, it);
+        }
+    } else {
+        keys.type = opk->type;
+        keys.esz = esize(keys.type);
+        for (size_t i = 0; i < it->owners.n && rc == 0; i++)
+            if (keys_push(&keys, opk, it->owners.v[i]) < 0) rc = AORM_ENOMEM;
+        reset_collections(s, it);
+        if (rc == 0 && keys.n == 0) {
+            free(keys.data);
+            return 0;
+        }
+    }
+    if (rc < 0) {
+        free(keys.data);
+        return rc;
+    }
+
+    aorm_stmt *q = aorm_select(tm);
+    if (!q) {
+        free(keys.data);
+        return AORM_ENOMEM;
+    }
+    aorm_expr arr = {.kind = AORM_X_ARRAY, .type = keys.type, .v.p = keys.data, .len = keys.n};
+    if (rel->kind == AORM_MANY_TO_ONE) {
+        aorm_expr col = {.kind = AORM_X_COLUMN, .model = tm, .offset = tpk->offset};
+        aorm_expr any = {.kind = AORM_X_ANY, .op = AORM_OP_EQ, .a = &col, .b = &arr};
+        aorm_where(q, &any);
+    } else if (rel->kind == AORM_ONE_TO_MANY) {
+        aorm_expr fkc = {.kind = AORM_X_COLUMN, .model = tm, .offset = rel->fk_offset};
+        aorm_expr any = {.kind = AORM_X_ANY, .op = AORM_OP_EQ, .a = &fkc, .b = &arr};
+        aorm_where(q, &any);
+        aorm_order_by(q, &fkc, 0);
+    } else { /* many-to-many: target JOIN secondary ON secondary.remote = target.pk */
+        const aorm_model *sm = rel->secondary;
+        aorm_expr loc = {.kind = AORM_X_COLUMN, .model = sm, .offset = rel->secondary_local};
+        aorm_expr rem = {.kind = AORM_X_COLUMN, .model = sm, .offset = rel->secondary_remote};
+        aorm_expr tk = {.kind = AORM_X_COLUMN, .model = tm, .offset = tpk->offset};
+        aorm_expr on = {.kind = AORM_X_BINARY, .op = AORM_OP_EQ, .a = &rem, .b = &tk};
+        aorm_select_add(q, &loc);
+        aorm_join(q, sm, &on);
+        aorm_expr any = {.kind = AORM_X_ANY, .op = AORM_OP_EQ, .a = &loc, .b = &arr};
+        aorm_where(q, &any);
+        aorm_order_by(q, &loc, 0);
+    }
+    if (rel->kind != AORM_MANY_TO_ONE) {
+        aorm_expr ord = {.kind = AORM_X_COLUMN, .model = tm, .offset = rel->has_order_by ? rel->order_by : tpk->offset};
+        aorm_order_by(q, &ord, rel->has_order_by && rel->order_desc ? AORM_DESC : 0);
+        if (rel->has_order_by) {
+            aorm_expr pkc = {.kind = AORM_X_COLUMN, .model = tm, .offset = tpk->offset};
+            aorm_order_by(q, &pkc, 0); /* deterministic among equal order-by values */
+        }
+    }
+    free(keys.data);
+    if ((rc = aorm_stmt_compile(q)) < 0) {
+        aorm_stmt_free(q);
+        return rc;
+    }
+    item_ref *ref = malloc(sizeof(*ref));
+    if (!ref) {
+        aorm_stmt_free(q);
+        return AORM_ENOMEM;
+    }
+    ref->run = r;
+    ref->index = idx;
+    it->q = q;
+    /* The statement is kept (positions); the engine copied what it needs. */
+    aorm_exec_options xo = {AORM_EXEC_READONLY, op->qo.deadline != 0 ? op->qo.deadline : s->o.statement_timeout};
+    rc = s->conn ? aorm_stmt_execute_on(s->conn, q, &xo, on_level_rows, ref)
+                 : aorm_stmt_execute(s->e, q, &xo, on_level_rows, ref);
+    if (rc < 0) {
+        free(ref);
+        return rc;
+    }
+    s->statements++;
+    op->pending++;
+    r->out++;
+    return 0;
+}
+
+static int absorb_rows(load_run *r, level_item *it, aorm_result *res) {
+    aorm_session *s = r->op->s;
+    const aorm_relationship *rel = it->rel;
+    const aorm_model *tm = rel->target;
+    int nrows = aorm_result_nrows(res);
+    int pos_stack[32];
+    int *pos = tm->ncolumns <= 32 ? pos_stack : malloc((size_t)tm->ncolumns * sizeof(int));
+    if (!pos) return AORM_ENOMEM;
+    aorm__model_positions(it->q, tm, pos);
+    int rc = 0;
+    if (rel->kind == AORM_MANY_TO_ONE) {
+        for (int row = 0; row < nrows && rc >= 0; row++) {
+            void *obj;
+            rc = aorm__session_materialize_row(s, res, row, tm, pos, r->op->qo.populate_existing, &obj);
+        }
+        if (rc >= 0) rc = assign_targets(s, it);
+        goto out;
+    }
+    /* collections: rows come ordered by owner key; group them */
+    int owner_col;
+    const aorm_column *key_col; /* where the owner key is read from */
+    const aorm_model *key_m;
+    if (rel->kind == AORM_ONE_TO_MANY) {
+        key_m = tm;
+        key_col = aorm_model_column_at(tm, rel->fk_offset);
+        owner_col = -1;
+    } else {
+        key_m = rel->secondary;
+        key_col = aorm_model_column_at(rel->secondary, rel->secondary_local);
+        aorm_expr loc = {.kind = AORM_X_COLUMN, .model = rel->secondary, .offset = rel->secondary_local};
+        owner_col = aorm_stmt_column(it->q, &loc);
+    }
+    const aorm_model *om = it->ld->model;
+    const aorm_column *opk = aorm_model_pk(om, 0);
+    const aorm_relationship *back =
+        rel->kind == AORM_ONE_TO_MANY && rel->back_populates ? aorm_model_relationship(tm, rel->back_populates) : NULL;
+    int back_i = back ? rel_index(tm, back) : -1;
+    void *kbuf = aorm__region_alloc(&s->region, key_m->size);
+    void *obuf = aorm__region_alloc(&s->region, om->size);
+    ptr_vec group = {0};
+    void *cur_owner = NULL;
+    if (!key_col || !kbuf || !obuf) {
+        rc = AORM_ENOMEM;
+        goto out;
+    }
+    for (int row = 0; row < nrows; row++) {
+        void *child;
+        rc = aorm__session_materialize_row(s, res, row, tm, pos, r->op->qo.populate_existing, &child);
+        if (rc < 0) break;
+        if (rc == 0) continue;
+        /* the owner: its key is the child's FK (one-to-many) or the
+         * association's local column (many-to-many) */
+        const void *key_src;
+        if (rel->kind == AORM_ONE_TO_MANY) {
+            key_src = child;
+        } else {
+            memset(kbuf, 0, key_m->size);
+            const char *v;
+            int len;
+            aorm_allocator alloc = {aorm__region_alloc_fn, &s->region};
+            if ((rc = aorm_result_raw(res, row, owner_col, &v, &len)) < 0 ||
+                (rc = aorm__field_load(key_col, kbuf, aorm_result_col_type(res, owner_col), v, len, &alloc)) < 0)
+                break;
+            key_src = kbuf;
+        }
+        void *okey = key_like(s, om, key_col, key_src, obuf);
+        aorm__obj *oh = okey ? aorm__idmap_find(&s->idmap, om, okey, aorm__key_hash(om, okey)) : NULL;
+        void *owner = oh ? aorm__obj_data(oh) : NULL;
+        if (owner != cur_owner) {
+            if (cur_owner && (rc = set_collection(s, it, cur_owner, group.v, group.n)) < 0) break;
+            group.n = 0;
+            cur_owner = owner;
+        }
+        if (!owner) continue;
+        if (vec_push(&group, child) < 0 || add_found(it, child) < 0) {
+            rc = AORM_ENOMEM;
+            break;
+        }
+        if (back && back->kind == AORM_MANY_TO_ONE) {
+            *(void **)((char *)child + back->offset) = owner;
+            aorm__obj *ch = aorm__obj_of(s, child);
+            if (ch) mark_loaded(ch, back_i);
+        }
+        rc = 0;
+    }
+    if (rc >= 0 && cur_owner) rc = set_collection(s, it, cur_owner, group.v, group.n);
+    free(group.v);
+    (void)opk;
+out:
+    if (pos != pos_stack) free(pos);
+    return rc < 0 ? rc : 0;
+}
+
+/* Next level: children loads of this level's items, applied to the
+ * objects each item produced. */
+static void next_level(load_run *r) {
+    int n = 0;
+    for (int i = 0; i < r->nitems; i++) n += r->items[i].ld->nchildren;
+    if (n == 0 || r->err) {
+        finish(r);
+        return;
+    }
+    level_item *next = calloc((size_t)n, sizeof(*next));
+    if (!next) {
+        record(r, AORM_ENOMEM, "", "out of memory");
+        finish(r);
+        return;
+    }
+    int k = 0;
+    for (int i = 0; i < r->nitems; i++) {
+        level_item *it = &r->items[i];
+        for (int c = 0; c < it->ld->nchildren; c++) {
+            level_item *ni = &next[k++];
+            ni->ld = &it->ld->children[c];
+            ni->rel = aorm_model_relationship_at(ni->ld->model, ni->ld->offset);
+            ni->ri = rel_index(ni->ld->model, ni->rel);
+            for (size_t o = 0; o < it->found.n; o++)
+                if (vec_push(&ni->owners, it->found.v[o]) < 0) record(r, AORM_ENOMEM, "", "out of memory");
+        }
+    }
+    level_free(r);
+    r->items = next;
+    r->nitems = n;
+    send_level(r);
+}
+
+static void on_level_rows(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
+    item_ref *ref = user;
+    load_run *r = ref->run;
+    int idx = ref->index;
+    free(ref);
+    aorm__sop *op = r->op;
+    aorm_session *s = op->s;
+    aorm__session_enter(s);
+    if (!aorm__op_arrived(op)) { /* closing: the run goes with the operation */
+        aorm__session_leave(s);
+        return;
+    }
+    if (err) {
+        if (s->conn) aorm__session_fail_tx(s);
+        if (!r->err) r->err = aorm_error_copy(err);
+    } else if (!r->err) {
+        int rc = absorb_rows(r, &r->items[idx], res);
+        if (rc < 0) record(r, rc, "", "a relationship row could not be loaded");
+    }
+    if (--r->out == 0) next_level(r);
+    aorm__session_leave(s);
+}
+
+static void send_level(load_run *r) {
+    for (int i = 0; i < r->nitems && !r->err; i++) {
+        if (r->items[i].joined_done) continue;
+        int rc = send_item(r, i);
+        if (rc < 0) record(r, rc, "", "a relationship load could not be sent");
+    }
+    if (r->out == 0) next_level(r);
+}
+
+/* Starts loading plan for owners (root objects of the plan's model). */
+static load_run *run_new(aorm__sop *op, void **roots, size_t n, const aorm_load_plan *plan, load_then then) {
+    load_run *r = calloc(1, sizeof(*r));
+    if (!r) return NULL;
+    r->op = op;
+    r->roots = roots;
+    r->nroots = n;
+    r->then = then;
+    r->items = calloc((size_t)(plan->n ? plan->n : 1), sizeof(level_item));
+    if (!r->items) {
+        free(r);
+        return NULL;
+    }
+    r->nitems = plan->n;
+    ptr_set distinct = {0};
+    for (int i = 0; i < plan->n; i++) {
+        level_item *it = &r->items[i];
+        it->ld = &plan->loads[i];
+        it->rel = aorm_model_relationship_at(it->ld->model, it->ld->offset);
+        it->ri = rel_index(it->ld->model, it->rel);
+    }
+    /* owners: the roots, without NULLs (missing keys) or repeats (joins) */
+    ptr_vec owners = {0};
+    for (size_t k = 0; k < n; k++) {
+        if (!roots[k]) continue;
+        int a = set_add(&distinct, roots[k]);
+        if (a < 0 || (a == 1 && vec_push(&owners, roots[k]) < 0)) record(r, AORM_ENOMEM, "", "out of memory");
+    }
+    set_free(&distinct);
+    for (int i = 0; i < plan->n; i++) {
+        ptr_vec *o = &r->items[i].owners;
+        o->v = owners.n ? malloc(owners.n * sizeof(void *)) : NULL;
+        if (owners.n && !o->v) {
+            record(r, AORM_ENOMEM, "", "out of memory");
+            continue;
+        }
+        if (owners.n) memcpy(o->v, owners.v, owners.n * sizeof(void *));
+        o->n = o->cap = owners.n;
+    }
+    free(owners.v);
+    op->ext = r;
+    op->ext_free = run_free_cb;
+    return r;
+}
+
+/* ---- joined loads (first level, folded into the query) -------------------------------- */
+
+int aorm__loaders_prepare_query(aorm__sop *op) {
+    const aorm_load_plan *plan = op->qo.load;
+    if (!plan || !op->stmt) return 0;
+    const aorm_model *root = op->model ? op->model : aorm_stmt_model(op->stmt);
+    char msg[200];
+    int rc = aorm_load_plan_validate(root, plan, msg, sizeof(msg));
+    if (rc < 0) return rc;
+    for (int i = 0; i < plan->n; i++) {
+        const aorm_load *ld = &plan->loads[i];
+        if (ld->strategy != AORM_LOAD_JOINED) continue;
+        const aorm_relationship *rel = aorm_model_relationship_at(ld->model, ld->offset);
+        if ((rc = aorm_select_add_model(op->stmt, rel->target)) < 0) return rc;
+        if ((rc = aorm_join_rel(op->stmt, rel, true)) < 0) return rc;
+    }
+    return aorm_stmt_compile(op->stmt);
+}
+
+typedef struct pair {
+    void *owner;
+    void *target;
+    int row;
+} pair;
+
+static int pair_cmp(const void *a, const void *b) {
+    const pair *x = a, *y = b;
+    if (x->owner != y->owner) return (uintptr_t)x->owner < (uintptr_t)y->owner ? -1 : 1;
+    return x->row - y->row;
+}
+
+/* Fills first-level joined relationships from the query's own rows. */
+static int absorb_joined(load_run *r, const aorm_result *res, void **rows_owner, int nrows) {
+    aorm_session *s = r->op->s;
+    for (int i = 0; i < r->nitems; i++) {
+        level_item *it = &r->items[i];
+        if (it->ld->strategy != AORM_LOAD_JOINED) continue;
+        it->joined_done = true;
+        const aorm_model *tm = it->rel->target;
+        int pos_stack[32];
+        int *pos = tm->ncolumns <= 32 ? pos_stack : malloc((size_t)tm->ncolumns * sizeof(int));
+        if (!pos) return AORM_ENOMEM;
+        aorm__model_positions(r->op->stmt, tm, pos);
+        pair *pairs = malloc(((size_t)nrows + 1) * sizeof(pair));
+        int np = 0, rc = 0;
+        if (!pairs) rc = AORM_ENOMEM;
+        for (int row = 0; row < nrows && rc >= 0; row++) {
+            void *t = NULL;
+            rc = aorm__session_materialize_row(s, res, row, tm, pos, r->op->qo.populate_existing, &t);
+            if (rc > 0 && rows_owner[row]) pairs[np++] = (pair){rows_owner[row], t, row};
+        }
+        if (pos != pos_stack) free(pos);
+        if (rc < 0) {
+            free(pairs);
+            return rc;
+        }
+        if (it->rel->kind == AORM_MANY_TO_ONE) {
+            for (size_t o = 0; o < it->owners.n; o++) {
+                *(void **)((char *)it->owners.v[o] + it->rel->offset) = NULL;
+                aorm__obj *h = aorm__obj_of(s, it->owners.v[o]);
+                if (h) mark_loaded(h, it->ri);
+            }
+            for (int p = 0; p < np; p++) {
+                *(void **)((char *)pairs[p].owner + it->rel->offset) = pairs[p].target;
+                if (add_found(it, pairs[p].target) < 0) rc = AORM_ENOMEM;
+            }
+        } else {
+            reset_collections(s, it);
+            qsort(pairs, (size_t)np, sizeof(pair), pair_cmp);
+            ptr_vec group = {0};
+            ptr_set seen = {0};
+            for (int p = 0; p < np && rc >= 0; p++) {
+                /* a collection may repeat a target when another joined
+                 * collection multiplies the rows: keep the first */
+                if (set_add(&seen, pairs[p].target) == 1 && vec_push(&group, pairs[p].target) < 0) rc = AORM_ENOMEM;
+                if (add_found(it, pairs[p].target) < 0) rc = AORM_ENOMEM;
+                if (p + 1 == np || pairs[p + 1].owner != pairs[p].owner) {
+                    if (rc >= 0) rc = set_collection(s, it, pairs[p].owner, group.v, group.n);
+                    group.n = 0;
+                    set_free(&seen);
+                }
+            }
+            free(group.v);
+            set_free(&seen);
+        }
+        free(pairs);
+        if (rc < 0) return rc;
+    }
+    return 0;
+}
+
+/* After the root query: roots (one per row, owned by the run from here)
+ * are loaded along the plan, then then(op, roots, n, err) runs. */
+void aorm__loaders_after_query(aorm__sop *op, const aorm_result *res, void **roots, size_t n, load_then then) {
+    load_run *r = run_new(op, roots, n, op->qo.load, then);
+    if (!r) {
+        aorm_error e = {.code = AORM_ENOMEM, .message = "out of memory", .detail = "", .hint = "",
+                        .constraint = "", .table = "", .column = ""};
+        then(op, roots, n, &e);
+        free(roots);
+        return;
+    }
+    if (res && !r->err) {
+        int rc = absorb_joined(r, res, roots, (int)n);
+        if (rc < 0) record(r, rc, "", "a joined relationship could not be loaded");
+    }
+    send_level(r);
+}
+
+/* ---- explicit loads ------------------------------------------------------------------ */
+
+void aorm__loaders_start_explicit(aorm__sop *op, void **objs, size_t n, load_then then) {
+    char msg[200];
+    const aorm_load_plan *plan = op->qo.load;
+    const aorm_model *root = op->model;
+    int rc = aorm_load_plan_validate(root, plan, msg, sizeof(msg));
+    if (rc < 0) {
+        aorm_error e = {.code = rc, .message = msg, .detail = "", .hint = "", .constraint = "", .table = "",
+                        .column = ""};
+        then(op, objs, n, &e);
+        free(objs);
+        return;
+    }
+    aorm__loaders_after_query(op, NULL, objs, n, then);
+}
+
+/* ---- reading relationships, and the advisor ------------------------------------------- */
+
+typedef struct advice {
+    const char *file;
+    int line;
+    const aorm_model *model;
+    const aorm_relationship *rel;
+    long count;
+} advice;
+
+static pthread_mutex_t advisor_mu = PTHREAD_MUTEX_INITIALIZER;
+static advice *advices;
+static int nadvice, advice_cap;
+static long advisor_total;
+#ifdef AORM_DEBUG
+static bool advisor_on = true;
+#else
+static bool advisor_on = false;
+#endif
+
+void aorm_advisor_enable(bool on) {
+    pthread_mutex_lock(&advisor_mu);
+    advisor_on = on;
+    pthread_mutex_unlock(&advisor_mu);
+}
+
+void aorm_advisor_reset(void) {
+    pthread_mutex_lock(&advisor_mu);
+    free(advices);
+    advices = NULL;
+    nadvice = advice_cap = 0;
+    advisor_total = 0;
+    pthread_mutex_unlock(&advisor_mu);
+}
+
+long aorm_advisor_count(void) {
+    pthread_mutex_lock(&advisor_mu);
+    long n = advisor_total;
+    pthread_mutex_unlock(&advisor_mu);
+    return n;
+}
+
+static void advise(const char *file, int line, const aorm_model *m, const aorm_relationship *rel) {
+    pthread_mutex_lock(&advisor_mu);
+    if (!advisor_on) goto out;
+    advisor_total++;
+    for (int i = 0; i < nadvice; i++) {
+        advice *a = &advices[i];
+        if (a->line == line && a->rel == rel && a->model == m && strcmp(a->file, file) == 0) {
+            a->count++;
+            goto out;
+        }
+    }
+    if (nadvice == advice_cap) {
+        int cap = advice_cap ? advice_cap * 2 : 16;
+        advice *n = realloc(advices, (size_t)cap * sizeof(*n));
+        if (!n) goto out;
+        advices = n;
+        advice_cap = cap;
+    }
+    advices[nadvice++] = (advice){file, line, m, rel, 1};
+out:
+    pthread_mutex_unlock(&advisor_mu);
+}
+
+static int advice_cmp(const void *a, const void *b) {
+    const advice *x = a, *y = b;
+    return x->count < y->count ? 1 : x->count > y->count ? -1 : 0;
+}
+
+char *aorm_advisor_report(void) {
+    pthread_mutex_lock(&advisor_mu);
+    aorm__buf b = {0};
+    qsort(advices, (size_t)nadvice, sizeof(*advices), advice_cmp);
+    for (int i = 0; i < nadvice; i++) {
+        const advice *a = &advices[i];
+        char line[512];
+        int n = snprintf(line, sizeof(line),
+                         "%s:%d: %ld read%s of unloaded %s.%s -> add AORM_SELECTIN(%s, %s) to the query's load plan\n",
+                         a->file, a->line, a->count, a->count == 1 ? "" : "s", a->model->name, a->rel->name,
+                         a->model->name, a->rel->name);
+        if (n > 0) aorm__buf_append(&b, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
+    }
+    aorm__buf_putc(&b, '\0');
+    pthread_mutex_unlock(&advisor_mu);
+    return b.data;
+}
+
+int aorm_rel_loaded(const aorm_session *s, const void *obj, const aorm_relationship *rel) {
+    aorm__obj *h = aorm__obj_of(s, obj);
+    if (!h || !rel || rel < h->model->relationships || rel >= h->model->relationships + h->model->nrelationships)
+        return AORM_EMISUSE;
+    int i = rel_index(h->model, rel);
+    return i < 32 && (h->loaded_rels & (1u << i)) ? 1 : 0;
+}
+
+int aorm__rel_get_at(aorm_session *s, const void *obj, const aorm_relationship *rel, void **out, const char *file,
+                     int line) {
+    if (!s || !out) return AORM_EMISUSE;
+    aorm__obj *h = aorm__obj_of(s, obj);
+    if (!h || !rel || rel < h->model->relationships || rel >= h->model->relationships + h->model->nrelationships) {
+        snprintf(s->errmsg, sizeof(s->errmsg), "aorm_rel_get: not a session object, or not a relationship of its model");
+        return AORM_EMISUSE;
+    }
+    int i = rel_index(h->model, rel);
+    bool loaded = (i < 32 && (h->loaded_rels & (1u << i))) || h->state == AORM_PENDING || h->state == AORM_TRANSIENT;
+    if (!loaded) {
+        snprintf(s->errmsg, sizeof(s->errmsg),
+                 "%s.%s is not loaded, and loading it lazily would block the loop: load it with "
+                 "AORM_SELECTIN(%s, %s) (or AORM_JOINED) in the query's load plan, or with aorm_session_load()",
+                 h->model->name, rel->name, h->model->name, rel->name);
+        advise(file ? file : "(call site unknown: use AORM_GET_REL)", line, h->model, rel);
+        return AORM_EUNLOADED;
+    }
+    void *field = (char *)aorm__obj_data(h) + rel->offset;
+    *out = rel->kind == AORM_MANY_TO_ONE ? *(void **)field : field;
+    return 0;
+}
+
+int aorm_rel_get(aorm_session *s, const void *obj, const aorm_relationship *rel, void **out) {
+    return aorm__rel_get_at(s, obj, rel, out, NULL, 0);
+}
+
+const char *aorm_session_errmsg(const aorm_session *s) { return s ? s->errmsg : ""; }
