@@ -389,6 +389,35 @@ Test(sql_compile, in_int8_same_text_any_length, .timeout = 10) {
     free(s0), free(s1), free(s1000);
 }
 
+Test(sql_compile, in_text_uuid_same_text_any_length, .timeout = 10) {
+    enum { N = 1000 };
+    const char **names = calloc(N, sizeof(*names));
+    uint8_t *uuids = calloc(N, 16);
+    for (int i = 0; i < N; i++) names[i] = i % 2 ? "odd" : "even";
+    char *first = NULL;
+    const size_t counts[] = {0, 1, N};
+    for (size_t k = 0; k < 3; k++) {
+        aorm_stmt *q = aorm_select_columns(AORM_COL(tag, id));
+        aorm_where(q, aorm_in_text(AORM_COL(tag, name), names, counts[k]));
+        aorm_where(q, aorm_not_in_text(AORM_COL(tag, name), names, counts[k]));
+        aorm_where(q, aorm_in_uuid(AORM_COL(tag, name), uuids, counts[k]));
+        expect(q,
+               "SELECT \"tags\".\"id\" FROM \"tags\" WHERE \"tags\".\"name\" = ANY($1) AND NOT (\"tags\".\"name\" = "
+               "ANY($2)) AND \"tags\".\"name\" = ANY($3)",
+               3);
+        uint32_t elem;
+        const char *d;
+        cr_assert_eq(parray(q, 0, &elem, &d), (int)counts[k]);
+        cr_assert_eq(parray(q, 2, &elem, &d), (int)counts[k]);
+        if (!first) first = strdup(aorm_stmt_sql(q));
+        else cr_assert(strcmp(first, aorm_stmt_sql(q)) == 0);
+        aorm_stmt_free(q);
+    }
+    free(first);
+    free(names);
+    free(uuids);
+}
+
 Test(sql_compile, in_text_uuid_int4, .timeout = 10) {
     char a[] = "alpha", b[] = "be'ta";
     const char *names[] = {a, b, NULL};
@@ -613,6 +642,18 @@ Test(sql_compile, locking, .timeout = 10) {
     }
     aorm_stmt *q = aorm_select(&author_model);
     expect_error(q, aorm_for_update(q, AORM_LOCK_NOWAIT | AORM_LOCK_SKIP_LOCKED), AORM_EMISUSE, "NOWAIT", NULL);
+    aorm_stmt_free(q);
+
+    /* a locking subquery makes the whole statement locking */
+    aorm_stmt *sub = aorm_select_columns(AORM_COL(book, author_id));
+    aorm_for_update(sub, AORM_LOCK_SKIP_LOCKED);
+    q = aorm_select(&author_model);
+    aorm_where(q, aorm_in_select(AORM_COL(author, id), sub));
+    expect(q,
+           "SELECT " AUTHOR_COLS " FROM \"authors\" WHERE \"authors\".\"id\" IN (SELECT \"books\".\"author_id\" "
+           "FROM \"books\" FOR UPDATE SKIP LOCKED)",
+           0);
+    cr_assert_not(aorm_stmt_readonly(q));
     aorm_stmt_free(q);
 }
 

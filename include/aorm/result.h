@@ -179,7 +179,9 @@ AORM_API int aorm_result_float4(const aorm_result *r, int row, int col, float *o
 /* Reads float8 and float4 columns. */
 AORM_API int aorm_result_float8(const aorm_result *r, int row, int col, double *out);
 /* text, varchar, bpchar, name, unknown, json and jsonb (jsonb's version
- * byte is skipped). The string is NUL-terminated; len may be NULL. */
+ * byte is skipped); and any column of a text-format result
+ * (AORM_EXEC_TEXT_RESULT), in the server's text form. The string is
+ * NUL-terminated; len may be NULL. */
 AORM_API int aorm_result_text(const aorm_result *r, int row, int col, const char **s, size_t *len);
 AORM_API int aorm_result_bytea(const aorm_result *r, int row, int col, const uint8_t **data, size_t *len);
 /* numeric as an exact decimal string into buf (always NUL-terminated

@@ -158,6 +158,7 @@ static int items_push(aorm_conn *c, uint8_t kind, aorm__op *op, aorm__stmt *s) {
     it->op = op;
     it->stmt = s;
     it->res = NULL;
+    it->name = NULL;
     c->icount++;
     if (op) op->nitems++;
     if (s) s->refs++;
@@ -206,18 +207,48 @@ int aorm__conn_sync(aorm_conn *c) {
         return -1;
     }
     c->e->stats.syncs++;
+    c->sync_group++;
     return 0;
 }
 
-static int send_dealloc(aorm_conn *c, aorm__stmt *s) {
-    char sql[64];
-    snprintf(sql, sizeof(sql), "DEALLOCATE \"%s\"", s->name);
-    if (items_push(c, IT_DISCARD, NULL, NULL) < 0) return -1;
-    if (!PQsendQueryParams(c->pg, sql, 0, NULL, NULL, NULL, NULL, 1)) {
-        items_pop_back(c);
-        return -1;
+/* Evicted statements are deallocated in a sync group of their own, sent
+ * at the end of a dispatch: inside a group that aborts, the server would
+ * skip the DEALLOCATE and the statement would stay for the life of the
+ * connection. */
+static int queue_dealloc(aorm_conn *c, const aorm__stmt *s) {
+    if (c->ndeallocs == c->cap_deallocs) {
+        int cap = c->cap_deallocs ? c->cap_deallocs * 2 : 8;
+        char **d = realloc(c->deallocs, (size_t)cap * sizeof(char *));
+        if (!d) return -1;
+        c->deallocs = d;
+        c->cap_deallocs = cap;
     }
+    char *name = aorm__strdup(s->name);
+    if (!name) return -1;
+    c->deallocs[c->ndeallocs++] = name;
     return 0;
+}
+
+int aorm__conn_send_deallocs(aorm_conn *c) {
+    if (c->ndeallocs == 0 || c->state != CONN_READY) return 0;
+    for (int i = 0; i < c->ndeallocs; i++) {
+        char sql[64];
+        snprintf(sql, sizeof(sql), "DEALLOCATE \"%s\"", c->deallocs[i]);
+        if (items_push(c, IT_DEALLOC, NULL, NULL) < 0) return -1;
+        aorm__item *it = &c->items[(c->ihead + c->icount - 1) % c->icap];
+        it->name = c->deallocs[i]; /* the item owns it now */
+        if (!PQsendQueryParams(c->pg, sql, 0, NULL, NULL, NULL, NULL, 1)) {
+            it->name = NULL;
+            items_pop_back(c);
+            /* what is left stays queued for the next dispatch */
+            memmove(c->deallocs, c->deallocs + i, (size_t)(c->ndeallocs - i) * sizeof(char *));
+            c->ndeallocs -= i;
+            aorm__conn_lost(c, AORM_ECONNLOST, PQerrorMessage(c->pg));
+            return -1;
+        }
+    }
+    c->ndeallocs = 0;
+    return aorm__conn_sync(c);
 }
 
 /* Sends op's messages (no sync). Returns 0, or -1 when nothing of op was
@@ -244,20 +275,28 @@ int aorm__conn_send(aorm_conn *c, aorm__op *op) {
 
     if (e->o.prepared_cache_size > 0 && !(op->flags & AORM_EXEC_UNPREPARED)) {
         aorm__stmt *s = aorm__stmt_lookup(&c->stmts, op);
+        if (s && s->state == STMT_PREPARING && s->prep_group != c->sync_group) {
+            /* its PREPARE is in another sync group, which may yet abort:
+             * do not depend on it across the group boundary */
+            goto unnamed;
+        }
         if (s) {
             e->stats.prepared_hits++;
         } else {
             aorm__stmt *evicted;
-            s = aorm__stmt_insert(&c->stmts, op, &evicted);
+            bool full;
+            s = aorm__stmt_insert(&c->stmts, op, &evicted, &full);
+            if (!s && full) goto unnamed;
             if (!s) return -1;
             if (evicted) {
-                int rc = send_dealloc(c, evicted);
+                int rc = queue_dealloc(c, evicted);
                 aorm__stmt_unref(evicted);
                 if (rc < 0) {
                     aorm__stmt_forget(&c->stmts, s);
                     goto refused;
                 }
             }
+            s->prep_group = c->sync_group;
             if (items_push(c, IT_PREPARE, op, s) < 0) {
                 aorm__stmt_forget(&c->stmts, s);
                 goto refused;
@@ -274,6 +313,7 @@ int aorm__conn_send(aorm_conn *c, aorm__op *op) {
         if (!PQsendQueryPrepared(c->pg, s->name, op->nparams, op->values, op->lengths, op->formats, fmt))
             goto refused;
     } else {
+    unnamed:
         if (items_push(c, IT_QUERY, op, NULL) < 0) goto refused;
         if (!PQsendQueryParams(c->pg, op->sql, op->nparams, op->types, op->values, op->lengths,
                                op->formats, fmt))
@@ -328,7 +368,7 @@ static void update_txs(aorm_conn *c) {
 static void maybe_cancel(aorm_conn *c) {
     for (uint32_t i = 0; i < c->icount; i++) {
         aorm__item *it = &c->items[(c->ihead + i) % c->icap];
-        if (it->kind == IT_SYNC || it->kind == IT_DISCARD) continue;
+        if (it->kind == IT_SYNC || it->kind == IT_DISCARD || it->kind == IT_DEALLOC) continue;
         aorm__op *op = it->op;
         if (!op->done || op->cancel_sent || op->deadline > aorm_loop_now(c->e->loop)) return;
         PGcancel *pc = PQgetCancel(c->pg);
@@ -395,7 +435,7 @@ static void query_done(aorm_conn *c, aorm__op *op, PGresult *r) {
         }
         /* A statement whose PREPARE was skipped or which hit a stale
          * cached plan has not run: outside a transaction, send it again. */
-        if (!op->held && op->resends < 2 &&
+        if ((!op->held || !c->in_tx) && op->resends < 2 &&
             (sqlstate_is(r, "26000") || (sqlstate_is(r, "0A000") && strstr(PQresultErrorMessage(r), "cached plan")))) {
             PQclear(r);
             c->e->stats.resent++;
@@ -440,6 +480,17 @@ static void item_done(aorm_conn *c, aorm__item *it) {
     PGresult *r = it->res;
     switch ((item_kind)it->kind) {
     case IT_DISCARD:
+        PQclear(r);
+        break;
+    case IT_DEALLOC:
+        if (r && PQresultStatus(r) == PGRES_PIPELINE_ABORTED && it->name) {
+            /* skipped: try again in a later group (the name moves back) */
+            if (c->ndeallocs < c->cap_deallocs) {
+                c->deallocs[c->ndeallocs++] = it->name;
+                it->name = NULL;
+            }
+        }
+        free(it->name);
         PQclear(r);
         break;
     case IT_PREPARE:
@@ -708,6 +759,7 @@ void aorm__conn_lost(aorm_conn *c, int code, const char *msg) {
         aorm__item it = *items_head(c);
         items_pop_front(c);
         PQclear(it.res);
+        free(it.name);
         if (it.stmt) aorm__stmt_unref(it.stmt);
         if (it.op) {
             if (it.kind == IT_QUERY) c->inflight_ops--;
@@ -730,6 +782,8 @@ void aorm__conn_lost(aorm_conn *c, int code, const char *msg) {
     }
     c->pend_tail = NULL;
     aorm__stmt_cache_free(&c->stmts);
+    for (int i = 0; i < c->ndeallocs; i++) free(c->deallocs[i]); /* gone with the server session */
+    c->ndeallocs = 0;
     aorm__engine_conn_gone(e, c, connecting);
 }
 
@@ -743,12 +797,15 @@ void aorm__conn_free(aorm_conn *c) {
         aorm__item it = *items_head(c);
         items_pop_front(c);
         PQclear(it.res);
+        free(it.name);
         if (it.stmt) aorm__stmt_unref(it.stmt);
         if (it.op) {
             it.op->nitems--;
             aorm__op_release(it.op);
         }
     }
+    for (int i = 0; i < c->ndeallocs; i++) free(c->deallocs[i]);
+    free(c->deallocs);
     aorm__copy_free(c->copy);
     aorm__stmt_cache_free(&c->stmts);
     aorm_timer_free(c->timer);

@@ -548,7 +548,7 @@ static int savepoint_stmt(aorm_conn *c, const char *verb, const char *name, aorm
     for (const char *p = name; *p; p++)
         if ((*p == '"' && aorm__buf_putc(&b, '"') < 0) || aorm__buf_putc(&b, *p) < 0) goto out;
     if (aorm__buf_append(&b, "\"", 2) < 0) goto out;
-    aorm_exec_options xo = {AORM_EXEC_UNPREPARED, -1};
+    aorm_exec_options xo = {AORM_EXEC_UNPREPARED | (strncmp(verb, "ROLLBACK", 8) == 0 ? AORM__EXEC_NEW_GROUP : 0), -1};
     rc = conn_exec_role(c, b.data, NULL, &xo, ROLE_USER, cb, user);
 out:
     aorm__buf_free(&b);
@@ -716,6 +716,12 @@ static void touch(aorm_conn *c, aorm_conn **touched) {
  * sync; anything else is its own implicit transaction. */
 static int send_one(aorm_conn *c, aorm__op *op) {
     bool share = (op->flags & AORM_EXEC_READONLY) || (c->held && c->in_tx) || op->role == ROLE_BEGIN;
+    /* ROLLBACK [TO SAVEPOINT] must run even when a statement before it in
+     * the same turn failed: it opens a sync group of its own */
+    if (((op->flags & AORM__EXEC_NEW_GROUP) || op->role == ROLE_END) && c->group_open) {
+        if (aorm__conn_sync(c) < 0) return -1;
+        c->group_open = false;
+    }
     if (!share && c->group_open) {
         if (aorm__conn_sync(c) < 0) return -1;
         c->group_open = false;
@@ -966,6 +972,7 @@ static void dispatch(aorm_loop *loop, void *arg) {
             if (aorm__conn_sync(c) < 0) continue;
         }
         c->group_open = false;
+        if (c->ndeallocs > 0 && aorm__conn_send_deallocs(c) < 0) continue;
         e->stats.round_trips++;
         aorm__conn_flush(c);
     }

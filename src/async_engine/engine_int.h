@@ -27,6 +27,8 @@ typedef struct aorm__stmt aorm__stmt;
 typedef struct aorm__worker aorm__worker;
 
 #define AORM__NEVER 1e300 /* deadline of an operation that has none */
+/* internal exec flag: start a new sync group before this statement */
+#define AORM__EXEC_NEW_GROUP (1u << 30)
 
 typedef enum op_kind {
     OP_QUERY,   /* a statement with parameters */
@@ -95,6 +97,7 @@ struct aorm__stmt {
     aorm__stmt *lru_prev, *lru_next; /* most recently used first */
     uint64_t hash;
     int refs;                        /* in-flight items using it */
+    uint64_t prep_group;             /* sync group its PREPARE was sent in */
     uint8_t state;                   /* stmt_state */
     bool cached;                     /* still in the cache (else freed at refs == 0) */
     int nparams;
@@ -128,7 +131,8 @@ typedef enum item_kind {
     IT_PREPARE, /* Parse of op->stmt */
     IT_QUERY,   /* Bind/Execute of op */
     IT_SYNC,    /* pipeline sync point */
-    IT_DISCARD  /* an internal statement whose answer is ignored */
+    IT_DISCARD, /* an internal statement whose answer is ignored */
+    IT_DEALLOC  /* DEALLOCATE of an evicted statement: re-queued if it did not run */
 } item_kind;
 
 typedef struct aorm__item {
@@ -136,6 +140,7 @@ typedef struct aorm__item {
     aorm__op *op;     /* IT_PREPARE, IT_QUERY */
     aorm__stmt *stmt; /* IT_PREPARE, and IT_QUERY of a prepared statement */
     PGresult *res;    /* IT_QUERY / IT_PREPARE: first result, until the item ends */
+    char *name;       /* IT_DEALLOC: the statement's name (owned) */
 } aorm__item;
 
 struct aorm_conn {
@@ -173,6 +178,9 @@ struct aorm_conn {
     bool in_dirty;
 
     aorm__stmt_cache stmts;
+    uint64_t sync_group;     /* incremented by every sync: statements between two share a group */
+    char **deallocs;         /* evicted statements to DEALLOCATE in a group of their own */
+    int ndeallocs, cap_deallocs;
 
     /* COPY in progress */
     aorm__op *copy_op;
@@ -255,6 +263,7 @@ void aorm__conn_lost(aorm_conn *c, int code, const char *msg);
 int aorm__conn_send(aorm_conn *c, aorm__op *op);
 int aorm__conn_sync(aorm_conn *c);
 int aorm__conn_flush(aorm_conn *c);
+int aorm__conn_send_deallocs(aorm_conn *c);
 bool aorm__conn_idle(const aorm_conn *c);
 bool aorm__conn_check_alive(aorm_conn *c);
 double aorm__mono_now(void);
@@ -267,7 +276,7 @@ void aorm__conn_resolved(aorm_conn *c, const char *hostaddr, const char *err);
 void aorm__stmt_cache_init(aorm__stmt_cache *sc, int cap);
 void aorm__stmt_cache_free(aorm__stmt_cache *sc);
 aorm__stmt *aorm__stmt_lookup(aorm__stmt_cache *sc, const aorm__op *op);
-aorm__stmt *aorm__stmt_insert(aorm__stmt_cache *sc, const aorm__op *op, aorm__stmt **evicted);
+aorm__stmt *aorm__stmt_insert(aorm__stmt_cache *sc, const aorm__op *op, aorm__stmt **evicted, bool *full);
 void aorm__stmt_forget(aorm__stmt_cache *sc, aorm__stmt *s);
 void aorm__stmt_unref(aorm__stmt *s);
 uint64_t aorm__stmt_hash(const char *sql, size_t len, const Oid *types, int n);

@@ -409,6 +409,16 @@ int aorm_result_text(const aorm_result *r, int row, int col, const char **s, siz
     static const typeset ts = {{AORM_T_TEXT, AORM_T_VARCHAR, AORM_T_BPCHAR, AORM_T_NAME,
                                 AORM_T_UNKNOWN, AORM_T_JSON, AORM_T_JSONB}};
     if (!s) return AORM_EMISUSE;
+    if (r && col >= 0 && col < r->ncols && PQfformat(r->pg, col) == 0) {
+        /* a text-format column (AORM_EXEC_TEXT_RESULT, simple queries):
+         * every type has a text form, and this is it */
+        int isnull = aorm_result_is_null(r, row, col);
+        if (isnull < 0) return isnull;
+        if (isnull) return AORM_ENULLVALUE;
+        *s = PQgetvalue(r->pg, row, col);
+        if (len) *len = (size_t)PQgetlength(r->pg, row, col);
+        return 0;
+    }
     uint32_t t;
     const char *v;
     int n;

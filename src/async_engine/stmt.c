@@ -90,10 +90,23 @@ void aorm__stmt_forget(aorm__stmt_cache *sc, aorm__stmt *s) {
 
 /* Adds a statement for op. When the cache is full the least recently used
  * statement that is not being prepared leaves it and is returned in
- * *evicted (with one reference held for the caller, who sends its
- * DEALLOCATE and unrefs it), or NULL. Returns NULL on out of memory. */
-aorm__stmt *aorm__stmt_insert(aorm__stmt_cache *sc, const aorm__op *op, aorm__stmt **evicted) {
+ * *evicted (with one reference held for the caller, who arranges its
+ * DEALLOCATE and unrefs it). When the cache is full of statements still
+ * being prepared, nothing is added and *full is set: the caller sends op
+ * unnamed, so the cache never outgrows its bound. Returns NULL then, and
+ * on out of memory. */
+aorm__stmt *aorm__stmt_insert(aorm__stmt_cache *sc, const aorm__op *op, aorm__stmt **evicted, bool *full) {
     *evicted = NULL;
+    *full = false;
+    aorm__stmt *victim = NULL;
+    if (sc->count >= sc->cap) {
+        victim = sc->lru_tail;
+        while (victim && victim->state == STMT_PREPARING) victim = victim->lru_prev;
+        if (!victim) {
+            *full = true;
+            return NULL;
+        }
+    }
     if (!sc->buckets) {
         uint32_t nb = 16;
         while (nb < (uint32_t)sc->cap * 2) nb <<= 1;
@@ -117,14 +130,10 @@ aorm__stmt *aorm__stmt_insert(aorm__stmt_cache *sc, const aorm__op *op, aorm__st
     s->cached = true;
     snprintf(s->name, sizeof(s->name), "aorm_%llu", (unsigned long long)++sc->next_id);
 
-    if (sc->count >= sc->cap) {
-        aorm__stmt *v = sc->lru_tail;
-        while (v && v->state == STMT_PREPARING) v = v->lru_prev;
-        if (v) {
-            v->refs++;
-            aorm__stmt_forget(sc, v);
-            *evicted = v;
-        }
+    if (victim) {
+        victim->refs++;
+        aorm__stmt_forget(sc, victim);
+        *evicted = victim;
     }
     aorm__stmt **b = &sc->buckets[s->hash & (sc->nbuckets - 1)];
     s->hnext = *b;

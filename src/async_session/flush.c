@@ -837,6 +837,45 @@ static void fetch_keys(flush_run *f) {
     }
 }
 
+/* Children removed from a loaded one-to-many collection: deleted when the
+ * relationship declares delete-orphan, detached from the parent (FK set to
+ * NULL) when the FK is nullable, and otherwise an error: a NOT NULL
+ * foreign key cannot be left pointing at a parent that disowned it. */
+static int process_orphans(aorm_session *s, char *msg, size_t cap) {
+    for (aorm__obj *h = s->tracked; h; h = h->track_next) {
+        if ((h->state != AORM_PERSISTENT && h->state != AORM_DELETED) || !h->rel_snap) continue;
+        for (int i = 0; i < h->model->nrelationships; i++) {
+            const aorm_relationship *r = &h->model->relationships[i];
+            if (r->kind != AORM_ONE_TO_MANY || !(h->loaded_rels & (1u << i))) continue;
+            const aorm_list *now = (const aorm_list *)((char *)h + sizeof(aorm__obj) + r->offset);
+            const aorm_list *was = &h->rel_snap[i];
+            const aorm_column *fk = aorm_model_column_at(r->target, r->fk_offset);
+            for (size_t j = 0; j < was->len; j++) {
+                bool still = false;
+                for (size_t k = 0; k < now->len && !still; k++) still = now->items[k] == was->items[j];
+                if (still) continue;
+                aorm__obj *ch = aorm__obj_of(s, was->items[j]);
+                if (!ch || ch->state != AORM_PERSISTENT) continue;
+                if (r->cascade & AORM_CASCADE_DELETE_ORPHAN) {
+                    ch->state = AORM_DELETED;
+                    s->ndeleted++;
+                } else if (fk && (fk->flags & AORM_NULLABLE)) {
+                    memset(aorm__field(fk, was->items[j]), 0, fk->size); /* zeroed aorm_opt_* is NULL */
+                } else if (h->state == AORM_PERSISTENT) {
+                    /* still pointing at this parent? then it was only removed from the list */
+                    snprintf(msg, cap,
+                             "flush: a %s was removed from %s.%s but its foreign key cannot be NULL: "
+                             "delete it, move it to another parent, or declare AORM_CASCADE_DELETE_ORPHAN",
+                             r->target->name, h->model->name, r->name);
+                    if (fk && int_field(fk, was->items[j]) == int_field(pk_of(h->model), aorm__obj_data(h)))
+                        return AORM_EMISUSE;
+                }
+            }
+        }
+    }
+    return 0;
+}
+
 /* ---- start ----------------------------------------------------------------------------- */
 
 static void run_free_cb(void *p) { run_free(p); }
@@ -872,7 +911,14 @@ static void plan_and_send(aorm__sop *op, const aorm_error *err) {
         return;
     }
     char msg[256];
-    int rc = 0;
+    int rc = process_orphans(s, msg, sizeof(msg));
+    if (rc < 0) {
+        aorm_error e = {.code = rc, .message = msg, .detail = "", .hint = "", .constraint = "", .table = "",
+                        .column = ""};
+        record_error(f, &e);
+        finish(f);
+        return;
+    }
     sync_foreign_keys(s); /* keys already known flow to children now */
     for (aorm__obj *h = s->tracked; h && rc == 0; h = h->track_next) {
         if (h->state == AORM_PENDING) {

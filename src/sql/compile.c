@@ -13,8 +13,10 @@
  * parentheses; AND/OR wrap only nested AND/OR lists (everything else
  * binds tighter); the top of a clause (WHERE, ON, HAVING, a select entry,
  * a SET value, an ORDER BY key, an aggregate's argument) is not wrapped:
- *   WHERE "t"."a" = $1 AND ("t"."b" = $2 OR "t"."c" = $3)
- *   WHERE ("t"."a" + $1) * $2 > $3   ->  (("t"."a" + $1) * $2) > $3
+ *   and(eq(a, 1), or(eq(b, 2), eq(c, 3)))
+ *       WHERE "t"."a" = $1 AND ("t"."b" = $2 OR "t"."c" = $3)
+ *   gt(mul(add(a, 1), 2), 3)
+ *       WHERE (("t"."a" + $1) * $2) > $3
  * Meaning never depends on PostgreSQL's precedence table.
  *
  * Columns are checked here, not when attached, because FROM and joins may

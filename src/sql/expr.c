@@ -61,9 +61,10 @@ static void adopt(aorm_stmt *q, aorm_stmt *sub) {
     sub->owner = q;
     sub->next_sub = q->subs;
     q->subs = sub;
-    /* A raw subquery may do anything: the statement is not read-only. */
-    if (sub->kind == AORM__RAW || sub->raw_sub)
-        for (aorm_stmt *a = q; a; a = a->owner) a->raw_sub = true;
+    /* A subquery that locks rows, or raw text (which may do anything),
+     * makes every enclosing statement not read-only. */
+    if (sub->kind == AORM__RAW || sub->has_lock || sub->locking_sub)
+        for (aorm_stmt *a = q; a; a = a->owner) a->locking_sub = true;
 }
 
 static void take_subs(aorm_stmt *q, const aorm_expr *e, int depth) {
@@ -348,11 +349,17 @@ static int copy_node(cp *c, const aorm_expr *e, int depth, const aorm_expr **out
     switch (e->kind) {
     case AORM_X_COLUMN: {
         if (!e->model) return aorm__sql_fail(q, AORM_EMISUSE, "%s: column without a model", c->what);
+        if (!e->model->table || !*e->model->table)
+            return aorm__sql_fail(q, AORM_EMISUSE, "%s: model %s has no table name", c->what,
+                                  e->model->name ? e->model->name : "?");
         const aorm_column *col = aorm__sql_column_at(e->model, e->offset);
         if (!col)
             return aorm__sql_fail(q, AORM_EMISUSE, "%s: model %s (table \"%s\") has no column at offset %zu",
                                   c->what, e->model->name ? e->model->name : "?",
-                                  e->model->table ? e->model->table : "?", e->offset);
+                                  e->model->table, e->offset);
+        if (!col->name || !*col->name)
+            return aorm__sql_fail(q, AORM_EMISUSE, "%s: the column at offset %zu of %s has no name", c->what,
+                                  e->offset, e->model->table);
         n->model = e->model;
         n->offset = e->offset;
         n->v.p = col;

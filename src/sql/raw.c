@@ -12,7 +12,8 @@
  * $tag$...$tag$ dollar quotes, -- line comments, nested C-style
  * comments, and `::` casts. A name is [A-Za-z_][A-Za-z0-9_]*; a colon
  * followed by anything else (a digit in an array slice, `:=`, a space)
- * stays as it is. Positional $1 parameters are refused: they would clash
+ * stays as it is. So an array slice with a name for its upper bound is
+ * written with a space after the colon: a[lo: hi]. Positional $1 parameters are refused: they would clash
  * with the numbering. An unterminated string, identifier or comment is
  * reported at once (the text cannot be what was meant).
  *

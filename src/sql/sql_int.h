@@ -136,7 +136,7 @@ struct aorm_stmt {
     bool has_limit, has_offset, has_lock;
     int64_t limit, offset;
     unsigned lock;
-    bool raw_sub;             /* some subquery (at any depth) is raw text */
+    bool locking_sub;         /* some subquery (at any depth) locks rows or is raw text */
 
     /* INSERT */
     const aorm_column **icols; /* columns of the object rows */

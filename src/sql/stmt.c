@@ -236,7 +236,7 @@ const char *aorm_stmt_errmsg(const aorm_stmt *q) {
 const aorm_model *aorm_stmt_model(const aorm_stmt *q) { return q ? q->model : NULL; }
 
 bool aorm_stmt_readonly(const aorm_stmt *q) {
-    return q && q->kind == AORM__SELECT && !q->has_lock && !q->raw_sub;
+    return q && q->kind == AORM__SELECT && !q->has_lock && !q->locking_sub;
 }
 
 /* =========================================================================
@@ -410,6 +410,9 @@ static int check_model(aorm_stmt *q, const aorm_model *m, const char *fn) {
     if (!m->table || !*m->table || m->ncolumns <= 0 || !m->columns)
         return aorm__sql_fail(q, AORM_EMISUSE, "%s: model %s has no table name or no columns", fn,
                               m->name ? m->name : "(unnamed)");
+    for (int i = 0; i < m->ncolumns; i++)
+        if (!m->columns[i].name || !*m->columns[i].name)
+            return aorm__sql_fail(q, AORM_EMISUSE, "%s: column %d of %s has no name", fn, i, m->table);
     return 0;
 }
 
