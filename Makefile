@@ -12,17 +12,19 @@ JOBS  ?= 2
 help:
 	@echo "targets: demo test bench clean"
 
+# The bookstore tour creates its own schema from its models: no --schema.
 demo:
 	scripts/bootstrap
 	$(CMAKE) -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo
-	$(CMAKE) --build build -j$(JOBS)
-	scripts/sandbox run --schema -- build/examples/aorm-demo
+	$(CMAKE) --build build -j$(JOBS) --target aorm-bookstore
+	scripts/sandbox run -- build/examples/aorm-bookstore
 
 test:
-	scripts/bootstrap
+	scripts/bootstrap --docs
 	$(CMAKE) -S . -B build-test -DAORM_SANITIZE=ON -DAORM_WERROR=ON -DCMAKE_BUILD_TYPE=Debug
 	$(CMAKE) --build build-test -j$(JOBS)
-	scripts/sandbox run -- ctest --test-dir build-test --output-on-failure -V --timeout 600
+	$(CMAKE) --build build-test --target docs
+	scripts/sandbox run --schema -- ctest --test-dir build-test --output-on-failure -V --timeout 900
 
 bench:
 	scripts/bootstrap --bench
@@ -32,3 +34,10 @@ bench:
 
 clean:
 	rm -rf build build-test
+
+# make compare   aorm against SQLAlchemy asyncio on the reference data, with
+#                the plain-libpq ceilings (bench/README.md); Release build in
+#                build-bench/
+.PHONY: compare
+compare:
+	bench/compare

@@ -36,6 +36,8 @@
  * libpq ceiling); wl_core.c: the peer's Core bulk loads. */
 extern const bench_workload wl_session_list[];
 extern const bench_workload wl_core_list[];
+/* wl_loaders.c: the peer's relationship-loading workloads and their ceiling. */
+extern const bench_workload wl_loaders_list[];
 
 /* The default run order: the ceilings first, then what is measured
  * against them. New wl_*.c files add their array here (see bench.h). */
@@ -44,6 +46,7 @@ static const bench_workload *const lists[] = {
     wl_engine_list,
     wl_session_list,
     wl_core_list,
+    wl_loaders_list,
     NULL
 };
 

@@ -23,6 +23,7 @@
  * run with autoflush off. Criterion runs tests in separate processes, so
  * each test has its own loop and engine. */
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -521,6 +522,13 @@ Test(identity, one_object_per_row_and_statements_only_when_needed, .timeout = TI
     env_close(&t);
 }
 
+/* The object among items whose int64 key at `off` is id, or NULL. */
+static void *find_by_id(void **items, size_t n, size_t off, int64_t id) {
+    for (size_t i = 0; i < n; i++)
+        if (*(const int64_t *)((const char *)items[i] + off) == id) return items[i];
+    return NULL;
+}
+
 /* ==========================================================================
  * 2. The unit of work: a graph of new objects, one pipeline, read back
  * ========================================================================== */
@@ -596,9 +604,13 @@ Test(unit_of_work, graph_is_flushed_in_fk_order_in_one_pipeline_and_reads_back, 
     cr_assert(ia >= 0 && it >= 0 && ib >= 0 && ibt >= 0 && ic >= 0,
               "missing statements in the echo: authors %d tags %d books %d book_tags %d commit %d", ia, it, ib, ibt,
               ic);
+    /* foreign-key order: books reference authors; book_tags reference
+     * books and tags (books do not reference tags, so tags and books may
+     * come in either order) */
+    cr_log_info("insert order: authors %d, tags %d, books %d, book_tags %d", ia, it, ib, ibt);
     cr_assert_lt(ia, ib, "authors must be inserted before books");
-    cr_assert_lt(it, ib, "tags must be inserted before books");
     cr_assert_lt(ib, ibt, "books must be inserted before book_tags");
+    cr_assert_lt(it, ibt, "tags must be inserted before book_tags");
     cr_assert_lt(ibt, ic, "every write comes before COMMIT");
     cr_assert_eq(log_count(&t.log, "INSERT"), 4, "one INSERT statement per model");
     cr_assert_eq(log_count(&t.log, "UPDATE"), 0);
@@ -606,6 +618,8 @@ Test(unit_of_work, graph_is_flushed_in_fk_order_in_one_pipeline_and_reads_back, 
     /* one round trip for the generated keys, one for every write, one for
      * COMMIT */
     uint64_t rt = after.round_trips - before.round_trips;
+    cr_log_info("flush + commit: %llu round trips, %llu statements", (unsigned long long)rt,
+                (unsigned long long)(after.statements - before.statements));
     cr_assert_leq(rt, 3, "the flush and commit took %llu round trips", (unsigned long long)rt);
 
     /* keys are filled in, children carry their parents' keys */
@@ -648,20 +662,22 @@ Test(unit_of_work, graph_is_flushed_in_fk_order_in_one_pipeline_and_reads_back, 
     await_ok(&t, &rt_, "read back tags");
     await_ok(&t, &rl, "read back book_tags");
 
+    /* rows are matched by key: the order in which new objects get their
+     * keys is the flush's business */
     author *wa[2] = {a1, a2};
     cr_assert_eq(ra.len, 2);
     for (int i = 0; i < 2; i++) {
-        author *x = ra.items[i];
+        author *x = find_by_id(ra.items, ra.len, offsetof(author, id), wa[i]->id);
+        cr_assert_not_null(x, "author %d is not in the database", i);
         cr_assert_neq(x, wa[i], "two sessions share an object");
-        cr_assert_eq(x->id, wa[i]->id);
         cr_assert_str_eq(x->name, wa[i]->name);
         cr_assert_eq(x->born.valid, wa[i]->born.valid);
         if (x->born.valid) cr_assert_eq(x->born.value, wa[i]->born.value);
     }
     cr_assert_eq(rb.len, 4);
     for (int i = 0; i < 4; i++) {
-        book *x = rb.items[i];
-        cr_assert_eq(x->id, b[i]->id);
+        book *x = find_by_id(rb.items, rb.len, offsetof(book, id), b[i]->id);
+        cr_assert_not_null(x, "book %d is not in the database", i);
         cr_assert_eq(x->author_id, b[i]->author_id);
         cr_assert_str_eq(x->title, b[i]->title);
         cr_assert_eq(x->year, b[i]->year);
@@ -669,8 +685,8 @@ Test(unit_of_work, graph_is_flushed_in_fk_order_in_one_pipeline_and_reads_back, 
     }
     cr_assert_eq(rt_.len, 3);
     for (int i = 0; i < 3; i++) {
-        tag *x = rt_.items[i];
-        cr_assert_eq(x->id, tg[i]->id);
+        tag *x = find_by_id(rt_.items, rt_.len, offsetof(tag, id), tg[i]->id);
+        cr_assert_not_null(x, "tag %d is not in the database", i);
         cr_assert_str_eq(x->name, tg[i]->name);
     }
     /* links: b0-{t0,t1}, b1-{t1,t2}, b3-{t0} */
@@ -814,12 +830,6 @@ Test(unit_of_work, delete_cascades_to_loaded_and_unloaded_children, .timeout = T
     await_ok(&t, &c1, "commit of the deleted parent p1");
     cr_assert_eq(casc_count(&t, casc_child_table, "parent_id", p1), 0, "children of p1 survived");
     cr_assert_eq(casc_count(&t, casc_parent_table, "id", p1), 0, "p1 survived");
-    /* the children the session held in the deleted parent's collection
-     * follow the parent (deleting the parent deletes its children) */
-    for (size_t i = 0; i < 2; i++)
-        cr_expect_eq(aorm_object_state_of(s, qc.items[i]), AORM_DETACHED,
-                     "child %zu of a deleted parent is still %d in the session after the flush deleted its row", i,
-                     (int)aorm_object_state_of(s, qc.items[i]));
     aorm_session_free(s);
     log_clear(&t.log);
 
@@ -879,6 +889,50 @@ Test(unit_of_work, delete_cascades_to_loaded_and_unloaded_children, .timeout = T
     cr_assert_eq(casc_count(&t, casc_parent_table, "id", p3id), 0);
     aorm_session_free(s);
 
+    settle(&t, 0.05);
+    rec_free(&qc);
+    casc_teardown(&t);
+    env_close(&t);
+}
+
+/* The children in a deleted parent's collection (filled by hand from a
+ * query, as a loader will) follow their parent in the session too:
+ * DELETED at aorm_session_delete, DETACHED once flushed, and a get of
+ * one of them afterwards finds no row instead of a stale object. */
+Test(unit_of_work, delete_cascade_marks_the_children_held_in_the_collection, .timeout = TIMEOUT) {
+    env t;
+    env_open(&t, "cascstate");
+    casc_setup(&t, "cst");
+    int64_t p1 = casc_make_parent(&t, "p1", 2);
+    aorm_session *s = aorm_session_new(t.e, NULL);
+    rec gp = {0}, qc = {0}, c1 = {0};
+    cr_assert_eq(aorm_session_get(s, &casc_parent_model, &(casc_parent){.id = p1}, NULL, on_obj, &gp), 0);
+    aorm_stmt *q = aorm_select(&casc_child_model);
+    aorm_where(q, aorm_eq(AORM_COL(casc_child, parent_id), aorm_int8(p1)));
+    aorm_order_by(q, AORM_COL(casc_child, id), AORM_ASC);
+    cr_assert_eq(aorm_session_query(s, q, NULL, on_objs, &qc), 0);
+    await_ok(&t, &gp, "get parent p1");
+    await_ok(&t, &qc, "query children of p1");
+    casc_parent *parent = gp.obj;
+    cr_assert_not_null(parent);
+    cr_assert_eq(qc.len, 2);
+    casc_child *k0 = qc.items[0];
+    int64_t k0id = k0->id;
+    set_list(s, &parent->children, 2, qc.items[0], qc.items[1]);
+    cr_assert_eq(aorm_session_delete(s, parent), 0);
+    cr_expect_eq(aorm_object_state_of(s, k0), AORM_DELETED, "a child in a deleted parent's collection is %d",
+                 (int)aorm_object_state_of(s, k0));
+    cr_assert_eq(aorm_session_commit(s, on_done, &c1), 0);
+    await_ok(&t, &c1, "commit of the deleted parent");
+    cr_assert_eq(casc_count(&t, casc_child_table, "parent_id", p1), 0, "children of p1 survived");
+    cr_expect_eq(aorm_object_state_of(s, k0), AORM_DETACHED,
+                 "a child whose row the flush deleted is still %d in the session",
+                 (int)aorm_object_state_of(s, k0));
+    rec g = {0};
+    cr_assert_eq(aorm_session_get(s, &casc_child_model, &(casc_child){.id = k0id}, NULL, on_obj, &g), 0);
+    await_ok(&t, &g, "get of a deleted child");
+    cr_expect_null(g.obj, "get of a child whose row was deleted returned a stale object from the identity map");
+    aorm_session_free(s);
     settle(&t, 0.05);
     rec_free(&qc);
     casc_teardown(&t);
@@ -1327,7 +1381,13 @@ Test(retry, serialization_failure_is_retried_and_a_budget_of_one_reports_it, .ti
         cr_assert_not(aorm_session_rollback_required(s[i]));
     }
 
-    /* a budget of one attempt: the failure goes to done */
+    /* a budget of one attempt: the failure goes to done. Fresh sessions:
+     * the first ones hold the rows as they last read them, and a plain
+     * query does not overwrite objects already in the identity map */
+    aorm_session_free(s[0]);
+    aorm_session_free(s[1]);
+    s[0] = aorm_session_new(t.e, NULL);
+    s[1] = aorm_session_new(t.e, NULL);
     pg_exec(&t, "UPDATE \"%s\" SET val = 1", ledger_table);
     run_skew(&t, s, k, 1);
     int failed = (k[0].done.code != 0) + (k[1].done.code != 0);
@@ -1418,19 +1478,24 @@ Test(closing, free_with_a_statement_in_flight_and_a_transaction_open, .timeout =
     cr_assert_eq(aorm_session_add(s, a), 0);
     rec f = {0}, x = {0}, c = {0};
     cr_assert_eq(aorm_session_flush(s, on_done, &f), 0);
-    cr_assert_eq(aorm_session_execute(s, aorm_raw("SELECT pg_sleep(0.5)"), on_rows, &x), 0);
+    cr_assert_eq(aorm_session_execute(s, aorm_raw("SELECT pg_sleep(1.0) AS ses_close3_sleep"), on_rows, &x), 0);
     cr_assert_eq(aorm_session_commit(s, on_done, &c), 0);
     await_ok(&t, &f, "flush");
     cr_assert_eq(stats(&t).held, 1);
-    uint64_t sent = stats(&t).statements;
-    settle(&t, 0.1); /* the sleep goes out */
-    cr_assert_gt(stats(&t).statements, sent, "the statement was not sent");
+    /* wait until the server runs the sleep */
+    long running = 0;
+    for (int i = 0; i < 40 && !running; i++) {
+        settle(&t, 0.02);
+        running = pg_long(&t, "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%%ses_close3_sleep%%' "
+                              "AND pid <> pg_backend_pid() AND state = 'active'");
+    }
+    cr_assert(running, "the statement never reached the server");
     cr_assert_eq(x.calls, 0);
     aorm_session_free(s);
     expect_code(&x, AORM_ECANCELED, "statement in flight");
     expect_code(&c, AORM_ECANCELED, "queued commit");
     cr_assert(t_run_until_fn(t.evl, held_is_zero, &t, 5.0), "the connection was not given back");
-    settle(&t, 0.6); /* the late result arrives and goes nowhere */
+    settle(&t, 1.0); /* the late result arrives and goes nowhere */
     cr_assert_eq(f.calls, 1);
     cr_assert_eq(x.calls, 1);
     cr_assert_eq(c.calls, 1);
@@ -1535,42 +1600,54 @@ Test(chain, get_query_edit_commit_runs_in_order, .timeout = TIMEOUT) {
     env_close(&t);
 }
 
-Test(chain, a_failing_step_skips_the_rest_and_done_gets_the_first_error, .timeout = TIMEOUT) {
+Test(chain, aorm_chain_fail_skips_the_rest_and_done_gets_its_error_once, .timeout = TIMEOUT) {
     env t;
-    env_open(&t, "chainfail");
+    env_open(&t, "chainstop");
     int64_t books[1];
-    int64_t aid = make_author(&t, "chained", 1, books);
-
-    /* aorm_chain_fail in the second step */
+    chain_ctx x = {0};
+    x.author_id = make_author(&t, "chained", 1, books);
     aorm_session *s = aorm_session_new(t.e, NULL);
-    chain_ctx x = {.author_id = aid};
     cr_assert_eq(aorm_chain_run(s, AORM_STEPS(ch_get, ch_stop, ch_never), on_chain_done, &x), 0);
     await(&t, &x.done, "the stopped chain");
     settle(&t, 0.2);
     cr_assert_eq(x.done.calls, 1);
     cr_assert_eq(x.done.code, AORM_ENOTFOUND, "%s", aorm_errname(x.done.code));
     cr_assert_str_eq(x.done.message, "stopped on purpose");
-    cr_assert_eq(x.n, 2);
+    cr_assert_eq(x.n, 2, "%d steps ran", x.n);
     cr_assert_eq(x.order[0], 1);
     cr_assert_eq(x.order[1], 5);
     aorm_session_free(s);
+    cr_assert_eq(aorm_chain_run(NULL, AORM_STEPS(ch_get), on_chain_done, &x), AORM_EMISUSE);
+    settle(&t, 0.05);
+    cr_assert_eq(x.done.calls, 1);
+    env_close(&t);
+}
 
-    /* a query that fails on the server in the second step */
-    s = aorm_session_new(t.e, NULL);
-    chain_ctx y = {.author_id = aid};
+Test(chain, a_server_error_skips_the_rest_and_done_gets_it_once, .timeout = TIMEOUT) {
+    env t;
+    env_open(&t, "chainerr");
+    int64_t books[1];
+    chain_ctx y = {0};
+    y.author_id = make_author(&t, "chained", 1, books);
+    aorm_session *s = aorm_session_new(t.e, NULL);
     cr_assert_eq(aorm_chain_run(s, AORM_STEPS(ch_get, ch_bad_query, ch_never), on_chain_done, &y), 0);
     await(&t, &y.done, "the failing chain");
     settle(&t, 0.2);
     cr_assert_eq(y.done.calls, 1);
     cr_assert_eq(y.done.code, AORM_ESERVER, "%s: %s", aorm_errname(y.done.code), y.done.message);
     cr_assert_str_eq(y.done.sqlstate, "22012");
-    cr_assert_eq(y.n, 2);
+    cr_assert_eq(y.n, 2, "%d steps ran", y.n);
     cr_assert_eq(y.order[0], 1);
     cr_assert_eq(y.order[1], 6);
     aorm_session_free(s);
+    settle(&t, 0.05);
+    env_close(&t);
+}
 
-    /* a step that fails at once (a negative code from a queuing call) */
-    s = aorm_session_new(t.e, NULL);
+Test(chain, a_step_that_finds_nothing_stops_the_chain, .timeout = TIMEOUT) {
+    env t;
+    env_open(&t, "chainmiss");
+    aorm_session *s = aorm_session_new(t.e, NULL);
     chain_ctx z = {.author_id = 999999999};
     cr_assert_eq(aorm_chain_run(s, AORM_STEPS(ch_get, ch_books, ch_never), on_chain_done, &z), 0);
     await(&t, &z.done, "the chain of a missing author");
@@ -1578,10 +1655,8 @@ Test(chain, a_failing_step_skips_the_rest_and_done_gets_the_first_error, .timeou
     cr_assert_eq(z.done.calls, 1);
     cr_assert_eq(z.done.code, AORM_ENOTFOUND);
     cr_assert_str_eq(z.done.message, "no such author");
-    cr_assert_eq(z.n, 2);
+    cr_assert_eq(z.n, 2, "%d steps ran", z.n);
     aorm_session_free(s);
-
-    cr_assert_eq(aorm_chain_run(NULL, AORM_STEPS(ch_get), on_chain_done, &z), AORM_EMISUSE);
     settle(&t, 0.05);
     env_close(&t);
 }
@@ -1647,9 +1722,9 @@ Test(states, transient_pending_persistent_deleted_detached_and_rollback, .timeou
     cr_assert_eq(aorm_object_state_of(s, d), AORM_DETACHED);
     cr_assert_eq(aorm_session_rollback(s, on_done, &rb), 0);
     await_ok(&t, &rb, "rollback");
-    cr_assert_eq(aorm_object_state_of(s, n2), AORM_TRANSIENT, "a rolled-back INSERT's object is %d",
+    cr_expect_eq(aorm_object_state_of(s, n2), AORM_TRANSIENT, "a rolled-back INSERT's object is %d",
                  (int)aorm_object_state_of(s, n2));
-    cr_assert_eq(aorm_object_state_of(s, d), AORM_PERSISTENT, "a rolled-back DELETE's object is %d",
+    cr_expect_eq(aorm_object_state_of(s, d), AORM_PERSISTENT, "a rolled-back DELETE's object is %d",
                  (int)aorm_object_state_of(s, d));
     cr_assert_eq(pg_long(&t, "SELECT count(*) FROM authors WHERE name = '%s-rolled-back'", t.tag), 0);
     cr_assert_eq(pg_long(&t, "SELECT count(*) FROM authors WHERE id = %lld", (long long)victim2), 1);
@@ -1657,7 +1732,7 @@ Test(states, transient_pending_persistent_deleted_detached_and_rollback, .timeou
     rec gv3 = {0};
     cr_assert_eq(aorm_session_get(s, &author_model, &(author){.id = victim2}, NULL, on_obj, &gv3), 0);
     await_ok(&t, &gv3, "get after rollback");
-    cr_assert_eq(gv3.obj, d);
+    cr_expect_eq(gv3.obj, d, "the restored object is not the session's object for its row");
 
     /* pointers that are not objects of this session */
     aorm_session *other = aorm_session_new(t.e, NULL);

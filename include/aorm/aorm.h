@@ -1,4 +1,5 @@
-/* aorm.h -- umbrella header: include this to get the whole public API. */
+/** @file aorm.h
+ * umbrella header: include this to get the whole public API. */
 #ifndef AORM_H
 #define AORM_H
 

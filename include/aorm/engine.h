@@ -1,4 +1,5 @@
-/* engine.h -- the async engine: a pool of non-blocking PostgreSQL
+/** @file engine.h
+ * the async engine: a pool of non-blocking PostgreSQL
  * connections driven by an aorm_loop, always in pipeline mode.
  *
  * Every statement is queued and returns at once; at the loop's before-poll
@@ -50,89 +51,89 @@ typedef struct aorm_copy aorm_copy;
 /* ---- logging ------------------------------------------------------------ */
 
 typedef enum aorm_log_level {
-    AORM_LOG_ERROR = 0, /* a connection failed, a statement failed */
-    AORM_LOG_WARN = 1,  /* reconnects, discarded connections, server notices of WARNING */
-    AORM_LOG_INFO = 2,  /* connections opened and closed */
-    AORM_LOG_SQL = 3,   /* the SQL echo: text, duration, rows, parameters */
-    AORM_LOG_DEBUG = 4  /* pipelines written, prepared statements */
+    AORM_LOG_ERROR = 0, /**< a connection failed, a statement failed */
+    AORM_LOG_WARN = 1,  /**< reconnects, discarded connections, server WARNINGs */
+    AORM_LOG_INFO = 2,  /**< connections opened and closed, server NOTICEs and INFOs */
+    AORM_LOG_SQL = 3,   /**< the SQL echo: text, duration, rows, parameters */
+    AORM_LOG_DEBUG = 4  /**< pipelines written, prepared statements */
 } aorm_log_level;
 
-/* Receives one message (NUL-terminated, no trailing newline). Called on
+/** Receives one message (NUL-terminated, no trailing newline). Called on
  * the loop's thread; must not call back into the engine. */
 typedef void (*aorm_log_fn)(aorm_log_level level, const char *message, void *user);
 
 /* ---- options ------------------------------------------------------------ */
 
 typedef struct aorm_engine_options {
-    /* libpq conninfo: "key=value ..." or a postgresql:// URI, including
+    /** libpq conninfo: "key=value ..." or a postgresql:// URI, including
      * multi-host lists and target_session_attrs. Copied. Required. */
     const char *conninfo;
-    int pool_size;              /* connections kept open (default 5) */
-    int max_overflow;           /* extra connections under load (default 10) */
-    double pool_timeout;        /* seconds a statement or acquire waits for a connection (30) */
-    double recycle;             /* close connections older than this many seconds; 0 never (0) */
-    bool pre_ping;              /* check a connection idle for > 1 s before reusing it (false) */
-    bool lifo;                  /* reuse the most recently used idle connection first (true) */
-    double connect_timeout;     /* seconds for one connection attempt (10) */
-    double statement_timeout;   /* default deadline of every statement in seconds; 0 none (0) */
+    int pool_size;              /**< connections kept open (default 5) */
+    int max_overflow;           /**< extra connections under load (default 10) */
+    double pool_timeout;        /**< seconds a statement or acquire waits for a connection (30) */
+    double recycle;             /**< close connections older than this many seconds; 0 never (0) */
+    bool pre_ping;              /**< check a connection idle for > 1 s before reusing it (false) */
+    bool lifo;                  /**< reuse the most recently used idle connection first (true) */
+    double connect_timeout;     /**< seconds for one connection attempt (10) */
+    double statement_timeout;   /**< default deadline of every statement in seconds; 0 none (0) */
     int prepared_cache_size;    /* named prepared statements kept per connection; 0 sends
                                    every statement unnamed, for PgBouncer in transaction
                                    mode (256) */
-    int max_pipeline;           /* statements in flight per connection (1024) */
-    double reconnect_min;       /* first reconnect delay after a failure, seconds (0.05) */
-    double reconnect_max;       /* backoff ceiling, seconds (2) */
-    aorm_log_fn log;            /* NULL: nothing is logged */
+    int max_pipeline;           /**< statements in flight per connection (1024) */
+    double reconnect_min;       /**< first reconnect delay after a failure, seconds (0.05) */
+    double reconnect_max;       /**< backoff ceiling, seconds (2) */
+    aorm_log_fn log;            /**< NULL: nothing is logged */
     void *log_user;
-    aorm_log_level log_level;   /* most verbose level passed to log (AORM_LOG_WARN) */
-    bool echo;                  /* log every statement at AORM_LOG_SQL (false) */
+    aorm_log_level log_level;   /**< most verbose level passed to log (AORM_LOG_WARN) */
+    bool echo;                  /**< log every statement at AORM_LOG_SQL (false) */
     bool echo_params;           /* include parameter values in the echo; when false they
                                    are shown as "$n redacted" (false) */
 } aorm_engine_options;
 
-/* Fills every field with its default (conninfo NULL). */
+/** Fills every field with its default (conninfo NULL). */
 AORM_API void aorm_engine_options_init(aorm_engine_options *o);
 
 /* ---- engine ------------------------------------------------------------- */
 
-/* Creates an engine on `loop`. No connection is opened until the first
+/** Creates an engine on `loop`. No connection is opened until the first
  * statement (or aorm_engine_warm()). Returns NULL when the conninfo
  * cannot be parsed or on out of memory (the reason goes to the log
  * callback). The loop must outlive the engine. */
 AORM_API aorm_engine *aorm_engine_new(aorm_loop *loop, const aorm_engine_options *o);
 
-/* Fails every queued and in-flight operation with AORM_ECANCELED (each
+/** Fails every queued and in-flight operation with AORM_ECANCELED (each
  * callback exactly once, from inside this call), closes every connection
  * and frees the engine. Held connections become invalid. Accepts NULL.
  * May be called from inside an engine callback: the engine is then freed
  * when that callback returns. */
 AORM_API void aorm_engine_free(aorm_engine *e);
 
-/* Opens connections until pool_size are open or connecting. Returns 0. */
+/** Opens connections until pool_size are open or connecting. Returns 0. */
 AORM_API int aorm_engine_warm(aorm_engine *e);
 
 AORM_API aorm_loop *aorm_engine_loop(const aorm_engine *e);
 AORM_API void aorm_engine_set_data(aorm_engine *e, void *data);
 AORM_API void *aorm_engine_data(const aorm_engine *e);
 
-/* Counters since the engine was created. A statement re-sent after a
+/** Counters since the engine was created. A statement re-sent after a
  * pipeline abort or a stale plan counts again in `statements`; a COPY
  * counts as one statement; PREPAREs are counted in `prepares` only. */
 typedef struct aorm_engine_stats {
-    uint64_t statements;     /* statements sent to the server */
-    uint64_t round_trips;    /* pipeline writes (one per connection per dispatch) */
-    uint64_t syncs;          /* pipeline syncs sent */
-    uint64_t prepares;       /* statements prepared */
-    uint64_t prepared_hits;  /* statements run from the prepared cache */
-    uint64_t resent;         /* read-only statements re-sent after a pipeline abort */
-    uint64_t connects;       /* successful connections */
+    uint64_t statements;     /**< statements sent to the server */
+    uint64_t round_trips;    /**< pipeline writes (one per connection per dispatch) */
+    uint64_t syncs;          /**< pipeline syncs sent */
+    uint64_t prepares;       /**< statements prepared */
+    uint64_t prepared_hits;  /**< statements run from the prepared cache */
+    uint64_t resent;         /**< read-only statements re-sent after a pipeline abort */
+    uint64_t connects;       /**< successful connections */
     uint64_t connect_failures;
     uint64_t connections_lost;
-    uint64_t cancels;        /* cancel requests sent after a deadline */
-    uint64_t discarded;      /* connections closed because they could not be reused */
-    int open;                /* connections open or connecting */
-    int idle;                /* open connections with nothing in flight and not held */
-    int held;                /* connections held by aorm_conn */
-    int waiting;             /* statements and acquires waiting for a connection */
+    uint64_t cancels;        /**< cancel requests sent after a deadline */
+    uint64_t discarded;      /**< connections closed because they could not be reused */
+    int open;                /**< connections open or connecting */
+    int idle;                /**< open connections with nothing in flight and not held */
+    int held;                /**< connections held by aorm_conn */
+    int waiting;             /**< statements and acquires waiting for a connection */
 } aorm_engine_stats;
 
 AORM_API void aorm_engine_stats_get(const aorm_engine *e, aorm_engine_stats *out);
@@ -140,27 +141,27 @@ AORM_API void aorm_engine_stats_get(const aorm_engine *e, aorm_engine_stats *out
 /* ---- statements --------------------------------------------------------- */
 
 enum {
-    /* The statement only reads: it may share a pipeline sync (one implicit
+    /** The statement only reads: it may share a pipeline sync (one implicit
      * transaction) with other read-only statements, and is re-sent when
      * another statement's error made the server skip it. */
     AORM_EXEC_READONLY = 1u << 0,
-    /* Never use a named prepared statement for this one. */
+    /** Never use a named prepared statement for this one. */
     AORM_EXEC_UNPREPARED = 1u << 1,
-    /* Results in text format instead of binary. */
+    /** Results in text format instead of binary. */
     AORM_EXEC_TEXT_RESULT = 1u << 2
 };
 
 typedef struct aorm_exec_options {
-    unsigned flags;   /* AORM_EXEC_* */
-    double deadline;  /* seconds from submission; 0 engine default; < 0 none */
+    unsigned flags;   /**< AORM_EXEC_* */
+    double deadline;  /**< seconds from submission; 0 engine default; < 0 none */
 } aorm_exec_options;
 
-/* Outcome of a statement: exactly one of res / err is non-NULL. Both are
+/** Outcome of a statement: exactly one of res / err is non-NULL. Both are
  * borrowed for the duration of the callback (aorm_result_detach() keeps
  * the result). May call any engine function, including aorm_engine_free. */
 typedef void (*aorm_result_cb)(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user);
 
-/* Queues an autocommit statement. `params` (may be NULL) and `sql` are
+/** Queues an autocommit statement. `params` (may be NULL) and `sql` are
  * copied; `opts` may be NULL. Returns 0 (cb will run once, later) or a
  * negative code (cb will never run): AORM_EMISUSE, AORM_ENOMEM, AORM_ECLOSED,
  * or the params builder's sticky error. Statements may be queued before
@@ -170,21 +171,21 @@ typedef void (*aorm_result_cb)(aorm_engine *e, aorm_result *res, const aorm_erro
 AORM_API int aorm_engine_execute(aorm_engine *e, const char *sql, const aorm_params *params,
                                  const aorm_exec_options *opts, aorm_result_cb cb, void *user);
 
-/* Moves a borrowed result to the heap so that it outlives its callback;
+/** Moves a borrowed result to the heap so that it outlives its callback;
  * free it with aorm_result_free(). Returns NULL on out of memory. */
 AORM_API aorm_result *aorm_result_detach(aorm_result *r);
-/* Frees a detached result. Accepts NULL (and ignores borrowed results). */
+/** Frees a detached result. Accepts NULL (and ignores borrowed results). */
 AORM_API void aorm_result_free(aorm_result *r);
 
 /* ---- held connections and transactions ----------------------------------- */
 
 typedef void (*aorm_conn_cb)(aorm_engine *e, aorm_conn *c, const aorm_error *err, void *user);
 
-/* Asks for a connection of one's own. cb receives it (or an error such as
+/** Asks for a connection of one's own. cb receives it (or an error such as
  * AORM_EPOOLTIMEOUT) later. Returns 0 or a negative code. */
 AORM_API int aorm_engine_acquire(aorm_engine *e, aorm_conn_cb cb, void *user);
 
-/* Queues a statement on a held connection; statements of one connection
+/** Queues a statement on a held connection; statements of one connection
  * run in the order they were queued. Same contract as
  * aorm_engine_execute(). */
 AORM_API int aorm_conn_execute(aorm_conn *c, const char *sql, const aorm_params *params,
@@ -200,7 +201,7 @@ typedef struct aorm_tx_options {
     bool deferrable;
 } aorm_tx_options;
 
-/* BEGIN (opts may be NULL), COMMIT, ROLLBACK, and savepoints by name (the
+/** BEGIN (opts may be NULL), COMMIT, ROLLBACK, and savepoints by name (the
  * name is quoted as an identifier). Each queues one statement with the
  * usual contract. A COMMIT whose connection is lost before the answer
  * fails with AORM_EUNKNOWN_OUTCOME. */
@@ -212,20 +213,20 @@ AORM_API int aorm_conn_release_savepoint(aorm_conn *c, const char *name, aorm_re
 AORM_API int aorm_conn_rollback_to(aorm_conn *c, const char *name, aorm_result_cb cb, void *user);
 
 typedef enum aorm_tx_status {
-    AORM_TX_IDLE = 0,   /* no transaction open */
-    AORM_TX_ACTIVE,     /* statements in flight */
-    AORM_TX_INTRANS,    /* inside a transaction block */
-    AORM_TX_INERROR,    /* inside a failed transaction block: roll back */
-    AORM_TX_UNKNOWN     /* connection lost */
+    AORM_TX_IDLE = 0,   /**< no transaction open */
+    AORM_TX_ACTIVE,     /**< statements in flight */
+    AORM_TX_INTRANS,    /**< inside a transaction block */
+    AORM_TX_INERROR,    /**< inside a failed transaction block: roll back */
+    AORM_TX_UNKNOWN     /**< connection lost */
 } aorm_tx_status;
 
-/* Transaction state as of the last answer from the server. */
+/** Transaction state as of the last answer from the server. */
 AORM_API aorm_tx_status aorm_conn_tx_status(const aorm_conn *c);
-/* True once the connection has been lost; every later statement fails
+/** True once the connection has been lost; every later statement fails
  * with AORM_ECONNLOST. */
 AORM_API bool aorm_conn_broken(const aorm_conn *c);
 
-/* Gives the connection back. Statements already queued still complete
+/** Gives the connection back. Statements already queued still complete
  * and call back. An open transaction is rolled back first; a broken
  * connection is closed. The handle is invalid after this call. Accepts
  * NULL. */
@@ -233,14 +234,14 @@ AORM_API void aorm_conn_release(aorm_conn *c);
 
 /* ---- COPY FROM STDIN (binary) ------------------------------------------- */
 
-/* Fills the COPY stream: append rows with aorm_copy_row() and the
+/** Fills the COPY stream: append rows with aorm_copy_row() and the
  * aorm_copy_*() field writers, then return 1 when more rows will follow
  * (called again once the buffered data is written), 0 when done, or a
  * negative value to abort the COPY (the statement then fails and nothing
  * is loaded). Append about 64 KiB per call for best throughput. */
 typedef int (*aorm_copy_fill_fn)(aorm_copy *cp, void *user);
 
-/* Runs `sql` (a "COPY table (cols) FROM STDIN (FORMAT binary)"
+/** Runs `sql` (a "COPY table (cols) FROM STDIN (FORMAT binary)"
  * statement) on a pooled connection (aorm_engine_copy) or a held one
  * (aorm_conn_copy), streaming what `fill` produces without blocking the
  * loop. cb gets the COPY's result (aorm_result_affected() = rows).
@@ -253,7 +254,7 @@ AORM_API int aorm_engine_copy(aorm_engine *e, const char *sql, aorm_copy_fill_fn
 AORM_API int aorm_conn_copy(aorm_conn *c, const char *sql, aorm_copy_fill_fn fill, void *fill_user,
                             aorm_result_cb cb, void *user);
 
-/* Row and field writers (binary COPY format). Each returns 0 or
+/** Row and field writers (binary COPY format). Each returns 0 or
  * AORM_ENOMEM / AORM_EENCODING. */
 AORM_API int aorm_copy_row(aorm_copy *cp, int nfields);
 AORM_API int aorm_copy_null(aorm_copy *cp);
@@ -265,9 +266,9 @@ AORM_API int aorm_copy_float4(aorm_copy *cp, float v);
 AORM_API int aorm_copy_float8(aorm_copy *cp, double v);
 AORM_API int aorm_copy_text(aorm_copy *cp, const char *s, size_t len);
 AORM_API int aorm_copy_bytea(aorm_copy *cp, const void *data, size_t len);
-/* A field already in binary form (len bytes). */
+/** A field already in binary form (len bytes). */
 AORM_API int aorm_copy_raw(aorm_copy *cp, const void *data, size_t len);
-/* Bytes appended since the buffer was last handed to the connection
+/** Bytes appended since the buffer was last handed to the connection
  * (the current call's chunk, plus the header on the first call). */
 AORM_API size_t aorm_copy_buffered(const aorm_copy *cp);
 

@@ -1,4 +1,5 @@
-/* error.h -- aorm error codes and the one error shape every callback sees.
+/** @file error.h
+ * aorm error codes and the one error shape every callback sees.
  *
  * Every fallible public call returns 0 on success or a negative AORM_E*
  * code. Asynchronous outcomes arrive as a `const aorm_error *` (NULL means
@@ -19,7 +20,7 @@
 extern "C" {
 #endif
 
-/* X(NAME, value, description). Values are stable: never renumber. */
+/** X(NAME, value, description). Values are stable: never renumber. */
 #define AORM_ERRNO_MAP(X)                                                              \
     X(MISUSE, -1, "library misuse (NULL handle, bad argument or call in the wrong state)") \
     X(NOMEM, -2, "out of memory")                                                      \
@@ -50,37 +51,37 @@ typedef enum aorm_errno {
 #undef AORM__ERRNO_ENUM
 } aorm_errno;
 
-/* Human-readable description of an aorm code; never NULL ("unknown error"
+/** Human-readable description of an aorm code; never NULL ("unknown error"
  * for values not in the list). */
 AORM_API const char *aorm_strerror(int code);
 
-/* Symbolic name of an aorm code ("AORM_ETIMEOUT"); never NULL. */
+/** Symbolic name of an aorm code ("AORM_ETIMEOUT"); never NULL. */
 AORM_API const char *aorm_errname(int code);
 
-/* The one error shape. Strings are NUL-terminated and never NULL (empty
+/** The one error shape. Strings are NUL-terminated and never NULL (empty
  * when absent). `sqlstate` is the server's five-character code, or a
  * synthesized class-08 code when a connection died without one ("08006"
  * connection failure, "08001" unable to connect), or "" when the error did
  * not come from the database at all (e.g. AORM_EMISUSE). */
 typedef struct aorm_error {
-    int code;                 /* negative AORM_E* */
+    int code;                 /**< negative AORM_E* */
     char sqlstate[6];
-    const char *message;      /* primary message */
-    const char *detail;       /* server DETAIL, or "" */
-    const char *hint;         /* server HINT, or "" */
-    const char *constraint;   /* violated constraint name, or "" */
-    const char *table;        /* table the error refers to, or "" */
-    const char *column;       /* column the error refers to, or "" */
+    const char *message;      /**< primary message */
+    const char *detail;       /**< server DETAIL, or "" */
+    const char *hint;         /**< server HINT, or "" */
+    const char *constraint;   /**< violated constraint name, or "" */
+    const char *table;        /**< table the error refers to, or "" */
+    const char *column;       /**< column the error refers to, or "" */
 } aorm_error;
 
-/* Deep copy of an error (one allocation). Returns NULL on NULL input or
+/** Deep copy of an error (one allocation). Returns NULL on NULL input or
  * out of memory. Free with aorm_error_free(). */
 AORM_API aorm_error *aorm_error_copy(const aorm_error *err);
 
-/* Frees a copy made by aorm_error_copy(). Accepts NULL. */
+/** Frees a copy made by aorm_error_copy(). Accepts NULL. */
 AORM_API void aorm_error_free(aorm_error *err);
 
-/* True when err's SQLSTATE equals `state` (e.g. "23505"). False on NULL. */
+/** True when err's SQLSTATE equals `state` (e.g. "23505"). False on NULL. */
 AORM_API int aorm_error_is(const aorm_error *err, const char *state);
 
 #ifdef __cplusplus

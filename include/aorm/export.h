@@ -1,4 +1,5 @@
-/* export.h -- symbol visibility for the aorm library.
+/** @file export.h
+ * symbol visibility for the aorm library.
  *
  * The library is built with -fvisibility=hidden; only declarations marked
  * AORM_API are exported from the shared object. AORM_STATIC (set by the

@@ -1,4 +1,5 @@
-/* loaders.h -- eager relationship loading: selectin, joined and raise.
+/** @file loaders.h
+ * eager relationship loading: selectin, joined and raise.
  *
  * On an event loop a relationship cannot be loaded lazily: reading it
  * would have to wait for the database. aorm therefore loads relationships
@@ -48,10 +49,10 @@ extern "C" {
 #endif
 
 typedef struct aorm_load {
-    const aorm_model *model;          /* the model owning the relationship */
-    size_t offset;                    /* the relationship's field */
-    aorm_loader_kind strategy;        /* AORM_LOAD_SELECTIN, AORM_LOAD_JOINED (RAISE: skip) */
-    const struct aorm_load *children; /* loads of the relationship's target objects */
+    const aorm_model *model;          /**< the model owning the relationship */
+    size_t offset;                    /**< the relationship's field */
+    aorm_loader_kind strategy;        /**< AORM_LOAD_SELECTIN, AORM_LOAD_JOINED (RAISE: skip) */
+    const struct aorm_load *children; /**< loads of the relationship's target objects */
     int nchildren;
 } aorm_load;
 
@@ -63,7 +64,7 @@ struct aorm_load_plan {
 #define AORM__LOADS(...) ((const aorm_load[]){__VA_ARGS__})
 #define AORM__NLOADS(...) ((int)(sizeof(AORM__LOADS(__VA_ARGS__)) / sizeof(aorm_load)))
 
-/* S.f loaded with selectin / joined; the _THEN forms load the target
+/** S.f loaded with selectin / joined; the _THEN forms load the target
  * objects' relationships too. */
 #define AORM_SELECTIN(S, f) {.model = &S##_model, .offset = offsetof(S, f), .strategy = AORM_LOAD_SELECTIN}
 #define AORM_JOINED(S, f) {.model = &S##_model, .offset = offsetof(S, f), .strategy = AORM_LOAD_JOINED}
@@ -74,24 +75,27 @@ struct aorm_load_plan {
     {.model = &S##_model, .offset = offsetof(S, f), .strategy = AORM_LOAD_JOINED,                \
      .children = AORM__LOADS(__VA_ARGS__), .nchildren = AORM__NLOADS(__VA_ARGS__)}
 
-/* A plan from loads of the root model: a pointer usable in a static const
+/** A plan from loads of the root model: a pointer usable in a static const
  * initializer and in aorm_query_options.load. */
 #define AORM_PLAN(...) (&(const aorm_load_plan){AORM__LOADS(__VA_ARGS__), AORM__NLOADS(__VA_ARGS__)})
 
-/* Checks a plan against the models (each load names a relationship of the
+/** Checks a plan against the models (each load names a relationship of the
  * model it is applied to; children apply to its target). Returns 0 or
  * AORM_EMISUSE with a message in msg. The session checks plans itself
  * before running them. */
 AORM_API int aorm_load_plan_validate(const aorm_model *root, const aorm_load_plan *plan, char *msg, size_t cap);
 
-/* Loads the plan's relationships for objects already in the session (all
+/** Loads the plan's relationships for objects already in the session (all
  * of the plan's root model), batched exactly as for a query: the C
  * counterpart of awaiting an attribute. Already loaded relationships are
- * loaded again (their collections refreshed). cb runs once. */
+ * loaded again (their collections refreshed). cb runs once. The plan is
+ * read after the call returns: it must stay valid until cb (a static
+ * constant; an AORM_PLAN written inside a function body lives only in
+ * that block). */
 AORM_API int aorm_session_load(aorm_session *s, void *const *objs, size_t n, const aorm_load_plan *plan,
                                aorm_session_cb cb, void *user);
 
-/* Reads a relationship of a session object: *out becomes the target
+/** Reads a relationship of a session object: *out becomes the target
  * object (many-to-one; NULL when the foreign key is NULL) or a pointer to
  * the aorm_list (collections). Returns 0, or AORM_EUNLOADED when it was
  * never loaded (the message, from aorm_session_errmsg(), names the model,
@@ -102,10 +106,10 @@ AORM_API int aorm__rel_get_at(aorm_session *s, const void *obj, const aorm_relat
 #define AORM_GET_REL(s, S, obj, f, out) \
     aorm__rel_get_at((s), (obj), AORM_REL(S, f), (void **)(out), __FILE__, __LINE__)
 
-/* 1 when the relationship of obj is loaded, 0 when not, negative on misuse. */
+/** 1 when the relationship of obj is loaded, 0 when not, negative on misuse. */
 AORM_API int aorm_rel_loaded(const aorm_session *s, const void *obj, const aorm_relationship *rel);
 
-/* The message of the session's last AORM_EUNLOADED (or misuse) from
+/** The message of the session's last AORM_EUNLOADED (or misuse) from
  * aorm_rel_get; "" when none. */
 AORM_API const char *aorm_session_errmsg(const aorm_session *s);
 
@@ -115,9 +119,9 @@ AORM_API const char *aorm_session_errmsg(const aorm_session *s);
  * On by default in debug builds, off otherwise; process-wide. */
 AORM_API void aorm_advisor_enable(bool on);
 AORM_API void aorm_advisor_reset(void);
-/* Number of unloaded reads recorded since the last reset. */
+/** Number of unloaded reads recorded since the last reset. */
 AORM_API long aorm_advisor_count(void);
-/* A malloc'd report, one line per call site, most frequent first:
+/** A malloc'd report, one line per call site, most frequent first:
  * "file.c:42: 1000 reads of unloaded author.books -> add AORM_SELECTIN(author, books)". */
 AORM_API char *aorm_advisor_report(void);
 

@@ -1,4 +1,5 @@
-/* loop.h -- the event-loop binding every aorm module runs on.
+/** @file loop.h
+ * the event-loop binding every aorm module runs on.
  *
  * aorm never owns the event loop: it attaches to the caller's libev loop
  * (default or not) and adds a few watchers to it. Everything above this
@@ -33,7 +34,7 @@
 extern "C" {
 #endif
 
-struct ev_loop; /* libev's loop; aorm_loop_new_ev() attaches to one */
+struct ev_loop; /**< libev's loop; aorm_loop_new_ev() attaches to one */
 
 typedef struct aorm_loop aorm_loop;
 typedef struct aorm_io aorm_io;
@@ -48,101 +49,101 @@ typedef void (*aorm_stage_cb)(aorm_loop *loop, void *user);
 
 /* ---- attaching ---------------------------------------------------------- */
 
-/* Attaches to a libev loop (EV_DEFAULT or one from ev_loop_new()). Starts
+/** Attaches to a libev loop (EV_DEFAULT or one from ev_loop_new()). Starts
  * an ev_prepare and an ev_check watcher that do not keep ev_run() alive on
  * their own. Returns NULL on out of memory or a NULL argument.
  * Free with aorm_loop_free() before the libev loop is destroyed. */
 AORM_API aorm_loop *aorm_loop_new_ev(struct ev_loop *evl);
 
-/* Detaches from the loop and frees it. Every aorm_io and aorm_timer made
+/** Detaches from the loop and frees it. Every aorm_io and aorm_timer made
  * on it must have been freed already (asserted in debug builds); soon
  * callbacks still queued are dropped without being called. Accepts NULL.
  * Must not be called from inside a callback of this loop. */
 AORM_API void aorm_loop_free(aorm_loop *loop);
 
-/* The libev loop this aorm_loop is attached to, or NULL for a backend
+/** The libev loop this aorm_loop is attached to, or NULL for a backend
  * that is not libev. */
 AORM_API struct ev_loop *aorm_loop_ev(aorm_loop *loop);
 
-/* The loop's cached current time in seconds (ev_now for libev). */
+/** The loop's cached current time in seconds (ev_now for libev). */
 AORM_API double aorm_loop_now(aorm_loop *loop);
 
 /* ---- I/O watchers ------------------------------------------------------- */
 
-/* New watcher on fd, stopped. cb runs with the ready subset of AORM_READ |
+/** New watcher on fd, stopped. cb runs with the ready subset of AORM_READ |
  * AORM_WRITE. Returns NULL on out of memory. The fd stays the caller's. */
 AORM_API aorm_io *aorm_io_new(aorm_loop *loop, int fd, aorm_io_cb cb, void *user);
 
-/* Sets the events to watch (0 stops the watcher). Cheap when unchanged.
+/** Sets the events to watch (0 stops the watcher). Cheap when unchanged.
  * May be called from any callback. */
 AORM_API void aorm_io_set(aorm_io *io, int events);
 
-/* Points the watcher at another fd (libpq may change the socket during a
+/** Points the watcher at another fd (libpq may change the socket during a
  * connection attempt), keeping the watched events. */
 AORM_API void aorm_io_set_fd(aorm_io *io, int fd);
 
-/* Currently watched events. */
+/** Currently watched events. */
 AORM_API int aorm_io_events(const aorm_io *io);
 
-/* Stops and frees the watcher. Accepts NULL. May be called from any
+/** Stops and frees the watcher. Accepts NULL. May be called from any
  * callback, including this watcher's own. */
 AORM_API void aorm_io_free(aorm_io *io);
 
 /* ---- timers ------------------------------------------------------------- */
 
-/* New stopped one-shot timer. Returns NULL on out of memory. */
+/** New stopped one-shot timer. Returns NULL on out of memory. */
 AORM_API aorm_timer *aorm_timer_new(aorm_loop *loop, aorm_timer_cb cb, void *user);
 
-/* (Re)starts the timer to fire once, `after` seconds from the loop's
+/** (Re)starts the timer to fire once, `after` seconds from the loop's
  * current time. Restarting an active timer moves its expiry. */
 AORM_API void aorm_timer_start(aorm_timer *t, double after);
 
-/* Stops the timer; no effect when it is not active. */
+/** Stops the timer; no effect when it is not active. */
 AORM_API void aorm_timer_stop(aorm_timer *t);
 
-/* True while the timer is started and has not fired. */
+/** True while the timer is started and has not fired. */
 AORM_API int aorm_timer_active(const aorm_timer *t);
 
-/* Stops and frees the timer. Accepts NULL. May be called from any
+/** Stops and frees the timer. Accepts NULL. May be called from any
  * callback, including this timer's own. */
 AORM_API void aorm_timer_free(aorm_timer *t);
 
 /* ---- the soon queue ----------------------------------------------------- */
 
-/* Queues cb(arg) to run on a later loop turn (after this turn's I/O), in
+/** Queues cb(arg) to run on a later loop turn (after this turn's I/O), in
  * FIFO order with everything else queued. Never runs cb before returning.
  * While the queue is not empty the loop does not block in poll. Returns 0,
  * or AORM_ENOMEM (cb will then never run). May be called from any
  * callback. */
 AORM_API int aorm_loop_soon(aorm_loop *loop, aorm_soon_cb cb, void *arg);
 
-/* Removes every queued (cb, arg) pair equal to the arguments without
+/** Removes every queued (cb, arg) pair equal to the arguments without
  * calling it; for owners that are being freed. Returns how many were
  * removed. */
 AORM_API int aorm_loop_soon_cancel(aorm_loop *loop, aorm_soon_cb cb, void *arg);
 
-/* Number of callbacks waiting in the soon queue. */
+/** Number of callbacks waiting in the soon queue. */
 AORM_API int aorm_loop_soon_pending(const aorm_loop *loop);
 
 /* ---- the before-poll stage ---------------------------------------------- */
 
-/* Registers cb(loop, user) to run every loop turn right before the loop
+/** Registers cb(loop, user) to run every loop turn right before the loop
  * polls for I/O. Hooks run in registration order. Returns 0 or
  * AORM_ENOMEM. */
 AORM_API int aorm_loop_before_poll_add(aorm_loop *loop, aorm_stage_cb cb, void *user);
 
-/* Unregisters a hook added with the same (cb, user). Safe from inside a
+/** Unregisters a hook added with the same (cb, user). Safe from inside a
  * hook. Returns 0, or AORM_ENOTFOUND. */
 AORM_API int aorm_loop_before_poll_remove(aorm_loop *loop, aorm_stage_cb cb, void *user);
 
-/* Asks the loop not to block in its next poll, so that the before-poll
+/** Asks the loop not to block in its next poll, so that the before-poll
  * hooks run again promptly (used when work is queued from outside any
  * callback, e.g. before ev_run() starts). */
 AORM_API void aorm_loop_wake(aorm_loop *loop);
 
 /* ---- plugging in another loop ------------------------------------------- */
 
-/* A backend implements watchers on its own loop. Handles are the
+/** A backend implements watchers on its own loop. Handles are the
  * backend's; aorm keeps them opaque. The backend must call
  * aorm_loop_backend_before_poll() right before it blocks for I/O,
  * aorm_loop_backend_after_poll() after it has dispatched the I/O and timer
@@ -159,10 +160,10 @@ typedef struct aorm_loop_hooks {
     void (*timer_free)(void *backend, void *handle);
     double (*now)(void *backend);
     void (*set_nonblocking)(void *backend, int on);
-    void (*detach)(void *backend); /* called once by aorm_loop_free() */
+    void (*detach)(void *backend); /**< called once by aorm_loop_free() */
 } aorm_loop_hooks;
 
-/* Creates a loop over a custom backend. `hooks` must outlive the loop. */
+/** Creates a loop over a custom backend. `hooks` must outlive the loop. */
 AORM_API aorm_loop *aorm_loop_new_hooks(const aorm_loop_hooks *hooks, void *backend);
 
 AORM_API void aorm_loop_backend_before_poll(aorm_loop *loop);

@@ -1,4 +1,5 @@
-/* result.h -- statement parameters (binary codecs) and query results.
+/** @file result.h
+ * statement parameters (binary codecs) and query results.
  *
  * Parameters are collected in an aorm_params builder, usually on the
  * caller's stack: each aorm_params_*() call appends one typed value in
@@ -30,7 +31,7 @@
 extern "C" {
 #endif
 
-/* PostgreSQL type OIDs aorm encodes and decodes in binary. */
+/** PostgreSQL type OIDs aorm encodes and decodes in binary. */
 enum {
     AORM_T_BOOL = 16,
     AORM_T_BYTEA = 17,
@@ -68,32 +69,32 @@ enum {
 #define AORM_TIMESTAMP_INFINITY INT64_MAX
 #define AORM_TIMESTAMP_NEG_INFINITY INT64_MIN
 
-/* Days since 2000-01-01 for a proleptic Gregorian date (month 1-12). */
+/** Days since 2000-01-01 for a proleptic Gregorian date (month 1-12). */
 AORM_API int32_t aorm_date_from_ymd(int year, int month, int day);
 AORM_API void aorm_date_to_ymd(int32_t date, int *year, int *month, int *day);
-/* Microseconds since 2000-01-01 00:00:00 from a Unix time in microseconds
+/** Microseconds since 2000-01-01 00:00:00 from a Unix time in microseconds
  * and back. */
 AORM_API int64_t aorm_timestamp_from_unix_us(int64_t unix_us);
 AORM_API int64_t aorm_timestamp_to_unix_us(int64_t ts);
 
 /* ---- parameters --------------------------------------------------------- */
 
-/* Inline room for the common case; larger statements spill to the heap. */
+/** Inline room for the common case; larger statements spill to the heap. */
 #define AORM_PARAMS_INLINE 8
 #define AORM_PARAMS_INLINE_BYTES 128
 
 typedef struct aorm_param_slot {
-    uint32_t type;   /* OID, 0 lets the server infer */
-    int32_t len;     /* -1 for NULL */
-    uint32_t offset; /* into the builder's data */
-    int32_t format;  /* 1 binary, 0 text */
+    uint32_t type;   /**< OID, 0 lets the server infer */
+    int32_t len;     /**< -1 for NULL */
+    uint32_t offset; /**< into the builder's data */
+    int32_t format;  /**< 1 binary, 0 text */
 } aorm_param_slot;
 
-/* Fields are private: use the functions below. */
+/** Fields are private: use the functions below. */
 typedef struct aorm_params {
     int count;
     int cap;
-    int error;                 /* first error met, 0 if none */
+    int error;                 /**< first error met, 0 if none */
     aorm_param_slot *slots;
     char *data;
     size_t len;
@@ -102,18 +103,18 @@ typedef struct aorm_params {
     char inline_data[AORM_PARAMS_INLINE_BYTES];
 } aorm_params;
 
-/* Prepares an empty builder. No allocation until it outgrows its inline
+/** Prepares an empty builder. No allocation until it outgrows its inline
  * room. */
 AORM_API void aorm_params_init(aorm_params *p);
-/* Empties the builder, keeping its memory. */
+/** Empties the builder, keeping its memory. */
 AORM_API void aorm_params_reset(aorm_params *p);
-/* Releases heap memory the builder took. Accepts NULL. */
+/** Releases heap memory the builder took. Accepts NULL. */
 AORM_API void aorm_params_free(aorm_params *p);
-/* Number of parameters, and the builder's sticky error (0 when fine). */
+/** Number of parameters, and the builder's sticky error (0 when fine). */
 AORM_API int aorm_params_count(const aorm_params *p);
 AORM_API int aorm_params_error(const aorm_params *p);
 
-/* Each append returns 0 or the builder's (new or earlier) error. */
+/** Each append returns 0 or the builder's (new or earlier) error. */
 AORM_API int aorm_params_null(aorm_params *p, uint32_t type);
 AORM_API int aorm_params_bool(aorm_params *p, bool v);
 AORM_API int aorm_params_int2(aorm_params *p, int16_t v);
@@ -121,32 +122,32 @@ AORM_API int aorm_params_int4(aorm_params *p, int32_t v);
 AORM_API int aorm_params_int8(aorm_params *p, int64_t v);
 AORM_API int aorm_params_float4(aorm_params *p, float v);
 AORM_API int aorm_params_float8(aorm_params *p, double v);
-/* NUL-terminated text (type text). NULL pointer appends SQL NULL. */
+/** NUL-terminated text (type text). NULL pointer appends SQL NULL. */
 AORM_API int aorm_params_text(aorm_params *p, const char *s);
-/* Text of known length; AORM_EENCODING when it contains a NUL byte
+/** Text of known length; AORM_EENCODING when it contains a NUL byte
  * (PostgreSQL text cannot hold one). UTF-8 validity is checked by the
  * server (SQLSTATE 22021). */
 AORM_API int aorm_params_text_n(aorm_params *p, const char *s, size_t len);
 AORM_API int aorm_params_bytea(aorm_params *p, const void *data, size_t len);
-/* An exact decimal string ("-12.3400", "NaN", "Infinity", "-Infinity"),
+/** An exact decimal string ("-12.3400", "NaN", "Infinity", "-Infinity"),
  * sent as binary numeric. AORM_EENCODING when malformed. */
 AORM_API int aorm_params_numeric(aorm_params *p, const char *decimal);
 AORM_API int aorm_params_date(aorm_params *p, int32_t date);
 AORM_API int aorm_params_timestamp(aorm_params *p, int64_t ts);
 AORM_API int aorm_params_timestamptz(aorm_params *p, int64_t ts);
 AORM_API int aorm_params_uuid(aorm_params *p, const uint8_t uuid[16]);
-/* uuid from its canonical text form; AORM_EENCODING when malformed. */
+/** uuid from its canonical text form; AORM_EENCODING when malformed. */
 AORM_API int aorm_params_uuid_str(aorm_params *p, const char *text);
 AORM_API int aorm_params_json(aorm_params *p, const char *json, size_t len);
 AORM_API int aorm_params_jsonb(aorm_params *p, const char *json, size_t len);
-/* One-dimensional arrays; `nulls` may be NULL (no NULL elements). For
+/** One-dimensional arrays; `nulls` may be NULL (no NULL elements). For
  * text arrays a NULL element pointer is an SQL NULL. */
 AORM_API int aorm_params_int4_array(aorm_params *p, const int32_t *v, const bool *nulls, size_t n);
 AORM_API int aorm_params_int8_array(aorm_params *p, const int64_t *v, const bool *nulls, size_t n);
 AORM_API int aorm_params_text_array(aorm_params *p, const char *const *v, size_t n);
-/* uuid arrays take n uuids as 16 * n contiguous bytes. */
+/** uuid arrays take n uuids as 16 * n contiguous bytes. */
 AORM_API int aorm_params_uuid_array(aorm_params *p, const uint8_t *v, const bool *nulls, size_t n);
-/* Escape hatch: a value already encoded in `format` (0 text, 1 binary)
+/** Escape hatch: a value already encoded in `format` (0 text, 1 binary)
  * for type OID `type`. data == NULL appends NULL. */
 AORM_API int aorm_params_raw(aorm_params *p, uint32_t type, const void *data, size_t len, int format);
 
@@ -156,66 +157,66 @@ typedef struct aorm_result aorm_result;
 
 AORM_API int aorm_result_nrows(const aorm_result *r);
 AORM_API int aorm_result_ncols(const aorm_result *r);
-/* Column index of `name`, or AORM_ENOTFOUND. Exact, case-sensitive. */
+/** Column index of `name`, or AORM_ENOTFOUND. Exact, case-sensitive. */
 AORM_API int aorm_result_col(const aorm_result *r, const char *name);
 AORM_API const char *aorm_result_col_name(const aorm_result *r, int col);
 AORM_API uint32_t aorm_result_col_type(const aorm_result *r, int col);
-/* Command tag ("SELECT 3", "INSERT 0 1") and the rows it affected
+/** Command tag ("SELECT 3", "INSERT 0 1") and the rows it affected
  * (or returned), -1 when the tag carries no count. */
 AORM_API const char *aorm_result_cmd_tag(const aorm_result *r);
 AORM_API int64_t aorm_result_affected(const aorm_result *r);
-/* 1 if NULL, 0 if not, negative code when out of range. */
+/** 1 if NULL, 0 if not, negative code when out of range. */
 AORM_API int aorm_result_is_null(const aorm_result *r, int row, int col);
-/* Raw value bytes (binary format), borrowed; len -1 for NULL. */
+/** Raw value bytes (binary format), borrowed; len -1 for NULL. */
 AORM_API int aorm_result_raw(const aorm_result *r, int row, int col, const char **data, int *len);
 
 AORM_API int aorm_result_bool(const aorm_result *r, int row, int col, bool *out);
-/* Integer getters accept every integer column that fits: int16 reads
+/** Integer getters accept every integer column that fits: int16 reads
  * int2; int32 reads int2/int4; int64 reads int2/int4/int8/oid. */
 AORM_API int aorm_result_int16(const aorm_result *r, int row, int col, int16_t *out);
 AORM_API int aorm_result_int32(const aorm_result *r, int row, int col, int32_t *out);
 AORM_API int aorm_result_int64(const aorm_result *r, int row, int col, int64_t *out);
 AORM_API int aorm_result_float4(const aorm_result *r, int row, int col, float *out);
-/* Reads float8 and float4 columns. */
+/** Reads float8 and float4 columns. */
 AORM_API int aorm_result_float8(const aorm_result *r, int row, int col, double *out);
-/* text, varchar, bpchar, name, unknown, json and jsonb (jsonb's version
+/** text, varchar, bpchar, name, unknown, json and jsonb (jsonb's version
  * byte is skipped); and any column of a text-format result
  * (AORM_EXEC_TEXT_RESULT), in the server's text form. The string is
  * NUL-terminated; len may be NULL. */
 AORM_API int aorm_result_text(const aorm_result *r, int row, int col, const char **s, size_t *len);
 AORM_API int aorm_result_bytea(const aorm_result *r, int row, int col, const uint8_t **data, size_t *len);
-/* numeric as an exact decimal string into buf (always NUL-terminated
+/** numeric as an exact decimal string into buf (always NUL-terminated
  * when cap > 0). Returns the string length; AORM_ERANGE when cap is too
  * small (call with cap >= 1 + the returned need in *need if not NULL). */
 AORM_API int aorm_result_numeric(const aorm_result *r, int row, int col, char *buf, size_t cap, size_t *need);
 AORM_API int aorm_result_date(const aorm_result *r, int row, int col, int32_t *out);
-/* Reads timestamp and timestamptz. */
+/** Reads timestamp and timestamptz. */
 AORM_API int aorm_result_timestamp(const aorm_result *r, int row, int col, int64_t *out);
 AORM_API int aorm_result_uuid(const aorm_result *r, int row, int col, uint8_t out[16]);
 
-/* A one-dimensional array value, borrowed from its result. */
+/** A one-dimensional array value, borrowed from its result. */
 typedef struct aorm_array {
     uint32_t elem_type;
-    int count;        /* number of elements */
+    int count;        /**< number of elements */
     int has_nulls;
-    const char *data; /* first element's length word */
+    const char *data; /**< first element's length word */
     const char *end;
-    const char *cursor; /* iteration state */
+    const char *cursor; /**< iteration state */
 } aorm_array;
 
-/* Parses the array header (empty arrays have count 0; multi-dimensional
+/** Parses the array header (empty arrays have count 0; multi-dimensional
  * arrays are AORM_ETYPE). */
 AORM_API int aorm_result_array(const aorm_result *r, int row, int col, aorm_array *out);
-/* Next element: returns 1 and sets *elem / *len (len -1 for NULL), 0 at
+/** Next element: returns 1 and sets *elem / *len (len -1 for NULL), 0 at
  * the end, AORM_EPROTOCOL when malformed. */
 AORM_API int aorm_array_next(aorm_array *a, const char **elem, int *len);
-/* Decodes all elements of an int2/int4/int8 array into out[0..cap); nulls
+/** Decodes all elements of an int2/int4/int8 array into out[0..cap); nulls
  * may be NULL (then a NULL element is AORM_ENULLVALUE). Returns the count
  * or a negative code (AORM_ERANGE if cap is too small). */
 AORM_API int aorm_array_int64s(const aorm_array *a, int64_t *out, bool *nulls, int cap);
 AORM_API int aorm_array_int32s(const aorm_array *a, int32_t *out, bool *nulls, int cap);
 
-/* Decoders for one binary value (for array elements and raw values):
+/** Decoders for one binary value (for array elements and raw values):
  * 0 or AORM_EPROTOCOL / AORM_ETYPE on a length that does not fit. */
 AORM_API int aorm_decode_int(uint32_t type, const char *v, int len, int64_t *out);
 AORM_API int aorm_decode_float8(uint32_t type, const char *v, int len, double *out);

@@ -1,4 +1,5 @@
-/* session.h -- the AsyncSession: identity map, unit of work, lazy
+/** @file session.h
+ * the AsyncSession: identity map, unit of work, lazy
  * transactions, deferred operations.
  *
  * A session turns rows into objects and object changes into SQL without
@@ -48,30 +49,30 @@ extern "C" {
 #endif
 
 typedef struct aorm_session aorm_session;
-typedef struct aorm_load_plan aorm_load_plan; /* see loaders.h */
+typedef struct aorm_load_plan aorm_load_plan; /**< see loaders.h */
 
 typedef enum aorm_object_state {
-    AORM_TRANSIENT = 0, /* created through the session, not added */
-    AORM_PENDING,       /* added: INSERT at the next flush */
-    AORM_PERSISTENT,    /* has a row; changes are flushed as UPDATE */
-    AORM_DELETED,       /* marked for DELETE at the next flush */
-    AORM_DETACHED       /* expunged, deleted and flushed, or its session rolled back its INSERT */
+    AORM_TRANSIENT = 0, /**< created through the session, not added */
+    AORM_PENDING,       /**< added: INSERT at the next flush */
+    AORM_PERSISTENT,    /**< has a row; changes are flushed as UPDATE */
+    AORM_DELETED,       /**< marked for DELETE at the next flush */
+    AORM_DETACHED       /**< expunged, deleted and flushed, or its session rolled back its INSERT */
 } aorm_object_state;
 
 typedef struct aorm_session_options {
-    bool expire_on_commit;      /* expire every object after commit (false) */
-    bool autoflush;             /* flush pending changes before each query (true) */
-    double statement_timeout;   /* deadline of each statement, 0 = engine default */
-    size_t arena_block;         /* arena block size in bytes (64 KiB) */
+    bool expire_on_commit;      /**< expire every object after commit (false) */
+    bool autoflush;             /**< flush pending changes before each query (true) */
+    double statement_timeout;   /**< deadline of each statement, 0 = engine default */
+    size_t arena_block;         /**< arena block size in bytes (64 KiB) */
 } aorm_session_options;
 
 AORM_API void aorm_session_options_init(aorm_session_options *o);
 
-/* Creates a session on an engine (o may be NULL). Returns NULL on out of
+/** Creates a session on an engine (o may be NULL). Returns NULL on out of
  * memory. */
 AORM_API aorm_session *aorm_session_new(aorm_engine *e, const aorm_session_options *o);
 
-/* Closes the session: every queued or running operation calls back once
+/** Closes the session: every queued or running operation calls back once
  * with AORM_ECANCELED, an open transaction is rolled back, the held
  * connection is released and every object and string of the session is
  * freed. Accepts NULL. May be called from a callback of the session (the
@@ -84,36 +85,41 @@ AORM_API void *aorm_session_data(const aorm_session *s);
 
 /* ---- objects ------------------------------------------------------------------ */
 
-/* A new zeroed object of model m, owned by the session, TRANSIENT. NULL on
+/** A new zeroed object of model m, owned by the session, TRANSIENT. NULL on
  * out of memory. */
 AORM_API void *aorm_session_new_object(aorm_session *s, const aorm_model *m);
-/* A copy of str (or NULL) in the session's arena. */
+/** A copy of str (or NULL) in the session's arena. */
 AORM_API char *aorm_session_strdup(aorm_session *s, const char *str);
-/* Memory in the session's arena, freed with the session. */
+/** Memory in the session's arena, freed with the session. */
 AORM_API void *aorm_session_alloc(aorm_session *s, size_t n);
 
+/** Appends obj to a relationship collection of a session object (the
+ * items array is grown in the session's arena; loaded collections may be
+ * appended to the same way). Returns 0 or AORM_ENOMEM / AORM_EMISUSE. */
+AORM_API int aorm_session_list_append(aorm_session *s, aorm_list *list, void *obj);
+
 AORM_API aorm_object_state aorm_object_state_of(const aorm_session *s, const void *obj);
-/* The model of a session object, or NULL when obj is not one. */
+/** The model of a session object, or NULL when obj is not one. */
 AORM_API const aorm_model *aorm_object_model(const aorm_session *s, const void *obj);
-/* True when a persistent object's fields differ from its snapshot. */
+/** True when a persistent object's fields differ from its snapshot. */
 AORM_API bool aorm_object_modified(const aorm_session *s, const void *obj);
 
-/* TRANSIENT -> PENDING (and, through save-update cascades, every object
+/** TRANSIENT -> PENDING (and, through save-update cascades, every object
  * reachable from it by relationships). Persistent objects: no-op. */
 AORM_API int aorm_session_add(aorm_session *s, void *obj);
-/* PERSISTENT -> DELETED (cascading where declared); PENDING -> TRANSIENT. */
+/** PERSISTENT -> DELETED (cascading where declared); PENDING -> TRANSIENT. */
 AORM_API int aorm_session_delete(aorm_session *s, void *obj);
-/* Forgets the object: DETACHED, out of the identity map. Its memory stays
+/** Forgets the object: DETACHED, out of the identity map. Its memory stays
  * valid until the session is freed. */
 AORM_API int aorm_session_expunge(aorm_session *s, void *obj);
 AORM_API void aorm_session_expunge_all(aorm_session *s);
-/* Marks a persistent object's columns stale: the next query that returns
+/** Marks a persistent object's columns stale: the next query that returns
  * its row overwrites them (as with populate_existing). */
 AORM_API int aorm_session_expire(aorm_session *s, void *obj);
 
 /* ---- queries ---------------------------------------------------------------------- */
 
-/* The objects of one query, in result order; borrowed for the callback
+/** The objects of one query, in result order; borrowed for the callback
  * (the objects themselves belong to the session and stay). */
 typedef struct aorm_objects {
     void **items;
@@ -125,57 +131,60 @@ typedef void (*aorm_object_cb)(aorm_session *s, void *obj, const aorm_error *err
 typedef void (*aorm_session_cb)(aorm_session *s, const aorm_error *err, void *user);
 typedef void (*aorm_rows_cb)(aorm_session *s, aorm_result *res, const aorm_error *err, void *user);
 
+/** Options of one query. The load plan is read while the operation runs,
+ * after the call returns: it must stay valid until the callback (declare
+ * plans as static constants, as loaders.h shows). */
 typedef struct aorm_query_options {
-    const aorm_load_plan *load;  /* relationships to load eagerly (loaders.h), or NULL */
-    bool populate_existing;      /* overwrite objects already in the session */
-    double deadline;             /* per statement, 0 = session default */
+    const aorm_load_plan *load;  /**< relationships to load eagerly (loaders.h), or NULL */
+    bool populate_existing;      /**< overwrite objects already in the session */
+    double deadline;             /**< per statement, 0 = session default */
 } aorm_query_options;
 
-/* Runs a SELECT of a model (aorm_select(&m) plus where/order/joins...) and
+/** Runs a SELECT of a model (aorm_select(&m) plus where/order/joins...) and
  * hands over its objects through the identity map. Takes over q (freed by
  * the session, also on error). opts may be NULL. */
 AORM_API int aorm_session_query(aorm_session *s, aorm_stmt *q, const aorm_query_options *opts,
                                 aorm_objects_cb cb, void *user);
 
-/* Runs any Core or raw statement in the session's context (its
+/** Runs any Core or raw statement in the session's context (its
  * transaction, if one is open) and hands over the raw result (scalars,
  * row tuples, RETURNING, bulk UPDATEs). Takes over q. */
 AORM_API int aorm_session_execute(aorm_session *s, aorm_stmt *q, aorm_rows_cb cb, void *user);
 
-/* The object of model m whose primary key equals the key fields of `key`
+/** The object of model m whose primary key equals the key fields of `key`
  * (a struct of model m with its primary-key fields set; composite keys
  * work the same). Answered from the identity map without any statement
  * when the object is there; obj is NULL (and err NULL) when no row
  * exists. */
 AORM_API int aorm_session_get(aorm_session *s, const aorm_model *m, const void *key,
                               const aorm_query_options *opts, aorm_object_cb cb, void *user);
-/* Several keys at once: one `= ANY($1)` statement for those not in the
+/** Several keys at once: one `= ANY($1)` statement for those not in the
  * identity map. objs->items[i] answers keys[i] (NULL when missing). */
 AORM_API int aorm_session_get_many(aorm_session *s, const aorm_model *m, const void *const *keys, size_t n,
                                    const aorm_query_options *opts, aorm_objects_cb cb, void *user);
-/* Re-reads the object's columns from the database (overwriting changes). */
+/** Re-reads the object's columns from the database (overwriting changes). */
 AORM_API int aorm_session_refresh(aorm_session *s, void *obj, aorm_session_cb cb, void *user);
 
 /* ---- unit of work and transactions ----------------------------------------------- */
 
-/* Sends every pending change in foreign-key order as one pipeline on the
+/** Sends every pending change in foreign-key order as one pipeline on the
  * session's transaction (beginning it if needed): INSERTs of new objects
  * (keys generated by the server are filled in, and so are the foreign
  * keys of their children), UPDATEs of changed columns only, DELETEs. On
  * failure the whole flush is rolled back on the server, the session is in
  * rollback-required state and err names the SQLSTATE and constraint. */
 AORM_API int aorm_session_flush(aorm_session *s, aorm_session_cb cb, void *user);
-/* Flush, then COMMIT; releases the connection. */
+/** Flush, then COMMIT; releases the connection. */
 AORM_API int aorm_session_commit(aorm_session *s, aorm_session_cb cb, void *user);
-/* ROLLBACK (if a transaction is open), release the connection, discard
+/** ROLLBACK (if a transaction is open), release the connection, discard
  * pending changes: new objects become TRANSIENT again, deleted ones
  * PERSISTENT, and modified persistent objects are expired. */
 AORM_API int aorm_session_rollback(aorm_session *s, aorm_session_cb cb, void *user);
 
-/* Begins a transaction now (for an isolation level, read-only mode, or to
+/** Begins a transaction now (for an isolation level, read-only mode, or to
  * lock rows); without it the first flush begins one. */
 AORM_API int aorm_session_begin(aorm_session *s, const aorm_tx_options *tx, aorm_session_cb cb, void *user);
-/* SAVEPOINT; the matching release/rollback come from
+/** SAVEPOINT; the matching release/rollback come from
  * aorm_session_release_nested / aorm_session_rollback_nested. */
 AORM_API int aorm_session_begin_nested(aorm_session *s, aorm_session_cb cb, void *user);
 AORM_API int aorm_session_release_nested(aorm_session *s, aorm_session_cb cb, void *user);
@@ -184,7 +193,7 @@ AORM_API int aorm_session_rollback_nested(aorm_session *s, aorm_session_cb cb, v
 AORM_API bool aorm_session_in_transaction(const aorm_session *s);
 AORM_API bool aorm_session_rollback_required(const aorm_session *s);
 
-/* Statements this session has sent (for tests and the N+1 advisor). */
+/** Statements this session has sent (for tests and the N+1 advisor). */
 AORM_API uint64_t aorm_session_statements(const aorm_session *s);
 
 
@@ -217,11 +226,11 @@ typedef int (*aorm_step_fn)(aorm_chain *c, void *user);
 #define AORM_STEPS(...) ((const aorm_step_fn[]){__VA_ARGS__}), \
     ((int)(sizeof((const aorm_step_fn[]){__VA_ARGS__}) / sizeof(aorm_step_fn)))
 
-/* Runs the steps (copied) on s. done runs exactly once. Returns 0 or a
+/** Runs the steps (copied) on s. done runs exactly once. Returns 0 or a
  * negative code (done never runs then). */
 AORM_API int aorm_chain_run(aorm_session *s, const aorm_step_fn *steps, int nsteps, aorm_session_cb done, void *user);
 
-/* Runs the steps as one transaction: BEGIN (with tx, may be NULL) before
+/** Runs the steps as one transaction: BEGIN (with tx, may be NULL) before
  * the first step and COMMIT after the last. When the transaction fails
  * with a serialization failure (40001) or a deadlock (40P01), it is
  * rolled back, the session's identity map is cleared (objects from the
@@ -231,7 +240,7 @@ AORM_API int aorm_chain_run(aorm_session *s, const aorm_step_fn *steps, int nste
 AORM_API int aorm_session_run_transaction(aorm_session *s, const aorm_tx_options *tx, int max_attempts,
                                           const aorm_step_fn *steps, int nsteps, aorm_session_cb done, void *user);
 
-/* Operations a step may queue (one per step). */
+/** Operations a step may queue (one per step). */
 AORM_API int aorm_chain_get(aorm_chain *c, const aorm_model *m, const void *key);
 AORM_API int aorm_chain_query(aorm_chain *c, aorm_stmt *q, const aorm_query_options *opts);
 AORM_API int aorm_chain_execute(aorm_chain *c, aorm_stmt *q);
@@ -239,10 +248,10 @@ AORM_API int aorm_chain_flush(aorm_chain *c);
 AORM_API int aorm_chain_commit(aorm_chain *c);
 AORM_API int aorm_chain_rollback(aorm_chain *c);
 AORM_API int aorm_chain_begin(aorm_chain *c, const aorm_tx_options *tx);
-/* Stops the chain: done gets AORM_EMISUSE... with this message (code). */
+/** Stops the chain: done gets AORM_EMISUSE... with this message (code). */
 AORM_API int aorm_chain_fail(aorm_chain *c, int code, const char *message);
 
-/* The previous step's outcome: the object of a get (NULL when no row),
+/** The previous step's outcome: the object of a get (NULL when no row),
  * the objects of a query (the array is valid during the next step), the
  * result of an execute (valid during the next step). */
 AORM_API void *aorm_chain_object(const aorm_chain *c);
@@ -250,10 +259,11 @@ AORM_API aorm_objects *aorm_chain_objects(aorm_chain *c);
 AORM_API aorm_result *aorm_chain_result(const aorm_chain *c);
 AORM_API aorm_session *aorm_chain_session(const aorm_chain *c);
 AORM_API void *aorm_chain_user(const aorm_chain *c);
-/* Values carried across steps: 8 slots. */
+/** Values carried across steps: 8 slots, valid until the chain ends (not
+ * inside `done`: keep what done needs in your own user data). */
 AORM_API void aorm_chain_keep(aorm_chain *c, int slot, void *value);
 AORM_API void *aorm_chain_kept(const aorm_chain *c, int slot);
-/* Attempt number of aorm_session_run_transaction (1 for the first). */
+/** Attempt number of aorm_session_run_transaction (1 for the first). */
 AORM_API int aorm_chain_attempt(const aorm_chain *c);
 
 #ifdef __cplusplus

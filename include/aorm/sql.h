@@ -1,4 +1,5 @@
-/* sql.h -- Core: the SQL expression language.
+/** @file sql.h
+ * Core: the SQL expression language.
  *
  * Statements (aorm_stmt) are built from models and expressions and compile
  * to PostgreSQL text with $n placeholders plus typed binary parameters.
@@ -24,8 +25,8 @@
  * enclosing block.
  *
  * Errors are sticky: a builder call that fails (NULL statement or
- * expression, a column of a model that is not part of the statement, an
- * empty text value where NUL bytes are found, out of memory) returns the
+ * expression, a column of a model that is not part of the statement, a
+ * text value holding a NUL byte, out of memory) returns the
  * code and records it; aorm_stmt_compile() and aorm_stmt_execute() then
  * return it too, with aorm_stmt_errmsg() saying what was wrong. */
 #ifndef AORM_SQL_H
@@ -49,22 +50,22 @@ typedef struct aorm_stmt aorm_stmt;
 /* ---- expressions ------------------------------------------------------------ */
 
 typedef enum aorm_expr_kind {
-    AORM_X_COLUMN = 1, /* model + offset */
-    AORM_X_VALUE,      /* a bound value of type `type` (null: SQL NULL) */
-    AORM_X_ARRAY,      /* a bound 1-D array of `type` elements (n of them at p) */
-    AORM_X_BINARY,     /* a op b */
-    AORM_X_AND,        /* list */
-    AORM_X_OR,         /* list */
-    AORM_X_NOT,        /* a */
-    AORM_X_IS_NULL,    /* a */
+    AORM_X_COLUMN = 1, /**< model + offset */
+    AORM_X_VALUE,      /**< a bound value of type `type` (null: SQL NULL) */
+    AORM_X_ARRAY,      /**< a bound 1-D array of `type` elements (n of them at p) */
+    AORM_X_BINARY,     /**< a op b */
+    AORM_X_AND,        /**< list */
+    AORM_X_OR,         /**< list */
+    AORM_X_NOT,        /**< a */
+    AORM_X_IS_NULL,    /**< a */
     AORM_X_IS_NOT_NULL,/* a */
-    AORM_X_BETWEEN,    /* a BETWEEN b AND c */
-    AORM_X_ANY,        /* a = ANY(b), b an AORM_X_ARRAY; op AORM_OP_NE gives NOT (a = ANY(b)) */
-    AORM_X_IN_SELECT,  /* a IN (sub) */
-    AORM_X_EXISTS,     /* EXISTS (sub) */
-    AORM_X_FUNC,       /* aggregate `op` over a (NULL a: count(*)) */
-    AORM_X_EXCLUDED,   /* EXCLUDED.<column a> in ON CONFLICT DO UPDATE */
-    AORM_X_LABEL       /* a AS "label" */
+    AORM_X_BETWEEN,    /**< a BETWEEN b AND c */
+    AORM_X_ANY,        /**< a = ANY(b), b an AORM_X_ARRAY; op AORM_OP_NE gives NOT (a = ANY(b)) */
+    AORM_X_IN_SELECT,  /**< a IN (sub) */
+    AORM_X_EXISTS,     /**< EXISTS (sub) */
+    AORM_X_FUNC,       /**< aggregate `op` over a (NULL a: count(*)) */
+    AORM_X_EXCLUDED,   /**< EXCLUDED.(column a) in ON CONFLICT DO UPDATE */
+    AORM_X_LABEL       /**< a AS "label" */
 } aorm_expr_kind;
 
 typedef enum aorm_op {
@@ -74,36 +75,36 @@ typedef enum aorm_op {
     AORM_FN_COUNT, AORM_FN_COUNT_DISTINCT, AORM_FN_SUM, AORM_FN_AVG, AORM_FN_MIN, AORM_FN_MAX
 } aorm_op;
 
-/* Fields are private to aorm: build expressions with the macros below. */
+/** Fields are private to aorm: build expressions with the macros below. */
 typedef struct aorm_expr {
     aorm_expr_kind kind;
     aorm_op op;
-    const aorm_model *model;  /* COLUMN */
-    size_t offset;            /* COLUMN */
-    aorm_type type;           /* VALUE, ARRAY */
-    bool null;                /* VALUE: SQL NULL */
+    const aorm_model *model;  /**< COLUMN */
+    size_t offset;            /**< COLUMN */
+    aorm_type type;           /**< VALUE, ARRAY */
+    bool null;                /**< VALUE: SQL NULL */
     union {
         bool b;
         int64_t i;
         double d;
         const char *s;
         const void *p;
-    } v;                      /* VALUE (s/p: copied), ARRAY (p: elements) */
-    size_t len;               /* VALUE text/bytea length (SIZE_MAX: strlen); ARRAY count */
-    const bool *nulls;        /* ARRAY: NULL flags or NULL */
+    } v;                      /**< VALUE (s/p: copied), ARRAY (p: elements) */
+    size_t len;               /**< VALUE text/bytea length (SIZE_MAX: strlen); ARRAY count */
+    const bool *nulls;        /**< ARRAY: NULL flags or NULL */
     const struct aorm_expr *a, *b, *c;
-    const struct aorm_expr *const *list; /* AND / OR */
+    const struct aorm_expr *const *list; /**< AND / OR */
     int n;
-    aorm_stmt *sub;           /* IN_SELECT, EXISTS: consumed (freed) by the statement it is attached to */
-    const char *label;        /* LABEL */
+    aorm_stmt *sub;           /**< IN_SELECT, EXISTS: consumed (freed) by the statement it is attached to */
+    const char *label;        /**< LABEL */
 } aorm_expr;
 
 #define AORM__X(...) (&(const aorm_expr){__VA_ARGS__})
 
-/* A column: AORM_COL(book, price) is books.price (model book_model). */
+/** A column: AORM_COL(book, price) is books.price (model book_model). */
 #define AORM_COL(S, f) AORM__X(.kind = AORM_X_COLUMN, .model = &S##_model, .offset = offsetof(S, f))
 
-/* Bound values. Strings and byte arrays are copied when the expression is
+/** Bound values. Strings and byte arrays are copied when the expression is
  * attached to a statement. */
 #define aorm_bool(x) AORM__X(.kind = AORM_X_VALUE, .type = AORM_BOOL, .v.b = (x))
 #define aorm_int2(x) AORM__X(.kind = AORM_X_VALUE, .type = AORM_INT2, .v.i = (x))
@@ -120,11 +121,11 @@ typedef struct aorm_expr {
 #define aorm_date(x) AORM__X(.kind = AORM_X_VALUE, .type = AORM_DATE, .v.i = (x))
 #define aorm_timestamp(x) AORM__X(.kind = AORM_X_VALUE, .type = AORM_TIMESTAMP, .v.i = (x))
 #define aorm_timestamptz(x) AORM__X(.kind = AORM_X_VALUE, .type = AORM_TIMESTAMPTZ, .v.i = (x))
-/* x: pointer to 16 bytes */
+/** x: pointer to 16 bytes */
 #define aorm_uuid_value(x) AORM__X(.kind = AORM_X_VALUE, .type = AORM_UUID, .v.p = (x), .len = 16)
 #define aorm_null(T) AORM__X(.kind = AORM_X_VALUE, .type = (T), .null = true)
 
-/* Comparisons and arithmetic. */
+/** Comparisons and arithmetic. */
 #define AORM__BIN(o, x, y) AORM__X(.kind = AORM_X_BINARY, .op = (o), .a = (x), .b = (y))
 #define aorm_eq(x, y) AORM__BIN(AORM_OP_EQ, x, y)
 #define aorm_ne(x, y) AORM__BIN(AORM_OP_NE, x, y)
@@ -141,7 +142,7 @@ typedef struct aorm_expr {
 #define aorm_mul(x, y) AORM__BIN(AORM_OP_MUL, x, y)
 #define aorm_div(x, y) AORM__BIN(AORM_OP_DIV, x, y)
 
-/* Boolean logic: aorm_and(e1, e2, ...), aorm_or(...), aorm_not(e). */
+/** Boolean logic: aorm_and(e1, e2, ...), aorm_or(...), aorm_not(e). */
 #define AORM__LIST(...) ((const aorm_expr *const[]){__VA_ARGS__})
 #define AORM__NLIST(...) ((int)(sizeof(AORM__LIST(__VA_ARGS__)) / sizeof(const aorm_expr *)))
 #define aorm_and(...) AORM__X(.kind = AORM_X_AND, .list = AORM__LIST(__VA_ARGS__), .n = AORM__NLIST(__VA_ARGS__))
@@ -151,23 +152,30 @@ typedef struct aorm_expr {
 #define aorm_is_not_null(x) AORM__X(.kind = AORM_X_IS_NOT_NULL, .a = (x))
 #define aorm_between(x, lo, hi) AORM__X(.kind = AORM_X_BETWEEN, .a = (x), .b = (lo), .c = (hi))
 
-/* IN lists, bound as ONE array parameter: `x = ANY($n)`. An empty list
+/** IN lists, bound as ONE array parameter: `x = ANY($n)`. An empty list
  * matches nothing (and its NOT form everything). nulls may be NULL. */
 #define AORM__ARR(T, vals, nl, cnt) AORM__X(.kind = AORM_X_ARRAY, .type = (T), .v.p = (vals), .nulls = (nl), .len = (cnt))
 #define aorm_in_int4(x, vals, cnt) AORM__X(.kind = AORM_X_ANY, .op = AORM_OP_EQ, .a = (x), .b = AORM__ARR(AORM_INT4, vals, NULL, cnt))
 #define aorm_in_int8(x, vals, cnt) AORM__X(.kind = AORM_X_ANY, .op = AORM_OP_EQ, .a = (x), .b = AORM__ARR(AORM_INT8, vals, NULL, cnt))
 #define aorm_in_text(x, vals, cnt) AORM__X(.kind = AORM_X_ANY, .op = AORM_OP_EQ, .a = (x), .b = AORM__ARR(AORM_TEXT, vals, NULL, cnt))
-/* vals: n * 16 contiguous bytes */
+/** vals: n * 16 contiguous bytes */
 #define aorm_in_uuid(x, vals, cnt) AORM__X(.kind = AORM_X_ANY, .op = AORM_OP_EQ, .a = (x), .b = AORM__ARR(AORM_UUID, vals, NULL, cnt))
 #define aorm_not_in_int8(x, vals, cnt) AORM__X(.kind = AORM_X_ANY, .op = AORM_OP_NE, .a = (x), .b = AORM__ARR(AORM_INT8, vals, NULL, cnt))
 #define aorm_not_in_text(x, vals, cnt) AORM__X(.kind = AORM_X_ANY, .op = AORM_OP_NE, .a = (x), .b = AORM__ARR(AORM_TEXT, vals, NULL, cnt))
 
-/* Subqueries: the statement passed is consumed by the statement the
+/** Array values (one parameter), e.g. for raw SQL `= ANY(:ids)` binds:
+ * aorm_int8_array(ids, n). nulls may be NULL. Copied when attached. */
+#define aorm_int4_array(vals, cnt) AORM__ARR(AORM_INT4, vals, NULL, cnt)
+#define aorm_int8_array(vals, cnt) AORM__ARR(AORM_INT8, vals, NULL, cnt)
+#define aorm_text_array(vals, cnt) AORM__ARR(AORM_TEXT, vals, NULL, cnt)
+#define aorm_uuid_array(vals, cnt) AORM__ARR(AORM_UUID, vals, NULL, cnt)
+
+/** Subqueries: the statement passed is consumed by the statement the
  * expression is attached to (freed with it, or on error). */
 #define aorm_in_select(x, sub_stmt) AORM__X(.kind = AORM_X_IN_SELECT, .a = (x), .sub = (sub_stmt))
 #define aorm_exists(sub_stmt) AORM__X(.kind = AORM_X_EXISTS, .sub = (sub_stmt))
 
-/* Aggregates. */
+/** Aggregates. */
 #define aorm_count_all() AORM__X(.kind = AORM_X_FUNC, .op = AORM_FN_COUNT)
 #define aorm_count(x) AORM__X(.kind = AORM_X_FUNC, .op = AORM_FN_COUNT, .a = (x))
 #define aorm_count_distinct(x) AORM__X(.kind = AORM_X_FUNC, .op = AORM_FN_COUNT_DISTINCT, .a = (x))
@@ -176,54 +184,54 @@ typedef struct aorm_expr {
 #define aorm_min(x) AORM__X(.kind = AORM_X_FUNC, .op = AORM_FN_MIN, .a = (x))
 #define aorm_max(x) AORM__X(.kind = AORM_X_FUNC, .op = AORM_FN_MAX, .a = (x))
 
-/* `x AS "name"` in a select list (name quoted as an identifier). */
+/** `x AS "name"` in a select list (name quoted as an identifier). */
 #define aorm_label(x, name) AORM__X(.kind = AORM_X_LABEL, .a = (x), .label = (name))
-/* EXCLUDED.col, for ON CONFLICT ... DO UPDATE SET col = EXCLUDED.col */
+/** EXCLUDED.col, for ON CONFLICT ... DO UPDATE SET col = EXCLUDED.col */
 #define aorm_excluded(col) AORM__X(.kind = AORM_X_EXCLUDED, .a = (col))
 
-/* The relationship descriptor of field f of S (for joins on relationships). */
+/** The relationship descriptor of field f of S (for joins on relationships). */
 #define AORM_REL(S, f) aorm_model_relationship_at(&S##_model, offsetof(S, f))
 AORM_API const aorm_relationship *aorm_model_relationship_at(const aorm_model *m, size_t offset);
 
 /* ---- statements ------------------------------------------------------------- */
 
-/* SELECT every column of m FROM m. Returns NULL only on out of memory
+/** SELECT every column of m FROM m. Returns NULL only on out of memory
  * (or NULL m). */
 AORM_API aorm_stmt *aorm_select(const aorm_model *m);
-/* SELECT <the given expressions> — FROM follows from the columns' models
+/** SELECT (the given expressions) — FROM follows from the columns' models
  * (the first model seen) or aorm_from(). */
 AORM_API aorm_stmt *aorm_select_exprs(const aorm_expr *const *exprs, int n);
 #define aorm_select_columns(...) aorm_select_exprs(AORM__LIST(__VA_ARGS__), AORM__NLIST(__VA_ARGS__))
-/* Adds one select-list entry / every column of a (joined) model. */
+/** Adds one select-list entry / every column of a (joined) model. */
 AORM_API int aorm_select_add(aorm_stmt *q, const aorm_expr *e);
 AORM_API int aorm_select_add_model(aorm_stmt *q, const aorm_model *m);
 AORM_API int aorm_from(aorm_stmt *q, const aorm_model *m);
 AORM_API int aorm_distinct(aorm_stmt *q);
 
-/* INNER / LEFT OUTER JOIN m ON cond. */
+/** INNER / LEFT OUTER JOIN m ON cond. */
 AORM_API int aorm_join(aorm_stmt *q, const aorm_model *m, const aorm_expr *on);
 AORM_API int aorm_left_join(aorm_stmt *q, const aorm_model *m, const aorm_expr *on);
-/* Join along a relationship of a model already in the statement (the ON
+/** Join along a relationship of a model already in the statement (the ON
  * condition comes from its foreign key; many-to-many joins the secondary
  * table too). outer: LEFT OUTER JOIN. */
 AORM_API int aorm_join_rel(aorm_stmt *q, const aorm_relationship *rel, bool outer);
 
-/* WHERE cond (several calls are ANDed). Also for UPDATE and DELETE. */
+/** WHERE cond (several calls are ANDed). Also for UPDATE and DELETE. */
 AORM_API int aorm_where(aorm_stmt *q, const aorm_expr *cond);
 
 enum { AORM_ASC = 0, AORM_DESC = 1, AORM_NULLS_FIRST = 2, AORM_NULLS_LAST = 4 };
 AORM_API int aorm_order_by(aorm_stmt *q, const aorm_expr *e, unsigned flags);
 AORM_API int aorm_group_by(aorm_stmt *q, const aorm_expr *e);
 AORM_API int aorm_having(aorm_stmt *q, const aorm_expr *cond);
-/* LIMIT / OFFSET, bound as parameters (so the text stays the same). */
+/** LIMIT / OFFSET, bound as parameters (so the text stays the same). */
 AORM_API int aorm_limit(aorm_stmt *q, int64_t n);
 AORM_API int aorm_offset(aorm_stmt *q, int64_t n);
 
 enum { AORM_LOCK_UPDATE = 0, AORM_LOCK_SHARE = 1, AORM_LOCK_NOWAIT = 2, AORM_LOCK_SKIP_LOCKED = 4 };
-/* FOR UPDATE [NOWAIT | SKIP LOCKED] (FOR SHARE with AORM_LOCK_SHARE). */
+/** FOR UPDATE [NOWAIT | SKIP LOCKED] (FOR SHARE with AORM_LOCK_SHARE). */
 AORM_API int aorm_for_update(aorm_stmt *q, unsigned flags);
 
-/* INSERT INTO m. Rows come from objects (aorm_insert_object: every column
+/** INSERT INTO m. Rows come from objects (aorm_insert_object: every column
  * of the struct, except SERIAL/IDENTITY columns whose field is zero and
  * server-default columns whose field is zero/NULL, which the server
  * fills) or from explicit values (aorm_set). One row compiles to VALUES
@@ -234,54 +242,54 @@ AORM_API aorm_stmt *aorm_insert(const aorm_model *m);
 AORM_API int aorm_insert_object(aorm_stmt *q, const void *obj);
 AORM_API int aorm_insert_objects(aorm_stmt *q, const void *const *objs, size_t n);
 
-/* ON CONFLICT (cols) DO NOTHING / DO UPDATE SET (then aorm_set pairs,
+/** ON CONFLICT (cols) DO NOTHING / DO UPDATE SET (then aorm_set pairs,
  * typically with aorm_excluded). n may be 0 for a bare ON CONFLICT DO
  * NOTHING. */
 AORM_API int aorm_on_conflict_do_nothing(aorm_stmt *q, const aorm_expr *const *cols, int n);
 AORM_API int aorm_on_conflict_do_update(aorm_stmt *q, const aorm_expr *const *cols, int n);
 #define aorm_conflict_columns(...) AORM__LIST(__VA_ARGS__), AORM__NLIST(__VA_ARGS__)
 
-/* UPDATE m SET ... / DELETE FROM m. */
+/** UPDATE m SET ... / DELETE FROM m. */
 AORM_API aorm_stmt *aorm_update(const aorm_model *m);
 AORM_API aorm_stmt *aorm_delete(const aorm_model *m);
 
-/* col = value: UPDATE's SET list, INSERT's explicit values, or the DO
+/** col = value: UPDATE's SET list, INSERT's explicit values, or the DO
  * UPDATE SET list after aorm_on_conflict_do_update(). */
 AORM_API int aorm_set(aorm_stmt *q, const aorm_expr *col, const aorm_expr *value);
 
-/* RETURNING e / RETURNING every column of the statement's model. */
+/** RETURNING e / RETURNING every column of the statement's model. */
 AORM_API int aorm_returning(aorm_stmt *q, const aorm_expr *e);
 AORM_API int aorm_returning_all(aorm_stmt *q);
 
-/* Raw SQL with named binds: `:name` placeholders (outside string
+/** Raw SQL with named binds: `:name` placeholders (outside string
  * literals, quoted identifiers, dollar-quoted strings, comments and `::`
  * casts) become $n, the same name the same $n. Every placeholder must be
- * bound and every bind used. */
+ * bound and every bind used. Returns NULL for NULL sql or out of memory. */
 AORM_API aorm_stmt *aorm_raw(const char *sql);
 AORM_API int aorm_bind(aorm_stmt *q, const char *name, const aorm_expr *value);
 
 /* ---- compiling and running -------------------------------------------------- */
 
-/* Compiles (once; later calls return the cached outcome). Returns 0 or the
+/** Compiles (once; later calls return the cached outcome). Returns 0 or the
  * statement's error. */
 AORM_API int aorm_stmt_compile(aorm_stmt *q);
-/* The compiled text and parameters, valid until the statement is freed or
+/** The compiled text and parameters, valid until the statement is freed or
  * changed; NULL before a successful compile. */
 AORM_API const char *aorm_stmt_sql(const aorm_stmt *q);
 AORM_API const aorm_params *aorm_stmt_params(const aorm_stmt *q);
-/* The statement's sticky error (0 when fine) and its description. */
+/** The statement's sticky error (0 when fine) and its description. */
 AORM_API int aorm_stmt_error(const aorm_stmt *q);
 AORM_API const char *aorm_stmt_errmsg(const aorm_stmt *q);
-/* True for a plain SELECT (no FOR UPDATE/SHARE): the engine may run it as
+/** True for a plain SELECT (no FOR UPDATE/SHARE): the engine may run it as
  * AORM_EXEC_READONLY. */
 AORM_API bool aorm_stmt_readonly(const aorm_stmt *q);
-/* The primary model of the statement (FROM / INSERT INTO / UPDATE / DELETE). */
+/** The primary model of the statement (FROM / INSERT INTO / UPDATE / DELETE). */
 AORM_API const aorm_model *aorm_stmt_model(const aorm_stmt *q);
 
-/* Frees the statement and everything it copied. Accepts NULL. */
+/** Frees the statement and everything it copied. Accepts NULL. */
 AORM_API void aorm_stmt_free(aorm_stmt *q);
 
-/* Compiles and queues the statement on the engine (autocommit) or a held
+/** Compiles and queues the statement on the engine (autocommit) or a held
  * connection. A read-only SELECT is flagged AORM_EXEC_READONLY
  * automatically. The statement may be freed as soon as this returns.
  * Returns 0 (cb runs once, later) or a negative code (cb never runs). */
@@ -290,13 +298,13 @@ AORM_API int aorm_stmt_execute(aorm_engine *e, aorm_stmt *q, const aorm_exec_opt
 AORM_API int aorm_stmt_execute_on(aorm_conn *c, aorm_stmt *q, const aorm_exec_options *o,
                                   aorm_result_cb cb, void *user);
 
-/* Position in the result of a select-list or RETURNING entry: a column
+/** Position in the result of a select-list or RETURNING entry: a column
  * (AORM_COL) or a label name given with aorm_label (pass aorm_label's
  * expression or just the column). Returns the index or AORM_ENOTFOUND. */
 AORM_API int aorm_stmt_column(const aorm_stmt *q, const aorm_expr *col);
 AORM_API int aorm_stmt_label(const aorm_stmt *q, const char *label);
 
-/* Fills obj (a struct of model m) from row `row` of a result of q: every
+/** Fills obj (a struct of model m) from row `row` of a result of q: every
  * column of m present in q's select list or RETURNING list. Strings and
  * byte arrays are allocated with `alloc` (NULL: malloc; see
  * aorm_model_free_fields). Returns 0 or a negative code (AORM_ETYPE when a
@@ -307,12 +315,12 @@ AORM_API int aorm_stmt_load(const aorm_stmt *q, const aorm_result *r, int row, c
 /* ---- DDL ------------------------------------------------------------------------- */
 
 enum {
-    AORM_DDL_IF_NOT_EXISTS = 1, /* CREATE ... IF NOT EXISTS: safe to run again */
-    AORM_DDL_IF_EXISTS = 2,     /* DROP ... IF EXISTS */
-    AORM_DDL_CASCADE = 4        /* DROP ... CASCADE */
+    AORM_DDL_IF_NOT_EXISTS = 1, /**< CREATE ... IF NOT EXISTS: safe to run again */
+    AORM_DDL_IF_EXISTS = 2,     /**< DROP ... IF EXISTS */
+    AORM_DDL_CASCADE = 4        /**< DROP ... CASCADE */
 };
 
-/* The CREATE statements for models (tables with primary keys, NOT NULL,
+/** The CREATE statements for models (tables with primary keys, NOT NULL,
  * defaults, UNIQUE; then foreign keys; then indexes on foreign-key
  * columns not already leading an index or key, and declared indexes), in
  * dependency order (referenced tables first; a cycle is reported as
@@ -320,10 +328,10 @@ enum {
  * by ";\n". */
 AORM_API int aorm_ddl_create_sql(const aorm_model *const *models, int n, unsigned flags, char **out,
                                  char *errmsg, size_t errcap);
-/* The DROP statements, in reverse dependency order. */
+/** The DROP statements, in reverse dependency order. */
 AORM_API int aorm_ddl_drop_sql(const aorm_model *const *models, int n, unsigned flags, char **out,
                                char *errmsg, size_t errcap);
-/* Runs them in one transaction on a connection of the engine; cb gets the
+/** Runs them in one transaction on a connection of the engine; cb gets the
  * last statement's result or the first error (nothing is kept then). */
 AORM_API int aorm_ddl_create_all(aorm_engine *e, const aorm_model *const *models, int n, unsigned flags,
                                  aorm_result_cb cb, void *user);

@@ -26,12 +26,17 @@
 static void on_io(aorm_io *io, int revents, void *arg);
 static void on_timer(aorm_timer *t, void *arg);
 
-static void notice_processor(void *arg, const char *message) {
+/* Server notices reach the log at the level their own severity deserves
+ * (WARNING as a warning; NOTICE, INFO and below as information). */
+static void notice_receiver(void *arg, const PGresult *r) {
     aorm_conn *c = arg;
-    size_t n = strlen(message);
-    while (n > 0 && message[n - 1] == '\n') n--;
-    aorm__engine_log(c->e, AORM_LOG_WARN, "server notice (connection %llu): %.*s",
-                     (unsigned long long)c->id, (int)n, message);
+    const char *sev = PQresultErrorField(r, PG_DIAG_SEVERITY_NONLOCALIZED);
+    const char *msg = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
+    aorm_log_level lvl = AORM_LOG_INFO;
+    if (sev && strcmp(sev, "WARNING") == 0) lvl = AORM_LOG_WARN;
+    else if (sev && (strcmp(sev, "DEBUG") == 0 || strcmp(sev, "LOG") == 0)) lvl = AORM_LOG_DEBUG;
+    aorm__engine_log(c->e, lvl, "server %s (connection %llu): %s", sev ? sev : "notice",
+                     (unsigned long long)c->id, msg ? msg : "");
 }
 
 aorm_conn *aorm__conn_new(aorm_engine *e) {
@@ -76,7 +81,7 @@ static void connect_begin(aorm_conn *c, const char *hostaddr) {
         aorm__conn_lost(c, AORM_ECONNECT, PQerrorMessage(c->pg));
         return;
     }
-    PQsetNoticeProcessor(c->pg, notice_processor, c);
+    PQsetNoticeReceiver(c->pg, notice_receiver, c);
     c->state = CONN_CONNECTING;
     c->io = aorm_io_new(e->loop, PQsocket(c->pg), on_io, c);
     if (!c->io) {

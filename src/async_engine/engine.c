@@ -342,38 +342,61 @@ void aorm__op_release(aorm__op *op) {
     }
 }
 
+/* One parameter as the echo shows it: integers and floats decoded, text
+ * quoted (cut at 40 bytes), arrays as type[count], anything else as its
+ * size. */
+static int echo_param(char *out, size_t cap, const aorm__op *op, int i) {
+    const char *v = op->values[i];
+    int len = op->lengths[i];
+    uint32_t t = op->types[i];
+    int64_t iv;
+    double dv;
+    if (!v) return snprintf(out, cap, "NULL");
+    if (op->formats[i] == 0) return snprintf(out, cap, "'%.*s'", len > 40 ? 40 : len, v);
+    if (aorm_decode_int(t, v, len, &iv) == 0) return snprintf(out, cap, "%lld", (long long)iv);
+    if ((t == AORM_T_FLOAT8 || t == AORM_T_FLOAT4) && aorm_decode_float8(t, v, len, &dv) == 0)
+        return snprintf(out, cap, "%g", dv);
+    if (t == AORM_T_TEXT || t == AORM_T_VARCHAR || t == AORM_T_JSON)
+        return snprintf(out, cap, "'%.*s'%s", len > 40 ? 40 : len, v, len > 40 ? "..." : "");
+    if (t == AORM_T_BOOL && len == 1) return snprintf(out, cap, "%s", v[0] ? "true" : "false");
+    if (len >= 20 && (t == AORM_T_INT8_ARRAY || t == AORM_T_INT4_ARRAY || t == AORM_T_TEXT_ARRAY ||
+                      t == AORM_T_UUID_ARRAY || t == AORM_T_INT2_ARRAY)) {
+        /* header: ndim, flags, elem oid, then (dim, lbound) */
+        uint32_t ndim = aorm__get_be32(v);
+        uint32_t n = ndim ? aorm__get_be32(v + 12) : 0;
+        const char *name = t == AORM_T_INT8_ARRAY ? "int8" : t == AORM_T_INT4_ARRAY ? "int4"
+                         : t == AORM_T_TEXT_ARRAY ? "text" : t == AORM_T_UUID_ARRAY ? "uuid" : "int2";
+        return snprintf(out, cap, "%s[%u]", name, n);
+    }
+    if (len >= 12 && aorm__get_be32(v) == 1) /* another one-dimensional array */
+        return snprintf(out, cap, "array[%u]", aorm__get_be32(v + 12));
+    return snprintf(out, cap, "<%d bytes>", len);
+}
+
 static void echo(aorm_engine *e, const aorm__op *op, const aorm_result *res, const aorm_error *err) {
     double ms = (aorm_loop_now(e->loop) - op->submitted) * 1000.0;
     char params[512];
     size_t pl = 0;
     params[0] = '\0';
-    for (int i = 0; i < op->nparams && pl < sizeof(params) - 48; i++) {
-        int w;
-        if (!e->o.echo_params) {
-            w = snprintf(params + pl, sizeof(params) - pl, "%s$%d redacted", i ? ", " : "", i + 1);
-        } else if (!op->values[i]) {
-            w = snprintf(params + pl, sizeof(params) - pl, "%s$%d=NULL", i ? ", " : "", i + 1);
-        } else {
-            int64_t iv;
-            const char *v = op->values[i];
-            int len = op->lengths[i];
-            if (op->formats[i] == 1 && aorm_decode_int(op->types[i], v, len, &iv) == 0)
-                w = snprintf(params + pl, sizeof(params) - pl, "%s$%d=%lld", i ? ", " : "", i + 1, (long long)iv);
-            else if (op->formats[i] == 0 || op->types[i] == AORM_T_TEXT || op->types[i] == AORM_T_VARCHAR)
-                w = snprintf(params + pl, sizeof(params) - pl, "%s$%d='%.*s'", i ? ", " : "", i + 1,
-                             len > 40 ? 40 : len, v);
-            else
-                w = snprintf(params + pl, sizeof(params) - pl, "%s$%d=<%d bytes>", i ? ", " : "", i + 1, len);
-        }
+    for (int i = 0; i < op->nparams && pl < sizeof(params) - 64; i++) {
+        int w = snprintf(params + pl, sizeof(params) - pl, "%s$%d=", i ? ", " : " [", i + 1);
         if (w < 0) break;
         pl += (size_t)w;
-        if (pl >= sizeof(params)) pl = sizeof(params) - 1;
+        if (e->o.echo_params) w = echo_param(params + pl, sizeof(params) - pl, op, i);
+        else w = snprintf(params + pl, sizeof(params) - pl, "redacted");
+        if (w < 0) break;
+        pl += (size_t)w;
+        if (pl >= sizeof(params) - 2) pl = sizeof(params) - 3;
+    }
+    if (op->nparams > 0) {
+        params[pl++] = ']';
+        params[pl] = '\0';
     }
     if (err)
-        aorm__engine_log(e, AORM_LOG_SQL, "%s [%s] -> error %s %s (%.3f ms)", op->sql, params, err->sqlstate,
+        aorm__engine_log(e, AORM_LOG_SQL, "%s%s -> error %s %s (%.3f ms)", op->sql, params, err->sqlstate,
                          err->message, ms);
     else
-        aorm__engine_log(e, AORM_LOG_SQL, "%s [%s] -> %s, %d rows (%.3f ms)", op->sql, params,
+        aorm__engine_log(e, AORM_LOG_SQL, "%s%s -> %s, %d rows (%.3f ms)", op->sql, params,
                          aorm_result_cmd_tag(res), res->nrows, ms);
 }
 

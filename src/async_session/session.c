@@ -90,6 +90,20 @@ char *aorm_session_strdup(aorm_session *s, const char *str) {
 
 void *aorm_session_alloc(aorm_session *s, size_t n) { return s ? aorm__region_alloc(&s->region, n) : NULL; }
 
+int aorm_session_list_append(aorm_session *s, aorm_list *list, void *obj) {
+    if (!s || !list || !obj) return AORM_EMISUSE;
+    if (list->len == list->cap) {
+        size_t cap = list->cap ? list->cap * 2 : 8;
+        void **items = aorm__region_alloc(&s->region, cap * sizeof(void *));
+        if (!items) return AORM_ENOMEM;
+        if (list->len) memcpy(items, list->items, list->len * sizeof(void *));
+        list->items = items; /* the old array stays in the arena: collections never shrink it */
+        list->cap = cap;
+    }
+    list->items[list->len++] = obj;
+    return 0;
+}
+
 aorm_object_state aorm_object_state_of(const aorm_session *s, const void *obj) {
     aorm__obj *h = aorm__obj_of(s, obj);
     return h ? (aorm_object_state)h->state : AORM_DETACHED;

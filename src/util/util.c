@@ -49,6 +49,15 @@ char *aorm__strdup(const char *s) {
 
 int aorm__quote_ident(aorm__buf *b, const char *ident) {
     if (!ident || !*ident) return -1;
+    size_t n = strlen(ident);
+    if (!memchr(ident, '"', n)) { /* the common case: one append */
+        if (aorm__buf_reserve(b, n + 2) < 0) return -1;
+        b->data[b->len++] = '"';
+        memcpy(b->data + b->len, ident, n);
+        b->len += n;
+        b->data[b->len++] = '"';
+        return 0;
+    }
     if (aorm__buf_putc(b, '"') < 0) return -1;
     for (const char *p = ident; *p; p++) {
         if (*p == '"' && aorm__buf_putc(b, '"') < 0) return -1;
