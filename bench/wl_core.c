@@ -1,4 +1,4 @@
-/* wl_core.c -- the peer's Core bulk loads (sqla_async.py) through aorm's
+/* wl_core.c -- the peer's (SQLAlchemy asyncio) Core bulk loads through aorm's
  * engine and SQL expression language, no session.
  *
  *   core_bulk_insert  one aorm_insert(&bulk_book_model) of 100,000 structs
@@ -13,9 +13,9 @@
  * Rows: author_id 1 + i % 10000, title "b<i>", year 2000, price 1.5. The
  * timed part includes building them (the peer builds its list of rows in
  * its timed part too) and ends with the statement's callback. Not timed:
- * warming the pool, emptying bulk_books first (the peer's DELETE is timed:
- * see README) and the count(*) check afterwards. `queries` is the
- * engine's statement count over the timed part.
+ * warming the pool, emptying bulk_books first (the peer times its DELETE
+ * of the previous rows too) and the count(*) check afterwards. `queries`
+ * is the engine's statement count over the timed part.
  *
  * The engine scaffolding is that of wl_engine.c. Must not: share state
  * between workloads, or time anything but the measured work. */

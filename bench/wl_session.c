@@ -1,4 +1,4 @@
-/* wl_session.c -- the peer's session workloads (sqla_async.py) through
+/* wl_session.c -- the peer's (SQLAlchemy asyncio) session workloads through
  * aorm's AsyncSession, and the libpq ceiling of the largest read.
  *
  * Each does the work of the peer's workload of the same name: the same
@@ -23,7 +23,7 @@
  * Timing: from the first call of the workload (the session is created
  * inside the timed part, as the peer's `async with AsyncSession` is) to
  * its last callback. Not timed: connecting and warming the pool, emptying
- * bulk_books (the peer's DELETE is inside its timing: see README), the
+ * bulk_books (the peer times its DELETE of the previous rows too), the
  * checks made afterwards with extra statements, and freeing the session
  * and its objects. `queries` is the engine's own statement count
  * (aorm_engine_stats_get) over the timed part, BEGIN and COMMIT included.

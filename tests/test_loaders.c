@@ -115,6 +115,8 @@ const aorm_model ldr_item_model = {
 
 static const aorm_load_plan *const plan_shelf_orders =
     AORM_PLAN(AORM_SELECTIN(ldr_shelf, by_rank), AORM_SELECTIN(ldr_shelf, by_label));
+static const aorm_load_plan *const plan_shelf_joined_rank = AORM_PLAN(AORM_JOINED(ldr_shelf, by_rank));
+static const aorm_load_plan *const plan_shelf_joined_label = AORM_PLAN(AORM_JOINED(ldr_shelf, by_label));
 
 /* Idempotent, serialized by an advisory lock held to the commit. */
 static void ensure_shelf_tables(PGconn *pg) {
@@ -1019,6 +1021,114 @@ static int64_t insert_item(PGconn *pg, int64_t shelf, int rank, const char *labe
     return t_pg_long(pg, sql);
 }
 
+/* The shelves' fixture: two shelves whose items were inserted so that id,
+ * rank and label orders all differ; ranks repeat (ties go by id). */
+static const int shelf_ranks[2][6] = {{3, 7, 1, 7, 5, 2}, {4, 4, 9, 0, 4, 6}};
+static const char *const shelf_labels[2][6] = {{"kiwi", "apple", "fig", "date", "lime", "cherry"},
+                                               {"plum", "grape", "banana", "mango", "olive", "lemon"}};
+
+typedef struct shelves {
+    char prefix[64];
+    int64_t shelf_ids[2];
+    int64_t item_ids[2][6];
+} shelves;
+
+static void shelves_create(PGconn *pg, shelves *f, const char *test) {
+    ensure_shelf_tables(pg);
+    snprintf(f->prefix, sizeof(f->prefix), "ldr-%s-%ld-", test, (long)getpid());
+    for (int sh = 0; sh < 2; sh++) {
+        char name[96];
+        snprintf(name, sizeof(name), "%s%d", f->prefix, sh);
+        f->shelf_ids[sh] = insert_shelf(pg, name);
+        for (int i = 0; i < 6; i++)
+            f->item_ids[sh][i] = insert_item(pg, f->shelf_ids[sh], shelf_ranks[sh][i], shelf_labels[sh][i]);
+    }
+}
+
+static void shelves_drop(PGconn *pg, const shelves *f) {
+    char sql[256];
+    snprintf(sql, sizeof(sql), "DELETE FROM ldr_items WHERE shelf_id IN (%" PRId64 ", %" PRId64 ")",
+             f->shelf_ids[0], f->shelf_ids[1]);
+    free(t_pg_exec(pg, sql));
+    snprintf(sql, sizeof(sql), "DELETE FROM ldr_shelves WHERE id IN (%" PRId64 ", %" PRId64 ")", f->shelf_ids[0],
+             f->shelf_ids[1]);
+    free(t_pg_exec(pg, sql));
+}
+
+/* The fixture's shelves, in id order. */
+static aorm_stmt *shelves_query(const shelves *f) {
+    char like[96];
+    snprintf(like, sizeof(like), "%s%%", f->prefix);
+    aorm_stmt *q = aorm_select(&ldr_shelf_model);
+    aorm_where(q, aorm_like(AORM_COL(ldr_shelf, name), aorm_text(like)));
+    aorm_order_by(q, AORM_COL(ldr_shelf, id), AORM_ASC);
+    return q;
+}
+
+/* Checks one collection of each shelf (by_rank, by_label, or both)
+ * against the orders computed here: rank descending then id ascending;
+ * label ascending. */
+static void check_shelf_orders(aorm_session *s, const shelves *f, const qres *r, bool rank, bool label,
+                               const char *how) {
+    cr_assert_eq(r->len, 2, "%s: %zu shelves", how, r->len);
+    for (int sh = 0; sh < 2; sh++) {
+        ldr_shelf *shelf = r->items[sh];
+        cr_assert_eq(shelf->id, f->shelf_ids[sh]);
+        int by_rank[6], by_label[6];
+        for (int i = 0; i < 6; i++) by_rank[i] = by_label[i] = i;
+        for (int i = 1; i < 6; i++)
+            for (int j = i; j > 0; j--) {
+                int x = by_rank[j - 1], y = by_rank[j];
+                bool swap = shelf_ranks[sh][x] < shelf_ranks[sh][y] ||
+                            (shelf_ranks[sh][x] == shelf_ranks[sh][y] && f->item_ids[sh][x] > f->item_ids[sh][y]);
+                if (!swap) break;
+                by_rank[j - 1] = y;
+                by_rank[j] = x;
+            }
+        for (int i = 1; i < 6; i++)
+            for (int j = i; j > 0 && strcmp(shelf_labels[sh][by_label[j - 1]], shelf_labels[sh][by_label[j]]) > 0;
+                 j--) {
+                int x = by_label[j - 1];
+                by_label[j - 1] = by_label[j];
+                by_label[j] = x;
+            }
+        aorm_list *lr = NULL, *ll = NULL;
+        if (rank) {
+            cr_assert_eq(AORM_GET_REL(s, ldr_shelf, shelf, by_rank, &lr), 0, "%s", aorm_session_errmsg(s));
+            cr_assert_eq(lr->len, 6);
+            /* expectations, not assertions: on a wrong order the test
+             * fails but still frees everything */
+            for (int i = 0; i < 6; i++) {
+                ldr_item *it = lr->items[i];
+                cr_assert_eq(it->shelf_id, shelf->id);
+                cr_expect_eq(it->id, f->item_ids[sh][by_rank[i]],
+                             "%s: shelf %d by_rank[%d]: item %lld (rank %d), expected item %lld (rank %d)", how, sh,
+                             i, (long long)it->id, it->rank, (long long)f->item_ids[sh][by_rank[i]],
+                             shelf_ranks[sh][by_rank[i]]);
+                if (it->id != f->item_ids[sh][by_rank[i]]) break;
+            }
+        }
+        if (label) {
+            cr_assert_eq(AORM_GET_REL(s, ldr_shelf, shelf, by_label, &ll), 0, "%s", aorm_session_errmsg(s));
+            cr_assert_eq(ll->len, 6);
+            for (int i = 0; i < 6; i++) {
+                ldr_item *il = ll->items[i];
+                cr_expect_eq(il->id, f->item_ids[sh][by_label[i]], "%s: shelf %d by_label[%d]: %s, expected %s", how,
+                             sh, i, il->label, shelf_labels[sh][by_label[i]]);
+                if (il->id != f->item_ids[sh][by_label[i]]) break;
+                cr_assert_str_eq(il->label, shelf_labels[sh][by_label[i]]);
+            }
+        }
+        /* both collections hold the same objects (one per row) */
+        if (rank && label)
+            for (int i = 0; i < 6; i++) {
+                bool found = false;
+                for (int j = 0; j < 6; j++) found = found || lr->items[i] == ll->items[j];
+                cr_assert(found);
+            }
+    }
+}
+
 Test(loaders, collections_follow_order_by, .timeout = TIMEOUT) {
     char msg[256];
     cr_assert_eq(aorm_model_validate(&ldr_shelf_model, msg, sizeof(msg)), 0, "%s", msg);
@@ -1028,85 +1138,46 @@ Test(loaders, collections_follow_order_by, .timeout = TIMEOUT) {
     env t;
     env_open(&t, false);
     PGconn *pg = t_pg();
-    ensure_shelf_tables(pg);
-    char prefix[64], name[96];
-    snprintf(prefix, sizeof(prefix), "ldr-order-%ld-", (long)getpid());
-
-    /* two shelves; items inserted so that id, rank and label orders all
-     * differ; ranks repeat (ties go by id) */
-    static const int ranks[2][6] = {{3, 7, 1, 7, 5, 2}, {4, 4, 9, 0, 4, 6}};
-    static const char *const labels[2][6] = {{"kiwi", "apple", "fig", "date", "lime", "cherry"},
-                                             {"plum", "grape", "banana", "mango", "olive", "lemon"}};
-    int64_t shelf_ids[2], item_ids[2][6];
-    for (int sh = 0; sh < 2; sh++) {
-        snprintf(name, sizeof(name), "%s%d", prefix, sh);
-        shelf_ids[sh] = insert_shelf(pg, name);
-        for (int i = 0; i < 6; i++) item_ids[sh][i] = insert_item(pg, shelf_ids[sh], ranks[sh][i], labels[sh][i]);
-    }
+    shelves f;
+    shelves_create(pg, &f, "order");
 
     aorm_session *s = session_new(&t);
-    char like[96];
-    snprintf(like, sizeof(like), "%s%%", prefix);
-    aorm_stmt *q = aorm_select(&ldr_shelf_model);
-    aorm_where(q, aorm_like(AORM_COL(ldr_shelf, name), aorm_text(like)));
-    aorm_order_by(q, AORM_COL(ldr_shelf, id), AORM_ASC);
     mark m0 = mark_now(&t, s);
     qres r;
-    query_ok(&t, s, q, plan_shelf_orders, &r);
+    query_ok(&t, s, shelves_query(&f), plan_shelf_orders, &r);
     mark m1 = mark_now(&t, s);
     expect_cost(&m0, &m1, 3, 2, "shelves with two ordered collections");
-    cr_assert_eq(r.len, 2);
-
-    for (int sh = 0; sh < 2; sh++) {
-        ldr_shelf *shelf = r.items[sh];
-        cr_assert_eq(shelf->id, shelf_ids[sh]);
-        /* expected orders, computed here: rank desc then id asc; label asc */
-        int by_rank[6], by_label[6];
-        for (int i = 0; i < 6; i++) by_rank[i] = by_label[i] = i;
-        for (int i = 1; i < 6; i++)
-            for (int j = i; j > 0; j--) {
-                int x = by_rank[j - 1], y = by_rank[j];
-                bool swap = ranks[sh][x] < ranks[sh][y] || (ranks[sh][x] == ranks[sh][y] && item_ids[sh][x] > item_ids[sh][y]);
-                if (!swap) break;
-                by_rank[j - 1] = y;
-                by_rank[j] = x;
-            }
-        for (int i = 1; i < 6; i++)
-            for (int j = i; j > 0 && strcmp(labels[sh][by_label[j - 1]], labels[sh][by_label[j]]) > 0; j--) {
-                int x = by_label[j - 1];
-                by_label[j - 1] = by_label[j];
-                by_label[j] = x;
-            }
-        aorm_list *lr = NULL, *ll = NULL;
-        cr_assert_eq(AORM_GET_REL(s, ldr_shelf, shelf, by_rank, &lr), 0, "%s", aorm_session_errmsg(s));
-        cr_assert_eq(AORM_GET_REL(s, ldr_shelf, shelf, by_label, &ll), 0, "%s", aorm_session_errmsg(s));
-        cr_assert_eq(lr->len, 6);
-        cr_assert_eq(ll->len, 6);
-        for (int i = 0; i < 6; i++) {
-            ldr_item *it = lr->items[i];
-            cr_assert_eq(it->id, item_ids[sh][by_rank[i]], "shelf %d by_rank[%d]: item %lld (rank %d), expected %lld",
-                         sh, i, (long long)it->id, it->rank, (long long)item_ids[sh][by_rank[i]]);
-            cr_assert_eq(it->shelf_id, shelf->id);
-            ldr_item *il = ll->items[i];
-            cr_assert_str_eq(il->label, labels[sh][by_label[i]], "shelf %d by_label[%d]", sh, i);
-            cr_assert_eq(il->id, item_ids[sh][by_label[i]]);
-        }
-        /* both collections hold the same objects (one per row) */
-        for (int i = 0; i < 6; i++) {
-            bool found = false;
-            for (int j = 0; j < 6; j++) found = found || lr->items[i] == ll->items[j];
-            cr_assert(found);
-        }
-    }
+    check_shelf_orders(s, &f, &r, true, true, "selectin");
 
     qres_free(&r);
     aorm_session_free(s);
-    snprintf(name, sizeof(name),
-             "DELETE FROM ldr_items WHERE shelf_id IN (%" PRId64 ", %" PRId64 ")", shelf_ids[0], shelf_ids[1]);
-    free(t_pg_exec(pg, name));
-    snprintf(name, sizeof(name), "DELETE FROM ldr_shelves WHERE id IN (%" PRId64 ", %" PRId64 ")", shelf_ids[0],
-             shelf_ids[1]);
-    free(t_pg_exec(pg, name));
+    shelves_drop(pg, &f);
+    PQfinish(pg);
+    env_close(&t);
+}
+
+/* The same orders through joined loads (model.h: collections are ordered
+ * by order_by, else by the target's primary key, whatever the loader). */
+Test(loaders, joined_collections_follow_order_by, .timeout = TIMEOUT) {
+    env t;
+    env_open(&t, false);
+    PGconn *pg = t_pg();
+    shelves f;
+    shelves_create(pg, &f, "jorder");
+
+    const aorm_load_plan *const plans[2] = {plan_shelf_joined_rank, plan_shelf_joined_label};
+    for (int p = 0; p < 2; p++) {
+        aorm_session *s = session_new(&t);
+        mark m0 = mark_now(&t, s);
+        qres r;
+        query_ok(&t, s, shelves_query(&f), plans[p], &r);
+        mark m1 = mark_now(&t, s);
+        expect_cost(&m0, &m1, 1, 1, "shelves joined with an ordered collection");
+        check_shelf_orders(s, &f, &r, p == 0, p == 1, p == 0 ? "joined by_rank" : "joined by_label");
+        qres_free(&r);
+        aorm_session_free(s);
+    }
+    shelves_drop(pg, &f);
     PQfinish(pg);
     env_close(&t);
 }

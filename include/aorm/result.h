@@ -155,6 +155,13 @@ AORM_API int aorm_params_raw(aorm_params *p, uint32_t type, const void *data, si
 
 typedef struct aorm_result aorm_result;
 
+struct pg_result; /* libpq's PGresult */
+
+/** The libpq result behind r, for dropping down to libpq itself; borrowed
+ * (valid as long as r). Results are in binary format unless the statement
+ * asked for text (AORM_EXEC_TEXT_RESULT). */
+AORM_API struct pg_result *aorm_result_pgresult(const aorm_result *r);
+
 AORM_API int aorm_result_nrows(const aorm_result *r);
 AORM_API int aorm_result_ncols(const aorm_result *r);
 /** Column index of `name`, or AORM_ENOTFOUND. Exact, case-sensitive. */

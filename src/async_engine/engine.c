@@ -475,6 +475,8 @@ aorm_result *aorm_result_detach(aorm_result *r) {
     return d;
 }
 
+struct pg_result *aorm_result_pgresult(const aorm_result *r) { return r ? r->pg : NULL; }
+
 void aorm_result_free(aorm_result *r) {
     if (!r || !r->heap) return;
     PQclear(r->pg);

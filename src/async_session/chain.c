@@ -57,11 +57,9 @@ static bool retryable(const aorm_error *err) {
 }
 
 static void end(aorm_chain *c, const aorm_error *err) {
-    aorm_session_cb done = c->done;
-    aorm_session *s = c->s;
-    void *user = c->user;
+    /* done first: err may point into the chain (aorm_chain_fail's message) */
+    c->done(c->s, err, c->user);
     chain_free(c);
-    done(s, err, user);
 }
 
 static void on_retry_rollback(aorm_session *s, const aorm_error *err, void *user) {

@@ -172,8 +172,12 @@ static void copy_field(const aorm_column *dst, void *to, const aorm_column *src,
 static const aorm_column *pk_of(const aorm_model *m) { return aorm_model_pk(m, 0); }
 
 static bool key_known(const aorm__obj *h) {
-    const aorm_column *pk = single_pk(h->model);
-    if (!pk || !generated_key(h->model)) return true;
+    const aorm_model *m = h->model;
+    /* fast path for the usual single integer key in first position */
+    const aorm_column *pk = m->ncolumns > 0 && (m->columns[0].flags & AORM_PK) ? &m->columns[0] : single_pk(m);
+    if (!pk || !(pk->flags & (AORM_SERIAL | AORM_IDENTITY))) return true;
+    if (pk->type != AORM_INT8 && pk->type != AORM_INT4 && pk->type != AORM_INT2) return true;
+    if (pk == &m->columns[0] && aorm_model_pk_count(m) != 1) return true;
     return int_field(pk, (const char *)h + sizeof(aorm__obj)) != 0;
 }
 
@@ -394,6 +398,17 @@ static void apply_success(aorm_session *s, flush_run *f) {
         }
     }
     for (size_t k = 0; k < f->ndirty; k++) aorm__session_take_snapshot(s, f->dirty[k]);
+    /* new objects' collections are complete: they are loaded, and their
+     * contents become the baseline like any loaded collection's */
+    for (int i = 0; i < f->nbatches; i++) {
+        model_batch *b = &f->batches[i];
+        for (size_t k = 0; k < b->nnew; k++) {
+            aorm__obj *h = b->news[k];
+            for (int r = 0; r < h->model->nrelationships && r < 32; r++) h->loaded_rels |= 1u << r;
+            if (!h->rel_snap && h->model->nrelationships > 0)
+                h->rel_snap = aorm__region_calloc(&s->region, (size_t)h->model->nrelationships * sizeof(aorm_list));
+        }
+    }
     /* collections as flushed become the new baseline */
     for (aorm__obj *h = s->tracked; h; h = h->track_next) {
         if (h->state != AORM_PERSISTENT || !h->rel_snap) continue;
@@ -407,12 +422,28 @@ static void apply_success(aorm_session *s, flush_run *f) {
             was->len = was->items || !now->len ? now->len : 0;
         }
     }
-    /* new objects' collections are now known to be complete */
+    /* children removed on the server by a cascade DELETE of their parent
+     * (collection not loaded) leave the session too */
     for (int i = 0; i < f->nbatches; i++) {
         model_batch *b = &f->batches[i];
-        for (size_t k = 0; k < b->nnew; k++) {
-            aorm__obj *h = b->news[k];
-            for (int r = 0; r < h->model->nrelationships && r < 32; r++) h->loaded_rels |= 1u << r;
+        for (int r = 0; b->ndel && r < b->m->nrelationships; r++) {
+            const aorm_relationship *rel = &b->m->relationships[r];
+            if (rel->kind != AORM_ONE_TO_MANY || !(rel->cascade & AORM_CASCADE_DELETE)) continue;
+            const aorm_column *fk = aorm_model_column_at(rel->target, rel->fk_offset);
+            const aorm_column *pk = single_pk(b->m);
+            if (!fk || !pk) continue;
+            for (aorm__obj *h = s->tracked; h; h = h->track_next) {
+                if (h->model != rel->target || h->state != AORM_PERSISTENT) continue;
+                int64_t v = int_field(fk, aorm__obj_data(h));
+                for (size_t k = 0; k < b->ndel; k++) {
+                    if (int_field(pk, aorm__obj_data(b->dels[k])) == v) {
+                        h->state = AORM_DETACHED;
+                        aorm__idmap_remove(&s->idmap, h);
+                        push_ptr((void ***)&s->tx_del, &s->tx_ndel, &s->tx_del_cap, h);
+                        break;
+                    }
+                }
+            }
         }
     }
 }
@@ -815,7 +846,10 @@ static void fetch_keys(flush_run *f) {
         aorm__buf table = {0};
         if (b->m->schema && (aorm__quote_ident(&table, b->m->schema) < 0 || aorm__buf_putc(&table, '.') < 0)) goto oom;
         if (aorm__quote_ident(&table, b->m->table) < 0 || aorm__buf_putc(&table, '\0') < 0) goto oom;
-        aorm_stmt *q = aorm_raw("SELECT nextval(pg_get_serial_sequence(:t, :c)) FROM generate_series(1, :n)");
+        /* the sequence is resolved once (the OFFSET 0 subquery keeps the
+         * planner from re-evaluating the lookup for every row) */
+        aorm_stmt *q = aorm_raw("SELECT nextval(s.seq) FROM (SELECT pg_get_serial_sequence(:t, :c)::regclass AS seq "
+                                "OFFSET 0) s, generate_series(1, :n)");
         aorm_bind(q, "t", aorm_text(table.data));
         aorm_bind(q, "c", aorm_text(single_pk(b->m)->name));
         aorm_bind(q, "n", aorm_int4((int32_t)missing));
@@ -994,8 +1028,26 @@ void aorm__flush_rollback_states(aorm_session *s) {
         h->state = AORM_PERSISTENT;
         aorm__idmap_put(&s->idmap, h);
     }
-    /* what the database holds is unknown for modified objects: reload */
-    for (aorm__obj *h = s->tracked; h; h = h->track_next)
-        if (h->state == AORM_PERSISTENT) h->flags |= OBJ_EXPIRED;
+    /* changes never flushed are discarded: pending objects become
+     * transient, deleted ones persistent again, and modified fields go
+     * back to their last known values (then expire: the next query that
+     * returns the row reloads it) */
+    for (aorm__obj *h = s->tracked; h; h = h->track_next) {
+        if (h->state == AORM_PENDING) {
+            h->state = AORM_TRANSIENT;
+        } else if (h->state == AORM_DELETED) {
+            h->state = AORM_PERSISTENT;
+        }
+        if (h->state != AORM_PERSISTENT) continue;
+        if (h->snapshot) {
+            void *obj = aorm__obj_data(h);
+            for (int i = 0; i < h->model->ncolumns; i++) {
+                const aorm_column *c = &h->model->columns[i];
+                memcpy((char *)obj + c->offset, (const char *)h->snapshot + c->offset, c->size);
+            }
+        }
+        h->flags |= OBJ_EXPIRED;
+    }
+    s->npending = s->ndeleted = 0;
     s->tx_nnew = s->tx_ndel = 0;
 }

@@ -16,6 +16,7 @@
  * queued operations and, during a transaction, the held connection.
  * Must not: block, or answer an operation before the ones queued before
  * it. */
+#include <libpq-fe.h>
 #include <stdio.h>
 
 #include "aorm/loaders.h"
@@ -224,8 +225,10 @@ static void cascade_delete(aorm_session *s, aorm__obj *h, int depth) {
     for (int i = 0; i < h->model->nrelationships; i++) {
         const aorm_relationship *r = &h->model->relationships[i];
         if (r->kind != AORM_ONE_TO_MANY || !(r->cascade & AORM_CASCADE_DELETE)) continue;
-        if (!(h->loaded_rels & (1u << i))) continue;
         aorm_list *l = (aorm_list *)((char *)obj + r->offset);
+        /* loaded, or filled by the caller: what is in it belongs to the
+         * parent (rows not in it go by the flush's DELETE by foreign key) */
+        if (!(h->loaded_rels & (1u << i)) && l->len == 0) continue;
         for (size_t k = 0; k < l->len; k++) {
             aorm__obj *ch = aorm__obj_of(s, l->items[k]);
             if (ch && ch->state == AORM_PERSISTENT) {
@@ -253,9 +256,12 @@ int aorm_session_expunge(aorm_session *s, void *obj) {
 
 void aorm_session_expunge_all(aorm_session *s) {
     if (!s) return;
-    for (aorm__obj *h = s->tracked; h; h = h->track_next)
+    /* every object in the map is tracked: removing them one by one costs
+     * the number of objects, not the size of the table */
+    for (aorm__obj *h = s->tracked; h; h = h->track_next) {
         if (h->state != AORM_TRANSIENT) h->state = AORM_DETACHED;
-    aorm__idmap_clear(&s->idmap);
+        aorm__idmap_remove(&s->idmap, h);
+    }
     s->tracked = NULL; /* detached objects need no tracking; their memory stays in the region */
     s->npending = s->ndeleted = 0;
 }
@@ -281,18 +287,91 @@ static void *scratch_for(aorm_session *s, const aorm_model *m) {
     return s->scratch;
 }
 
-static int load_columns(aorm_session *s, const aorm_result *res, int row, const aorm_model *m, const int *pos,
-                        void *obj, bool pk_only) {
-    aorm_allocator alloc = {aorm__region_alloc_fn, &s->region};
-    for (int i = 0; i < m->ncolumns; i++) {
-        const aorm_column *c = &m->columns[i];
-        if (pos[i] < 0 || (pk_only && !(c->flags & AORM_PK))) continue;
-        const char *v;
-        int len;
-        int rc = aorm_result_raw(res, row, pos[i], &v, &len);
-        if (rc < 0) return rc;
-        rc = aorm__field_load(c, obj, aorm_result_col_type(res, pos[i]), v, len, &alloc);
-        if (rc < 0) return rc;
+/* ---- row plans: how the columns of one result go into objects ------------------
+ * Computed once per result: which result column feeds which field, its
+ * type OID, and for the common cases a decoder that needs no dispatch. */
+
+static uint8_t fast_kind(const aorm_column *c, uint32_t oid) {
+    bool nullable = (c->flags & AORM_NULLABLE) != 0;
+    switch (c->type) {
+    case AORM_INT8: return !nullable && oid == AORM_T_INT8 ? RP_INT8 : RP_GENERIC;
+    case AORM_INT4: return oid != AORM_T_INT4 ? RP_GENERIC : nullable ? RP_OPT_INT4 : RP_INT4;
+    case AORM_FLOAT8: return !nullable && oid == AORM_T_FLOAT8 ? RP_FLOAT8 : RP_GENERIC;
+    case AORM_TEXT: return oid == AORM_T_TEXT || oid == AORM_T_VARCHAR ? RP_TEXT : RP_GENERIC;
+    default: return RP_GENERIC;
+    }
+}
+
+int aorm__rowplan_init(aorm__rowplan *rp, const aorm_result *res, const aorm_model *m, const int *pos) {
+    PGresult *pg = aorm_result_pgresult(res);
+    memset(rp, 0, sizeof(*rp));
+    rp->m = m;
+    rp->pg = pg;
+    rp->cols = m->ncolumns <= AORM__RP_INLINE ? rp->inline_cols : malloc((size_t)m->ncolumns * sizeof(*rp->cols));
+    if (!rp->cols) return AORM_ENOMEM;
+    /* key columns first, then the others */
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < m->ncolumns; i++) {
+            const aorm_column *c = &m->columns[i];
+            bool pk = (c->flags & AORM_PK) != 0;
+            if (pos[i] < 0 || pk != (pass == 0)) continue;
+            aorm__rowplan_col *rc = &rp->cols[rp->n++];
+            rc->c = c;
+            rc->pos = pos[i];
+            rc->oid = (uint32_t)PQftype(pg, pos[i]);
+            rc->fast = PQfformat(pg, pos[i]) == 1 ? fast_kind(c, rc->oid) : RP_GENERIC;
+            if (pk) rp->npk++;
+        }
+    }
+    return 0;
+}
+
+void aorm__rowplan_free(aorm__rowplan *rp) {
+    if (rp->cols != rp->inline_cols) free(rp->cols);
+    rp->cols = NULL;
+}
+
+/* Decodes plan columns [from, to) of row `row` into obj. */
+static int load_cols(aorm_session *s, const aorm__rowplan *rp, int row, void *obj, int from, int to) {
+    PGresult *pg = rp->pg;
+    for (int k = from; k < to; k++) {
+        const aorm__rowplan_col *pc = &rp->cols[k];
+        void *f = (char *)obj + pc->c->offset;
+        bool null = PQgetisnull(pg, row, pc->pos);
+        const char *v = null ? NULL : PQgetvalue(pg, row, pc->pos);
+        int len = null ? -1 : PQgetlength(pg, row, pc->pos);
+        switch (null ? RP_GENERIC : pc->fast) {
+        case RP_INT8:
+            if (len != 8) return AORM_EPROTOCOL;
+            *(int64_t *)f = (int64_t)aorm__get_be64(v);
+            continue;
+        case RP_INT4:
+            if (len != 4) return AORM_EPROTOCOL;
+            *(int32_t *)f = (int32_t)aorm__get_be32(v);
+            continue;
+        case RP_OPT_INT4:
+            if (len != 4) return AORM_EPROTOCOL;
+            ((aorm_opt_int32 *)f)->valid = true;
+            ((aorm_opt_int32 *)f)->value = (int32_t)aorm__get_be32(v);
+            continue;
+        case RP_FLOAT8: {
+            if (len != 8) return AORM_EPROTOCOL;
+            uint64_t u = aorm__get_be64(v);
+            memcpy(f, &u, 8);
+            continue;
+        }
+        case RP_TEXT: {
+            char *str = aorm__region_memdup(&s->region, v, (size_t)len);
+            if (!str) return AORM_ENOMEM;
+            *(char **)f = str;
+            continue;
+        }
+        default: {
+            aorm_allocator alloc = {aorm__region_alloc_fn, &s->region};
+            int rc = aorm__field_load(pc->c, obj, pc->oid, v, len, &alloc);
+            if (rc < 0) return rc;
+        }
+        }
     }
     return 0;
 }
@@ -309,29 +388,34 @@ int aorm__model_positions(const aorm_stmt *q, const aorm_model *m, int *pos) {
     return npk;
 }
 
-/* Row `r` as an object of m through the identity map. Returns 1 with
- * *out set, 0 when the row's key is NULL (an outer join without a match),
- * or a negative code. */
-int aorm__session_materialize_row(aorm_session *s, const aorm_result *res, int r, const aorm_model *m,
-                                  const int *pos, bool populate, void **out) {
-    for (int i = 0; i < m->ncolumns; i++)
-        if ((m->columns[i].flags & AORM_PK) && aorm_result_is_null(res, r, pos[i]) == 1) return 0;
+/* Row `r` as an object of the plan's model through the identity map.
+ * Returns 1 with *out set, 0 when the row's key is NULL (an outer join
+ * without a match), or a negative code. The key is decoded once, into
+ * scratch space; a new object starts as a copy of it and gets the other
+ * columns. */
+int aorm__session_materialize_row(aorm_session *s, const aorm__rowplan *rp, int r, bool populate, void **out) {
+    const aorm_model *m = rp->m;
+    if (r < 0 || r >= PQntuples(rp->pg)) return AORM_ERANGE;
+    if (rp->npk != aorm_model_pk_count(m)) return AORM_EMISUSE;
+    for (int k = 0; k < rp->npk; k++)
+        if (PQgetisnull(rp->pg, r, rp->cols[k].pos)) return 0;
     void *key = scratch_for(s, m);
     if (!key) return AORM_ENOMEM;
-    int rc = load_columns(s, res, r, m, pos, key, true);
+    int rc = load_cols(s, rp, r, key, 0, rp->npk);
     if (rc < 0) return rc;
     uint64_t hash = aorm__key_hash(m, key);
     aorm__obj *h = aorm__idmap_find(&s->idmap, m, key, hash);
     if (h) {
         if (populate || (h->flags & OBJ_EXPIRED)) {
-            if ((rc = load_columns(s, res, r, m, pos, aorm__obj_data(h), false)) < 0) return rc;
+            if ((rc = load_cols(s, rp, r, aorm__obj_data(h), rp->npk, rp->n)) < 0) return rc;
             aorm__session_take_snapshot(s, h);
             h->flags &= (uint8_t)~OBJ_EXPIRED;
         }
     } else {
         h = obj_alloc(s, m);
         if (!h) return AORM_ENOMEM;
-        if ((rc = load_columns(s, res, r, m, pos, aorm__obj_data(h), false)) < 0) return rc;
+        memcpy(aorm__obj_data(h), key, m->size);
+        if ((rc = load_cols(s, rp, r, aorm__obj_data(h), rp->npk, rp->n)) < 0) return rc;
         h->key_hash = hash;
         h->state = AORM_PERSISTENT;
         aorm__session_take_snapshot(s, h);
@@ -348,17 +432,20 @@ int aorm__session_materialize(aorm_session *s, const aorm_stmt *q, const aorm_re
     int pos_stack[32];
     int *pos = m->ncolumns <= 32 ? pos_stack : malloc((size_t)m->ncolumns * sizeof(int));
     if (!pos) return AORM_ENOMEM;
+    aorm__rowplan rp;
     int rc = 0;
     if (aorm__model_positions(q, m, pos) != aorm_model_pk_count(m)) {
         rc = AORM_EMISUSE; /* objects need their whole primary key in the select list */
         goto out;
     }
+    if ((rc = aorm__rowplan_init(&rp, res, m, pos)) < 0) goto out;
     for (int r = 0; r < nrows; r++) {
-        rc = aorm__session_materialize_row(s, res, r, m, pos, populate, &out[r]);
-        if (rc < 0) goto out;
+        rc = aorm__session_materialize_row(s, &rp, r, populate, &out[r]);
+        if (rc < 0) break;
         if (rc == 0) out[r] = NULL;
         rc = 0;
     }
+    aorm__rowplan_free(&rp);
 out:
     if (pos != pos_stack) free(pos);
     return rc;
@@ -460,7 +547,7 @@ static int sop_push(aorm_session *s, aorm__sop *op) {
 
 void aorm__session_enter(aorm_session *s) { s->depth++; }
 void aorm__session_leave(aorm_session *s) {
-    if (--s->depth == 0 && s->free_pending && !s->running) session_destroy(s);
+    if (--s->depth == 0 && s->free_pending && !s->running && s->begins_out == 0) session_destroy(s);
 }
 #define session_enter aorm__session_enter
 #define session_leave aorm__session_leave
@@ -558,11 +645,32 @@ int aorm__session_send(aorm_session *s, aorm__sop *op, aorm_stmt *q, bool readon
 
 typedef void (*tx_then)(aorm__sop *op, const aorm_error *err);
 
+/* BEGIN's answer. It may arrive after the operation that needed the
+ * transaction has finished (everything behind BEGIN is pipelined), so it
+ * carries the session, not the operation; only an explicit begin waits
+ * for it to answer its caller. s->begins_out keeps the session alive. */
+typedef struct begin_wait {
+    aorm_session *s;
+    aorm__sop *op;   /* SOP_BEGIN waiting for this answer, or NULL */
+    tx_then then;
+} begin_wait;
+
 static void on_begin_result(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
-    aorm__sop *op = user;
-    aorm_session *s = op->s;
+    begin_wait *w = user;
+    aorm_session *s = w->s;
+    aorm__sop *op = w->op;
+    tx_then then = w->then;
+    free(w);
     session_enter(s);
-    if (aorm__op_arrived(op) && err) aorm__session_fail_tx(s); /* the statements behind it report it */
+    s->begins_out--;
+    if (op) {
+        if (aorm__op_arrived(op)) {
+            if (err) aorm__session_fail_tx(s);
+            then(op, err);
+        }
+    } else if (err && !s->closing) {
+        aorm__session_fail_tx(s); /* the statements behind it report it too */
+    }
     session_leave(s);
 }
 
@@ -586,10 +694,18 @@ static void on_acquired(aorm_engine *e, aorm_conn *c, const aorm_error *err, voi
     } else {
         s->conn = c;
         s->tx = TX_ACTIVE;
-        int rc = aorm_conn_begin(c, op->has_tx ? &op->tx : NULL, on_begin_result, op);
+        begin_wait *bw = malloc(sizeof(*bw));
+        bool wait = op->kind == SOP_BEGIN; /* an explicit begin answers with BEGIN's own outcome */
+        int rc = AORM_ENOMEM;
+        if (bw) {
+            *bw = (begin_wait){s, wait ? op : NULL, then};
+            rc = aorm_conn_begin(c, op->has_tx ? &op->tx : NULL, on_begin_result, bw);
+            if (rc < 0) free(bw);
+        }
         if (rc == 0) {
-            op->pending++;
             s->statements++;
+            s->begins_out++;
+            if (wait) op->pending++;
         }
         if (rc < 0) {
             aorm_conn_release(c);
@@ -598,7 +714,7 @@ static void on_acquired(aorm_engine *e, aorm_conn *c, const aorm_error *err, voi
             aorm_error e2 = {.code = rc, .message = aorm_strerror(rc), .detail = "", .hint = "",
                              .constraint = "", .table = "", .column = ""};
             then(op, &e2);
-        } else {
+        } else if (!wait) {
             then(op, NULL);
         }
     }
@@ -635,12 +751,14 @@ void aorm__session_ensure_tx(aorm_session *s, aorm__sop *op, tx_then then) {
     s->tx = TX_ACQUIRING;
 }
 
+/* Leaves the transaction state (the callers then restore or confirm the
+ * objects' states with aorm__flush_rollback_states/commit_states, which
+ * consume the transaction's lists). */
 static void end_tx(aorm_session *s) {
     if (s->conn) aorm_conn_release(s->conn);
     s->conn = NULL;
     s->tx = TX_NONE;
     s->savepoints = 0;
-    s->tx_nnew = s->tx_ndel = 0;
 }
 
 /* ---- operations: queries -------------------------------------------------------------- */
@@ -802,13 +920,65 @@ static void start_query(aorm_session *s, aorm__sop *op) {
     after_autoflush(op, NULL);
 }
 
+/* The primary-key lookup of model m, compiled once per session: gets of a
+ * model all send the same text (the engine's prepared statement), only
+ * the key parameters change. The select list is every column in
+ * declaration order, so results map by position. */
+static const char *get_sql(aorm_session *s, const aorm_model *m, const void *key) {
+    for (struct get_sql_entry *g = s->get_sqls; g; g = g->next)
+        if (g->model == m) return g->sql;
+    aorm_stmt *q = aorm_select(m);
+    const char *text = NULL;
+    if (q && where_key(q, m, key) == 0 && aorm_stmt_compile(q) == 0) text = aorm_stmt_sql(q);
+    struct get_sql_entry *g = text ? aorm__region_alloc(&s->region, sizeof(*g)) : NULL;
+    if (g && (g->sql = aorm__region_strdup(&s->region, text)) != NULL) {
+        g->model = m;
+        g->next = s->get_sqls;
+        s->get_sqls = g;
+    } else {
+        g = NULL;
+    }
+    aorm_stmt_free(q);
+    return g ? g->sql : NULL;
+}
+
+static void on_get_rows(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user);
+
 static void start_get(aorm_session *s, aorm__sop *op) {
     const aorm_model *m = op->model;
+    if (s->tx == TX_FAILED) {
+        fail_op(s, op, AORM_ETXSTATE, "the session's transaction failed: roll it back first");
+        return;
+    }
     aorm__obj *h = aorm__idmap_find(&s->idmap, m, op->key, aorm__key_hash(m, op->key));
     if (h && !(h->flags & OBJ_EXPIRED) && !op->qo.populate_existing) {
         /* the identity map answers: no statement */
         deliver(s, op, h->state == AORM_DELETED ? NULL : aorm__obj_data(h), NULL, NULL, NULL);
         aorm__session_op_done(s, op);
+        return;
+    }
+    if (s->tx == TX_FAILED) {
+        fail_op(s, op, AORM_ETXSTATE, "the session's transaction failed: roll it back first");
+        return;
+    }
+    if (!op->qo.load && !(s->o.autoflush && aorm__session_has_changes(s))) {
+        /* the common case: a cached statement text and the key as parameters */
+        const char *sql = get_sql(s, m, op->key);
+        aorm_params p;
+        aorm_params_init(&p);
+        for (int i = 0; i < m->ncolumns && sql; i++)
+            if (m->columns[i].flags & AORM_PK) aorm__field_param(&m->columns[i], op->key, &p);
+        aorm_exec_options xo = {AORM_EXEC_READONLY, op->qo.deadline != 0 ? op->qo.deadline : s->o.statement_timeout};
+        int rc = !sql ? AORM_ENOMEM
+                 : s->conn ? aorm_conn_execute(s->conn, sql, &p, &xo, on_get_rows, op)
+                           : aorm_engine_execute(s->e, sql, &p, &xo, on_get_rows, op);
+        aorm_params_free(&p);
+        if (rc < 0) {
+            fail_op(s, op, rc, "cannot send the primary-key lookup");
+            return;
+        }
+        s->statements++;
+        op->pending++;
         return;
     }
     op->stmt = aorm_select(m);
@@ -820,8 +990,49 @@ static void start_get(aorm_session *s, aorm__sop *op) {
     start_query(s, op);
 }
 
+static void on_get_rows(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
+    aorm__sop *op = user;
+    aorm_session *s = op->s;
+    session_enter(s);
+    if (!aorm__op_arrived(op)) {
+        session_leave(s);
+        return;
+    }
+    if (err) {
+        if (s->conn) aorm__session_fail_tx(s);
+        finish_err(s, op, err);
+        session_leave(s);
+        return;
+    }
+    const aorm_model *m = op->model;
+    int pos_stack[32] = {0};
+    int *pos = m->ncolumns <= 32 ? pos_stack : malloc((size_t)m->ncolumns * sizeof(int));
+    if (!pos) {
+        fail_op(s, op, AORM_ENOMEM, NULL);
+        session_leave(s);
+        return;
+    }
+    for (int i = 0; i < m->ncolumns; i++) pos[i] = i; /* every column, in order */
+    void *obj = NULL;
+    aorm__rowplan rp;
+    int rc = aorm__rowplan_init(&rp, res, m, pos);
+    if (rc == 0 && aorm_result_nrows(res) > 0) rc = aorm__session_materialize_row(s, &rp, 0, op->qo.populate_existing, &obj);
+    if (rc != AORM_ENOMEM || rp.cols) aorm__rowplan_free(&rp);
+    if (pos != pos_stack) free(pos);
+    if (rc < 0) fail_op(s, op, rc, "a row could not be loaded into its object");
+    else {
+        deliver(s, op, obj, NULL, NULL, NULL);
+        aorm__session_op_done(s, op);
+    }
+    session_leave(s);
+}
+
 static void start_get_many(aorm_session *s, aorm__sop *op) {
     const aorm_model *m = op->model;
+    if (s->tx == TX_FAILED) {
+        fail_op(s, op, AORM_ETXSTATE, "the session's transaction failed: roll it back first");
+        return;
+    }
     const aorm_column *pk = aorm_model_pk(m, 0);
     size_t missing = 0;
     void *vals = NULL;
@@ -1323,7 +1534,7 @@ void aorm_session_free(aorm_session *s) {
         aorm_conn_release(s->conn);
         s->conn = NULL;
     }
-    if (s->running || s->depth > 0) {
+    if (s->running || s->depth > 0 || s->begins_out > 0) {
         /* statements still out hold pointers to the running operation:
          * the session goes when the last of them is back */
         s->free_pending = true;

@@ -121,6 +121,12 @@ typedef enum tx_state {
     TX_FAILED     /* a statement failed inside the transaction: rollback required */
 } tx_state;
 
+struct get_sql_entry {
+    struct get_sql_entry *next;
+    const aorm_model *model;
+    const char *sql;
+};
+
 struct aorm_session {
     aorm_engine *e;
     aorm_loop *loop;
@@ -131,6 +137,7 @@ struct aorm_session {
     uint32_t next_seq;
     uint32_t npending;        /* PENDING objects */
     uint32_t ndeleted;        /* DELETED objects */
+    struct get_sql_entry *get_sqls; /* compiled primary-key lookups, per model */
     void *scratch;            /* a key struct buffer for row lookups */
     size_t scratch_size;
 
@@ -152,6 +159,7 @@ struct aorm_session {
     char errmsg[256];         /* last aorm_rel_get message */
     void *data;
     int depth;                /* session code on the stack */
+    int begins_out;           /* BEGIN answers still to come (they point at the session) */
     bool closing;
     bool free_pending;
 };
@@ -176,8 +184,25 @@ aorm__obj *aorm__session_track_new(aorm_session *s, const aorm_model *m);
 int aorm__session_materialize(aorm_session *s, const aorm_stmt *q, const aorm_result *res,
                               const aorm_model *m, bool populate, void **out);
 int aorm__model_positions(const aorm_stmt *q, const aorm_model *m, int *pos);
-int aorm__session_materialize_row(aorm_session *s, const aorm_result *res, int r, const aorm_model *m,
-                                  const int *pos, bool populate, void **out);
+/* How the columns of one result go into objects of a model. */
+enum { RP_GENERIC, RP_INT8, RP_INT4, RP_OPT_INT4, RP_FLOAT8, RP_TEXT };
+#define AORM__RP_INLINE 16
+typedef struct aorm__rowplan_col {
+    const aorm_column *c;
+    int pos;
+    uint32_t oid;
+    uint8_t fast;
+} aorm__rowplan_col;
+typedef struct aorm__rowplan {
+    const aorm_model *m;
+    struct pg_result *pg;
+    aorm__rowplan_col *cols; /* key columns first */
+    int n, npk;
+    aorm__rowplan_col inline_cols[AORM__RP_INLINE];
+} aorm__rowplan;
+int aorm__rowplan_init(aorm__rowplan *rp, const aorm_result *res, const aorm_model *m, const int *pos);
+void aorm__rowplan_free(aorm__rowplan *rp);
+int aorm__session_materialize_row(aorm_session *s, const aorm__rowplan *rp, int r, bool populate, void **out);
 void aorm__session_take_snapshot(aorm_session *s, aorm__obj *h);
 bool aorm__obj_changed(const aorm__obj *h);
 void aorm__session_cascade(aorm_session *s, aorm__obj *h, int depth);

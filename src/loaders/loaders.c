@@ -463,11 +463,15 @@ static int absorb_rows(load_run *r, level_item *it, aorm_result *res) {
     int *pos = tm->ncolumns <= 32 ? pos_stack : malloc((size_t)tm->ncolumns * sizeof(int));
     if (!pos) return AORM_ENOMEM;
     aorm__model_positions(it->q, tm, pos);
-    int rc = 0;
+    aorm__rowplan rp;
+    int rc = aorm__rowplan_init(&rp, res, tm, pos);
+    if (pos != pos_stack) free(pos);
+    pos = NULL;
+    if (rc < 0) return rc;
     if (rel->kind == AORM_MANY_TO_ONE) {
         for (int row = 0; row < nrows && rc >= 0; row++) {
             void *obj;
-            rc = aorm__session_materialize_row(s, res, row, tm, pos, r->op->qo.populate_existing, &obj);
+            rc = aorm__session_materialize_row(s, &rp, row, r->op->qo.populate_existing, &obj);
         }
         if (rc >= 0) rc = assign_targets(s, it);
         goto out;
@@ -501,7 +505,7 @@ static int absorb_rows(load_run *r, level_item *it, aorm_result *res) {
     }
     for (int row = 0; row < nrows; row++) {
         void *child;
-        rc = aorm__session_materialize_row(s, res, row, tm, pos, r->op->qo.populate_existing, &child);
+        rc = aorm__session_materialize_row(s, &rp, row, r->op->qo.populate_existing, &child);
         if (rc < 0) break;
         if (rc == 0) continue;
         /* the owner: its key is the child's FK (one-to-many) or the
@@ -543,7 +547,7 @@ static int absorb_rows(load_run *r, level_item *it, aorm_result *res) {
     free(group.v);
     (void)opk;
 out:
-    if (pos != pos_stack) free(pos);
+    aorm__rowplan_free(&rp);
     return rc < 0 ? rc : 0;
 }
 
@@ -700,15 +704,19 @@ static int absorb_joined(load_run *r, const aorm_result *res, void **rows_owner,
         int *pos = tm->ncolumns <= 32 ? pos_stack : malloc((size_t)tm->ncolumns * sizeof(int));
         if (!pos) return AORM_ENOMEM;
         aorm__model_positions(r->op->stmt, tm, pos);
+        aorm__rowplan rp;
+        int np = 0;
+        int rc = aorm__rowplan_init(&rp, res, tm, pos);
+        if (pos != pos_stack) free(pos);
+        if (rc < 0) return rc;
         pair *pairs = malloc(((size_t)nrows + 1) * sizeof(pair));
-        int np = 0, rc = 0;
         if (!pairs) rc = AORM_ENOMEM;
         for (int row = 0; row < nrows && rc >= 0; row++) {
             void *t = NULL;
-            rc = aorm__session_materialize_row(s, res, row, tm, pos, r->op->qo.populate_existing, &t);
+            rc = aorm__session_materialize_row(s, &rp, row, r->op->qo.populate_existing, &t);
             if (rc > 0 && rows_owner[row]) pairs[np++] = (pair){rows_owner[row], t, row};
         }
-        if (pos != pos_stack) free(pos);
+        aorm__rowplan_free(&rp);
         if (rc < 0) {
             free(pairs);
             return rc;
