@@ -17,7 +17,42 @@ void aorm__region_init(aorm__region *a, size_t block_size) {
     a->block_size = block_size ? block_size : 65536;
 }
 
+/* Records a new block in the sorted range index (blocks are rare: an
+ * insertion with memmove is fine). */
+static int add_range(aorm__region *a, char *start, size_t n) {
+    if (a->nranges == a->cap_ranges) {
+        size_t cap = a->cap_ranges ? a->cap_ranges * 2 : 16;
+        aorm__region_range *r = realloc(a->ranges, cap * sizeof(*r));
+        if (!r) return -1;
+        a->ranges = r;
+        a->cap_ranges = cap;
+    }
+    size_t i = a->nranges;
+    while (i > 0 && a->ranges[i - 1].start > start) i--;
+    memmove(&a->ranges[i + 1], &a->ranges[i], (a->nranges - i) * sizeof(*a->ranges));
+    a->ranges[i].start = start;
+    a->ranges[i].end = start + n;
+    a->nranges++;
+    return 0;
+}
+
+int aorm__region_contains(const aorm__region *a, const void *p, size_t n) {
+    const char *q = p;
+    size_t lo = 0, hi = a->nranges;
+    while (lo < hi) { /* last range starting at or before q */
+        size_t mid = (lo + hi) / 2;
+        if (a->ranges[mid].start <= q) lo = mid + 1;
+        else hi = mid;
+    }
+    if (lo == 0) return 0;
+    const aorm__region_range *r = &a->ranges[lo - 1];
+    return q >= r->start && (size_t)(r->end - q) >= n;
+}
+
 void aorm__region_free(aorm__region *a) {
+    free(a->ranges);
+    a->ranges = NULL;
+    a->nranges = a->cap_ranges = 0;
     aorm__region_block *b = a->head;
     while (b) {
         aorm__region_block *n = b->next;
@@ -33,6 +68,10 @@ void *aorm__region_alloc_slow(aorm__region *a, size_t n) {
     if (n > a->block_size / 4) {
         aorm__region_block *b = malloc(sizeof(*b) + n);
         if (!b) return NULL;
+        if (add_range(a, b->data, n) < 0) {
+            free(b);
+            return NULL;
+        }
         b->size = n;
         if (a->head) { /* behind the current block */
             b->next = a->head->next;
@@ -47,6 +86,10 @@ void *aorm__region_alloc_slow(aorm__region *a, size_t n) {
     }
     aorm__region_block *b = malloc(sizeof(*b) + a->block_size);
     if (!b) return NULL;
+    if (add_range(a, b->data, a->block_size) < 0) {
+        free(b);
+        return NULL;
+    }
     b->size = a->block_size;
     b->next = a->head;
     a->head = b;

@@ -10,12 +10,18 @@
 
 typedef struct aorm__region_block aorm__region_block;
 
+typedef struct aorm__region_range {
+    const char *start, *end;
+} aorm__region_range;
+
 typedef struct aorm__region {
     aorm__region_block *head; /* current block first */
     char *cur;
     char *end;
     size_t block_size;
     size_t total;            /* bytes handed out */
+    aorm__region_range *ranges; /* every block's bytes, sorted by address */
+    size_t nranges, cap_ranges;
 } aorm__region;
 
 void aorm__region_init(aorm__region *a, size_t block_size);
@@ -35,6 +41,9 @@ static inline void *aorm__region_alloc(aorm__region *a, size_t n) {
 void *aorm__region_calloc(aorm__region *a, size_t n);
 char *aorm__region_strdup(aorm__region *a, const char *s);
 char *aorm__region_memdup(aorm__region *a, const void *p, size_t n);
+/* True when [p, p + n) lies inside memory the region handed out (so it
+ * may be read without going out of bounds). O(log blocks). */
+int aorm__region_contains(const aorm__region *a, const void *p, size_t n);
 /* allocator adapter for aorm__field_load and aorm_stmt_load */
 void *aorm__region_alloc_fn(void *ctx, size_t n);
 

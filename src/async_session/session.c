@@ -54,6 +54,13 @@ bool aorm_session_rollback_required(const aorm_session *s) { return s && s->tx =
 
 /* ---- objects ------------------------------------------------------------------ */
 
+aorm__obj *aorm__obj_of(const aorm_session *s, const void *obj) {
+    if (!s || !obj || (uintptr_t)obj < sizeof(aorm__obj)) return NULL;
+    const aorm__obj *h = (const aorm__obj *)((const char *)obj - sizeof(aorm__obj));
+    if (!aorm__region_contains(&s->region, h, sizeof(aorm__obj))) return NULL;
+    return (h->magic == AORM__OBJ_MAGIC && h->s == s) ? (aorm__obj *)h : NULL;
+}
+
 static aorm__obj *obj_alloc(aorm_session *s, const aorm_model *m) {
     aorm__obj *h = aorm__region_alloc(&s->region, sizeof(aorm__obj) + m->size);
     if (!h) return NULL;
@@ -827,12 +834,13 @@ static void deliver_rows(aorm__sop *op, void **items, size_t n, const aorm_error
         /* one pass with a mark on each object header, cleared after */
         size_t k = 0;
         for (size_t i = 0; i < n; i++) {
-            aorm__obj *h = aorm__obj_of(s, items[i]);
-            if (!h || (h->flags & OBJ_SEEN)) continue;
+            if (!items[i]) continue;
+            aorm__obj *h = aorm__obj_hdr(items[i]); /* ours: from the identity map */
+            if (h->flags & OBJ_SEEN) continue;
             h->flags |= OBJ_SEEN;
             items[k++] = items[i];
         }
-        for (size_t i = 0; i < k; i++) aorm__obj_of(s, items[i])->flags &= (uint8_t)~OBJ_SEEN;
+        for (size_t i = 0; i < k; i++) aorm__obj_hdr(items[i])->flags &= (uint8_t)~OBJ_SEEN;
         n = k;
     }
     switch (op->kind) {

@@ -48,12 +48,15 @@ _Static_assert(sizeof(aorm__obj) % 16 == 0, "object header keeps the struct 16-b
 
 static inline void *aorm__obj_data(aorm__obj *h) { return (char *)h + sizeof(aorm__obj); }
 
-/* The header of a session object, or NULL when obj is not one of s's. */
-static inline aorm__obj *aorm__obj_of(const aorm_session *s, const void *obj) {
-    if (!obj) return NULL;
-    aorm__obj *h = (aorm__obj *)((char *)obj - sizeof(aorm__obj));
-    return (h->magic == AORM__OBJ_MAGIC && h->s == s) ? h : NULL;
-}
+/* The header of an object the session itself produced (from its identity
+ * map, its own lists): no checks. */
+static inline aorm__obj *aorm__obj_hdr(void *obj) { return (aorm__obj *)((char *)obj - sizeof(aorm__obj)); }
+
+/* The header of a session object, or NULL when obj is not one of s's.
+ * For pointers that come from the caller (arguments, relationship fields
+ * and lists the caller may have filled): the pointer is first checked to
+ * lie inside the session's own memory, so nothing outside it is read. */
+aorm__obj *aorm__obj_of(const aorm_session *s, const void *obj);
 
 /* ---- identity map --------------------------------------------------------- */
 

@@ -279,8 +279,7 @@ static void reset_collections(aorm_session *s, level_item *it) {
         aorm_list *l = (aorm_list *)((char *)it->owners.v[i] + it->rel->offset);
         l->items = NULL;
         l->len = l->cap = 0;
-        aorm__obj *h = aorm__obj_of(s, it->owners.v[i]);
-        if (h) mark_loaded(h, it->ri);
+        mark_loaded(aorm__obj_hdr(it->owners.v[i]), it->ri); /* owners are the session's */
     }
 }
 
@@ -293,8 +292,7 @@ static int set_collection(aorm_session *s, level_item *it, void *owner, void **g
     if (n) memcpy(items, group, n * sizeof(void *));
     l->items = items;
     l->len = l->cap = n;
-    aorm__obj *h = aorm__obj_of(s, owner);
-    if (!h) return 0;
+    aorm__obj *h = aorm__obj_hdr(owner); /* owners are the session's */
     if (!h->rel_snap) {
         h->rel_snap = aorm__region_calloc(&s->region, (size_t)h->model->nrelationships * sizeof(aorm_list));
         if (!h->rel_snap) return AORM_ENOMEM;
@@ -321,8 +319,7 @@ static int assign_targets(aorm_session *s, level_item *it) {
             if (th && th->state != AORM_DETACHED) target = aorm__obj_data(th);
         }
         *(void **)((char *)owner + rel->offset) = target;
-        aorm__obj *h = aorm__obj_of(s, owner);
-        if (h) mark_loaded(h, it->ri);
+        mark_loaded(aorm__obj_hdr(owner), it->ri);
         if (target && add_found(it, target) < 0) return AORM_ENOMEM;
     }
     return 0;
@@ -538,8 +535,7 @@ static int absorb_rows(load_run *r, level_item *it, aorm_result *res) {
         }
         if (back && back->kind == AORM_MANY_TO_ONE) {
             *(void **)((char *)child + back->offset) = owner;
-            aorm__obj *ch = aorm__obj_of(s, child);
-            if (ch) mark_loaded(ch, back_i);
+            mark_loaded(aorm__obj_hdr(child), back_i);
         }
         rc = 0;
     }
@@ -686,9 +682,20 @@ typedef struct pair {
     int row;
 } pair;
 
-static int pair_cmp(const void *a, const void *b) {
+/* Joined collections are ordered like selectin ones: by owner, then the
+ * relationship's order-by field (else the target's key), then row. */
+static int pair_cmp(const void *a, const void *b, void *arg) {
     const pair *x = a, *y = b;
+    const aorm_relationship *rel = arg;
     if (x->owner != y->owner) return (uintptr_t)x->owner < (uintptr_t)y->owner ? -1 : 1;
+    const aorm_model *tm = rel->target;
+    const aorm_column *oc = rel->has_order_by ? aorm_model_column_at(tm, rel->order_by) : aorm_model_pk(tm, 0);
+    if (oc && x->target != y->target) {
+        int c = aorm__field_compare(oc, x->target, y->target);
+        if (c != 0) return rel->has_order_by && rel->order_desc ? -c : c;
+        const aorm_column *pk = aorm_model_pk(tm, 0);
+        if (pk && pk != oc && (c = aorm__field_compare(pk, x->target, y->target)) != 0) return c;
+    }
     return x->row - y->row;
 }
 
@@ -724,8 +731,7 @@ static int absorb_joined(load_run *r, const aorm_result *res, void **rows_owner,
         if (it->rel->kind == AORM_MANY_TO_ONE) {
             for (size_t o = 0; o < it->owners.n; o++) {
                 *(void **)((char *)it->owners.v[o] + it->rel->offset) = NULL;
-                aorm__obj *h = aorm__obj_of(s, it->owners.v[o]);
-                if (h) mark_loaded(h, it->ri);
+                mark_loaded(aorm__obj_hdr(it->owners.v[o]), it->ri);
             }
             for (int p = 0; p < np; p++) {
                 *(void **)((char *)pairs[p].owner + it->rel->offset) = pairs[p].target;
@@ -733,7 +739,7 @@ static int absorb_joined(load_run *r, const aorm_result *res, void **rows_owner,
             }
         } else {
             reset_collections(s, it);
-            qsort(pairs, (size_t)np, sizeof(pair), pair_cmp);
+            qsort_r(pairs, (size_t)np, sizeof(pair), pair_cmp, (void *)it->rel);
             ptr_vec group = {0};
             ptr_set seen = {0};
             for (int p = 0; p < np && rc >= 0; p++) {

@@ -280,6 +280,40 @@ bool aorm__field_equal(const aorm_column *col, const void *a, const void *b) {
     return false;
 }
 
+#define CMP3(a, b) ((a) < (b) ? -1 : (a) > (b) ? 1 : 0)
+
+int aorm__field_compare(const aorm_column *col, const void *a, const void *b) {
+    if (!col || !a || !b || !info(col->type)) return 0;
+    scalar x, y;
+    bool xn = !read_field(col, a, &x), yn = !read_field(col, b, &y);
+    if (xn || yn) return xn == yn ? 0 : xn ? -1 : 1; /* NULLs first */
+    switch (col->type) {
+    case AORM_BOOL: return CMP3(x.b, y.b);
+    case AORM_INT2: return CMP3(x.i2, y.i2);
+    case AORM_INT4:
+    case AORM_DATE: return CMP3(x.i4, y.i4);
+    case AORM_INT8:
+    case AORM_TIMESTAMP:
+    case AORM_TIMESTAMPTZ: return CMP3(x.i8, y.i8);
+    case AORM_FLOAT4: return CMP3(x.f4, y.f4);
+    case AORM_FLOAT8: return CMP3(x.f8, y.f8);
+    case AORM_UUID: return memcmp(x.u.b, y.u.b, sizeof(x.u.b));
+    case AORM_NUMERIC: {
+        double dx = strtod(x.s, NULL), dy = strtod(y.s, NULL);
+        return CMP3(dx, dy);
+    }
+    case AORM_TEXT:
+    case AORM_JSON:
+    case AORM_JSONB: return strcmp(x.s, y.s);
+    case AORM_BYTEA: {
+        size_t n = x.by.len < y.by.len ? x.by.len : y.by.len;
+        int c = n ? memcmp(x.by.data, y.by.data, n) : 0;
+        return c ? c : CMP3(x.by.len, y.by.len);
+    }
+    }
+    return 0;
+}
+
 /* =========================================================================
  * Parameters
  * ========================================================================= */

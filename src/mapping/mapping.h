@@ -60,4 +60,9 @@ int aorm__field_load(const aorm_column *col, void *obj, uint32_t oid, const char
  * pattern so that NaN equals NaN). */
 bool aorm__field_equal(const aorm_column *col, const void *a, const void *b);
 
+/* Orders two objects by column col (NULLs first; text by bytes, as the C
+ * collation does; numeric approximately, through double). Returns <0, 0,
+ * >0. Used to order collections filled from joined rows. */
+int aorm__field_compare(const aorm_column *col, const void *a, const void *b);
+
 #endif /* AORM_MAPPING_H */
