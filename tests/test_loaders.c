@@ -1287,3 +1287,128 @@ Test(loaders, foreign_pointer_is_misuse, .timeout = TIMEOUT) {
     aorm_session_free(s);
     env_close(&t);
 }
+
+/* ==========================================================================
+ * Default loaders declared on relationships
+ * ========================================================================== */
+
+/* The reference authors and books again, as a second pair of models whose
+ * collection declares selectin as its default loader (and whose inverse
+ * declares it too: the default plan must not walk back along it). */
+typedef struct dl_author {
+    int64_t id;
+    char *name;
+    aorm_opt_int32 born;
+    aorm_list books;
+} dl_author;
+
+typedef struct dl_book {
+    int64_t id;
+    int64_t author_id;
+    char *title;
+    int32_t year;
+    double price;
+    struct dl_author *author;
+} dl_book;
+
+extern const aorm_model dl_author_model, dl_book_model;
+
+static const aorm_column dl_author_columns[] = {
+    AORM_COLUMN(dl_author, id, AORM_INT8, AORM_PK | AORM_SERIAL),
+    AORM_COLUMN(dl_author, name, AORM_TEXT, 0),
+    AORM_COLUMN(dl_author, born, AORM_INT4, AORM_NULLABLE),
+};
+static const aorm_relationship dl_author_relationships[] = {
+    AORM_ONE_TO_MANY(dl_author, books, dl_book, author_id, .back_populates = "author",
+                     .lazy = AORM_LOAD_SELECTIN),
+};
+const aorm_model dl_author_model = {
+    AORM_MODEL_OF(dl_author, "authors"),
+    AORM_COLUMNS(dl_author_columns),
+    AORM_RELATIONSHIPS(dl_author_relationships),
+};
+
+static const aorm_column dl_book_columns[] = {
+    AORM_COLUMN(dl_book, id, AORM_INT8, AORM_PK | AORM_SERIAL),
+    AORM_COLUMN(dl_book, author_id, AORM_INT8, 0),
+    AORM_COLUMN(dl_book, title, AORM_TEXT, 0),
+    AORM_COLUMN(dl_book, year, AORM_INT4, 0),
+    AORM_COLUMN(dl_book, price, AORM_FLOAT8, 0),
+};
+static const aorm_foreign_key dl_book_foreign_keys[] = {
+    AORM_FOREIGN_KEY(dl_book, author_id, dl_author, id),
+};
+static const aorm_relationship dl_book_relationships[] = {
+    AORM_MANY_TO_ONE(dl_book, author, dl_author, author_id, .back_populates = "books",
+                     .lazy = AORM_LOAD_SELECTIN),
+};
+const aorm_model dl_book_model = {
+    AORM_MODEL_OF(dl_book, "books"),
+    AORM_COLUMNS(dl_book_columns),
+    AORM_FOREIGN_KEYS(dl_book_foreign_keys),
+    AORM_RELATIONSHIPS(dl_book_relationships),
+};
+
+/* A query without a plan loads the relationships declared with a default
+ * loader (one level here: the inverse is not walked back); an explicit
+ * plan replaces the defaults. */
+Test(loaders, relationship_default_loaders, .timeout = TIMEOUT) {
+    env t;
+    env_open(&t, false);
+    aorm_session *s = session_new(&t);
+
+    mark a = mark_now(&t, s);
+    aorm_stmt *q = aorm_select(&dl_author_model);
+    aorm_where(q, aorm_le(AORM_COL(dl_author, id), aorm_int8(20)));
+    aorm_order_by(q, AORM_COL(dl_author, id), AORM_ASC);
+    qres r;
+    query_ok(&t, s, q, NULL, &r);
+    mark b = mark_now(&t, s);
+    expect_cost(&a, &b, 2, 2, "authors with their default books loader");
+    cr_assert_eq(r.len, 20);
+    for (size_t i = 0; i < r.len; i++) {
+        dl_author *au = r.items[i];
+        aorm_list *books;
+        cr_assert_eq(AORM_GET_REL(s, dl_author, au, books, &books), 0, "%s", aorm_session_errmsg(s));
+        cr_assert_eq(books->len, 10, "author %lld has %zu books", (long long)au->id, books->len);
+        for (size_t k = 0; k < books->len; k++) {
+            dl_book *bk = books->items[k];
+            cr_assert_eq(bk->author_id, au->id);
+            cr_assert_eq(bk->author, au, "the inverse pointer is set by back-population");
+        }
+    }
+    qres_free(&r);
+
+    /* a get goes through the defaults too */
+    mark c = mark_now(&t, s);
+    aorm_session_expunge_all(s);
+    q = aorm_select(&dl_book_model);
+    aorm_where(q, aorm_le(AORM_COL(dl_book, id), aorm_int8(30)));
+    query_ok(&t, s, q, NULL, &r);
+    mark d = mark_now(&t, s);
+    expect_cost(&c, &d, 2, 2, "books with their default author loader");
+    for (size_t i = 0; i < r.len; i++) {
+        dl_book *bk = r.items[i];
+        dl_author *au;
+        cr_assert_eq(AORM_GET_REL(s, dl_book, bk, author, &au), 0, "%s", aorm_session_errmsg(s));
+        cr_assert_not_null(au);
+        cr_assert_eq(au->id, bk->author_id);
+    }
+    qres_free(&r);
+
+    /* an explicit (empty) plan replaces the defaults: nothing else loads */
+    static const aorm_load_plan no_loads = {NULL, 0};
+    aorm_session_expunge_all(s);
+    mark e = mark_now(&t, s);
+    q = aorm_select(&dl_author_model);
+    aorm_where(q, aorm_eq(AORM_COL(dl_author, id), aorm_int8(1)));
+    query_ok(&t, s, q, &no_loads, &r);
+    mark f = mark_now(&t, s);
+    expect_cost(&e, &f, 1, 1, "authors with an explicit empty plan");
+    aorm_list *none;
+    cr_assert_eq(AORM_GET_REL(s, dl_author, r.items[0], books, &none), AORM_EUNLOADED);
+    qres_free(&r);
+
+    aorm_session_free(s);
+    env_close(&t);
+}

@@ -204,7 +204,11 @@ typedef struct aorm_tx_options {
 /** BEGIN (opts may be NULL), COMMIT, ROLLBACK, and savepoints by name (the
  * name is quoted as an identifier). Each queues one statement with the
  * usual contract. A COMMIT whose connection is lost before the answer
- * fails with AORM_EUNKNOWN_OUTCOME. */
+ * fails with AORM_EUNKNOWN_OUTCOME (SQLSTATE 08007); a COMMIT of a
+ * transaction in which a statement failed fails with SQLSTATE 25P02
+ * (the server rolled it back). ROLLBACK and ROLLBACK TO SAVEPOINT start
+ * a new pipeline sync group, so they run even right behind a failed
+ * statement. */
 AORM_API int aorm_conn_begin(aorm_conn *c, const aorm_tx_options *opts, aorm_result_cb cb, void *user);
 AORM_API int aorm_conn_commit(aorm_conn *c, aorm_result_cb cb, void *user);
 AORM_API int aorm_conn_rollback(aorm_conn *c, aorm_result_cb cb, void *user);

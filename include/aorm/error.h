@@ -61,8 +61,9 @@ AORM_API const char *aorm_errname(int code);
 /** The one error shape. Strings are NUL-terminated and never NULL (empty
  * when absent). `sqlstate` is the server's five-character code, or a
  * synthesized class-08 code when a connection died without one ("08006"
- * connection failure, "08001" unable to connect), or "" when the error did
- * not come from the database at all (e.g. AORM_EMISUSE). */
+ * connection failure, "08001" unable to connect, "08007" lost during
+ * COMMIT: outcome unknown), or "" when the error did not come from the
+ * database at all (e.g. AORM_EMISUSE). */
 typedef struct aorm_error {
     int code;                 /**< negative AORM_E* */
     char sqlstate[6];

@@ -30,6 +30,12 @@
  * raise: the default of every relationship (AORM_LOAD_RAISE): reading it
  *   unloaded is AORM_EUNLOADED.
  *
+ * Defaults: a relationship declared with `.lazy = AORM_LOAD_SELECTIN` (or
+ * JOINED) is loaded by every query of its model that names no plan of
+ * its own; the targets' own defaults follow, up to three levels deep,
+ * never walking straight back along the inverse relationship. A query
+ * with a plan uses exactly that plan.
+ *
  * Relationships are read through AORM_GET_REL (or aorm_rel_get), which
  * checks the load state; reading the struct field directly is allowed
  * but unchecked. Keys: single-column primary and foreign keys of type
@@ -122,7 +128,8 @@ AORM_API void aorm_advisor_reset(void);
 /** Number of unloaded reads recorded since the last reset. */
 AORM_API long aorm_advisor_count(void);
 /** A malloc'd report, one line per call site, most frequent first:
- * "file.c:42: 1000 reads of unloaded author.books -> add AORM_SELECTIN(author, books)". */
+ * "file.c:42: 1000 reads of unloaded author.books -> add
+ * AORM_SELECTIN(author, books) to the query's load plan". */
 AORM_API char *aorm_advisor_report(void);
 
 #ifdef __cplusplus

@@ -243,7 +243,8 @@ typedef struct aorm_relationship {
     bool has_order_by;               /**< ...when set (else by the target's primary key) */
     bool order_desc;
     unsigned cascade;                /**< AORM_CASCADE_* (0 = save-update) */
-    aorm_loader_kind lazy;           /**< default loader */
+    aorm_loader_kind lazy;           /**< default loader: used when a query names no load plan
+                                          (SELECTIN / JOINED; RAISE, the default, loads nothing) */
     int aorm_reserved;               /**< lets the declaration macros end without a trailing option */
 } aorm_relationship;
 

@@ -25,12 +25,18 @@
  * leaves its pending changes alone (unless populate_existing is asked).
  *
  * Transactions are lazy. Reads run in autocommit on shared, pipelined
- * connections until the session first writes (flush), begins explicitly,
- * or locks rows (FOR UPDATE); from then on the session holds one
+ * connections until the session first writes (flush, or executes a
+ * statement that is not a plain SELECT: Core writes and any raw SQL, which
+ * the session cannot inspect), begins explicitly, or locks rows (FOR
+ * UPDATE); from then on the session holds one
  * connection until commit or rollback. A failed statement inside a
  * transaction puts the session in the *rollback required* state: every
  * operation except rollback fails with AORM_ETXSTATE until
- * aorm_session_rollback(). */
+ * aorm_session_rollback().
+ *
+ * Callbacks: aorm_session_cb arguments may be NULL (the outcome is then
+ * not reported); query, get and execute callbacks may not. Closing a
+ * session calls pending callbacks from inside aorm_session_free(). */
 #ifndef AORM_SESSION_H
 #define AORM_SESSION_H
 
@@ -207,7 +213,7 @@ AORM_API uint64_t aorm_session_statements(const aorm_session *s);
  *   static int load(aorm_chain *c, void *u) {
  *       author *a = aorm_chain_object(c);
  *       aorm_chain_keep(c, 0, a);                       // for later steps
- *       return aorm_chain_load(c, a, plan_books);       // loaders.h
+ *       return aorm_chain_load(c, (void *[]){a}, 1, plan_books);  // loaders.h
  *   }
  *   static int edit(aorm_chain *c, void *u) {
  *       author *a = aorm_chain_kept(c, 0);
@@ -218,8 +224,8 @@ AORM_API uint64_t aorm_session_statements(const aorm_session *s);
  *
  * A step queues at most one operation with an aorm_chain_*() call and
  * returns its result (0), or returns 0 without queuing anything (the next
- * step runs at once), or returns a negative code to stop the chain with
- * AORM_EMISUSE-style failure. aorm_chain_fail() stops it with a message. */
+ * step runs at once), or returns a negative code to stop the chain: done
+ * then gets that code. aorm_chain_fail() stops it with a message. */
 typedef struct aorm_chain aorm_chain;
 typedef int (*aorm_step_fn)(aorm_chain *c, void *user);
 
@@ -248,7 +254,10 @@ AORM_API int aorm_chain_flush(aorm_chain *c);
 AORM_API int aorm_chain_commit(aorm_chain *c);
 AORM_API int aorm_chain_rollback(aorm_chain *c);
 AORM_API int aorm_chain_begin(aorm_chain *c, const aorm_tx_options *tx);
-/** Stops the chain: done gets AORM_EMISUSE... with this message (code). */
+/* (plan type from loaders.h; the plan must stay valid until the step ends) */
+AORM_API int aorm_chain_load(aorm_chain *c, void *const *objs, size_t n, const aorm_load_plan *plan);
+/** Stops the chain: done gets `code` (AORM_EMISUSE when not negative)
+ * with this message. */
 AORM_API int aorm_chain_fail(aorm_chain *c, int code, const char *message);
 
 /** The previous step's outcome: the object of a get (NULL when no row),

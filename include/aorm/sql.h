@@ -321,7 +321,7 @@ enum {
 };
 
 /** The CREATE statements for models (tables with primary keys, NOT NULL,
- * defaults, UNIQUE; then foreign keys; then indexes on foreign-key
+ * defaults, UNIQUE and foreign keys inline; then indexes on foreign-key
  * columns not already leading an index or key, and declared indexes), in
  * dependency order (referenced tables first; a cycle is reported as
  * AORM_EMISUSE naming the tables). *out is malloc'd, statements separated

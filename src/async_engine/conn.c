@@ -411,6 +411,15 @@ static void query_done(aorm_conn *c, aorm__op *op, PGresult *r) {
             c->in_tx = false;
             c->txs = AORM_TX_IDLE;
         }
+        if (op->role == ROLE_COMMIT && r && strcmp(PQcmdStatus(r), "ROLLBACK") == 0) {
+            /* COMMIT of a transaction that had already failed: the server
+             * rolled it back and says so only in the tag. That is a
+             * failure, and the caller must hear it as one. */
+            PQclear(r);
+            aorm__op_fail(op, AORM_ESERVER, "25P02",
+                          "COMMIT rolled the transaction back: a statement in it had failed");
+            return;
+        }
         aorm_result res;
         aorm__result_init(&res, r);
         aorm__op_deliver(op, &res, NULL);

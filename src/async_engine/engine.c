@@ -181,6 +181,7 @@ aorm_engine *aorm_engine_new(aorm_loop *loop, const aorm_engine_options *o) {
     if (e->o.pool_timeout <= 0) e->o.pool_timeout = 30;
     if (e->o.reconnect_min <= 0) e->o.reconnect_min = 0.05;
     if (e->o.reconnect_max < e->o.reconnect_min) e->o.reconnect_max = e->o.reconnect_min;
+    if (e->o.echo && e->o.log_level < AORM_LOG_SQL) e->o.log_level = AORM_LOG_SQL; /* echo means: show the SQL */
     e->conninfo = aorm__strdup(o->conninfo);
     e->o.conninfo = e->conninfo;
     if (!e->conninfo || parse_conninfo(e) < 0) goto fail;

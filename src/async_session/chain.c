@@ -7,6 +7,7 @@
  * previous outcome (object array copy, detached result). */
 #include <stdio.h>
 
+#include "aorm/loaders.h"
 #include "async_session/session_int.h"
 
 #define CHAIN_SLOTS 8
@@ -260,6 +261,10 @@ int aorm_chain_rollback(aorm_chain *c) {
 }
 int aorm_chain_begin(aorm_chain *c, const aorm_tx_options *tx) {
     return queued(c, aorm_session_begin(c->s, tx, on_done_step, c));
+}
+
+int aorm_chain_load(aorm_chain *c, void *const *objs, size_t n, const aorm_load_plan *plan) {
+    return queued(c, aorm_session_load(c->s, objs, n, plan, on_done_step, c));
 }
 
 int aorm_chain_fail(aorm_chain *c, int code, const char *message) {

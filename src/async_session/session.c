@@ -891,9 +891,10 @@ static void query_send(aorm__sop *op, const aorm_error *err) {
     }
     if (op->qo.load && op->phase == 0) {
         op->phase = 1;
+        s->errmsg[0] = '\0';
         int prc = aorm__loaders_prepare_query(op);
         if (prc < 0) {
-            fail_op(s, op, prc, "invalid load plan for this query (see aorm_load_plan_validate)");
+            fail_op(s, op, prc, s->errmsg[0] ? s->errmsg : "the load plan could not be applied to this query");
             return;
         }
     }
@@ -916,7 +917,15 @@ static void after_autoflush(aorm__sop *op, const aorm_error *err) {
         query_send(op, NULL);
 }
 
+/* A query that names no load plan gets the relationships' defaults. */
+static void default_plan(aorm_session *s, aorm__sop *op) {
+    if (op->qo.load || op->kind == SOP_EXECUTE || op->kind == SOP_REFRESH) return;
+    const aorm_model *m = op->model ? op->model : (op->stmt ? aorm_stmt_model(op->stmt) : NULL);
+    if (m) op->qo.load = aorm__loaders_default_plan(s, m);
+}
+
 static void start_query(aorm_session *s, aorm__sop *op) {
+    default_plan(s, op);
     if (s->tx == TX_FAILED) {
         fail_op(s, op, AORM_ETXSTATE, "the session's transaction failed: roll it back first");
         return;
@@ -969,6 +978,7 @@ static void start_get(aorm_session *s, aorm__sop *op) {
         fail_op(s, op, AORM_ETXSTATE, "the session's transaction failed: roll it back first");
         return;
     }
+    default_plan(s, op);
     if (!op->qo.load && !(s->o.autoflush && aorm__session_has_changes(s))) {
         /* the common case: a cached statement text and the key as parameters */
         const char *sql = get_sql(s, m, op->key);
@@ -1164,9 +1174,11 @@ static void commit_send(aorm__sop *op, const aorm_error *err) {
     }
     int rc = aorm_conn_commit(s->conn, on_tx_stmt, op);
     if (rc < 0) {
-        end_tx(s);
+        /* refused before anything was sent (the connection was already
+         * known to be lost): the outcome is known, nothing committed */
         aorm__flush_rollback_states(s);
-        fail_op(s, op, rc == AORM_ECONNLOST ? AORM_EUNKNOWN_OUTCOME : rc, NULL);
+        end_tx(s);
+        fail_op(s, op, rc, rc == AORM_ECONNLOST ? "connection lost before COMMIT: nothing was committed" : NULL);
     } else {
         s->statements++;
         op->pending++;

@@ -214,6 +214,7 @@ int aorm__field_value_expr(const aorm_column *c, const void *obj, aorm_expr *out
 /* src/loaders/loaders.c */
 typedef void (*aorm__load_then)(aorm__sop *op, void **roots, size_t n, const aorm_error *err);
 int aorm__loaders_prepare_query(aorm__sop *op);
+const aorm_load_plan *aorm__loaders_default_plan(aorm_session *s, const aorm_model *m);
 void aorm__loaders_after_query(aorm__sop *op, const aorm_result *res, void **roots, size_t n, aorm__load_then then);
 void aorm__loaders_start_explicit(aorm__sop *op, void **objs, size_t n, aorm__load_then then);
 

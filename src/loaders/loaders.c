@@ -130,6 +130,59 @@ int aorm_load_plan_validate(const aorm_model *root, const aorm_load_plan *plan, 
     return validate_loads(root, plan->loads, plan->n, 0, msg, cap);
 }
 
+/* ---- default plans from the relationships' own loaders ----------------------------- */
+
+/* Loads of m's relationships declared with a default loader (lazy =
+ * SELECTIN or JOINED), following their targets' defaults up to `depth`
+ * levels and never walking straight back along the inverse relationship
+ * (author.books then book.author would loop). Returns the count written
+ * to out (region memory), or a negative code. */
+static int default_loads(aorm_session *s, const aorm_model *m, const aorm_relationship *from, int depth,
+                         aorm_load **out) {
+    *out = NULL;
+    if (depth == 0) return 0;
+    int n = 0;
+    for (int i = 0; i < m->nrelationships; i++) {
+        const aorm_relationship *r = &m->relationships[i];
+        if (r->lazy == AORM_LOAD_RAISE) continue;
+        if (from && from->back_populates && strcmp(from->back_populates, r->name) == 0) continue;
+        n++;
+    }
+    if (n == 0) return 0;
+    aorm_load *loads = aorm__region_calloc(&s->region, (size_t)n * sizeof(aorm_load));
+    if (!loads) return AORM_ENOMEM;
+    int k = 0;
+    for (int i = 0; i < m->nrelationships; i++) {
+        const aorm_relationship *r = &m->relationships[i];
+        if (r->lazy == AORM_LOAD_RAISE) continue;
+        if (from && from->back_populates && strcmp(from->back_populates, r->name) == 0) continue;
+        aorm_load *ld = &loads[k++];
+        ld->model = m;
+        ld->offset = r->offset;
+        ld->strategy = depth == 3 ? r->lazy : AORM_LOAD_SELECTIN; /* joined only at the first level */
+        aorm_load *children;
+        int nc = default_loads(s, r->target, r, depth - 1, &children);
+        if (nc < 0) return nc;
+        ld->children = children;
+        ld->nchildren = nc;
+    }
+    *out = loads;
+    return n;
+}
+
+/* The plan a query of m gets when it names none: the relationships'
+ * default loaders, or NULL when every relationship raises. */
+const aorm_load_plan *aorm__loaders_default_plan(aorm_session *s, const aorm_model *m) {
+    aorm_load *loads;
+    int n = default_loads(s, m, NULL, 3, &loads);
+    if (n <= 0) return NULL;
+    aorm_load_plan *p = aorm__region_alloc(&s->region, sizeof(*p));
+    if (!p) return NULL;
+    p->loads = loads;
+    p->n = n;
+    return p;
+}
+
 /* ---- a load run -------------------------------------------------------------------------- */
 
 typedef struct level_item {
@@ -663,8 +716,7 @@ int aorm__loaders_prepare_query(aorm__sop *op) {
     const aorm_load_plan *plan = op->qo.load;
     if (!plan || !op->stmt) return 0;
     const aorm_model *root = op->model ? op->model : aorm_stmt_model(op->stmt);
-    char msg[200];
-    int rc = aorm_load_plan_validate(root, plan, msg, sizeof(msg));
+    int rc = aorm_load_plan_validate(root, plan, op->s->errmsg, sizeof(op->s->errmsg));
     if (rc < 0) return rc;
     for (int i = 0; i < plan->n; i++) {
         const aorm_load *ld = &plan->loads[i];
