@@ -21,7 +21,29 @@ void aorm__idmap_clear(aorm__idmap *m) {
     m->count = 0;
 }
 
+/* A 64-bit finalizer (from MurmurHash3): enough mixing for integer keys,
+ * a handful of instructions instead of a library call per row. */
+static inline uint64_t mix64(uint64_t x) {
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ull;
+    x ^= x >> 33;
+    return x;
+}
+
 uint64_t aorm__key_hash(const aorm_model *m, const void *obj) {
+    /* the usual key: one integer column, declared first */
+    if (m->ncolumns > 0 && (m->columns[0].flags & AORM_PK) &&
+        (m->ncolumns == 1 || !(m->columns[1].flags & AORM_PK))) {
+        const aorm_column *c = &m->columns[0];
+        const void *f = aorm__cfield(c, obj);
+        bool single = true;
+        for (int i = 2; i < m->ncolumns && single; i++) single = !(m->columns[i].flags & AORM_PK);
+        if (single && c->type == AORM_INT8) return mix64((uint64_t)*(const int64_t *)f ^ (uint64_t)(uintptr_t)m);
+        if (single && c->type == AORM_INT4)
+            return mix64((uint64_t)(int64_t)*(const int32_t *)f ^ (uint64_t)(uintptr_t)m);
+    }
     uint64_t h = (uint64_t)(uintptr_t)m;
     for (int i = 0; i < m->ncolumns; i++) {
         const aorm_column *c = &m->columns[i];
@@ -64,8 +86,22 @@ aorm__obj *aorm__idmap_find(aorm__idmap *map, const aorm_model *m, const void *k
     return NULL;
 }
 
-static int grow(aorm__idmap *map) {
-    uint32_t nb = map->nbuckets ? map->nbuckets * 2 : 256;
+static int rehash(aorm__idmap *map, uint32_t nb);
+
+/* Makes room for `more` objects without rehashing while they go in: a
+ * large result sizes the table once instead of doubling it step by step
+ * (each doubling walks every object header, all over memory). */
+int aorm__idmap_reserve(aorm__idmap *map, size_t more) {
+    size_t want = map->count + more;
+    if (want <= map->nbuckets) return 0;
+    uint32_t nb = map->nbuckets ? map->nbuckets : 256;
+    while (nb < want && nb < (1u << 30)) nb <<= 1;
+    return rehash(map, nb);
+}
+
+static int grow(aorm__idmap *map) { return rehash(map, map->nbuckets ? map->nbuckets * 2 : 256); }
+
+static int rehash(aorm__idmap *map, uint32_t nb) {
     aorm__obj **b = calloc(nb, sizeof(*b));
     if (!b) return -1;
     for (uint32_t i = 0; i < map->nbuckets; i++) {

@@ -330,6 +330,8 @@ int aorm__rowplan_init(aorm__rowplan *rp, const aorm_result *res, const aorm_mod
             if (pk) rp->npk++;
         }
     }
+    rp->nrows = PQntuples(pg);
+    rp->whole_key = rp->npk == aorm_model_pk_count(m);
     return 0;
 }
 
@@ -401,16 +403,21 @@ int aorm__model_positions(const aorm_stmt *q, const aorm_model *m, int *pos) {
  * scratch space; a new object starts as a copy of it and gets the other
  * columns. */
 int aorm__session_materialize_row(aorm_session *s, const aorm__rowplan *rp, int r, bool populate, void **out) {
+    return aorm__session_materialize_row_h(s, rp, r, populate, out, 0, false);
+}
+
+int aorm__session_materialize_row_h(aorm_session *s, const aorm__rowplan *rp, int r, bool populate, void **out,
+                                    uint64_t known_hash, bool have_hash) {
     const aorm_model *m = rp->m;
-    if (r < 0 || r >= PQntuples(rp->pg)) return AORM_ERANGE;
-    if (rp->npk != aorm_model_pk_count(m)) return AORM_EMISUSE;
+    if (r < 0 || r >= rp->nrows) return AORM_ERANGE;
+    if (!rp->whole_key) return AORM_EMISUSE;
     for (int k = 0; k < rp->npk; k++)
         if (PQgetisnull(rp->pg, r, rp->cols[k].pos)) return 0;
     void *key = scratch_for(s, m);
     if (!key) return AORM_ENOMEM;
     int rc = load_cols(s, rp, r, key, 0, rp->npk);
     if (rc < 0) return rc;
-    uint64_t hash = aorm__key_hash(m, key);
+    uint64_t hash = have_hash ? known_hash : aorm__key_hash(m, key);
     aorm__obj *h = aorm__idmap_find(&s->idmap, m, key, hash);
     if (h) {
         if (populate || (h->flags & OBJ_EXPIRED)) {
@@ -419,14 +426,23 @@ int aorm__session_materialize_row(aorm_session *s, const aorm__rowplan *rp, int 
             h->flags &= (uint8_t)~OBJ_EXPIRED;
         }
     } else {
-        h = obj_alloc(s, m);
+        /* header, object and snapshot in one allocation: the three are
+         * used together, and a large load walks them in order */
+        h = aorm__region_alloc(&s->region, sizeof(aorm__obj) + 2 * m->size);
         if (!h) return AORM_ENOMEM;
-        memcpy(aorm__obj_data(h), key, m->size);
-        if ((rc = load_cols(s, rp, r, aorm__obj_data(h), rp->npk, rp->n)) < 0) return rc;
+        memset(h, 0, sizeof(aorm__obj));
+        h->magic = AORM__OBJ_MAGIC;
+        h->s = s;
+        h->model = m;
+        h->seq = ++s->next_seq;
+        void *obj = aorm__obj_data(h);
+        memcpy(obj, key, m->size); /* the key, and zeroes elsewhere */
+        if ((rc = load_cols(s, rp, r, obj, rp->npk, rp->n)) < 0) return rc;
         h->key_hash = hash;
         h->state = AORM_PERSISTENT;
-        aorm__session_take_snapshot(s, h);
-        if (!h->snapshot || aorm__idmap_put(&s->idmap, h) < 0) return AORM_ENOMEM;
+        h->snapshot = (char *)obj + m->size;
+        memcpy(h->snapshot, obj, m->size);
+        if (aorm__idmap_put(&s->idmap, h) < 0) return AORM_ENOMEM;
         track(s, h);
     }
     *out = aorm__obj_data(h);
@@ -446,12 +462,35 @@ int aorm__session_materialize(aorm_session *s, const aorm_stmt *q, const aorm_re
         goto out;
     }
     if ((rc = aorm__rowplan_init(&rp, res, m, pos)) < 0) goto out;
+    aorm__idmap_reserve(&s->idmap, (size_t)nrows); /* best effort: put() grows if this failed */
+    /* Large results are memory-bound on the identity map: every row's
+     * bucket is a cache miss. The key hashes are computed in a first, cheap
+     * pass (integer keys), so that the bucket of a row a few rows ahead can
+     * be prefetched while this one is decoded. */
+    uint64_t *hashes = NULL;
+    const aorm__rowplan_col *k0 = rp.npk == 1 ? &rp.cols[0] : NULL;
+    if (nrows >= 64 && k0 && k0->fast == RP_INT8 && s->idmap.nbuckets > 0) {
+        hashes = malloc((size_t)nrows * sizeof(uint64_t));
+        PGresult *pg = rp.pg;
+        void *key = hashes ? scratch_for(s, m) : NULL;
+        for (int r = 0; key && r < nrows; r++) {
+            if (PQgetisnull(pg, r, k0->pos) || PQgetlength(pg, r, k0->pos) != 8) {
+                free(hashes);
+                hashes = NULL;
+                break;
+            }
+            *(int64_t *)aorm__field(k0->c, key) = (int64_t)aorm__get_be64(PQgetvalue(pg, r, k0->pos));
+            hashes[r] = aorm__key_hash(m, key);
+        }
+    }
     for (int r = 0; r < nrows; r++) {
-        rc = aorm__session_materialize_row(s, &rp, r, populate, &out[r]);
+        if (hashes && r + 8 < nrows) aorm__idmap_prefetch(&s->idmap, hashes[r + 8]);
+        rc = aorm__session_materialize_row_h(s, &rp, r, populate, &out[r], hashes ? hashes[r] : 0, hashes != NULL);
         if (rc < 0) break;
         if (rc == 0) out[r] = NULL;
         rc = 0;
     }
+    free(hashes);
     aorm__rowplan_free(&rp);
 out:
     if (pos != pos_stack) free(pos);

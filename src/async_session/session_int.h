@@ -73,6 +73,10 @@ uint64_t aorm__key_hash(const aorm_model *m, const void *obj);
 /* The object of model m whose key equals the key fields of `key`. */
 aorm__obj *aorm__idmap_find(aorm__idmap *map, const aorm_model *m, const void *key, uint64_t hash);
 int aorm__idmap_put(aorm__idmap *map, aorm__obj *h);
+int aorm__idmap_reserve(aorm__idmap *map, size_t more);
+static inline void aorm__idmap_prefetch(const aorm__idmap *map, uint64_t hash) {
+    __builtin_prefetch(&map->buckets[hash & (map->nbuckets - 1)]);
+}
 void aorm__idmap_remove(aorm__idmap *map, aorm__obj *h);
 void aorm__idmap_clear(aorm__idmap *map);
 
@@ -201,11 +205,15 @@ typedef struct aorm__rowplan {
     struct pg_result *pg;
     aorm__rowplan_col *cols; /* key columns first */
     int n, npk;
+    int nrows;
+    bool whole_key;          /* every primary-key column is in the result */
     aorm__rowplan_col inline_cols[AORM__RP_INLINE];
 } aorm__rowplan;
 int aorm__rowplan_init(aorm__rowplan *rp, const aorm_result *res, const aorm_model *m, const int *pos);
 void aorm__rowplan_free(aorm__rowplan *rp);
 int aorm__session_materialize_row(aorm_session *s, const aorm__rowplan *rp, int r, bool populate, void **out);
+int aorm__session_materialize_row_h(aorm_session *s, const aorm__rowplan *rp, int r, bool populate, void **out,
+                                    uint64_t known_hash, bool have_hash);
 void aorm__session_take_snapshot(aorm_session *s, aorm__obj *h);
 bool aorm__obj_changed(const aorm__obj *h);
 void aorm__session_cascade(aorm_session *s, aorm__obj *h, int depth);

@@ -13,6 +13,7 @@
  * collection snapshots) through async_session/session_int.h: the two
  * modules share that private state by design. Owns: the load run (level
  * arrays, malloc'd) until it calls back. */
+#include <libpq-fe.h>
 #include <pthread.h>
 #include <stdio.h>
 
@@ -518,6 +519,7 @@ static int absorb_rows(load_run *r, level_item *it, aorm_result *res) {
     if (pos != pos_stack) free(pos);
     pos = NULL;
     if (rc < 0) return rc;
+    aorm__idmap_reserve(&s->idmap, (size_t)nrows);
     if (rel->kind == AORM_MANY_TO_ONE) {
         for (int row = 0; row < nrows && rc >= 0; row++) {
             void *obj;
@@ -549,6 +551,9 @@ static int absorb_rows(load_run *r, level_item *it, aorm_result *res) {
     void *obuf = aorm__region_alloc(&s->region, om->size);
     ptr_vec group = {0};
     void *cur_owner = NULL;
+    int64_t prev_key = 0;
+    bool have_prev = false;
+    struct pg_result *pg = aorm_result_pgresult(res);
     if (!key_col || !kbuf || !obuf) {
         rc = AORM_ENOMEM;
         goto out;
@@ -559,10 +564,24 @@ static int absorb_rows(load_run *r, level_item *it, aorm_result *res) {
         if (rc < 0) break;
         if (rc == 0) continue;
         /* the owner: its key is the child's FK (one-to-many) or the
-         * association's local column (many-to-many) */
+         * association's local column (many-to-many). Rows come grouped by
+         * that key, so an integer key equal to the previous row's is the
+         * same owner: no lookup. */
         const void *key_src;
+        bool int_key = key_col->type == AORM_INT8 || key_col->type == AORM_INT4;
+        int64_t ik = 0;
         if (rel->kind == AORM_ONE_TO_MANY) {
             key_src = child;
+            if (int_key) ik = int_of(key_col, child);
+        } else if (int_key && !(key_col->flags & AORM_NULLABLE) && PQfformat(pg, owner_col) == 1 &&
+                   !PQgetisnull(pg, row, owner_col) &&
+                   PQgetlength(pg, row, owner_col) == (key_col->type == AORM_INT8 ? 8 : 4)) {
+            const char *v = PQgetvalue(pg, row, owner_col);
+            ik = key_col->type == AORM_INT8 ? (int64_t)aorm__get_be64(v) : (int32_t)aorm__get_be32(v);
+            memset(kbuf, 0, key_m->size);
+            if (key_col->type == AORM_INT8) *(int64_t *)aorm__field(key_col, kbuf) = ik;
+            else *(int32_t *)aorm__field(key_col, kbuf) = (int32_t)ik;
+            key_src = kbuf;
         } else {
             memset(kbuf, 0, key_m->size);
             const char *v;
@@ -572,10 +591,18 @@ static int absorb_rows(load_run *r, level_item *it, aorm_result *res) {
                 (rc = aorm__field_load(key_col, kbuf, aorm_result_col_type(res, owner_col), v, len, &alloc)) < 0)
                 break;
             key_src = kbuf;
+            int_key = false;
         }
-        void *okey = key_like(s, om, key_col, key_src, obuf);
-        aorm__obj *oh = okey ? aorm__idmap_find(&s->idmap, om, okey, aorm__key_hash(om, okey)) : NULL;
-        void *owner = oh ? aorm__obj_data(oh) : NULL;
+        void *owner;
+        if (int_key && have_prev && ik == prev_key) {
+            owner = cur_owner;
+        } else {
+            void *okey = key_like(s, om, key_col, key_src, obuf);
+            aorm__obj *oh = okey ? aorm__idmap_find(&s->idmap, om, okey, aorm__key_hash(om, okey)) : NULL;
+            owner = oh ? aorm__obj_data(oh) : NULL;
+            prev_key = ik;
+            have_prev = int_key;
+        }
         if (owner != cur_owner) {
             if (cur_owner && (rc = set_collection(s, it, cur_owner, group.v, group.n)) < 0) break;
             group.n = 0;
