@@ -33,7 +33,7 @@ bench:
 	scripts/sandbox run --schema -- build/bench/aorm-bench
 
 clean:
-	rm -rf build build-test
+	rm -rf build build-test build-bench
 
 # make compare   aorm against SQLAlchemy asyncio on the reference data, with
 #                the plain-libpq ceilings (bench/README.md); Release build in

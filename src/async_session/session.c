@@ -812,20 +812,31 @@ static void end_tx(aorm_session *s) {
 static void query_send(aorm__sop *op, const aorm_error *err);
 static void deliver_rows(aorm__sop *op, void **items, size_t n, const aorm_error *err);
 
-static void on_query_rows(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
-    aorm__sop *op = user;
+/* The start of an engine callback that answers op's statement: enters the
+ * session and returns true when there is a result to process. Returns
+ * false, with the session left, when the session is closing (op already
+ * answered) or the statement failed (op answered with the error, and a
+ * transaction marked failed). */
+static bool answer_begins(aorm__sop *op, const aorm_error *err) {
     aorm_session *s = op->s;
     session_enter(s);
     if (!aorm__op_arrived(op)) {
         session_leave(s);
-        return;
+        return false;
     }
     if (err) {
         if (s->conn) aorm__session_fail_tx(s);
         finish_err(s, op, err);
         session_leave(s);
-        return;
+        return false;
     }
+    return true;
+}
+
+static void on_query_rows(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
+    aorm__sop *op = user;
+    aorm_session *s = op->s;
+    if (!answer_begins(op, err)) return;
     const aorm_model *m = op->model ? op->model : aorm_stmt_model(op->stmt);
     if (op->kind == SOP_EXECUTE) {
         deliver(s, op, NULL, NULL, res, NULL);
@@ -1050,17 +1061,7 @@ static void start_get(aorm_session *s, aorm__sop *op) {
 static void on_get_rows(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
     aorm__sop *op = user;
     aorm_session *s = op->s;
-    session_enter(s);
-    if (!aorm__op_arrived(op)) {
-        session_leave(s);
-        return;
-    }
-    if (err) {
-        if (s->conn) aorm__session_fail_tx(s);
-        finish_err(s, op, err);
-        session_leave(s);
-        return;
-    }
+    if (!answer_begins(op, err)) return;
     const aorm_model *m = op->model;
     int pos_stack[32] = {0};
     int *pos = m->ncolumns <= 32 ? pos_stack : malloc((size_t)m->ncolumns * sizeof(int));
