@@ -17,6 +17,8 @@
  *   3. add it to the `lists` array in main.c (its position there is its
  *      place in the default run order);
  *   4. add the file to add_executable() in bench/CMakeLists.txt.
+ * Workloads that go through aorm's engine share one fixture (a private
+ * loop and engine, a warmed pool, a watchdog per phase): eng.h.
  *
  * Workloads report failures by returning nonzero; bench_fail() records a
  * one-line reason that main.c prints as `NAME error=REASON`. Details (the

@@ -17,283 +17,20 @@
  * of the previous rows too) and the count(*) check afterwards. `queries`
  * is the engine's statement count over the timed part.
  *
- * The engine scaffolding is that of wl_engine.c. Must not: share state
- * between workloads, or time anything but the measured work. */
+ * The engine scaffolding is eng.h's. Must not: share state between
+ * workloads, or time anything but the measured work. */
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
-
-#include <ev.h>
 
 #include "aorm/aorm.h"
 #include "bench.h"
+#include "eng.h"
 #include "models.h"
 
 #define BULK_N 100000
 #define BULK_COPY_SQL "COPY bulk_books (author_id, title, year, price) FROM STDIN (FORMAT binary)"
 #define BULK_COPY_CHUNK 65536
 #define BULK_COUNT_SQL "SELECT count(*) FROM bulk_books"
-
-/* Longest a phase (warm-up, truncate, the measured run) may take. */
-#define PHASE_LIMIT 120.0
-
-/* ---- one engine on its own loop ----------------------------------------- */
-
-typedef struct eng {
-    bench_ctx *ctx;
-    bench_out *out;
-    struct ev_loop *evl;
-    aorm_loop *loop;
-    aorm_engine *e;
-    ev_timer watchdog;
-    const char *phase;  /* what is running, for messages */
-    int phase_done;     /* set by the phase's last callback */
-    int failed;         /* an error was recorded: queue nothing more */
-    int closing;        /* inside aorm_engine_free: ignore cancellations */
-    double t_end;       /* bench_now() at the last timed callback */
-} eng;
-
-/* Callbacks return at once when this holds: after a failure the rest of
- * the in-flight work is left to aorm_engine_free to cancel. */
-static int eng_halted(const eng *g) { return g->failed || g->closing; }
-
-static void eng_stop_loop(eng *g) { ev_break(g->evl, EVBREAK_ALL); }
-
-static void eng_phase_done(eng *g) {
-    g->phase_done = 1;
-    eng_stop_loop(g);
-}
-
-/* Records an asynchronous error: details on stderr, a one-line reason for
- * the error= line, and the loop stopped. */
-static void eng_error(eng *g, const char *what, const aorm_error *err) {
-    fprintf(stderr, "aorm-bench: %s: %s: %s (%s, SQLSTATE %s)\n", g->phase, what, err->message,
-            aorm_errname(err->code), err->sqlstate[0] ? err->sqlstate : "none");
-    if (err->detail[0]) fprintf(stderr, "aorm-bench:   DETAIL: %s\n", err->detail);
-    bench_fail(g->out, "%s: %s: %s [%s %s]", g->phase, what, err->message, aorm_errname(err->code),
-               err->sqlstate[0] ? err->sqlstate : "-");
-    g->failed = 1;
-    eng_stop_loop(g);
-}
-
-/* Records a failed call (a negative aorm code) and stops the loop.
- * Returns -1. */
-static int eng_code(eng *g, const char *what, int code) {
-    fprintf(stderr, "aorm-bench: %s: %s: %s (%s)\n", g->phase, what, aorm_strerror(code),
-            aorm_errname(code));
-    bench_fail(g->out, "%s: %s: %s", g->phase, what, aorm_errname(code));
-    g->failed = 1;
-    eng_stop_loop(g);
-    return -1;
-}
-
-static void eng_log(aorm_log_level level, const char *message, void *user) {
-    (void)user;
-    static const char *const names[] = {"error", "warn", "info", "sql", "debug"};
-    const char *name = (unsigned)level < sizeof(names) / sizeof(names[0]) ? names[level] : "?";
-    fprintf(stderr, "aorm-bench: aorm %s: %s\n", name, message);
-}
-
-static void eng_watchdog(struct ev_loop *evl, ev_timer *w, int revents) {
-    (void)evl;
-    (void)revents;
-    eng *g = w->data;
-    fprintf(stderr, "aorm-bench: %s: not finished after %.0f s\n", g->phase, PHASE_LIMIT);
-    bench_fail(g->out, "%s: timed out after %.0f s", g->phase, PHASE_LIMIT);
-    g->failed = 1;
-    eng_stop_loop(g);
-}
-
-/* Runs the loop until the current phase's last callback, a failure or the
- * watchdog. Returns 0 when the phase completed, else -1 (reason recorded). */
-static int eng_wait(eng *g) {
-    /* Work queued from outside any callback: make sure the before-poll
-     * stage runs before the loop blocks. */
-    aorm_loop_wake(g->loop);
-    ev_now_update(g->evl);
-    ev_timer_set(&g->watchdog, PHASE_LIMIT, 0.0);
-    ev_timer_start(g->evl, &g->watchdog);
-    ev_run(g->evl, 0);
-    ev_timer_stop(g->evl, &g->watchdog);
-    if (g->failed) return -1;
-    if (!g->phase_done)
-        return bench_fail(g->out, "%s: the loop ran out of work before the phase finished", g->phase);
-    g->phase_done = 0;
-    return 0;
-}
-
-/* Frees everything eng_open made. Safe on a partly opened eng. */
-static void eng_close(eng *g) {
-    g->closing = 1;
-    if (g->evl) ev_timer_stop(g->evl, &g->watchdog);
-    aorm_engine_free(g->e);
-    aorm_loop_free(g->loop);
-    if (g->evl) ev_loop_destroy(g->evl);
-    g->e = NULL;
-    g->loop = NULL;
-    g->evl = NULL;
-}
-
-/* ---- warm-up: one statement on every pooled connection ------------------ */
-
-/* Holding pool_size connections at once is the only way to be sure each
- * of them is opened (autocommit statements may all share one pipeline);
- * the SELECT 1 makes sure each has finished connecting and answers. */
-typedef struct warm {
-    eng *g;
-    aorm_conn **conns;
-    int n;
-    int acquired;
-    int answered;
-} warm;
-
-static void warm_answered(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
-    (void)e;
-    (void)res;
-    warm *w = user;
-    if (eng_halted(w->g)) return;
-    if (err) {
-        eng_error(w->g, "SELECT 1", err);
-        return;
-    }
-    if (++w->answered < w->n) return;
-    for (int i = 0; i < w->acquired; i++) aorm_conn_release(w->conns[i]);
-    w->acquired = 0;
-    eng_phase_done(w->g);
-}
-
-static void warm_acquired(aorm_engine *e, aorm_conn *c, const aorm_error *err, void *user) {
-    (void)e;
-    warm *w = user;
-    if (eng_halted(w->g)) {
-        /* A connection handed over after another acquire failed: give it
-         * straight back (during aorm_engine_free, c is NULL). */
-        if (c && !w->g->closing) aorm_conn_release(c);
-        return;
-    }
-    if (err) {
-        eng_error(w->g, "acquire", err);
-        return;
-    }
-    w->conns[w->acquired++] = c;
-    int rc = aorm_conn_execute(c, "SELECT 1", NULL, NULL, warm_answered, w);
-    if (rc != 0) eng_code(w->g, "aorm_conn_execute", rc);
-}
-
-static int eng_warm(eng *g) {
-    warm w = {.g = g, .n = g->ctx->pool_size};
-    w.conns = calloc((size_t)w.n, sizeof(*w.conns));
-    if (!w.conns) return bench_fail(g->out, "out of memory");
-    g->phase = "warm-up";
-    int rc = 0;
-    for (int i = 0; rc == 0 && i < w.n; i++) {
-        rc = aorm_engine_acquire(g->e, warm_acquired, &w);
-        if (rc != 0) eng_code(g, "aorm_engine_acquire", rc);
-    }
-    if (rc == 0) rc = eng_wait(g);
-    if (rc != 0) {
-        /* Held connections and pending acquires still point at w, which
-         * lives on this stack frame: end them now, while w is alive. */
-        g->closing = 1;
-        aorm_engine_free(g->e);
-        g->e = NULL;
-    }
-    free(w.conns);
-    return rc;
-}
-
-/* Opens the loop and the engine (pool_size connections, no overflow) and
- * warms the pool. Returns 0, or -1 with the reason recorded; eng_close()
- * must be called either way. */
-static int eng_open(eng *g, bench_ctx *ctx, bench_out *out) {
-    memset(g, 0, sizeof(*g));
-    g->ctx = ctx;
-    g->out = out;
-    g->phase = "set-up";
-    ev_timer_init(&g->watchdog, eng_watchdog, PHASE_LIMIT, 0.0);
-    g->watchdog.data = g;
-    g->evl = ev_loop_new(EVFLAG_AUTO);
-    if (!g->evl) return bench_fail(out, "ev_loop_new failed");
-    g->loop = aorm_loop_new_ev(g->evl);
-    if (!g->loop) return bench_fail(out, "aorm_loop_new_ev failed");
-
-    aorm_engine_options o;
-    aorm_engine_options_init(&o);
-    o.conninfo = ctx->dsn;
-    o.pool_size = ctx->pool_size;
-    o.max_overflow = 0;
-    o.log = eng_log;
-    o.log_user = g;
-    o.log_level = ctx->verbose >= 2 ? AORM_LOG_DEBUG : ctx->verbose ? AORM_LOG_INFO : AORM_LOG_WARN;
-    g->e = aorm_engine_new(g->loop, &o);
-    if (!g->e) return bench_fail(out, "aorm_engine_new failed (reason logged above)");
-    return eng_warm(g);
-}
-
-static void eng_report_stats(const eng *g, const aorm_engine_stats *a, const aorm_engine_stats *b) {
-    if (!g->ctx->verbose) return;
-    fprintf(stderr,
-            "aorm-bench: engine: statements=%llu round_trips=%llu syncs=%llu prepares=%llu "
-            "prepared_hits=%llu resent=%llu connects=%llu\n",
-            (unsigned long long)(b->statements - a->statements),
-            (unsigned long long)(b->round_trips - a->round_trips),
-            (unsigned long long)(b->syncs - a->syncs), (unsigned long long)(b->prepares - a->prepares),
-            (unsigned long long)(b->prepared_hits - a->prepared_hits),
-            (unsigned long long)(b->resent - a->resent), (unsigned long long)(b->connects - a->connects));
-}
-
-/* ---- one statement, waited for (set-up and checks) ---------------------- */
-
-typedef struct eng_answer {
-    eng *g;
-    int has_value;
-    int64_t i; /* first value of the first row, an integer */
-} eng_answer;
-
-static void eng_answered(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
-    (void)e;
-    eng_answer *a = user;
-    eng *g = a->g;
-    if (eng_halted(g)) return;
-    if (err) {
-        eng_error(g, "statement", err);
-        return;
-    }
-    if (aorm_result_nrows(res) > 0 && aorm_result_ncols(res) > 0 && aorm_result_is_null(res, 0, 0) == 0) {
-        int rc = aorm_result_int64(res, 0, 0, &a->i);
-        if (rc != 0) {
-            eng_code(g, "decoding the answer", rc);
-            return;
-        }
-        a->has_value = 1;
-    }
-    eng_phase_done(g);
-}
-
-/* Runs sql in autocommit and waits for it. Returns 0 or -1 (reason
- * recorded). The phase is named after the statement. */
-static int eng_run(eng *g, const char *sql, eng_answer *a) {
-    memset(a, 0, sizeof(*a));
-    a->g = g;
-    g->phase = sql;
-    int rc = aorm_engine_execute(g->e, sql, NULL, NULL, eng_answered, a);
-    return rc != 0 ? eng_code(g, "aorm_engine_execute", rc) : eng_wait(g);
-}
-
-/* Empties bulk_books before the clock starts. */
-static int eng_truncate_bulk(eng *g) {
-    eng_answer a;
-    return eng_run(g, "TRUNCATE bulk_books", &a);
-}
-
-/* SELECT count(*) ... must answer `want`. */
-static int eng_check_count(eng *g, const char *sql, int64_t want) {
-    eng_answer a;
-    if (eng_run(g, sql, &a) != 0) return -1;
-    if (!a.has_value || a.i != want)
-        return bench_fail(g->out, "%s: %lld, expected %lld", sql, (long long)a.i, (long long)want);
-    return 0;
-}
 
 /* ---- core_bulk_insert ------------------------------------------------------ */
 
@@ -317,8 +54,7 @@ static void core_inserted(aorm_engine *e, aorm_result *res, const aorm_error *er
     int64_t n = aorm_result_affected(res);
     if (n != BULK_N) {
         bench_fail(g->out, "core_bulk_insert: inserted %lld rows, expected %d", (long long)n, BULK_N);
-        g->failed = 1;
-        eng_stop_loop(g);
+        eng_check_failed(g);
         return;
     }
     eng_phase_done(g);
@@ -423,8 +159,7 @@ static void copy_done(aorm_engine *e, aorm_result *res, const aorm_error *err, v
     int64_t n = aorm_result_affected(res);
     if (n != BULK_N) {
         bench_fail(g->out, "copy_bulk_insert: loaded %lld rows, expected %d", (long long)n, BULK_N);
-        g->failed = 1;
-        eng_stop_loop(g);
+        eng_check_failed(g);
         return;
     }
     eng_phase_done(g);
