@@ -151,6 +151,13 @@ enum {
     AORM_EXEC_TEXT_RESULT = 1u << 2
 };
 
+/** Per-statement options. When a deadline expires the caller gets
+ * AORM_ETIMEOUT at once; the statement is cancelled on the server (a
+ * cancel request from the helper thread, sent when the statement heads
+ * its connection's pipeline) and the connection takes no new work until
+ * it has drained, or is discarded. PostgreSQL cancels whatever runs when
+ * the request arrives: if the expired statement finishes just before,
+ * the next statement of that pipeline may be the one cancelled (57014). */
 typedef struct aorm_exec_options {
     unsigned flags;   /**< AORM_EXEC_* */
     double deadline;  /**< seconds from submission; 0 engine default; < 0 none */
