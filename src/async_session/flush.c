@@ -1039,7 +1039,7 @@ void aorm__flush_rollback_states(aorm_session *s) {
             h->state = AORM_PERSISTENT;
         }
         if (h->state != AORM_PERSISTENT) continue;
-        if (h->snapshot) {
+        if (h->snapshot) { /* column bytes only: restore column by column */
             void *obj = aorm__obj_data(h);
             for (int i = 0; i < h->model->ncolumns; i++) {
                 const aorm_column *c = &h->model->columns[i];

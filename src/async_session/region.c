@@ -5,6 +5,8 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <stdint.h>
+#include <sys/mman.h>
 
 struct aorm__region_block {
     aorm__region_block *next;
@@ -46,7 +48,7 @@ int aorm__region_contains(const aorm__region *a, const void *p, size_t n) {
     }
     if (lo == 0) return 0;
     const aorm__region_range *r = &a->ranges[lo - 1];
-    return q >= r->start && (size_t)(r->end - q) >= n;
+    return q >= r->start && q < r->end && (size_t)(r->end - q) >= n;
 }
 
 void aorm__region_free(aorm__region *a) {
@@ -97,6 +99,28 @@ void *aorm__region_alloc_slow(aorm__region *a, size_t n) {
     a->end = b->data + a->block_size;
     a->total += n;
     return b->data;
+}
+
+void aorm__region_reserve(aorm__region *a, size_t n) {
+    if ((size_t)(a->end - a->cur) >= n || n < (size_t)1 << 20) return;
+    aorm__region_block *b = malloc(sizeof(*b) + n);
+    if (!b) return;
+    if (add_range(a, b->data, n) < 0) {
+        free(b);
+        return;
+    }
+    b->size = n;
+    b->next = a->head; /* becomes the current block */
+    a->head = b;
+    a->cur = b->data;
+    a->end = b->data + n;
+#ifdef MADV_POPULATE_WRITE
+    /* prefault the whole block in one call; harmless if the kernel says no */
+    uintptr_t page = 4096;
+    uintptr_t start = ((uintptr_t)b->data + page - 1) & ~(page - 1);
+    uintptr_t stop = ((uintptr_t)b->data + n) & ~(page - 1);
+    if (stop > start) madvise((void *)start, stop - start, MADV_POPULATE_WRITE);
+#endif
 }
 
 void *aorm__region_calloc(aorm__region *a, size_t n) {

@@ -41,6 +41,11 @@ static inline void *aorm__region_alloc(aorm__region *a, size_t n) {
 void *aorm__region_calloc(aorm__region *a, size_t n);
 char *aorm__region_strdup(aorm__region *a, const char *s);
 char *aorm__region_memdup(aorm__region *a, const void *p, size_t n);
+/* Makes the next n bytes of small allocations come from one block, and
+ * faults that block in at once when it is large (one madvise instead of
+ * a page fault per 4 KiB while a large result is loaded). Best effort. */
+void aorm__region_reserve(aorm__region *a, size_t n);
+
 /* True when [p, p + n) lies inside memory the region handed out (so it
  * may be read without going out of bounds). O(log blocks). */
 int aorm__region_contains(const aorm__region *a, const void *p, size_t n);

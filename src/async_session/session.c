@@ -58,7 +58,8 @@ aorm__obj *aorm__obj_of(const aorm_session *s, const void *obj) {
     if (!s || !obj || (uintptr_t)obj < sizeof(aorm__obj)) return NULL;
     const aorm__obj *h = (const aorm__obj *)((const char *)obj - sizeof(aorm__obj));
     if (!aorm__region_contains(&s->region, h, sizeof(aorm__obj))) return NULL;
-    return (h->magic == AORM__OBJ_MAGIC && h->s == s) ? (aorm__obj *)h : NULL;
+    /* inside this session's region, so a magic match is one of its objects */
+    return h->magic == AORM__OBJ_MAGIC ? (aorm__obj *)h : NULL;
 }
 
 static aorm__obj *obj_alloc(aorm_session *s, const aorm_model *m) {
@@ -66,7 +67,6 @@ static aorm__obj *obj_alloc(aorm_session *s, const aorm_model *m) {
     if (!h) return NULL;
     memset(h, 0, sizeof(aorm__obj) + m->size);
     h->magic = AORM__OBJ_MAGIC;
-    h->s = s;
     h->model = m;
     h->seq = ++s->next_seq;
     h->state = AORM_TRANSIENT;
@@ -136,8 +136,9 @@ bool aorm_object_modified(const aorm_session *s, const void *obj) {
 }
 
 void aorm__session_take_snapshot(aorm_session *s, aorm__obj *h) {
-    if (!h->snapshot) h->snapshot = aorm__region_alloc(&s->region, h->model->size);
-    if (h->snapshot) memcpy(h->snapshot, aorm__obj_data(h), h->model->size);
+    size_t span = aorm__colspan(h->model);
+    if (!h->snapshot) h->snapshot = aorm__region_alloc(&s->region, span);
+    if (h->snapshot) memcpy(h->snapshot, aorm__obj_data(h), span);
 }
 
 /* Save-update cascade: objects reachable through relationships of an added
@@ -332,6 +333,7 @@ int aorm__rowplan_init(aorm__rowplan *rp, const aorm_result *res, const aorm_mod
     }
     rp->nrows = PQntuples(pg);
     rp->whole_key = rp->npk == aorm_model_pk_count(m);
+    rp->colspan = aorm__colspan(m);
     return 0;
 }
 
@@ -428,11 +430,11 @@ int aorm__session_materialize_row_h(aorm_session *s, const aorm__rowplan *rp, in
     } else {
         /* header, object and snapshot in one allocation: the three are
          * used together, and a large load walks them in order */
-        h = aorm__region_alloc(&s->region, sizeof(aorm__obj) + 2 * m->size);
+        size_t osize = (m->size + 15) & ~(size_t)15;
+        h = aorm__region_alloc(&s->region, sizeof(aorm__obj) + osize + rp->colspan);
         if (!h) return AORM_ENOMEM;
         memset(h, 0, sizeof(aorm__obj));
         h->magic = AORM__OBJ_MAGIC;
-        h->s = s;
         h->model = m;
         h->seq = ++s->next_seq;
         void *obj = aorm__obj_data(h);
@@ -440,8 +442,8 @@ int aorm__session_materialize_row_h(aorm_session *s, const aorm__rowplan *rp, in
         if ((rc = load_cols(s, rp, r, obj, rp->npk, rp->n)) < 0) return rc;
         h->key_hash = hash;
         h->state = AORM_PERSISTENT;
-        h->snapshot = (char *)obj + m->size;
-        memcpy(h->snapshot, obj, m->size);
+        h->snapshot = (char *)obj + osize;
+        memcpy(h->snapshot, obj, rp->colspan);
         if (aorm__idmap_put(&s->idmap, h) < 0) return AORM_ENOMEM;
         track(s, h);
     }
@@ -463,6 +465,9 @@ int aorm__session_materialize(aorm_session *s, const aorm_stmt *q, const aorm_re
     }
     if ((rc = aorm__rowplan_init(&rp, res, m, pos)) < 0) goto out;
     aorm__idmap_reserve(&s->idmap, (size_t)nrows); /* best effort: put() grows if this failed */
+    /* and room for the objects, faulted in at once (large results only) */
+    aorm__region_reserve(&s->region, (size_t)nrows * (sizeof(aorm__obj) + ((m->size + 15) & ~(size_t)15) +
+                                                      ((rp.colspan + 15) & ~(size_t)15) + 32));
     /* Large results are memory-bound on the identity map: every row's
      * bucket is a cache miss. The key hashes are computed in a first, cheap
      * pass (integer keys), so that the bucket of a row a few rows ahead can

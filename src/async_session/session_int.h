@@ -30,21 +30,31 @@ enum {
 typedef struct aorm__obj {
     struct aorm__obj *id_next;    /* identity-map chain */
     struct aorm__obj *track_next; /* session's tracked objects (new, deleted, persistent) */
-    aorm_session *s;
     const aorm_model *model;
-    void *snapshot;               /* column values as last loaded / flushed (NULL: new) */
+    void *snapshot;               /* column bytes as last loaded / flushed (NULL: new) */
+    aorm_list *rel_snap;          /* per relationship: the collection as loaded/flushed (or NULL) */
     uint64_t key_hash;
-    uint32_t magic;
+    uint32_t magic;               /* AORM__OBJ_MAGIC; the object lies in its session's region */
     uint8_t state;                /* aorm_object_state */
     uint8_t flags;
     uint16_t pad_;
     uint32_t loaded_rels;         /* bit i: relationship i of the model is loaded */
     uint32_t seq;                 /* creation order, for stable flush order */
-    aorm_list *rel_snap;          /* per relationship: the collection as loaded/flushed (or NULL) */
-    void *spare_;                 /* keeps the header a multiple of 16 bytes */
 } aorm__obj;
 
 _Static_assert(sizeof(aorm__obj) % 16 == 0, "object header keeps the struct 16-byte aligned");
+_Static_assert(sizeof(aorm__obj) == 64, "object header: one cache line");
+
+/* Bytes of a model's struct that hold columns: [0, colspan). Snapshots
+ * keep only these (relationship fields after them need no snapshot). */
+static inline size_t aorm__colspan(const aorm_model *m) {
+    size_t end = 0;
+    for (int i = 0; i < m->ncolumns; i++) {
+        size_t e = m->columns[i].offset + m->columns[i].size;
+        if (e > end) end = e;
+    }
+    return end;
+}
 
 static inline void *aorm__obj_data(aorm__obj *h) { return (char *)h + sizeof(aorm__obj); }
 
@@ -207,6 +217,7 @@ typedef struct aorm__rowplan {
     int n, npk;
     int nrows;
     bool whole_key;          /* every primary-key column is in the result */
+    size_t colspan;          /* snapshot size: aorm__colspan(m) */
     aorm__rowplan_col inline_cols[AORM__RP_INLINE];
 } aorm__rowplan;
 int aorm__rowplan_init(aorm__rowplan *rp, const aorm_result *res, const aorm_model *m, const int *pos);
