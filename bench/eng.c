@@ -244,3 +244,85 @@ int eng_truncate_bulk(eng *g) {
     eng_answer a;
     return eng_run(g, "TRUNCATE bulk_books", &a);
 }
+
+/* ---- the bulk_books COPY (engine_copy and copy_bulk_insert) ------------------ */
+
+#define BULK_COPY_ROWS 100000
+#define BULK_COPY_CHUNK 65536
+#define BULK_COPY_SQL "COPY bulk_books (author_id, title, year, price) FROM STDIN (FORMAT binary)"
+
+typedef struct copy_run {
+    eng *g;
+    const char *name;
+    int next; /* next row to append */
+} copy_run;
+
+/* Appends about BULK_COPY_CHUNK bytes of rows (the peer's
+ * copy_bulk_insert: author_id 1 + i % 10000, title "b<i>", year 2000,
+ * price 1.5). The size is counted here rather than read from
+ * aorm_copy_buffered(). */
+static int copy_fill(aorm_copy *cp, void *user) {
+    copy_run *c = user;
+    size_t bytes = 0;
+    char title[16];
+    while (c->next < BULK_COPY_ROWS && bytes < BULK_COPY_CHUNK) {
+        int i = c->next++;
+        int tlen = snprintf(title, sizeof(title), "b%d", i);
+        int rc = aorm_copy_row(cp, 4);
+        if (rc == 0) rc = aorm_copy_int8(cp, 1 + i % 10000);
+        if (rc == 0) rc = aorm_copy_text(cp, title, (size_t)tlen);
+        if (rc == 0) rc = aorm_copy_int4(cp, 2000);
+        if (rc == 0) rc = aorm_copy_float8(cp, 1.5);
+        if (rc != 0) {
+            /* aborting makes the COPY fail; bench_fail keeps this first reason */
+            fprintf(stderr, "aorm-bench: %s: row %d: %s\n", c->name, i, aorm_strerror(rc));
+            bench_fail(c->g->out, "%s: row %d: %s", c->name, i, aorm_errname(rc));
+            return -1;
+        }
+        /* field count, then length word + value per field */
+        bytes += 2 + (4 + 8) + (4 + (size_t)tlen) + (4 + 4) + (4 + 8);
+    }
+    return c->next < BULK_COPY_ROWS ? 1 : 0;
+}
+
+static void copy_done(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
+    (void)e;
+    copy_run *c = user;
+    eng *g = c->g;
+    if (eng_halted(g)) return;
+    if (err) {
+        eng_error(g, "COPY", err);
+        return;
+    }
+    g->t_end = bench_now();
+    int64_t n = aorm_result_affected(res);
+    if (n != BULK_COPY_ROWS) {
+        bench_fail(g->out, "%s: loaded %lld rows, expected %d", c->name, (long long)n, BULK_COPY_ROWS);
+        eng_check_failed(g);
+        return;
+    }
+    eng_phase_done(g);
+}
+
+int eng_run_bulk_copy(bench_ctx *ctx, bench_out *out, const char *name) {
+    eng g;
+    int rc = eng_open(&g, ctx, out);
+    copy_run c = {.g = &g, .name = name};
+    if (rc == 0) rc = eng_truncate_bulk(&g);
+    if (rc == 0) {
+        aorm_engine_stats st0, st1;
+        g.phase = name;
+        aorm_engine_stats_get(g.e, &st0);
+        double t0 = bench_now();
+        rc = aorm_engine_copy(g.e, BULK_COPY_SQL, copy_fill, &c, copy_done, &c);
+        rc = rc != 0 ? eng_code(&g, "aorm_engine_copy", rc) : eng_wait(&g);
+        aorm_engine_stats_get(g.e, &st1);
+        out->seconds = g.t_end - t0;
+        out->ops = BULK_COPY_ROWS;
+        out->queries = st1.statements - st0.statements;
+        eng_report_stats(&g, &st0, &st1);
+    }
+    if (rc == 0) rc = eng_check_count(&g, "SELECT count(*) FROM bulk_books", BULK_COPY_ROWS);
+    eng_close(&g);
+    return rc;
+}

@@ -101,4 +101,9 @@ int eng_check_count(eng *g, const char *sql, int64_t want);
 /* Empties bulk_books, before the clock starts. Returns 0 or -1. */
 int eng_truncate_bulk(eng *g);
 
+/* The 100,000-row binary COPY into bulk_books through aorm_engine_copy
+ * (emptied first, untimed; counted after, untimed), reported as `name`:
+ * engine_copy and copy_bulk_insert are this same measurement. */
+int eng_run_bulk_copy(bench_ctx *ctx, bench_out *out, const char *name);
+
 #endif /* AORM_BENCH_ENG_H */

@@ -28,8 +28,6 @@
 #include "models.h"
 
 #define BULK_N 100000
-#define BULK_COPY_SQL "COPY bulk_books (author_id, title, year, price) FROM STDIN (FORMAT binary)"
-#define BULK_COPY_CHUNK 65536
 #define BULK_COUNT_SQL "SELECT count(*) FROM bulk_books"
 
 /* ---- core_bulk_insert ------------------------------------------------------ */
@@ -117,75 +115,10 @@ static int run_core_bulk_insert(bench_ctx *ctx, bench_out *out) {
 
 /* ---- copy_bulk_insert ------------------------------------------------------ */
 
-typedef struct copy_run {
-    eng *g;
-    int next; /* next row to append */
-} copy_run;
-
-/* Appends about BULK_COPY_CHUNK bytes of rows. The size is counted here,
- * as in wl_engine.c. */
-static int copy_fill(aorm_copy *cp, void *user) {
-    copy_run *c = user;
-    size_t bytes = 0;
-    char title[16];
-    while (c->next < BULK_N && bytes < BULK_COPY_CHUNK) {
-        int i = c->next++;
-        int tlen = snprintf(title, sizeof(title), "b%d", i);
-        int rc = aorm_copy_row(cp, 4);
-        if (rc == 0) rc = aorm_copy_int8(cp, 1 + i % 10000);
-        if (rc == 0) rc = aorm_copy_text(cp, title, (size_t)tlen);
-        if (rc == 0) rc = aorm_copy_int4(cp, 2000);
-        if (rc == 0) rc = aorm_copy_float8(cp, 1.5);
-        if (rc != 0) {
-            fprintf(stderr, "aorm-bench: copy_bulk_insert: row %d: %s\n", i, aorm_strerror(rc));
-            bench_fail(c->g->out, "copy_bulk_insert: row %d: %s", i, aorm_errname(rc));
-            return -1;
-        }
-        bytes += 2 + (4 + 8) + (4 + (size_t)tlen) + (4 + 4) + (4 + 8);
-    }
-    return c->next < BULK_N ? 1 : 0;
-}
-
-static void copy_done(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
-    (void)e;
-    copy_run *c = user;
-    eng *g = c->g;
-    if (eng_halted(g)) return;
-    if (err) {
-        eng_error(g, "COPY", err);
-        return;
-    }
-    g->t_end = bench_now();
-    int64_t n = aorm_result_affected(res);
-    if (n != BULK_N) {
-        bench_fail(g->out, "copy_bulk_insert: loaded %lld rows, expected %d", (long long)n, BULK_N);
-        eng_check_failed(g);
-        return;
-    }
-    eng_phase_done(g);
-}
-
+/* The peer's copy_bulk_insert is a binary COPY of the same rows: the
+ * engine's COPY, shared with engine_copy (eng.c). */
 static int run_copy_bulk_insert(bench_ctx *ctx, bench_out *out) {
-    eng g;
-    int rc = eng_open(&g, ctx, out);
-    copy_run c = {.g = &g};
-    if (rc == 0) rc = eng_truncate_bulk(&g);
-    if (rc == 0) {
-        aorm_engine_stats st0, st1;
-        g.phase = "copy_bulk_insert";
-        aorm_engine_stats_get(g.e, &st0);
-        double t0 = bench_now();
-        rc = aorm_engine_copy(g.e, BULK_COPY_SQL, copy_fill, &c, copy_done, &c);
-        rc = rc != 0 ? eng_code(&g, "aorm_engine_copy", rc) : eng_wait(&g);
-        aorm_engine_stats_get(g.e, &st1);
-        out->seconds = g.t_end - t0;
-        out->ops = BULK_N;
-        out->queries = st1.statements - st0.statements;
-        eng_report_stats(&g, &st0, &st1);
-    }
-    if (rc == 0) rc = eng_check_count(&g, BULK_COUNT_SQL, BULK_N);
-    eng_close(&g);
-    return rc;
+    return eng_run_bulk_copy(ctx, out, "copy_bulk_insert");
 }
 
 const bench_workload wl_core_list[] = {

@@ -27,9 +27,6 @@
 #define PK_CONC_N 50000
 #define PK_CONC_INFLIGHT 64
 
-#define COPY_SQL "COPY bulk_books (author_id, title, year, price) FROM STDIN (FORMAT binary)"
-#define COPY_ROWS 100000
-#define COPY_CHUNK 65536
 
 /* ---- primary-key lookups ------------------------------------------------ */
 
@@ -170,96 +167,7 @@ static int run_engine_pk_concurrent(bench_ctx *ctx, bench_out *out) {
 
 /* ---- COPY --------------------------------------------------------------- */
 
-typedef struct copy_run {
-    eng *g;
-    int next; /* next row to append */
-} copy_run;
-
-/* Appends about COPY_CHUNK bytes of rows (the peer's copy_bulk_insert:
- * author_id 1 + i % 10000, title "b<i>", year 2000, price 1.5). The size
- * is counted here rather than read from aorm_copy_buffered(), which may
- * or may not include what earlier calls left unwritten. */
-static int copy_fill(aorm_copy *cp, void *user) {
-    copy_run *c = user;
-    size_t bytes = 0;
-    char title[16];
-    while (c->next < COPY_ROWS && bytes < COPY_CHUNK) {
-        int i = c->next++;
-        int tlen = snprintf(title, sizeof(title), "b%d", i);
-        int rc = aorm_copy_row(cp, 4);
-        if (rc == 0) rc = aorm_copy_int8(cp, 1 + i % 10000);
-        if (rc == 0) rc = aorm_copy_text(cp, title, (size_t)tlen);
-        if (rc == 0) rc = aorm_copy_int4(cp, 2000);
-        if (rc == 0) rc = aorm_copy_float8(cp, 1.5);
-        if (rc != 0) {
-            /* Aborting makes the COPY fail; the recorded reason is this
-             * one, as bench_fail keeps the first. */
-            fprintf(stderr, "aorm-bench: engine_copy: row %d: %s\n", i, aorm_strerror(rc));
-            bench_fail(c->g->out, "engine_copy: row %d: %s", i, aorm_errname(rc));
-            return -1;
-        }
-        /* field count, then length word + value per field */
-        bytes += 2 + (4 + 8) + (4 + (size_t)tlen) + (4 + 4) + (4 + 8);
-    }
-    return c->next < COPY_ROWS ? 1 : 0;
-}
-
-static void copy_done(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
-    (void)e;
-    copy_run *c = user;
-    eng *g = c->g;
-    if (eng_halted(g)) return;
-    if (err) {
-        eng_error(g, "COPY", err);
-        return;
-    }
-    g->t_end = bench_now();
-    int64_t n = aorm_result_affected(res);
-    if (n != COPY_ROWS) {
-        bench_fail(g->out, "engine_copy: loaded %lld rows, expected %d", (long long)n, COPY_ROWS);
-        eng_check_failed(g);
-        return;
-    }
-    eng_phase_done(g);
-}
-
-static void truncate_done(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
-    (void)e;
-    (void)res;
-    eng *g = user;
-    if (eng_halted(g)) return;
-    if (err) {
-        eng_error(g, "TRUNCATE bulk_books", err);
-        return;
-    }
-    eng_phase_done(g);
-}
-
-static int run_engine_copy(bench_ctx *ctx, bench_out *out) {
-    eng g;
-    int rc = eng_open(&g, ctx, out);
-    copy_run c = {.g = &g};
-    if (rc == 0) {
-        g.phase = "engine_copy truncate";
-        rc = aorm_engine_execute(g.e, "TRUNCATE bulk_books", NULL, NULL, truncate_done, &g);
-        rc = rc != 0 ? eng_code(&g, "aorm_engine_execute", rc) : eng_wait(&g);
-    }
-    if (rc == 0) {
-        aorm_engine_stats st0, st1;
-        g.phase = "engine_copy";
-        aorm_engine_stats_get(g.e, &st0);
-        double t0 = bench_now();
-        rc = aorm_engine_copy(g.e, COPY_SQL, copy_fill, &c, copy_done, &c);
-        rc = rc != 0 ? eng_code(&g, "aorm_engine_copy", rc) : eng_wait(&g);
-        aorm_engine_stats_get(g.e, &st1);
-        out->seconds = g.t_end - t0;
-        out->ops = COPY_ROWS;
-        out->queries = st1.statements - st0.statements;
-        eng_report_stats(&g, &st0, &st1);
-    }
-    eng_close(&g);
-    return rc;
-}
+static int run_engine_copy(bench_ctx *ctx, bench_out *out) { return eng_run_bulk_copy(ctx, out, "engine_copy"); }
 
 const bench_workload wl_engine_list[] = {
     {"engine_pk_seq", "engine", run_engine_pk_seq},
