@@ -269,7 +269,6 @@ bool aorm__conn_check_alive(aorm_conn *c);
 double aorm__mono_now(void);
 void aorm__conn_arm_timer(aorm_conn *c, double at);
 void aorm__conn_cancel_done(aorm_conn *c);
-void aorm__conn_start_copy(aorm_conn *c, aorm__op *op);
 void aorm__conn_resolved(aorm_conn *c, const char *hostaddr, const char *err);
 
 /* stmt.c */

@@ -52,6 +52,7 @@ typedef struct link_rows {
     size_t n, cap;
     void **gone;                  /* association structs to delete */
     size_t ngone, cap_gone;
+    size_t filled;                /* rows whose keys fill_links has set */
 } link_rows;
 
 typedef struct flush_run {
@@ -300,7 +301,6 @@ static int collect_links(aorm_session *s, flush_run *f) {
 /* Fills the association rows' keys once every key is known. Rows were
  * collected in the same order as this walk produces them. */
 static void fill_links(aorm_session *s, flush_run *f) {
-    for (int li = 0; li < f->nlinks; li++) f->links[li].cap = 0; /* reused as a cursor */
     for (aorm__obj *h = s->tracked; h; h = h->track_next) {
         if (h->state != AORM_PENDING && h->state != AORM_PERSISTENT) continue;
         void *obj = aorm__obj_data(h);
@@ -325,13 +325,12 @@ static void fill_links(aorm_session *s, flush_run *f) {
                 if (existed) continue;
                 aorm__obj *th = aorm__obj_of(s, now->items[k]);
                 if (!th || th->state == AORM_DELETED) continue;
-                void *row = lr->rows[lr->cap++];
+                void *row = lr->rows[lr->filled++];
                 copy_field(loc, row, pk_of(h->model), obj);
                 copy_field(rem, row, pk_of(r->target), now->items[k]);
             }
         }
     }
-    for (int li = 0; li < f->nlinks; li++) f->links[li].cap = f->links[li].n;
 }
 
 /* Topological order of the models involved: a model comes after every
@@ -512,7 +511,7 @@ static void on_insert_returning(aorm_engine *e, aorm_result *res, const aorm_err
 
 static int send_stmt(aorm_session *s, flush_run *f, aorm_stmt *q, aorm_result_cb cb) {
     int rc = q ? aorm_stmt_error(q) : AORM_ENOMEM;
-    if (rc == 0) rc = aorm__session_send(s, f->op, q, false, cb);
+    if (rc == 0) rc = aorm__session_send(s, f->op, q, cb);
     aorm_stmt_free(q);
     if (rc == 0) f->out++;
     return rc;

@@ -13,14 +13,6 @@ void aorm__idmap_free(aorm__idmap *m) {
     memset(m, 0, sizeof(*m));
 }
 
-void aorm__idmap_clear(aorm__idmap *m) {
-    for (uint32_t i = 0; i < m->nbuckets; i++) {
-        for (aorm__obj *h = m->buckets[i]; h; h = h->id_next) h->flags &= (uint8_t)~OBJ_IN_MAP;
-        m->buckets[i] = NULL;
-    }
-    m->count = 0;
-}
-
 /* A 64-bit finalizer (from MurmurHash3): enough mixing for integer keys,
  * a handful of instructions instead of a library call per row. */
 static inline uint64_t mix64(uint64_t x) {

@@ -80,12 +80,6 @@ static void track(aorm_session *s, aorm__obj *h) {
     s->tracked = h;
 }
 
-aorm__obj *aorm__session_track_new(aorm_session *s, const aorm_model *m) {
-    aorm__obj *h = obj_alloc(s, m);
-    if (h) track(s, h);
-    return h;
-}
-
 void *aorm_session_new_object(aorm_session *s, const aorm_model *m) {
     if (!s || !m || s->closing) return NULL;
     aorm__obj *h = obj_alloc(s, m);
@@ -676,7 +670,7 @@ void aorm__session_fail_tx(aorm_session *s) {
     if (s->tx == TX_ACTIVE || s->tx == TX_ACQUIRING) s->tx = TX_FAILED;
 }
 
-int aorm__session_send(aorm_session *s, aorm__sop *op, aorm_stmt *q, bool readonly_ok, aorm_result_cb cb) {
+int aorm__session_send(aorm_session *s, aorm__sop *op, aorm_stmt *q, aorm_result_cb cb) {
     aorm_exec_options xo = {0, op->qo.deadline != 0 ? op->qo.deadline : s->o.statement_timeout};
     int rc;
     if (s->conn) {
@@ -875,6 +869,26 @@ static void on_query_rows(aorm_engine *e, aorm_result *res, const aorm_error *er
     session_leave(s);
 }
 
+/* Answers a get_many in key order, every key looked up in the identity
+ * map (where the query just put its rows): NULL for a key without a row,
+ * or whose object is marked deleted, as aorm_session_get answers. Returns
+ * 0, or -1 after failing op (out of memory). */
+static int deliver_by_keys(aorm_session *s, aorm__sop *op, const aorm_model *m) {
+    void **byk = malloc((op->nkeys + 1) * sizeof(void *));
+    if (!byk) {
+        fail_op(s, op, AORM_ENOMEM, NULL);
+        return -1;
+    }
+    for (size_t k = 0; k < op->nkeys; k++) {
+        aorm__obj *h = aorm__idmap_find(&s->idmap, m, op->keys[k], aorm__key_hash(m, op->keys[k]));
+        byk[k] = h && h->state != AORM_DELETED ? aorm__obj_data(h) : NULL;
+    }
+    aorm_objects objs = {byk, op->nkeys};
+    deliver(s, op, NULL, &objs, NULL, NULL);
+    free(byk);
+    return 0;
+}
+
 /* Answers a query-like operation with its objects (rows in order; a plan
  * with joined collections repeats parents: they are de-duplicated). Does
  * not free items. */
@@ -905,18 +919,7 @@ static void deliver_rows(aorm__sop *op, void **items, size_t n, const aorm_error
     case SOP_GET_MANY: {
         /* answer in key order: every key looked up again, now that the
          * rows are in the identity map */
-        void **byk = malloc((op->nkeys + 1) * sizeof(void *));
-        if (!byk) {
-            fail_op(s, op, AORM_ENOMEM, NULL);
-            return;
-        }
-        for (size_t k = 0; k < op->nkeys; k++) {
-            aorm__obj *h = aorm__idmap_find(&s->idmap, m, op->keys[k], aorm__key_hash(m, op->keys[k]));
-            byk[k] = (h && h->state != AORM_DETACHED) ? aorm__obj_data(h) : NULL;
-        }
-        aorm_objects objs = {byk, op->nkeys};
-        deliver(s, op, NULL, &objs, NULL, NULL);
-        free(byk);
+        if (deliver_by_keys(s, op, m) < 0) return;
         break;
     }
     case SOP_REFRESH:
@@ -953,8 +956,7 @@ static void query_send(aorm__sop *op, const aorm_error *err) {
             return;
         }
     }
-    bool ro = aorm_stmt_readonly(op->stmt);
-    int rc = aorm__session_send(s, op, op->stmt, ro, on_query_rows);
+    int rc = aorm__session_send(s, op, op->stmt, on_query_rows);
     if (rc < 0) fail_op(s, op, rc, aorm_stmt_error(op->stmt) ? aorm_stmt_errmsg(op->stmt) : NULL);
 }
 
@@ -1113,19 +1115,7 @@ static void start_get_many(aorm_session *s, aorm__sop *op) {
     }
     if (missing == 0) {
         free(vals);
-        void **byk = malloc((op->nkeys + 1) * sizeof(void *));
-        if (!byk) {
-            fail_op(s, op, AORM_ENOMEM, NULL);
-            return;
-        }
-        for (size_t k = 0; k < op->nkeys; k++) {
-            aorm__obj *h = aorm__idmap_find(&s->idmap, m, op->keys[k], aorm__key_hash(m, op->keys[k]));
-            byk[k] = h && h->state != AORM_DELETED ? aorm__obj_data(h) : NULL;
-        }
-        aorm_objects objs = {byk, op->nkeys};
-        deliver(s, op, NULL, &objs, NULL, NULL);
-        free(byk);
-        aorm__session_op_done(s, op);
+        if (deliver_by_keys(s, op, m) == 0) aorm__session_op_done(s, op);
         return;
     }
     op->stmt = aorm_select(m);

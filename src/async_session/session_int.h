@@ -23,8 +23,7 @@ enum {
     OBJ_IN_MAP = 1u << 0,   /* in the identity map */
     OBJ_EXPIRED = 1u << 1,  /* columns stale: the next load overwrites them */
     OBJ_ADDED = 1u << 2,    /* on the session's tracked list */
-    OBJ_FLUSHING = 1u << 3, /* part of the flush in progress */
-    OBJ_SEEN = 1u << 4      /* scratch mark for one pass (de-duplication) */
+    OBJ_SEEN = 1u << 3      /* scratch mark for one pass (de-duplication) */
 };
 
 typedef struct aorm__obj {
@@ -88,7 +87,6 @@ static inline void aorm__idmap_prefetch(const aorm__idmap *map, uint64_t hash) {
     __builtin_prefetch(&map->buckets[hash & (map->nbuckets - 1)]);
 }
 void aorm__idmap_remove(aorm__idmap *map, aorm__obj *h);
-void aorm__idmap_clear(aorm__idmap *map);
 
 /* ---- the session -------------------------------------------------------------- */
 
@@ -182,9 +180,7 @@ struct aorm_session {
 };
 
 /* session.c, for flush.c and the loaders */
-typedef void (*aorm__stmt_done)(aorm__sop *op, aorm_result *res, const aorm_error *err);
-int aorm__session_send(aorm_session *s, aorm__sop *op, aorm_stmt *q, bool readonly_ok,
-                       aorm_result_cb cb);
+int aorm__session_send(aorm_session *s, aorm__sop *op, aorm_stmt *q, aorm_result_cb cb);
 void aorm__session_op_done(aorm_session *s, aorm__sop *op);
 void aorm__session_enter(aorm_session *s);
 void aorm__session_leave(aorm_session *s);
@@ -195,7 +191,6 @@ bool aorm__op_arrived(aorm__sop *op);
 int aorm__session_noop(aorm_session *s, aorm_session_cb cb, void *user);
 void aorm__session_fail_tx(aorm_session *s);
 void aorm__session_ensure_tx(aorm_session *s, aorm__sop *op, void (*then)(aorm__sop *op, const aorm_error *err));
-aorm__obj *aorm__session_track_new(aorm_session *s, const aorm_model *m);
 /* Rows of res (a result of q) as objects of m through the identity map,
  * into out[0..nrows). Returns 0 or a negative code with msg set. */
 int aorm__session_materialize(aorm_session *s, const aorm_stmt *q, const aorm_result *res,

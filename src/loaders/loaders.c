@@ -543,7 +543,6 @@ static int absorb_rows(load_run *r, level_item *it, aorm_result *res) {
         owner_col = aorm_stmt_column(it->q, &loc);
     }
     const aorm_model *om = it->ld->model;
-    const aorm_column *opk = aorm_model_pk(om, 0);
     const aorm_relationship *back =
         rel->kind == AORM_ONE_TO_MANY && rel->back_populates ? aorm_model_relationship(tm, rel->back_populates) : NULL;
     int back_i = back ? rel_index(tm, back) : -1;
@@ -621,7 +620,6 @@ static int absorb_rows(load_run *r, level_item *it, aorm_result *res) {
     }
     if (rc >= 0 && cur_owner) rc = set_collection(s, it, cur_owner, group.v, group.n);
     free(group.v);
-    (void)opk;
 out:
     aorm__rowplan_free(&rp);
     return rc < 0 ? rc : 0;
