@@ -38,8 +38,11 @@
  *
  * Relationships are read through AORM_GET_REL (or aorm_rel_get), which
  * checks the load state; reading the struct field directly is allowed
- * but unchecked. Keys: single-column primary and foreign keys of type
- * int4, int8, text or uuid. */
+ * but unchecked. Keys: single-column or composite (model.h's _COMPOSITE
+ * macros); a selectin load binds each key column as one array parameter
+ * (`c = ANY($1)`, or `(c1, c2) IN (SELECT * FROM unnest($1, $2))` for a
+ * composite key), so its key columns must be int2, int4, int8, text or
+ * uuid. Joined loads take keys of any type. */
 #ifndef AORM_LOADERS_H
 #define AORM_LOADERS_H
 

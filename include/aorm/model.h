@@ -193,11 +193,20 @@ typedef enum aorm_fk_action {
 
 struct aorm_model;
 
+/** Most columns a composite key (primary or foreign) may have. */
+#define AORM_KEY_MAX 8
+
 typedef struct aorm_foreign_key {
-    size_t offset;                   /**< the referencing field of this model */
+    size_t offset;                   /**< the referencing field of this model (single-column form) */
     const struct aorm_model *target;
-    size_t target_offset;            /**< the referenced field of the target model */
+    size_t target_offset;            /**< the referenced field of the target model (single-column form) */
     aorm_fk_action on_delete;
+    /** Composite form (AORM_FOREIGN_KEY_COMPOSITE): `ncolumns` referencing
+     * fields of this model and, at the same positions, the fields of the
+     * target they reference. ncolumns 0 means the single-column form. */
+    const size_t *offsets;
+    const size_t *target_offsets;
+    int ncolumns;
     int aorm_reserved;
 } aorm_foreign_key;
 
@@ -208,6 +217,42 @@ typedef struct aorm_foreign_key {
         .offset = offsetof(S, f), .target = &T##_model,                                 \
         .target_offset = offsetof(T, AORM__FIRST(__VA_ARGS__, 0)),                      \
         AORM__REST(__VA_ARGS__, .aorm_reserved = 0)                                     \
+    }
+
+/* AORM__OFFSETS(S, (a, b, ...)) is a `const size_t[]` of the offsets of
+ * fields a, b, ... of S (1 to AORM_KEY_MAX of them); AORM__COUNT((a, b))
+ * is how many. The arrays are compound literals: declare models at file
+ * scope, where they have static storage. */
+#define AORM__CAT(a, b) AORM__CAT_(a, b)
+#define AORM__CAT_(a, b) a##b
+#define AORM__NARGS(...) AORM__NARGS_(__VA_ARGS__, 8, 7, 6, 5, 4, 3, 2, 1, 0)
+#define AORM__NARGS_(a1, a2, a3, a4, a5, a6, a7, a8, n, ...) n
+#define AORM__UNPAREN(...) __VA_ARGS__
+#define AORM__OFF1(S, a) offsetof(S, a)
+#define AORM__OFF2(S, a, ...) offsetof(S, a), AORM__OFF1(S, __VA_ARGS__)
+#define AORM__OFF3(S, a, ...) offsetof(S, a), AORM__OFF2(S, __VA_ARGS__)
+#define AORM__OFF4(S, a, ...) offsetof(S, a), AORM__OFF3(S, __VA_ARGS__)
+#define AORM__OFF5(S, a, ...) offsetof(S, a), AORM__OFF4(S, __VA_ARGS__)
+#define AORM__OFF6(S, a, ...) offsetof(S, a), AORM__OFF5(S, __VA_ARGS__)
+#define AORM__OFF7(S, a, ...) offsetof(S, a), AORM__OFF6(S, __VA_ARGS__)
+#define AORM__OFF8(S, a, ...) offsetof(S, a), AORM__OFF7(S, __VA_ARGS__)
+#define AORM__OFFS_(S, ...) AORM__CAT(AORM__OFF, AORM__NARGS(__VA_ARGS__))(S, __VA_ARGS__)
+#define AORM__OFFSETS(S, list) ((const size_t[]){AORM__OFFS_(S, AORM__UNPAREN list)})
+#define AORM__COUNT_(...) AORM__NARGS(__VA_ARGS__)
+#define AORM__COUNT(list) AORM__COUNT_(AORM__UNPAREN list)
+
+/** AORM_FOREIGN_KEY_COMPOSITE(S, (f1, f2, ...), T, (t1, t2, ...) [, options]):
+ * fields f1, f2... of S together reference fields t1, t2... of model T
+ * (its primary key, or a unique index over exactly those fields). Both
+ * lists in parentheses, of equal length, at most AORM_KEY_MAX. */
+#define AORM_FOREIGN_KEY_COMPOSITE(S, fields, T, ...)                                              \
+    {                                                                                              \
+        .offsets = AORM__OFFSETS(S, fields), .target = &T##_model,                                 \
+        .ncolumns = AORM__COUNT(fields) +                                                          \
+                    AORM__STATIC_CHECK(AORM__COUNT(fields) == AORM__COUNT(AORM__FIRST(__VA_ARGS__, 0)), \
+                                       "foreign key of " #S ": the two field lists differ in length"), \
+        .target_offsets = AORM__OFFSETS(T, AORM__FIRST(__VA_ARGS__, 0)),                           \
+        AORM__REST(__VA_ARGS__, .aorm_reserved = 0)                                                \
     }
 
 /* ---- relationships -------------------------------------------------------- */
@@ -238,6 +283,17 @@ typedef struct aorm_relationship {
     const struct aorm_model *secondary;
     size_t secondary_local;
     size_t secondary_remote;
+    /** Composite keys (the _COMPOSITE macros): nfk fields in place of
+     * fk_offset, listed in the order of the referenced primary key's
+     * columns; for many-to-many, nlocal fields in place of
+     * secondary_local and nremote in place of secondary_remote. A count
+     * of 0 means the single field above. */
+    const size_t *fk_offsets;
+    int nfk;
+    const size_t *secondary_locals;
+    int nlocal;
+    const size_t *secondary_remotes;
+    int nremote;
     const char *back_populates;      /**< name of the inverse relationship on the target, or NULL */
     size_t order_by;                 /**< offset of a target field to order collections by... */
     bool has_order_by;               /**< ...when set (else by the target's primary key) */
@@ -282,6 +338,42 @@ typedef struct aorm_relationship {
         .target = &T##_model, .secondary = &A##_model, .secondary_local = offsetof(A, a_local),     \
         .secondary_remote = offsetof(A, AORM__FIRST(__VA_ARGS__, 0)),                               \
         AORM__REST(__VA_ARGS__, .aorm_reserved = 0)                                                 \
+    }
+
+/** Relationships over composite keys. The key lists are parenthesized
+ * field names, in the order of the referenced primary key's columns, and
+ * a matching AORM_FOREIGN_KEY_COMPOSITE must be declared (validation
+ * checks it):
+ *
+ *   AORM_MANY_TO_ONE_COMPOSITE(S, f, T, (fk1, fk2) [, options])
+ *       S.f is a `T *`; S.fk1, S.fk2 reference T's two-column primary key.
+ *   AORM_ONE_TO_MANY_COMPOSITE(S, f, T, (fk1, fk2) [, options])
+ *       S.f is an aorm_list of T; T.fk1, T.fk2 reference S's primary key.
+ *   AORM_MANY_TO_MANY_COMPOSITE(S, f, T, A, (l1, l2), (r1, r2) [, options])
+ *       S.f is an aorm_list of T through A; A.l1, A.l2 reference S's key,
+ *       A.r1, A.r2 reference T's (either list may have a single field). */
+#define AORM_MANY_TO_ONE_COMPOSITE(S, f, T, ...)                                                    \
+    {                                                                                               \
+        .name = #f, .kind = AORM_MANY_TO_ONE,                                                       \
+        .offset = offsetof(S, f) +                                                                  \
+                  AORM__STATIC_CHECK(AORM__IS_PTR_TO(S, f, T), #S "." #f " must be a " #T " pointer"), \
+        .target = &T##_model, .fk_offsets = AORM__OFFSETS(S, AORM__FIRST(__VA_ARGS__, 0)),          \
+        .nfk = AORM__COUNT(AORM__FIRST(__VA_ARGS__, 0)), AORM__REST(__VA_ARGS__, .aorm_reserved = 0) \
+    }
+#define AORM_ONE_TO_MANY_COMPOSITE(S, f, T, ...)                                                    \
+    {                                                                                               \
+        .name = #f, .kind = AORM_ONE_TO_MANY,                                                       \
+        .offset = offsetof(S, f) + AORM__STATIC_CHECK(AORM__IS_LIST(S, f), #S "." #f " must be an aorm_list"), \
+        .target = &T##_model, .fk_offsets = AORM__OFFSETS(T, AORM__FIRST(__VA_ARGS__, 0)),          \
+        .nfk = AORM__COUNT(AORM__FIRST(__VA_ARGS__, 0)), AORM__REST(__VA_ARGS__, .aorm_reserved = 0) \
+    }
+#define AORM_MANY_TO_MANY_COMPOSITE(S, f, T, A, locals, ...)                                        \
+    {                                                                                               \
+        .name = #f, .kind = AORM_MANY_TO_MANY,                                                      \
+        .offset = offsetof(S, f) + AORM__STATIC_CHECK(AORM__IS_LIST(S, f), #S "." #f " must be an aorm_list"), \
+        .target = &T##_model, .secondary = &A##_model, .secondary_locals = AORM__OFFSETS(A, locals), \
+        .nlocal = AORM__COUNT(locals), .secondary_remotes = AORM__OFFSETS(A, AORM__FIRST(__VA_ARGS__, 0)), \
+        .nremote = AORM__COUNT(AORM__FIRST(__VA_ARGS__, 0)), AORM__REST(__VA_ARGS__, .aorm_reserved = 0) \
     }
 
 /** Collections ordered by a target field: `AORM_ORDER_BY(book, year, false)`. */

@@ -65,7 +65,8 @@ typedef enum aorm_expr_kind {
     AORM_X_EXISTS,     /**< EXISTS (sub) */
     AORM_X_FUNC,       /**< aggregate `op` over a (NULL a: count(*)) */
     AORM_X_EXCLUDED,   /**< EXCLUDED.(column a) in ON CONFLICT DO UPDATE */
-    AORM_X_LABEL       /**< a AS "label" */
+    AORM_X_LABEL,      /**< a AS "label" */
+    AORM_X_TUPLE_IN    /**< (list[0..n/2)) IN (SELECT * FROM unnest(list[n/2..n))): parallel arrays */
 } aorm_expr_kind;
 
 typedef enum aorm_op {
@@ -169,6 +170,21 @@ typedef struct aorm_expr {
 #define aorm_int8_array(vals, cnt) AORM__ARR(AORM_INT8, vals, NULL, cnt)
 #define aorm_text_array(vals, cnt) AORM__ARR(AORM_TEXT, vals, NULL, cnt)
 #define aorm_uuid_array(vals, cnt) AORM__ARR(AORM_UUID, vals, NULL, cnt)
+
+/** Multi-column IN over parallel arrays, each bound as ONE parameter:
+ * aorm_tuple_in(c1, ..., ck, a1, ..., ak) is
+ * `(c1, ..., ck) IN (SELECT * FROM unnest($1, ..., $k))`, matching rows
+ * whose (c1, ..., ck) equals (a1[i], ..., ak[i]) for some i. The first
+ * half are expressions (usually columns), the second half arrays of equal
+ * length (aorm_int8_array(), aorm_text_array()...); 1 <= k <= 8. The text
+ * does not depend on the number of tuples, so the statement is prepared
+ * once for any count:
+ *
+ *   aorm_where(q, aorm_tuple_in(AORM_COL(line, region), AORM_COL(line, order_no),
+ *                               aorm_text_array(regions, n), aorm_int8_array(nos, n)));
+ */
+#define aorm_tuple_in(...) \
+    AORM__X(.kind = AORM_X_TUPLE_IN, .list = AORM__LIST(__VA_ARGS__), .n = AORM__NLIST(__VA_ARGS__))
 
 /** Subqueries: the statement passed is consumed by the statement the
  * expression is attached to (freed with it, or on error). */

@@ -44,6 +44,7 @@ typedef struct model_batch {
     size_t nkeys;
     int order;            /* topological position */
     bool need_keys;       /* generated keys must be fetched first */
+    int copy_seq;         /* 1-based order of this batch's COPY among the flush's, 0: none */
 } model_batch;
 
 typedef struct link_rows {
@@ -66,8 +67,11 @@ typedef struct flush_run {
     int nlinks;
     int out;             /* statements not yet answered */
     aorm_error *err;     /* first failure */
-    int copy_batch;      /* batch whose COPY is being filled */
-    size_t copy_pos;
+    /* COPYs are filled one after another, in the order they were sent:
+     * copy_cur is the sequence number of the one being filled */
+    int copies_sent;
+    int copy_cur;
+    size_t copy_pos;     /* next object of that batch */
     aorm_params scratch; /* one field at a time, for COPY rows */
 } flush_run;
 
@@ -155,22 +159,18 @@ static void set_int_field(const aorm_column *c, void *obj, int64_t v) {
     }
 }
 
-/* Copies the value of column src of `from` into column dst of `to` (a
- * foreign key taking its parent's key; same C type by validation). */
-static void copy_field(const aorm_column *dst, void *to, const aorm_column *src, const void *from) {
-    if (dst->size == src->size) {
-        memcpy(aorm__field(dst, to), aorm__cfield(src, from), dst->size);
-    } else if ((dst->flags & AORM_NULLABLE) && dst->type == AORM_INT8) {
-        aorm_opt_int64 *o = aorm__field(dst, to);
-        o->valid = true;
-        o->value = int_field(src, from);
-    } else {
-        set_int_field(dst, to, int_field(src, from));
-    }
+/* A child's foreign-key columns take its parent's key (km: child's columns
+ * -> parent's primary key). */
+static void copy_key(const aorm__keymap *km, void *child, const void *parent) {
+    for (int i = 0; i < km->n; i++) aorm__field_copy_value(km->from[i], child, km->to[i], parent);
 }
 
-/* The primary key column of the target a foreign-key field points at. */
-static const aorm_column *pk_of(const aorm_model *m) { return aorm_model_pk(m, 0); }
+/* Does the child's foreign key hold the parent's key? */
+static bool key_matches(const aorm__keymap *km, const void *child, const void *parent) {
+    for (int i = 0; i < km->n; i++)
+        if (!aorm__field_same_value(km->from[i], child, km->to[i], parent)) return false;
+    return true;
+}
 
 static bool key_known(const aorm__obj *h) {
     const aorm_model *m = h->model;
@@ -206,13 +206,9 @@ bool aorm__session_has_changes(aorm_session *s) {
             aorm__obj *th = aorm__obj_of(s, t);
             if (!th) continue;
             if (th->state == AORM_TRANSIENT || th->state == AORM_PENDING) return true;
-            const aorm_column *fk = aorm_model_column_at(h->model, r->fk_offset);
-            if (fk && !aorm__field_equal(fk, (char *)h + sizeof(aorm__obj), (char *)th + sizeof(aorm__obj))) {
-                /* compare the FK with the target's key */
-                const aorm_column *tpk = pk_of(th->model);
-                if (tpk && int_field(fk, (char *)h + sizeof(aorm__obj)) != int_field(tpk, (char *)th + sizeof(aorm__obj)))
-                    return true;
-            }
+            aorm__keymap km;
+            if (aorm__rel_keymap(h->model, r, 0, &km) == 0 && !key_matches(&km, aorm__obj_data(h), aorm__obj_data(th)))
+                return true;
         }
     }
     return false;
@@ -226,20 +222,19 @@ static void sync_foreign_keys(aorm_session *s) {
         void *obj = aorm__obj_data(h);
         for (int i = 0; i < h->model->nrelationships; i++) {
             const aorm_relationship *r = &h->model->relationships[i];
+            aorm__keymap km;
+            if (r->kind == AORM_MANY_TO_MANY || aorm__rel_keymap(h->model, r, 0, &km) < 0) continue;
             if (r->kind == AORM_MANY_TO_ONE) {
                 aorm__obj *th = aorm__obj_of(s, *(void **)((char *)obj + r->offset));
-                const aorm_column *fk = aorm_model_column_at(h->model, r->fk_offset);
-                if (th && fk && key_known(th) && th->state != AORM_DELETED)
-                    copy_field(fk, obj, pk_of(th->model), aorm__obj_data(th));
-            } else if (r->kind == AORM_ONE_TO_MANY) {
+                if (th && key_known(th) && th->state != AORM_DELETED) copy_key(&km, obj, aorm__obj_data(th));
+            } else {
                 aorm_list *l = (aorm_list *)((char *)obj + r->offset);
-                const aorm_column *fk = aorm_model_column_at(r->target, r->fk_offset);
                 const aorm_relationship *back =
                     r->back_populates ? aorm_model_relationship(r->target, r->back_populates) : NULL;
                 for (size_t k = 0; k < l->len; k++) {
                     aorm__obj *ch = aorm__obj_of(s, l->items[k]);
                     if (!ch || ch->state == AORM_DELETED) continue;
-                    if (fk && key_known(h)) copy_field(fk, l->items[k], pk_of(h->model), obj);
+                    if (key_known(h)) copy_key(&km, l->items[k], obj);
                     if (back && back->kind == AORM_MANY_TO_ONE)
                         *(void **)((char *)l->items[k] + back->offset) = obj;
                 }
@@ -262,9 +257,9 @@ static int collect_links(aorm_session *s, flush_run *f) {
                                        ? &h->rel_snap[i]
                                        : NULL;
             if (h->state == AORM_PERSISTENT && !was && now->len == 0) continue;
-            const aorm_column *loc = aorm_model_column_at(r->secondary, r->secondary_local);
-            const aorm_column *rem = aorm_model_column_at(r->secondary, r->secondary_remote);
-            if (!loc || !rem) return AORM_EMISUSE;
+            aorm__keymap loc, rem;
+            if (aorm__rel_keymap(h->model, r, 0, &loc) < 0 || aorm__rel_keymap(h->model, r, 1, &rem) < 0)
+                return AORM_EMISUSE;
             link_rows *lr = NULL;
             for (size_t k = 0; k < now->len; k++) {
                 bool existed = false;
@@ -289,8 +284,8 @@ static int collect_links(aorm_session *s, flush_run *f) {
                 void *row = aorm__region_calloc(&s->region, r->secondary->size);
                 if (!row) return AORM_ENOMEM;
                 if (!lr && !(lr = links_for(f, r))) return AORM_ENOMEM;
-                copy_field(loc, row, pk_of(h->model), obj);
-                copy_field(rem, row, pk_of(r->target), was->items[j]);
+                copy_key(&loc, row, obj);
+                copy_key(&rem, row, was->items[j]);
                 if (push_ptr(&lr->gone, &lr->ngone, &lr->cap_gone, row) < 0) return AORM_ENOMEM;
             }
         }
@@ -316,8 +311,8 @@ static void fill_links(aorm_session *s, flush_run *f) {
                                        ? &h->rel_snap[i]
                                        : NULL;
             if (h->state == AORM_PERSISTENT && !was && now->len == 0) continue;
-            const aorm_column *loc = aorm_model_column_at(r->secondary, r->secondary_local);
-            const aorm_column *rem = aorm_model_column_at(r->secondary, r->secondary_remote);
+            aorm__keymap loc, rem;
+            if (aorm__rel_keymap(h->model, r, 0, &loc) < 0 || aorm__rel_keymap(h->model, r, 1, &rem) < 0) continue;
             for (size_t k = 0; k < now->len; k++) {
                 bool existed = false;
                 for (size_t j = 0; was && j < was->len; j++)
@@ -326,8 +321,8 @@ static void fill_links(aorm_session *s, flush_run *f) {
                 aorm__obj *th = aorm__obj_of(s, now->items[k]);
                 if (!th || th->state == AORM_DELETED) continue;
                 void *row = lr->rows[lr->filled++];
-                copy_field(loc, row, pk_of(h->model), obj);
-                copy_field(rem, row, pk_of(r->target), now->items[k]);
+                copy_key(&loc, row, obj);
+                copy_key(&rem, row, now->items[k]);
             }
         }
     }
@@ -428,14 +423,12 @@ static void apply_success(aorm_session *s, flush_run *f) {
         for (int r = 0; b->ndel && r < b->m->nrelationships; r++) {
             const aorm_relationship *rel = &b->m->relationships[r];
             if (rel->kind != AORM_ONE_TO_MANY || !(rel->cascade & AORM_CASCADE_DELETE)) continue;
-            const aorm_column *fk = aorm_model_column_at(rel->target, rel->fk_offset);
-            const aorm_column *pk = single_pk(b->m);
-            if (!fk || !pk) continue;
+            aorm__keymap km;
+            if (aorm__rel_keymap(b->m, rel, 0, &km) < 0) continue;
             for (aorm__obj *h = s->tracked; h; h = h->track_next) {
                 if (h->model != rel->target || h->state != AORM_PERSISTENT) continue;
-                int64_t v = int_field(fk, aorm__obj_data(h));
                 for (size_t k = 0; k < b->ndel; k++) {
-                    if (int_field(pk, aorm__obj_data(b->dels[k])) == v) {
+                    if (key_matches(&km, aorm__obj_data(h), aorm__obj_data(b->dels[k]))) {
                         h->state = AORM_DETACHED;
                         aorm__idmap_remove(&s->idmap, h);
                         push_ptr((void ***)&s->tx_del, &s->tx_ndel, &s->tx_del_cap, h);
@@ -517,10 +510,27 @@ static int send_stmt(aorm_session *s, flush_run *f, aorm_stmt *q, aorm_result_cb
     return rc;
 }
 
+static int copy_rows(flush_run *f, model_batch *b, aorm_copy *cp);
+
 static int copy_fill(aorm_copy *cp, void *user) {
     aorm__sop *op = user;
     flush_run *f = op->ext;
-    model_batch *b = &f->batches[f->copy_batch];
+    if (!f) return -1; /* the session closed under the COPY */
+    model_batch *b = NULL;
+    for (int i = 0; i < f->nbatches && !b; i++)
+        if (f->batches[i].copy_seq == f->copy_cur) b = &f->batches[i];
+    if (!b) return -1;
+    int rc = copy_rows(f, b, cp);
+    if (rc <= 0) { /* this COPY is complete (or failed): the next one starts from its first row */
+        f->copy_cur++;
+        f->copy_pos = 0;
+    }
+    return rc;
+}
+
+/* Writes rows of batch b into cp until its buffer is full: 1 when rows
+ * remain, 0 when all are written, -1 on a field that cannot be encoded. */
+static int copy_rows(flush_run *f, model_batch *b, aorm_copy *cp) {
     const aorm_model *m = b->m;
     while (f->copy_pos < b->nnew && aorm_copy_buffered(cp) < 65536) {
         const void *obj = aorm__obj_data(b->news[f->copy_pos++]);
@@ -548,8 +558,8 @@ static int send_copy(aorm_session *s, flush_run *f, int bi) {
     for (int i = 0; i < b->m->ncolumns; i++)
         if ((i && aorm__buf_append(&sql, ", ", 2) < 0) || aorm__quote_ident(&sql, b->m->columns[i].name) < 0) goto out;
     if (aorm__buf_append(&sql, ") FROM STDIN (FORMAT binary)", 29) < 0) goto out;
-    f->copy_batch = bi;
-    f->copy_pos = 0;
+    if (f->copies_sent == 0) f->copy_cur = 1;
+    b->copy_seq = ++f->copies_sent;
     rc = aorm_conn_copy(s->conn, sql.data, copy_fill, f->op, on_write, f->op);
     if (rc == 0) {
         f->out++;
@@ -662,24 +672,23 @@ static int send_link_deletes(aorm_session *s, flush_run *f) {
     return 0;
 }
 
-/* DELETE of a model's deleted objects, preceded by what must go before
- * them: association rows of their many-to-many collections, and rows of
- * one-to-many children with delete cascade (loaded or not). */
-static int send_deletes(aorm_session *s, flush_run *f, model_batch *b) {
-    if (b->ndel == 0) return 0;
-    const aorm_model *m = b->m;
-    const aorm_column *pk = single_pk(m);
-    if (!pk || (pk->type != AORM_INT8 && pk->type != AORM_INT4)) {
-        /* composite or non-integer keys: one statement per object */
-        for (size_t k = 0; k < b->ndel; k++) {
-            aorm_stmt *q = aorm_delete(m);
+/* Sends DELETE FROM dm WHERE (cols) match the key (src columns) of one of
+ * objs[0..n): one statement whatever n, `col = ANY($1)` for a single
+ * column and `(c1, c2) IN (SELECT * FROM unnest($1, $2))` for several;
+ * one statement per object when a key column has no array form. */
+static int send_key_delete(aorm_session *s, flush_run *f, const aorm_model *dm, const aorm_column *const *cols,
+                           const aorm_column *const *src, int k, void *const *objs, size_t n) {
+    bool arrays = true;
+    for (int i = 0; i < k; i++)
+        if (!aorm__field_array_type(src[i])) arrays = false;
+    if (!arrays) {
+        for (size_t o = 0; o < n; o++) {
+            aorm_stmt *q = aorm_delete(dm);
             if (!q) return AORM_ENOMEM;
-            for (int c = 0; c < m->ncolumns; c++) {
-                const aorm_column *col = &m->columns[c];
-                if (!(col->flags & AORM_PK)) continue;
-                aorm_expr ce = {.kind = AORM_X_COLUMN, .model = m, .offset = col->offset};
+            for (int i = 0; i < k; i++) {
+                aorm_expr ce = {.kind = AORM_X_COLUMN, .model = dm, .offset = cols[i]->offset};
                 aorm_expr v;
-                aorm__field_value_expr(col, aorm__obj_data(b->dels[k]), &v);
+                aorm__field_value_expr(src[i], objs[o], &v);
                 aorm_expr eq = {.kind = AORM_X_BINARY, .op = AORM_OP_EQ, .a = &ce, .b = &v};
                 aorm_where(q, &eq);
             }
@@ -688,56 +697,41 @@ static int send_deletes(aorm_session *s, flush_run *f, model_batch *b) {
         }
         return 0;
     }
-    int64_t *keys = malloc(b->ndel * sizeof(int64_t));
-    int32_t *keys4 = malloc(b->ndel * sizeof(int32_t));
-    if (!keys || !keys4) {
-        free(keys);
-        free(keys4);
-        return AORM_ENOMEM;
-    }
-    for (size_t k = 0; k < b->ndel; k++) {
-        keys[k] = int_field(pk, aorm__obj_data(b->dels[k]));
-        keys4[k] = (int32_t)keys[k];
-    }
+    aorm_stmt *q = aorm_delete(dm);
+    if (!q) return AORM_ENOMEM;
+    aorm__where_key_in(q, dm, cols, src, k, objs, n); /* an error stays in q: send_stmt returns it */
+    return send_stmt(s, f, q, on_write);
+}
+
+/* DELETE of a model's deleted objects, preceded by what must go before
+ * them: association rows of their many-to-many collections, and rows of
+ * one-to-many children with delete cascade (loaded or not). */
+static int send_deletes(aorm_session *s, flush_run *f, model_batch *b) {
+    if (b->ndel == 0) return 0;
+    const aorm_model *m = b->m;
+    void **objs = malloc(b->ndel * sizeof(void *));
+    if (!objs) return AORM_ENOMEM;
+    for (size_t k = 0; k < b->ndel; k++) objs[k] = aorm__obj_data(b->dels[k]);
     int rc = 0;
     /* dependents first */
     for (int i = 0; i < m->nrelationships && rc == 0; i++) {
         const aorm_relationship *r = &m->relationships[i];
-        const aorm_model *dm = NULL;
-        size_t doff = 0;
-        if (r->kind == AORM_MANY_TO_MANY) {
-            dm = r->secondary;
-            doff = r->secondary_local;
-        } else if (r->kind == AORM_ONE_TO_MANY && (r->cascade & AORM_CASCADE_DELETE)) {
-            dm = r->target;
-            doff = r->fk_offset;
-        }
-        if (!dm) continue;
-        const aorm_column *dc = aorm_model_column_at(dm, doff);
-        if (!dc) continue;
-        aorm_stmt *q = aorm_delete(dm);
-        if (!q) {
-            rc = AORM_ENOMEM;
-            break;
-        }
-        aorm_expr ce = {.kind = AORM_X_COLUMN, .model = dm, .offset = doff};
-        aorm_expr arr = {.kind = AORM_X_ARRAY, .type = dc->type == AORM_INT4 ? AORM_INT4 : AORM_INT8,
-                         .v.p = dc->type == AORM_INT4 ? (const void *)keys4 : (const void *)keys, .len = b->ndel};
-        aorm_expr any = {.kind = AORM_X_ANY, .op = AORM_OP_EQ, .a = &ce, .b = &arr};
-        aorm_where(q, &any);
-        rc = send_stmt(s, f, q, on_write);
+        const aorm_model *dm;
+        if (r->kind == AORM_MANY_TO_MANY) dm = r->secondary;
+        else if (r->kind == AORM_ONE_TO_MANY && (r->cascade & AORM_CASCADE_DELETE)) dm = r->target;
+        else continue;
+        aorm__keymap km; /* dependent's columns -> this model's key */
+        if (aorm__rel_keymap(m, r, 0, &km) < 0) continue;
+        rc = send_key_delete(s, f, dm, km.from, km.to, km.n, objs, b->ndel);
     }
     if (rc == 0) {
-        aorm_stmt *q = aorm_delete(m);
-        aorm_expr ce = {.kind = AORM_X_COLUMN, .model = m, .offset = pk->offset};
-        aorm_expr arr = {.kind = AORM_X_ARRAY, .type = pk->type, .v.p = pk->type == AORM_INT4 ? (const void *)keys4 : (const void *)keys,
-                         .len = b->ndel};
-        aorm_expr any = {.kind = AORM_X_ANY, .op = AORM_OP_EQ, .a = &ce, .b = &arr};
-        if (q) aorm_where(q, &any);
-        rc = send_stmt(s, f, q, on_write);
+        const aorm_column *pk[AORM_KEY_MAX];
+        int npk = aorm_model_pk_count(m);
+        if (npk < 1 || npk > AORM_KEY_MAX) rc = AORM_EMISUSE;
+        for (int i = 0; i < npk && rc == 0; i++) pk[i] = aorm_model_pk(m, i);
+        if (rc == 0) rc = send_key_delete(s, f, m, pk, pk, npk, objs, b->ndel);
     }
-    free(keys);
-    free(keys4);
+    free(objs);
     return rc;
 }
 
@@ -882,7 +876,11 @@ static int process_orphans(aorm_session *s, char *msg, size_t cap) {
             if (r->kind != AORM_ONE_TO_MANY || !(h->loaded_rels & (1u << i))) continue;
             const aorm_list *now = (const aorm_list *)((char *)h + sizeof(aorm__obj) + r->offset);
             const aorm_list *was = &h->rel_snap[i];
-            const aorm_column *fk = aorm_model_column_at(r->target, r->fk_offset);
+            aorm__keymap km;
+            if (aorm__rel_keymap(h->model, r, 0, &km) < 0) continue;
+            bool nullable = true; /* every FK column can take NULL */
+            for (int c = 0; c < km.n; c++)
+                if (!(km.from[c]->flags & AORM_NULLABLE)) nullable = false;
             for (size_t j = 0; j < was->len; j++) {
                 bool still = false;
                 for (size_t k = 0; k < now->len && !still; k++) still = now->items[k] == was->items[j];
@@ -892,16 +890,16 @@ static int process_orphans(aorm_session *s, char *msg, size_t cap) {
                 if (r->cascade & AORM_CASCADE_DELETE_ORPHAN) {
                     ch->state = AORM_DELETED;
                     s->ndeleted++;
-                } else if (fk && (fk->flags & AORM_NULLABLE)) {
-                    memset(aorm__field(fk, was->items[j]), 0, fk->size); /* zeroed aorm_opt_* is NULL */
+                } else if (nullable) {
+                    for (int c = 0; c < km.n; c++) /* a zeroed aorm_opt_* or pointer is NULL */
+                        memset(aorm__field(km.from[c], was->items[j]), 0, km.from[c]->size);
                 } else if (h->state == AORM_PERSISTENT) {
                     /* still pointing at this parent? then it was only removed from the list */
                     snprintf(msg, cap,
                              "flush: a %s was removed from %s.%s but its foreign key cannot be NULL: "
                              "delete it, move it to another parent, or declare AORM_CASCADE_DELETE_ORPHAN",
                              r->target->name, h->model->name, r->name);
-                    if (fk && int_field(fk, was->items[j]) == int_field(pk_of(h->model), aorm__obj_data(h)))
-                        return AORM_EMISUSE;
+                    if (key_matches(&km, was->items[j], aorm__obj_data(h))) return AORM_EMISUSE;
                 }
             }
         }

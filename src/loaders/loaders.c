@@ -81,10 +81,6 @@ static void mark_loaded(aorm__obj *h, int i) {
     if (i < 32) h->loaded_rels |= 1u << i;
 }
 
-static bool key_type_ok(aorm_type t) {
-    return t == AORM_INT8 || t == AORM_INT4 || t == AORM_TEXT || t == AORM_UUID;
-}
-
 /* ---- plans --------------------------------------------------------------------------- */
 
 static int validate_loads(const aorm_model *m, const aorm_load *loads, int n, int depth, char *msg, size_t cap) {
@@ -104,12 +100,24 @@ static int validate_loads(const aorm_model *m, const aorm_load *loads, int n, in
             snprintf(msg, cap, "load plan: %s has no relationship at that field", m->name);
             return AORM_EMISUSE;
         }
-        const aorm_column *pk = aorm_model_pk(m, 0);
-        const aorm_column *tpk = aorm_model_pk(r->target, 0);
-        if (aorm_model_pk_count(m) != 1 || aorm_model_pk_count(r->target) != 1 || !key_type_ok(pk->type) ||
-            !key_type_ok(tpk->type)) {
-            snprintf(msg, cap, "load plan: %s.%s needs single-column int4/int8/text/uuid keys", m->name, r->name);
+        aorm__keymap km, rem;
+        if (aorm__rel_keymap(m, r, 0, &km) < 0 ||
+            (r->kind == AORM_MANY_TO_MANY && aorm__rel_keymap(m, r, 1, &rem) < 0)) {
+            snprintf(msg, cap, "load plan: the keys of %s.%s do not resolve (check the models with aorm_model_validate)",
+                     m->name, r->name);
             return AORM_EMISUSE;
+        }
+        /* a selectin load sends the keys it reads as arrays: the owners'
+         * foreign keys (many-to-one) or their primary key (collections) */
+        for (int k = 0; k < km.n && l->strategy != AORM_LOAD_JOINED; k++) {
+            const aorm_column *c = r->kind == AORM_MANY_TO_ONE ? km.from[k] : km.to[k];
+            if (!aorm__field_array_type(c)) {
+                snprintf(msg, cap,
+                         "load plan: %s.%s: key column %s is not int2/int4/int8/text/uuid, which selectin loads "
+                         "need (use AORM_JOINED for this relationship)",
+                         m->name, r->name, c->name);
+                return AORM_EMISUSE;
+            }
         }
         int rc = validate_loads(r->target, l->children, l->nchildren, depth + 1, msg, cap);
         if (rc < 0) return rc;
@@ -266,63 +274,77 @@ static int64_t int_of(const aorm_column *c, const void *obj) {
     const void *f = aorm__cfield(c, obj);
     if (c->flags & AORM_NULLABLE) {
         if (c->type == AORM_INT4) return ((const aorm_opt_int32 *)f)->value;
+        if (c->type == AORM_INT2) return ((const aorm_opt_int16 *)f)->value;
         return ((const aorm_opt_int64 *)f)->value;
     }
-    return c->type == AORM_INT4 ? *(const int32_t *)f : *(const int64_t *)f;
+    return c->type == AORM_INT4 ? *(const int32_t *)f : c->type == AORM_INT2 ? *(const int16_t *)f : *(const int64_t *)f;
 }
 
-/* Builds a key struct of model m (in the session's scratch space via the
- * region) whose primary key equals the value of column src of obj. */
-static void *key_like(aorm_session *s, const aorm_model *m, const aorm_column *src, const void *obj,
-                      void *buf) {
-    const aorm_column *pk = aorm_model_pk(m, 0);
+static bool int_type(aorm_type t) { return t == AORM_INT8 || t == AORM_INT4 || t == AORM_INT2; }
+
+/* Does obj hold NULL in any of the key's `from` columns? (A foreign key
+ * with a NULL column points at nothing.) */
+static bool key_has_null(const aorm__keymap *km, const void *obj) {
+    for (int i = 0; i < km->n; i++)
+        if (aorm__field_is_null(km->from[i], obj)) return true;
+    return false;
+}
+
+/* Builds in buf a struct of model m (the key's `to` side) whose primary
+ * key holds the values of the key's `from` columns of obj: the object
+ * those columns point at, ready for an identity-map lookup. */
+static void *key_from(const aorm_model *m, const aorm__keymap *km, const void *obj, void *buf) {
     memset(buf, 0, m->size);
-    void *dst = aorm__field(pk, buf);
-    const void *from = aorm__cfield(src, obj);
-    switch (pk->type) {
-    case AORM_INT8: *(int64_t *)dst = int_of(src, obj); break;
-    case AORM_INT4: *(int32_t *)dst = (int32_t)int_of(src, obj); break;
-    case AORM_TEXT: *(char **)dst = *(char *const *)from; break;
-    case AORM_UUID:
-        memcpy(dst, (src->flags & AORM_NULLABLE) ? ((const aorm_opt_uuid *)from)->value.b : from, 16);
-        break;
-    default: return NULL;
-    }
+    for (int i = 0; i < km->n; i++) aorm__field_copy_value(km->to[i], buf, km->from[i], obj);
     return buf;
 }
 
-/* Appends the value of column c of obj to a key array of type t. */
-typedef struct key_array {
-    aorm_type type;
-    void *data;
-    size_t n, cap, esz;
-} key_array;
+/* Objects with distinct values in columns cols[0..n) (open addressing on
+ * a hash of those values): the owners whose many-to-one keys are sent. */
+typedef struct key_set {
+    struct key_slot {
+        uint64_t hash;
+        void *obj;
+    } *slots;
+    size_t cap, n;
+} key_set;
 
-static int keys_push(key_array *k, const aorm_column *c, const void *obj) {
-    if (k->n == k->cap) {
-        size_t cap = k->cap ? k->cap * 2 : 256;
-        void *d = realloc(k->data, cap * k->esz);
-        if (!d) return -1;
-        k->data = d;
-        k->cap = cap;
-    }
-    char *at = (char *)k->data + k->n * k->esz;
-    const void *f = aorm__cfield(c, obj);
-    switch (k->type) {
-    case AORM_INT8: *(int64_t *)(void *)at = int_of(c, obj); break;
-    case AORM_INT4: *(int32_t *)(void *)at = (int32_t)int_of(c, obj); break;
-    case AORM_TEXT: *(const char **)(void *)at = *(char *const *)f; break;
-    case AORM_UUID:
-        memcpy(at, (c->flags & AORM_NULLABLE) ? ((const aorm_opt_uuid *)f)->value.b : f, 16);
-        break;
-    default: return -1;
-    }
-    k->n++;
-    return 0;
+static bool same_key(const aorm_column *const *cols, int n, const void *a, const void *b) {
+    for (int i = 0; i < n; i++)
+        if (!aorm__field_equal(cols[i], a, b)) return false;
+    return true;
 }
 
-static size_t esize(aorm_type t) {
-    return t == AORM_INT8 ? 8 : t == AORM_INT4 ? 4 : t == AORM_UUID ? 16 : sizeof(char *);
+static int key_set_add(key_set *ks, const aorm_column *const *cols, int n, uint64_t hash, void *obj) {
+    if ((ks->n + 1) * 2 > ks->cap) {
+        size_t c = ks->cap ? ks->cap * 2 : 128;
+        struct key_slot *ns = calloc(c, sizeof(*ns));
+        if (!ns) return -1;
+        for (size_t i = 0; i < ks->cap; i++) {
+            if (!ks->slots[i].obj) continue;
+            size_t h = ks->slots[i].hash & (c - 1);
+            while (ns[h].obj) h = (h + 1) & (c - 1);
+            ns[h] = ks->slots[i];
+        }
+        free(ks->slots);
+        ks->slots = ns;
+        ks->cap = c;
+    }
+    size_t h = hash & (ks->cap - 1);
+    for (; ks->slots[h].obj; h = (h + 1) & (ks->cap - 1))
+        if (ks->slots[h].hash == hash && same_key(cols, n, ks->slots[h].obj, obj)) return 0;
+    ks->slots[h] = (struct key_slot){hash, obj};
+    ks->n++;
+    return 1;
+}
+
+static int order_by_cols(aorm_stmt *q, const aorm_model *m, const aorm_column *const *cols, int n) {
+    int rc = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        aorm_expr c = {.kind = AORM_X_COLUMN, .model = m, .offset = cols[i]->offset};
+        rc = aorm_order_by(q, &c, 0);
+    }
+    return rc;
 }
 
 static void send_level(load_run *r);
@@ -361,15 +383,16 @@ static int set_collection(aorm_session *s, level_item *it, void *owner, void **g
 /* Many-to-one: point each owner at its target (now in the identity map). */
 static int assign_targets(aorm_session *s, level_item *it) {
     const aorm_relationship *rel = it->rel;
-    const aorm_column *fk = aorm_model_column_at(it->ld->model, rel->fk_offset);
+    aorm__keymap km;
     void *buf = aorm__region_alloc(&s->region, rel->target->size);
-    if (!fk || !buf) return AORM_ENOMEM;
+    if (!buf) return AORM_ENOMEM;
+    if (aorm__rel_keymap(it->ld->model, rel, 0, &km) < 0) return AORM_EMISUSE;
     for (size_t i = 0; i < it->owners.n; i++) {
         void *owner = it->owners.v[i];
         void *target = NULL;
-        if (!aorm__field_is_null(fk, owner)) {
-            void *key = key_like(s, rel->target, fk, owner, buf);
-            aorm__obj *th = key ? aorm__idmap_find(&s->idmap, rel->target, key, aorm__key_hash(rel->target, key)) : NULL;
+        if (!key_has_null(&km, owner)) {
+            void *key = key_from(rel->target, &km, owner, buf);
+            aorm__obj *th = aorm__idmap_find(&s->idmap, rel->target, key, aorm__key_hash(rel->target, key));
             if (th && th->state != AORM_DETACHED) target = aorm__obj_data(th);
         }
         *(void **)((char *)owner + rel->offset) = target;
@@ -395,90 +418,85 @@ static int send_item(load_run *r, int idx) {
     const aorm_relationship *rel = it->rel;
     const aorm_model *owner_m = it->ld->model;
     const aorm_model *tm = rel->target;
-    const aorm_column *opk = aorm_model_pk(owner_m, 0);
-    const aorm_column *tpk = aorm_model_pk(tm, 0);
-    key_array keys = {0};
-    int rc = 0;
+    aorm__keymap km, rem;
+    int rc = aorm__rel_keymap(owner_m, rel, 0, &km);
+    if (rc == 0 && rel->kind == AORM_MANY_TO_MANY) rc = aorm__rel_keymap(owner_m, rel, 1, &rem);
+    if (rc < 0) return rc;
+    ptr_vec keyed = {0}; /* owners whose keys go into the statement */
 
     if (rel->kind == AORM_MANY_TO_ONE) {
-        const aorm_column *fk = aorm_model_column_at(owner_m, rel->fk_offset);
-        keys.type = tpk->type;
-        keys.esz = esize(keys.type);
         void *buf = aorm__region_alloc(&s->region, tm->size);
-        ptr_set seen = {0};
-        if (!fk || !buf) return AORM_ENOMEM;
+        key_set seen = {0};
+        if (!buf) return AORM_ENOMEM;
         for (size_t i = 0; i < it->owners.n && rc == 0; i++) {
             void *owner = it->owners.v[i];
-            if (aorm__field_is_null(fk, owner)) continue;
-            void *key = key_like(s, tm, fk, owner, buf);
-            aorm__obj *th = aorm__idmap_find(&s->idmap, tm, key, aorm__key_hash(tm, key));
+            if (key_has_null(&km, owner)) continue;
+            void *key = key_from(tm, &km, owner, buf);
+            uint64_t hash = aorm__key_hash(tm, key);
+            aorm__obj *th = aorm__idmap_find(&s->idmap, tm, key, hash);
             if (th && !(th->flags & OBJ_EXPIRED)) continue; /* already here: not queried again */
             /* distinct keys only: the owners of one target share it */
-            int64_t iv = (keys.type == AORM_INT8 || keys.type == AORM_INT4) ? int_of(fk, owner) : 0;
-            if ((keys.type == AORM_INT8 || keys.type == AORM_INT4)) {
-                int added = set_add(&seen, (void *)(uintptr_t)(iv * 2 + 1));
-                if (added < 0) rc = AORM_ENOMEM;
-                if (added <= 0) continue;
-            }
-            if (keys_push(&keys, fk, owner) < 0) rc = AORM_ENOMEM;
+            int added = key_set_add(&seen, km.from, km.n, hash, owner);
+            if (added < 0 || (added == 1 && vec_push(&keyed, owner) < 0)) rc = AORM_ENOMEM;
         }
-        set_free(&seen);
-        if (rc == 0 && keys.n == 0) { /* everything was in the identity map */
-            free(keys.data);
-            return assign_targets(s, it);
-        }
+        free(seen.slots);
+        if (rc == 0 && keyed.n == 0) return assign_targets(s, it); /* everything was in the identity map */
     } else {
-        keys.type = opk->type;
-        keys.esz = esize(keys.type);
-        for (size_t i = 0; i < it->owners.n && rc == 0; i++)
-            if (keys_push(&keys, opk, it->owners.v[i]) < 0) rc = AORM_ENOMEM;
         reset_collections(s, it);
-        if (rc == 0 && keys.n == 0) {
-            free(keys.data);
-            return 0;
-        }
+        if (it->owners.n == 0) return 0;
     }
     if (rc < 0) {
-        free(keys.data);
+        free(keyed.v);
         return rc;
     }
 
     aorm_stmt *q = aorm_select(tm);
     if (!q) {
-        free(keys.data);
+        free(keyed.v);
         return AORM_ENOMEM;
     }
-    aorm_expr arr = {.kind = AORM_X_ARRAY, .type = keys.type, .v.p = keys.data, .len = keys.n};
+    const aorm_column *tpk[AORM_KEY_MAX];
+    int ntpk = aorm_model_pk_count(tm);
+    for (int i = 0; i < ntpk && i < AORM_KEY_MAX; i++) tpk[i] = aorm_model_pk(tm, i);
     if (rel->kind == AORM_MANY_TO_ONE) {
-        aorm_expr col = {.kind = AORM_X_COLUMN, .model = tm, .offset = tpk->offset};
-        aorm_expr any = {.kind = AORM_X_ANY, .op = AORM_OP_EQ, .a = &col, .b = &arr};
-        aorm_where(q, &any);
+        /* WHERE target.pk = ANY(owners' FKs) */
+        rc = aorm__where_key_in(q, tm, km.to, km.from, km.n, keyed.v, keyed.n);
     } else if (rel->kind == AORM_ONE_TO_MANY) {
-        aorm_expr fkc = {.kind = AORM_X_COLUMN, .model = tm, .offset = rel->fk_offset};
-        aorm_expr any = {.kind = AORM_X_ANY, .op = AORM_OP_EQ, .a = &fkc, .b = &arr};
-        aorm_where(q, &any);
-        aorm_order_by(q, &fkc, 0);
+        /* WHERE target.fk = ANY(owners' keys) ORDER BY target.fk: grouped by owner */
+        rc = aorm__where_key_in(q, tm, km.from, km.to, km.n, it->owners.v, it->owners.n);
+        if (rc == 0) rc = order_by_cols(q, tm, km.from, km.n);
     } else { /* many-to-many: target JOIN secondary ON secondary.remote = target.pk */
         const aorm_model *sm = rel->secondary;
-        aorm_expr loc = {.kind = AORM_X_COLUMN, .model = sm, .offset = rel->secondary_local};
-        aorm_expr rem = {.kind = AORM_X_COLUMN, .model = sm, .offset = rel->secondary_remote};
-        aorm_expr tk = {.kind = AORM_X_COLUMN, .model = tm, .offset = tpk->offset};
-        aorm_expr on = {.kind = AORM_X_BINARY, .op = AORM_OP_EQ, .a = &rem, .b = &tk};
-        aorm_select_add(q, &loc);
-        aorm_join(q, sm, &on);
-        aorm_expr any = {.kind = AORM_X_ANY, .op = AORM_OP_EQ, .a = &loc, .b = &arr};
-        aorm_where(q, &any);
-        aorm_order_by(q, &loc, 0);
-    }
-    if (rel->kind != AORM_MANY_TO_ONE) {
-        aorm_expr ord = {.kind = AORM_X_COLUMN, .model = tm, .offset = rel->has_order_by ? rel->order_by : tpk->offset};
-        aorm_order_by(q, &ord, rel->has_order_by && rel->order_desc ? AORM_DESC : 0);
-        if (rel->has_order_by) {
-            aorm_expr pkc = {.kind = AORM_X_COLUMN, .model = tm, .offset = tpk->offset};
-            aorm_order_by(q, &pkc, 0); /* deterministic among equal order-by values */
+        aorm_expr rc_[AORM_KEY_MAX], tc_[AORM_KEY_MAX], eq[AORM_KEY_MAX];
+        const aorm_expr *conj[AORM_KEY_MAX];
+        for (int i = 0; i < rem.n; i++) {
+            rc_[i] = (aorm_expr){.kind = AORM_X_COLUMN, .model = sm, .offset = rem.from[i]->offset};
+            tc_[i] = (aorm_expr){.kind = AORM_X_COLUMN, .model = tm, .offset = rem.to[i]->offset};
+            eq[i] = (aorm_expr){.kind = AORM_X_BINARY, .op = AORM_OP_EQ, .a = &rc_[i], .b = &tc_[i]};
+            conj[i] = &eq[i];
         }
+        aorm_expr on = {.kind = AORM_X_AND, .list = conj, .n = rem.n};
+        for (int i = 0; i < km.n && rc == 0; i++) { /* the owner's key, to group rows by */
+            aorm_expr loc = {.kind = AORM_X_COLUMN, .model = sm, .offset = km.from[i]->offset};
+            rc = aorm_select_add(q, &loc);
+        }
+        if (rc == 0) rc = aorm_join(q, sm, rem.n == 1 ? &eq[0] : &on);
+        if (rc == 0) rc = aorm__where_key_in(q, sm, km.from, km.to, km.n, it->owners.v, it->owners.n);
+        if (rc == 0) rc = order_by_cols(q, sm, km.from, km.n);
     }
-    free(keys.data);
+    if (rc == 0 && rel->kind != AORM_MANY_TO_ONE) {
+        if (rel->has_order_by) {
+            aorm_expr ord = {.kind = AORM_X_COLUMN, .model = tm, .offset = rel->order_by};
+            rc = aorm_order_by(q, &ord, rel->order_desc ? AORM_DESC : 0);
+        }
+        /* then the target's key: deterministic among equal order-by values */
+        if (rc == 0) rc = order_by_cols(q, tm, tpk, ntpk);
+    }
+    free(keyed.v);
+    if (rc < 0) {
+        aorm_stmt_free(q);
+        return rc;
+    }
     if ((rc = aorm_stmt_compile(q)) < 0) {
         aorm_stmt_free(q);
         return rc;
@@ -529,20 +547,19 @@ static int absorb_rows(load_run *r, level_item *it, aorm_result *res) {
         goto out;
     }
     /* collections: rows come ordered by owner key; group them */
-    int owner_col;
-    const aorm_column *key_col; /* where the owner key is read from */
-    const aorm_model *key_m;
-    if (rel->kind == AORM_ONE_TO_MANY) {
-        key_m = tm;
-        key_col = aorm_model_column_at(tm, rel->fk_offset);
-        owner_col = -1;
-    } else {
-        key_m = rel->secondary;
-        key_col = aorm_model_column_at(rel->secondary, rel->secondary_local);
-        aorm_expr loc = {.kind = AORM_X_COLUMN, .model = rel->secondary, .offset = rel->secondary_local};
-        owner_col = aorm_stmt_column(it->q, &loc);
-    }
     const aorm_model *om = it->ld->model;
+    aorm__keymap km; /* child FK (one-to-many) or association local columns -> owner's key */
+    if ((rc = aorm__rel_keymap(om, rel, 0, &km)) < 0) goto out;
+    int owner_col[AORM_KEY_MAX]; /* many-to-many: where the association's local columns are */
+    const aorm_model *key_m = rel->kind == AORM_ONE_TO_MANY ? tm : rel->secondary;
+    for (int i = 0; i < km.n && rel->kind == AORM_MANY_TO_MANY; i++) {
+        aorm_expr loc = {.kind = AORM_X_COLUMN, .model = key_m, .offset = km.from[i]->offset};
+        owner_col[i] = aorm_stmt_column(it->q, &loc);
+    }
+    /* one integer column: rows of one owner come together, so a key
+     * equal to the previous row's is the same owner, without a lookup */
+    const aorm_column *key_col = km.from[0];
+    bool int_key = km.n == 1 && int_type(key_col->type);
     const aorm_relationship *back =
         rel->kind == AORM_ONE_TO_MANY && rel->back_populates ? aorm_model_relationship(tm, rel->back_populates) : NULL;
     int back_i = back ? rel_index(tm, back) : -1;
@@ -553,54 +570,63 @@ static int absorb_rows(load_run *r, level_item *it, aorm_result *res) {
     int64_t prev_key = 0;
     bool have_prev = false;
     struct pg_result *pg = aorm_result_pgresult(res);
-    if (!key_col || !kbuf || !obuf) {
+    if (!kbuf || !obuf) {
         rc = AORM_ENOMEM;
         goto out;
     }
+    aorm_allocator alloc = {aorm__region_alloc_fn, &s->region};
     for (int row = 0; row < nrows; row++) {
         void *child;
         rc = aorm__session_materialize_row(s, &rp, row, r->op->qo.populate_existing, &child);
         if (rc < 0) break;
         if (rc == 0) continue;
-        /* the owner: its key is the child's FK (one-to-many) or the
-         * association's local column (many-to-many). Rows come grouped by
-         * that key, so an integer key equal to the previous row's is the
-         * same owner: no lookup. */
-        const void *key_src;
-        bool int_key = key_col->type == AORM_INT8 || key_col->type == AORM_INT4;
+        /* the owner's key: the child's FK columns (one-to-many) or the
+         * association's local columns read from the row (many-to-many) */
+        const void *key_src = child;
         int64_t ik = 0;
+        bool fast = false;
         if (rel->kind == AORM_ONE_TO_MANY) {
-            key_src = child;
-            if (int_key) ik = int_of(key_col, child);
-        } else if (int_key && !(key_col->flags & AORM_NULLABLE) && PQfformat(pg, owner_col) == 1 &&
-                   !PQgetisnull(pg, row, owner_col) &&
-                   PQgetlength(pg, row, owner_col) == (key_col->type == AORM_INT8 ? 8 : 4)) {
-            const char *v = PQgetvalue(pg, row, owner_col);
-            ik = key_col->type == AORM_INT8 ? (int64_t)aorm__get_be64(v) : (int32_t)aorm__get_be32(v);
-            memset(kbuf, 0, key_m->size);
-            if (key_col->type == AORM_INT8) *(int64_t *)aorm__field(key_col, kbuf) = ik;
-            else *(int32_t *)aorm__field(key_col, kbuf) = (int32_t)ik;
+            fast = int_key && !aorm__field_is_null(key_col, child);
+            if (fast) ik = int_of(key_col, child);
+        } else if (int_key && !(key_col->flags & AORM_NULLABLE) && PQfformat(pg, owner_col[0]) == 1 &&
+                   !PQgetisnull(pg, row, owner_col[0]) &&
+                   PQgetlength(pg, row, owner_col[0]) ==
+                       (key_col->type == AORM_INT8 ? 8 : key_col->type == AORM_INT4 ? 4 : 2)) {
+            const char *v = PQgetvalue(pg, row, owner_col[0]);
+            ik = key_col->type == AORM_INT8   ? (int64_t)aorm__get_be64(v)
+                 : key_col->type == AORM_INT4 ? (int32_t)aorm__get_be32(v)
+                                              : (int16_t)(((unsigned char)v[0] << 8) | (unsigned char)v[1]);
+            fast = true;
+            if (!have_prev || ik != prev_key) { /* a new owner: its key struct for the lookup */
+                memset(kbuf, 0, key_m->size);
+                if (key_col->type == AORM_INT8) *(int64_t *)aorm__field(key_col, kbuf) = ik;
+                else if (key_col->type == AORM_INT4) *(int32_t *)aorm__field(key_col, kbuf) = (int32_t)ik;
+                else *(int16_t *)aorm__field(key_col, kbuf) = (int16_t)ik;
+            }
             key_src = kbuf;
         } else {
             memset(kbuf, 0, key_m->size);
-            const char *v;
-            int len;
-            aorm_allocator alloc = {aorm__region_alloc_fn, &s->region};
-            if ((rc = aorm_result_raw(res, row, owner_col, &v, &len)) < 0 ||
-                (rc = aorm__field_load(key_col, kbuf, aorm_result_col_type(res, owner_col), v, len, &alloc)) < 0)
-                break;
+            for (int i = 0; i < km.n && rc >= 0; i++) {
+                const char *v;
+                int len;
+                if ((rc = aorm_result_raw(res, row, owner_col[i], &v, &len)) >= 0)
+                    rc = aorm__field_load(km.from[i], kbuf, aorm_result_col_type(res, owner_col[i]), v, len, &alloc);
+            }
+            if (rc < 0) break;
             key_src = kbuf;
-            int_key = false;
         }
         void *owner;
-        if (int_key && have_prev && ik == prev_key) {
+        if (fast && have_prev && ik == prev_key) {
             owner = cur_owner;
+        } else if (key_has_null(&km, key_src)) {
+            owner = NULL;
+            have_prev = false;
         } else {
-            void *okey = key_like(s, om, key_col, key_src, obuf);
-            aorm__obj *oh = okey ? aorm__idmap_find(&s->idmap, om, okey, aorm__key_hash(om, okey)) : NULL;
+            void *okey = key_from(om, &km, key_src, obuf);
+            aorm__obj *oh = aorm__idmap_find(&s->idmap, om, okey, aorm__key_hash(om, okey));
             owner = oh ? aorm__obj_data(oh) : NULL;
             prev_key = ik;
-            have_prev = int_key;
+            have_prev = fast;
         }
         if (owner != cur_owner) {
             if (cur_owner && (rc = set_collection(s, it, cur_owner, group.v, group.n)) < 0) break;
@@ -770,8 +796,11 @@ static int pair_cmp(const void *a, const void *b, void *arg) {
     if (oc && x->target != y->target) {
         int c = aorm__field_compare(oc, x->target, y->target);
         if (c != 0) return rel->has_order_by && rel->order_desc ? -c : c;
-        const aorm_column *pk = aorm_model_pk(tm, 0);
-        if (pk && pk != oc && (c = aorm__field_compare(pk, x->target, y->target)) != 0) return c;
+        for (int i = 0; i < tm->ncolumns; i++) { /* then the whole primary key */
+            const aorm_column *pk = &tm->columns[i];
+            if ((pk->flags & AORM_PK) && pk != oc && (c = aorm__field_compare(pk, x->target, y->target)) != 0)
+                return c;
+        }
     }
     return x->row - y->row;
 }

@@ -100,6 +100,31 @@ static void put_table(script *s, const aorm_model *m) {
     put_ident(s, m->table);
 }
 
+/* "c1", "c2" for fields f[0..n) of m. */
+static void put_columns(script *s, const aorm_model *m, const size_t *f, int n) {
+    for (int i = 0; i < n; i++) {
+        if (i) put(s, ", ");
+        put_ident(s, aorm_model_column_at(m, f[i])->name);
+    }
+}
+
+/* <table>_<c1>_<c2>..<suffix> as an identifier (PostgreSQL's own naming
+ * for constraints over columns c1, c2...). */
+static void put_key_name(script *s, const aorm_model *m, const size_t *f, int n, const char *suffix) {
+    if (s->err) return;
+    aorm__buf tmp = {0};
+    int rc = aorm__buf_append(&tmp, m->table, strlen(m->table));
+    for (int i = 0; i < n && rc == 0; i++) {
+        const char *c = aorm_model_column_at(m, f[i])->name;
+        if ((rc = aorm__buf_putc(&tmp, '_')) == 0) rc = aorm__buf_append(&tmp, c, strlen(c));
+    }
+    if (rc == 0) rc = aorm__buf_append(&tmp, suffix, strlen(suffix));
+    if (rc == 0) rc = aorm__buf_putc(&tmp, '\0');
+    if (rc < 0) s->err = AORM_ENOMEM;
+    else put_ident(s, tmp.data);
+    aorm__buf_free(&tmp);
+}
+
 /* Ends the current statement with ";\n". */
 static void end_stmt(script *s) {
     if (s->err) return;
@@ -287,16 +312,17 @@ static void create_table(script *s, const aorm_model *m, unsigned flags) {
     }
     for (int k = 0; k < m->nforeign_keys; k++) {
         const aorm_foreign_key *fk = &m->foreign_keys[k];
-        const aorm_column *c = aorm_model_column_at(m, fk->offset);
-        const aorm_column *t = aorm_model_column_at(fk->target, fk->target_offset);
+        int n;
+        const size_t *f = aorm__fk_fields(fk, &n);
+        const size_t *tf = aorm__fk_target_fields(fk, &n);
         put(s, ",\n    CONSTRAINT ");
-        put_name(s, m->table, "_", c->name, "_fkey", NULL);
+        put_key_name(s, m, f, n, "_fkey");
         put(s, " FOREIGN KEY (");
-        put_ident(s, c->name);
+        put_columns(s, m, f, n);
         put(s, ") REFERENCES ");
         put_table(s, fk->target);
         put(s, " (");
-        put_ident(s, t->name);
+        put_columns(s, fk->target, tf, n);
         put(s, ") ON DELETE ");
         put(s, on_delete_sql(fk->on_delete));
     }
@@ -385,20 +411,30 @@ static int create_index(script *s, names *ns, const aorm_model *m, unsigned flag
     return s->err;
 }
 
-/* Does an index the table will have anyway start with the column at
- * offset: the primary key, a UNIQUE constraint, a flagged or declared
- * index? Then a foreign key on it needs no index of its own. */
-static bool leads_an_index(const aorm_model *m, size_t offset) {
-    const aorm_column *pk0 = aorm_model_pk(m, 0);
-    if (pk0 && pk0->offset == offset) return true;
-    const aorm_column *c = aorm_model_column_at(m, offset);
-    if (c && (c->flags & (AORM_UNIQUE | AORM_INDEX))) return true;
+static bool same_fields(const size_t *a, const size_t *b, int n);
+
+/* Does an index the table will have anyway start with the fields f[0..n)
+ * (in any order): the primary key, a UNIQUE constraint, a flagged or
+ * declared index? Then a foreign key on them needs no index of its own. */
+static bool leads_an_index(const aorm_model *m, const size_t *f, int n) {
+    size_t lead[AORM_KEY_MAX];
+    int npk = aorm_model_pk_count(m);
+    if (npk >= n) {
+        for (int i = 0; i < n; i++) lead[i] = aorm_model_pk(m, i)->offset;
+        if (same_fields(lead, f, n)) return true;
+    }
+    if (n == 1) {
+        const aorm_column *c = aorm_model_column_at(m, f[0]);
+        if (c && (c->flags & (AORM_UNIQUE | AORM_INDEX))) return true;
+    }
     for (int i = 0; i < m->nindexes; i++)
-        if (m->indexes[i].fields[0] == offset) return true;
+        if (m->indexes[i].nfields >= n && same_fields(m->indexes[i].fields, f, n)) return true;
     return false;
 }
 
-/* Flagged columns, declared indexes, then foreign keys no index covers. */
+/* Flagged columns, declared indexes, then foreign keys no index covers
+ * (a composite one gets one index over all its columns, named
+ * "<table>_<c1>_<c2>_idx"). */
 static int create_indexes(script *s, names *ns, const aorm_model *m, unsigned flags, char *msg, size_t cap) {
     int rc = 0;
     for (int i = 0; i < m->ncolumns && rc == 0; i++)
@@ -409,10 +445,34 @@ static int create_indexes(script *s, names *ns, const aorm_model *m, unsigned fl
         rc = create_index(s, ns, m, flags, ix->name, ix->fields, ix->nfields, ix->unique, msg, cap);
     }
     for (int k = 0; k < m->nforeign_keys && rc == 0; k++) {
-        const size_t *f = &m->foreign_keys[k].offset;
-        if (!leads_an_index(m, *f)) rc = create_index(s, ns, m, flags, NULL, f, 1, false, msg, cap);
+        int n;
+        const size_t *f = aorm__fk_fields(&m->foreign_keys[k], &n);
+        if (leads_an_index(m, f, n)) continue;
+        if (n == 1) {
+            rc = create_index(s, ns, m, flags, NULL, f, 1, false, msg, cap);
+            continue;
+        }
+        aorm__buf name = {0};
+        rc = aorm__buf_append(&name, m->table, strlen(m->table));
+        for (int i = 0; i < n && rc == 0; i++) {
+            const char *c = aorm_model_column_at(m, f[i])->name;
+            if ((rc = aorm__buf_putc(&name, '_')) == 0) rc = aorm__buf_append(&name, c, strlen(c));
+        }
+        if (rc == 0) rc = aorm__buf_append(&name, "_idx", 5); /* with its NUL */
+        rc = rc < 0 ? AORM_ENOMEM : create_index(s, ns, m, flags, name.data, f, n, false, msg, cap);
+        aorm__buf_free(&name);
     }
     return rc;
+}
+
+/* Do a[0..n) and b[0..n) hold the same offsets, in any order? */
+static bool same_fields(const size_t *a, const size_t *b, int n) {
+    for (int i = 0; i < n; i++) {
+        bool found = false;
+        for (int j = 0; j < n && !found; j++) found = a[i] == b[j];
+        if (!found) return false;
+    }
+    return true;
 }
 
 static int build_create(const aorm_model *const *models, int n, unsigned flags, script *s, char *msg,

@@ -25,9 +25,11 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "aorm/error.h"
+#include "aorm/sql.h"
 #include "mapping/mapping.h"
 #include "mapping/mapping_int.h"
 
@@ -278,6 +280,126 @@ bool aorm__field_equal(const aorm_column *col, const void *a, const void *b) {
     case AORM_BYTEA: return x.by.len == y.by.len && (x.by.len == 0 || memcmp(x.by.data, y.by.data, x.by.len) == 0);
     }
     return false;
+}
+
+/* The value of an integer field widened to 64 bits (the caller read it). */
+static int64_t int_value(aorm_type t, const scalar *v) {
+    return t == AORM_INT2 ? v->i2 : t == AORM_INT4 ? v->i4 : v->i8;
+}
+
+bool aorm__field_same_value(const aorm_column *a, const void *oa, const aorm_column *b, const void *ob) {
+    if (!a || !b || !oa || !ob || !info(a->type) || !info(b->type)) return false;
+    scalar x, y;
+    if (!read_field(a, oa, &x) || !read_field(b, ob, &y)) return false; /* NULL matches nothing */
+    if (aorm__type_is_integer(a->type) && aorm__type_is_integer(b->type))
+        return int_value(a->type, &x) == int_value(b->type, &y);
+    if (a->type != b->type) return false;
+    /* same type, nullability aside: compare as NOT NULL fields holding x, y */
+    aorm_column plain = *a;
+    plain.flags &= ~(unsigned)AORM_NULLABLE;
+    plain.offset = 0;
+    plain.size = aorm__type_csize(a->type, false);
+    return aorm__field_equal(&plain, &x, &y);
+}
+
+void aorm__field_copy_value(const aorm_column *dst, void *to, const aorm_column *src, const void *from) {
+    if (!dst || !src || !to || !from || !info(dst->type) || !info(src->type)) return;
+    scalar v;
+    if (!read_field(src, from, &v)) {
+        if (nullable(dst)) write_field(dst, to, NULL);
+        else memset(aorm__field(dst, to), 0, dst->size); /* NOT NULL: its zero value */
+        return;
+    }
+    if (aorm__type_is_integer(dst->type) && aorm__type_is_integer(src->type)) {
+        int64_t i = int_value(src->type, &v);
+        scalar w;
+        memset(&w, 0, sizeof(w));
+        if (dst->type == AORM_INT2) w.i2 = (int16_t)i;
+        else if (dst->type == AORM_INT4) w.i4 = (int32_t)i;
+        else w.i8 = i;
+        write_field(dst, to, &w);
+        return;
+    }
+    if (dst->type == src->type) write_field(dst, to, &v); /* strings and bytes are shared, not copied */
+}
+
+aorm_type aorm__field_array_type(const aorm_column *col) {
+    switch (col->type) {
+    case AORM_INT2:
+    case AORM_INT4: return AORM_INT4;
+    case AORM_INT8: return AORM_INT8;
+    case AORM_TEXT: return AORM_TEXT;
+    case AORM_UUID: return AORM_UUID;
+    default: return 0;
+    }
+}
+
+int aorm__field_gather(const aorm_column *col, const void *const *objs, size_t n, aorm__gathered *g) {
+    memset(g, 0, sizeof(*g));
+    g->type = aorm__field_array_type(col);
+    size_t width = g->type == AORM_INT4 ? 4 : g->type == AORM_INT8 ? 8 : g->type == AORM_UUID ? 16 : sizeof(char *);
+    if (!g->type) return AORM_ETYPE;
+    g->data = malloc(n * width + 1);
+    g->nulls = calloc(n + 1, sizeof(bool));
+    if (!g->data || !g->nulls) {
+        aorm__gathered_free(g);
+        return AORM_ENOMEM;
+    }
+    g->n = n;
+    for (size_t i = 0; i < n; i++) {
+        scalar v;
+        char *at = (char *)g->data + i * width;
+        bool null = !read_field(col, objs[i], &v);
+        if (null) {
+            g->nulls[i] = true;
+            memset(at, 0, width); /* a NULL text element is a NULL pointer */
+            continue;
+        }
+        switch (col->type) {
+        case AORM_INT2: {
+            int32_t x = v.i2;
+            memcpy(at, &x, 4);
+            break;
+        }
+        case AORM_INT4: memcpy(at, &v.i4, 4); break;
+        case AORM_INT8: memcpy(at, &v.i8, 8); break;
+        case AORM_UUID: memcpy(at, v.u.b, 16); break;
+        default: memcpy(at, &v.s, sizeof(char *)); break;
+        }
+    }
+    return 0;
+}
+
+int aorm__where_key_in(aorm_stmt *q, const aorm_model *m, const aorm_column *const *cols,
+                       const aorm_column *const *src, int k, void *const *objs, size_t n) {
+    if (k < 1 || k > AORM_KEY_MAX) return AORM_EMISUSE;
+    aorm__gathered g[AORM_KEY_MAX];
+    aorm_expr ce[AORM_KEY_MAX], arr[AORM_KEY_MAX];
+    const aorm_expr *list[2 * AORM_KEY_MAX];
+    int rc = 0, ng = 0;
+    for (; ng < k && rc == 0; ng++) {
+        rc = aorm__field_gather(src[ng], (const void *const *)objs, n, &g[ng]);
+        ce[ng] = (aorm_expr){.kind = AORM_X_COLUMN, .model = m, .offset = cols[ng]->offset};
+        arr[ng] = (aorm_expr){.kind = AORM_X_ARRAY, .type = g[ng].type, .v.p = g[ng].data, .nulls = g[ng].nulls,
+                              .len = n};
+        list[ng] = &ce[ng];
+        list[k + ng] = &arr[ng];
+    }
+    if (rc == 0 && k == 1) {
+        aorm_expr any = {.kind = AORM_X_ANY, .op = AORM_OP_EQ, .a = &ce[0], .b = &arr[0]};
+        rc = aorm_where(q, &any); /* copies the array */
+    } else if (rc == 0) {
+        aorm_expr in = {.kind = AORM_X_TUPLE_IN, .list = list, .n = 2 * k};
+        rc = aorm_where(q, &in);
+    }
+    for (int i = 0; i < ng; i++) aorm__gathered_free(&g[i]);
+    return rc;
+}
+
+void aorm__gathered_free(aorm__gathered *g) {
+    free(g->data);
+    free(g->nulls);
+    memset(g, 0, sizeof(*g));
 }
 
 #define CMP3(a, b) ((a) < (b) ? -1 : (a) > (b) ? 1 : 0)

@@ -60,6 +60,76 @@ int aorm__field_load(const aorm_column *col, void *obj, uint32_t oid, const char
  * pattern so that NaN equals NaN). */
 bool aorm__field_equal(const aorm_column *col, const void *a, const void *b);
 
+/* True when field a of oa and field b of ob hold the same non-NULL value:
+ * a foreign key against the key it references (integers of any width
+ * compare by value; otherwise the types must be equal; nullability may
+ * differ). NULL equals nothing. */
+bool aorm__field_same_value(const aorm_column *a, const void *oa, const aorm_column *b, const void *ob);
+
+/* Stores the value of field src of `from` into field dst of `to` (a
+ * foreign key taking its parent's key): integers converted between
+ * widths, nullability added or dropped (NULL into a NOT NULL field gives
+ * its zero value), strings and byte arrays shared, not copied. Fields of
+ * unrelated types are left alone. */
+void aorm__field_copy_value(const aorm_column *dst, void *to, const aorm_column *src, const void *from);
+
+/* One column of many objects as a C array, for a Core array parameter
+ * (AORM_X_ARRAY of `type`: int2/int4 columns as int32_t, int8 as
+ * int64_t, text as const char *, uuid as 16 bytes). nulls[i] marks NULL
+ * fields. Strings are borrowed from the objects. */
+typedef struct aorm__gathered {
+    aorm_type type;
+    void *data;
+    bool *nulls;
+    size_t n;
+} aorm__gathered;
+
+/* The array element type a column gathers to, or 0 when it has none
+ * (only int2/int4/int8/text/uuid key columns do). */
+aorm_type aorm__field_array_type(const aorm_column *col);
+/* Gathers column col of objs[0..n). Returns 0, AORM_ETYPE (no array form)
+ * or AORM_ENOMEM; free with aorm__gathered_free (also after an error). */
+int aorm__field_gather(const aorm_column *col, const void *const *objs, size_t n, aorm__gathered *g);
+void aorm__gathered_free(aorm__gathered *g);
+
+struct aorm_stmt;
+/* Adds to q's WHERE "columns cols[0..k) of model m hold the key that
+ * columns src[0..k) hold in one of objs[0..n)": `c = ANY($1)` for one
+ * column, `(c1, c2) IN (SELECT * FROM unnest($1, $2))` for several; one
+ * array parameter per column whatever n, so the text is the same for any
+ * count. Every src column must have an array form
+ * (aorm__field_array_type). Returns 0 or the statement's error. */
+int aorm__where_key_in(struct aorm_stmt *q, const aorm_model *m, const aorm_column *const *cols,
+                       const aorm_column *const *src, int k, void *const *objs, size_t n);
+
+/* ---- keys of foreign keys and relationships ----------------------------------- */
+
+/* The column pairs of a key: from[i] (a column of the referencing model)
+ * holds the value of to[i] (a column of the referenced model; for
+ * relationships, its primary key in declaration order). */
+typedef struct aorm__keymap {
+    int n;
+    const aorm_column *from[AORM_KEY_MAX];
+    const aorm_column *to[AORM_KEY_MAX];
+} aorm__keymap;
+
+/* The foreign-key fields of a relationship as offsets (n of them in *n):
+ * its composite list or its single fk_offset; for many-to-many, the
+ * association's local (which = 0) or remote (which = 1) fields. */
+const size_t *aorm__rel_fields(const aorm_relationship *r, int which, int *n);
+
+/* The key of relationship r of `owner`: many-to-one, owner's FK columns ->
+ * target's primary key; one-to-many, target's FK columns -> owner's
+ * primary key; many-to-many, which = 0 the association's local columns ->
+ * owner's key, which = 1 its remote columns -> target's key. Returns 0, or
+ * AORM_EMISUSE when the declaration does not resolve (aorm_model_validate
+ * says why). */
+int aorm__rel_keymap(const aorm_model *owner, const aorm_relationship *r, int which, aorm__keymap *km);
+
+/* The referencing fields of a foreign key (n in *n) and the referenced ones. */
+const size_t *aorm__fk_fields(const aorm_foreign_key *fk, int *n);
+const size_t *aorm__fk_target_fields(const aorm_foreign_key *fk, int *n);
+
 /* Orders two objects by column col (NULLs first; text by bytes, as the C
  * collation does; numeric approximately, through double). Returns <0, 0,
  * >0. Used to order collections filled from joined rows. */

@@ -71,6 +71,56 @@ const aorm_column *aorm_model_pk(const aorm_model *m, int i) {
     return NULL;
 }
 
+/* =========================================================================
+ * Keys of foreign keys and relationships
+ * ========================================================================= */
+
+const size_t *aorm__fk_fields(const aorm_foreign_key *fk, int *n) {
+    *n = fk->ncolumns > 0 ? fk->ncolumns : 1;
+    return fk->ncolumns > 0 ? fk->offsets : &fk->offset;
+}
+
+const size_t *aorm__fk_target_fields(const aorm_foreign_key *fk, int *n) {
+    *n = fk->ncolumns > 0 ? fk->ncolumns : 1;
+    return fk->ncolumns > 0 ? fk->target_offsets : &fk->target_offset;
+}
+
+const size_t *aorm__rel_fields(const aorm_relationship *r, int which, int *n) {
+    if (r->kind == AORM_MANY_TO_MANY) {
+        if (which == 0) {
+            *n = r->nlocal > 0 ? r->nlocal : 1;
+            return r->nlocal > 0 ? r->secondary_locals : &r->secondary_local;
+        }
+        *n = r->nremote > 0 ? r->nremote : 1;
+        return r->nremote > 0 ? r->secondary_remotes : &r->secondary_remote;
+    }
+    *n = r->nfk > 0 ? r->nfk : 1;
+    return r->nfk > 0 ? r->fk_offsets : &r->fk_offset;
+}
+
+int aorm__rel_keymap(const aorm_model *owner, const aorm_relationship *r, int which, aorm__keymap *km) {
+    const aorm_model *from, *to;
+    switch (r->kind) {
+    case AORM_MANY_TO_ONE: from = owner, to = r->target; break;
+    case AORM_ONE_TO_MANY: from = r->target, to = owner; break;
+    case AORM_MANY_TO_MANY:
+        from = r->secondary;
+        to = which == 0 ? owner : r->target;
+        break;
+    default: return AORM_EMISUSE;
+    }
+    int n;
+    const size_t *f = aorm__rel_fields(r, which, &n);
+    if (!from || !to || !f || n < 1 || n > AORM_KEY_MAX || n != aorm_model_pk_count(to)) return AORM_EMISUSE;
+    km->n = n;
+    for (int i = 0; i < n; i++) {
+        km->from[i] = aorm_model_column_at(from, f[i]);
+        km->to[i] = aorm_model_pk(to, i);
+        if (!km->from[i] || !km->to[i]) return AORM_EMISUSE;
+    }
+    return 0;
+}
+
 void aorm_model_free_fields(const aorm_model *m, void *obj) {
     if (!m || !m->columns || !obj) return;
     for (int i = 0; i < m->ncolumns; i++) {
@@ -146,11 +196,6 @@ static const char *rel_kind_name(aorm_rel_kind k) {
     case AORM_MANY_TO_MANY: return "many-to-many";
     }
     return "invalid";
-}
-
-/* The only primary-key column of m, or NULL when m has none or several. */
-static const aorm_column *single_pk(const aorm_model *m) {
-    return aorm_model_pk_count(m) == 1 ? aorm_model_pk(m, 0) : NULL;
 }
 
 /* A column that is unique on its own: the only PK column, a UNIQUE column,
@@ -233,46 +278,109 @@ static bool fk_types_compatible(aorm_type a, aorm_type b) {
     return a == b || (aorm__type_is_integer(a) && aorm__type_is_integer(b));
 }
 
+/* Do fields a[0..n) and b[0..n) hold the same set of offsets? */
+static bool same_field_set(const size_t *a, const size_t *b, int n) {
+    for (int i = 0; i < n; i++) {
+        bool found = false;
+        for (int j = 0; j < n && !found; j++) found = a[i] == b[j];
+        if (!found) return false;
+    }
+    return true;
+}
+
+/* Are fields f[0..n) of m unique together: exactly the primary key, or
+ * exactly the fields of a unique index (or one UNIQUE column)? Foreign
+ * keys may only reference those (the server requires a unique constraint). */
+static bool unique_together(const aorm_model *m, const size_t *f, int n) {
+    if (n == 1) {
+        const aorm_column *c = aorm_model_column_at(m, f[0]);
+        return c && unique_alone(m, c);
+    }
+    if (aorm_model_pk_count(m) == n) {
+        bool all_pk = true;
+        for (int i = 0; i < n && all_pk; i++) {
+            const aorm_column *c = aorm_model_column_at(m, f[i]);
+            all_pk = c && (c->flags & AORM_PK);
+        }
+        if (all_pk) return true;
+    }
+    for (int i = 0; i < m->nindexes && m->indexes; i++) {
+        const aorm_index *ix = &m->indexes[i];
+        if (ix->unique && ix->nfields == n && ix->fields && same_field_set(ix->fields, f, n)) return true;
+    }
+    return false;
+}
+
+static const char *fields_text(const aorm_model *m, const size_t *f, int n, char *buf, size_t cap);
+
 static int check_foreign_keys(const aorm_model *m, vmsg *v) {
     for (int i = 0; i < m->nforeign_keys; i++) {
         const aorm_foreign_key *fk = &m->foreign_keys[i];
-        const aorm_column *c = aorm_model_column_at(m, fk->offset);
-        if (!c)
-            return fail(v, "model %s: foreign key %d: its field (offset %zu) is not a declared column", m->name,
-                        i + 1, fk->offset);
-        if (!fk->target) return fail(v, "model %s: foreign key on %s has no target model", m->name, c->name);
-        const aorm_column *t = aorm_model_column_at(fk->target, fk->target_offset);
-        if (!t)
-            return fail(v, "model %s: foreign key %s references a field of %s (offset %zu) that is not a column",
-                        m->name, c->name, mname(fk->target), fk->target_offset);
-        if (!fk_types_compatible(c->type, t->type))
-            return fail(v, "model %s: foreign key %s is %s but references %s.%s, which is %s", m->name, c->name,
-                        aorm__type_name(c->type), mname(fk->target), t->name, aorm__type_name(t->type));
-        if (!unique_alone(fk->target, t))
-            return fail(v,
-                        "model %s: foreign key %s references %s.%s, which is neither the primary key nor "
-                        "UNIQUE",
-                        m->name, c->name, mname(fk->target), t->name);
+        int n, tn;
+        const size_t *f = aorm__fk_fields(fk, &n);
+        const size_t *tf = aorm__fk_target_fields(fk, &tn);
+        if (fk->ncolumns < 0 || fk->ncolumns > AORM_KEY_MAX || (fk->ncolumns > 0 && (!f || !tf)))
+            return fail(v, "model %s: foreign key %d has %d columns (1 to %d)", m->name, i + 1, fk->ncolumns,
+                        AORM_KEY_MAX);
+        const aorm_column *c0 = aorm_model_column_at(m, f[0]);
+        if (!fk->target)
+            return fail(v, "model %s: foreign key on %s has no target model", m->name, c0 ? c0->name : "?");
+        bool all_nullable = true;
+        for (int k = 0; k < n; k++) {
+            const aorm_column *c = aorm_model_column_at(m, f[k]);
+            if (!c)
+                return fail(v, "model %s: foreign key %d: its field (offset %zu) is not a declared column", m->name,
+                            i + 1, f[k]);
+            const aorm_column *t = aorm_model_column_at(fk->target, tf[k]);
+            if (!t)
+                return fail(v, "model %s: foreign key %s references a field of %s (offset %zu) that is not a column",
+                            m->name, c->name, mname(fk->target), tf[k]);
+            if (!fk_types_compatible(c->type, t->type))
+                return fail(v, "model %s: foreign key %s is %s but references %s.%s, which is %s", m->name, c->name,
+                            aorm__type_name(c->type), mname(fk->target), t->name, aorm__type_name(t->type));
+            for (int j = 0; j < k; j++)
+                if (f[j] == f[k] || tf[j] == tf[k])
+                    return fail(v, "model %s: foreign key on %s lists a column twice", m->name, c0->name);
+            if (!(c->flags & AORM_NULLABLE)) all_nullable = false;
+        }
+        char what[200], ref[200];
+        const char *fname = n == 1 ? c0->name : fields_text(m, f, n, what, sizeof(what));
+        if (!unique_together(fk->target, tf, n))
+            return fail(v, "model %s: foreign key %s references %s, which %s neither the primary key nor UNIQUE",
+                        m->name, fname, fields_text(fk->target, tf, n, ref, sizeof(ref)), n > 1 ? "are" : "is");
         if ((unsigned)fk->on_delete > (unsigned)AORM_FK_RESTRICT)
-            return fail(v, "model %s: foreign key %s has an invalid on_delete action", m->name, c->name);
-        if (fk->on_delete == AORM_FK_SET_NULL && !(c->flags & AORM_NULLABLE))
-            return fail(v, "model %s: foreign key %s is ON DELETE SET NULL but the column is not NULLABLE",
-                        m->name, c->name);
-        for (int j = 0; j < i; j++)
-            if (m->foreign_keys[j].offset == fk->offset)
-                return fail(v, "model %s: column %s has two foreign keys", m->name, c->name);
+            return fail(v, "model %s: foreign key %s has an invalid on_delete action", m->name, fname);
+        if (fk->on_delete == AORM_FK_SET_NULL && !all_nullable)
+            return fail(v, "model %s: foreign key %s is ON DELETE SET NULL but the column%s not NULLABLE", m->name,
+                        fname, n > 1 ? "s are" : " is");
+        for (int j = 0; j < i; j++) {
+            int on;
+            const size_t *of = aorm__fk_fields(&m->foreign_keys[j], &on);
+            if (on == n && same_field_set(of, f, n))
+                return fail(v, "model %s: %s %s has two foreign keys", m->name, n > 1 ? "columns" : "column", fname);
+        }
     }
     return 0;
 }
 
-/* The foreign key of `from` on field `offset` that references the single
- * primary key of `to`, or NULL when there is none. */
-static const aorm_foreign_key *fk_to_pk(const aorm_model *from, size_t offset, const aorm_model *to) {
-    const aorm_column *pk = single_pk(to);
-    if (!pk) return NULL;
+/* The foreign key of `from` whose fields f[0..n) reference the primary
+ * key of `to`, f[i] its i-th column, or NULL when there is none. */
+static const aorm_foreign_key *fk_to_pk(const aorm_model *from, const size_t *f, int n, const aorm_model *to) {
+    if (aorm_model_pk_count(to) != n) return NULL;
     for (int i = 0; i < from->nforeign_keys && from->foreign_keys; i++) {
         const aorm_foreign_key *fk = &from->foreign_keys[i];
-        if (fk->offset == offset && fk->target == to && fk->target_offset == pk->offset) return fk;
+        int fn, tn;
+        const size_t *ff = aorm__fk_fields(fk, &fn);
+        const size_t *tf = aorm__fk_target_fields(fk, &tn);
+        if (fk->target != to || fn != n) continue;
+        bool match = true;
+        for (int k = 0; k < n && match; k++) {
+            const aorm_column *pk = aorm_model_pk(to, k);
+            bool pair = false;
+            for (int j = 0; j < fn && !pair; j++) pair = ff[j] == f[k] && tf[j] == pk->offset;
+            match = pair;
+        }
+        if (match) return fk;
     }
     return NULL;
 }
@@ -283,58 +391,94 @@ static const char *cname(const aorm_model *m, size_t offset) {
     return c ? c->name : "(not a column)";
 }
 
+/* "m.a" for one field of m, "m.(a, b)" for several, for messages. */
+static const char *fields_text(const aorm_model *m, const size_t *f, int n, char *buf, size_t cap) {
+    int w = snprintf(buf, cap, "%s.%s", mname(m), n > 1 ? "(" : "");
+    for (int i = 0; i < n && w >= 0 && (size_t)w < cap; i++)
+        w += snprintf(buf + w, cap - (size_t)w, "%s%s", i ? ", " : "", cname(m, f[i]));
+    if (n > 1 && w >= 0 && (size_t)w < cap) snprintf(buf + w, cap - (size_t)w, ")");
+    return buf;
+}
+
+/* m's primary key the same way. */
+static const char *pk_text(const aorm_model *m, char *buf, size_t cap) {
+    size_t f[AORM_KEY_MAX];
+    int n = aorm_model_pk_count(m);
+    if (n > AORM_KEY_MAX) n = AORM_KEY_MAX;
+    for (int i = 0; i < n; i++) f[i] = aorm_model_pk(m, i)->offset;
+    return fields_text(m, f, n, buf, cap);
+}
+
+/* Fields f[0..n) of `from` must be columns and reference `to`'s primary
+ * key through a declared foreign key; `what` names them in messages. */
+static int check_key_fields(const aorm_model *m, const aorm_relationship *r, const aorm_model *from, const size_t *f,
+                            int n, const aorm_model *to, vmsg *v) {
+    char a[200], b[200], kind[120];
+    if (!f || n < 1 || n > AORM_KEY_MAX)
+        return fail(v, "model %s: relationship %s: its key has %d fields (1 to %d)", m->name, r->name, n,
+                    AORM_KEY_MAX);
+    if (r->kind == AORM_MANY_TO_MANY) snprintf(kind, sizeof(kind), "many-to-many through %s", mname(from));
+    else snprintf(kind, sizeof(kind), "%s to %s", rel_kind_name(r->kind), mname(r->target));
+    for (int i = 0; i < n; i++)
+        if (!aorm_model_column_at(from, f[i]))
+            return fail(v, "model %s: relationship %s (%s): its foreign-key field is not a column of %s", m->name,
+                        r->name, kind, mname(from));
+    int npk = aorm_model_pk_count(to);
+    if (npk != n)
+        return fail(v,
+                    "model %s: relationship %s (%s): %s has a %d-column primary key %s but the relationship names "
+                    "%d foreign-key field%s, %s%s",
+                    m->name, r->name, kind, mname(to), npk, pk_text(to, b, sizeof(b)), n, n == 1 ? "" : "s",
+                    fields_text(from, f, n, a, sizeof(a)),
+                    npk > 1 && n == 1 ? " (declare it with the _COMPOSITE relationship macro)" : "");
+    if (!fk_to_pk(from, f, n, to))
+        return fail(v, "model %s: relationship %s (%s) needs a foreign key from %s to %s", m->name, r->name, kind,
+                    fields_text(from, f, n, a, sizeof(a)), pk_text(to, b, sizeof(b)));
+    return 0;
+}
+
 static int check_relationship_keys(const aorm_model *m, const aorm_relationship *r, vmsg *v) {
     const aorm_model *t = r->target;
+    int n;
+    const size_t *f;
+    if ((r->kind == AORM_MANY_TO_MANY && (r->nfk != 0 || r->fk_offsets)) ||
+        (r->kind != AORM_MANY_TO_MANY && (r->nlocal != 0 || r->nremote != 0)) || r->nfk < 0 || r->nlocal < 0 ||
+        r->nremote < 0)
+        return fail(v, "model %s: relationship %s: key fields of another kind of relationship", m->name, r->name);
     switch (r->kind) {
     case AORM_MANY_TO_ONE:
-        if (!aorm_model_column_at(m, r->fk_offset))
-            return fail(v, "model %s: relationship %s (many-to-one to %s): its foreign-key field is not a column of %s",
-                        m->name, r->name, mname(t), m->name);
-        if (!single_pk(t))
-            return fail(v, "model %s: relationship %s: target %s needs a single-column primary key", m->name,
-                        r->name, mname(t));
-        if (!fk_to_pk(m, r->fk_offset, t))
-            return fail(v,
-                        "model %s: relationship %s (many-to-one to %s) needs a foreign key from %s.%s to %s.%s",
-                        m->name, r->name, mname(t), m->name, cname(m, r->fk_offset), mname(t), single_pk(t)->name);
-        return 0;
+        f = aorm__rel_fields(r, 0, &n);
+        return check_key_fields(m, r, m, f, n, t, v);
     case AORM_ONE_TO_MANY:
-        if (!aorm_model_column_at(t, r->fk_offset))
-            return fail(v, "model %s: relationship %s (one-to-many to %s): its foreign-key field is not a column of %s",
-                        m->name, r->name, mname(t), mname(t));
-        if (!single_pk(m))
-            return fail(v, "model %s: relationship %s: %s needs a single-column primary key", m->name, r->name,
-                        m->name);
-        if (!fk_to_pk(t, r->fk_offset, m))
-            return fail(v,
-                        "model %s: relationship %s (one-to-many to %s) needs a foreign key from %s.%s to %s.%s",
-                        m->name, r->name, mname(t), mname(t), cname(t, r->fk_offset), m->name, single_pk(m)->name);
-        return 0;
+        f = aorm__rel_fields(r, 0, &n);
+        return check_key_fields(m, r, t, f, n, m, v);
     case AORM_MANY_TO_MANY: {
         const aorm_model *a = r->secondary;
         if (!a) return fail(v, "model %s: relationship %s (many-to-many to %s) has no secondary model", m->name,
                             r->name, mname(t));
-        if (!aorm_model_column_at(a, r->secondary_local) || !aorm_model_column_at(a, r->secondary_remote))
-            return fail(v, "model %s: relationship %s: its secondary fields are not columns of %s", m->name, r->name,
-                        mname(a));
-        if (r->secondary_local == r->secondary_remote)
-            return fail(v, "model %s: relationship %s: secondary fields are the same column %s.%s", m->name,
-                        r->name, mname(a), cname(a, r->secondary_local));
-        if (!single_pk(m) || !single_pk(t))
-            return fail(v, "model %s: relationship %s: %s and %s need single-column primary keys", m->name,
-                        r->name, m->name, mname(t));
-        if (!fk_to_pk(a, r->secondary_local, m))
-            return fail(v, "model %s: relationship %s (many-to-many through %s) needs a foreign key from %s.%s to %s.%s",
-                        m->name, r->name, mname(a), mname(a), cname(a, r->secondary_local), m->name,
-                        single_pk(m)->name);
-        if (!fk_to_pk(a, r->secondary_remote, t))
-            return fail(v, "model %s: relationship %s (many-to-many through %s) needs a foreign key from %s.%s to %s.%s",
-                        m->name, r->name, mname(a), mname(a), cname(a, r->secondary_remote), mname(t),
-                        single_pk(t)->name);
-        return 0;
+        int nl, nr;
+        const size_t *fl = aorm__rel_fields(r, 0, &nl), *fr = aorm__rel_fields(r, 1, &nr);
+        for (int i = 0; i < nl && fl && fr; i++)
+            for (int j = 0; j < nr; j++)
+                if (fl[i] == fr[j])
+                    return fail(v, "model %s: relationship %s: secondary fields are the same column %s.%s", m->name,
+                                r->name, mname(a), cname(a, fl[i]));
+        int rc = check_key_fields(m, r, a, fl, nl, m, v);
+        return rc ? rc : check_key_fields(m, r, a, fr, nr, t, v);
     }
     }
     return fail(v, "model %s: relationship %s has an invalid kind (%d)", m->name, r->name, (int)r->kind);
+}
+
+/* Do two relationships name the same key fields (which = 0/1: local or
+ * remote list of a many-to-many)? */
+static bool same_rel_fields(const aorm_relationship *a, int wa, const aorm_relationship *b, int wb) {
+    int na, nb;
+    const size_t *fa = aorm__rel_fields(a, wa, &na), *fb = aorm__rel_fields(b, wb, &nb);
+    if (na != nb || !fa || !fb) return false;
+    for (int i = 0; i < na; i++)
+        if (fa[i] != fb[i]) return false;
+    return true;
 }
 
 static int check_back_populates(const aorm_model *m, const aorm_relationship *r, vmsg *v) {
@@ -353,9 +497,8 @@ static int check_back_populates(const aorm_model *m, const aorm_relationship *r,
         return fail(v, "model %s: relationship %s is %s but back_populates %s.%s is %s", m->name, r->name,
                     rel_kind_name(r->kind), mname(t), inv->name, rel_kind_name(inv->kind));
     bool same_keys = r->kind == AORM_MANY_TO_MANY
-                         ? inv->secondary == r->secondary && inv->secondary_local == r->secondary_remote &&
-                               inv->secondary_remote == r->secondary_local
-                         : inv->fk_offset == r->fk_offset;
+                         ? inv->secondary == r->secondary && same_rel_fields(inv, 0, r, 1) && same_rel_fields(inv, 1, r, 0)
+                         : same_rel_fields(inv, 0, r, 0);
     if (!same_keys)
         return fail(v, "model %s: relationship %s and its back_populates %s.%s use different foreign keys",
                     m->name, r->name, mname(t), inv->name);

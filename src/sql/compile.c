@@ -171,6 +171,7 @@ static bool compound(const aorm_expr *e) {
     case AORM_X_IS_NOT_NULL:
     case AORM_X_BETWEEN:
     case AORM_X_ANY:
+    case AORM_X_TUPLE_IN:
     case AORM_X_IN_SELECT: return true;
     case AORM_X_COLUMN:
     case AORM_X_VALUE:
@@ -301,6 +302,22 @@ static void emit(cc *c, const aorm_expr *e) {
         LIT(c, " IN ");
         subquery(c, e->sub);
         return;
+    case AORM_X_TUPLE_IN: {
+        /* unnest in FROM with several arrays zips them into rows */
+        int k = e->n / 2;
+        LIT(c, "(");
+        for (int i = 0; i < k; i++) {
+            if (i) LIT(c, ", ");
+            operand(c, e->list[i]);
+        }
+        LIT(c, ") IN (SELECT * FROM unnest(");
+        for (int i = k; i < e->n; i++) {
+            if (i > k) LIT(c, ", ");
+            param(c, e->list[i]);
+        }
+        LIT(c, "))");
+        return;
+    }
     case AORM_X_EXISTS:
         LIT(c, "EXISTS ");
         subquery(c, e->sub);

@@ -89,6 +89,7 @@ static void take_subs(aorm_stmt *q, const aorm_expr *e, int depth) {
         return;
     case AORM_X_AND:
     case AORM_X_OR:
+    case AORM_X_TUPLE_IN:
         for (int i = 0; e->list && i < e->n; i++) take_subs(q, e->list[i], depth + 1);
         return;
     case AORM_X_COLUMN:
@@ -130,6 +131,7 @@ static void collect_subs(aorm_stmt **list, const aorm_expr *e, int depth) {
         return;
     case AORM_X_AND:
     case AORM_X_OR:
+    case AORM_X_TUPLE_IN:
         for (int i = 0; e->list && i < e->n; i++) collect_subs(list, e->list[i], depth + 1);
         return;
     case AORM_X_COLUMN:
@@ -377,6 +379,30 @@ static int copy_node(cp *c, const aorm_expr *e, int depth, const aorm_expr **out
         if (e->n < 0 || (e->n > 0 && !e->list))
             return aorm__sql_fail(q, AORM_EMISUSE, "%s: AND/OR list without its %d elements", c->what, e->n);
         const aorm_expr **l = alloc(c, (size_t)(e->n ? e->n : 1) * sizeof(*l));
+        if (!l) return fail_nomem(c);
+        for (int i = 0; i < e->n && !rc; i++) rc = copy_child(c, e->list[i], depth, &l[i]);
+        n->list = l;
+        n->n = e->n;
+        break;
+    }
+    case AORM_X_TUPLE_IN: {
+        int k = e->n / 2;
+        if (e->n < 2 || e->n % 2 || k > AORM_KEY_MAX || !e->list)
+            return aorm__sql_fail(q, AORM_EMISUSE,
+                                  "%s: aorm_tuple_in takes 1 to %d expressions and as many arrays (got %d arguments)",
+                                  c->what, AORM_KEY_MAX, e->n);
+        for (int i = 0; i < e->n; i++) {
+            const aorm_expr *x = e->list[i];
+            if (!x) return aorm__sql_fail(q, AORM_EMISUSE, "%s: aorm_tuple_in: NULL argument", c->what);
+            if ((i >= k) != (x->kind == AORM_X_ARRAY))
+                return aorm__sql_fail(q, AORM_EMISUSE,
+                                      "%s: aorm_tuple_in: argument %d must %s (expressions first, then arrays)",
+                                      c->what, i + 1, i >= k ? "be an array" : "not be an array");
+            if (i > k && x->len != e->list[k]->len)
+                return aorm__sql_fail(q, AORM_EMISUSE, "%s: aorm_tuple_in: arrays of different lengths (%zu, %zu)",
+                                      c->what, e->list[k]->len, x->len);
+        }
+        const aorm_expr **l = alloc(c, (size_t)e->n * sizeof(*l));
         if (!l) return fail_nomem(c);
         for (int i = 0; i < e->n && !rc; i++) rc = copy_child(c, e->list[i], depth, &l[i]);
         n->list = l;

@@ -546,39 +546,34 @@ static const aorm_expr *eq_node(aorm_stmt *q, const aorm_model *ma, const aorm_c
     return n;
 }
 
-/* The column of `target` that field `offset` of `from` references: from
- * from's foreign keys, else target's single primary-key column. */
-static const aorm_column *referenced(aorm_stmt *q, const aorm_model *from, size_t offset, const aorm_model *target,
-                                     const char *rel) {
-    for (int i = 0; i < from->nforeign_keys; i++) {
-        const aorm_foreign_key *fk = &from->foreign_keys[i];
-        if (fk->offset == offset && fk->target == target) {
-            const aorm_column *c = aorm__sql_column_at(target, fk->target_offset);
-            if (c) return c;
-        }
-    }
-    const aorm_column *pk = NULL;
-    for (int i = 0; i < target->ncolumns; i++) {
-        if (!(target->columns[i].flags & AORM_PK)) continue;
-        if (pk) {
-            aorm__sql_fail(q, AORM_EMISUSE,
-                           "aorm_join_rel(%s): %s has a composite primary key and no foreign key says which "
-                           "column is referenced",
-                           rel, target->table);
-            return NULL;
-        }
-        pk = &target->columns[i];
-    }
-    if (!pk) aorm__sql_fail(q, AORM_EMISUSE, "aorm_join_rel(%s): %s has no primary key", rel, target->table);
-    return pk;
+/* The join condition of a key: to.to[i] = from.from[i] for each column
+ * pair (the other way round with from_first: the joined table's column
+ * is written first), ANDed when there are several. */
+static const aorm_expr *key_eq(aorm_stmt *q, const aorm_model *from, const aorm_model *to, const aorm__keymap *km,
+                               int i, bool from_first) {
+    return from_first ? eq_node(q, from, km->from[i], to, km->to[i]) : eq_node(q, to, km->to[i], from, km->from[i]);
 }
 
-static const aorm_column *field(aorm_stmt *q, const aorm_model *m, size_t offset, const char *rel) {
-    const aorm_column *c = aorm__sql_column_at(m, offset);
-    if (!c)
-        aorm__sql_fail(q, AORM_EMISUSE, "aorm_join_rel(%s): model %s has no column at offset %zu", rel,
-                       m->name ? m->name : m->table, offset);
-    return c;
+static const aorm_expr *key_on(aorm_stmt *q, const aorm_model *from, const aorm_model *to, const aorm__keymap *km,
+                               bool from_first) {
+    if (km->n == 1) return key_eq(q, from, to, km, 0, from_first);
+    const aorm_expr **l = aorm__arena_alloc(&q->arena, (size_t)km->n * sizeof(*l));
+    aorm_expr *n = aorm__arena_alloc(&q->arena, sizeof(*n));
+    if (!l || !n) return NULL;
+    for (int i = 0; i < km->n; i++)
+        if (!(l[i] = key_eq(q, from, to, km, i, from_first))) return NULL;
+    memset(n, 0, sizeof(*n));
+    n->kind = AORM_X_AND;
+    n->list = l;
+    n->n = km->n;
+    return n;
+}
+
+static int bad_keys(aorm_stmt *q, const aorm_model *m, const char *rel) {
+    return aorm__sql_fail(q, AORM_EMISUSE,
+                          "aorm_join_rel(%s): the relationship's keys do not resolve on %s (aorm_model_validate "
+                          "says why)",
+                          rel, m->name ? m->name : m->table);
 }
 
 /* The model of the statement that declares rel (by address, or by an
@@ -613,36 +608,34 @@ int aorm_join_rel(aorm_stmt *q, const aorm_relationship *rel, bool outer) {
                               "aorm_join_rel(%s): the relationship does not belong to a model of the statement", rn);
     const aorm_model *t = rel->target;
     if (!t || check_model(q, t, "aorm_join_rel")) return aorm__sql_fail(q, AORM_EMISUSE, "aorm_join_rel(%s): no target", rn);
-    const aorm_column *a, *b;
     const aorm_expr *on;
+    aorm__keymap km;
     switch (rel->kind) {
     case AORM_MANY_TO_ONE:
         /* JOIN target ON target.pk = this.fk */
-        if (!(b = field(q, m, rel->fk_offset, rn)) || !(a = referenced(q, m, rel->fk_offset, t, rn))) return q->error;
-        if (!(on = eq_node(q, t, a, m, b))) return OOM(q);
+        if (aorm__rel_keymap(m, rel, 0, &km) < 0) return bad_keys(q, m, rn);
+        if (!(on = key_on(q, m, t, &km, false))) return OOM(q);
         return add_join(q, t, on, outer, "aorm_join_rel");
     case AORM_ONE_TO_MANY:
         /* JOIN target ON target.fk = this.pk */
-        if (!(a = field(q, t, rel->fk_offset, rn)) || !(b = referenced(q, t, rel->fk_offset, m, rn))) return q->error;
-        if (!(on = eq_node(q, t, a, m, b))) return OOM(q);
+        if (aorm__rel_keymap(m, rel, 0, &km) < 0) return bad_keys(q, m, rn);
+        if (!(on = key_on(q, t, m, &km, true))) return OOM(q);
         return add_join(q, t, on, outer, "aorm_join_rel");
     case AORM_MANY_TO_MANY: {
         const aorm_model *s = rel->secondary;
         if (!s || check_model(q, s, "aorm_join_rel"))
             return aorm__sql_fail(q, AORM_EMISUSE, "aorm_join_rel(%s): no secondary model", rn);
         /* JOIN secondary ON secondary.local = this.pk JOIN target ON target.pk = secondary.remote */
-        if (!(a = field(q, s, rel->secondary_local, rn)) || !(b = referenced(q, s, rel->secondary_local, m, rn)))
-            return q->error;
-        if (!(on = eq_node(q, s, a, m, b))) return OOM(q);
+        if (aorm__rel_keymap(m, rel, 0, &km) < 0) return bad_keys(q, m, rn);
+        if (!(on = key_on(q, s, m, &km, true))) return OOM(q);
         if (model_in(q, t))
             return aorm__sql_fail(q, AORM_EMISUSE,
                                   "aorm_join_rel(%s): %s is already part of the statement (self-joins are not "
                                   "supported)",
                                   rn, t->table);
         if ((rc = add_join(q, s, on, outer, "aorm_join_rel"))) return rc;
-        if (!(b = field(q, s, rel->secondary_remote, rn)) || !(a = referenced(q, s, rel->secondary_remote, t, rn)))
-            return q->error;
-        if (!(on = eq_node(q, t, a, s, b))) return OOM(q);
+        if (aorm__rel_keymap(m, rel, 1, &km) < 0) return bad_keys(q, m, rn);
+        if (!(on = key_on(q, s, t, &km, false))) return OOM(q);
         return add_join(q, t, on, outer, "aorm_join_rel");
     }
     }

@@ -91,3 +91,74 @@ const aorm_model good_child_model = {
     AORM_FOREIGN_KEYS(good_child_foreign_keys),
     AORM_RELATIONSHIPS(good_child_relationships),
 };
+
+/* composite keys: the same shelf/box pair as composite_fk_lengths.c, with
+ * lists of equal length, and every _COMPOSITE relationship macro */
+typedef struct good_shelf {
+    char *room;
+    int32_t number;
+    aorm_list boxes;
+    aorm_list tags;
+} good_shelf;
+
+typedef struct good_box {
+    int64_t id;
+    char *room;
+    int32_t shelf_number;
+    struct good_shelf *shelf;
+} good_box;
+
+typedef struct good_shelf_tag {
+    char *room;
+    int32_t number;
+    int64_t tag_id;
+} good_shelf_tag;
+
+extern const aorm_model good_shelf_model, good_box_model, good_shelf_tag_model;
+
+static const aorm_column good_shelf_columns[] = {
+    AORM_COLUMN(good_shelf, room, AORM_TEXT, AORM_PK),
+    AORM_COLUMN(good_shelf, number, AORM_INT4, AORM_PK),
+};
+static const aorm_relationship good_shelf_relationships[] = {
+    AORM_ONE_TO_MANY_COMPOSITE(good_shelf, boxes, good_box, (room, shelf_number), .back_populates = "shelf"),
+    AORM_MANY_TO_MANY_COMPOSITE(good_shelf, tags, good_parent, good_shelf_tag, (room, number), (tag_id)),
+};
+const aorm_model good_shelf_model = {
+    AORM_MODEL_OF(good_shelf, "good_shelves"),
+    AORM_COLUMNS(good_shelf_columns),
+    AORM_RELATIONSHIPS(good_shelf_relationships),
+};
+
+static const aorm_column good_box_columns[] = {
+    AORM_COLUMN(good_box, id, AORM_INT8, AORM_PK),
+    AORM_COLUMN(good_box, room, AORM_TEXT, 0),
+    AORM_COLUMN(good_box, shelf_number, AORM_INT4, 0),
+};
+static const aorm_foreign_key good_box_foreign_keys[] = {
+    AORM_FOREIGN_KEY_COMPOSITE(good_box, (room, shelf_number), good_shelf, (room, number)),
+};
+static const aorm_relationship good_box_relationships[] = {
+    AORM_MANY_TO_ONE_COMPOSITE(good_box, shelf, good_shelf, (room, shelf_number), .back_populates = "boxes"),
+};
+const aorm_model good_box_model = {
+    AORM_MODEL_OF(good_box, "good_boxes"),
+    AORM_COLUMNS(good_box_columns),
+    AORM_FOREIGN_KEYS(good_box_foreign_keys),
+    AORM_RELATIONSHIPS(good_box_relationships),
+};
+
+static const aorm_column good_shelf_tag_columns[] = {
+    AORM_COLUMN(good_shelf_tag, room, AORM_TEXT, AORM_PK),
+    AORM_COLUMN(good_shelf_tag, number, AORM_INT4, AORM_PK),
+    AORM_COLUMN(good_shelf_tag, tag_id, AORM_INT8, AORM_PK),
+};
+static const aorm_foreign_key good_shelf_tag_foreign_keys[] = {
+    AORM_FOREIGN_KEY_COMPOSITE(good_shelf_tag, (room, number), good_shelf, (room, number)),
+    AORM_FOREIGN_KEY(good_shelf_tag, tag_id, good_parent, id),
+};
+const aorm_model good_shelf_tag_model = {
+    AORM_MODEL_OF(good_shelf_tag, "good_shelf_tags"),
+    AORM_COLUMNS(good_shelf_tag_columns),
+    AORM_FOREIGN_KEYS(good_shelf_tag_foreign_keys),
+};
