@@ -175,8 +175,25 @@ const aorm_model cmp_shipment_model = {
     AORM_FOREIGN_KEYS(cmp_shipment_foreign_keys),
 };
 
-static const aorm_model *const all_models[] = {&cmp_order_model, &cmp_line_model, &cmp_product_model,
-                                               &cmp_order_product_model, &cmp_shipment_model};
+/* a composite key with a server-generated part: (region, id bigserial) */
+typedef struct cmp_note {
+    char *region;
+    int64_t id;
+    char *body;
+} cmp_note;
+
+static const aorm_column cmp_note_columns[] = {
+    AORM_COLUMN(cmp_note, region, AORM_TEXT, AORM_PK),
+    AORM_COLUMN(cmp_note, id, AORM_INT8, AORM_PK | AORM_SERIAL),
+    AORM_COLUMN(cmp_note, body, AORM_TEXT, 0),
+};
+static const aorm_model cmp_note_model = {
+    AORM_MODEL_OF(cmp_note, "cmp_notes"),
+    AORM_COLUMNS(cmp_note_columns),
+};
+
+static const aorm_model *const all_models[] = {&cmp_order_model,         &cmp_line_model,     &cmp_product_model,
+                                               &cmp_order_product_model, &cmp_shipment_model, &cmp_note_model};
 #define NMODELS ((int)(sizeof(all_models) / sizeof(all_models[0])))
 
 static const aorm_load_plan *const plan_order_all = AORM_PLAN(
@@ -297,7 +314,7 @@ static void ensure_tables(void) {
     PGconn *pg = t_pg();
     free(t_pg_exec(pg, "SET client_min_messages = warning; BEGIN; SELECT pg_advisory_xact_lock(74312)"));
     if (t_pg_long(pg, "SELECT count(*) FROM pg_tables WHERE tablename IN ('cmp_orders', 'cmp_lines', 'cmp_products', "
-                      "'cmp_order_products', 'cmp_shipments')") != NMODELS) {
+                      "'cmp_order_products', 'cmp_shipments', 'cmp_notes')") != NMODELS) {
         char *ddl = NULL;
         char msg[256];
         int rc = aorm_ddl_create_sql(all_models, NMODELS, AORM_DDL_IF_NOT_EXISTS, &ddl, msg, sizeof(msg));
@@ -445,8 +462,9 @@ static void clean_region(const char *region) {
              "DELETE FROM cmp_order_products WHERE region = '%s' OR sku LIKE '%s%%';"
              "DELETE FROM cmp_lines WHERE region = '%s';"
              "DELETE FROM cmp_orders WHERE region = '%s';"
-             "DELETE FROM cmp_products WHERE sku LIKE '%s%%'",
-             region, region, region, region, region, region, region);
+             "DELETE FROM cmp_products WHERE sku LIKE '%s%%';"
+             "DELETE FROM cmp_notes WHERE region = '%s'",
+             region, region, region, region, region, region, region, region);
     free(t_pg_exec(pg, sql));
     PQfinish(pg);
 }
@@ -937,6 +955,67 @@ Test(composite, deletes_cascade_orphans_and_unlinks, .timeout = TIMEOUT) {
     cr_assert_eq(count_sql("SELECT count(*) FROM cmp_products WHERE sku LIKE '%s%%' AND '%s' <> ''", region), 0);
     cr_assert_eq(count_sql("SELECT count(*) FROM cmp_order_products WHERE sku LIKE '%s%%' AND '%s' <> ''", region),
                  0);
+    aorm_session_free(s);
+    clean_region(region);
+    env_close(&t);
+}
+
+/* ==========================================================================
+ * A composite key with a server-generated column
+ * ========================================================================== */
+
+typedef struct gres {
+    int done;
+    void *obj;
+    aorm_error *err;
+} gres;
+
+static void on_object(aorm_session *s, void *obj, const aorm_error *err, void *user) {
+    (void)s;
+    gres *r = user;
+    r->done++;
+    r->obj = obj;
+    if (err) r->err = aorm_error_copy(err);
+}
+
+Test(composite, generated_part_of_a_composite_key_comes_back, .timeout = TIMEOUT) {
+    env t;
+    env_open(&t, false);
+    char region[64];
+    region_of(region, sizeof(region), "notes");
+    clean_region(region);
+    aorm_session *s = aorm_session_new(t.e, NULL);
+    /* several rows: keys fetched first; then one row alone: INSERT ... RETURNING */
+    cmp_note *n[4];
+    for (int i = 0; i < 3; i++) {
+        n[i] = aorm_session_new_object(s, &cmp_note_model);
+        n[i]->region = aorm_session_strdup(s, region);
+        n[i]->body = aorm_session_strdup(s, "batch");
+        cr_assert_eq(aorm_session_add(s, n[i]), 0);
+    }
+    commit_ok(&t, s);
+    n[3] = aorm_session_new_object(s, &cmp_note_model);
+    n[3]->region = aorm_session_strdup(s, region);
+    n[3]->body = aorm_session_strdup(s, "alone");
+    cr_assert_eq(aorm_session_add(s, n[3]), 0);
+    commit_ok(&t, s);
+    for (int i = 0; i < 4; i++) {
+        cr_assert_gt(n[i]->id, 0, "note %d got no key", i);
+        for (int j = 0; j < i; j++) cr_assert_neq(n[i]->id, n[j]->id);
+        char sql[256];
+        snprintf(sql, sizeof(sql), "SELECT count(*) FROM cmp_notes WHERE region = '%%s' AND id = %" PRId64, n[i]->id);
+        cr_assert_eq(count_sql(sql, region), 1, "note %d is not on the server under its key", i);
+    }
+    /* the identity map knows them by their whole key: no statement */
+    cmp_note key = {.region = region, .id = n[3]->id};
+    mark m0 = mark_now(&t);
+    gres g = {0};
+    cr_assert_eq(aorm_session_get(s, &cmp_note_model, &key, NULL, on_object, &g), 0);
+    wait_done(&t, &g.done, "get");
+    mark m1 = mark_now(&t);
+    cr_assert_null(g.err);
+    cr_assert_eq(g.obj, n[3]);
+    expect_cost(&m0, &m1, 0, 0, "get from the identity map");
     aorm_session_free(s);
     clean_region(region);
     env_close(&t);

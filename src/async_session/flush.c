@@ -131,15 +131,22 @@ static void run_free(flush_run *f) {
     free(f);
 }
 
-static const aorm_column *single_pk(const aorm_model *m) {
-    return aorm_model_pk_count(m) == 1 ? aorm_model_pk(m, 0) : NULL;
+/* A primary-key column whose value the server generates: SERIAL or
+ * IDENTITY, of an integer type. */
+static bool is_generated(const aorm_column *c) {
+    return (c->flags & AORM_PK) && (c->flags & (AORM_SERIAL | AORM_IDENTITY)) &&
+           (c->type == AORM_INT8 || c->type == AORM_INT4 || c->type == AORM_INT2);
 }
 
-static bool generated_key(const aorm_model *m) {
-    const aorm_column *pk = single_pk(m);
-    return pk && (pk->flags & (AORM_SERIAL | AORM_IDENTITY)) &&
-           (pk->type == AORM_INT8 || pk->type == AORM_INT4 || pk->type == AORM_INT2);
+/* m's generated key column (the only key column, or one of a composite
+ * key such as (tenant, id bigserial)), or NULL. */
+static const aorm_column *generated_col(const aorm_model *m) {
+    for (int i = 0; i < m->ncolumns; i++)
+        if (is_generated(&m->columns[i])) return &m->columns[i];
+    return NULL;
 }
+
+static bool generated_key(const aorm_model *m) { return generated_col(m) != NULL; }
 
 static int64_t int_field(const aorm_column *c, const void *obj) {
     const void *f = aorm__cfield(c, obj);
@@ -172,14 +179,12 @@ static bool key_matches(const aorm__keymap *km, const void *child, const void *p
     return true;
 }
 
+/* False while the server has yet to generate the object's key. */
 static bool key_known(const aorm__obj *h) {
     const aorm_model *m = h->model;
-    /* fast path for the usual single integer key in first position */
-    const aorm_column *pk = m->ncolumns > 0 && (m->columns[0].flags & AORM_PK) ? &m->columns[0] : single_pk(m);
-    if (!pk || !(pk->flags & (AORM_SERIAL | AORM_IDENTITY))) return true;
-    if (pk->type != AORM_INT8 && pk->type != AORM_INT4 && pk->type != AORM_INT2) return true;
-    if (pk == &m->columns[0] && aorm_model_pk_count(m) != 1) return true;
-    return int_field(pk, (const char *)h + sizeof(aorm__obj)) != 0;
+    /* fast path for the usual integer key in first position */
+    const aorm_column *g = m->ncolumns > 0 && is_generated(&m->columns[0]) ? &m->columns[0] : generated_col(m);
+    return !g || int_field(g, (const char *)h + sizeof(aorm__obj)) != 0;
 }
 
 /* ---- 1. collect -------------------------------------------------------------------- */
@@ -492,7 +497,7 @@ static void on_insert_returning(aorm_engine *e, aorm_result *res, const aorm_err
             model_batch *b = &f->batches[i];
             if (b->nnew == 1 && !b->need_keys && generated_key(b->m) && !key_known(b->news[0])) {
                 int64_t id;
-                if (aorm_result_int64(res, 0, 0, &id) == 0) set_int_field(single_pk(b->m), aorm__obj_data(b->news[0]), id);
+                if (aorm_result_int64(res, 0, 0, &id) == 0) set_int_field(generated_col(b->m), aorm__obj_data(b->news[0]), id);
                 break;
             }
         }
@@ -584,7 +589,7 @@ static int send_inserts(aorm_session *s, flush_run *f, int bi) {
     if (b->nnew == 1) {
         aorm_insert_object(q, aorm__obj_data(b->news[0]));
         if (generated_key(b->m) && !key_known(b->news[0])) {
-            aorm_expr pk = {.kind = AORM_X_COLUMN, .model = b->m, .offset = single_pk(b->m)->offset};
+            aorm_expr pk = {.kind = AORM_X_COLUMN, .model = b->m, .offset = generated_col(b->m)->offset};
             aorm_returning(q, &pk);
             cb = on_insert_returning;
         }
@@ -804,7 +809,7 @@ static void on_keys(aorm_engine *e, aorm_result *res, const aorm_error *err, voi
                 record_error(f, &e2);
                 break;
             }
-            const aorm_column *pk = single_pk(b->m);
+            const aorm_column *pk = generated_col(b->m);
             size_t k = 0;
             for (size_t j = 0; j < b->nnew; j++) {
                 if (key_known(b->news[j])) continue;
@@ -844,7 +849,7 @@ static void fetch_keys(flush_run *f) {
         aorm_stmt *q = aorm_raw("SELECT nextval(s.seq) FROM (SELECT pg_get_serial_sequence(:t, :c)::regclass AS seq "
                                 "OFFSET 0) s, generate_series(1, :n)");
         aorm_bind(q, "t", aorm_text(table.data));
-        aorm_bind(q, "c", aorm_text(single_pk(b->m)->name));
+        aorm_bind(q, "c", aorm_text(generated_col(b->m)->name));
         aorm_bind(q, "n", aorm_int4((int32_t)missing));
         aorm__buf_free(&table);
         if (send_stmt(s, f, q, on_keys) < 0) goto oom;
@@ -1016,7 +1021,7 @@ void aorm__flush_rollback_states(aorm_session *s) {
         if (h->state != AORM_PERSISTENT) continue;
         aorm__idmap_remove(&s->idmap, h);
         h->state = AORM_TRANSIENT;
-        if (generated_key(h->model)) set_int_field(single_pk(h->model), aorm__obj_data(h), 0);
+        if (generated_key(h->model)) set_int_field(generated_col(h->model), aorm__obj_data(h), 0);
         h->snapshot = NULL;
     }
     for (size_t i = 0; i < s->tx_ndel; i++) {
