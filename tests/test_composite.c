@@ -36,11 +36,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "support.h"
-#include "aorm/loaders.h"
+#include "session_kit.h"
 
 #define TIMEOUT 120
-#define WAIT 60.0
 
 /* ==========================================================================
  * Models
@@ -270,41 +268,8 @@ static const aorm_model cmp_bad_set_null_model = {
 };
 
 /* ==========================================================================
- * Environment
+ * Environment (session_kit.h) and this file's tables
  * ========================================================================== */
-
-typedef struct env {
-    struct ev_loop *evl;
-    aorm_loop *loop;
-    aorm_engine *e;
-    char **sql; /* AORM_LOG_SQL messages (echo) */
-    int nsql;
-} env;
-
-static void on_log(aorm_log_level level, const char *message, void *user) {
-    env *t = user;
-    if (level != AORM_LOG_SQL) return;
-    char **n = realloc(t->sql, (size_t)(t->nsql + 1) * sizeof(*n));
-    if (!n) return;
-    t->sql = n;
-    t->sql[t->nsql] = strdup(message);
-    if (t->sql[t->nsql]) t->nsql++;
-}
-
-static void echo_clear(env *t) {
-    for (int i = 0; i < t->nsql; i++) free(t->sql[i]);
-    free(t->sql);
-    t->sql = NULL;
-    t->nsql = 0;
-}
-
-/* Number of echoed statements containing needle. */
-static int echo_count(const env *t, const char *needle) {
-    int n = 0;
-    for (int i = 0; i < t->nsql; i++)
-        if (strstr(t->sql[i], needle)) n++;
-    return n;
-}
 
 /* Creates the tables from the models' own DDL (which these tests check as
  * well) unless they exist: serialized by an advisory lock held to the
@@ -326,126 +291,10 @@ static void ensure_tables(void) {
     PQfinish(pg);
 }
 
-static void env_open(env *t, bool echo) {
+/* The kit's environment, once the tables exist. */
+static void open_env(env *t, bool echo) {
     ensure_tables();
-    memset(t, 0, sizeof(*t));
-    t->evl = ev_loop_new(EVFLAG_AUTO);
-    cr_assert_not_null(t->evl);
-    t->loop = aorm_loop_new_ev(t->evl);
-    cr_assert_not_null(t->loop);
-    aorm_engine_options o;
-    aorm_engine_options_init(&o);
-    o.conninfo = t_dsn();
-    o.log = on_log;
-    o.log_user = t;
-    if (echo) {
-        o.echo = true;
-        o.log_level = AORM_LOG_SQL;
-    }
-    t->e = aorm_engine_new(t->loop, &o);
-    cr_assert_not_null(t->e);
-}
-
-static void env_close(env *t) {
-    aorm_engine_free(t->e);
-    aorm_loop_free(t->loop);
-    ev_loop_destroy(t->evl);
-    echo_clear(t);
-}
-
-static int never(void *arg) {
-    (void)arg;
-    return 0;
-}
-
-static void settle(env *t) { t_run_until_fn(t->evl, never, NULL, 0.1); }
-
-typedef struct mark {
-    uint64_t statements, round_trips;
-} mark;
-
-static mark mark_now(env *t) {
-    aorm_engine_stats st;
-    aorm_engine_stats_get(t->e, &st);
-    return (mark){st.statements, st.round_trips};
-}
-
-static void expect_cost(const mark *a, const mark *b, uint64_t statements, uint64_t round_trips, const char *what) {
-    cr_assert_eq(b->statements - a->statements, statements, "%s: %llu statements, expected %llu", what,
-                 (unsigned long long)(b->statements - a->statements), (unsigned long long)statements);
-    cr_assert_eq(b->round_trips - a->round_trips, round_trips, "%s: %llu round trips, expected %llu", what,
-                 (unsigned long long)(b->round_trips - a->round_trips), (unsigned long long)round_trips);
-}
-
-typedef struct qres {
-    int done;
-    void **items;
-    size_t len;
-    aorm_error *err;
-} qres;
-
-static void on_objects(aorm_session *s, aorm_objects *objs, const aorm_error *err, void *user) {
-    (void)s;
-    qres *r = user;
-    r->done++;
-    if (err) {
-        r->err = aorm_error_copy(err);
-        return;
-    }
-    r->len = objs->len;
-    r->items = malloc((objs->len + 1) * sizeof(void *));
-    if (r->items && objs->len) memcpy(r->items, objs->items, objs->len * sizeof(void *));
-}
-
-static void qres_free(qres *r) {
-    free(r->items);
-    aorm_error_free(r->err);
-    memset(r, 0, sizeof(*r));
-}
-
-static void wait_done(env *t, int *done, const char *what) {
-    cr_assert(t_run_until(t->evl, done, WAIT), "%s: no answer within %.0f s", what, WAIT);
-    settle(t);
-    cr_assert_eq(*done, 1, "%s: the callback ran %d times", what, *done);
-}
-
-static void query_ok(env *t, aorm_session *s, aorm_stmt *q, const aorm_load_plan *plan, qres *r) {
-    memset(r, 0, sizeof(*r));
-    aorm_query_options qo = {.load = plan};
-    int rc = aorm_session_query(s, q, &qo, on_objects, r);
-    cr_assert_eq(rc, 0, "aorm_session_query: %s", aorm_errname(rc));
-    wait_done(t, &r->done, "query");
-    cr_assert_null(r->err, "query failed: %s %s: %s", r->err ? aorm_errname(r->err->code) : "",
-                   r->err ? r->err->sqlstate : "", r->err ? r->err->message : "");
-}
-
-typedef struct dres {
-    int done;
-    aorm_error *err;
-} dres;
-
-static void on_done(aorm_session *s, const aorm_error *err, void *user) {
-    (void)s;
-    dres *r = user;
-    r->done++;
-    if (err) r->err = aorm_error_copy(err);
-}
-
-static void commit_ok(env *t, aorm_session *s) {
-    dres r = {0};
-    cr_assert_eq(aorm_session_commit(s, on_done, &r), 0);
-    wait_done(t, &r.done, "commit");
-    cr_assert_null(r.err, "commit failed: %s %s: %s", r.err ? aorm_errname(r.err->code) : "",
-                   r.err ? r.err->sqlstate : "", r.err ? r.err->message : "");
-    aorm_error_free(r.err);
-}
-
-static void load_ok(env *t, aorm_session *s, void *const *objs, size_t n, const aorm_load_plan *plan) {
-    dres r = {0};
-    cr_assert_eq(aorm_session_load(s, objs, n, plan, on_done, &r), 0);
-    wait_done(t, &r.done, "load");
-    cr_assert_null(r.err, "load failed: %s", r.err ? r.err->message : "");
-    aorm_error_free(r.err);
+    env_open(t, echo);
 }
 
 /* A region name of this test and process: the rows it owns. */
@@ -631,7 +480,7 @@ Test(composite, tuple_in_compiles_to_unnest_of_parallel_arrays, .timeout = TIMEO
 
 Test(composite, graph_flushes_and_loads_back_with_one_statement_per_relationship, .timeout = TIMEOUT) {
     env t;
-    env_open(&t, true);
+    open_env(&t, true);
     char region[64];
     region_of(region, sizeof(region), "graph");
     clean_region(region);
@@ -641,7 +490,7 @@ Test(composite, graph_flushes_and_loads_back_with_one_statement_per_relationship
     cmp_product *prods[4];
     make_products(s, region, prods, 4);
     build_graph(s, region, 40, 3, prods, 4);
-    commit_ok(&t, s);
+    session_commit(&t, s);
     /* every foreign key came from the parents' composite keys */
     cr_assert_eq(count_sql("SELECT count(*) FROM cmp_lines WHERE region = '%s' AND order_no BETWEEN 1 AND 40", region),
                  120);
@@ -656,10 +505,10 @@ Test(composite, graph_flushes_and_loads_back_with_one_statement_per_relationship
     /* a fresh session: orders with lines, products and shipments */
     s = aorm_session_new(t.e, NULL);
     echo_clear(&t);
-    mark m0 = mark_now(&t);
+    mark m0 = mark_now(&t, s);
     qres r;
     query_ok(&t, s, orders_of(region), plan_order_all, &r);
-    mark m1 = mark_now(&t);
+    mark m1 = mark_now(&t, s);
     expect_cost(&m0, &m1, 4, 2, "orders + 3 selectin loads");
     /* the composite loads go through unnest of parallel arrays */
     cr_assert_eq(echo_count(&t, "IN (SELECT * FROM unnest($1, $2))"), 3, "echo:\n%s", t.nsql ? t.sql[t.nsql - 1] : "");
@@ -698,9 +547,9 @@ Test(composite, graph_flushes_and_loads_back_with_one_statement_per_relationship
     qres_free(&r);
 
     /* products then their orders: one statement per depth, orders come from the identity map */
-    m0 = mark_now(&t);
+    m0 = mark_now(&t, s);
     query_ok(&t, s, orders_of(region), plan_products_then_orders, &r);
-    m1 = mark_now(&t);
+    m1 = mark_now(&t, s);
     expect_cost(&m0, &m1, 3, 3, "orders, products, products' orders");
     cmp_order *first = r.items[0];
     cmp_product *p = AORM_LIST_AT(first->products, cmp_product, 0);
@@ -719,23 +568,23 @@ Test(composite, graph_flushes_and_loads_back_with_one_statement_per_relationship
 
 Test(composite, many_to_one_selectin_and_identity_map, .timeout = TIMEOUT) {
     env t;
-    env_open(&t, false);
+    open_env(&t, false);
     char region[64];
     region_of(region, sizeof(region), "m2o");
     clean_region(region);
     aorm_session *s = aorm_session_new(t.e, NULL);
     build_graph(s, region, 25, 4, NULL, 0);
-    commit_ok(&t, s);
+    session_commit(&t, s);
     aorm_session_free(s);
 
     s = aorm_session_new(t.e, NULL);
     aorm_stmt *q = aorm_select(&cmp_line_model);
     aorm_where(q, aorm_eq(AORM_COL(cmp_line, region), aorm_text(region)));
     aorm_order_by(q, AORM_COL(cmp_line, id), 0);
-    mark m0 = mark_now(&t);
+    mark m0 = mark_now(&t, s);
     qres r;
     query_ok(&t, s, q, plan_line_order, &r);
-    mark m1 = mark_now(&t);
+    mark m1 = mark_now(&t, s);
     expect_cost(&m0, &m1, 2, 2, "lines + their orders");
     cr_assert_eq(r.len, 100);
     for (size_t i = 0; i < r.len; i++) {
@@ -750,9 +599,9 @@ Test(composite, many_to_one_selectin_and_identity_map, .timeout = TIMEOUT) {
     /* again: every order is in the identity map, only the lines query goes out */
     q = aorm_select(&cmp_line_model);
     aorm_where(q, aorm_eq(AORM_COL(cmp_line, region), aorm_text(region)));
-    m0 = mark_now(&t);
+    m0 = mark_now(&t, s);
     query_ok(&t, s, q, plan_line_order, &r);
-    m1 = mark_now(&t);
+    m1 = mark_now(&t, s);
     expect_cost(&m0, &m1, 1, 1, "second load");
     cr_assert_eq(r.len, 100);
     for (size_t i = 0; i < r.len; i++) cr_assert_not_null(((cmp_line *)r.items[i])->order);
@@ -772,7 +621,7 @@ Test(composite, many_to_one_selectin_and_identity_map, .timeout = TIMEOUT) {
     cr_assert_eq(r.len, 1);
     moved->order = r.items[0];
     qres_free(&r);
-    commit_ok(&t, s);
+    session_commit(&t, s);
     cr_assert_eq(moved->order_no, 7, "the FK followed the pointer");
     cr_assert_eq(count_sql("SELECT count(*) FROM cmp_lines WHERE region = '%s' AND order_no = 7", region), 5);
     cr_assert_eq(count_sql("SELECT count(*) FROM cmp_lines WHERE region = '%s' AND order_no = 1", region), 3);
@@ -783,21 +632,21 @@ Test(composite, many_to_one_selectin_and_identity_map, .timeout = TIMEOUT) {
 
 Test(composite, thousands_of_owners_in_one_statement, .timeout = TIMEOUT) {
     env t;
-    env_open(&t, false);
+    open_env(&t, false);
     char region[64];
     region_of(region, sizeof(region), "many");
     clean_region(region);
     /* 3,000 orders x 2 lines: the lines go by COPY, the keys by unnest arrays */
     aorm_session *s = aorm_session_new(t.e, NULL);
     build_graph(s, region, 3000, 2, NULL, 0);
-    commit_ok(&t, s);
+    session_commit(&t, s);
     aorm_session_free(s);
 
     s = aorm_session_new(t.e, NULL);
-    mark m0 = mark_now(&t);
+    mark m0 = mark_now(&t, s);
     qres r;
     query_ok(&t, s, orders_of(region), plan_lines_shipments, &r);
-    mark m1 = mark_now(&t);
+    mark m1 = mark_now(&t, s);
     expect_cost(&m0, &m1, 3, 2, "3,000 orders with lines and shipments");
     cr_assert_eq(r.len, 3000);
     size_t lines = 0;
@@ -816,7 +665,7 @@ Test(composite, thousands_of_owners_in_one_statement, .timeout = TIMEOUT) {
 
 Test(composite, joined_and_explicit_loads, .timeout = TIMEOUT) {
     env t;
-    env_open(&t, false);
+    open_env(&t, false);
     char region[64];
     region_of(region, sizeof(region), "joined");
     clean_region(region);
@@ -824,15 +673,15 @@ Test(composite, joined_and_explicit_loads, .timeout = TIMEOUT) {
     cmp_product *prods[2];
     make_products(s, region, prods, 2);
     build_graph(s, region, 5, 3, prods, 2);
-    commit_ok(&t, s);
+    session_commit(&t, s);
     aorm_session_free(s);
 
     /* joined collection: one statement, lines ordered by line_no */
     s = aorm_session_new(t.e, NULL);
-    mark m0 = mark_now(&t);
+    mark m0 = mark_now(&t, s);
     qres r;
     query_ok(&t, s, orders_of(region), plan_joined_lines, &r);
-    mark m1 = mark_now(&t);
+    mark m1 = mark_now(&t, s);
     expect_cost(&m0, &m1, 1, 1, "joined lines");
     cr_assert_eq(r.len, 5, "parents de-duplicated");
     for (size_t i = 0; i < r.len; i++) {
@@ -841,9 +690,9 @@ Test(composite, joined_and_explicit_loads, .timeout = TIMEOUT) {
         for (size_t k = 0; k < 3; k++) cr_assert_eq(AORM_LIST_AT(o->lines, cmp_line, k)->line_no, (int32_t)k + 1);
     }
     /* explicit load of the products of the orders already in the session */
-    m0 = mark_now(&t);
-    load_ok(&t, s, r.items, r.len, plan_products);
-    m1 = mark_now(&t);
+    m0 = mark_now(&t, s);
+    load(&t, s, r.items, r.len, plan_products);
+    m1 = mark_now(&t, s);
     expect_cost(&m0, &m1, 1, 1, "explicit products load");
     for (size_t i = 0; i < r.len; i++) cr_assert_eq(((cmp_order *)r.items[i])->products.len, 2);
     qres_free(&r);
@@ -853,9 +702,9 @@ Test(composite, joined_and_explicit_loads, .timeout = TIMEOUT) {
     s = aorm_session_new(t.e, NULL);
     aorm_stmt *q = aorm_select(&cmp_line_model);
     aorm_where(q, aorm_eq(AORM_COL(cmp_line, region), aorm_text(region)));
-    m0 = mark_now(&t);
+    m0 = mark_now(&t, s);
     query_ok(&t, s, q, plan_joined_order, &r);
-    m1 = mark_now(&t);
+    m1 = mark_now(&t, s);
     expect_cost(&m0, &m1, 1, 1, "joined order");
     cr_assert_eq(r.len, 15);
     for (size_t i = 0; i < r.len; i++) {
@@ -871,7 +720,7 @@ Test(composite, joined_and_explicit_loads, .timeout = TIMEOUT) {
 
 Test(composite, deletes_cascade_orphans_and_unlinks, .timeout = TIMEOUT) {
     env t;
-    env_open(&t, true);
+    open_env(&t, true);
     char region[64];
     region_of(region, sizeof(region), "delete");
     clean_region(region);
@@ -879,7 +728,7 @@ Test(composite, deletes_cascade_orphans_and_unlinks, .timeout = TIMEOUT) {
     cmp_product *prods[2];
     make_products(s, region, prods, 2);
     build_graph(s, region, 3, 3, prods, 2);
-    commit_ok(&t, s);
+    session_commit(&t, s);
     aorm_session_free(s);
 
     /* 1. delete order 1 without loading anything: its lines (cascade) and
@@ -893,7 +742,7 @@ Test(composite, deletes_cascade_orphans_and_unlinks, .timeout = TIMEOUT) {
     cr_assert_eq(aorm_session_delete(s, r.items[0]), 0);
     qres_free(&r);
     echo_clear(&t);
-    commit_ok(&t, s);
+    session_commit(&t, s);
     cr_assert_eq(echo_count(&t, "DELETE FROM \"cmp_lines\" WHERE (\"cmp_lines\".\"region\", "
                                 "\"cmp_lines\".\"order_no\") IN (SELECT * FROM unnest($1, $2))"),
                  1);
@@ -927,7 +776,7 @@ Test(composite, deletes_cascade_orphans_and_unlinks, .timeout = TIMEOUT) {
     o->lines.len = 2;
     o->shipments.len = 0;
     o->products.len = 1;
-    commit_ok(&t, s);
+    session_commit(&t, s);
     char sql[256];
     snprintf(sql, sizeof(sql), "SELECT count(*) FROM cmp_lines WHERE id = %" PRId64, gone_id);
     PGconn *pg = t_pg();
@@ -951,7 +800,7 @@ Test(composite, deletes_cascade_orphans_and_unlinks, .timeout = TIMEOUT) {
     cr_assert_eq(r.len, 2);
     for (size_t i = 0; i < r.len; i++) cr_assert_eq(aorm_session_delete(s, r.items[i]), 0);
     qres_free(&r);
-    commit_ok(&t, s);
+    session_commit(&t, s);
     cr_assert_eq(count_sql("SELECT count(*) FROM cmp_products WHERE sku LIKE '%s%%' AND '%s' <> ''", region), 0);
     cr_assert_eq(count_sql("SELECT count(*) FROM cmp_order_products WHERE sku LIKE '%s%%' AND '%s' <> ''", region),
                  0);
@@ -980,7 +829,7 @@ static void on_object(aorm_session *s, void *obj, const aorm_error *err, void *u
 
 Test(composite, generated_part_of_a_composite_key_comes_back, .timeout = TIMEOUT) {
     env t;
-    env_open(&t, false);
+    open_env(&t, false);
     char region[64];
     region_of(region, sizeof(region), "notes");
     clean_region(region);
@@ -993,12 +842,12 @@ Test(composite, generated_part_of_a_composite_key_comes_back, .timeout = TIMEOUT
         n[i]->body = aorm_session_strdup(s, "batch");
         cr_assert_eq(aorm_session_add(s, n[i]), 0);
     }
-    commit_ok(&t, s);
+    session_commit(&t, s);
     n[3] = aorm_session_new_object(s, &cmp_note_model);
     n[3]->region = aorm_session_strdup(s, region);
     n[3]->body = aorm_session_strdup(s, "alone");
     cr_assert_eq(aorm_session_add(s, n[3]), 0);
-    commit_ok(&t, s);
+    session_commit(&t, s);
     for (int i = 0; i < 4; i++) {
         cr_assert_gt(n[i]->id, 0, "note %d got no key", i);
         for (int j = 0; j < i; j++) cr_assert_neq(n[i]->id, n[j]->id);
@@ -1008,11 +857,11 @@ Test(composite, generated_part_of_a_composite_key_comes_back, .timeout = TIMEOUT
     }
     /* the identity map knows them by their whole key: no statement */
     cmp_note key = {.region = region, .id = n[3]->id};
-    mark m0 = mark_now(&t);
+    mark m0 = mark_now(&t, s);
     gres g = {0};
     cr_assert_eq(aorm_session_get(s, &cmp_note_model, &key, NULL, on_object, &g), 0);
     wait_done(&t, &g.done, "get");
-    mark m1 = mark_now(&t);
+    mark m1 = mark_now(&t, s);
     cr_assert_null(g.err);
     cr_assert_eq(g.obj, n[3]);
     expect_cost(&m0, &m1, 0, 0, "get from the identity map");
