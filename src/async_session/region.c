@@ -101,6 +101,20 @@ void *aorm__region_alloc_slow(aorm__region *a, size_t n) {
     return b->data;
 }
 
+/* Faults [p, p + n) in with one call, where the kernel knows
+ * MADV_POPULATE_WRITE (5.14); harmless when it says no. */
+static void prefault(void *p, size_t n) {
+#ifdef MADV_POPULATE_WRITE
+    uintptr_t page = 4096;
+    uintptr_t start = ((uintptr_t)p + page - 1) & ~(page - 1);
+    uintptr_t stop = ((uintptr_t)p + n) & ~(page - 1);
+    if (stop > start) madvise((void *)start, stop - start, MADV_POPULATE_WRITE);
+#else
+    (void)p;
+    (void)n;
+#endif
+}
+
 void aorm__region_reserve(aorm__region *a, size_t n) {
     if ((size_t)(a->end - a->cur) >= n || n < (size_t)1 << 20) return;
     aorm__region_block *b = malloc(sizeof(*b) + n);
@@ -114,13 +128,7 @@ void aorm__region_reserve(aorm__region *a, size_t n) {
     a->head = b;
     a->cur = b->data;
     a->end = b->data + n;
-#ifdef MADV_POPULATE_WRITE
-    /* prefault the whole block in one call; harmless if the kernel says no */
-    uintptr_t page = 4096;
-    uintptr_t start = ((uintptr_t)b->data + page - 1) & ~(page - 1);
-    uintptr_t stop = ((uintptr_t)b->data + n) & ~(page - 1);
-    if (stop > start) madvise((void *)start, stop - start, MADV_POPULATE_WRITE);
-#endif
+    prefault(b->data, n);
 }
 
 void *aorm__region_calloc(aorm__region *a, size_t n) {
@@ -142,3 +150,9 @@ char *aorm__region_strdup(aorm__region *a, const char *s) {
 }
 
 void *aorm__region_alloc_fn(void *ctx, size_t n) { return aorm__region_alloc(ctx, n); }
+
+void *aorm__calloc_prefaulted(size_t n) {
+    void *p = calloc(1, n);
+    if (p && n >= AORM__PREFAULT_MIN) prefault(p, n);
+    return p;
+}

@@ -38,6 +38,15 @@ static inline void *aorm__region_alloc(aorm__region *a, size_t n) {
     }
     return aorm__region_alloc_slow(a, n);
 }
+/* Hints that the n bytes `ahead` bytes past the current allocation point
+ * will be written soon, when they lie in the current block: a large load
+ * fills the region front to back, and asking for those cache lines early
+ * keeps its writes from waiting on them. Only a hint (a prefetch never
+ * faults). */
+static inline void aorm__region_prefetch(const aorm__region *a, size_t ahead, size_t n) {
+    if ((size_t)(a->end - a->cur) < ahead + n) return;
+    for (const char *p = a->cur + ahead, *e = p + n; p < e; p += 64) __builtin_prefetch(p, 1);
+}
 void *aorm__region_calloc(aorm__region *a, size_t n);
 char *aorm__region_strdup(aorm__region *a, const char *s);
 char *aorm__region_memdup(aorm__region *a, const void *p, size_t n);
@@ -45,6 +54,13 @@ char *aorm__region_memdup(aorm__region *a, const void *p, size_t n);
  * faults that block in at once when it is large (one madvise instead of
  * a page fault per 4 KiB while a large result is loaded). Best effort. */
 void aorm__region_reserve(aorm__region *a, size_t n);
+
+/* calloc(1, n), and from AORM__PREFAULT_MIN bytes on faulted in by one
+ * madvise: a large table probed at random (the identity map's slots)
+ * would otherwise take its page faults one at a time, in the middle of a
+ * load, where no prefetch can hide them. Freed with free(). */
+#define AORM__PREFAULT_MIN ((size_t)256 << 10)
+void *aorm__calloc_prefaulted(size_t n);
 
 /* True when [p, p + n) lies inside memory the region handed out (so it
  * may be read without going out of bounds). O(log blocks). */

@@ -336,47 +336,80 @@ void aorm__rowplan_free(aorm__rowplan *rp) {
     rp->cols = NULL;
 }
 
-/* Decodes plan columns [from, to) of row `row` into obj. */
-static int load_cols(aorm_session *s, const aorm__rowplan *rp, int row, void *obj, int from, int to) {
+/* Decodes plan columns [from, to) of row `row` into obj and, when snap is
+ * not NULL, into snap as well (a new object's snapshot, written as the
+ * object is, never copied from it: see row_new).
+ *
+ * Two libpq calls per value instead of three: a NULL has length 0, so
+ * PQgetisnull is asked only when the length is not what the fast decoder
+ * expects (a NULL, an empty text, a malformed value) or for a column
+ * without a fast decoder. Each call is a call into libpq through the PLT
+ * with its own bounds checks; a large load makes millions of them. */
+static int load_cols(aorm_session *s, const aorm__rowplan *rp, int row, void *obj, void *snap, int from, int to) {
     PGresult *pg = rp->pg;
     for (int k = from; k < to; k++) {
         const aorm__rowplan_col *pc = &rp->cols[k];
-        void *f = (char *)obj + pc->c->offset;
-        bool null = PQgetisnull(pg, row, pc->pos);
-        const char *v = null ? NULL : PQgetvalue(pg, row, pc->pos);
-        int len = null ? -1 : PQgetlength(pg, row, pc->pos);
-        switch (null ? RP_GENERIC : pc->fast) {
-        case RP_INT8:
-            if (len != 8) return AORM_EPROTOCOL;
-            *(int64_t *)f = (int64_t)aorm__get_be64(v);
+        size_t off = pc->c->offset;
+        void *f = (char *)obj + off;
+        const char *v = PQgetvalue(pg, row, pc->pos);
+        int len = PQgetlength(pg, row, pc->pos);
+        switch (pc->fast) {
+        case RP_INT8: {
+            if (len != 8) break;
+            int64_t x = (int64_t)aorm__get_be64(v);
+            *(int64_t *)f = x;
+            if (snap) *(int64_t *)((char *)snap + off) = x;
             continue;
-        case RP_INT4:
-            if (len != 4) return AORM_EPROTOCOL;
-            *(int32_t *)f = (int32_t)aorm__get_be32(v);
+        }
+        case RP_INT4: {
+            if (len != 4) break;
+            int32_t x = (int32_t)aorm__get_be32(v);
+            *(int32_t *)f = x;
+            if (snap) *(int32_t *)((char *)snap + off) = x;
             continue;
-        case RP_OPT_INT4:
-            if (len != 4) return AORM_EPROTOCOL;
-            ((aorm_opt_int32 *)f)->valid = true;
-            ((aorm_opt_int32 *)f)->value = (int32_t)aorm__get_be32(v);
+        }
+        case RP_OPT_INT4: {
+            if (len != 4) break;
+            aorm_opt_int32 x = {.valid = true, .value = (int32_t)aorm__get_be32(v)};
+            *(aorm_opt_int32 *)f = x;
+            if (snap) *(aorm_opt_int32 *)((char *)snap + off) = x;
             continue;
+        }
         case RP_FLOAT8: {
-            if (len != 8) return AORM_EPROTOCOL;
+            if (len != 8) break;
             uint64_t u = aorm__get_be64(v);
             memcpy(f, &u, 8);
+            if (snap) memcpy((char *)snap + off, &u, 8);
             continue;
         }
         case RP_TEXT: {
-            char *str = aorm__region_memdup(&s->region, v, (size_t)len);
+            if (len == 0) break;
+            char *str = aorm__region_alloc(&s->region, (size_t)len + 1);
             if (!str) return AORM_ENOMEM;
+            memcpy(str, v, (size_t)len);
+            str[len] = '\0';
             *(char **)f = str;
+            if (snap) *(char **)((char *)snap + off) = str; /* snapshots share the strings */
             continue;
         }
-        default: {
+        default:
+            break;
+        }
+        /* the slow way: a NULL, an empty text, a value of the wrong size, a
+         * column without a fast decoder */
+        bool null = PQgetisnull(pg, row, pc->pos);
+        if (!null && pc->fast == RP_TEXT) {
+            char *str = aorm__region_memdup(&s->region, "", 0);
+            if (!str) return AORM_ENOMEM;
+            *(char **)f = str;
+        } else if (!null && pc->fast != RP_GENERIC) {
+            return AORM_EPROTOCOL;
+        } else {
             aorm_allocator alloc = {aorm__region_alloc_fn, &s->region};
-            int rc = aorm__field_load(pc->c, obj, pc->oid, v, len, &alloc);
+            int rc = aorm__field_load(pc->c, obj, pc->oid, null ? NULL : v, null ? -1 : len, &alloc);
             if (rc < 0) return rc;
         }
-        }
+        if (snap) memcpy((char *)snap + off, f, pc->c->size);
     }
     return 0;
 }
@@ -393,17 +426,70 @@ int aorm__model_positions(const aorm_stmt *q, const aorm_model *m, int *pos) {
     return npk;
 }
 
+/* Row r's object, already in the identity map: reloaded when asked
+ * (populate) or expired, else left as it is (the session's state wins over
+ * the row). Returns 0 or a negative code. */
+static int row_existing(aorm_session *s, const aorm__rowplan *rp, int r, bool populate, aorm__obj *h) {
+    if (!populate && !(h->flags & OBJ_EXPIRED)) return 0;
+    int rc = load_cols(s, rp, r, aorm__obj_data(h), NULL, rp->npk, rp->n);
+    if (rc < 0) return rc;
+    aorm__session_take_snapshot(s, h);
+    h->flags &= (uint8_t)~OBJ_EXPIRED;
+    return 0;
+}
+
+/* Row r as a new persistent object, put in the identity map. `key` is a
+ * struct of the model holding the row's key fields; hash is their
+ * aorm__key_hash. Returns the object's header, or NULL with *rc set.
+ *
+ * The object's memory is fresh: every cache line of it is a write miss.
+ * So it is only ever written, never read back -- the snapshot is written
+ * field by field alongside the object (load_cols) instead of copied from
+ * it. A read of bytes just stored in several pieces cannot be served from
+ * the pending stores, and waits until every older store has reached the
+ * cache, misses included: with a copy, each row waited for its own
+ * object's write misses. */
+static aorm__obj *row_new(aorm_session *s, const aorm__rowplan *rp, int r, const void *key, uint64_t hash,
+                          int *rc) {
+    const aorm_model *m = rp->m;
+    /* header, object and snapshot in one allocation: the three are used
+     * together, and a large load walks them in order */
+    size_t osize = (m->size + 15) & ~(size_t)15;
+    aorm__obj *h = aorm__region_alloc(&s->region, sizeof(aorm__obj) + osize + rp->colspan);
+    if (!h) {
+        *rc = AORM_ENOMEM;
+        return NULL;
+    }
+    char *obj = aorm__obj_data(h);
+    char *snap = obj + osize;
+    *h = (aorm__obj){.model = m,
+                     .snapshot = snap,
+                     .key_hash = hash,
+                     .magic = AORM__OBJ_MAGIC,
+                     .state = AORM_PERSISTENT,
+                     .seq = ++s->next_seq};
+    memset(obj, 0, m->size);
+    memset(snap, 0, rp->colspan);
+    for (int k = 0; k < rp->npk; k++) {
+        const aorm_column *c = rp->cols[k].c;
+        memcpy(obj + c->offset, (const char *)key + c->offset, c->size);
+        memcpy(snap + c->offset, (const char *)key + c->offset, c->size);
+    }
+    if ((*rc = load_cols(s, rp, r, obj, snap, rp->npk, rp->n)) < 0) return NULL;
+    if (aorm__idmap_put(&s->idmap, h) < 0) {
+        *rc = AORM_ENOMEM;
+        return NULL;
+    }
+    track(s, h);
+    return h;
+}
+
 /* Row `r` as an object of the plan's model through the identity map.
  * Returns 1 with *out set, 0 when the row's key is NULL (an outer join
  * without a match), or a negative code. The key is decoded once, into
- * scratch space; a new object starts as a copy of it and gets the other
- * columns. */
+ * scratch space, for the lookup; a new object gets it from there and
+ * the other columns from the row. */
 int aorm__session_materialize_row(aorm_session *s, const aorm__rowplan *rp, int r, bool populate, void **out) {
-    return aorm__session_materialize_row_h(s, rp, r, populate, out, 0, false);
-}
-
-int aorm__session_materialize_row_h(aorm_session *s, const aorm__rowplan *rp, int r, bool populate, void **out,
-                                    uint64_t known_hash, bool have_hash) {
     const aorm_model *m = rp->m;
     if (r < 0 || r >= rp->nrows) return AORM_ERANGE;
     if (!rp->whole_key) return AORM_EMISUSE;
@@ -411,38 +497,89 @@ int aorm__session_materialize_row_h(aorm_session *s, const aorm__rowplan *rp, in
         if (PQgetisnull(rp->pg, r, rp->cols[k].pos)) return 0;
     void *key = scratch_for(s, m);
     if (!key) return AORM_ENOMEM;
-    int rc = load_cols(s, rp, r, key, 0, rp->npk);
+    int rc = load_cols(s, rp, r, key, NULL, 0, rp->npk);
     if (rc < 0) return rc;
-    uint64_t hash = have_hash ? known_hash : aorm__key_hash(m, key);
+    uint64_t hash = aorm__key_hash(m, key);
     aorm__obj *h = aorm__idmap_find(&s->idmap, m, key, hash);
-    if (h) {
-        if (populate || (h->flags & OBJ_EXPIRED)) {
-            if ((rc = load_cols(s, rp, r, aorm__obj_data(h), rp->npk, rp->n)) < 0) return rc;
-            aorm__session_take_snapshot(s, h);
-            h->flags &= (uint8_t)~OBJ_EXPIRED;
-        }
-    } else {
-        /* header, object and snapshot in one allocation: the three are
-         * used together, and a large load walks them in order */
-        size_t osize = (m->size + 15) & ~(size_t)15;
-        h = aorm__region_alloc(&s->region, sizeof(aorm__obj) + osize + rp->colspan);
-        if (!h) return AORM_ENOMEM;
-        memset(h, 0, sizeof(aorm__obj));
-        h->magic = AORM__OBJ_MAGIC;
-        h->model = m;
-        h->seq = ++s->next_seq;
-        void *obj = aorm__obj_data(h);
-        memcpy(obj, key, m->size); /* the key, and zeroes elsewhere */
-        if ((rc = load_cols(s, rp, r, obj, rp->npk, rp->n)) < 0) return rc;
-        h->key_hash = hash;
-        h->state = AORM_PERSISTENT;
-        h->snapshot = (char *)obj + osize;
-        memcpy(h->snapshot, obj, rp->colspan);
-        if (aorm__idmap_put(&s->idmap, h) < 0) return AORM_ENOMEM;
-        track(s, h);
-    }
+    if (h) rc = row_existing(s, rp, r, populate, h);
+    else h = row_new(s, rp, r, key, hash, &rc);
+    if (rc < 0) return rc;
     *out = aorm__obj_data(h);
     return 1;
+}
+
+/* ---- large results with a one-column integer key ---------------------------------
+ * The usual shape of a large load, made memory-friendly. The rows are a
+ * software pipeline: the key of row r + KEY_AHEAD is decoded and hashed,
+ * and its identity-map slot prefetched, while row r is materialized. By
+ * the time row r is reached its slot is in cache, and so is the start of
+ * its values in the PGresult (the key decode touched them): a load walks
+ * the result once, not once for the hashes and again for the objects. */
+
+#define KEY_AHEAD 16 /* a power of two; far enough to hide a memory access */
+
+typedef struct key_ahead {
+    int64_t key;
+    uint64_t hash;
+    int st; /* 1: key decoded, 0: NULL key, < 0: error code */
+} key_ahead;
+
+/* Decodes and hashes row r's key into *ka (its st says how it went) and
+ * prefetches what row r will need: its identity-map slot and the rest of
+ * its values. */
+static void key_decode(const aorm__rowplan *rp, int r, aorm__idmap *map, key_ahead *ka) {
+    const aorm__rowplan_col *k0 = &rp->cols[0];
+    const char *v = PQgetvalue(rp->pg, r, k0->pos);
+    int len = PQgetlength(rp->pg, r, k0->pos);
+    if (k0->fast == RP_INT8 && len == 8) ka->key = (int64_t)aorm__get_be64(v);
+    else if (k0->fast == RP_INT4 && len == 4) ka->key = (int32_t)aorm__get_be32(v);
+    else {
+        ka->st = PQgetisnull(rp->pg, r, k0->pos) ? 0 : AORM_EPROTOCOL;
+        return;
+    }
+    ka->st = 1;
+    ka->hash = aorm__int_key_hash(rp->m, ka->key);
+    aorm__idmap_prefetch(map, ka->hash);
+    /* libpq stores a row's values one after the other, after the key when
+     * the key is selected first (as aorm selects it): the next two lines
+     * hold the rest of a narrow row. Only a hint: a prefetch never faults. */
+    __builtin_prefetch((const void *)((uintptr_t)v + 64));
+    __builtin_prefetch((const void *)((uintptr_t)v + 128));
+}
+
+/* aorm__session_materialize for a plan whose only key column is the
+ * model's first column, decoded by RP_INT8 or RP_INT4 (so that its hash is
+ * aorm__int_key_hash). Fills out[0..nrows) (NULL for a row with a NULL
+ * key). Returns 0 or a negative code; on failure out is partly filled. */
+static int materialize_int_key(aorm_session *s, const aorm__rowplan *rp, bool populate, void **out) {
+    const aorm__rowplan_col *k0 = &rp->cols[0];
+    void *key = scratch_for(s, rp->m); /* the key field, set per row, for row_new */
+    if (!key) return AORM_ENOMEM;
+    void *kf = aorm__field(k0->c, key);
+    key_ahead ring[KEY_AHEAD];
+    int nrows = rp->nrows;
+    for (int r = 0; r < nrows && r < KEY_AHEAD; r++) key_decode(rp, r, &s->idmap, &ring[r]);
+    for (int r = 0; r < nrows; r++) {
+        key_ahead ka = ring[r & (KEY_AHEAD - 1)];
+        if (r + KEY_AHEAD < nrows) key_decode(rp, r + KEY_AHEAD, &s->idmap, &ring[r & (KEY_AHEAD - 1)]);
+        if (ka.st < 0) return ka.st;
+        if (ka.st == 0) {
+            out[r] = NULL;
+            continue;
+        }
+        int rc = 0;
+        aorm__region_prefetch(&s->region, 1024, 256); /* a few rows ahead: see row_new on write misses */
+        aorm__obj *h = aorm__idmap_find_int(&s->idmap, rp->m, ka.key, ka.hash);
+        if (h) rc = row_existing(s, rp, r, populate, h);
+        else {
+            if (k0->fast == RP_INT8) *(int64_t *)kf = ka.key;
+            else *(int32_t *)kf = (int32_t)ka.key;
+            h = row_new(s, rp, r, key, ka.hash, &rc);
+        }
+        if (rc < 0) return rc;
+        out[r] = aorm__obj_data(h);
+    }
+    return 0;
 }
 
 int aorm__session_materialize(aorm_session *s, const aorm_stmt *q, const aorm_result *res, const aorm_model *m,
@@ -462,34 +599,18 @@ int aorm__session_materialize(aorm_session *s, const aorm_stmt *q, const aorm_re
     /* and room for the objects, faulted in at once (large results only) */
     aorm__region_reserve(&s->region, (size_t)nrows * (sizeof(aorm__obj) + ((m->size + 15) & ~(size_t)15) +
                                                       ((rp.colspan + 15) & ~(size_t)15) + 32));
-    /* Large results are memory-bound on the identity map: every row's
-     * bucket is a cache miss. The key hashes are computed in a first, cheap
-     * pass (integer keys), so that the bucket of a row a few rows ahead can
-     * be prefetched while this one is decoded. */
-    uint64_t *hashes = NULL;
+    /* the key aorm__int_key_hash covers: one integer column, declared first */
     const aorm__rowplan_col *k0 = rp.npk == 1 ? &rp.cols[0] : NULL;
-    if (nrows >= 64 && k0 && k0->fast == RP_INT8 && s->idmap.nbuckets > 0) {
-        hashes = malloc((size_t)nrows * sizeof(uint64_t));
-        PGresult *pg = rp.pg;
-        void *key = hashes ? scratch_for(s, m) : NULL;
-        for (int r = 0; key && r < nrows; r++) {
-            if (PQgetisnull(pg, r, k0->pos) || PQgetlength(pg, r, k0->pos) != 8) {
-                free(hashes);
-                hashes = NULL;
-                break;
-            }
-            *(int64_t *)aorm__field(k0->c, key) = (int64_t)aorm__get_be64(PQgetvalue(pg, r, k0->pos));
-            hashes[r] = aorm__key_hash(m, key);
+    if (k0 && k0->c == &m->columns[0] && (k0->fast == RP_INT8 || k0->fast == RP_INT4)) {
+        rc = materialize_int_key(s, &rp, populate, out);
+    } else {
+        for (int r = 0; r < nrows; r++) {
+            rc = aorm__session_materialize_row(s, &rp, r, populate, &out[r]);
+            if (rc < 0) break;
+            if (rc == 0) out[r] = NULL;
+            rc = 0;
         }
     }
-    for (int r = 0; r < nrows; r++) {
-        if (hashes && r + 8 < nrows) aorm__idmap_prefetch(&s->idmap, hashes[r + 8]);
-        rc = aorm__session_materialize_row_h(s, &rp, r, populate, &out[r], hashes ? hashes[r] : 0, hashes != NULL);
-        if (rc < 0) break;
-        if (rc == 0) out[r] = NULL;
-        rc = 0;
-    }
-    free(hashes);
     aorm__rowplan_free(&rp);
 out:
     if (pos != pos_stack) free(pos);

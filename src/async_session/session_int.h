@@ -27,7 +27,7 @@ enum {
 };
 
 typedef struct aorm__obj {
-    struct aorm__obj *id_next;    /* identity-map chain */
+    void *spare_;                 /* unused (the identity map keeps its own slots): the header stays 64 bytes */
     struct aorm__obj *track_next; /* session's tracked objects (new, deleted, persistent) */
     const aorm_model *model;
     void *snapshot;               /* column bytes as last loaded / flushed (NULL: new) */
@@ -69,9 +69,16 @@ aorm__obj *aorm__obj_of(const aorm_session *s, const void *obj);
 
 /* ---- identity map --------------------------------------------------------- */
 
+/* One slot of the identity map: the object and its key hash, side by
+ * side, so that probing compares hashes without reading object headers. */
+typedef struct aorm__idmap_slot {
+    uint64_t hash;
+    aorm__obj *h; /* NULL: empty */
+} aorm__idmap_slot;
+
 typedef struct aorm__idmap {
-    aorm__obj **buckets;
-    uint32_t nbuckets; /* power of two */
+    aorm__idmap_slot *slots;
+    uint32_t nslots; /* power of two (0 before the first put); at most half full */
     uint32_t count;
 } aorm__idmap;
 
@@ -79,12 +86,27 @@ void aorm__idmap_init(aorm__idmap *m);
 void aorm__idmap_free(aorm__idmap *m);
 /* Hash of the primary key fields of obj (a struct of model m). */
 uint64_t aorm__key_hash(const aorm_model *m, const void *obj);
+/* aorm__key_hash of a model whose key is one INT8 or INT4 column, from
+ * the key's value: a 64-bit finalizer (MurmurHash3's), a handful of
+ * instructions instead of a library call per row. */
+static inline uint64_t aorm__int_key_hash(const aorm_model *m, int64_t key) {
+    uint64_t x = (uint64_t)key ^ (uint64_t)(uintptr_t)m;
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ull;
+    x ^= x >> 33;
+    return x;
+}
 /* The object of model m whose key equals the key fields of `key`. */
 aorm__obj *aorm__idmap_find(aorm__idmap *map, const aorm_model *m, const void *key, uint64_t hash);
+/* The same for a model whose key is one INT8 or INT4 column, declared
+ * first (the caller checked): compares the field itself. */
+aorm__obj *aorm__idmap_find_int(aorm__idmap *map, const aorm_model *m, int64_t key, uint64_t hash);
 int aorm__idmap_put(aorm__idmap *map, aorm__obj *h);
 int aorm__idmap_reserve(aorm__idmap *map, size_t more);
 static inline void aorm__idmap_prefetch(const aorm__idmap *map, uint64_t hash) {
-    __builtin_prefetch(&map->buckets[hash & (map->nbuckets - 1)]);
+    if (map->nslots) __builtin_prefetch(&map->slots[hash & (map->nslots - 1)]);
 }
 void aorm__idmap_remove(aorm__idmap *map, aorm__obj *h);
 
@@ -218,8 +240,6 @@ typedef struct aorm__rowplan {
 int aorm__rowplan_init(aorm__rowplan *rp, const aorm_result *res, const aorm_model *m, const int *pos);
 void aorm__rowplan_free(aorm__rowplan *rp);
 int aorm__session_materialize_row(aorm_session *s, const aorm__rowplan *rp, int r, bool populate, void **out);
-int aorm__session_materialize_row_h(aorm_session *s, const aorm__rowplan *rp, int r, bool populate, void **out,
-                                    uint64_t known_hash, bool have_hash);
 void aorm__session_take_snapshot(aorm_session *s, aorm__obj *h);
 bool aorm__obj_changed(const aorm__obj *h);
 void aorm__session_cascade(aorm_session *s, aorm__obj *h, int depth);
