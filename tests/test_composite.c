@@ -869,3 +869,50 @@ Test(composite, generated_part_of_a_composite_key_comes_back, .timeout = TIMEOUT
     clean_region(region);
     env_close(&t);
 }
+
+Test(composite, get_many_by_composite_keys, .timeout = TIMEOUT) {
+    env t;
+    open_env(&t, true);
+    char region[64];
+    region_of(region, sizeof(region), "getmany");
+    clean_region(region);
+    aorm_session *s = aorm_session_new(t.e, NULL);
+    build_graph(s, region, 4, 1, NULL, 0);
+    session_commit(&t, s);
+    aorm_session_free(s);
+
+    s = aorm_session_new(t.e, NULL);
+    /* order 2 is in the identity map; 1 and 4 are not; 9 does not exist */
+    qres r;
+    aorm_stmt *q = orders_of(region);
+    aorm_where(q, aorm_eq(AORM_COL(cmp_order, order_no), aorm_int8(2)));
+    query_ok(&t, s, q, NULL, &r);
+    cr_assert_eq(r.len, 1);
+    cmp_order *two = r.items[0];
+    qres_free(&r);
+    cmp_order k[4] = {{.region = region, .order_no = 4}, {.region = region, .order_no = 2},
+                      {.region = region, .order_no = 9}, {.region = region, .order_no = 1}};
+    const void *keys[4] = {&k[0], &k[1], &k[2], &k[3]};
+    echo_clear(&t);
+    mark m0 = mark_now(&t, s);
+    memset(&r, 0, sizeof(r));
+    cr_assert_eq(aorm_session_get_many(s, &cmp_order_model, keys, 4, NULL, on_objects, &r), 0);
+    wait_done(&t, &r.done, "get_many");
+    mark m1 = mark_now(&t, s);
+    cr_assert_null(r.err, "%s", r.err ? r.err->message : "");
+    expect_cost(&m0, &m1, 1, 1, "get_many of 3 keys not in the map");
+    cr_assert_eq(echo_count(&t, "IN (SELECT * FROM unnest($1, $2))"), 1);
+    cr_assert_eq(r.len, 4);
+    cmp_order *o4 = r.items[0], *o1 = r.items[3];
+    cr_assert_not_null(o4);
+    cr_assert_eq(o4->order_no, 4);
+    cr_assert_eq(r.items[1], two, "answered from the identity map");
+    cr_assert_null(r.items[2], "no such order");
+    cr_assert_not_null(o1);
+    cr_assert_eq(o1->order_no, 1);
+    cr_assert_str_eq(o1->customer, "customer 1");
+    qres_free(&r);
+    aorm_session_free(s);
+    clean_region(region);
+    env_close(&t);
+}

@@ -164,8 +164,11 @@ AORM_API int aorm_session_execute(aorm_session *s, aorm_stmt *q, aorm_rows_cb cb
  * exists. */
 AORM_API int aorm_session_get(aorm_session *s, const aorm_model *m, const void *key,
                               const aorm_query_options *opts, aorm_object_cb cb, void *user);
-/** Several keys at once: one `= ANY($1)` statement for those not in the
- * identity map. objs->items[i] answers keys[i] (NULL when missing). */
+/** Several keys at once: one statement for those not in the identity map,
+ * `pk = ANY($1)`, or for a composite key `(pk1, pk2) IN (SELECT * FROM
+ * unnest($1, $2))` (key columns of type int2, int4, int8, text or uuid;
+ * AORM_EMISUSE otherwise). objs->items[i] answers keys[i] (NULL when
+ * missing). */
 AORM_API int aorm_session_get_many(aorm_session *s, const aorm_model *m, const void *const *keys, size_t n,
                                    const aorm_query_options *opts, aorm_objects_cb cb, void *user);
 /** Re-reads the object's columns from the database (overwriting changes). */

@@ -1219,32 +1219,30 @@ static void start_get_many(aorm_session *s, aorm__sop *op) {
         fail_op(s, op, AORM_ETXSTATE, "the session's transaction failed: roll it back first");
         return;
     }
-    const aorm_column *pk = aorm_model_pk(m, 0);
+    /* the keys the identity map cannot answer go into one statement */
+    const aorm_column *pk[AORM_KEY_MAX];
+    int npk = aorm_model_pk_count(m);
+    for (int i = 0; i < npk; i++) pk[i] = aorm_model_pk(m, i);
     size_t missing = 0;
-    void *vals = NULL;
-    size_t esz = pk->type == AORM_INT8 ? 8 : pk->type == AORM_INT4 ? 4 : pk->type == AORM_UUID ? 16 : sizeof(char *);
-    vals = malloc((op->nkeys + 1) * esz);
-    if (!vals) {
+    void **keys = malloc((op->nkeys + 1) * sizeof(void *));
+    if (!keys) {
         fail_op(s, op, AORM_ENOMEM, NULL);
         return;
     }
     for (size_t k = 0; k < op->nkeys; k++) {
         aorm__obj *h = aorm__idmap_find(&s->idmap, m, op->keys[k], aorm__key_hash(m, op->keys[k]));
         if (h && !(h->flags & OBJ_EXPIRED) && !op->qo.populate_existing) continue;
-        memcpy((char *)vals + missing * esz, aorm__cfield(pk, op->keys[k]), esz);
-        missing++;
+        keys[missing++] = op->keys[k];
     }
     if (missing == 0) {
-        free(vals);
+        free(keys);
         if (deliver_by_keys(s, op, m) == 0) aorm__session_op_done(s, op);
         return;
     }
+    /* `pk = ANY($1)`, or `(pk1, pk2) IN (SELECT * FROM unnest($1, $2))` */
     op->stmt = aorm_select(m);
-    aorm_expr col = {.kind = AORM_X_COLUMN, .model = m, .offset = pk->offset};
-    aorm_expr arr = {.kind = AORM_X_ARRAY, .type = pk->type, .v.p = vals, .len = missing};
-    aorm_expr any = {.kind = AORM_X_ANY, .op = AORM_OP_EQ, .a = &col, .b = &arr};
-    int rc = op->stmt ? aorm_where(op->stmt, &any) : AORM_ENOMEM;
-    free(vals);
+    int rc = op->stmt ? aorm__where_key_in(op->stmt, m, pk, pk, npk, keys, missing) : AORM_ENOMEM;
+    free(keys);
     if (rc < 0) {
         fail_op(s, op, rc, "cannot build the key lookup");
         return;
@@ -1560,9 +1558,10 @@ int aorm_session_get_many(aorm_session *s, const aorm_model *m, const void *cons
                           const aorm_query_options *opts, aorm_objects_cb cb, void *user) {
     int rc = check_open(s);
     if (rc < 0) return rc;
-    if (!m || (!keys && n) || !cb || aorm_model_pk_count(m) != 1) return AORM_EMISUSE;
-    aorm_type t = aorm_model_pk(m, 0)->type;
-    if (t != AORM_INT8 && t != AORM_INT4 && t != AORM_TEXT && t != AORM_UUID) return AORM_EMISUSE;
+    int npk = aorm_model_pk_count(m);
+    if (!m || (!keys && n) || !cb || npk < 1 || npk > AORM_KEY_MAX) return AORM_EMISUSE;
+    for (int i = 0; i < npk; i++) /* each key column goes in as one array parameter */
+        if (!aorm__field_array_type(aorm_model_pk(m, i))) return AORM_EMISUSE;
     aorm__sop *op = sop_new(s, SOP_GET_MANY, user);
     if (!op) return AORM_ENOMEM;
     op->model = m;
