@@ -582,6 +582,19 @@ static int materialize_int_key(aorm_session *s, const aorm__rowplan *rp, bool po
     return 0;
 }
 
+int aorm__session_materialize_rows(aorm_session *s, const aorm__rowplan *rp, bool populate, void **out) {
+    /* the key aorm__int_key_hash covers: one integer column, declared first */
+    const aorm__rowplan_col *k0 = rp->npk == 1 ? &rp->cols[0] : NULL;
+    if (k0 && k0->c == &rp->m->columns[0] && (k0->fast == RP_INT8 || k0->fast == RP_INT4))
+        return materialize_int_key(s, rp, populate, out);
+    for (int r = 0; r < rp->nrows; r++) {
+        int rc = aorm__session_materialize_row(s, rp, r, populate, &out[r]);
+        if (rc < 0) return rc;
+        if (rc == 0) out[r] = NULL;
+    }
+    return 0;
+}
+
 int aorm__session_materialize(aorm_session *s, const aorm_stmt *q, const aorm_result *res, const aorm_model *m,
                               bool populate, void **out) {
     int nrows = aorm_result_nrows(res);
@@ -599,18 +612,7 @@ int aorm__session_materialize(aorm_session *s, const aorm_stmt *q, const aorm_re
     /* and room for the objects, faulted in at once (large results only) */
     aorm__region_reserve(&s->region, (size_t)nrows * (sizeof(aorm__obj) + ((m->size + 15) & ~(size_t)15) +
                                                       ((rp.colspan + 15) & ~(size_t)15) + 32));
-    /* the key aorm__int_key_hash covers: one integer column, declared first */
-    const aorm__rowplan_col *k0 = rp.npk == 1 ? &rp.cols[0] : NULL;
-    if (k0 && k0->c == &m->columns[0] && (k0->fast == RP_INT8 || k0->fast == RP_INT4)) {
-        rc = materialize_int_key(s, &rp, populate, out);
-    } else {
-        for (int r = 0; r < nrows; r++) {
-            rc = aorm__session_materialize_row(s, &rp, r, populate, &out[r]);
-            if (rc < 0) break;
-            if (rc == 0) out[r] = NULL;
-            rc = 0;
-        }
-    }
+    rc = aorm__session_materialize_rows(s, &rp, populate, out);
     aorm__rowplan_free(&rp);
 out:
     if (pos != pos_stack) free(pos);

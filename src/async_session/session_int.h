@@ -238,6 +238,13 @@ typedef struct aorm__rowplan {
     aorm__rowplan_col inline_cols[AORM__RP_INLINE];
 } aorm__rowplan;
 int aorm__rowplan_init(aorm__rowplan *rp, const aorm_result *res, const aorm_model *m, const int *pos);
+/* Every row of the plan's result as an object, through the identity map,
+ * into out[0..nrows) (NULL for a row whose key is NULL): the one-pass path
+ * with prefetching for a leading int4/int8 key, else row by row. No
+ * memory is reserved here (aorm__session_materialize does that for
+ * results whose rows are mostly new objects). Returns 0 or a negative
+ * code. */
+int aorm__session_materialize_rows(aorm_session *s, const aorm__rowplan *rp, bool populate, void **out);
 void aorm__rowplan_free(aorm__rowplan *rp);
 int aorm__session_materialize_row(aorm_session *s, const aorm__rowplan *rp, int r, bool populate, void **out);
 void aorm__session_take_snapshot(aorm_session *s, aorm__obj *h);

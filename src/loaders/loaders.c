@@ -538,12 +538,16 @@ static int absorb_rows(load_run *r, level_item *it, aorm_result *res) {
     pos = NULL;
     if (rc < 0) return rc;
     aorm__idmap_reserve(&s->idmap, (size_t)nrows);
+    /* the rows' objects first, in one pass (the fast path for integer
+     * keys), then the grouping */
+    void **objs = malloc(((size_t)nrows + 1) * sizeof(void *));
+    if (!objs) {
+        rc = AORM_ENOMEM;
+        goto out;
+    }
+    if ((rc = aorm__session_materialize_rows(s, &rp, r->op->qo.populate_existing, objs)) < 0) goto out;
     if (rel->kind == AORM_MANY_TO_ONE) {
-        for (int row = 0; row < nrows && rc >= 0; row++) {
-            void *obj;
-            rc = aorm__session_materialize_row(s, &rp, row, r->op->qo.populate_existing, &obj);
-        }
-        if (rc >= 0) rc = assign_targets(s, it);
+        rc = assign_targets(s, it);
         goto out;
     }
     /* collections: rows come ordered by owner key; group them */
@@ -576,10 +580,8 @@ static int absorb_rows(load_run *r, level_item *it, aorm_result *res) {
     }
     aorm_allocator alloc = {aorm__region_alloc_fn, &s->region};
     for (int row = 0; row < nrows; row++) {
-        void *child;
-        rc = aorm__session_materialize_row(s, &rp, row, r->op->qo.populate_existing, &child);
-        if (rc < 0) break;
-        if (rc == 0) continue;
+        void *child = objs[row];
+        if (!child) continue; /* a NULL key */
         /* the owner's key: the child's FK columns (one-to-many) or the
          * association's local columns read from the row (many-to-many) */
         const void *key_src = child;
@@ -647,6 +649,7 @@ static int absorb_rows(load_run *r, level_item *it, aorm_result *res) {
     if (rc >= 0 && cur_owner) rc = set_collection(s, it, cur_owner, group.v, group.n);
     free(group.v);
 out:
+    free(objs);
     aorm__rowplan_free(&rp);
     return rc < 0 ? rc : 0;
 }
