@@ -467,20 +467,20 @@ static int send_item(load_run *r, int idx) {
         if (rc == 0) rc = order_by_cols(q, tm, km.from, km.n);
     } else { /* many-to-many: target JOIN secondary ON secondary.remote = target.pk */
         const aorm_model *sm = rel->secondary;
-        aorm_expr rc_[AORM_KEY_MAX], tc_[AORM_KEY_MAX], eq[AORM_KEY_MAX];
+        aorm_expr sc[AORM_KEY_MAX], tc[AORM_KEY_MAX], eq[AORM_KEY_MAX];
         const aorm_expr *conj[AORM_KEY_MAX];
         for (int i = 0; i < rem.n; i++) {
-            rc_[i] = (aorm_expr){.kind = AORM_X_COLUMN, .model = sm, .offset = rem.from[i]->offset};
-            tc_[i] = (aorm_expr){.kind = AORM_X_COLUMN, .model = tm, .offset = rem.to[i]->offset};
-            eq[i] = (aorm_expr){.kind = AORM_X_BINARY, .op = AORM_OP_EQ, .a = &rc_[i], .b = &tc_[i]};
+            sc[i] = (aorm_expr){.kind = AORM_X_COLUMN, .model = sm, .offset = rem.from[i]->offset};
+            tc[i] = (aorm_expr){.kind = AORM_X_COLUMN, .model = tm, .offset = rem.to[i]->offset};
+            eq[i] = (aorm_expr){.kind = AORM_X_BINARY, .op = AORM_OP_EQ, .a = &sc[i], .b = &tc[i]};
             conj[i] = &eq[i];
         }
-        aorm_expr on = {.kind = AORM_X_AND, .list = conj, .n = rem.n};
+        aorm_expr on = {.kind = AORM_X_AND, .list = conj, .n = rem.n}; /* one condition prints bare */
         for (int i = 0; i < km.n && rc == 0; i++) { /* the owner's key, to group rows by */
             aorm_expr loc = {.kind = AORM_X_COLUMN, .model = sm, .offset = km.from[i]->offset};
             rc = aorm_select_add(q, &loc);
         }
-        if (rc == 0) rc = aorm_join(q, sm, rem.n == 1 ? &eq[0] : &on);
+        if (rc == 0) rc = aorm_join(q, sm, &on);
         if (rc == 0) rc = aorm__where_key_in(q, sm, km.from, km.to, km.n, it->owners.v, it->owners.n);
         if (rc == 0) rc = order_by_cols(q, sm, km.from, km.n);
     }

@@ -367,6 +367,12 @@ int aorm__field_gather(const aorm_column *col, const void *const *objs, size_t n
         default: memcpy(at, &v.s, sizeof(char *)); break;
         }
     }
+    bool any_null = false;
+    for (size_t i = 0; i < n && !any_null; i++) any_null = g->nulls[i];
+    if (!any_null) { /* the usual case: no flags to copy into the statement or test per element */
+        free(g->nulls);
+        g->nulls = NULL;
+    }
     return 0;
 }
 

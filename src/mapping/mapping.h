@@ -76,7 +76,8 @@ void aorm__field_copy_value(const aorm_column *dst, void *to, const aorm_column 
 /* One column of many objects as a C array, for a Core array parameter
  * (AORM_X_ARRAY of `type`: int2/int4 columns as int32_t, int8 as
  * int64_t, text as const char *, uuid as 16 bytes). nulls[i] marks NULL
- * fields. Strings are borrowed from the objects. */
+ * fields (nulls is NULL when there are none). Strings are borrowed from
+ * the objects. */
 typedef struct aorm__gathered {
     aorm_type type;
     void *data;
