@@ -1,16 +1,20 @@
 # Thin wrappers around CMake and scripts/; the logic lives in the scripts.
 #   make demo    build and run the demo against a throw-away database
-#   make test    sanitizer build + full test suite (what CI runs)
+#   make test    sanitizer build + full test suite + 60 s of each fuzzer (what CI runs)
+#   make fuzz    the libFuzzer targets only (FUZZ_SECONDS=N each; build-fuzz/)
 #   make bench   build and run all benchmark workloads
 #   make clean   remove the build directories
+#   make soak    the bounded soak: 120 s of mixed work with faults injected
+#                (SOAK_SECONDS=N to change; build-soak/, not in `make test`)
+#   make valgrind  memcheck over the session and loaders suites (build-valgrind/)
 
 CMAKE ?= cmake
 JOBS  ?= 2
 
-.PHONY: help demo test bench clean
+.PHONY: help demo test bench clean soak valgrind
 
 help:
-	@echo "targets: demo test bench clean"
+	@echo "targets: demo test bench clean soak valgrind fuzz"
 
 # The bookstore tour creates its own schema from its models: no --schema.
 demo:
@@ -20,11 +24,20 @@ demo:
 	scripts/sandbox run -- build/examples/aorm-bookstore
 
 test:
-	scripts/bootstrap --docs
+	scripts/bootstrap --docs --fuzz
 	$(CMAKE) -S . -B build-test -DAORM_SANITIZE=ON -DAORM_WERROR=ON -DCMAKE_BUILD_TYPE=Debug
 	$(CMAKE) --build build-test -j$(JOBS)
 	$(CMAKE) --build build-test --target docs
 	scripts/sandbox run --schema -- ctest --test-dir build-test --output-on-failure -V --timeout 900
+	scripts/fuzz -t 60
+
+# libFuzzer targets of tests/fuzz (clang, ASan + UBSan), each run for
+# FUZZ_SECONDS over its committed seeds; scripts/fuzz says more.
+FUZZ_SECONDS ?= 60
+.PHONY: fuzz
+fuzz:
+	scripts/bootstrap --fuzz
+	scripts/fuzz -t $(FUZZ_SECONDS)
 
 bench:
 	scripts/bootstrap --bench
@@ -33,7 +46,25 @@ bench:
 	scripts/sandbox run --schema -- build/bench/aorm-bench
 
 clean:
-	rm -rf build build-test build-bench
+	rm -rf build build-test build-bench build-soak build-valgrind build-fuzz
+
+# An optimized build without sanitizers, so that the resident size it
+# reports is the library's own; tests/soak.c says what it checks.
+SOAK_SECONDS ?= 120
+soak:
+	scripts/bootstrap
+	$(CMAKE) -S . -B build-soak -DCMAKE_BUILD_TYPE=RelWithDebInfo -DAORM_BUILD_BENCH=OFF
+	$(CMAKE) --build build-soak -j$(JOBS) --target aorm-soak
+	scripts/sandbox run --schema -- build-soak/tests/aorm-soak --seconds $(SOAK_SECONDS)
+
+# A Debug build without sanitizers (valgrind and ASan do not mix); the
+# logic (children followed, logs checked) is in scripts/valgrind.
+VALGRIND_SUITES ?= session loaders
+valgrind:
+	scripts/bootstrap --valgrind
+	$(CMAKE) -S . -B build-valgrind -DCMAKE_BUILD_TYPE=Debug -DAORM_SANITIZE=OFF -DAORM_BUILD_BENCH=OFF
+	$(CMAKE) --build build-valgrind -j$(JOBS) $(addprefix --target test_,$(VALGRIND_SUITES))
+	scripts/sandbox run --schema -- scripts/valgrind build-valgrind $(VALGRIND_SUITES)
 
 # make compare   aorm against SQLAlchemy asyncio on the reference data, with
 #                the plain-libpq ceilings (bench/README.md); Release build in

@@ -38,6 +38,8 @@ extern const bench_workload wl_session_list[];
 extern const bench_workload wl_core_list[];
 /* wl_loaders.c: the peer's relationship-loading workloads and their ceiling. */
 extern const bench_workload wl_loaders_list[];
+/* wl_redis.c: batch reads from Redis, plain hiredis and aorm_redis. */
+extern const bench_workload wl_redis_list[];
 
 /* The default run order: the ceilings first, then what is measured
  * against them. New wl_*.c files add their array here (see bench.h). */
@@ -47,6 +49,7 @@ static const bench_workload *const lists[] = {
     wl_session_list,
     wl_core_list,
     wl_loaders_list,
+    wl_redis_list,
     NULL
 };
 

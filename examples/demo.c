@@ -136,7 +136,7 @@ static void on_version(aorm_engine *e, aorm_result *res, const aorm_error *err, 
     const char *v;
     aorm_result_text(res, 0, 0, &v, NULL);
     printf("1. server: %s\n", v);
-    aorm_exec_options ro = {AORM_EXEC_READONLY, 5.0};
+    aorm_exec_options ro = {.flags = AORM_EXEC_READONLY, .deadline = 5.0};
     for (int i = 0; i < LOOKUPS; i++) {
         aorm_params p;
         aorm_params_init(&p);

@@ -1,19 +1,39 @@
-/* support.c -- see support.h. */
+/* support.c -- see support.h. Also the test kit's log: wrappers (linked
+ * with -Wl,--wrap, see tests/CMakeLists.txt) around aorm_engine_new, which
+ * tee every engine's log lines into this process's file, and around
+ * aorm_error_copy, which records every error a test or the library copies. */
 #include "support.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <hiredis/hiredis.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 static const char *need_env(const char *name) {
     const char *v = getenv(name);
-    if (!v || !*v)
+    if (!v || !*v) {
+        bool secure_only = strcmp(name, "AORM_TEST_APP_DSN") == 0 || strcmp(name, "AORM_TEST_TLS_DIR") == 0 ||
+                           strncmp(name, "AORM_TEST_REDIS_", 16) == 0;
         cr_assert_fail("%s is not set: run the tests through the sandbox "
-                       "(make test, or scripts/sandbox run -- ctest)", name);
+                       "(make test, or scripts/sandbox run -- ctest)%s", name,
+                       secure_only ? "; the secure sandbox sets it (not --insecure)" : "");
+    }
     return v;
 }
 
-const char *t_dsn(void) { return need_env("AORM_TEST_DSN"); }
+const char *t_env(const char *name) { return need_env(name); }
+
+bool t_as_app(void) {
+    const char *as = getenv("AORM_TEST_AS");
+    return as && strcmp(as, "app") == 0;
+}
+
+const char *t_dsn(void) { return t_as_app() ? need_env("AORM_TEST_APP_DSN") : need_env("AORM_TEST_DSN"); }
+
+const char *t_owner_dsn(void) { return need_env("AORM_TEST_DSN"); }
 
 const char *t_redis_host(void) {
     static char host[256];
@@ -33,7 +53,7 @@ int t_redis_port(void) {
 }
 
 PGconn *t_pg(void) {
-    PGconn *c = PQconnectdb(t_dsn());
+    PGconn *c = PQconnectdb(t_owner_dsn());
     cr_assert(PQstatus(c) == CONNECTION_OK, "cannot connect to the sandbox PostgreSQL: %s",
               PQerrorMessage(c));
     return c;
@@ -113,4 +133,227 @@ void t_sandbox(const char *cmd) {
     snprintf(line, sizeof(line), "\"%s\" %s >/dev/null 2>&1", script, cmd);
     int rc = system(line);
     cr_assert(rc == 0, "sandbox %s failed (%d)", cmd, rc);
+}
+
+/* ---- conninfo and files --------------------------------------------------- */
+
+char *t_conninfo(const char *base, ...) {
+    char *out = NULL;
+    size_t outlen = 0;
+    FILE *f = open_memstream(&out, &outlen);
+    cr_assert_not_null(f);
+    /* the keys to set, in order */
+    const char *keys[16], *vals[16];
+    int n = 0;
+    va_list ap;
+    va_start(ap, base);
+    for (const char *k; (k = va_arg(ap, const char *)) != NULL;) {
+        cr_assert(n < 16, "t_conninfo: too many keys");
+        keys[n] = k;
+        vals[n] = va_arg(ap, const char *);
+        n++;
+    }
+    va_end(ap);
+    bool done[16] = {0};
+    bool first = true;
+    for (const char *p = base; *p;) {
+        while (*p == ' ') p++;
+        if (!*p) break;
+        const char *end = strchr(p, ' ');
+        if (!end) end = p + strlen(p);
+        const char *eq = memchr(p, '=', (size_t)(end - p));
+        int hit = -1;
+        for (int i = 0; eq && i < n; i++)
+            if (strlen(keys[i]) == (size_t)(eq - p) && strncmp(p, keys[i], (size_t)(eq - p)) == 0) hit = i;
+        if (hit < 0) {
+            fprintf(f, "%s%.*s", first ? "" : " ", (int)(end - p), p);
+            first = false;
+        } else if (vals[hit] && !done[hit]) {
+            fprintf(f, "%s%s=%s", first ? "" : " ", keys[hit], vals[hit]);
+            first = false;
+        }
+        if (hit >= 0) done[hit] = true;
+        p = end;
+    }
+    for (int i = 0; i < n; i++) {
+        if (done[i] || !vals[i]) continue;
+        fprintf(f, "%s%s=%s", first ? "" : " ", keys[i], vals[i]);
+        first = false;
+    }
+    fclose(f);
+    return out;
+}
+
+char *t_tls_file(const char *name) {
+    const char *dir = need_env("AORM_TEST_TLS_DIR");
+    char *path = NULL;
+    cr_assert(asprintf(&path, "%s/%s", dir, name) > 0);
+    cr_assert(access(path, R_OK) == 0, "%s: %s", path, strerror(errno));
+    return path;
+}
+
+/* ---- Redis ---------------------------------------------------------------- */
+
+struct redisContext *t_redis(bool unix_socket) {
+    struct timeval tv = {5, 0};
+    redisContext *r;
+    if (unix_socket) r = redisConnectUnixWithTimeout(need_env("AORM_TEST_REDIS_SOCKET"), tv);
+    else r = redisConnectWithTimeout(t_redis_host(), t_redis_port(), tv);
+    cr_assert(r && !r->err, "cannot connect to the sandbox Redis (%s): %s", unix_socket ? "unix socket" : "TCP",
+              r ? r->errstr : "out of memory");
+    const char *pw = getenv("AORM_TEST_REDIS_PASSWORD");
+    if (pw && *pw) {
+        const char *user = need_env("AORM_TEST_REDIS_USER");
+        redisReply *rep = redisCommand(r, "AUTH %s %s", user, pw);
+        cr_assert(rep && rep->type == REDIS_REPLY_STATUS && strcmp(rep->str, "OK") == 0,
+                  "Redis AUTH as %s failed: %s", user, rep && rep->str ? rep->str : r->errstr);
+        freeReplyObject(rep);
+    }
+    return r;
+}
+
+/* ---- the test kit's log ------------------------------------------------------ */
+
+static int log_fd = -1;
+static pid_t log_pid;
+
+bool t_log_path(char *out, size_t cap) {
+    const char *dir = getenv("AORM_TEST_LOG_DIR");
+    if (!dir || !*dir) return false;
+    /* Criterion's workers run as "boxfort-worker": name the file after the
+     * executable instead */
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+    exe[n > 0 ? n : 0] = '\0';
+    const char *base = n > 0 && strrchr(exe, '/') ? strrchr(exe, '/') + 1 : program_invocation_short_name;
+    snprintf(out, cap, "%s/%s.%ld.log", dir, base, (long)getpid());
+    return true;
+}
+
+/* This process's file. Criterion forks a process per test, so the
+ * descriptor is reopened when the pid changes. */
+static int log_file(void) {
+    if (log_fd >= 0 && log_pid == getpid()) return log_fd;
+    if (log_fd >= 0) close(log_fd);
+    log_fd = -1;
+    char path[4096];
+    if (!t_log_path(path, sizeof(path))) return -1;
+    log_fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    log_pid = getpid();
+    return log_fd;
+}
+
+static void log_write(const char *text, size_t len) {
+    int fd = log_file();
+    if (fd < 0) return;
+    while (len > 0) {
+        ssize_t w = write(fd, text, len);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return;
+        text += w;
+        len -= (size_t)w;
+    }
+}
+
+static void log_vline(const char *fmt, va_list ap) {
+    char stack[1024];
+    va_list ap2;
+    va_copy(ap2, ap);
+    int n = vsnprintf(stack, sizeof(stack), fmt, ap);
+    if (n < 0) {
+        va_end(ap2);
+        return;
+    }
+    char *buf = stack;
+    if ((size_t)n + 2 > sizeof(stack)) {
+        buf = malloc((size_t)n + 2);
+        if (!buf) {
+            va_end(ap2);
+            return;
+        }
+        vsnprintf(buf, (size_t)n + 1, fmt, ap2);
+    }
+    va_end(ap2);
+    buf[n] = '\n';
+    log_write(buf, (size_t)n + 1);
+    if (buf != stack) free(buf);
+}
+
+void t_log(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    log_vline(fmt, ap);
+    va_end(ap);
+}
+
+void t_log_error(const char *where, const aorm_error *err) {
+    if (!err) return;
+    t_log("error %s: %s %s %s | detail: %s | hint: %s", where, aorm_errname(err->code), err->sqlstate,
+          err->message ? err->message : "", err->detail ? err->detail : "", err->hint ? err->hint : "");
+}
+
+/* Every engine of a test process logs everything to the file, and passes
+ * on to the test's own callback exactly what the test asked for. */
+typedef struct log_tee {
+    struct log_tee *next; /* all of them stay reachable: an engine may log until it is destroyed */
+    aorm_log_fn fn;
+    void *user;
+    aorm_log_level level;
+    bool echo;
+} log_tee;
+
+static log_tee *tees;
+
+static const char *level_name(aorm_log_level l) {
+    switch (l) {
+    case AORM_LOG_ERROR: return "ERROR";
+    case AORM_LOG_WARN: return "WARN";
+    case AORM_LOG_INFO: return "INFO";
+    case AORM_LOG_SQL: return "SQL";
+    case AORM_LOG_DEBUG: return "DEBUG";
+    }
+    return "?";
+}
+
+static void tee_log(aorm_log_level level, const char *message, void *user) {
+    log_tee *t = user;
+    t_log("engine %s: %s", level_name(level), message);
+    if (!t->fn || level > t->level) return;
+    if (level == AORM_LOG_SQL && !t->echo) return; /* the echo was ours, not the test's */
+    t->fn(level, message, t->user);
+}
+
+aorm_engine *__real_aorm_engine_new(aorm_loop *loop, const aorm_engine_options *o);
+aorm_engine *__wrap_aorm_engine_new(aorm_loop *loop, const aorm_engine_options *o);
+
+aorm_engine *__wrap_aorm_engine_new(aorm_loop *loop, const aorm_engine_options *o) {
+    if (!o || log_file() < 0) return __real_aorm_engine_new(loop, o);
+    log_tee *t = calloc(1, sizeof(*t));
+    if (!t) return __real_aorm_engine_new(loop, o);
+    t->fn = o->log;
+    t->user = o->log_user;
+    t->echo = o->echo;
+    /* the engine raises its level to the echo's when echo is on */
+    t->level = o->echo && o->log_level < AORM_LOG_SQL ? AORM_LOG_SQL : o->log_level;
+    t->next = tees;
+    tees = t;
+    aorm_engine_options mine = *o;
+    mine.log = tee_log;
+    mine.log_user = t;
+    mine.log_level = AORM_LOG_DEBUG;
+    if (!o->echo) {
+        /* the test sees no echo: the file gets it with every parameter, so
+         * that what must stay hidden is hidden by the engine itself */
+        mine.echo = true;
+        mine.echo_params = true;
+    }
+    return __real_aorm_engine_new(loop, &mine);
+}
+
+aorm_error *__real_aorm_error_copy(const aorm_error *err);
+aorm_error *__wrap_aorm_error_copy(const aorm_error *err);
+
+aorm_error *__wrap_aorm_error_copy(const aorm_error *err) {
+    t_log_error("copied", err);
+    return __real_aorm_error_copy(err);
 }

@@ -7,16 +7,46 @@
 #include <criterion/criterion.h>
 #include <ev.h>
 #include <libpq-fe.h>
+#include <stdbool.h>
 #include <unistd.h>
 
 #include "aorm/aorm.h"
 
-/* AORM_TEST_DSN / AORM_TEST_REDIS, or a failed test naming the variable. */
+/* AORM_TEST_DSN / AORM_TEST_REDIS, or a failed test naming the variable.
+ * t_dsn() is what the library under test connects with: the owner's DSN,
+ * or, when AORM_TEST_AS=app (the restricted-role runs of a suite),
+ * AORM_TEST_APP_DSN, a role that may only read and write rows.
+ * t_owner_dsn() is always the owner's (AORM_TEST_DSN): set-up, DDL, checks. */
 const char *t_dsn(void);
+const char *t_owner_dsn(void);
+/* True in a restricted-role run (AORM_TEST_AS=app). */
+bool t_as_app(void);
 const char *t_redis_host(void);
 int t_redis_port(void);
 
-/* A blocking libpq connection to the sandbox, for set-up and checks. */
+/* The value of an environment variable the sandbox sets, or a failed test
+ * naming it (and saying that the secure sandbox sets it, when it does). */
+const char *t_env(const char *name);
+
+/* `base` (a key=value conninfo whose values hold no spaces or quotes) with
+ * the given keys set: t_conninfo(base, "host", "x", "port", "1", NULL).
+ * A NULL value removes the key. malloc'd. */
+char *t_conninfo(const char *base, ...);
+
+/* The path of a file in the sandbox's client TLS directory
+ * (AORM_TEST_TLS_DIR): "ca.crt", "other-ca.crt" (a CA that signed
+ * nothing), "aorm_cert.crt" / "aorm_cert.key". malloc'd. */
+char *t_tls_file(const char *name);
+
+/* A connection to the sandbox Redis: over its unix socket
+ * (AORM_TEST_REDIS_SOCKET) or TCP (AORM_TEST_REDIS), authenticated with
+ * AORM_TEST_REDIS_USER / AORM_TEST_REDIS_PASSWORD when the sandbox set
+ * them. Fails the test when it cannot connect or authenticate. */
+struct redisContext;
+struct redisContext *t_redis(bool unix_socket);
+
+/* A blocking libpq connection to the sandbox as the owner, for set-up and
+ * checks. */
 PGconn *t_pg(void);
 /* Runs sql on c, asserting success; returns the first value of the first
  * row as a malloc'd string (or NULL for no rows). */
@@ -31,5 +61,18 @@ int t_run_until_fn(struct ev_loop *evl, int (*cond)(void *), void *arg, double s
 
 /* Runs "$AORM_SANDBOX_SCRIPT cmd" (e.g. "restart-pg"), asserting success. */
 void t_sandbox(const char *cmd);
+
+/* The test kit's record of what the library said: every line any engine
+ * logs (at every level, the SQL echo included, whatever the test asked
+ * for: support.c wraps aorm_engine_new) and every error copied with
+ * aorm_error_copy() is appended to a file of this process under
+ * $AORM_TEST_LOG_DIR, which the last ctest step (zz_secret_grep) searches
+ * for the sandbox's passwords. Tests add what else they print or receive
+ * (e.g. libpq messages) with t_log(). */
+void t_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* This process's file (DIR/<executable>.<pid>.log); false without
+ * AORM_TEST_LOG_DIR. */
+bool t_log_path(char *out, size_t cap);
+void t_log_error(const char *where, const aorm_error *err);
 
 #endif

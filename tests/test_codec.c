@@ -1207,3 +1207,47 @@ Test(codec, raw_params, .timeout = 30) {
     aorm_params_free(&p);
     PQfinish(c);
 }
+
+/* ---- regressions found by tests/fuzz/fuzz_codec ------------------------------- */
+
+/* A numeric without digits is zero whatever its weight says: it prints
+ * "0" with its fraction digits, never leading zeros ("0000000000000.00"
+ * would not even re-encode to the same text). */
+Test(codec, numeric_zero_with_weight, .timeout = 30) {
+    char buf[64];
+    size_t need = 0;
+    const char zero_w3[] = {0, 0, 0, 3, 0, 0, 0, 2}; /* ndigits 0, weight 3, dscale 2 */
+    cr_assert_eq(aorm_decode_numeric(zero_w3, 8, buf, sizeof(buf), &need), 4, "zero with a weight");
+    cr_expect_str_eq(buf, "0.00");
+    cr_expect_eq(need, 4);
+    const char zero_digits[] = {0, 2, 0, 5, 0x40, 0, 0, 0, 0, 0, 0, 0}; /* digits 0000 0000, weight 5, negative */
+    cr_assert_eq(aorm_decode_numeric(zero_digits, 12, buf, sizeof(buf), NULL), 1, "zero digits with a weight");
+    cr_expect_str_eq(buf, "0", "no leading zeros, no minus sign");
+    aorm_params p;
+    aorm_params_init(&p);
+    cr_assert_eq(aorm_params_numeric(&p, "0.00"), 0);
+    cr_assert_eq(aorm_decode_numeric(aorm__params_value(&p, 0), p.slots[0].len, buf, sizeof(buf), NULL), 4);
+    cr_expect_str_eq(buf, "0.00", "the canonical zero reads the same");
+    aorm_params_free(&p);
+}
+
+/* The server refuses a Bind message of 1 GiB or more, and only after the
+ * client sent all of it: a builder refuses values that cannot fit before
+ * copying anything (the source below is one byte long; the length alone
+ * is refused). */
+Test(codec, params_bounded_by_the_servers_message_limit, .timeout = 30) {
+    static const uint8_t one = 7;
+    aorm_params p;
+    aorm_params_init(&p);
+    cr_assert_eq(aorm_params_bytea(&p, &one, (size_t)1 << 30), AORM_ERANGE, "1 GiB in one value");
+    cr_assert_eq(aorm_params_count(&p), 0, "no slot left behind");
+    aorm_params_reset(&p);
+    cr_assert_eq(aorm_params_bytea(&p, &one, ((size_t)1 << 30) - ((size_t)1 << 20) + 1), AORM_ERANGE,
+                 "just over the bound");
+    aorm_params_reset(&p);
+    cr_assert_eq(aorm_params_bytea(&p, &one, (size_t)UINT32_MAX + 2), AORM_ERANGE, "past 4 GiB");
+    aorm_params_reset(&p);
+    cr_assert_eq(aorm_params_bytea(&p, &one, 1), 0, "a small value after a reset");
+    cr_assert_eq(aorm_params_count(&p), 1);
+    aorm_params_free(&p);
+}

@@ -221,7 +221,7 @@ static void want_server_error(reply *r, const char *sqlstate) {
 
 static reply *submit(env *t, const char *sql, const aorm_params *p, unsigned flags) {
     reply *r = reply_new(t, sql);
-    aorm_exec_options xo = {flags, 0};
+    aorm_exec_options xo = {.flags = flags, .deadline = 0};
     int rc = aorm_engine_execute(t->e, sql, p, &xo, on_reply, r);
     cr_assert_eq(rc, 0, "aorm_engine_execute(%s) = %s", sql, aorm_errname(rc));
     cr_assert_eq(r->calls, 0, "callback ran inside aorm_engine_execute");
@@ -230,7 +230,7 @@ static reply *submit(env *t, const char *sql, const aorm_params *p, unsigned fla
 
 static reply *csubmit(env *t, aorm_conn *c, const char *sql, const aorm_params *p, unsigned flags) {
     reply *r = reply_new(t, sql);
-    aorm_exec_options xo = {flags, 0};
+    aorm_exec_options xo = {.flags = flags, .deadline = 0};
     int rc = aorm_conn_execute(c, sql, p, &xo, on_reply, r);
     cr_assert_eq(rc, 0, "aorm_conn_execute(%s) = %s", sql, aorm_errname(rc));
     cr_assert_eq(r->calls, 0, "callback ran inside aorm_conn_execute");
@@ -408,7 +408,7 @@ static void conc_issue(caller *c) {
     /* the caller in the high half, the statement in the low half */
     aorm_params_int8(&p, ((int64_t)c->id << 32) | k);
     aorm_params_text(&p, text);
-    aorm_exec_options xo = {c->st->flags, 0};
+    aorm_exec_options xo = {.flags = c->st->flags, .deadline = 0};
     int rc = aorm_engine_execute(c->st->t->e, "SELECT $1::int8 * 2, $2::text", &p, &xo, conc_on_answer, c);
     aorm_params_free(&p);
     cr_assert_eq(rc, 0, "aorm_engine_execute = %s", aorm_errname(rc));
@@ -960,7 +960,7 @@ Test(engine, codec_text_is_never_interpreted, .timeout = 60) {
     never_calls = 0;
     int rc = aorm_engine_execute(t.e, "SELECT $1::text", &p, NULL, on_never, NULL);
     cr_assert_eq(rc, AORM_EENCODING, "aorm_engine_execute = %s", aorm_errname(rc));
-    aorm_exec_options ro = {AORM_EXEC_READONLY, 0};
+    aorm_exec_options ro = {.flags = AORM_EXEC_READONLY, .deadline = 0};
     rc = aorm_engine_execute(t.e, "SELECT $1::text", &p, &ro, on_never, NULL);
     cr_assert_eq(rc, AORM_EENCODING);
     aorm_params_free(&p);
@@ -1726,6 +1726,7 @@ Test(engine, unknown_host_name_fails_with_econnect, .timeout = 60) {
     aorm_engine_options o;
     opts_init(&o);
     o.conninfo = dsn;
+    o.pool_timeout = 0.5; /* callers wait for the pool to connect up to this */
     env t;
     env_open(&t, &o);
     double t0 = ev_time();
@@ -1983,6 +1984,7 @@ Test(engine, log_never_shows_the_password, .timeout = 60) {
     char *bad = conninfo_set(good, "port", "1");
     opts_init(&o);
     o.conninfo = bad;
+    o.pool_timeout = 0.5; /* callers wait for the pool to connect up to this */
     o.log_level = AORM_LOG_DEBUG;
     o.echo = true;
     o.echo_params = true;

@@ -21,6 +21,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "faultproxy.h"
 #include "support.h"
 
 /* ---- fixture ----------------------------------------------------------------- */
@@ -566,7 +567,7 @@ Test(engine_faults, deadline_cancels_on_server, .timeout = 90) {
     cr_assert_eq(warm.code, 0);
 
     rec slow = {0}, next = {0};
-    aorm_exec_options xo = {0, 0.1};
+    aorm_exec_options xo = {.flags = 0, .deadline = 0.1};
     double t0 = mono();
     cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(10)", NULL, &xo, on_rec, &slow), 0);
     cr_assert(wait_flag(f.evl, &slow.calls, 5));
@@ -625,7 +626,7 @@ Test(engine_faults, default_statement_timeout, .timeout = 90) {
 
     /* a negative deadline means none, overriding the default */
     rec none = {0};
-    aorm_exec_options xo = {0, -1};
+    aorm_exec_options xo = {.flags = 0, .deadline = -1};
     cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(0.5)", NULL, &xo, on_rec, &none), 0);
     cr_assert(wait_flag(f.evl, &none.calls, 10));
     cr_assert_eq(none.code, 0, "no-deadline statement failed: %s [%s] %s", aorm_errname(none.code), none.sqlstate,
@@ -663,7 +664,7 @@ Test(engine_faults, deadline_inside_transaction, .timeout = 90) {
     cr_assert(wait_flag(f.evl, &b.calls, 10));
     cr_assert_eq(b.code, 0);
 
-    aorm_exec_options xo = {0, 0.1};
+    aorm_exec_options xo = {.flags = 0, .deadline = 0.1};
     double t0 = mono();
     rec slow;
     conn_sql(&f, h.c, "SELECT pg_sleep(10)", &xo, &slow);
@@ -788,6 +789,7 @@ Test(engine_faults, pool_overflow, .timeout = 90) {
     o.pool_size = 2;
     o.max_overflow = 1;
     o.pool_timeout = 0.3;
+    o.idle_timeout = 0.5;
     fx_engine(&f, &o);
 
     hold h[3];
@@ -811,8 +813,14 @@ Test(engine_faults, pool_overflow, .timeout = 90) {
     for (int i = 0; i < 3; i++) aorm_conn_release(h[i].c);
     cr_assert(wait_fn(f.evl, none_held, f.e, 2));
     s = stats_of(f.e);
-    cr_assert(s.open <= 2, "the overflow connection was kept: open = %d", s.open);
+    cr_assert_eq(s.open, 3, "the overflow connection should linger for reuse: open = %d", s.open);
     cr_assert_eq(s.held, 0);
+    cr_assert_eq(s.overflow_opened, 1);
+    double until = mono() + 5;
+    while (stats_of(f.e).open > 2 && mono() < until) run_for(&f, 0.05);
+    s = stats_of(f.e);
+    cr_assert(s.open <= 2, "the overflow connection was kept past idle_timeout: open = %d", s.open);
+    cr_assert_eq(s.overflow_closed, 1);
 
     PGconn *pg = t_pg();
     char sql[512];
@@ -1009,6 +1017,9 @@ Test(engine_faults, connection_refused, .timeout = 90) {
     fx f;
     aorm_engine_options o;
     fx_init(&f, &o, "refused", "port=1");
+    /* callers wait for a connection up to the pool timeout while the
+     * engine keeps trying, then hear why none came */
+    o.pool_timeout = 0.5;
     fx_engine(&f, &o);
     rec r = {0};
     double t0 = mono();
@@ -1016,7 +1027,8 @@ Test(engine_faults, connection_refused, .timeout = 90) {
     cr_assert(wait_flag(f.evl, &r.calls, 10));
     cr_assert_eq(r.code, AORM_ECONNECT, "got %s [%s] %s", aorm_errname(r.code), r.sqlstate, r.msg);
     cr_assert_str_eq(r.sqlstate, "08001");
-    cr_assert(r.at - t0 < 1.0, "connection refused reported after %.2f s", r.at - t0);
+    cr_assert(r.at - t0 >= o.pool_timeout - 0.05, "gave up after %.2f s, before the pool timeout", r.at - t0);
+    cr_assert(r.at - t0 < o.pool_timeout + 0.5, "connection refused reported after %.2f s", r.at - t0);
 
     hold h = {0};
     t0 = mono();
@@ -1024,8 +1036,8 @@ Test(engine_faults, connection_refused, .timeout = 90) {
     cr_assert(wait_flag(f.evl, &h.calls, 10));
     cr_assert_eq(h.code, AORM_ECONNECT, "acquire: %s", aorm_errname(h.code));
     cr_assert_null(h.c);
-    /* at most one reconnect delay later, not at the pool timeout */
-    cr_assert(h.at - t0 < o.reconnect_max + 0.5, "acquire failed after %.2f s", h.at - t0);
+    cr_assert(h.at - t0 >= o.pool_timeout - 0.05 && h.at - t0 < o.pool_timeout + 0.5, "acquire failed after %.2f s",
+              h.at - t0);
     run_for(&f, 0.1);
     cr_assert_eq(r.calls, 1);
     cr_assert_eq(h.calls, 1);
@@ -1065,6 +1077,7 @@ Test(engine_faults, connection_refused_backoff, .timeout = 90) {
     fx f;
     aorm_engine_options o;
     fx_init(&f, &o, "backoff", "port=1");
+    o.pool_timeout = 0.3;
     fx_engine(&f, &o);
     enum { N = 100 };
     rec r[N];
@@ -1086,10 +1099,10 @@ Test(engine_faults, connection_refused_backoff, .timeout = 90) {
     aorm_engine_stats s = stats_of(f.e);
     cr_log_info("%llu connection attempts for %d statements; slowest failure %.3f s",
                 (unsigned long long)s.connect_failures, N, worst);
-    /* backoff from 0.05 s doubling: about six attempts in the second */
+    /* backoff from 0.05 s doubling: about six attempts in 1.3 s */
     cr_assert(s.connect_failures >= 2 && s.connect_failures <= 15,
               "%llu connection attempts for %d statements over 1 s", (unsigned long long)s.connect_failures, N);
-    cr_assert(worst < o.reconnect_max + 0.5, "a statement waited %.2f s for its failure", worst);
+    cr_assert(worst < o.pool_timeout + 0.5, "a statement waited %.2f s for its failure", worst);
     cr_assert_eq(s.connects, 0);
     fx_close(&f);
 }
@@ -1208,7 +1221,7 @@ static void on_ro_warm(aorm_engine *e, aorm_result *res, const aorm_error *err, 
     ro_state *st = user;
     rec_take(&st->warm, res, err);
     /* all fifty in one loop turn: one pipeline, one shared sync */
-    aorm_exec_options ro = {AORM_EXEC_READONLY, 0};
+    aorm_exec_options ro = {.flags = AORM_EXEC_READONLY, .deadline = 0};
     for (int i = 0; i < RO_N; i++) {
         aorm_params p;
         aorm_params_init(&p);
@@ -1267,5 +1280,897 @@ Test(engine_faults, readonly_resend_runs_once, .timeout = 90) {
     fx_close(&f);
     free(st);
     free(t_pg_exec(pg, "DROP FUNCTION IF EXISTS aorm_flt_probe(int)"));
+    PQfinish(pg);
+}
+
+/* ============================================================================
+ * 8. Promises the engine keeps in the corners (each a regression test)
+ * ========================================================================== */
+
+/* The transaction status a callback sees is the state its own statement
+ * left behind, whether or not the sync behind it has been read yet. */
+typedef struct txs_probe {
+    aorm_conn *c;
+    int calls;
+    int code;
+    aorm_tx_status seen;
+} txs_probe;
+
+static void on_txs_probe(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
+    txs_probe *p = user;
+    p->calls++;
+    p->code = err ? err->code : 0;
+    p->seen = aorm_conn_tx_status(p->c);
+}
+
+Test(engine_faults, tx_status_inside_callbacks, .timeout = 60) {
+    fx f;
+    aorm_engine_options o;
+    fx_init(&f, &o, "txs_cb", NULL);
+    o.pool_size = 1;
+    o.max_overflow = 0;
+    fx_engine(&f, &o);
+    hold h = {0};
+    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0);
+    cr_assert(wait_flag(f.evl, &h.calls, 10));
+    cr_assert_eq(h.code, 0);
+
+    enum { BEGIN, SAVE, FAIL, AFTER, BACK, OK, COMMIT, RAW_BEGIN, RAW_FAIL, RAW_ROLLBACK, N };
+    txs_probe p[N];
+    memset(p, 0, sizeof(p));
+    for (int i = 0; i < N; i++) p[i].c = h.c;
+    /* all queued in one turn: one pipeline, several sync groups */
+    cr_assert_eq(aorm_conn_begin(h.c, NULL, on_txs_probe, &p[BEGIN]), 0);
+    cr_assert_eq(aorm_conn_savepoint(h.c, "s1", on_txs_probe, &p[SAVE]), 0);
+    cr_assert_eq(aorm_conn_execute(h.c, "SELECT 1/0", NULL, NULL, on_txs_probe, &p[FAIL]), 0);
+    cr_assert_eq(aorm_conn_execute(h.c, "SELECT 2", NULL, NULL, on_txs_probe, &p[AFTER]), 0);
+    cr_assert_eq(aorm_conn_rollback_to(h.c, "s1", on_txs_probe, &p[BACK]), 0);
+    cr_assert_eq(aorm_conn_execute(h.c, "SELECT 3", NULL, NULL, on_txs_probe, &p[OK]), 0);
+    cr_assert_eq(aorm_conn_commit(h.c, on_txs_probe, &p[COMMIT]), 0);
+    txs_probe *last = &p[COMMIT];
+    cr_assert(wait_flag(f.evl, &last->calls, 10));
+    /* a transaction opened and ended with raw SQL is tracked too */
+    aorm_exec_options raw = {.flags = AORM_EXEC_UNPREPARED, .deadline = 0};
+    cr_assert_eq(aorm_conn_execute(h.c, "BEGIN", NULL, &raw, on_txs_probe, &p[RAW_BEGIN]), 0);
+    cr_assert(wait_flag(f.evl, &p[RAW_BEGIN].calls, 10));
+    cr_assert_eq(aorm_conn_execute(h.c, "SELECT 1/0", NULL, &raw, on_txs_probe, &p[RAW_FAIL]), 0);
+    cr_assert(wait_flag(f.evl, &p[RAW_FAIL].calls, 10));
+    cr_assert_eq(aorm_conn_execute(h.c, "ROLLBACK", NULL, &raw, on_txs_probe, &p[RAW_ROLLBACK]), 0);
+    cr_assert(wait_flag(f.evl, &p[RAW_ROLLBACK].calls, 10));
+    run_for(&f, 0.05);
+
+    static const struct { int code; aorm_tx_status st; const char *what; } want[N] = {
+        [BEGIN] = {0, AORM_TX_INTRANS, "BEGIN"},
+        [SAVE] = {0, AORM_TX_INTRANS, "SAVEPOINT"},
+        [FAIL] = {AORM_ESERVER, AORM_TX_INERROR, "failing statement"},
+        [AFTER] = {AORM_EABORTED, AORM_TX_INERROR, "statement behind the failure"},
+        [BACK] = {0, AORM_TX_INTRANS, "ROLLBACK TO SAVEPOINT"},
+        [OK] = {0, AORM_TX_INTRANS, "statement after the savepoint rollback"},
+        [COMMIT] = {0, AORM_TX_IDLE, "COMMIT"},
+        [RAW_BEGIN] = {0, AORM_TX_INTRANS, "raw BEGIN"},
+        [RAW_FAIL] = {AORM_ESERVER, AORM_TX_INERROR, "failing statement in a raw transaction"},
+        [RAW_ROLLBACK] = {0, AORM_TX_IDLE, "raw ROLLBACK"},
+    };
+    for (int i = 0; i < N; i++) {
+        cr_assert_eq(p[i].calls, 1, "%s called back %d times", want[i].what, p[i].calls);
+        cr_assert_eq(p[i].code, want[i].code, "%s: %s", want[i].what, aorm_errname(p[i].code));
+        cr_assert_eq(p[i].seen, want[i].st, "%s: the callback saw status %d, want %d", want[i].what, p[i].seen,
+                     want[i].st);
+    }
+    cr_assert_eq(aorm_conn_tx_status(h.c), AORM_TX_IDLE);
+    aorm_conn_release(h.c);
+    fx_close(&f);
+}
+
+/* A held connection is lost while its statement runs, and the holder
+ * releases it from that statement's callback (the natural place: a COMMIT
+ * or rollback callback). The connection's place in the pool is given back
+ * once, and the pool opens new connections for the work that follows. */
+typedef struct release_on_cb {
+    rec r;
+    aorm_conn *c;
+} release_on_cb;
+
+static void on_rec_release(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
+    release_on_cb *x = user;
+    rec_take(&x->r, res, err);
+    aorm_conn_release(x->c);
+}
+
+Test(engine_faults, pool_heals_after_release_in_loss_callback, .timeout = 60) {
+    fx f;
+    aorm_engine_options o;
+    fx_init(&f, &o, "heal_release", NULL);
+    o.pool_size = 1;
+    o.max_overflow = 0;
+    o.pool_timeout = 5;
+    fx_engine(&f, &o);
+    for (int round = 0; round < 3; round++) {
+        hold h = {0};
+        cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0);
+        cr_assert(wait_flag(f.evl, &h.calls, 10));
+        cr_assert_eq(h.code, 0, "round %d: acquire: %s", round, aorm_errname(h.code));
+        /* the release comes from the callback of the statement queued
+         * behind the running one (or, in the last round, of the running
+         * one itself) */
+        release_on_cb x = {.c = h.c};
+        rec sleeper = {0};
+        if (round < 2) {
+            cr_assert_eq(aorm_conn_execute(h.c, "SELECT pg_sleep(5)", NULL, NULL, on_rec, &sleeper), 0);
+            cr_assert_eq(aorm_conn_execute(h.c, round == 0 ? "SELECT 1" : "COMMIT", NULL, NULL, on_rec_release, &x), 0);
+        } else {
+            cr_assert_eq(aorm_conn_execute(h.c, "SELECT pg_sleep(5)", NULL, NULL, on_rec_release, &x), 0);
+            sleeper.calls = 1;
+            sleeper.code = AORM_ECONNLOST;
+            snprintf(sleeper.sqlstate, sizeof(sleeper.sqlstate), "08006");
+        }
+        PGconn *pg = t_pg();
+        long pid = find_sleeper(&f, pg, 10);
+        cr_assert(pid > 0);
+        terminate(pg, pid);
+        PQfinish(pg);
+        cr_assert(wait_flag(f.evl, &x.r.calls, 10));
+        cr_assert(lost_outcome(&x.r), "round %d: %s [%s]", round, aorm_errname(x.r.code), x.r.sqlstate);
+        cr_assert_eq(sleeper.calls, 1);
+        cr_assert(lost_outcome(&sleeper), "round %d: %s [%s]", round, aorm_errname(sleeper.code), sleeper.sqlstate);
+        aorm_engine_stats s = stats_of(f.e);
+        cr_assert_eq(s.held, 0, "round %d: held = %d", round, s.held);
+
+        /* the pool must heal: autocommit work and a new holder both get a connection */
+        enum { N = 10 };
+        rec r[N];
+        memset(r, 0, sizeof(r));
+        for (int i = 0; i < N; i++) cr_assert_eq(aorm_engine_execute(f.e, "SELECT 7", NULL, NULL, on_rec, &r[i]), 0);
+        cr_assert(run_until_all(&f, r, N, 10));
+        for (int i = 0; i < N; i++)
+            cr_assert_eq(r[i].code, 0, "round %d, statement %d after the loss: %s [%s] %s", round, i,
+                         aorm_errname(r[i].code), r[i].sqlstate, r[i].msg);
+        cr_assert_eq(x.r.calls, 1);
+    }
+    aorm_engine_stats s = stats_of(f.e);
+    cr_assert_eq(s.held, 0);
+    cr_assert(s.open <= 1, "open = %d with pool_size 1", s.open);
+    fx_close(&f);
+}
+
+/* When a connection is lost, its callers hear it in the order they
+ * submitted: the running statement first, then those pipelined behind it,
+ * then a holder's statements that were still queued. */
+typedef struct order_rec {
+    rec r;
+    int *next;
+    int seq; /* position at which this callback ran */
+} order_rec;
+
+static void on_order(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
+    order_rec *o = user;
+    rec_take(&o->r, res, err);
+    o->seq = (*o->next)++;
+}
+
+static void loss_order(bool held) {
+    fx f;
+    aorm_engine_options o;
+    fx_init(&f, &o, held ? "order_held" : "order_auto", NULL);
+    o.pool_size = 1;
+    o.max_overflow = 0;
+    fx_engine(&f, &o);
+    hold h = {0};
+    if (held) {
+        cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0);
+        cr_assert(wait_flag(f.evl, &h.calls, 10));
+        cr_assert_eq(h.code, 0);
+    }
+    enum { N = 8 };
+    order_rec r[N];
+    int next = 0;
+    memset(r, 0, sizeof(r));
+    for (int i = 0; i < N; i++) {
+        r[i].next = &next;
+        const char *sql = i == 0 ? "SELECT pg_sleep(5)" : "SELECT 1";
+        int rc = held ? aorm_conn_execute(h.c, sql, NULL, NULL, on_order, &r[i])
+                      : aorm_engine_execute(f.e, sql, NULL, NULL, on_order, &r[i]);
+        cr_assert_eq(rc, 0);
+    }
+    PGconn *pg = t_pg();
+    long pid = find_sleeper(&f, pg, 10);
+    cr_assert(pid > 0);
+    if (held) {
+        /* more work queued behind, not yet sent when the loss is seen */
+        for (int i = 0; i < N; i++) cr_assert_eq(r[i].r.calls, 0);
+    }
+    terminate(pg, pid);
+    PQfinish(pg);
+    rec *flat[N];
+    for (int i = 0; i < N; i++) flat[i] = &r[i].r;
+    double until = mono() + 10;
+    while (mono() < until) {
+        int all = 1;
+        for (int i = 0; i < N; i++) all &= flat[i]->calls > 0;
+        if (all) break;
+        run_for(&f, 0.02);
+    }
+    run_for(&f, 0.1);
+    for (int i = 0; i < N; i++) {
+        cr_assert_eq(r[i].r.calls, 1, "statement %d called back %d times", i, r[i].r.calls);
+        cr_assert(lost_outcome(&r[i].r), "statement %d: %s [%s] %s", i, aorm_errname(r[i].r.code), r[i].r.sqlstate,
+                  r[i].r.msg);
+        cr_assert_eq(r[i].seq, i, "statement %d was called back in position %d", i, r[i].seq);
+    }
+    if (held) aorm_conn_release(h.c);
+    fx_close(&f);
+}
+
+Test(engine_faults, loss_callbacks_in_submission_order_autocommit, .timeout = 60) { loss_order(false); }
+Test(engine_faults, loss_callbacks_in_submission_order_held, .timeout = 60) { loss_order(true); }
+
+/* ---- owners: a caller that goes away takes its work with it ------------- */
+
+static int g_cancel_depth; /* inside aorm_owner_cancel() in the test */
+
+typedef struct owned {
+    rec r;
+    int *next;
+    int seq;
+    int in_cancel;
+} owned;
+
+static void on_owned(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
+    owned *o = user;
+    rec_take(&o->r, res, err);
+    o->seq = (*o->next)++;
+    o->in_cancel = g_cancel_depth;
+}
+
+static void on_owned_hold(aorm_engine *e, aorm_conn *c, const aorm_error *err, void *user) {
+    owned *o = user;
+    o->r.calls++;
+    o->r.code = err ? err->code : 0;
+    o->seq = (*o->next)++;
+    o->in_cancel = g_cancel_depth;
+}
+
+Test(engine_faults, owner_cancel_calls_back_at_once, .timeout = 60) {
+    fx f;
+    aorm_engine_options o;
+    fx_init(&f, &o, "owner_cancel", NULL);
+    o.pool_size = 1;
+    o.max_overflow = 0;
+    fx_engine(&f, &o);
+    rec warm;
+    run_sql(&f, "SELECT 1", &warm, 10);
+
+    aorm_owner *ow = aorm_owner_new(f.e);
+    cr_assert_not_null(ow);
+    enum { N = 6 };
+    owned *w = calloc(N + 1, sizeof(*w)); /* freed right after the cancel: a late callback would be caught */
+    int next = 0;
+    for (int i = 0; i <= N; i++) w[i].next = &next;
+    aorm_exec_options xo = {.owner = ow};
+    /* the first runs on the server when the cancel comes; the rest are queued behind it */
+    cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(0.5)", NULL, &xo, on_owned, &w[0]), 0);
+    run_for(&f, 0.05);
+    for (int i = 1; i < N; i++) cr_assert_eq(aorm_engine_execute(f.e, "SELECT 2", NULL, &xo, on_owned, &w[i]), 0);
+    cr_assert_eq(aorm_owner_acquire(ow, on_owned_hold, &w[N]), 0);
+    /* someone else's statement, queued behind: unaffected */
+    rec other = {0};
+    cr_assert_eq(aorm_engine_execute(f.e, "SELECT 3", NULL, NULL, on_rec, &other), 0);
+
+    g_cancel_depth++;
+    aorm_owner_cancel(ow);
+    g_cancel_depth--;
+    for (int i = 0; i <= N; i++) {
+        cr_assert_eq(w[i].r.calls, 1, "owned %d called back %d times", i, w[i].r.calls);
+        cr_assert_eq(w[i].r.code, AORM_ECANCELED, "owned %d: %s", i, aorm_errname(w[i].r.code));
+        cr_assert(w[i].in_cancel, "owned %d was not called back from inside the cancel", i);
+        cr_assert_eq(w[i].seq, i, "owned %d called back in position %d", i, w[i].seq);
+    }
+    free(w);
+    cr_assert(wait_flag(f.evl, &other.calls, 10));
+    cr_assert_eq(other.code, 0, "a statement of no owner: %s", aorm_errname(other.code));
+    cr_assert(other.has_int && other.ival == 3);
+    run_for(&f, 0.6); /* the server's late answer to the sleep is read and dropped */
+    /* the owner stays usable */
+    rec again = {0};
+    cr_assert_eq(aorm_engine_execute(f.e, "SELECT 4", NULL, &xo, on_rec, &again), 0);
+    cr_assert(wait_flag(f.evl, &again.calls, 10));
+    cr_assert_eq(again.code, 0);
+    aorm_owner_free(ow);
+    aorm_engine_stats s = stats_of(f.e);
+    cr_assert_eq(s.connections_lost, 0);
+    fx_close(&f);
+}
+
+Test(engine_faults, owner_cancel_releases_its_transaction, .timeout = 60) {
+    PGconn *pg = t_pg();
+    free(t_pg_exec(pg, "DROP TABLE IF EXISTS flt_owner_tx"));
+    free(t_pg_exec(pg, "CREATE TABLE flt_owner_tx (v int)"));
+    fx f;
+    aorm_engine_options o;
+    fx_init(&f, &o, "owner_tx", NULL);
+    o.pool_size = 1;
+    o.max_overflow = 0;
+    fx_engine(&f, &o);
+    aorm_owner *ow = aorm_owner_new(f.e);
+    hold h = {0};
+    cr_assert_eq(aorm_owner_acquire(ow, on_hold, &h), 0);
+    cr_assert(wait_flag(f.evl, &h.calls, 10));
+    cr_assert_eq(h.code, 0);
+    rec b = {0}, ins = {0};
+    cr_assert_eq(aorm_conn_begin(h.c, NULL, on_rec, &b), 0);
+    cr_assert_eq(aorm_conn_execute(h.c, "INSERT INTO flt_owner_tx VALUES (1)", NULL, NULL, on_rec, &ins), 0);
+    cr_assert(wait_flag(f.evl, &ins.calls, 10));
+    cr_assert_eq(ins.code, 0);
+    /* queued, never sent: cancelled; a COMMIT never sent did not commit */
+    rec more = {0}, commit = {0};
+    cr_assert_eq(aorm_conn_execute(h.c, "INSERT INTO flt_owner_tx VALUES (2)", NULL, NULL, on_rec, &more), 0);
+    cr_assert_eq(aorm_conn_commit(h.c, on_rec, &commit), 0);
+    aorm_owner_cancel(ow);
+    cr_assert_eq(more.calls, 1);
+    cr_assert_eq(more.code, AORM_ECANCELED, "%s", aorm_errname(more.code));
+    cr_assert_eq(commit.calls, 1);
+    cr_assert_eq(commit.code, AORM_ENOT_COMMITTED, "%s", aorm_errname(commit.code));
+    /* the connection went back, rolled back: the next holder gets it clean */
+    hold h2 = {0};
+    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h2), 0);
+    cr_assert(wait_flag(f.evl, &h2.calls, 10));
+    cr_assert_eq(h2.code, 0, "%s", aorm_errname(h2.code));
+    cr_assert_eq(aorm_conn_tx_status(h2.c), AORM_TX_IDLE);
+    aorm_conn_release(h2.c);
+    cr_assert_eq(t_pg_long(pg, "SELECT count(*) FROM flt_owner_tx"), 0);
+    run_for(&f, 0.05);
+    cr_assert_eq(b.calls, 1);
+    cr_assert_eq(ins.calls, 1);
+    aorm_owner_free(ow);
+    fx_close(&f);
+    free(t_pg_exec(pg, "DROP TABLE flt_owner_tx"));
+    PQfinish(pg);
+}
+
+typedef struct owner_close {
+    int calls;
+    int engine_gone;
+} owner_close;
+
+static void on_owner_close(aorm_owner *o, void *user) {
+    owner_close *x = user;
+    x->calls++;
+    x->engine_gone = aorm_owner_engine(o) == NULL;
+}
+
+Test(engine_faults, owner_outlives_its_engine, .timeout = 60) {
+    fx f;
+    aorm_engine_options o;
+    fx_init(&f, &o, "owner_orphan", NULL);
+    fx_engine(&f, &o);
+    aorm_owner *ow = aorm_owner_new(f.e);
+    owner_close cl = {0};
+    aorm_owner_on_close(ow, on_owner_close, &cl);
+    rec r = {0};
+    aorm_exec_options xo = {.owner = ow};
+    cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(0.2)", NULL, &xo, on_rec, &r), 0);
+    run_for(&f, 0.05);
+    aorm_engine_free(f.e);
+    f.e = NULL;
+    cr_assert_eq(r.calls, 1);
+    cr_assert_eq(r.code, AORM_ECANCELED);
+    cr_assert_eq(cl.calls, 1);
+    cr_assert(cl.engine_gone);
+    cr_assert_null(aorm_owner_engine(ow));
+    cr_assert_eq(aorm_owner_acquire(ow, on_hold, NULL), AORM_ECLOSED);
+    aorm_owner_cancel(ow); /* a no-op now */
+    aorm_owner_free(ow);
+    fx_close(&f);
+}
+
+/* Freed from inside the callback of its own statement, mid-cancel. */
+typedef struct self_free {
+    aorm_owner *ow;
+    int calls;
+} self_free;
+
+static void on_self_free(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
+    self_free *x = user;
+    if (x->calls++ == 0) aorm_owner_free(x->ow);
+}
+
+Test(engine_faults, owner_freed_inside_its_callback, .timeout = 60) {
+    fx f;
+    aorm_engine_options o;
+    fx_init(&f, &o, "owner_self", NULL);
+    fx_engine(&f, &o);
+    aorm_owner *ow = aorm_owner_new(f.e);
+    self_free x[3] = {{ow, 0}, {ow, 0}, {ow, 0}};
+    aorm_exec_options xo = {.owner = ow};
+    for (int i = 0; i < 3; i++) cr_assert_eq(aorm_engine_execute(f.e, "SELECT 1", NULL, &xo, on_self_free, &x[i]), 0);
+    aorm_owner_cancel(ow); /* the first callback frees the owner; the others still run once */
+    for (int i = 0; i < 3; i++) cr_assert_eq(x[i].calls, 1);
+    run_for(&f, 0.1);
+    for (int i = 0; i < 3; i++) cr_assert_eq(x[i].calls, 1);
+    fx_close(&f);
+}
+
+/* While the server is down, queued work waits for the pool to reconnect
+ * (up to its pool timeout) instead of failing at the first refused
+ * attempt; when the server is back, all of it runs. */
+Test(engine_faults, work_waits_for_reconnect, .timeout = 90) {
+    fx f;
+    aorm_engine_options o;
+    fx_init(&f, &o, "wait_reconnect", NULL);
+    o.pool_size = 2;
+    o.pool_timeout = 30;
+    o.reconnect_max = 0.5;
+    fx_engine(&f, &o);
+    rec warm;
+    run_sql(&f, "SELECT 1", &warm, 10);
+    cr_assert_eq(warm.code, 0);
+
+    t_sandbox("stop-pg"); /* blocking: the loop is not running meanwhile */
+    enum { N = 20 };
+    rec r[N];
+    memset(r, 0, sizeof(r));
+    for (int i = 0; i < N; i++) cr_assert_eq(aorm_engine_execute(f.e, "SELECT 42", NULL, NULL, on_rec, &r[i]), 0);
+    hold h = {0};
+    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0);
+    run_for(&f, 1.5); /* refused attempts meanwhile */
+    aorm_engine_stats s = stats_of(f.e);
+    cr_assert(s.connect_failures >= 1, "no reconnect attempt while the server was down");
+    for (int i = 0; i < N; i++)
+        cr_assert_eq(r[i].calls, 0, "statement %d failed while the pool was reconnecting: %s [%s] %s", i,
+                     aorm_errname(r[i].code), r[i].sqlstate, r[i].msg);
+    cr_assert_eq(h.calls, 0, "the acquire failed while the pool was reconnecting: %s", aorm_errname(h.code));
+
+    t_sandbox("start-pg");
+    cr_assert(run_until_all(&f, r, N, 20), "the queued statements did not run after the server came back");
+    cr_assert(wait_flag(f.evl, &h.calls, 20));
+    for (int i = 0; i < N; i++)
+        cr_assert(r[i].code == 0 && r[i].has_int && r[i].ival == 42, "statement %d: %s [%s] %s", i,
+                  aorm_errname(r[i].code), r[i].sqlstate, r[i].msg);
+    cr_assert_eq(h.code, 0);
+    aorm_conn_release(h.c);
+    run_for(&f, 0.1);
+    for (int i = 0; i < N; i++) cr_assert_eq(r[i].calls, 1);
+    cr_assert_eq(h.calls, 1);
+    fx_close(&f);
+}
+
+/* Head-of-line blocking: on a warm pool, slow statements each get their
+ * own connection, and a fast one queued after them runs on a free one. */
+Test(engine_faults, statements_spread_over_idle_connections, .timeout = 60) {
+    fx f;
+    aorm_engine_options o;
+    fx_init(&f, &o, "spread", NULL);
+    o.pool_size = 6;
+    o.max_overflow = 0;
+    fx_engine(&f, &o);
+    cr_assert_eq(aorm_engine_warm(f.e), 0);
+    double until = mono() + 10;
+    while (stats_of(f.e).idle < 6 && mono() < until) run_for(&f, 0.02);
+    cr_assert_eq(stats_of(f.e).idle, 6, "the pool did not warm up");
+
+    enum { SLOW = 5 };
+    rec slow[SLOW], fast = {0};
+    memset(slow, 0, sizeof(slow));
+    double t0 = mono();
+    for (int i = 0; i < SLOW; i++)
+        cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(1)", NULL, NULL, on_rec, &slow[i]), 0);
+    cr_assert_eq(aorm_engine_execute(f.e, "SELECT 5", NULL, NULL, on_rec, &fast), 0);
+    cr_assert(wait_flag(f.evl, &fast.calls, 10));
+    cr_assert_eq(fast.code, 0);
+    cr_assert(fast.at - t0 < 0.5, "a fast statement waited %.2f s behind slow ones", fast.at - t0);
+    cr_assert(run_until_all(&f, slow, SLOW, 10));
+    for (int i = 0; i < SLOW; i++) {
+        cr_assert_eq(slow[i].code, 0);
+        cr_assert(slow[i].at - t0 < 1.8, "slow statement %d finished after %.2f s: they ran one after another", i,
+                  slow[i].at - t0);
+    }
+    fx_close(&f);
+}
+
+/* Deadlines stop their own statement only: 50 callers pipeline 1,000
+ * statements over two connections, one in ten with a deadline it cannot
+ * meet; every statement without a deadline succeeds with its own answer. */
+Test(engine_faults, deadlines_hit_only_their_own_statement, .timeout = 120) {
+    fx f;
+    aorm_engine_options o;
+    fx_init(&f, &o, "deadline_mix", NULL);
+    o.pool_size = 2;
+    o.max_overflow = 0;
+    fx_engine(&f, &o);
+    rec warm;
+    run_sql(&f, "SELECT 1", &warm, 10);
+    enum { CALLERS = 50, EACH = 20, N = CALLERS * EACH };
+    rec *r = calloc(N, sizeof(*r));
+    cr_assert_not_null(r);
+    for (int round = 0; round < 2; round++) {
+        memset(r, 0, N * sizeof(*r));
+        for (int c = 0; c < CALLERS; c++) {
+            for (int k = 0; k < EACH; k++) {
+                int i = c * EACH + k;
+                aorm_params p;
+                aorm_params_init(&p);
+                if (i % 10 == 3) {
+                    /* 5 to 25 ms of budget for 30 ms of work: it will time out, at
+                     * various points of the others' pipeline */
+                    aorm_exec_options xo = {.deadline = 0.005 + 0.001 * (i % 21)};
+                    cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(0.03)", NULL, &xo, on_rec, &r[i]), 0);
+                } else {
+                    aorm_params_int4(&p, i);
+                    aorm_exec_options xo = {.flags = (i % 2) ? AORM_EXEC_READONLY : 0};
+                    cr_assert_eq(aorm_engine_execute(f.e, "SELECT $1::int4 * 2", &p, &xo, on_rec, &r[i]), 0);
+                }
+                aorm_params_free(&p);
+            }
+        }
+        cr_assert(run_until_all(&f, r, N, 60), "round %d: not every statement was called back", round);
+        run_for(&f, 0.2);
+        int timeouts = 0;
+        for (int i = 0; i < N; i++) {
+            cr_assert_eq(r[i].calls, 1, "statement %d called back %d times", i, r[i].calls);
+            if (i % 10 == 3) {
+                cr_assert(r[i].code == AORM_ETIMEOUT || r[i].code == 0, "deadline statement %d: %s [%s] %s", i,
+                          aorm_errname(r[i].code), r[i].sqlstate, r[i].msg);
+                timeouts += r[i].code == AORM_ETIMEOUT;
+                continue;
+            }
+            cr_assert_eq(r[i].code, 0, "round %d: statement %d without a deadline failed: %s [%s] %s", round, i,
+                         aorm_errname(r[i].code), r[i].sqlstate, r[i].msg);
+            cr_assert(r[i].has_int && r[i].ival == 2 * i, "statement %d got %lld", i, (long long)r[i].ival);
+        }
+        cr_assert(timeouts >= N / 20, "round %d: only %d deadlines expired", round, timeouts);
+    }
+    aorm_engine_stats s = stats_of(f.e);
+    cr_assert_eq(s.connections_lost, 0);
+    cr_assert_eq(s.discarded, 0);
+    free(r);
+    fx_close(&f);
+}
+
+/* On a held connection the holder's COMMIT, pipelined right behind a
+ * statement that barely meets its deadline, always commits. */
+Test(engine_faults, deadline_never_hits_the_commit_behind, .timeout = 120) {
+    PGconn *pg = t_pg();
+    free(t_pg_exec(pg, "DROP TABLE IF EXISTS flt_dl_commit"));
+    free(t_pg_exec(pg, "CREATE TABLE flt_dl_commit (v int)"));
+    fx f;
+    aorm_engine_options o;
+    fx_init(&f, &o, "deadline_commit", NULL);
+    o.pool_size = 1;
+    fx_engine(&f, &o);
+    enum { ROUNDS = 40 };
+    int committed = 0;
+    for (int i = 0; i < ROUNDS; i++) {
+        hold h = {0};
+        cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0);
+        cr_assert(wait_flag(f.evl, &h.calls, 10));
+        cr_assert_eq(h.code, 0);
+        rec b = {0}, ins = {0}, close = {0}, commit = {0};
+        aorm_params p;
+        aorm_params_init(&p);
+        aorm_params_int4(&p, i);
+        cr_assert_eq(aorm_conn_begin(h.c, NULL, on_rec, &b), 0);
+        cr_assert_eq(aorm_conn_execute(h.c, "INSERT INTO flt_dl_commit VALUES ($1)", &p, NULL, on_rec, &ins), 0);
+        /* 20 ms of work against a 20-22 ms deadline: finishes just before or just after it */
+        aorm_exec_options xo = {.deadline = 0.020 + 0.0001 * (i % 20)};
+        cr_assert_eq(aorm_conn_execute(h.c, "SELECT pg_sleep(0.019)", NULL, &xo, on_rec, &close), 0);
+        cr_assert_eq(aorm_conn_commit(h.c, on_rec, &commit), 0);
+        aorm_params_free(&p);
+        cr_assert(wait_flag(f.evl, &commit.calls, 10));
+        if (close.code == 0) {
+            cr_assert_eq(commit.code, 0, "round %d: the statement met its deadline but COMMIT failed: %s [%s] %s", i,
+                         aorm_errname(commit.code), commit.sqlstate, commit.msg);
+            committed++;
+        } else {
+            /* the caller heard ETIMEOUT at its deadline; the server either
+             * finished it anyway (COMMIT commits) or stopped it (the
+             * transaction is aborted and COMMIT says so) */
+            cr_assert_eq(close.code, AORM_ETIMEOUT, "round %d: %s", i, aorm_errname(close.code));
+            cr_assert(commit.code == 0 || (commit.code == AORM_ESERVER && strcmp(commit.sqlstate, "25P02") == 0),
+                      "round %d: COMMIT after a timed-out statement: %s [%s] %s", i, aorm_errname(commit.code),
+                      commit.sqlstate, commit.msg);
+            committed += commit.code == 0;
+        }
+        aorm_conn_release(h.c);
+    }
+    run_for(&f, 0.1);
+    cr_assert_eq(t_pg_long(pg, "SELECT count(*) FROM flt_dl_commit"), committed);
+    fx_close(&f);
+    free(t_pg_exec(pg, "DROP TABLE flt_dl_commit"));
+    PQfinish(pg);
+}
+
+/* A held connection's prepared statement whose plan went stale runs again
+ * on that same connection (it sees the holder's temporary table), or, in
+ * a transaction block the error aborted, fails there: it never moves to
+ * another backend. */
+Test(engine_faults, stale_plan_on_held_connection_stays_there, .timeout = 60) {
+    fx f;
+    aorm_engine_options o;
+    fx_init(&f, &o, "stale_held", NULL);
+    o.pool_size = 3;
+    fx_engine(&f, &o);
+    cr_assert_eq(aorm_engine_warm(f.e), 0);
+    hold h = {0};
+    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0);
+    cr_assert(wait_flag(f.evl, &h.calls, 10));
+    cr_assert_eq(h.code, 0);
+    aorm_exec_options raw = {.flags = AORM_EXEC_UNPREPARED};
+    rec r;
+    conn_sql(&f, h.c, "CREATE TEMP TABLE flt_stale (a int)", &raw, &r);
+    cr_assert_eq(r.code, 0, "%s", r.msg);
+    conn_sql(&f, h.c, "INSERT INTO flt_stale VALUES (5)", &raw, &r);
+    cr_assert_eq(r.code, 0, "%s", r.msg);
+    rec a;
+    conn_sql(&f, h.c, "SELECT * FROM flt_stale", NULL, &a); /* prepared and cached */
+    cr_assert_eq(a.code, 0, "%s", a.msg);
+    cr_assert(a.has_int && a.ival == 5);
+    conn_sql(&f, h.c, "ALTER TABLE flt_stale ADD COLUMN b int DEFAULT 6", &raw, &r);
+    cr_assert_eq(r.code, 0, "%s", r.msg);
+    rec again;
+    conn_sql(&f, h.c, "SELECT * FROM flt_stale", NULL, &again);
+    cr_assert_eq(again.code, 0, "the re-prepared statement: %s [%s] %s", aorm_errname(again.code), again.sqlstate,
+                 again.msg);
+    cr_assert(again.has_int && again.ival == 5);
+
+    /* the same inside a raw transaction block: the error aborted it */
+    conn_sql(&f, h.c, "BEGIN", &raw, &r);
+    cr_assert_eq(r.code, 0);
+    conn_sql(&f, h.c, "ALTER TABLE flt_stale ADD COLUMN c int", &raw, &r);
+    cr_assert_eq(r.code, 0, "%s", r.msg);
+    rec in_tx;
+    conn_sql(&f, h.c, "SELECT * FROM flt_stale", NULL, &in_tx);
+    cr_assert_eq(in_tx.code, AORM_ESERVER, "inside the block: %s [%s] %s", aorm_errname(in_tx.code), in_tx.sqlstate,
+                 in_tx.msg);
+    cr_assert_str_eq(in_tx.sqlstate, "0A000");
+    cr_assert_eq(aorm_conn_tx_status(h.c), AORM_TX_INERROR);
+    rec rb = {0};
+    cr_assert_eq(aorm_conn_rollback(h.c, on_rec, &rb), 0);
+    cr_assert(wait_flag(f.evl, &rb.calls, 10));
+    cr_assert_eq(rb.code, 0);
+    aorm_conn_release(h.c);
+    run_for(&f, 0.1);
+    fx_close(&f);
+}
+
+/* More writers than pool_size: overflow connections are reused, not
+ * opened and closed for every transaction, and the pool says so. */
+typedef struct writer {
+    aorm_engine *e;
+    int left, done, failed;
+    aorm_conn *c;
+} writer;
+
+static void writer_next(writer *w);
+
+static void on_writer_commit(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
+    writer *w = user;
+    if (err) w->failed++;
+    aorm_conn_release(w->c);
+    w->c = NULL;
+    w->done++;
+    writer_next(w);
+}
+
+static void on_writer_ins(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
+    writer *w = user;
+    if (err) w->failed++;
+}
+
+static void on_writer_conn(aorm_engine *e, aorm_conn *c, const aorm_error *err, void *user) {
+    writer *w = user;
+    if (err) {
+        w->failed++;
+        w->done++;
+        writer_next(w);
+        return;
+    }
+    w->c = c;
+    int rc = aorm_conn_begin(c, NULL, on_writer_ins, w);
+    rc |= aorm_conn_execute(c, "INSERT INTO flt_churn VALUES (1)", NULL, NULL, on_writer_ins, w);
+    rc |= aorm_conn_commit(c, on_writer_commit, w);
+    if (rc) w->failed++;
+}
+
+static void writer_next(writer *w) {
+    if (w->left-- <= 0) return;
+    if (aorm_engine_acquire(w->e, on_writer_conn, w) != 0) w->failed++;
+}
+
+typedef struct log_tally {
+    int churn, waits;
+} log_tally;
+
+static void on_tally_log(aorm_log_level lvl, const char *msg, void *user) {
+    log_tally *t = user;
+    if (lvl == AORM_LOG_WARN && strstr(msg, "churn")) t->churn++;
+    if (lvl == AORM_LOG_WARN && strstr(msg, "waited for a connection")) t->waits++;
+}
+
+static int writers_done(void *arg) {
+    writer *w = arg;
+    for (int i = 0; i < 8; i++)
+        if (w[i].left > 0 || w[i].c) return 0;
+    return 1;
+}
+
+Test(engine_faults, overflow_connections_are_reused, .timeout = 90) {
+    PGconn *pg = t_pg();
+    free(t_pg_exec(pg, "DROP TABLE IF EXISTS flt_churn"));
+    free(t_pg_exec(pg, "CREATE TABLE flt_churn (v int)"));
+    fx f;
+    aorm_engine_options o;
+    fx_init(&f, &o, "churn", NULL);
+    o.pool_size = 2;
+    o.max_overflow = 6;
+    log_tally tally = {0};
+    o.log = on_tally_log;
+    o.log_user = &tally;
+    fx_engine(&f, &o);
+    enum { WRITERS = 8, EACH = 50 };
+    writer w[WRITERS];
+    memset(w, 0, sizeof(w));
+    for (int i = 0; i < WRITERS; i++) {
+        w[i].e = f.e;
+        w[i].left = EACH;
+        writer_next(&w[i]);
+    }
+    cr_assert(wait_fn(f.evl, writers_done, w, 60), "the writers did not finish");
+    run_for(&f, 0.1);
+    int total = 0;
+    for (int i = 0; i < WRITERS; i++) {
+        cr_assert_eq(w[i].failed, 0, "writer %d: %d failures", i, w[i].failed);
+        total += w[i].done;
+    }
+    cr_assert_eq(total, WRITERS * EACH);
+    cr_assert_eq(t_pg_long(pg, "SELECT count(*) FROM flt_churn"), WRITERS * EACH);
+    aorm_engine_stats s = stats_of(f.e);
+    cr_assert(s.connects <= WRITERS, "%llu connections opened for %d writers: churn", (unsigned long long)s.connects,
+              WRITERS);
+    cr_assert(s.overflow_opened >= 1 && s.overflow_opened <= WRITERS - 2, "overflow_opened = %llu",
+              (unsigned long long)s.overflow_opened);
+    cr_assert_eq(s.overflow_closed, 0, "overflow connections were closed while still in use");
+    cr_assert_eq(tally.churn, 1, "churn warnings: %d (rate-limited: one expected)", tally.churn);
+    fx_close(&f);
+    free(t_pg_exec(pg, "DROP TABLE flt_churn"));
+    PQfinish(pg);
+}
+
+/* A prepared statement evicted from the cache while its connection's
+ * transaction has failed is deallocated after the rollback, not leaked
+ * for the life of the connection. */
+Test(engine_faults, dealloc_after_failed_transaction, .timeout = 60) {
+    fx f;
+    aorm_engine_options o;
+    fx_init(&f, &o, "dealloc_fail", NULL);
+    o.pool_size = 1;
+    o.prepared_cache_size = 2;
+    fx_engine(&f, &o);
+    hold h = {0};
+    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0);
+    cr_assert(wait_flag(f.evl, &h.calls, 10));
+    cr_assert_eq(h.code, 0);
+    rec r;
+    rec b = {0};
+    cr_assert_eq(aorm_conn_begin(h.c, NULL, on_rec, &b), 0);
+    conn_sql(&f, h.c, "SELECT 1 AS a", NULL, &r);
+    conn_sql(&f, h.c, "SELECT 2 AS b", NULL, &r);
+    conn_sql(&f, h.c, "SELECT 1/0", NULL, &r); /* evicts the first; the transaction fails */
+    cr_assert_eq(r.code, AORM_ESERVER);
+    for (int i = 0; i < 4; i++) {
+        char sql[64];
+        snprintf(sql, sizeof(sql), "SELECT %d AS c%d", 10 + i, i); /* more evictions, all refused */
+        conn_sql(&f, h.c, sql, NULL, &r);
+        cr_assert_eq(r.code, AORM_ESERVER, "%s", r.msg);
+    }
+    rec rb = {0};
+    cr_assert_eq(aorm_conn_rollback(h.c, on_rec, &rb), 0);
+    cr_assert(wait_flag(f.evl, &rb.calls, 10));
+    cr_assert_eq(rb.code, 0);
+    aorm_exec_options raw = {.flags = AORM_EXEC_UNPREPARED};
+    conn_sql(&f, h.c, "SELECT 1", NULL, &r); /* a turn that sends the pending DEALLOCATEs */
+    run_for(&f, 0.05);
+    rec n;
+    conn_sql(&f, h.c, "SELECT count(*) FROM pg_prepared_statements", &raw, &n);
+    cr_assert_eq(n.code, 0, "%s", n.msg);
+    cr_assert(n.ival <= 2, "%lld prepared statements on a connection whose cache holds 2", (long long)n.ival);
+    aorm_conn_release(h.c);
+    fx_close(&f);
+}
+
+/* A backend terminated while its connection looked idle: its FATAL is
+ * still on the way (held back here by the proxy) when the next statement,
+ * a fresh one, goes out with its PREPARE. The FATAL arrives as the
+ * PREPARE's answer: the statement hears a connection loss (which retry
+ * logic keys on), not a server error, and the pool heals. */
+Test(engine_faults, fatal_answering_a_prepare_is_a_loss, .timeout = 60) {
+    fproxy *px = fp_start_dsn(t_dsn());
+    cr_assert_not_null(px);
+    fx f;
+    aorm_engine_options o;
+    fx_init(&f, &o, "fatal_prepare", NULL);
+    char *via = fp_conninfo(px, f.conninfo, NULL);
+    cr_assert_not_null(via);
+    o.conninfo = via;
+    o.pool_size = 1;
+    o.max_overflow = 0;
+    fx_engine(&f, &o);
+    rec warm;
+    run_sql(&f, "SELECT 1", &warm, 10);
+    cr_assert_eq(warm.code, 0, "%s", warm.msg);
+
+    PGconn *pg = t_pg();
+    char sql[512];
+    snprintf(sql, sizeof(sql),
+             "SELECT pid FROM pg_stat_activity WHERE application_name = '%s' AND state = 'idle' "
+             "AND backend_type = 'client backend' LIMIT 1", f.app);
+    char *v = t_pg_exec(pg, sql);
+    cr_assert_not_null(v, "the engine's idle backend was not found");
+    long pid = strtol(v, NULL, 10);
+    free(v);
+    fp_stall_live(px, FP_DOWN); /* the server's goodbye is held back */
+    terminate(pg, pid);
+
+    rec r = {0}, behind = {0};
+    cr_assert_eq(aorm_engine_execute(f.e, "SELECT 77 AS fresh", NULL, NULL, on_rec, &r), 0);
+    cr_assert_eq(aorm_engine_execute(f.e, "SELECT 78 AS fresh2", NULL, NULL, on_rec, &behind), 0);
+    run_for(&f, 0.2); /* sent, Parse first */
+    cr_assert_eq(r.calls, 0);
+    fp_stall_live(px, 0);
+    cr_assert(wait_flag(f.evl, &r.calls, 10));
+    cr_assert(wait_flag(f.evl, &behind.calls, 10));
+    cr_assert_eq(r.code, AORM_ECONNLOST, "the statement met by the FATAL: %s [%s] %s", aorm_errname(r.code),
+                 r.sqlstate, r.msg);
+    cr_assert_eq(behind.code, AORM_ECONNLOST, "%s [%s] %s", aorm_errname(behind.code), behind.sqlstate, behind.msg);
+    /* and the pool heals */
+    rec after;
+    run_sql(&f, "SELECT 79", &after, 20);
+    cr_assert_eq(after.code, 0, "after the loss: %s [%s] %s", aorm_errname(after.code), after.sqlstate, after.msg);
+    run_for(&f, 0.1);
+    cr_assert_eq(r.calls, 1);
+    cr_assert_eq(behind.calls, 1);
+    PQfinish(pg);
+    fx_close(&f);
+    free(via);
+    fp_stop(px);
+}
+
+/* A COPY fill callback that frees the engine: the COPY is called back
+ * once, cancelled, and nothing reads the freed COPY state. */
+typedef struct copy_free {
+    aorm_engine *e;
+    int fills;
+} copy_free;
+
+static int fill_and_free(aorm_copy *cp, void *user) {
+    copy_free *x = user;
+    x->fills++;
+    aorm_copy_row(cp, 1);
+    aorm_copy_int4(cp, 1);
+    aorm_engine_free(x->e);
+    return 1;
+}
+
+Test(engine_faults, copy_fill_frees_the_engine, .timeout = 60) {
+    PGconn *pg = t_pg();
+    free(t_pg_exec(pg, "DROP TABLE IF EXISTS flt_copy_free"));
+    free(t_pg_exec(pg, "CREATE TABLE flt_copy_free (v int)"));
+    fx f;
+    aorm_engine_options o;
+    fx_init(&f, &o, "copy_free", NULL);
+    fx_engine(&f, &o);
+    copy_free x = {.e = f.e};
+    rec r = {0};
+    cr_assert_eq(aorm_engine_copy(f.e, "COPY flt_copy_free (v) FROM STDIN (FORMAT binary)", fill_and_free, &x, on_rec,
+                                  &r),
+                 0);
+    cr_assert(wait_flag(f.evl, &r.calls, 10));
+    f.e = NULL; /* freed by the fill callback */
+    run_for(&f, 0.1);
+    cr_assert_eq(x.fills, 1);
+    cr_assert_eq(r.calls, 1);
+    cr_assert_eq(r.code, AORM_ECANCELED, "%s", aorm_errname(r.code));
+    cr_assert_eq(t_pg_long(pg, "SELECT count(*) FROM flt_copy_free"), 0);
+    fx_close(&f);
+    free(t_pg_exec(pg, "DROP TABLE flt_copy_free"));
     PQfinish(pg);
 }

@@ -1923,3 +1923,186 @@ Test(server, param_array_round_trip_of_every_type, .timeout = TIMEOUT, .fini = d
     env_close(&t);
     free(dsn);
 }
+
+/* ---- generated names longer than PostgreSQL keeps --------------------------------- */
+
+/* Two tables whose 63-byte names differ only in their last byte, with
+ * long column names sharing 55-byte prefixes: every generated name
+ * ("<table>_pkey", "<table>_<column>_key", "_fkey", "_idx") is longer
+ * than the 63 bytes the server keeps, and cut there they would all
+ * collide (the primary key's index even with its own table). */
+#define LONG_T62 "ddl_long_name_table_xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+#define LONG_K55 "kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk"
+#define LONG_I55 "iiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiiii"
+
+typedef struct longb {
+    int64_t id;
+} longb;
+
+static const aorm_column longb_columns[] = {
+    AORM_COLUMN(longb, id, AORM_INT8, AORM_PK),
+};
+const aorm_model longb_model = {
+    AORM_MODEL_OF(longb, LONG_T62 "b"),
+    AORM_COLUMNS(longb_columns),
+};
+
+typedef struct longa {
+    int64_t id;
+    int64_t parent_id;
+    int32_t k1, k2, i1, i2;
+} longa;
+
+static const aorm_column longa_columns[] = {
+    AORM_COLUMN(longa, id, AORM_INT8, AORM_PK),
+    {.name = LONG_K55 "_parent", .offset = offsetof(longa, parent_id), .size = sizeof(int64_t), .type = AORM_INT8},
+    {.name = LONG_K55 "_one", .offset = offsetof(longa, k1), .size = sizeof(int32_t), .type = AORM_INT4,
+     .flags = AORM_UNIQUE},
+    {.name = LONG_K55 "_two", .offset = offsetof(longa, k2), .size = sizeof(int32_t), .type = AORM_INT4,
+     .flags = AORM_UNIQUE},
+    {.name = LONG_I55 "_one", .offset = offsetof(longa, i1), .size = sizeof(int32_t), .type = AORM_INT4,
+     .flags = AORM_INDEX},
+    {.name = LONG_I55 "_two", .offset = offsetof(longa, i2), .size = sizeof(int32_t), .type = AORM_INT4,
+     .flags = AORM_INDEX},
+};
+static const aorm_foreign_key longa_fks[] = {
+    {.offset = offsetof(longa, parent_id), .target = &longb_model, .target_offset = offsetof(longb, id)},
+};
+const aorm_model longa_model = {
+    AORM_MODEL_OF(longa, LONG_T62 "a"),
+    AORM_COLUMNS(longa_columns),
+    AORM_FOREIGN_KEYS(longa_fks),
+};
+
+/* A table of two-byte characters: a cut at byte 54 would split one. */
+typedef struct longu {
+    int64_t id;
+} longu;
+
+static const aorm_column longu_columns[] = {
+    AORM_COLUMN(longu, id, AORM_INT8, AORM_PK),
+};
+const aorm_model longu_model = {
+    AORM_MODEL_OF(longu, "x\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9"
+                         "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9"
+                         "\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9\xc3\xa9"),
+    AORM_COLUMNS(longu_columns),
+};
+
+static const aorm_model *const long_models[] = {&longa_model, &longb_model, &longu_model};
+
+static bool utf8_ok(const unsigned char *s, size_t n) {
+    for (size_t i = 0; i < n;) {
+        size_t k = s[i] < 0x80 ? 0 : (s[i] & 0xE0) == 0xC0 ? 1 : (s[i] & 0xF0) == 0xE0 ? 2 : (s[i] & 0xF8) == 0xF0 ? 3 : 9;
+        if (k == 9 || i + k >= n + (k ? 0 : 1)) return false;
+        for (size_t j = 1; j <= k; j++)
+            if ((s[i + j] & 0xC0) != 0x80) return false;
+        i += k + 1;
+    }
+    return true;
+}
+
+/* The names after CONSTRAINT and INDEX [IF NOT EXISTS] in a script. */
+static int script_names(const char *sql, char names[][80], int cap) {
+    int n = 0;
+    for (const char *p = sql; (p = strstr(p, "\"")) && n < cap;) {
+        const char *before = p;
+        bool named = (before - sql >= 11 && strncmp(before - 11, "CONSTRAINT ", 11) == 0) ||
+                     (before - sql >= 6 && strncmp(before - 6, "INDEX ", 6) == 0) ||
+                     (before - sql >= 20 && strncmp(before - 20, "INDEX IF NOT EXISTS ", 20) == 0);
+        const char *end = strchr(p + 1, '"');
+        cr_assert_not_null(end);
+        if (named) {
+            size_t len = (size_t)(end - p - 1);
+            cr_assert_lt(len, 80, "name of %zu bytes", len);
+            memcpy(names[n], p + 1, len);
+            names[n][len] = '\0';
+            n++;
+        }
+        p = end + 1;
+    }
+    return n;
+}
+
+Test(ddl_text, generated_names_fit_in_63_bytes_and_stay_distinct, .timeout = TIMEOUT) {
+    char *sql = NULL, *again = NULL;
+    char err[256] = "";
+    cr_assert_eq(aorm_ddl_create_sql(long_models, 3, 0, &sql, err, sizeof(err)), 0, "%s", err);
+    cr_assert_eq(aorm_ddl_create_sql(long_models, 3, AORM_DDL_IF_NOT_EXISTS, &again, err, sizeof(err)), 0);
+    char names[32][80], names2[32][80];
+    int n = script_names(sql, names, 32);
+    cr_assert_eq(n, 2 + 2 + 1 + 3 + 1, "constraints and indexes named: %d in\n%s", n, sql);
+    cr_assert_eq(script_names(again, names2, 32), n);
+    for (int i = 0; i < n; i++) {
+        cr_assert_leq(strlen(names[i]), 63, "\"%s\" is %zu bytes", names[i], strlen(names[i]));
+        cr_assert(utf8_ok((const unsigned char *)names[i], strlen(names[i])), "\"%s\" is not UTF-8", names[i]);
+        cr_assert_str_eq(names[i], names2[i], "names are the same on every run");
+        for (int j = 0; j < i; j++) cr_assert_str_neq(names[i], names[j], "two names are \"%s\"", names[i]);
+        for (size_t k = 0; k < 3; k++)
+            cr_assert_str_neq(names[i], long_models[k]->table, "a name is a table's name");
+    }
+    /* a name that fits is left as PostgreSQL would choose it */
+    cr_assert(strstr(sql, "CONSTRAINT \"authors_pkey\"") == NULL);
+    free(sql);
+    free(again);
+    cr_assert_eq(aorm_ddl_create_sql((const aorm_model *const[]){&author_model}, 1, 0, &sql, NULL, 0), 0);
+    cr_assert(strstr(sql, "CONSTRAINT \"authors_pkey\""), "%s", sql);
+    free(sql);
+}
+
+/* Declared index names are the model's own: two that the server would
+ * cut to the same 63 bytes are refused, naming the index. */
+typedef struct longix {
+    int64_t id;
+    int32_t a, b;
+} longix;
+
+static const aorm_column longix_columns[] = {
+    AORM_COLUMN(longix, id, AORM_INT8, AORM_PK),
+    AORM_COLUMN(longix, a, AORM_INT4, 0),
+    AORM_COLUMN(longix, b, AORM_INT4, 0),
+};
+static const aorm_index longix_indexes[] = {
+    {.name = LONG_T62 "_index_on_a", .fields = AORM__OFFSETS(longix, (a)), .nfields = 1},
+    {.name = LONG_T62 "_index_on_b", .fields = AORM__OFFSETS(longix, (b)), .nfields = 1},
+};
+const aorm_model longix_model = {
+    AORM_MODEL_OF(longix, "longix"),
+    AORM_COLUMNS(longix_columns),
+    AORM_INDEXES(longix_indexes),
+};
+
+Test(ddl_text, declared_index_names_equal_in_63_bytes_are_refused, .timeout = TIMEOUT) {
+    char *sql = NULL;
+    char err[256] = "";
+    cr_assert_eq(aorm_ddl_create_sql((const aorm_model *const[]){&longix_model}, 1, 0, &sql, err, sizeof(err)),
+                 AORM_EMISUSE);
+    cr_assert_null(sql);
+    cr_assert(strstr(err, "used twice") && strstr(err, "63 bytes"), "%s", err);
+}
+
+Test(server, long_generated_names_create_and_rerun, .timeout = TIMEOUT, .fini = drop_test_dbs) {
+    char *dsn = fresh_db("long");
+    PGconn *pg = pg_at(dsn);
+    env t;
+    env_open(&t, dsn);
+    ddl_ok(&t, true, long_models, 3, 0);
+    ddl_ok(&t, true, long_models, 3, AORM_DDL_IF_NOT_EXISTS);
+    cr_assert_eq(t_pg_long(pg, "SELECT count(*) FROM pg_indexes WHERE tablename = '" LONG_T62 "a'"), 6,
+                 "primary key, 2 unique constraints, 2 indexes and the foreign key's index");
+    cr_assert_eq(t_pg_long(pg, "SELECT count(DISTINCT conname) FROM pg_constraint WHERE conrelid = '\"" LONG_T62
+                               "a\"'::regclass"),
+                 4, "primary key, 2 unique, 1 foreign key");
+    cr_assert_eq(t_pg_long(pg, "SELECT count(*) FROM pg_indexes WHERE tablename LIKE 'x%'"), 1);
+    /* the constraints work: a duplicate in either unique column is refused */
+    free(t_pg_exec(pg, "INSERT INTO \"" LONG_T62 "b\" VALUES (1)"));
+    free(t_pg_exec(pg, "INSERT INTO \"" LONG_T62 "a\" VALUES (1, 1, 1, 1, 0, 0)"));
+    PGresult *r = PQexec(pg, "INSERT INTO \"" LONG_T62 "a\" VALUES (2, 1, 2, 1, 0, 0)");
+    cr_assert_str_eq(PQresultErrorField(r, PG_DIAG_SQLSTATE), "23505", "the second unique column");
+    PQclear(r);
+    ddl_ok(&t, false, long_models, 3, 0);
+    cr_assert_eq(t_pg_long(pg, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"), 0);
+    env_close(&t);
+    PQfinish(pg);
+    free(dsn);
+}

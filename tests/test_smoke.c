@@ -1,5 +1,6 @@
 /* test_smoke.c -- the sandbox servers are reachable: PostgreSQL through
- * the engine (non-blocking, loop-driven) and Redis through hiredis. A
+ * the engine (non-blocking, loop-driven) and Redis through hiredis, over
+ * TCP and its unix socket, authenticated when the sandbox asks for it. A
  * missing sandbox fails here, loudly. */
 #include <ev.h>
 #include <hiredis/hiredis.h>
@@ -44,18 +45,23 @@ Test(smoke, postgresql_through_the_engine, .timeout = 30) {
     ev_loop_destroy(evl);
 }
 
-Test(smoke, redis, .timeout = 30) {
-    struct timeval tv = {5, 0};
-    redisContext *r = redisConnectWithTimeout(t_redis_host(), t_redis_port(), tv);
-    cr_assert(r && !r->err, "cannot connect to the sandbox Redis: %s", r ? r->errstr : "out of memory");
+/* PING, then a binary-safe SET/GET, on a connection made and
+ * authenticated the way the sandbox says (user and password when it set
+ * them). */
+static void redis_round_trip(bool unix_socket) {
+    redisContext *r = t_redis(unix_socket);
     redisReply *rep = redisCommand(r, "PING");
-    cr_assert(rep && rep->type == REDIS_REPLY_STATUS && strcmp(rep->str, "PONG") == 0);
+    cr_assert(rep && rep->type == REDIS_REPLY_STATUS && strcmp(rep->str, "PONG") == 0, "PING: %s",
+              rep && rep->str ? rep->str : r->errstr);
     freeReplyObject(rep);
     rep = redisCommand(r, "SET %s %b", "aorm:smoke", "v\0x", (size_t)3);
-    cr_assert(rep && rep->type == REDIS_REPLY_STATUS);
+    cr_assert(rep && rep->type == REDIS_REPLY_STATUS, "SET: %s", rep && rep->str ? rep->str : r->errstr);
     freeReplyObject(rep);
     rep = redisCommand(r, "GET aorm:smoke");
     cr_assert(rep && rep->type == REDIS_REPLY_STRING && rep->len == 3 && memcmp(rep->str, "v\0x", 3) == 0);
     freeReplyObject(rep);
     redisFree(r);
 }
+
+Test(smoke, redis, .timeout = 30) { redis_round_trip(false); }
+Test(smoke, redis_unix_socket, .timeout = 30) { redis_round_trip(true); }

@@ -1322,3 +1322,91 @@ Test(sql_compile, compile_is_fast, .timeout = 10) {
     cr_log_info("build + compile + free of a simple select: %.2f us", us);
     cr_assert_lt(us, 100.0, "%.2f us per statement", us);
 }
+
+/* ==========================================================================
+ * Regressions found by tests/fuzz/fuzz_compile
+ * ========================================================================== */
+
+/* An ON CONFLICT column list is a list of expressions: a subquery inside
+ * one is consumed like everywhere else when the call is refused (wrong
+ * statement kind, a statement already in error, a NULL statement, a
+ * refused column further down the list). It used to leak. */
+Test(sql_compile, on_conflict_refused_takes_its_subqueries, .timeout = 10) {
+    /* not an INSERT */
+    aorm_stmt *q = aorm_select(&book_model);
+    expect_error(q,
+                 aorm_on_conflict_do_nothing(q, aorm_conflict_columns(aorm_in_select(AORM_COL(book, id),
+                                                                                     aorm_select(&book_model)))),
+                 AORM_EMISUSE, "not allowed on a SELECT", NULL);
+    aorm_stmt_free(q);
+    /* a statement already in error */
+    q = aorm_insert(&book_model);
+    aorm_set(q, AORM_COL(book, title), aorm_text_n("\0", 1));
+    cr_assert_eq(aorm_on_conflict_do_update(q, aorm_conflict_columns(AORM_COL(book, id),
+                                                                     aorm_exists(aorm_select(&author_model)))),
+                 AORM_EENCODING);
+    aorm_stmt_free(q);
+    /* a NULL statement frees them, once even when one is passed twice */
+    aorm_stmt *sub = aorm_select(&author_model);
+    cr_assert_eq(aorm_on_conflict_do_nothing(NULL, aorm_conflict_columns(aorm_exists(sub), aorm_exists(sub))),
+                 AORM_EMISUSE);
+    /* the first entry is refused: the later ones' subqueries are taken too */
+    q = aorm_insert(&book_model);
+    expect_error(q,
+                 aorm_on_conflict_do_nothing(q, aorm_conflict_columns(aorm_eq(AORM_COL(book, id), aorm_int8(1)),
+                                                                      aorm_exists(aorm_select(&author_model)))),
+                 AORM_EMISUSE, "must be a column", NULL);
+    aorm_stmt_free(q);
+    /* ON CONFLICT given twice */
+    q = aorm_insert(&book_model);
+    cr_assert_eq(aorm_on_conflict_do_nothing(q, NULL, 0), 0);
+    expect_error(q, aorm_on_conflict_do_nothing(q, aorm_conflict_columns(aorm_exists(aorm_select(&book_model)))),
+                 AORM_EMISUSE, "already given", NULL);
+    aorm_stmt_free(q);
+}
+
+/* The same for aorm_select_add on a statement that is not a SELECT, and
+ * for aorm_set's target after object rows: both used to leak. */
+Test(sql_compile, refused_select_add_and_set_take_their_subqueries, .timeout = 10) {
+    aorm_stmt *q = aorm_raw("SELECT 1");
+    expect_error(q, aorm_select_add(q, aorm_exists(aorm_select(&book_model))), AORM_EMISUSE,
+                 "not allowed on a raw SQL", NULL);
+    aorm_stmt_free(q);
+    q = aorm_delete(&book_model);
+    expect_error(q, aorm_select_add(q, aorm_label(aorm_exists(aorm_select(&author_model)), "e")), AORM_EMISUSE,
+                 "not allowed on a DELETE", NULL);
+    aorm_stmt_free(q);
+    book b = {.id = 1, .author_id = 2, .title = "t", .year = 2000, .price = 1.0};
+    q = aorm_insert(&book_model);
+    cr_assert_eq(aorm_insert_object(q, &b), 0);
+    expect_error(q, aorm_set(q, aorm_exists(aorm_select(&book_model)), aorm_exists(aorm_select(&author_model))),
+                 AORM_EMISUSE, "already has object rows", NULL);
+    aorm_stmt_free(q);
+}
+
+/* Subqueries are taken over wherever they sit in a refused expression:
+ * under EXCLUDED (which takes a column), and at the bottom of a tree too
+ * deep to be copied. Both used to leak. */
+Test(sql_compile, refused_trees_take_every_subquery, .timeout = 10) {
+    aorm_stmt *q = aorm_select(&book_model);
+    expect_error(q, aorm_where(q, aorm_excluded(aorm_exists(aorm_select(&author_model)))), AORM_EMISUSE,
+                 "EXCLUDED", NULL);
+    aorm_stmt_free(q);
+    cr_assert_eq(aorm_where(NULL, aorm_excluded(aorm_exists(aorm_select(&author_model)))), AORM_EMISUSE);
+
+    enum { DEEP = 2000 };
+    aorm_expr *chain = calloc(DEEP, sizeof(*chain));
+    cr_assert_not_null(chain);
+    for (int pass = 0; pass < 2; pass++) {
+        chain[DEEP - 1] = (aorm_expr){.kind = AORM_X_EXISTS, .sub = aorm_select(&author_model)};
+        for (int i = DEEP - 2; i >= 0; i--) chain[i] = (aorm_expr){.kind = AORM_X_NOT, .a = &chain[i + 1]};
+        if (pass == 0) {
+            q = aorm_select(&book_model);
+            expect_error(q, aorm_where(q, &chain[0]), AORM_EMISUSE, "deeper than", NULL);
+            aorm_stmt_free(q);
+        } else {
+            cr_assert_eq(aorm_where(NULL, &chain[0]), AORM_EMISUSE);
+        }
+    }
+    free(chain);
+}

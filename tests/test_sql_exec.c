@@ -1047,3 +1047,74 @@ Test(sql_exec, echo_logs_compiled_sql_and_params, .timeout = 30) {
     free(sql);
     env_close(&t);
 }
+
+/* ==========================================================================
+ * Text-format results
+ * ========================================================================== */
+
+/* Runs sql (no parameters) with the given engine flags; returns the
+ * detached result, asserting success. */
+static aorm_result *run_sql(env *t, const char *sql, unsigned flags) {
+    reply r = {0};
+    aorm_exec_options o = {.flags = flags};
+    cr_assert_eq(aorm_engine_execute(t->e, sql, NULL, &o, on_result, &r), 0);
+    reply_wait(t, &r);
+    cr_assert_null(r.err, "%s: %s %s", sql, r.err->sqlstate, r.err->message);
+    return r.res;
+}
+
+/* aorm_stmt_load decodes the binary format. A text-format column whose
+ * text is its value (text, json, jsonb) loads; any other one (int4 "42"
+ * would decode as 0x3432 = 13362) is refused with AORM_ETYPE, and NULL is
+ * NULL in either format. */
+Test(sql_exec, load_text_format_result, .timeout = 30) {
+    env t;
+    env_open(&t, "textfmt");
+    aorm_stmt *shape = aorm_raw("SELECT 1"); /* raw: columns found by name */
+    const char *ints = "SELECT 42::int4 AS i4, 'hi'::text AS txt";
+    aorm_result *r = run_sql(&t, ints, AORM_EXEC_TEXT_RESULT);
+    typed got = {0};
+    cr_assert_eq(aorm_stmt_load(shape, r, 0, &typed_model, &got, NULL), AORM_ETYPE, "text-format int4");
+    cr_assert_eq(got.i4, 0, "nothing decoded");
+    aorm_model_free_fields(&typed_model, &got);
+    aorm_result_free(r);
+
+    r = run_sql(&t, ints, 0); /* the same, in binary: loads */
+    memset(&got, 0, sizeof(got));
+    cr_assert_eq(aorm_stmt_load(shape, r, 0, &typed_model, &got, NULL), 0);
+    cr_assert_eq(got.i4, 42);
+    cr_assert_str_eq(got.txt, "hi");
+    aorm_model_free_fields(&typed_model, &got);
+    aorm_result_free(r);
+
+    r = run_sql(&t,
+                "SELECT 'it''s'::varchar AS txt, '{\"a\": [1, 2]}'::json AS js, '{\"b\": null}'::jsonb AS jsb, "
+                "NULL::timestamptz AS tstz, NULL::bytea AS bin",
+                AORM_EXEC_TEXT_RESULT);
+    memset(&got, 0, sizeof(got));
+    got.tstz = AORM_SOME(aorm_opt_int64, 7);
+    cr_assert_eq(aorm_stmt_load(shape, r, 0, &typed_model, &got, NULL), 0, "text-like columns in text format");
+    cr_assert_str_eq(got.txt, "it's");
+    cr_assert_str_eq(got.js, "{\"a\": [1, 2]}");
+    cr_assert_str_eq(got.jsb, "{\"b\": null}", "jsonb's text form, no version byte");
+    cr_assert_not(got.tstz.valid, "NULL in text format");
+    cr_assert_null(got.bin.data);
+    aorm_model_free_fields(&typed_model, &got);
+    aorm_result_free(r);
+
+    /* every other type is refused, NULL or not */
+    static const char *const others[] = {
+        "SELECT true AS b",      "SELECT 1::int2 AS i2",        "SELECT 1.5::float4 AS f4",
+        "SELECT 2.5::float8 AS f8", "SELECT 3.25::numeric AS num", "SELECT '\\x00'::bytea AS bin",
+        "SELECT '2000-01-01'::date AS day", "SELECT '2000-01-01'::timestamp AS ts",
+        "SELECT 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid AS u"};
+    for (size_t i = 0; i < sizeof(others) / sizeof(others[0]); i++) {
+        r = run_sql(&t, others[i], AORM_EXEC_TEXT_RESULT);
+        memset(&got, 0, sizeof(got));
+        cr_expect_eq(aorm_stmt_load(shape, r, 0, &typed_model, &got, NULL), AORM_ETYPE, "%s", others[i]);
+        aorm_model_free_fields(&typed_model, &got);
+        aorm_result_free(r);
+    }
+    aorm_stmt_free(shape);
+    env_close(&t);
+}

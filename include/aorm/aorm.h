@@ -16,5 +16,6 @@
 #include "sql.h"
 #include "session.h"
 #include "loaders.h"
+#include "redis.h"
 
 #endif /* AORM_H */

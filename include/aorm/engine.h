@@ -21,14 +21,33 @@
  *     transaction, unread results) is rolled back or discarded, never
  *     handed to the next caller as it is.
  *
- * Host names: libpq resolves them synchronously, so the engine resolves
- * every `host` that is not an address or a socket directory on its helper
- * thread before it connects, and passes the address as `hostaddr` (the
- * name is kept for TLS and Kerberos). The same thread sends cancel
- * requests, which libpq 15 can only send blocking.
+ * Host names: libpq looks them up blocking, so before each connection
+ * attempt the engine looks up every `host` entry that is not an address
+ * or a socket directory (PGHOST too) on its helper threads, all at once,
+ * and hands libpq every address found, A and AAAA, in getaddrinfo's
+ * order, each once, as a `hostaddr` list, with `host` (and a `port`
+ * list) repeated to match: host=a,b where a has two addresses becomes
+ * host=a,a,b hostaddr=x1,x2,y, so libpq tries them all in order and TLS
+ * verification, the password file and Kerberos still see the name. An
+ * address or a socket directory keeps its entry with an empty hostaddr
+ * slot. A name that cannot be resolved is left out of a multi-host list
+ * (a warning); with none left, the attempt fails with AORM_ECONNECT. A
+ * lookup still unanswered at connect_timeout fails the attempt with
+ * AORM_ECONNECT ("could not resolve host name "x": timed out after N s")
+ * and its late answer is ignored. With `hostaddr` given nothing is looked
+ * up; a host that only a service file names is left to libpq (blocking).
  *
- * Threading: one loop, one thread. The engine's helper thread never
- * touches user state or calls user callbacks. */
+ * The helper threads also send cancel requests, which libpq 15 can only
+ * send blocking. Cancels and lookups have separate threads (up to 4 and
+ * 16 at once) and never wait for each other. A cancel request not
+ * completed within connect_timeout counts as failed (a warning) and its
+ * connection is discarded, since the request may still reach the server
+ * later. aorm_engine_free() never waits for a helper thread: one still
+ * stuck in a lookup or a cancel finishes on its own and its answer is
+ * dropped.
+ *
+ * Threading: one loop, one thread. The engine's helper threads never
+ * touch user state or call user callbacks. */
 #ifndef AORM_ENGINE_H
 #define AORM_ENGINE_H
 
@@ -68,9 +87,15 @@ typedef struct aorm_engine_options {
     /** libpq conninfo: "key=value ..." or a postgresql:// URI, including
      * multi-host lists and target_session_attrs. Copied. Required. */
     const char *conninfo;
-    int pool_size;              /**< connections kept open (default 5) */
+    int pool_size;              /**< connections kept open (default 10) */
     int max_overflow;           /**< extra connections under load (default 10) */
-    double pool_timeout;        /**< seconds a statement or acquire waits for a connection (30) */
+    double idle_timeout;        /**< seconds an idle connection beyond pool_size stays open to be
+                                     reused before it is closed (30); 0 closes it at once */
+    double pool_timeout;        /**< seconds a statement or acquire waits for a connection (30),
+                                     also while the pool reconnects after a loss or restart; when
+                                     no connection could be opened in that time the caller gets
+                                     AORM_ECONNECT with the last attempt's error (AORM_EAUTH, for
+                                     refused credentials or certificates, at once) */
     double recycle;             /**< close connections older than this many seconds; 0 never (0) */
     bool pre_ping;              /**< check a connection idle for > 1 s before reusing it (false) */
     bool lifo;                  /**< reuse the most recently used idle connection first (true) */
@@ -87,7 +112,10 @@ typedef struct aorm_engine_options {
     aorm_log_level log_level;   /**< most verbose level passed to log (AORM_LOG_WARN) */
     bool echo;                  /**< log every statement at AORM_LOG_SQL (false) */
     bool echo_params;           /* include parameter values in the echo; when false they
-                                   are shown as "$n redacted" (false) */
+                                   are shown as "$n redacted" (false); a statement flagged
+                                   AORM_EXEC_SENSITIVE is always redacted. The conninfo's
+                                   password is never logged, and the engine's copies of
+                                   the conninfo are wiped when it is freed. */
 } aorm_engine_options;
 
 /** Fills every field with its default (conninfo NULL). */
@@ -102,8 +130,10 @@ AORM_API void aorm_engine_options_init(aorm_engine_options *o);
 AORM_API aorm_engine *aorm_engine_new(aorm_loop *loop, const aorm_engine_options *o);
 
 /** Fails every queued and in-flight operation with AORM_ECANCELED (each
- * callback exactly once, from inside this call), closes every connection
- * and frees the engine. Held connections become invalid. Accepts NULL.
+ * callback exactly once, from inside this call; a COMMIT already sent
+ * gets AORM_EUNKNOWN_OUTCOME, one not yet sent AORM_ENOT_COMMITTED),
+ * closes every connection and frees the engine. Held connections become
+ * invalid; owners become empty handles (see aorm_owner_free). Accepts NULL.
  * May be called from inside an engine callback: the engine is then freed
  * when that callback returns. */
 AORM_API void aorm_engine_free(aorm_engine *e);
@@ -130,6 +160,9 @@ typedef struct aorm_engine_stats {
     uint64_t connections_lost;
     uint64_t cancels;        /**< cancel requests sent after a deadline */
     uint64_t discarded;      /**< connections closed because they could not be reused */
+    uint64_t overflow_opened; /**< connections opened beyond pool_size (churn when it keeps growing) */
+    uint64_t overflow_closed; /**< connections beyond pool_size closed after idle_timeout */
+    uint64_t pool_waits;     /**< statements and acquires that had to wait for a connection */
     int open;                /**< connections open or connecting */
     int idle;                /**< open connections with nothing in flight and not held */
     int held;                /**< connections held by aorm_conn */
@@ -148,19 +181,38 @@ enum {
     /** Never use a named prepared statement for this one. */
     AORM_EXEC_UNPREPARED = 1u << 1,
     /** Results in text format instead of binary. */
-    AORM_EXEC_TEXT_RESULT = 1u << 2
+    AORM_EXEC_TEXT_RESULT = 1u << 2,
+    /** The parameters are secrets (passwords, tokens): they never appear
+     * in the echo, even with echo_params, and a server error of this
+     * statement keeps its code, SQLSTATE, constraint, table and column
+     * names but not its message, detail or hint, which may quote values.
+     * The SQL text is echoed as usual: keep secrets in parameters. */
+    AORM_EXEC_SENSITIVE = 1u << 3
 };
 
-/** Per-statement options. When a deadline expires the caller gets
- * AORM_ETIMEOUT at once; the statement is cancelled on the server (a
- * cancel request from the helper thread, sent when the statement heads
- * its connection's pipeline) and the connection takes no new work until
- * it has drained, or is discarded. PostgreSQL cancels whatever runs when
- * the request arrives: if the expired statement finishes just before,
- * the next statement of that pipeline may be the one cancelled (57014). */
+/** Per-statement options. A deadline stops its own statement and no
+ * other: the statement's remaining time is sent ahead of it, in the same
+ * pipeline, as a statement_timeout for it alone (set_config with
+ * is_local; a statement with a deadline outside a transaction block gets
+ * a sync group of its own, and on a held connection the previous value
+ * is restored right after it), so the server stops it by itself; no
+ * cancel request is ever sent, so nothing can reach a neighbour or the
+ * holder's COMMIT. When the deadline expires the caller gets AORM_ETIMEOUT
+ * (57014) at once; the late answer is read and dropped, and a shared
+ * connection takes no new work until it has come. A server that has not
+ * answered max(5 s, connect_timeout) after the deadline costs the
+ * connection (discarded; the statements behind it fail with
+ * AORM_ECONNLOST). Inside a transaction block the server's timeout aborts
+ * the transaction (25P02 for what follows, until the rollback). The
+ * price: one small extra statement in the same write, never a round
+ * trip. */
+typedef struct aorm_owner aorm_owner;
+
 typedef struct aorm_exec_options {
-    unsigned flags;   /**< AORM_EXEC_* */
-    double deadline;  /**< seconds from submission; 0 engine default; < 0 none */
+    unsigned flags;     /**< AORM_EXEC_* */
+    double deadline;    /**< seconds from submission; 0 engine default; < 0 none */
+    aorm_owner *owner;  /**< cancel group the statement belongs to; NULL: none (on a held
+                             connection: the connection's owner, if it was acquired through one) */
 } aorm_exec_options;
 
 /** Outcome of a statement: exactly one of res / err is non-NULL. Both are
@@ -210,10 +262,13 @@ typedef struct aorm_tx_options {
 
 /** BEGIN (opts may be NULL), COMMIT, ROLLBACK, and savepoints by name (the
  * name is quoted as an identifier). Each queues one statement with the
- * usual contract. A COMMIT whose connection is lost before the answer
- * fails with AORM_EUNKNOWN_OUTCOME (SQLSTATE 08007); a COMMIT of a
- * transaction in which a statement failed fails with SQLSTATE 25P02
- * (the server rolled it back). ROLLBACK and ROLLBACK TO SAVEPOINT start
+ * usual contract. The outcome of a COMMIT follows one rule: sent and
+ * never answered (the connection lost, a protocol error, the engine freed,
+ * its owner cancelled) fails with AORM_EUNKNOWN_OUTCOME (08007): it may
+ * or may not have committed; never sent fails with AORM_ENOT_COMMITTED:
+ * it did not. A COMMIT of a transaction in which a statement failed fails
+ * with AORM_ESERVER and SQLSTATE 25P02 (the server rolled it back, or
+ * skipped the COMMIT: roll back). ROLLBACK and ROLLBACK TO SAVEPOINT start
  * a new pipeline sync group, so they run even right behind a failed
  * statement. */
 AORM_API int aorm_conn_begin(aorm_conn *c, const aorm_tx_options *opts, aorm_result_cb cb, void *user);
@@ -231,7 +286,12 @@ typedef enum aorm_tx_status {
     AORM_TX_UNKNOWN     /**< connection lost */
 } aorm_tx_status;
 
-/** Transaction state as of the last answer from the server. */
+/** Transaction state as of the last answer from the server. Inside the
+ * callback of one of the connection's statements it is the state that
+ * statement left behind (IDLE, INTRANS or INERROR, also for transactions
+ * opened and closed with raw SQL, and after a savepoint rollback),
+ * whatever is queued after it; elsewhere ACTIVE while statements are
+ * queued or unanswered. */
 AORM_API aorm_tx_status aorm_conn_tx_status(const aorm_conn *c);
 /** True once the connection has been lost; every later statement fails
  * with AORM_ECONNLOST. */
@@ -242,6 +302,54 @@ AORM_API bool aorm_conn_broken(const aorm_conn *c);
  * connection is closed. The handle is invalid after this call. Accepts
  * NULL. */
 AORM_API void aorm_conn_release(aorm_conn *c);
+
+/* ---- owners: cancelling a caller's work as a whole ------------------------ */
+
+/** An owner is a cancel group: the statements, acquires and held
+ * connections of one caller (a request of a server, a session), so that
+ * the caller can go away without any of its callbacks firing later on
+ * freed memory. Statements join it through aorm_exec_options.owner,
+ * held connections through aorm_owner_acquire() (their statements then
+ * belong to it as well).
+ *
+ * Ownership: the caller owns the handle and frees it with
+ * aorm_owner_free(), before or after the engine: an owner outlives its
+ * engine as an empty handle (aorm_owner_engine() then returns NULL). */
+
+/** Called once when the engine an owner belongs to is freed (its work has
+ * been called back with AORM_ECANCELED by then). It may free the owner;
+ * it must not call the engine. */
+typedef void (*aorm_owner_close_fn)(aorm_owner *o, void *user);
+
+/** A new, empty owner on e. Returns NULL on out of memory or when e is
+ * NULL or closing. */
+AORM_API aorm_owner *aorm_owner_new(aorm_engine *e);
+
+/** Cancels everything the owner has queued or in flight: each callback
+ * runs once, now, from inside this call, in submission order, with
+ * AORM_ECANCELED (a COMMIT already sent gets AORM_EUNKNOWN_OUTCOME, one
+ * not yet sent AORM_ENOT_COMMITTED). Statements not yet sent are never
+ * sent; answers to those already sent are read and dropped (the server
+ * finishes them, or their deadline stops them). Connections held through
+ * the owner are released (rolled back) and their handles become invalid.
+ * The owner stays usable for new work. May be called from inside any
+ * engine callback; accepts NULL and an orphaned owner. */
+AORM_API void aorm_owner_cancel(aorm_owner *o);
+
+/** aorm_owner_cancel(), then frees the owner (deferred while a call of
+ * it is on the stack). Accepts NULL; allowed after the engine is freed. */
+AORM_API void aorm_owner_free(aorm_owner *o);
+
+/** The owner's engine, or NULL from the moment aorm_engine_free() starts
+ * (while it calls back the owner's work) and after. */
+AORM_API aorm_engine *aorm_owner_engine(const aorm_owner *o);
+
+/** Sets the callback run when the engine is freed (NULL to clear). */
+AORM_API void aorm_owner_on_close(aorm_owner *o, aorm_owner_close_fn fn, void *user);
+
+/** Like aorm_engine_acquire(); the connection and its statements belong
+ * to o. Returns AORM_ECLOSED when o's engine is gone. */
+AORM_API int aorm_owner_acquire(aorm_owner *o, aorm_conn_cb cb, void *user);
 
 /* ---- COPY FROM STDIN (binary) ------------------------------------------- */
 

@@ -42,7 +42,9 @@ extern "C" {
     X(UNKNOWN_OUTCOME, -18, "connection lost during COMMIT: outcome unknown")          \
     X(COPY, -19, "COPY protocol error")                                                \
     X(UNLOADED, -20, "relationship was not loaded")                                    \
-    X(IO, -21, "operating system I/O error")
+    X(IO, -21, "operating system I/O error")                                           \
+    X(NOT_COMMITTED, -22, "COMMIT was never sent: the transaction did not commit")     \
+    X(AUTH, -23, "authentication or TLS verification failed")
 
 typedef enum aorm_errno {
     AORM_OK = 0,

@@ -78,8 +78,10 @@ AORM_API aorm_io *aorm_io_new(aorm_loop *loop, int fd, aorm_io_cb cb, void *user
  * May be called from any callback. */
 AORM_API void aorm_io_set(aorm_io *io, int events);
 
-/** Points the watcher at another fd (libpq may change the socket during a
- * connection attempt), keeping the watched events. */
+/** Points the watcher at fd, keeping the watched events, and registers it
+ * with the backend again even when the number is unchanged: libpq closes
+ * its socket and opens the next one, often under the same number, when a
+ * connection attempt moves on to the next address. */
 AORM_API void aorm_io_set_fd(aorm_io *io, int fd);
 
 /** Currently watched events. */

@@ -324,7 +324,11 @@ AORM_API int aorm_stmt_label(const aorm_stmt *q, const char *label);
  * column of m present in q's select list or RETURNING list. Strings and
  * byte arrays are allocated with `alloc` (NULL: malloc; see
  * aorm_model_free_fields). Returns 0 or a negative code (AORM_ETYPE when a
- * column's result type does not match the model). */
+ * column's result type does not match the model). Values are read in the
+ * binary format the engine asks for by default; in a text-format result
+ * (AORM_EXEC_TEXT_RESULT) only text, varchar, char, name, json and jsonb
+ * columns load (their text is the value), any other non-NULL value is
+ * AORM_ETYPE. */
 AORM_API int aorm_stmt_load(const aorm_stmt *q, const aorm_result *r, int row, const aorm_model *m,
                             void *obj, const aorm_allocator *alloc);
 

@@ -19,6 +19,7 @@
 #include <math.h>
 #include <poll.h>
 #include <stdio.h>
+#include <strings.h>
 #include <time.h>
 
 #include "async_engine/engine_int.h"
@@ -68,11 +69,73 @@ void aorm__conn_arm_timer(aorm_conn *c, double at) {
     aorm_timer_start(c->timer, at - aorm_loop_now(c->e->loop));
 }
 
-static void connect_begin(aorm_conn *c, const char *hostaddr) {
+/* Appends entry number `index` of a libpq list (entries may be empty). */
+static int list_put(aorm__buf *b, int index, const char *s, size_t len) {
+    if (index > 0 && aorm__buf_putc(b, ',') < 0) return -1;
+    return aorm__buf_append(b, s, len);
+}
+
+/* libpq wants host, hostaddr and a port list of the same length: one entry
+ * per address found, the name repeated with each (TLS verification and
+ * GSSAPI use host), and an empty hostaddr slot for an entry that needed no
+ * lookup (libpq then uses host as it is). An entry whose lookup failed is
+ * left out. Returns the number of entries written, or -1 (out of memory). */
+static int expand_hosts(const aorm_engine *e, const aorm__resolved *r, aorm__buf *host, aorm__buf *addr,
+                        aorm__buf *port) {
+    int count = 0;
+    for (int i = 0; i < e->nhosts; i++) {
+        const char *list = r->addrs[i];
+        const char *a = list ? list : "";
+        if (list && !*list) continue; /* lookup failed */
+        for (;;) {
+            const char *comma = strchr(a, ',');
+            size_t len = comma ? (size_t)(comma - a) : strlen(a);
+            if (list_put(host, count, e->hosts[i], strlen(e->hosts[i])) < 0 || list_put(addr, count, a, len) < 0 ||
+                (e->ports && list_put(port, count, e->ports[i], strlen(e->ports[i])) < 0))
+                return -1;
+            count++;
+            if (!comma) break;
+            a = comma + 1;
+        }
+    }
+    if (aorm__buf_putc(host, '\0') < 0 || aorm__buf_putc(addr, '\0') < 0 || aorm__buf_putc(port, '\0') < 0)
+        return -1;
+    return count;
+}
+
+/* Starts libpq's non-blocking connect: with the conninfo as parsed, or
+ * (r) with host, hostaddr and port lists built from what resolving found,
+ * in this connection's own copy of the keyword arrays. */
+static void connect_begin(aorm_conn *c, const aorm__resolved *r) {
     aorm_engine *e = c->e;
-    if (hostaddr) e->val[e->hostaddr_index] = hostaddr;
-    c->pg = PQconnectStartParams(e->kw, e->val, 0);
-    if (hostaddr) e->val[e->hostaddr_index] = NULL;
+    if (!r) {
+        c->pg = PQconnectStartParams(e->kw, e->val, 0);
+    } else {
+        aorm__buf host = {0}, addr = {0}, port = {0};
+        const char **kw = calloc((size_t)e->nkw + 2, sizeof(char *));
+        const char **val = calloc((size_t)e->nkw + 2, sizeof(char *));
+        int count = kw && val ? expand_hosts(e, r, &host, &addr, &port) : -1;
+        if (count > 0) {
+            memcpy(kw, e->kw, (size_t)e->nkw * sizeof(char *));
+            memcpy(val, e->val, (size_t)e->nkw * sizeof(char *));
+            val[e->host_index] = host.data;
+            if (e->ports) val[e->port_index] = port.data;
+            kw[e->nkw] = "hostaddr";
+            val[e->nkw] = addr.data;
+            aorm__engine_log(e, AORM_LOG_DEBUG, "connection %llu: host=%s hostaddr=%s%s%s", (unsigned long long)c->id,
+                             host.data, addr.data, e->ports ? " port=" : "", e->ports ? port.data : "");
+            c->pg = PQconnectStartParams(kw, val, 0); /* copies every value */
+        }
+        free(kw);
+        free(val);
+        aorm__buf_free(&host);
+        aorm__buf_free(&addr);
+        aorm__buf_free(&port);
+        if (count == 0) {
+            aorm__conn_lost(c, AORM_ECONNECT, r->err ? r->err : "no address found for any host");
+            return;
+        }
+    }
     if (!c->pg) {
         aorm__conn_lost(c, AORM_ENOMEM, "out of memory starting a connection");
         return;
@@ -93,25 +156,37 @@ static void connect_begin(aorm_conn *c, const char *hostaddr) {
     aorm_io_set(c->io, AORM_WRITE);
 }
 
+/* Host names are looked up on the helper threads first (RESOLVING); the
+ * connect timeout, armed here, bounds lookups and connecting together. */
 void aorm__conn_start(aorm_conn *c) {
     aorm_engine *e = c->e;
     aorm__conn_arm_timer(c, aorm_loop_now(e->loop) + e->o.connect_timeout);
-    if (e->host_list) {
+    if (e->nlookups > 0) {
         c->state = CONN_RESOLVING;
-        if (aorm__worker_resolve(e->worker, c->id, e->host_list) < 0)
+        if (aorm__worker_resolve(e->worker, c->id) < 0)
             aorm__conn_lost(c, AORM_ENOMEM, "cannot queue host name resolution");
         return;
     }
     connect_begin(c, NULL);
 }
 
-void aorm__conn_resolved(aorm_conn *c, const char *hostaddr, const char *err) {
+/* Every lookup of this attempt has answered. Hosts that could not be
+ * resolved are left out (libpq too moves on to the next host); only when
+ * nothing is left does the attempt fail. */
+void aorm__conn_resolved(aorm_conn *c, const aorm__resolved *r) {
     if (c->state != CONN_RESOLVING) return;
-    if (err) {
-        aorm__conn_lost(c, AORM_ECONNECT, err);
-        return;
+    if (r->err) {
+        bool any = false;
+        for (int i = 0; i < r->n; i++)
+            if (!r->addrs[i] || *r->addrs[i]) any = true;
+        if (!any) {
+            aorm__conn_lost(c, AORM_ECONNECT, r->err);
+            return;
+        }
+        aorm__engine_log(c->e, AORM_LOG_WARN, "connection %llu: %s; trying the other hosts", (unsigned long long)c->id,
+                         r->err);
     }
-    connect_begin(c, hostaddr);
+    connect_begin(c, r);
 }
 
 static void connected(aorm_conn *c) {
@@ -234,8 +309,24 @@ static int queue_dealloc(aorm_conn *c, const aorm__stmt *s) {
     return 0;
 }
 
+/* Puts a name back on the list of statements to deallocate (it owns the
+ * name again on success). */
+static int requeue_dealloc(aorm_conn *c, char *name) {
+    if (c->ndeallocs == c->cap_deallocs) {
+        int cap = c->cap_deallocs ? c->cap_deallocs * 2 : 8;
+        char **d = realloc(c->deallocs, (size_t)cap * sizeof(char *));
+        if (!d) return -1;
+        c->deallocs = d;
+        c->cap_deallocs = cap;
+    }
+    c->deallocs[c->ndeallocs++] = name;
+    return 0;
+}
+
 int aorm__conn_send_deallocs(aorm_conn *c) {
-    if (c->ndeallocs == 0 || c->state != CONN_READY) return 0;
+    /* inside a failed transaction block the server refuses everything
+     * until the rollback: wait for it */
+    if (c->ndeallocs == 0 || c->state != CONN_READY || c->txs == AORM_TX_INERROR) return 0;
     for (int i = 0; i < c->ndeallocs; i++) {
         char sql[64];
         snprintf(sql, sizeof(sql), "DEALLOCATE \"%s\"", c->deallocs[i]);
@@ -256,19 +347,54 @@ int aorm__conn_send_deallocs(aorm_conn *c) {
     return aorm__conn_sync(c);
 }
 
+/* Deadlines are enforced by the server, for the one statement that has
+ * it: right before it, in the same pipeline, the statement's remaining
+ * time becomes statement_timeout for the current transaction (set_config
+ * with is_local), the previous value kept in a placeholder setting; a
+ * server since 13 restarts that timer at every Execute, so it covers
+ * this statement alone. Autocommit statements with a deadline get a sync
+ * group of their own (engine.c send_one), which ends the setting with
+ * the implicit transaction; on a held connection, inside a transaction
+ * block, the previous value is put back right after it. Nothing is ever
+ * sent from outside the pipeline (no cancel request), so a deadline
+ * cannot stop another caller's statement. Costs one small statement in
+ * the same write, not a round trip. */
+static int send_deadline(aorm_conn *c, const aorm__op *op, bool restore) {
+    static const char set_sql[] =
+        "SELECT set_config('aorm.saved_statement_timeout', current_setting('statement_timeout'), true), "
+        "set_config('statement_timeout', $1, true)";
+    static const char restore_sql[] =
+        "SELECT set_config('statement_timeout', current_setting('aorm.saved_statement_timeout'), true)";
+    char ms[32];
+    const char *vals[1] = {ms};
+    if (restore) {
+        if (items_push(c, IT_DISCARD, NULL, NULL) < 0) return -1;
+        return PQsendQueryParams(c->pg, restore_sql, 0, NULL, NULL, NULL, NULL, 1) ? 0 : -2;
+    }
+    double left = op->deadline - aorm_loop_now(c->e->loop);
+    long v = left > 0 ? (long)ceil(left * 1000.0) : 1;
+    snprintf(ms, sizeof(ms), "%ld", v < 1 ? 1 : v);
+    if (items_push(c, IT_DISCARD, NULL, NULL) < 0) return -1;
+    return PQsendQueryParams(c->pg, set_sql, 1, NULL, vals, NULL, NULL, 1) ? 0 : -2;
+}
+
 /* Sends op's messages (no sync). Returns 0, or -1 when nothing of op was
  * sent (out of memory, or libpq refused: the connection is then lost). A
  * COPY is sent only on an idle connection: it leaves pipeline mode. */
 int aorm__conn_send(aorm_conn *c, aorm__op *op) {
     aorm_engine *e = c->e;
     int fmt = (op->flags & AORM_EXEC_TEXT_RESULT) ? 0 : 1;
-    uint32_t before = c->icount;
+    /* items whose messages libpq has taken stay in the ring whatever
+     * happens next: their answers will come and must find them */
+    uint32_t keep = c->icount;
+    bool server_deadline = op->kind == OP_QUERY && op->deadline < AORM__NEVER;
 
     if (op->kind == OP_COPY) {
         aorm__assert(c->icount == 0);
         if (PQexitPipelineMode(c->pg) != 1) return -1;
         if (items_push(c, IT_QUERY, op, NULL) < 0) goto refused;
         if (!PQsendQueryParams(c->pg, op->sql, 0, NULL, NULL, NULL, NULL, 0)) goto refused;
+        keep = c->icount;
         c->copy = aorm__copy_new();
         if (!c->copy) goto refused;
         c->state = CONN_COPY;
@@ -276,6 +402,11 @@ int aorm__conn_send(aorm_conn *c, aorm__op *op) {
         c->copy_started = false;
         c->copy_ended = false;
         goto sent;
+    }
+
+    if (server_deadline) {
+        if (send_deadline(c, op, false) < 0) goto refused;
+        keep = c->icount;
     }
 
     if (e->o.prepared_cache_size > 0 && !(op->flags & AORM_EXEC_UNPREPARED)) {
@@ -310,6 +441,7 @@ int aorm__conn_send(aorm_conn *c, aorm__op *op) {
                 aorm__stmt_forget(&c->stmts, s);
                 goto refused;
             }
+            keep = c->icount;
             e->stats.prepares++;
             aorm__engine_log(e, AORM_LOG_DEBUG, "prepare %s on connection %llu: %s", s->name,
                              (unsigned long long)c->id, op->sql);
@@ -325,6 +457,16 @@ int aorm__conn_send(aorm_conn *c, aorm__op *op) {
             goto refused;
     }
 
+    keep = c->icount;
+    if (server_deadline && c->held && send_deadline(c, op, true) < 0) {
+        /* op went out, but its transaction would keep the short timeout */
+        while (c->icount > keep) items_pop_back(c);
+        c->inflight_ops++;
+        op->queued = false;
+        aorm__conn_lost(c, AORM_ECONNLOST, "could not restore statement_timeout after a deadline; connection discarded");
+        return -1;
+    }
+
 sent:
     op->queued = false;
     c->inflight_ops++;
@@ -334,9 +476,11 @@ sent:
     return 0;
 
 refused:
-    /* Undo what this op pushed, so its fate is the caller's to decide. A
-     * libpq refusal means the connection is unusable. */
-    while (c->icount > before) items_pop_back(c);
+    /* Undo what libpq did not take, so op's fate is the caller's to
+     * decide (what it took keeps its items: a PREPARE or the deadline's
+     * set_config answer like any other). A libpq refusal means the
+     * connection is unusable. */
+    while (c->icount > keep) items_pop_back(c);
     if (PQstatus(c->pg) == CONNECTION_BAD || !PQisnonblocking(c->pg) ||
         PQpipelineStatus(c->pg) == PQ_PIPELINE_OFF)
         aorm__conn_lost(c, AORM_ECONNLOST, PQerrorMessage(c->pg));
@@ -350,6 +494,16 @@ static bool sqlstate_is(const PGresult *r, const char *state) {
     return s && strcmp(s, state) == 0;
 }
 
+/* The named statement is gone (26000) or its cached plan went stale
+ * under a schema change (0A000 raised by the plan cache). The latter is
+ * told by the reporting source function, which the server never
+ * translates, unlike the message. */
+static bool plan_gone(const PGresult *r) {
+    if (sqlstate_is(r, "26000")) return true;
+    const char *fn = PQresultErrorField(r, PG_DIAG_SOURCE_FUNCTION);
+    return sqlstate_is(r, "0A000") && fn && strcmp(fn, "RevalidateCachedQuery") == 0;
+}
+
 /* FATAL and PANIC end the session on the server side. */
 static bool is_fatal(const PGresult *r) {
     const char *sev = PQresultErrorField(r, PG_DIAG_SEVERITY_NONLOCALIZED);
@@ -359,58 +513,99 @@ static bool is_fatal(const PGresult *r) {
 static void update_txs(aorm_conn *c) {
     switch (PQtransactionStatus(c->pg)) {
     case PQTRANS_IDLE: c->txs = AORM_TX_IDLE; c->in_tx = false; break;
-    case PQTRANS_ACTIVE: c->txs = AORM_TX_ACTIVE; break;
+    case PQTRANS_ACTIVE: break; /* libpq is busy with later results: nothing to learn, keep what was tracked */
     case PQTRANS_INTRANS: c->txs = AORM_TX_INTRANS; break;
     case PQTRANS_INERROR: c->txs = AORM_TX_INERROR; break;
     case PQTRANS_UNKNOWN: c->txs = AORM_TX_UNKNOWN; break;
     }
 }
 
-/* The head op was timed out by the caller's deadline and is (or is about
- * to be) the statement the server is running: ask the server to stop it.
- * Only the head item's op can be running, so a cancel never targets a
- * statement that has not started. */
-static void maybe_cancel(aorm_conn *c) {
-    for (uint32_t i = 0; i < c->icount; i++) {
-        aorm__item *it = &c->items[(c->ihead + i) % c->icap];
-        if (it->kind == IT_SYNC || it->kind == IT_DISCARD || it->kind == IT_DEALLOC) continue;
-        aorm__op *op = it->op;
-        if (!op->done || op->cancel_sent || op->deadline > aorm_loop_now(c->e->loop)) return;
-        PGcancel *pc = PQgetCancel(c->pg);
-        if (!pc || aorm__worker_cancel(c->e->worker, c->id, pc) < 0) {
-            if (pc) PQfreeCancel(pc);
-            aorm__conn_lost(c, AORM_ECONNLOST, "could not send a cancel request; connection discarded");
-            return;
-        }
-        op->cancel_sent = true;
-        c->cancel_pending = true;
-        c->e->stats.cancels++;
-        aorm__engine_log(c->e, AORM_LOG_WARN, "statement deadline expired on connection %llu: cancelling",
-                         (unsigned long long)c->id);
+/* True when sql starts with "ROLLBACK TO" (any case, any spacing): its
+ * command tag is "ROLLBACK" too, but it keeps the block open. */
+static bool is_rollback_to(const char *sql) {
+    while (*sql == ' ' || *sql == '\t' || *sql == '\n' || *sql == '\r') sql++;
+    if (strncasecmp(sql, "ROLLBACK", 8) != 0) return false;
+    sql += 8;
+    if (*sql != ' ' && *sql != '\t' && *sql != '\n' && *sql != '\r') return false;
+    while (*sql == ' ' || *sql == '\t' || *sql == '\n' || *sql == '\r') sql++;
+    return strncasecmp(sql, "TO", 2) == 0 && (sql[2] == '\0' || sql[2] == ' ' || sql[2] == '\t' ||
+                                               sql[2] == '\n' || sql[2] == '\r');
+}
+
+/* The transaction state right after one statement's answer. In pipeline
+ * mode libpq learns it only from the ReadyForQuery of the next sync,
+ * which may arrive in a later read than the statement's result; a
+ * callback must already see the state its own statement left behind, so
+ * the engine derives it here from the outcome and the command tag, and
+ * the sync confirms it (update_txs). */
+static void track_txs(aorm_conn *c, const aorm__op *op, const PGresult *r, bool ok) {
+    if (!ok) {
+        if (op->role == ROLE_COMMIT) c->txs = AORM_TX_IDLE; /* a failed COMMIT rolls back */
+        else if (c->txs == AORM_TX_INTRANS || (c->held && c->in_tx)) c->txs = AORM_TX_INERROR;
         return;
     }
+    if (op->role == ROLE_BEGIN) {
+        c->txs = AORM_TX_INTRANS;
+        return;
+    }
+    if (op->role == ROLE_COMMIT || op->role == ROLE_END) {
+        c->in_tx = false;
+        c->txs = AORM_TX_IDLE;
+        return;
+    }
+    const char *tag = r ? PQcmdStatus((PGresult *)r) : "";
+    if (strcmp(tag, "BEGIN") == 0 || strcmp(tag, "START TRANSACTION") == 0) {
+        c->txs = AORM_TX_INTRANS;
+    } else if (strcmp(tag, "COMMIT") == 0 || strcmp(tag, "ROLLBACK") == 0) {
+        if (is_rollback_to(op->sql)) {
+            c->txs = AORM_TX_INTRANS;
+        } else {
+            c->txs = AORM_TX_IDLE;
+            c->in_tx = false;
+        }
+    }
+}
+
+/* The backend is going away (terminated, shut down, crashed): its FATAL
+ * arrived as the answer to op (or to op's PREPARE). The connection is lost
+ * for everyone; op hears it first, as a connection loss that carries the
+ * server's SQLSTATE and message (an unknown outcome if op is a COMMIT),
+ * then everything behind it, in order. */
+static void fatal_lost(aorm_conn *c, aorm__op *op, const PGresult *r) {
+    aorm_error err;
+    aorm__error_from_pg(&err, r);
+    char msg[512];
+    snprintf(msg, sizeof(msg), "%s", err.message); /* r outlives the PGconn, but keep a copy */
+    err.message = msg;
+    if (op->role == ROLE_COMMIT) {
+        err.code = AORM_EUNKNOWN_OUTCOME;
+        memcpy(err.sqlstate, "08007", 6);
+        err.message = "connection lost while committing: the transaction may or may not have committed";
+    } else {
+        err.code = AORM_ECONNLOST;
+    }
+    aorm__conn_lost_first(c, AORM_ECONNLOST, msg, op, &err);
 }
 
 /* One QUERY item finished with result r (NULL if the server sent none). */
 static void query_done(aorm_conn *c, aorm__op *op, PGresult *r) {
     c->inflight_ops--;
+    ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+    if (st != PGRES_PIPELINE_ABORTED && c->held)
+        track_txs(c, op, r, st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK || st == PGRES_EMPTY_QUERY ||
+                                st == PGRES_SINGLE_TUPLE);
     if (op->done) {
+        if (r && st == PGRES_FATAL_ERROR && sqlstate_is(r, "57014") && op->deadline < AORM__NEVER)
+            c->e->stats.cancels++; /* the server stopped it at its deadline */
         PQclear(r);
         return;
     }
-    ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
     aorm_error err;
     switch (st) {
     case PGRES_TUPLES_OK:
     case PGRES_COMMAND_OK:
     case PGRES_EMPTY_QUERY:
     case PGRES_SINGLE_TUPLE: {
-        if (op->role == ROLE_COMMIT || op->role == ROLE_END) {
-            /* the block is closed; the sync behind it will confirm IDLE,
-             * but a release from this very callback must not see INTRANS */
-            c->in_tx = false;
-            c->txs = AORM_TX_IDLE;
-        }
         if (op->role == ROLE_COMMIT && r && strcmp(PQcmdStatus(r), "ROLLBACK") == 0) {
             /* COMMIT of a transaction that had already failed: the server
              * rolled it back and says so only in the tag. That is a
@@ -428,6 +623,10 @@ static void query_done(aorm_conn *c, aorm__op *op, PGresult *r) {
     }
     case PGRES_PIPELINE_ABORTED:
         PQclear(r);
+        if (op->prep_err && is_fatal(op->prep_err)) {
+            fatal_lost(c, op, op->prep_err);
+            return;
+        }
         if (op->prep_err) {
             aorm__error_from_pg(&err, op->prep_err);
             aorm__op_deliver(op, NULL, &err);
@@ -438,38 +637,45 @@ static void query_done(aorm_conn *c, aorm__op *op, PGresult *r) {
             aorm__op_requeue(op); /* the server skipped it: safe to send again */
             return;
         }
+        if (op->role == ROLE_COMMIT) {
+            /* skipped behind a failed statement of its own transaction,
+             * which stays open in the failed state: it did not commit */
+            aorm__op_fail(op, AORM_ESERVER, "25P02",
+                          "COMMIT not executed: a statement of the transaction failed; it must be rolled back");
+            return;
+        }
         aorm__op_fail(op, AORM_EABORTED, "", "statement not executed: an earlier statement in its pipeline failed");
         return;
     case PGRES_FATAL_ERROR:
     case PGRES_NONFATAL_ERROR:
     case PGRES_BAD_RESPONSE:
         if (!r) {
-            aorm__op_fail(op, AORM_EPROTOCOL, "08P01", "no result from the server");
+            if (op->role == ROLE_COMMIT) aorm__op_fail_lost(op, AORM_EPROTOCOL, "", true);
+            else aorm__op_fail(op, AORM_EPROTOCOL, "08P01", "no result from the server");
             return;
         }
         /* A statement whose PREPARE was skipped or which hit a stale
-         * cached plan has not run: outside a transaction, send it again. */
-        if ((!op->held || !c->in_tx) && op->resends < 2 &&
-            (sqlstate_is(r, "26000") || (sqlstate_is(r, "0A000") && strstr(PQresultErrorMessage(r), "cached plan")))) {
-            PQclear(r);
-            c->e->stats.resent++;
-            aorm__op_requeue(op);
-            return;
-        }
-        if (is_fatal(r)) {
-            /* the backend is going away (terminated, shut down, crashed):
-             * the connection is lost for everyone, and this statement's
-             * outcome is known only if it is not a COMMIT */
-            aorm__conn_lost(c, AORM_ECONNLOST, PQresultErrorMessage(r));
-            aorm__error_from_pg(&err, r);
-            if (op->role == ROLE_COMMIT) {
-                err.code = AORM_EUNKNOWN_OUTCOME;
-                memcpy(err.sqlstate, "08007", 6);
-                err.message = "connection lost while committing: the transaction may or may not have committed";
-            } else {
-                err.code = AORM_ECONNLOST;
+         * cached plan has not run. Autocommit: send it again, anywhere.
+         * On a held connection it must run there, in its place: again
+         * only when the server is outside a transaction block (an error
+         * inside one aborted it) and nothing of the holder's was sent
+         * after it; otherwise the holder hears the error. */
+        if (op->resends < 2 && plan_gone(r)) {
+            if (!op->held) {
+                PQclear(r);
+                c->e->stats.resent++;
+                aorm__op_requeue(op);
+                return;
             }
-            aorm__op_deliver(op, NULL, &err);
+            if (c->txs == AORM_TX_IDLE && !c->in_tx && c->inflight_ops == 0 && !c->releasing) {
+                PQclear(r);
+                c->e->stats.resent++;
+                aorm__op_requeue_held(op);
+                return;
+            }
+        }
+        if (is_fatal(r) || (op->prep_err && is_fatal(op->prep_err))) {
+            fatal_lost(c, op, is_fatal(r) ? r : op->prep_err);
             PQclear(r);
             return;
         }
@@ -497,12 +703,11 @@ static void item_done(aorm_conn *c, aorm__item *it) {
         PQclear(r);
         break;
     case IT_DEALLOC:
-        if (r && PQresultStatus(r) == PGRES_PIPELINE_ABORTED && it->name) {
-            /* skipped: try again in a later group (the name moves back) */
-            if (c->ndeallocs < c->cap_deallocs) {
-                c->deallocs[c->ndeallocs++] = it->name;
-                it->name = NULL;
-            }
+        if (it->name && (!r || PQresultStatus(r) != PGRES_COMMAND_OK)) {
+            /* skipped, or refused inside a failed transaction block
+             * (25P02): the statement still exists on the server; try
+             * again once the block is over (the name moves back) */
+            if (requeue_dealloc(c, it->name) == 0) it->name = NULL;
         }
         free(it->name);
         PQclear(r);
@@ -519,8 +724,7 @@ static void item_done(aorm_conn *c, aorm__item *it) {
         }
         break;
     case IT_QUERY:
-        if (s && r && PQresultStatus(r) == PGRES_FATAL_ERROR &&
-            (sqlstate_is(r, "26000") || sqlstate_is(r, "0A000")))
+        if (s && r && PQresultStatus(r) == PGRES_FATAL_ERROR && plan_gone(r))
             aorm__stmt_forget(&c->stmts, s); /* gone or stale on the server */
         query_done(c, op, r);
         break;
@@ -582,7 +786,6 @@ static void process(aorm_conn *c) {
             c->state = CONN_READY;
             update_txs(c);
         }
-        if (c->icount > 0) maybe_cancel(c);
     }
 }
 
@@ -671,42 +874,54 @@ static void on_timer(aorm_timer *t, void *arg) {
     aorm__engine_enter(e);
     c->busy++;
     switch (c->state) {
-    case CONN_RESOLVING:
+    case CONN_RESOLVING: {
+        char msg[384];
+        aorm__worker_resolve_timeout(e->worker, c->id, msg, sizeof(msg));
+        aorm__conn_lost(c, AORM_ECONNECT, msg);
+        break;
+    }
     case CONN_CONNECTING:
         aorm__conn_lost(c, AORM_ECONNECT, "connection attempt timed out");
         break;
     case CONN_READY:
     case CONN_COPY: {
-        if (c->draining && c->drain_limit > 0 && c->drain_limit <= now) {
-            e->stats.discarded++;
-            aorm__conn_lost(c, AORM_ECONNLOST, "connection discarded: a cancelled statement did not end in time");
-            break;
-        }
-        bool expired = false;
+        /* A statement past its deadline hears AORM_ETIMEOUT now; the
+         * server stops it by itself (its own statement_timeout, set for
+         * it alone: see send_deadline). Its late answer is read and
+         * dropped. Only a server that has still not answered it a grace
+         * period later costs the connection. */
+        double grace = fmax(5.0, e->o.connect_timeout);
         double next = AORM__NEVER;
-        for (uint32_t i = 0; i < c->icount && !c->dead; i++) {
+        bool stuck = false;
+        for (uint32_t i = 0; i < c->icount && !c->dead && c->state != CONN_BROKEN; i++) {
             aorm__item *it = &c->items[(c->ihead + i) % c->icap];
             aorm__op *op = it->op;
-            if (it->kind != IT_QUERY || op->done) continue;
-            if (op->deadline <= now) {
-                expired = true;
+            if (it->kind != IT_QUERY || op->deadline >= AORM__NEVER) continue;
+            if (op->done) {
+                if (op->deadline + grace <= now) stuck = true;
+                else next = fmin(next, op->deadline + grace);
+            } else if (op->deadline <= now) {
                 aorm__op_fail(op, AORM_ETIMEOUT, "57014", "statement deadline expired; the statement was cancelled");
-            } else if (op->deadline < next) {
-                next = op->deadline;
+                next = fmin(next, op->deadline + grace);
+                /* a shared connection takes no new work until the server
+                 * has answered it (or the grace period discards it): work
+                 * queued behind a hung server would die with it */
+                if (!c->held) {
+                    c->draining = true;
+                    e->rescan = true;
+                }
+            } else {
+                next = fmin(next, op->deadline);
             }
         }
         if (c->dead || c->state == CONN_BROKEN) break;
-        if (expired) {
-            /* Late answers are read and dropped; no new work goes here
-             * until the pipeline has drained, and if the server does not
-             * stop in time the connection is discarded. */
-            if (!c->held) c->draining = true;
-            e->rescan = true;
-            c->drain_limit = now + fmax(5.0, e->o.connect_timeout);
-            maybe_cancel(c);
+        if (stuck) {
+            e->stats.discarded++;
+            aorm__conn_lost(c, AORM_ECONNLOST,
+                            "connection discarded: the server did not stop a statement past its deadline in time");
+            break;
         }
-        if (c->draining && c->drain_limit > 0 && c->drain_limit < next) next = c->drain_limit;
-        if (next < AORM__NEVER && !c->dead) aorm__conn_arm_timer(c, next);
+        if (next < AORM__NEVER) aorm__conn_arm_timer(c, next);
         break;
     }
     case CONN_BROKEN:
@@ -724,16 +939,50 @@ void aorm__conn_cancel_done(aorm_conn *c) {
 
 /* ---- loss and teardown ---------------------------------------------------- */
 
-static void fail_op_lost(aorm__op *op, int code, const char *msg) {
+/* Fails an operation whose connection went away (or never came). The rule
+ * for a COMMIT depends only on whether it reached the wire: sent and not
+ * answered is an unknown outcome, whatever ended the connection (a loss,
+ * a protocol error, the engine being freed); never sent means the
+ * transaction did not commit. */
+void aorm__op_fail_lost(aorm__op *op, int code, const char *msg, bool sent) {
     if (op->done) return;
-    if (op->role == ROLE_COMMIT && code == AORM_ECONNLOST)
+    if (op->role == ROLE_COMMIT && sent)
         aorm__op_fail(op, AORM_EUNKNOWN_OUTCOME, "08007",
                       "connection lost while committing: the transaction may or may not have committed");
+    else if (op->role == ROLE_COMMIT)
+        aorm__op_fail(op, AORM_ENOT_COMMITTED, "08006",
+                      "COMMIT was never sent (the connection was lost or closed first): the transaction did not commit");
     else
-        aorm__op_fail(op, code, code == AORM_ECONNECT ? "08001" : "08006", msg);
+        aorm__op_fail(op, code, code == AORM_EAUTH ? "28000" : code == AORM_ECONNECT ? "08001" : "08006", msg);
 }
 
-void aorm__conn_lost(aorm_conn *c, int code, const char *msg) {
+/* What a failed connection attempt means for the caller: refused
+ * credentials and failed certificate checks will not heal by retrying
+ * (AORM_EAUTH); anything else may (AORM_ECONNECT). libpq reports both only
+ * as text, so the classification is by its messages. */
+static int connect_failure_code(const char *msg) {
+    static const char *const auth[] = {
+        "password authentication failed", "no password supplied", "SCRAM", "authentication failed",
+        "certificate verify failed", "does not match host name", "server certificate", "channel binding",
+        "SSL error", "no pg_hba.conf entry", "server does not support SSL", "certificate",
+    };
+    for (size_t i = 0; i < sizeof(auth) / sizeof(auth[0]); i++)
+        if (strstr(msg, auth[i])) return AORM_EAUTH;
+    const char *role = strstr(msg, "role \"");
+    if (role && strstr(role, "\" does not exist")) return AORM_EAUTH; /* 28000: no such login */
+    return AORM_ECONNECT;
+}
+
+void aorm__conn_lost(aorm_conn *c, int code, const char *msg) { aorm__conn_lost_first(c, code, msg, NULL, NULL); }
+
+/* The connection is gone: every operation on it fails exactly once, in
+ * submission order (in-flight first, then the holder's queued ones);
+ * `first` (may be NULL), the statement whose own answer ended the
+ * connection (a FATAL), gets `first_err` in its place at the head.
+ * Counts are settled before any callback runs, because a callback may
+ * release, free or reuse what it holds (a release from inside one must
+ * not give the connection's place back a second time). */
+void aorm__conn_lost_first(aorm_conn *c, int code, const char *msg, aorm__op *first, const aorm_error *first_err) {
     if (c->state == CONN_BROKEN) return;
     aorm_engine *e = c->e;
     bool connecting = c->state == CONN_RESOLVING || c->state == CONN_CONNECTING;
@@ -755,9 +1004,12 @@ void aorm__conn_lost(aorm_conn *c, int code, const char *msg) {
         PQfinish(c->pg);
         c->pg = NULL;
     }
+    int fail_code = code == AORM_ECONNECT ? AORM_ECONNLOST : code;
     if (connecting) {
+        fail_code = connect_failure_code(buf);
         e->connecting--;
         e->stats.connect_failures++;
+        e->last_connect_code = fail_code;
         snprintf(e->last_connect_error, sizeof(e->last_connect_error), "%s", buf);
         aorm__engine_log(e, AORM_LOG_ERROR, "connection %llu failed: %s", (unsigned long long)c->id, buf);
     } else if (code == AORM_ECANCELED) {
@@ -767,38 +1019,59 @@ void aorm__conn_lost(aorm_conn *c, int code, const char *msg) {
         aorm__engine_log(e, AORM_LOG_WARN, "connection %llu lost: %s", (unsigned long long)c->id, buf);
     }
 
-    /* Every in-flight operation fails exactly once; items are dropped. */
-    int fail_code = connecting ? AORM_ECONNECT : (code == AORM_ECONNECT ? AORM_ECONNLOST : code);
+    /* Detach every operation first, in order. In-flight ops are in no
+     * queue, so their `next` link is free; an op with several items (a
+     * PREPARE and its QUERY) appears once. They keep their item
+     * references until they are failed, so none is freed under us. */
+    aorm__op *sent_head = NULL, *sent_tail = NULL;
     while (c->icount > 0) {
         aorm__item it = *items_head(c);
         items_pop_front(c);
         PQclear(it.res);
         free(it.name);
         if (it.stmt) aorm__stmt_unref(it.stmt);
-        if (it.op) {
-            if (it.kind == IT_QUERY) c->inflight_ops--;
-            fail_op_lost(it.op, fail_code, buf);
-            it.op->nitems--;
-            aorm__op_release(it.op);
+        if (!it.op) continue;
+        if (it.kind == IT_QUERY) c->inflight_ops--;
+        if (it.op == sent_tail) {
+            it.op->nitems--; /* one reference kept per listed op */
+            continue;
         }
+        it.op->next = NULL;
+        if (sent_tail) sent_tail->next = it.op;
+        else sent_head = it.op;
+        sent_tail = it.op;
     }
+    aorm__op *pend = c->pend_head;
+    c->pend_head = c->pend_tail = NULL;
     if (c->copy) {
         aorm__copy_free(c->copy);
         c->copy = NULL;
         c->copy_op = NULL;
     }
-    while (c->pend_head) {
-        aorm__op *op = c->pend_head;
-        c->pend_head = op->next;
-        op->queued = false;
-        fail_op_lost(op, fail_code, buf);
-        aorm__op_release(op);
-    }
-    c->pend_tail = NULL;
     aorm__stmt_cache_free(&c->stmts);
     for (int i = 0; i < c->ndeallocs; i++) free(c->deallocs[i]); /* gone with the server session */
     c->ndeallocs = 0;
-    aorm__engine_conn_gone(e, c, connecting);
+    c->cancel_pending = false; /* a late cancel can only reach a closed backend now */
+    aorm__engine_conn_gone(e, c, connecting); /* may free c */
+
+    aorm__engine_enter(e);
+    if (first && !first->done) aorm__op_deliver(first, NULL, first_err);
+    while (sent_head) {
+        aorm__op *op = sent_head;
+        sent_head = op->next;
+        op->next = NULL;
+        aorm__op_fail_lost(op, fail_code, buf, true);
+        op->nitems--;
+        aorm__op_release(op);
+    }
+    while (pend) {
+        aorm__op *op = pend;
+        pend = op->next;
+        op->queued = false;
+        aorm__op_fail_lost(op, fail_code, buf, false);
+        aorm__op_release(op);
+    }
+    aorm__engine_leave(e);
 }
 
 void aorm__conn_free(aorm_conn *c) {

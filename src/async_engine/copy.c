@@ -7,13 +7,23 @@
  * memory stays bounded by one chunk whatever the number of rows. COPY
  * cannot run in pipeline mode: the connection leaves it for the COPY and
  * re-enters it when the COPY's result has been read (conn.c).
+ *
+ * A chunk may be larger than PQputCopyData() takes in one call (its
+ * length is an int): it is handed over in pieces of at most chunk_max
+ * bytes (INT_MAX; tests lower it through copy_int.h), the offset of the
+ * next piece kept in `sent`, so no byte is lost or cut whatever one fill
+ * appends.
  * Owns: the buffer. */
+#include <limits.h>
 #include <stdio.h>
 
+#include "async_engine/copy_int.h"
 #include "async_engine/engine_int.h"
 
 struct aorm_copy {
     aorm__buf buf;
+    size_t sent;      /* bytes of buf already handed to libpq */
+    size_t chunk_max; /* most bytes per PQputCopyData() call */
     bool done;        /* the fill callback said there is nothing more */
     bool failed;      /* fill aborted or a writer failed: end with an error */
     int error;        /* first writer error */
@@ -25,6 +35,7 @@ static const char copy_header[19] = "PGCOPY\n\377\r\n\0\0\0\0\0\0\0\0\0";
 aorm_copy *aorm__copy_new(void) {
     aorm_copy *cp = calloc(1, sizeof(*cp));
     if (!cp) return NULL;
+    cp->chunk_max = INT_MAX;
     if (aorm__buf_append(&cp->buf, copy_header, sizeof(copy_header)) < 0) {
         free(cp);
         return NULL;
@@ -38,7 +49,16 @@ void aorm__copy_free(aorm_copy *cp) {
     free(cp);
 }
 
-size_t aorm_copy_buffered(const aorm_copy *cp) { return cp ? cp->buf.len : 0; }
+size_t aorm_copy_buffered(const aorm_copy *cp) { return cp ? cp->buf.len - cp->sent : 0; }
+
+void aorm__copy_set_chunk_max(aorm_copy *cp, size_t max) {
+    if (cp) cp->chunk_max = max == 0 || max > INT_MAX ? INT_MAX : max;
+}
+
+size_t aorm__copy_piece(size_t len, size_t sent, size_t max) {
+    size_t left = len - sent;
+    return left < max ? left : max;
+}
 
 static int put(aorm_copy *cp, const void *p, size_t n) {
     if (cp->error) return cp->error;
@@ -128,8 +148,9 @@ int aorm__copy_pump(aorm_conn *c) {
     aorm_copy *cp = c->copy;
     aorm__op *op = c->copy_op;
     for (;;) {
-        if (cp->buf.len > 0) {
-            int r = PQputCopyData(c->pg, cp->buf.data, (int)cp->buf.len);
+        if (cp->sent < cp->buf.len) {
+            size_t piece = aorm__copy_piece(cp->buf.len, cp->sent, cp->chunk_max);
+            int r = PQputCopyData(c->pg, cp->buf.data + cp->sent, (int)piece);
             if (r < 0) {
                 aorm__conn_lost(c, AORM_ECONNLOST, PQerrorMessage(c->pg));
                 return -1;
@@ -139,10 +160,12 @@ int aorm__copy_pump(aorm_conn *c) {
                 aorm_io_set(c->io, AORM_READ | AORM_WRITE);
                 return 0;
             }
-            cp->buf.len = 0;
+            cp->sent += piece;
+            if (cp->sent == cp->buf.len) cp->buf.len = cp->sent = 0;
             int f = aorm__conn_flush(c);
             if (f < 0) return -1;
             if (f == 1) return 0; /* resumed by the write watcher */
+            continue;
         }
         if (cp->done) {
             int r = PQputCopyEnd(c->pg, cp->failed ? cp->abort_msg : NULL);
@@ -159,10 +182,14 @@ int aorm__copy_pump(aorm_conn *c) {
             return aorm__conn_flush(c) < 0 ? -1 : 0;
         }
         int more = op->done ? -1 : op->fill(cp, op->fill_user);
+        /* the fill callback may have freed the engine (or cancelled the
+         * COPY's owner): the COPY state is gone then, the connection is
+         * kept allocated by its handler (busy) */
+        if (c->state != CONN_COPY || c->copy != cp) return -1;
         if (more < 0 || cp->error) {
             cp->failed = true;
             cp->done = true;
-            cp->buf.len = 0;
+            cp->buf.len = cp->sent = 0;
             cp->abort_msg = cp->error ? aorm_strerror(cp->error) : "COPY aborted by the caller";
             continue;
         }
@@ -179,7 +206,7 @@ int aorm__copy_pump(aorm_conn *c) {
             aorm__put_be16(trailer, UINT16_MAX); /* -1: end of data */
             if (put(cp, trailer, 2) < 0) {
                 cp->failed = true;
-                cp->buf.len = 0;
+                cp->buf.len = cp->sent = 0;
                 cp->abort_msg = "out of memory";
             }
         }

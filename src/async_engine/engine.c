@@ -4,10 +4,10 @@
  * Dispatch is the one place where statements reach connections. It runs
  * at the loop's before-poll stage, so every statement queued during a
  * loop turn (by any number of callers) goes out together: one pipeline
- * write per connection per turn. Autocommit statements are packed onto
- * the most recently used shared connection until it holds AORM__PACK
- * statements, then spread to the least loaded one; the pool grows toward
- * pool_size while every shared connection is that busy.
+ * write per connection per turn. Autocommit statements go to idle shared
+ * connections first (one each), and only when every connection is busy
+ * are they pipelined onto the least loaded one; the pool grows toward
+ * pool_size while statements had to be pipelined behind others.
  *
  * Owns: the connections (conn.c), queued operations, the helper thread.
  * Must not: call a user callback from inside the call that queued its
@@ -18,9 +18,6 @@
 #include <stdio.h>
 
 #include "async_engine/engine_int.h"
-
-/* Statements one shared connection takes before the next one is used. */
-#define AORM__PACK 32
 
 static void dispatch(aorm_loop *loop, void *arg);
 static void on_engine_timer(aorm_timer *t, void *arg);
@@ -84,8 +81,10 @@ static void error_make(aorm_error *err, int code, const char *sqlstate, const ch
 
 void aorm_engine_options_init(aorm_engine_options *o) {
     memset(o, 0, sizeof(*o));
-    o->pool_size = 5;
+    /* a server's defaults: a pool of 5 hangs at the first spike */
+    o->pool_size = 10;
     o->max_overflow = 10;
+    o->idle_timeout = 30;
     o->pool_timeout = 30;
     o->lifo = true;
     o->connect_timeout = 10;
@@ -97,17 +96,67 @@ void aorm_engine_options_init(aorm_engine_options *o) {
 }
 
 /* True when libpq would need a DNS lookup for this host entry. */
-static bool host_needs_lookup(const char *h, size_t n) {
-    char buf[256];
-    if (n == 0 || h[0] == '/' || h[0] == '@' || n >= sizeof(buf)) return false;
-    memcpy(buf, h, n);
-    buf[n] = '\0';
+static bool host_needs_lookup(const char *h) {
+    if (!h[0] || h[0] == '/' || h[0] == '@') return false;
     unsigned char addr[16];
-    return inet_pton(AF_INET, buf, addr) != 1 && inet_pton(AF_INET6, buf, addr) != 1;
+    return inet_pton(AF_INET, h, addr) != 1 && inet_pton(AF_INET6, h, addr) != 1;
+}
+
+static void free_list(char **v, int n) {
+    if (!v) return;
+    for (int i = 0; i < n; i++) free(v[i]);
+    free(v);
+}
+
+/* Splits a libpq list ("a,b,,c": entries as written, none trimmed). */
+static char **split_list(const char *s, int *n) {
+    int count = 1;
+    for (const char *p = s; *p; p++)
+        if (*p == ',') count++;
+    char **v = calloc((size_t)count, sizeof(char *));
+    if (!v) return NULL;
+    const char *p = s;
+    for (int i = 0; i < count; i++) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        v[i] = malloc(len + 1);
+        if (!v[i]) {
+            free_list(v, i);
+            return NULL;
+        }
+        memcpy(v[i], p, len);
+        v[i][len] = '\0';
+        p += len + (comma ? 1 : 0);
+    }
+    *n = count;
+    return v;
+}
+
+/* Adds keyword kw = getenv(env) when the conninfo did not set kw: libpq
+ * would apply it when connecting, and a host name from PGHOST must be
+ * resolved off the loop like any other. */
+static int add_env_default(aorm_engine *e, const char *kw, const char *env, int *index) {
+    const char *v = getenv(env);
+    if (*index >= 0 || !v || !*v) return 0;
+    e->kw[e->nkw] = aorm__strdup(kw);
+    e->val[e->nkw] = aorm__strdup(v);
+    *index = e->nkw++;
+    return e->kw[*index] && e->val[*index] ? 0 : AORM_ENOMEM;
+}
+
+/* Frees libpq's parsed options, wiping every value first (libpq does not,
+ * and "password" / "sslpassword" are among them). */
+static void conninfo_options_free(PQconninfoOption *opts) {
+    for (PQconninfoOption *o = opts; o && o->keyword; o++)
+        if (o->val) explicit_bzero(o->val, strlen(o->val));
+    PQconninfoFree(opts);
 }
 
 /* Parses conninfo once into keyword/value arrays for PQconnectStartParams
- * and decides whether host names must be resolved off the loop. */
+ * and finds the host entries whose names must be resolved off the loop
+ * (libpq would look them up blocking). With a hostaddr given, libpq does
+ * no lookup and nothing is resolved. A port list whose length matches
+ * neither 1 nor the host list is left for libpq to refuse. */
 static int parse_conninfo(aorm_engine *e) {
     char *errmsg = NULL;
     PQconninfoOption *opts = PQconninfoParse(e->conninfo, &errmsg);
@@ -119,49 +168,55 @@ static int parse_conninfo(aorm_engine *e) {
     int n = 0;
     for (PQconninfoOption *o = opts; o->keyword; o++)
         if (o->val && *o->val) n++;
-    /* + hostaddr slot + terminator */
-    e->kw = calloc((size_t)n + 2, sizeof(char *));
-    e->val = calloc((size_t)n + 2, sizeof(char *));
+    /* + PGHOST, PGHOSTADDR, PGPORT + terminator */
+    e->kw = calloc((size_t)n + 4, sizeof(char *));
+    e->val = calloc((size_t)n + 4, sizeof(char *));
     if (!e->kw || !e->val) {
-        PQconninfoFree(opts);
+        conninfo_options_free(opts);
         return AORM_ENOMEM;
     }
-    const char *host = NULL;
-    bool has_hostaddr = false;
+    e->host_index = e->port_index = -1;
+    int hostaddr_index = -1;
     int k = 0;
     for (PQconninfoOption *o = opts; o->keyword; o++) {
         if (!o->val || !*o->val) continue;
         e->kw[k] = aorm__strdup(o->keyword);
         e->val[k] = aorm__strdup(o->val);
         if (!e->kw[k] || !e->val[k]) {
-            PQconninfoFree(opts);
+            conninfo_options_free(opts);
             e->nkw = k + 1;
             return AORM_ENOMEM;
         }
-        if (strcmp(o->keyword, "host") == 0) host = e->val[k];
-        if (strcmp(o->keyword, "hostaddr") == 0) has_hostaddr = true;
+        if (strcmp(o->keyword, "host") == 0) e->host_index = k;
+        if (strcmp(o->keyword, "port") == 0) e->port_index = k;
+        if (strcmp(o->keyword, "hostaddr") == 0) hostaddr_index = k;
         k++;
     }
     e->nkw = k;
-    PQconninfoFree(opts);
-    e->hostaddr_index = -1;
-    if (host && !has_hostaddr) {
-        bool need = false;
-        for (const char *p = host;;) {
-            const char *comma = strchr(p, ',');
-            size_t len = comma ? (size_t)(comma - p) : strlen(p);
-            if (host_needs_lookup(p, len)) need = true;
-            if (!comma) break;
-            p = comma + 1;
-        }
-        if (need) {
-            e->host_list = aorm__strdup(host);
-            if (!e->host_list) return AORM_ENOMEM;
-            e->kw[k] = "hostaddr"; /* static string: never freed (see engine_destroy) */
-            e->val[k] = NULL;
-            e->hostaddr_index = k;
-        }
+    conninfo_options_free(opts);
+    if (add_env_default(e, "host", "PGHOST", &e->host_index) < 0 ||
+        add_env_default(e, "hostaddr", "PGHOSTADDR", &hostaddr_index) < 0 ||
+        add_env_default(e, "port", "PGPORT", &e->port_index) < 0)
+        return AORM_ENOMEM;
+    if (e->host_index < 0 || hostaddr_index >= 0) return 0;
+
+    e->hosts = split_list(e->val[e->host_index], &e->nhosts);
+    e->lookup = e->hosts ? calloc((size_t)e->nhosts, sizeof(bool)) : NULL;
+    if (!e->lookup) return AORM_ENOMEM;
+    for (int i = 0; i < e->nhosts; i++) {
+        e->lookup[i] = host_needs_lookup(e->hosts[i]);
+        if (e->lookup[i]) e->nlookups++;
     }
+    if (e->nlookups == 0 || e->port_index < 0) return 0;
+    int nports = 0;
+    char **ports = split_list(e->val[e->port_index], &nports);
+    if (!ports) return AORM_ENOMEM;
+    if (nports > 1 && nports == e->nhosts) {
+        e->ports = ports; /* expanded along with the hosts */
+        return 0;
+    }
+    free_list(ports, nports);
+    if (nports != 1) e->nlookups = 0; /* libpq reports the mismatch at once, before any lookup */
     return 0;
 }
 
@@ -195,17 +250,27 @@ fail:
     return NULL;
 }
 
+/* Frees a string that may hold a secret (a password in a conninfo),
+ * wiping it first. */
+static void free_wiped(char *s) {
+    if (!s) return;
+    explicit_bzero(s, strlen(s));
+    free(s);
+}
+
 static void free_conninfo(aorm_engine *e) {
     if (e->kw) {
         for (int i = 0; i < e->nkw; i++) {
             free((char *)e->kw[i]);
-            free((char *)e->val[i]);
+            free_wiped((char *)e->val[i]);
         }
     }
     free(e->kw);
     free(e->val);
-    free(e->host_list);
-    free(e->conninfo);
+    free_list(e->hosts, e->nhosts);
+    free(e->lookup);
+    free_list(e->ports, e->nhosts);
+    free_wiped(e->conninfo);
 }
 
 static void cancel_all(aorm_engine *e) {
@@ -229,6 +294,7 @@ static void engine_destroy(aorm_engine *e) {
         aorm__conn_free(c);
     }
     aorm_loop_before_poll_remove(e->loop, dispatch, e);
+    aorm__owners_orphan(e);
     aorm__worker_free(e->worker);
     aorm_timer_free(e->timer);
     free_conninfo(e);
@@ -332,6 +398,7 @@ static aorm__op *op_new(aorm_engine *e, const char *sql, const aorm_params *p,
     if (d == 0) d = e->o.statement_timeout > 0 ? e->o.statement_timeout : -1;
     op->deadline = d > 0 ? op->submitted + d : AORM__NEVER;
     op->queued = true;
+    if (xo && xo->owner) aorm__owner_link(xo->owner, op);
     return op;
 }
 
@@ -383,7 +450,8 @@ static void echo(aorm_engine *e, const aorm__op *op, const aorm_result *res, con
         int w = snprintf(params + pl, sizeof(params) - pl, "%s$%d=", i ? ", " : " [", i + 1);
         if (w < 0) break;
         pl += (size_t)w;
-        if (e->o.echo_params) w = echo_param(params + pl, sizeof(params) - pl, op, i);
+        if (e->o.echo_params && !(op->flags & AORM_EXEC_SENSITIVE))
+            w = echo_param(params + pl, sizeof(params) - pl, op, i);
         else w = snprintf(params + pl, sizeof(params) - pl, "redacted");
         if (w < 0) break;
         pl += (size_t)w;
@@ -401,16 +469,40 @@ static void echo(aorm_engine *e, const aorm__op *op, const aorm_result *res, con
                          aorm_result_cmd_tag(res), res->nrows, ms);
 }
 
+/* The error a statement flagged AORM_EXEC_SENSITIVE reports: a server
+ * error keeps its code, SQLSTATE and the names of what it refers to
+ * (constraint, table, column), but not the message, detail and hint, where
+ * PostgreSQL quotes values ("invalid input syntax for type integer:
+ * \"...\"", "Key (email)=(...) already exists"). The engine's own errors
+ * carry no values and pass as they are. */
+static const aorm_error *sensitive_error(const aorm_error *err, aorm_error *out, char *msg, size_t cap) {
+    if (!err || err->code != AORM_ESERVER) return err;
+    *out = *err;
+    snprintf(msg, cap, "server error %s%s%s (message withheld: the statement is marked sensitive)",
+             err->sqlstate, *err->constraint ? " on constraint " : "", err->constraint);
+    out->message = msg;
+    out->detail = "";
+    out->hint = "";
+    return out;
+}
+
 void aorm__op_deliver(aorm__op *op, aorm_result *res, const aorm_error *err) {
     aorm_engine *e = op->e;
     aorm__assert(!op->done);
     op->done = true;
+    aorm_error withheld;
+    char withheld_msg[160];
+    if (op->flags & AORM_EXEC_SENSITIVE) err = sensitive_error(err, &withheld, withheld_msg, sizeof(withheld_msg));
+    aorm__owner_unlink(op);
     if (op->kind != OP_ACQUIRE && e->o.echo && e->o.log && e->o.log_level >= AORM_LOG_SQL)
         echo(e, op, res, err);
     aorm_conn *auto_conn = op->auto_release;
     if (op->role != ROLE_INTERNAL) {
+        aorm_conn *outer = e->cb_conn;
+        e->cb_conn = op->held;
         if (op->kind == OP_ACQUIRE) op->cb.conn(e, NULL, err, op->user);
         else op->cb.result(e, err ? NULL : res, err, op->user);
+        e->cb_conn = outer;
     } else if (err && err->code != AORM_ECANCELED) {
         aorm__engine_log(e, AORM_LOG_WARN, "internal statement failed: %s: %s", op->sql, err->message);
     }
@@ -420,7 +512,8 @@ void aorm__op_deliver(aorm__op *op, aorm_result *res, const aorm_error *err) {
 void aorm__op_fail(aorm__op *op, int code, const char *sqlstate, const char *msg) {
     aorm_error err;
     /* failures to reach the server carry the last connection error */
-    const char *detail = (code == AORM_ECONNECT || code == AORM_EPOOLTIMEOUT) ? op->e->last_connect_error : NULL;
+    const char *detail =
+        (code == AORM_ECONNECT || code == AORM_EPOOLTIMEOUT || code == AORM_EAUTH) ? op->e->last_connect_error : NULL;
     error_make(&err, code, sqlstate, msg, detail);
     aorm__op_deliver(op, NULL, &err);
 }
@@ -435,6 +528,22 @@ void aorm__op_requeue(aorm__op *op) {
     e->q_head = op;
     if (!e->q_tail) e->q_tail = op;
     e->q_len++;
+}
+
+static void mark_dirty(aorm_conn *c);
+
+/* A held connection's statement that must run again where it was: at the
+ * head of the holder's queue, ahead of anything queued after it. */
+void aorm__op_requeue_held(aorm__op *op) {
+    aorm_conn *c = op->held;
+    op->resends++;
+    PQclear(op->prep_err);
+    op->prep_err = NULL;
+    op->queued = true;
+    op->next = c->pend_head;
+    c->pend_head = op;
+    if (!c->pend_tail) c->pend_tail = op;
+    mark_dirty(c);
 }
 
 static void queue_push(aorm__op **head, aorm__op **tail, aorm__op *op) {
@@ -455,6 +564,7 @@ int aorm_engine_execute(aorm_engine *e, const char *sql, const aorm_params *para
     if (!e || !sql || !cb) return AORM_EMISUSE;
     if (e->closing) return AORM_ECLOSED;
     if (params && params->error) return params->error;
+    if (opts && opts->owner && aorm_owner_engine(opts->owner) != e) return AORM_EMISUSE;
     int rc = 0;
     aorm__op *op = op_new(e, sql, params, opts, &rc);
     if (!op) return rc;
@@ -528,8 +638,10 @@ static int conn_exec_role(aorm_conn *c, const char *sql, const aorm_params *para
     if (rc < 0) return rc;
     if (!sql || (!cb && role != ROLE_INTERNAL)) return AORM_EMISUSE;
     if (params && params->error) return params->error;
+    if (opts && opts->owner && aorm_owner_engine(opts->owner) != c->e) return AORM_EMISUSE;
     aorm__op *op = op_new(c->e, sql, params, opts, &rc);
     if (!op) return rc;
+    if (!op->owner && c->owner && role != ROLE_INTERNAL) aorm__owner_link(c->owner, op);
     op->role = role;
     op->cb.result = cb;
     op->user = user;
@@ -550,17 +662,17 @@ int aorm_conn_begin(aorm_conn *c, const aorm_tx_options *o, aorm_result_cb cb, v
         snprintf(sql, sizeof(sql), "BEGIN%s%s%s", iso[o->isolation], o->read_only ? " READ ONLY" : "",
                  o->deferrable ? " DEFERRABLE" : "");
     }
-    aorm_exec_options xo = {AORM_EXEC_UNPREPARED, -1};
+    aorm_exec_options xo = {.flags = AORM_EXEC_UNPREPARED, .deadline = -1};
     return conn_exec_role(c, sql, NULL, &xo, ROLE_BEGIN, cb, user);
 }
 
 int aorm_conn_commit(aorm_conn *c, aorm_result_cb cb, void *user) {
-    aorm_exec_options xo = {AORM_EXEC_UNPREPARED, -1};
+    aorm_exec_options xo = {.flags = AORM_EXEC_UNPREPARED, .deadline = -1};
     return conn_exec_role(c, "COMMIT", NULL, &xo, ROLE_COMMIT, cb, user);
 }
 
 int aorm_conn_rollback(aorm_conn *c, aorm_result_cb cb, void *user) {
-    aorm_exec_options xo = {AORM_EXEC_UNPREPARED, -1};
+    aorm_exec_options xo = {.flags = AORM_EXEC_UNPREPARED, .deadline = -1};
     return conn_exec_role(c, "ROLLBACK", NULL, &xo, ROLE_END, cb, user);
 }
 
@@ -574,7 +686,8 @@ static int savepoint_stmt(aorm_conn *c, const char *verb, const char *name, aorm
     for (const char *p = name; *p; p++)
         if ((*p == '"' && aorm__buf_putc(&b, '"') < 0) || aorm__buf_putc(&b, *p) < 0) goto out;
     if (aorm__buf_append(&b, "\"", 2) < 0) goto out;
-    aorm_exec_options xo = {AORM_EXEC_UNPREPARED | (strncmp(verb, "ROLLBACK", 8) == 0 ? AORM__EXEC_NEW_GROUP : 0), -1};
+    aorm_exec_options xo = {.flags = AORM_EXEC_UNPREPARED | (strncmp(verb, "ROLLBACK", 8) == 0 ? AORM__EXEC_NEW_GROUP : 0),
+                            .deadline = -1};
     rc = conn_exec_role(c, b.data, NULL, &xo, ROLE_USER, cb, user);
 out:
     aorm__buf_free(&b);
@@ -593,14 +706,18 @@ int aorm_conn_rollback_to(aorm_conn *c, const char *name, aorm_result_cb cb, voi
 
 aorm_tx_status aorm_conn_tx_status(const aorm_conn *c) {
     if (!c || c->state == CONN_BROKEN) return AORM_TX_UNKNOWN;
-    if (c->icount > 0 || c->pend_head) return AORM_TX_ACTIVE;
+    /* Inside the callback of one of its statements: the state that
+     * statement left behind, whatever is queued after it and whether or
+     * not the sync behind it has been read (conn.c tracks it per answer).
+     * Elsewhere: ACTIVE while statements are queued or unanswered. */
+    if (c->e->cb_conn == c) return c->txs;
+    if (c->inflight_ops > 0 || c->pend_head) return AORM_TX_ACTIVE;
     return c->txs;
 }
 
 bool aorm_conn_broken(const aorm_conn *c) { return !c || c->state == CONN_BROKEN; }
 
 static void unlink_conn(aorm_engine *e, aorm_conn *c) {
-    if (e->last_pick == c) e->last_pick = NULL;
     if (c->prev) c->prev->next = c->next;
     else if (e->conns == c) e->conns = c->next;
     if (c->next) c->next->prev = c->prev;
@@ -617,6 +734,7 @@ void aorm_conn_release(aorm_conn *c) {
     if (!c || !c->held || c->releasing) return;
     aorm_engine *e = c->e;
     c->releasing = true;
+    c->owner = NULL;
     e->rescan = true;
     if (e->closing) return; /* engine_destroy frees every connection */
     if (c->state == CONN_BROKEN) {
@@ -629,7 +747,7 @@ void aorm_conn_release(aorm_conn *c) {
      * dispatcher hands the connection back once it is clean. */
     if (c->in_tx || c->txs == AORM_TX_INTRANS || c->txs == AORM_TX_INERROR || c->pend_head) {
         int rc = 0;
-        aorm_exec_options xo = {AORM_EXEC_UNPREPARED, -1};
+        aorm_exec_options xo = {.flags = AORM_EXEC_UNPREPARED, .deadline = -1};
         aorm__op *op = op_new(e, "ROLLBACK", NULL, &xo, &rc);
         if (!op) {
             aorm__conn_lost(c, AORM_ENOMEM, "out of memory cleaning a released connection");
@@ -646,7 +764,7 @@ int aorm_engine_copy(aorm_engine *e, const char *sql, aorm_copy_fill_fn fill, vo
     if (!e || !sql || !fill || !cb) return AORM_EMISUSE;
     if (e->closing) return AORM_ECLOSED;
     int rc = 0;
-    aorm_exec_options xo = {AORM_EXEC_UNPREPARED, -1};
+    aorm_exec_options xo = {.flags = AORM_EXEC_UNPREPARED, .deadline = -1};
     aorm__op *op = op_new(e, sql, NULL, &xo, &rc);
     if (!op) return rc;
     op->kind = OP_COPY;
@@ -664,7 +782,7 @@ int aorm_conn_copy(aorm_conn *c, const char *sql, aorm_copy_fill_fn fill, void *
     int rc = conn_check(c);
     if (rc < 0) return rc;
     if (!sql || !fill || !cb) return AORM_EMISUSE;
-    aorm_exec_options xo = {AORM_EXEC_UNPREPARED, -1};
+    aorm_exec_options xo = {.flags = AORM_EXEC_UNPREPARED, .deadline = -1};
     aorm__op *op = op_new(c->e, sql, NULL, &xo, &rc);
     if (!op) return rc;
     op->kind = OP_COPY;
@@ -713,13 +831,13 @@ void aorm__engine_conn_gone(aorm_engine *e, aorm_conn *c, bool connect_failed) {
         double now = aorm_loop_now(e->loop);
         e->backoff = e->backoff > 0 ? fmin(e->backoff * 2, e->o.reconnect_max) : e->o.reconnect_min;
         e->next_connect_at = now + e->backoff;
-        /* With no usable connection left, waiting callers learn now that
-         * the server cannot be reached rather than at the pool timeout. */
-        bool any = false;
-        for (aorm_conn *o = e->conns; o; o = o->next)
-            if (o->state == CONN_READY || o->state == CONN_CONNECTING || o->state == CONN_RESOLVING) any = true;
-        if (!any) fail_waiters(e, AORM_ECONNECT, "08001", e->last_connect_error);
-        if (e->q_head || e->acq_head) arm_engine_timer(e, e->next_connect_at);
+        /* Waiting callers keep waiting, up to their pool timeout or
+         * deadline, while the engine reconnects with backoff: a server
+         * restart is a pause, not an error. Refused credentials or a
+         * failed certificate check will not heal by waiting: those
+         * callers hear it now. */
+        if (e->last_connect_code == AORM_EAUTH) fail_waiters(e, AORM_EAUTH, "28000", e->last_connect_error);
+        else if (e->q_head || e->acq_head) arm_engine_timer(e, e->next_connect_at);
     }
 }
 
@@ -741,7 +859,10 @@ static void touch(aorm_conn *c, aorm_conn **touched) {
  * autocommit statements and statements inside a transaction block share a
  * sync; anything else is its own implicit transaction. */
 static int send_one(aorm_conn *c, aorm__op *op) {
-    bool share = (op->flags & AORM_EXEC_READONLY) || (c->held && c->in_tx) || op->role == ROLE_BEGIN;
+    /* a statement with a deadline outside a transaction block has a sync
+     * group of its own: the timeout set for it ends with that group */
+    bool deadline = op->kind == OP_QUERY && op->deadline < AORM__NEVER;
+    bool share = ((op->flags & AORM_EXEC_READONLY) && !deadline) || (c->held && c->in_tx) || op->role == ROLE_BEGIN;
     /* ROLLBACK [TO SAVEPOINT] must run even when a statement before it in
      * the same turn failed: it opens a sync group of its own */
     if (((op->flags & AORM__EXEC_NEW_GROUP) || op->role == ROLE_END) && c->group_open) {
@@ -771,25 +892,26 @@ static bool needs_check(aorm_engine *e, aorm_conn *c) {
     return e->o.pre_ping || aorm__mono_now() - c->last_used > 0.001;
 }
 
-static aorm_conn *pick_shared(aorm_engine *e, double now) {
-    /* keep packing the connection picked last while it has room */
-    aorm_conn *last = e->last_pick;
-    if (last && shared_usable(last) && last->inflight_ops < AORM__PACK &&
-        last->icount < (uint32_t)e->o.max_pipeline && (last->icount > 0 || last->touched || !needs_check(e, last)))
-        return last;
-    aorm_conn *best = NULL, *room = NULL;
+/* The connection for the next autocommit statement. An idle one first
+ * (the most or least recently used, per `lifo`), so that a long statement
+ * never holds up work another connection could run; only when every
+ * connection is busy, the least loaded one, where the statement is
+ * pipelined behind the work in flight (*packed is then set). NULL when no
+ * shared connection can take it. */
+static aorm_conn *pick_shared(aorm_engine *e, bool *packed) {
+    aorm_conn *idle = NULL, *least = NULL;
     for (aorm_conn *c = e->conns; c; c = c->next) {
         if (!shared_usable(c) || c->icount >= (uint32_t)e->o.max_pipeline) continue;
-        if (c->icount == 0 && !c->touched && needs_check(e, c)) {
-            if (!aorm__conn_check_alive(c)) return pick_shared(e, now); /* list changed */
+        if (c->icount == 0) {
+            if (!c->touched && needs_check(e, c) && !aorm__conn_check_alive(c))
+                return pick_shared(e, packed); /* the list changed */
+            if (!idle || (e->o.lifo ? c->last_used > idle->last_used : c->last_used < idle->last_used)) idle = c;
+            continue;
         }
-        bool newer = e->o.lifo ? (!room || c->last_used > room->last_used)
-                               : (!room || c->last_used < room->last_used);
-        if (c->inflight_ops < AORM__PACK && newer) room = c;
-        if (!best || c->inflight_ops < best->inflight_ops) best = c;
+        if (!least || c->inflight_ops < least->inflight_ops) least = c;
     }
-    e->last_pick = room ? room : best;
-    return e->last_pick;
+    *packed = !idle && least;
+    return idle ? idle : least;
 }
 
 static aorm_conn *pick_idle(aorm_engine *e, double now) {
@@ -801,10 +923,55 @@ static aorm_conn *pick_idle(aorm_engine *e, double now) {
     return NULL;
 }
 
+/* Warnings about the pool's sizing, at most one of each kind per 10 s,
+ * with the count since the last one. */
+static void pool_warn(aorm_engine *e, int kind) {
+    double now = aorm_loop_now(e->loop);
+    e->warn_count[kind]++;
+    if (now < e->warn_at[kind]) return;
+    if (kind == 0)
+        aorm__engine_log(e, AORM_LOG_WARN,
+                         "pool: %d connection(s) opened beyond pool_size %d recently (churn); raise pool_size "
+                         "or idle_timeout", e->warn_count[kind], e->o.pool_size);
+    else
+        aorm__engine_log(e, AORM_LOG_WARN,
+                         "pool: %d caller(s) waited for a connection recently (pool_size %d, max_overflow %d)",
+                         e->warn_count[kind], e->o.pool_size, e->o.max_overflow);
+    e->warn_count[kind] = 0;
+    e->warn_at[kind] = now + 10.0;
+}
+
 static void open_conn(aorm_engine *e) {
     aorm_conn *c = aorm__conn_new(e);
     if (!c) return;
+    if (e->nconns > e->o.pool_size) {
+        e->stats.overflow_opened++;
+        pool_warn(e, 0);
+    }
     aorm__conn_start(c);
+}
+
+/* Idle connections beyond pool_size that have waited idle_timeout for
+ * reuse are closed; returns the loop time of the next such expiry
+ * (AORM__NEVER for none). */
+static double reap_idle(aorm_engine *e) {
+    double next = AORM__NEVER;
+    double mono = aorm__mono_now(), now = aorm_loop_now(e->loop);
+    for (aorm_conn *c = e->conns, *n; c && e->nconns > e->o.pool_size; c = n) {
+        n = c->next;
+        if (c->held || !shared_usable(c) || !aorm__conn_idle(c) || c->touched) continue;
+        double left = c->last_used + e->o.idle_timeout - mono;
+        if (left > 0) {
+            next = fmin(next, now + left);
+            continue;
+        }
+        aorm__engine_log(e, AORM_LOG_INFO, "connection %llu closed (idle beyond pool_size)", (unsigned long long)c->id);
+        e->stats.overflow_closed++;
+        e->nconns--;
+        unlink_conn(e, c);
+        aorm__conn_free(c);
+    }
+    return next;
 }
 
 static void grant(aorm_engine *e, aorm__op *op, aorm_conn *c) {
@@ -825,12 +992,15 @@ static void grant(aorm_engine *e, aorm__op *op, aorm_conn *c) {
         return;
     }
     op->done = true;
+    c->owner = op->owner;
+    aorm__owner_unlink(op);
     op->cb.conn(e, c, NULL, op->user);
     aorm__op_release(op);
 }
 
 static void finish_release(aorm_engine *e, aorm_conn *c) {
     c->held = false;
+    c->owner = NULL;
     c->releasing = false;
     c->in_tx = false;
     e->nheld--;
@@ -840,9 +1010,11 @@ static void finish_release(aorm_engine *e, aorm_conn *c) {
         aorm__conn_lost(c, AORM_ECONNLOST, "released connection could not be cleaned; discarded");
         return;
     }
-    if (e->nconns > e->o.pool_size || (e->o.recycle > 0 && aorm_loop_now(e->loop) - c->created > e->o.recycle)) {
+    /* beyond pool_size, it lingers for idle_timeout to be reused (reap_idle) */
+    bool overflow = e->nconns > e->o.pool_size && e->o.idle_timeout <= 0;
+    if (overflow || (e->o.recycle > 0 && aorm_loop_now(e->loop) - c->created > e->o.recycle)) {
         aorm__engine_log(e, AORM_LOG_INFO, "connection %llu closed (%s)", (unsigned long long)c->id,
-                         e->nconns > e->o.pool_size ? "overflow" : "recycled");
+                         overflow ? "overflow" : "recycled");
         e->nconns--;
         unlink_conn(e, c);
         aorm__conn_free(c);
@@ -862,12 +1034,13 @@ static void send_pending(aorm_conn *c, aorm_conn **touched) {
         if (send_one(c, op) < 0) {
             if (c->state == CONN_BROKEN) { /* conn_lost failed the rest of pending */
                 op->queued = false;
-                aorm__op_fail(op, AORM_ECONNLOST, "08006", "connection lost");
+                aorm__op_fail_lost(op, AORM_ECONNLOST, "connection lost", false);
                 aorm__op_release(op);
                 return;
             }
             op->queued = false;
-            aorm__op_fail(op, AORM_ENOMEM, "", "out of memory sending a statement");
+            if (op->role == ROLE_COMMIT) aorm__op_fail_lost(op, AORM_ENOMEM, "", false);
+            else aorm__op_fail(op, AORM_ENOMEM, "", "out of memory sending a statement");
             aorm__op_release(op);
             continue;
         }
@@ -950,9 +1123,12 @@ static void dispatch(aorm_loop *loop, void *arg) {
     }
 
     /* 4. autocommit statements */
+    bool packed_any = false;
     while (e->q_head) {
-        aorm_conn *c = pick_shared(e, now);
+        bool packed;
+        aorm_conn *c = pick_shared(e, &packed);
         if (!c) break;
+        packed_any |= packed;
         aorm__op *op = e->q_head;
         e->q_head = op->next;
         if (!e->q_head) e->q_tail = NULL;
@@ -960,6 +1136,11 @@ static void dispatch(aorm_loop *loop, void *arg) {
         touch(c, &touched);
         c->last_used = aorm__mono_now();
         if (send_one(c, op) < 0) {
+            if (c->state == CONN_BROKEN && op->done) { /* it went out: conn_lost called it back */
+                op->queued = false;
+                aorm__op_release(op);
+                continue;
+            }
             if (c->state == CONN_BROKEN) {
                 aorm__op_requeue(op); /* never reached the server */
                 op->resends--;
@@ -971,19 +1152,11 @@ static void dispatch(aorm_loop *loop, void *arg) {
         }
     }
 
-    /* 5. grow the pool while there is work the open connections cannot
-     *    take at their packing depth */
-    if (now >= e->next_connect_at && (e->q_head || (e->last_pick && e->last_pick->inflight_ops >= AORM__PACK))) {
-        int busy = 0, shared = 0;
-        for (aorm_conn *c = e->conns; c; c = c->next) {
-            if (!shared_usable(c)) continue;
-            shared++;
-            if (c->inflight_ops >= AORM__PACK) busy++;
-        }
+    /* 5. grow the pool toward pool_size while statements wait, or had to
+     *    be pipelined behind busy connections */
+    if (now >= e->next_connect_at && (e->q_head || packed_any)) {
         int open = e->nconns - e->nheld;
-        bool need = e->q_head ? true : (shared > 0 && busy == shared);
-        if (need && e->connecting == 0 && open < e->o.pool_size &&
-            e->nconns < e->o.pool_size + e->o.max_overflow)
+        if (e->connecting == 0 && open < e->o.pool_size && e->nconns < e->o.pool_size + e->o.max_overflow)
             open_conn(e);
     }
 
@@ -1013,12 +1186,30 @@ static void dispatch(aorm_loop *loop, void *arg) {
     e->in_dispatch = false;
     e->dirty_during_dispatch = false;
 
-    /* 7. time limits for whoever still waits */
+    /* 7. time limits for whoever still waits, and idle connections
+     *    beyond pool_size */
+    double at = e->nconns > e->o.pool_size ? reap_idle(e) : AORM__NEVER;
     if (e->q_head || e->acq_head) {
-        double at = AORM__NEVER;
-        for (aorm__op *op = e->q_head; op; op = op->next) at = fmin(at, op_wait_limit(op, e));
-        for (aorm__op *op = e->acq_head; op; op = op->next) at = fmin(at, op_wait_limit(op, e));
+        for (aorm__op *op = e->q_head; op; op = op->next) {
+            at = fmin(at, op_wait_limit(op, e));
+            if (!op->waited) {
+                op->waited = true;
+                e->stats.pool_waits++;
+                pool_warn(e, 1);
+            }
+        }
+        for (aorm__op *op = e->acq_head; op; op = op->next) {
+            at = fmin(at, op_wait_limit(op, e));
+            if (!op->waited) {
+                op->waited = true;
+                e->stats.pool_waits++;
+                pool_warn(e, 1);
+            }
+        }
         if (e->next_connect_at > now) at = fmin(at, e->next_connect_at);
+    }
+    if (at < AORM__NEVER) {
+        aorm_timer_stop(e->timer); /* the earliest of these, whatever was armed before */
         arm_engine_timer(e, at);
     } else {
         aorm_timer_stop(e->timer);
@@ -1043,13 +1234,21 @@ static void expire_list(aorm_engine *e, aorm__op **head, aorm__op **tail, int *l
     }
     *head = keep_head;
     *tail = keep_tail;
+    bool usable = false; /* a connection is open: the wait was for a turn, not for the server */
+    for (aorm_conn *c = e->conns; c && !usable; c = c->next) usable = c->state == CONN_READY || c->state == CONN_COPY;
     while (expired) {
         aorm__op *op = expired;
         expired = op->next;
         op->queued = false;
         if (op->deadline <= now)
             aorm__op_fail(op, AORM_ETIMEOUT, "57014", "statement deadline expired before it could be sent");
-        else
+        else if (!usable && e->backoff > 0) {
+            /* the server could not be reached for the whole wait: say why */
+            aorm_error err;
+            error_make(&err, AORM_ECONNECT, "08001", e->last_connect_error,
+                       "no connection could be opened within the pool timeout; this was the last attempt's error");
+            aorm__op_deliver(op, NULL, &err);
+        } else
             aorm__op_fail(op, AORM_EPOOLTIMEOUT, "", "timed out waiting for a connection from the pool");
         aorm__op_release(op);
         if (e->closing) return;
@@ -1062,7 +1261,9 @@ static void on_engine_timer(aorm_timer *t, void *arg) {
     double now = aorm_loop_now(e->loop);
     expire_list(e, &e->q_head, &e->q_tail, &e->q_len, now);
     if (!e->closing) expire_list(e, &e->acq_head, &e->acq_tail, &e->acq_len, now);
-    /* the dispatcher runs before the next poll: it reconnects if needed */
+    /* the dispatcher runs before the next poll: it reconnects if needed,
+     * closes idle connections beyond pool_size and re-arms this timer */
+    if (!e->closing) e->rescan = true;
     aorm__engine_leave(e);
 }
 

@@ -26,6 +26,17 @@ typedef struct aorm__op aorm__op;
 typedef struct aorm__stmt aorm__stmt;
 typedef struct aorm__worker aorm__worker;
 
+/* What resolving one connection's host list found: per entry of the
+ * engine's host list (e->hosts), the addresses in getaddrinfo order,
+ * without duplicates, comma-separated; NULL for an entry that needed no
+ * lookup; "" for one whose lookup failed (the entry is left out).
+ * err: the failures, "; "-separated, or NULL. */
+typedef struct aorm__resolved {
+    int n;
+    char **addrs;
+    const char *err;
+} aorm__resolved;
+
 #define AORM__NEVER 1e300 /* deadline of an operation that has none */
 /* internal exec flag: start a new sync group before this statement */
 #define AORM__EXEC_NEW_GROUP (1u << 30)
@@ -81,7 +92,13 @@ struct aorm__op {
     void *fill_user;
     aorm_conn *auto_release; /* engine-level COPY: give the connection back after */
 
-    char storage[];        /* sql, parameter arrays and values */
+    /* owner (cancel group): linked while its callback is still due */
+    aorm_owner *owner;
+    aorm__op *owner_prev, *owner_next;
+    bool cancelling;       /* being cancelled: taken out of its queue */
+    bool waited;           /* counted once in stats.pool_waits */
+
+    _Alignas(8) char storage[]; /* parameter arrays (pointers first: aligned), sql and values */
 };
 
 /* ---- prepared statements (per connection, bounded LRU) ----------------- */
@@ -172,6 +189,8 @@ struct aorm_conn {
     uint32_t ihead, icount, icap;
     int inflight_ops;        /* queries and COPY in flight */
 
+    aorm_owner *owner;       /* held through this owner, or NULL */
+
     /* statements queued on a held connection */
     aorm__op *pend_head, *pend_tail;
     aorm_conn *dirty_next;   /* engine list of held conns with pending work */
@@ -200,13 +219,21 @@ struct aorm_engine {
     aorm_loop *loop;
     aorm_engine_options o;
     char *conninfo;
-    /* conninfo parsed once into libpq keyword/value arrays; hostaddr_index is
-     * where a resolved hostaddr goes (-1 when no resolution is needed) */
+    /* conninfo parsed once into libpq keyword/value arrays. When some host
+     * entry needs a name lookup, every connection attempt resolves them on
+     * the helper threads and connects with its own copy of these arrays,
+     * host (and a port list) expanded to one entry per address found, plus
+     * a hostaddr list (conn.c, connect_begin). */
     const char **kw;
     const char **val;
     int nkw;
-    char *host_list;         /* hosts needing resolution, or NULL */
-    int hostaddr_index;
+    int host_index;          /* of "host" in kw, -1 when absent */
+    int port_index;          /* of "port" in kw, -1 when absent */
+    int nhosts;              /* entries of the host list */
+    char **hosts;            /* each entry, split at commas */
+    bool *lookup;            /* per entry: a name to resolve (not an address, a socket dir or empty) */
+    int nlookups;            /* entries with a name to resolve; 0: connect with kw/val as they are */
+    char **ports;            /* per entry when port is a list of nhosts values, else NULL */
 
     aorm_conn *conns;        /* every connection */
     int nconns;              /* including connecting and broken-but-held */
@@ -225,16 +252,19 @@ struct aorm_engine {
     double next_connect_at;  /* no automatic connect before this */
     int connecting;
 
-    aorm__worker *worker;    /* helper thread for cancel and name resolution */
-    aorm_io *worker_io;
+    aorm__worker *worker;    /* helper threads for host name lookups */
 
     char last_connect_error[512]; /* why the last connection attempt failed */
+    int last_connect_code;   /* AORM_ECONNECT or AORM_EAUTH for that failure */
+    double warn_at[2];       /* pool_warn: no warning of each kind before this */
+    int warn_count[2];       /* occurrences since the last warning of each kind */
     aorm_engine_stats stats;
     void *data;
     int depth;               /* engine code on the stack (callbacks may free) */
+    aorm_conn *cb_conn;      /* held connection whose statement's callback is running */
+    aorm_owner *owners;      /* every owner created on this engine */
     bool in_dispatch;
     bool rescan;             /* a connection may be coming back (release, drain) */
-    aorm_conn *last_pick;    /* shared connection that took the last statement */
     bool dirty_during_dispatch; /* a held connection got work while dispatching */
     bool free_pending;
     bool closing;
@@ -249,6 +279,7 @@ void aorm__op_deliver(aorm__op *op, aorm_result *res, const aorm_error *err);
 void aorm__op_fail(aorm__op *op, int code, const char *sqlstate, const char *msg);
 void aorm__op_release(aorm__op *op);
 void aorm__op_requeue(aorm__op *op);
+void aorm__op_requeue_held(aorm__op *op);
 void aorm__engine_conn_ready(aorm_engine *e, aorm_conn *c);
 void aorm__engine_conn_gone(aorm_engine *e, aorm_conn *c, bool connect_failed);
 void aorm__engine_enter(aorm_engine *e);
@@ -260,6 +291,8 @@ aorm_conn *aorm__conn_new(aorm_engine *e);
 void aorm__conn_start(aorm_conn *c);
 void aorm__conn_free(aorm_conn *c);
 void aorm__conn_lost(aorm_conn *c, int code, const char *msg);
+void aorm__conn_lost_first(aorm_conn *c, int code, const char *msg, aorm__op *first, const aorm_error *first_err);
+void aorm__op_fail_lost(aorm__op *op, int code, const char *msg, bool sent);
 int aorm__conn_send(aorm_conn *c, aorm__op *op);
 int aorm__conn_sync(aorm_conn *c);
 int aorm__conn_flush(aorm_conn *c);
@@ -269,7 +302,7 @@ bool aorm__conn_check_alive(aorm_conn *c);
 double aorm__mono_now(void);
 void aorm__conn_arm_timer(aorm_conn *c, double at);
 void aorm__conn_cancel_done(aorm_conn *c);
-void aorm__conn_resolved(aorm_conn *c, const char *hostaddr, const char *err);
+void aorm__conn_resolved(aorm_conn *c, const aorm__resolved *r);
 
 /* stmt.c */
 void aorm__stmt_cache_init(aorm__stmt_cache *sc, int cap);
@@ -280,11 +313,22 @@ void aorm__stmt_forget(aorm__stmt_cache *sc, aorm__stmt *s);
 void aorm__stmt_unref(aorm__stmt *s);
 uint64_t aorm__stmt_hash(const char *sql, size_t len, const Oid *types, int n);
 
-/* worker.c: the helper thread */
+/* worker.c: the helper threads that look up host names (see worker.c).
+ * Freeing never waits for a thread. */
 aorm__worker *aorm__worker_new(aorm_engine *e);
 void aorm__worker_free(aorm__worker *w);
-int aorm__worker_cancel(aorm__worker *w, uint64_t conn_id, PGcancel *cancel);
-int aorm__worker_resolve(aorm__worker *w, uint64_t conn_id, const char *hosts);
+/* Looks up every e->lookup name of connection conn_id at once;
+ * aorm__conn_resolved() follows when all have answered. */
+int aorm__worker_resolve(aorm__worker *w, uint64_t conn_id);
+/* Gives up connection conn_id's lookups (its connect timeout passed):
+ * their answers will be ignored. Writes "could not resolve host name
+ * \"x\": timed out after N s" for the first unanswered name into msg. */
+void aorm__worker_resolve_timeout(aorm__worker *w, uint64_t conn_id, char *msg, size_t cap);
+
+/* owner.c */
+void aorm__owner_link(aorm_owner *o, aorm__op *op);
+void aorm__owner_unlink(aorm__op *op);
+void aorm__owners_orphan(aorm_engine *e);
 
 /* copy.c */
 aorm_copy *aorm__copy_new(void);

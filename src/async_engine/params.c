@@ -9,7 +9,9 @@
  * realloc moves the bytes.
  *
  * Errors are sticky: the first failure (out of memory, a malformed numeric
- * or uuid string, an embedded NUL, a size that does not fit, a bad argument)
+ * or uuid string, an embedded NUL, a size that does not fit -- more values
+ * than a Bind message can count, or more bytes than the server accepts in
+ * one, PARAMS_MAX_BYTES below --, a bad argument)
  * is kept in p->error, later appends return it without doing anything, and
  * the engine refuses the whole builder at submission. That is why a failed
  * append must leave the builder exactly as it was: no half-written slot.
@@ -35,6 +37,13 @@
 
 /* The Bind message counts parameters in an Int16: more cannot be sent. */
 #define PARAMS_MAX_COUNT 65535
+/* The server refuses a Bind message of 1 GiB or more (PQ_LARGE_MESSAGE_LIMIT
+ * is MaxAllocSize - 1), after the client has sent all of it: the values of
+ * one statement are bounded a mebibyte short of that (room for the
+ * message's length words, format codes and names), so such a statement
+ * fails at once, before anything is copied. Large data goes through COPY,
+ * which streams it in bounded chunks. */
+#define PARAMS_MAX_BYTES (((size_t)1 << 30) - ((size_t)1 << 20))
 
 /* Binary numeric sign words (src/backend/utils/adt/numeric.c). */
 #define NUMERIC_POS 0x0000
@@ -236,9 +245,10 @@ static char *add(aorm_params *p, uint32_t type, size_t len, int format, size_t n
         fail(p, AORM_ERANGE);
         return NULL;
     }
-    /* The value's offset and end must both fit the slot's uint32 offset. */
+    /* Within what the server accepts (which also keeps the value's offset
+     * and end inside the slot's uint32 offset). */
     size_t need = p->len + len + nul;
-    if (need < p->len || need > UINT32_MAX) {
+    if (need < p->len || need > PARAMS_MAX_BYTES) {
         fail(p, AORM_ERANGE);
         return NULL;
     }

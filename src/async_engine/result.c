@@ -308,6 +308,9 @@ int aorm_decode_numeric(const char *v, int len, char *buf, size_t cap, size_t *n
         ndigits--;
         weight--;
     }
+    /* No digits left: the value is zero, whatever weight was sent (the
+     * server sends 0); a positive weight would print leading zeros. */
+    if (ndigits == 0) weight = -1;
     bool nonzero = false;
     size_t body = render_numeric(dg, ndigits, weight, dscale, &nonzero, NULL);
     /* Zero never prints as "-0": the server has no negative zero. */

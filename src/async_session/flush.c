@@ -24,6 +24,7 @@
  *
  * Owns: the flush plan (arrays of object headers, malloc'd, freed at the
  * end). Must not: send anything before the keys it depends on are known. */
+#include <libpq-fe.h>
 #include <math.h>
 #include <stdio.h>
 
@@ -56,6 +57,16 @@ typedef struct link_rows {
     size_t filled;                /* rows whose keys fill_links has set */
 } link_rows;
 
+/* One INSERT statement: new objects of one model that leave the same
+ * columns to the server (left_to_server). */
+typedef struct insert_group {
+    const aorm_model *m;
+    aorm__obj **objs;
+    size_t n, cap;
+    bool *omit;   /* per column of m: left out of the INSERT */
+    bool any;     /* some column is: RETURNING reads the server's values back */
+} insert_group;
+
 typedef struct flush_run {
     aorm__sop *op;
     flush_then then;
@@ -73,6 +84,11 @@ typedef struct flush_run {
     int copy_cur;
     size_t copy_pos;     /* next object of that batch */
     aorm_params scratch; /* one field at a time, for COPY rows */
+    /* INSERT ... RETURNING statements in the order they were sent (their
+     * answers come back in that order); ret_next is the next to answer */
+    insert_group *rets;
+    int nrets, cap_rets;
+    int ret_next;
 } flush_run;
 
 /* ---- helpers ------------------------------------------------------------------- */
@@ -123,6 +139,11 @@ static void run_free(flush_run *f) {
         free(f->links[i].rows);
         free(f->links[i].gone);
     }
+    for (int i = 0; i < f->nrets; i++) {
+        free(f->rets[i].objs);
+        free(f->rets[i].omit);
+    }
+    free(f->rets);
     free(f->batches);
     free(f->links);
     free(f->dirty);
@@ -376,7 +397,10 @@ static int order_batches(flush_run *f, char *msg, size_t cap) {
 
 /* ---- completion ------------------------------------------------------------------------ */
 
+static void keep_left_columns(aorm_session *s, flush_run *f);
+
 static void apply_success(aorm_session *s, flush_run *f) {
+    keep_left_columns(s, f);
     for (int i = 0; i < f->nbatches; i++) {
         model_batch *b = &f->batches[i];
         for (size_t k = 0; k < b->nnew; k++) {
@@ -445,12 +469,47 @@ static void apply_success(aorm_session *s, flush_run *f) {
     }
 }
 
+/* The flush failed: values read back into new objects that stay new go
+ * again (those fields were empty before: left to the server), so that
+ * the next INSERT leaves them to the server again. */
+static void undo_read_back(flush_run *f) {
+    for (int j = 0; j < f->nrets; j++) {
+        const insert_group *g = &f->rets[j];
+        for (size_t k = 0; k < g->n; k++)
+            for (int i = 0; i < g->m->ncolumns; i++) {
+                const aorm_column *c = &g->m->columns[i];
+                if (g->omit[i] && !(c->flags & AORM_PK)) memset(aorm__field(c, aorm__obj_data(g->objs[k])), 0, c->size);
+            }
+    }
+}
+
+/* Inserted objects remember which columns took the server's values (bit
+ * set) and forget the others' marks: a rollback empties the former again
+ * (aorm__flush_rollback_states). */
+static void keep_left_columns(aorm_session *s, flush_run *f) {
+    for (int i = 0; i < f->nbatches; i++)
+        for (size_t k = 0; k < f->batches[i].nnew; k++) {
+            aorm__obj *h = f->batches[i].news[k];
+            if (h->defaults) memset(h->defaults, 0, (((size_t)h->model->ncolumns + 63) / 64) * sizeof(uint64_t));
+        }
+    for (int j = 0; j < f->nrets; j++) {
+        const insert_group *g = &f->rets[j];
+        for (size_t k = 0; k < g->n; k++)
+            for (int i = 0; i < g->m->ncolumns; i++) {
+                if (!g->omit[i] || (g->m->columns[i].flags & AORM_PK)) continue;
+                uint64_t *bits = aorm__obj_defaults(s, g->objs[k]);
+                if (bits) bits[i >> 6] |= UINT64_C(1) << (i & 63);
+            }
+    }
+}
+
 static void finish(flush_run *f) {
     aorm__sop *op = f->op;
     aorm_session *s = op->s;
     op->ext = NULL;
     op->ext_free = NULL;
     if (f->err) {
+        undo_read_back(f);
         aorm__session_fail_tx(s);
         f->then(op, f->err);
     } else {
@@ -485,21 +544,85 @@ static void on_write(aorm_engine *e, aorm_result *res, const aorm_error *err, vo
     aorm__session_leave(s);
 }
 
-/* INSERT ... RETURNING for one row whose key the server generates: the key
- * comes back in the result. */
+/* The columns an INSERT RETURNs, in order: every key column, then the
+ * other columns the group left to the server. Returns how many (cols
+ * holds m->ncolumns entries) and the number of key columns in *npk. */
+static int returned_columns(const insert_group *g, const aorm_column **cols, int *npk) {
+    const aorm_model *m = g->m;
+    int n = 0;
+    *npk = 0;
+    for (int pass = 0; pass < 2; pass++)
+        for (int i = 0; i < m->ncolumns; i++) {
+            bool pk = (m->columns[i].flags & AORM_PK) != 0;
+            if (pass == 0 ? !pk : (pk || !g->omit[i])) continue;
+            cols[n++] = &m->columns[i];
+            if (pk) (*npk)++;
+        }
+    return n;
+}
+
+/* Loads what the server generated for the group's rows (the RETURNING of
+ * its INSERT) into the objects: a generated key when one row's key was
+ * not known yet, server defaults, identity values. Several rows are
+ * matched to their objects by key (every key is known before a multi-row
+ * INSERT), expected in the order sent. Returns 0 or a negative code. */
+static int read_back(aorm_session *s, const insert_group *g, const aorm_result *res) {
+    const aorm_model *m = g->m;
+    PGresult *pg = aorm_result_pgresult(res);
+    if (!pg || PQntuples(pg) < 0 || (size_t)PQntuples(pg) != g->n) return AORM_EPROTOCOL;
+    const aorm_column **cols = malloc((size_t)m->ncolumns * sizeof(*cols));
+    void *key = g->n > 1 ? calloc(1, m->size) : NULL;
+    int rc = !cols || (g->n > 1 && !key) ? AORM_ENOMEM : 0;
+    int npk = 0;
+    int nret = rc == 0 ? returned_columns(g, cols, &npk) : 0;
+    if (rc == 0 && PQnfields(pg) != nret) rc = AORM_EPROTOCOL;
+    aorm_allocator alloc = {aorm__region_alloc_fn, &s->region};
+    size_t expect = 0; /* the object the next row should belong to */
+    for (int r = 0; rc == 0 && r < (int)g->n; r++) {
+        aorm__obj *h = g->objs[0];
+        int from = 0;
+        if (g->n > 1) {
+            memset(key, 0, m->size);
+            for (int j = 0; j < npk && rc == 0; j++)
+                rc = aorm__field_load(cols[j], key, (uint32_t)PQftype(pg, j),
+                                      PQgetisnull(pg, r, j) ? NULL : PQgetvalue(pg, r, j),
+                                      PQgetisnull(pg, r, j) ? -1 : PQgetlength(pg, r, j), &alloc);
+            h = NULL;
+            for (size_t t = 0; rc == 0 && t < g->n && !h; t++) {
+                size_t cand = (expect + t) % g->n;
+                bool same = true;
+                for (int j = 0; j < npk && same; j++)
+                    same = aorm__field_equal(cols[j], key, aorm__obj_data(g->objs[cand]));
+                if (same) {
+                    h = g->objs[cand];
+                    expect = cand + 1;
+                }
+            }
+            if (rc == 0 && !h) rc = AORM_EPROTOCOL; /* a returned row that matches no object */
+            from = npk;
+        }
+        for (int j = from; j < nret && rc == 0; j++)
+            rc = aorm__field_load(cols[j], aorm__obj_data(h), (uint32_t)PQftype(pg, j),
+                                  PQgetisnull(pg, r, j) ? NULL : PQgetvalue(pg, r, j),
+                                  PQgetisnull(pg, r, j) ? -1 : PQgetlength(pg, r, j), &alloc);
+    }
+    free(cols);
+    free(key);
+    return rc;
+}
+
+/* INSERT ... RETURNING: the values the server generated come back into
+ * the objects of the group the statement wrote. */
 static void on_insert_returning(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
     aorm__sop *op = user;
     flush_run *f = op->ext;
-    if (!err && f && !op->s->closing && res && aorm_result_nrows(res) == 1) {
-        /* the returned key goes into the one new object of the batch whose
-         * statement this was: found by the statement's position */
-        for (int i = 0; i < f->nbatches; i++) {
-            model_batch *b = &f->batches[i];
-            if (b->nnew == 1 && !b->need_keys && generated_key(b->m) && !key_known(b->news[0])) {
-                int64_t id;
-                if (aorm_result_int64(res, 0, 0, &id) == 0) set_int_field(generated_col(b->m), aorm__obj_data(b->news[0]), id);
-                break;
-            }
+    if (f && !op->s->closing && f->ret_next < f->nrets) {
+        const insert_group *g = &f->rets[f->ret_next++];
+        int rc = err ? 0 : read_back(op->s, g, res);
+        if (rc < 0) {
+            aorm_error e2 = {.code = rc, .message = "flush: the values the server generated could not be read back",
+                             .detail = "", .hint = "", .constraint = "", .table = g->m->table, .column = ""};
+            record_error(f, &e2);
         }
     }
     on_write(e, res, err, user);
@@ -576,34 +699,150 @@ out:
     return rc;
 }
 
-static int send_inserts(aorm_session *s, flush_run *f, int bi) {
-    model_batch *b = &f->batches[bi];
-    if (b->nnew == 0) return 0;
-    bool server_defaults = false;
-    for (int i = 0; i < b->m->ncolumns; i++)
-        if (b->m->columns[i].server_default) server_defaults = true;
-    if (b->nnew >= COPY_THRESHOLD && !server_defaults && !b->m->schema) return send_copy(s, f, bi);
-    aorm_stmt *q = aorm_insert(b->m);
-    if (!q) return AORM_ENOMEM;
-    aorm_result_cb cb = on_write;
-    if (b->nnew == 1) {
-        aorm_insert_object(q, aorm__obj_data(b->news[0]));
-        if (generated_key(b->m) && !key_known(b->news[0])) {
-            aorm_expr pk = {.kind = AORM_X_COLUMN, .model = b->m, .offset = generated_col(b->m)->offset};
-            aorm_returning(q, &pk);
-            cb = on_insert_returning;
+/* A column the INSERT of a new object leaves to the server: a SERIAL or
+ * IDENTITY column whose field is 0 (the server generates it), and a
+ * column with a server default that the program left to it
+ * (aorm_object_use_default) and whose field is still empty (zero, false,
+ * NULL). Every other column is written with its field's value, zero and
+ * false included: a value the program set is never replaced by a
+ * default. */
+static bool left_to_server(const aorm__obj *h, int i) {
+    const aorm_column *c = &h->model->columns[i];
+    const void *obj = (const char *)h + sizeof(aorm__obj);
+    if (c->flags & (AORM_SERIAL | AORM_IDENTITY)) return aorm__field_unset(c, obj);
+    if (!c->server_default || !aorm__obj_uses_default(h, i)) return false;
+    return (c->flags & AORM_NULLABLE) ? aorm__field_is_null(c, obj) : aorm__field_unset(c, obj);
+}
+
+static bool self_referencing(const aorm_model *m) {
+    for (int k = 0; k < m->nforeign_keys; k++)
+        if (m->foreign_keys[k].target == m) return true;
+    return false;
+}
+
+static void groups_free(insert_group *gs, int n) {
+    for (int i = 0; i < n; i++) {
+        free(gs[i].objs);
+        free(gs[i].omit);
+    }
+    free(gs);
+}
+
+/* Splits batch b's new objects (in creation order) into groups that leave
+ * the same columns to the server: one statement each. Rows of a
+ * self-referencing model keep their creation order across statements
+ * (a parent created before its child is inserted before it), so only
+ * consecutive rows share a group; other models have one group per set of
+ * columns. Returns 0 or AORM_ENOMEM. */
+static int group_inserts(const model_batch *b, insert_group **out, int *nout) {
+    const aorm_model *m = b->m;
+    size_t nc = (size_t)m->ncolumns;
+    bool runs = self_referencing(m);
+    bool *omit = malloc(nc + 1);
+    insert_group *gs = NULL;
+    int ng = 0, cap = 0;
+    int rc = omit ? 0 : AORM_ENOMEM;
+    for (size_t k = 0; k < b->nnew && rc == 0; k++) {
+        aorm__obj *h = b->news[k];
+        bool any = false;
+        for (size_t i = 0; i < nc; i++) any |= omit[i] = left_to_server(h, (int)i);
+        insert_group *g = NULL;
+        for (int j = runs ? ng - 1 : 0; j >= 0 && j < ng && !g; j++)
+            if (memcmp(gs[j].omit, omit, nc) == 0) g = &gs[j];
+        if (!g) {
+            if (ng == cap) {
+                int c2 = cap ? cap * 2 : 2;
+                insert_group *n2 = realloc(gs, (size_t)c2 * sizeof(*n2));
+                if (!n2) {
+                    rc = AORM_ENOMEM;
+                    break;
+                }
+                gs = n2;
+                cap = c2;
+            }
+            g = &gs[ng++];
+            *g = (insert_group){.m = m, .omit = malloc(nc + 1), .any = any};
+            if (!g->omit) {
+                rc = AORM_ENOMEM;
+                break;
+            }
+            memcpy(g->omit, omit, nc);
         }
-    } else {
-        const void **objs = malloc(b->nnew * sizeof(void *));
-        if (!objs) {
+        if (push_ptr((void ***)&g->objs, &g->n, &g->cap, h) < 0) rc = AORM_ENOMEM;
+    }
+    free(omit);
+    if (rc < 0) {
+        groups_free(gs, ng);
+        return rc;
+    }
+    *out = gs;
+    *nout = ng;
+    return 0;
+}
+
+/* One INSERT for group g. A group that leaves columns to the server gets
+ * RETURNING (keys, then those columns) and moves into f->rets, where its
+ * answer finds it (on_insert_returning). */
+static int send_group(aorm_session *s, flush_run *f, insert_group *g) {
+    const aorm_model *m = g->m;
+    aorm_stmt *q = aorm_insert(m);
+    const void **objs = malloc(g->n * sizeof(void *));
+    if (!q || !objs) {
+        aorm_stmt_free(q);
+        free(objs);
+        return AORM_ENOMEM;
+    }
+    for (size_t k = 0; k < g->n; k++) objs[k] = aorm__obj_data(g->objs[k]);
+    aorm__insert_objects_cols(q, objs, g->n, g->omit); /* an error stays in q: send_stmt returns it */
+    free(objs);
+    aorm_result_cb cb = on_write;
+    if (g->any) {
+        if (f->nrets == f->cap_rets) {
+            int c2 = f->cap_rets ? f->cap_rets * 2 : 4;
+            insert_group *r2 = realloc(f->rets, (size_t)c2 * sizeof(*r2));
+            if (!r2) {
+                aorm_stmt_free(q);
+                return AORM_ENOMEM;
+            }
+            f->rets = r2;
+            f->cap_rets = c2;
+        }
+        const aorm_column **cols = malloc((size_t)m->ncolumns * sizeof(*cols));
+        if (!cols) {
             aorm_stmt_free(q);
             return AORM_ENOMEM;
         }
-        for (size_t k = 0; k < b->nnew; k++) objs[k] = aorm__obj_data(b->news[k]);
-        aorm_insert_objects(q, objs, b->nnew);
-        free(objs);
+        int npk;
+        int nret = returned_columns(g, cols, &npk);
+        for (int j = 0; j < nret; j++)
+            aorm_returning(q, &(aorm_expr){.kind = AORM_X_COLUMN, .model = m, .offset = cols[j]->offset});
+        free(cols);
+        cb = on_insert_returning;
     }
-    return send_stmt(s, f, q, cb);
+    int rc = send_stmt(s, f, q, cb);
+    if (rc == 0 && g->any) {
+        f->rets[f->nrets++] = *g;
+        g->objs = NULL;
+        g->omit = NULL;
+    }
+    return rc;
+}
+
+static int send_inserts(aorm_session *s, flush_run *f, int bi) {
+    model_batch *b = &f->batches[bi];
+    if (b->nnew == 0) return 0;
+    insert_group *gs;
+    int ng;
+    int rc = group_inserts(b, &gs, &ng);
+    if (rc < 0) return rc;
+    /* COPY writes every column: only for rows that leave none to the server */
+    if (ng == 1 && !gs[0].any && b->nnew >= COPY_THRESHOLD && !b->m->schema) {
+        groups_free(gs, ng);
+        return send_copy(s, f, bi);
+    }
+    for (int j = 0; j < ng && rc == 0; j++) rc = send_group(s, f, &gs[j]);
+    groups_free(gs, ng);
+    return rc;
 }
 
 static int send_update(aorm_session *s, flush_run *f, aorm__obj *h) {
@@ -1009,7 +1248,10 @@ static void plan_and_send(aorm__sop *op, const aorm_error *err) {
 
 /* ---- transaction end ---------------------------------------------------------------------- */
 
+static void discard_unflushed(aorm_session *s);
+
 void aorm__flush_commit_states(aorm_session *s) {
+    for (size_t i = 0; i < s->tx_nnew; i++) s->tx_new[i]->defaults = NULL; /* their rows exist for good */
     s->tx_nnew = s->tx_ndel = 0;
 }
 
@@ -1022,6 +1264,11 @@ void aorm__flush_rollback_states(aorm_session *s) {
         aorm__idmap_remove(&s->idmap, h);
         h->state = AORM_TRANSIENT;
         if (generated_key(h->model)) set_int_field(generated_col(h->model), aorm__obj_data(h), 0);
+        /* values the server generated for it are gone with the row: the
+         * columns are left to the server again */
+        for (int c = 0; h->defaults && c < h->model->ncolumns; c++)
+            if (aorm__obj_uses_default(h, c))
+                memset(aorm__field(&h->model->columns[c], aorm__obj_data(h)), 0, h->model->columns[c].size);
         h->snapshot = NULL;
     }
     for (size_t i = 0; i < s->tx_ndel; i++) {
@@ -1030,10 +1277,33 @@ void aorm__flush_rollback_states(aorm_session *s) {
         h->state = AORM_PERSISTENT;
         aorm__idmap_put(&s->idmap, h);
     }
-    /* changes never flushed are discarded: pending objects become
-     * transient, deleted ones persistent again, and modified fields go
-     * back to their last known values (then expire: the next query that
-     * returns the row reloads it) */
+    discard_unflushed(s);
+}
+
+void aorm__flush_unknown_states(aorm_session *s) {
+    /* rows inserted in the transaction may exist: their objects keep
+     * their keys (so the program can look the rows up) but leave the
+     * session, DETACHED, which aorm_session_add refuses, so no flush ever
+     * inserts them a second time */
+    for (size_t i = 0; i < s->tx_nnew; i++) {
+        aorm__obj *h = s->tx_new[i];
+        if (h->state != AORM_PERSISTENT) continue;
+        aorm__idmap_remove(&s->idmap, h);
+        h->state = AORM_DETACHED;
+    }
+    /* rows deleted in the transaction may be gone: their objects stay
+     * DETACHED; rows updated in it are expired with every other
+     * persistent object below (their snapshots hold the flushed values,
+     * so nothing looks modified and no UPDATE is sent again) */
+    discard_unflushed(s);
+}
+
+/* The end of a failed transaction: changes never flushed are discarded:
+ * pending objects become transient, deleted ones persistent again, and
+ * modified fields go back to their last known values (then expire: the
+ * next query that returns the row reloads it). Consumes the transaction's
+ * lists. */
+static void discard_unflushed(aorm_session *s) {
     for (aorm__obj *h = s->tracked; h; h = h->track_next) {
         if (h->state == AORM_PENDING) {
             h->state = AORM_TRANSIENT;

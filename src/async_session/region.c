@@ -1,11 +1,14 @@
 /* region.c -- see region.h. A block that cannot hold a large request gets
  * a dedicated block of its own, placed behind the current one so the
- * current block keeps serving small requests. */
+ * current block keeps serving small requests. Sizes come from callers
+ * (aorm_session_alloc is public): one larger than any object can be is
+ * refused before any arithmetic on it, so nothing wraps. */
 #include "async_session/region.h"
 
+#include <stddef.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <stdint.h>
 #include <sys/mman.h>
 
 struct aorm__region_block {
@@ -66,7 +69,13 @@ void aorm__region_free(aorm__region *a) {
     a->total = 0;
 }
 
+/* The largest request served: the block header, the rounding and the
+ * pointer differences of the bump path must all stay in range. */
+#define REGION_MAX ((size_t)PTRDIFF_MAX - sizeof(aorm__region_block) - 64)
+
 void *aorm__region_alloc_slow(aorm__region *a, size_t n) {
+    if (n > REGION_MAX) return NULL;
+    n = (n + 15) & ~(size_t)15;
     if (n > a->block_size / 4) {
         aorm__region_block *b = malloc(sizeof(*b) + n);
         if (!b) return NULL;
@@ -116,7 +125,7 @@ static void prefault(void *p, size_t n) {
 }
 
 void aorm__region_reserve(aorm__region *a, size_t n) {
-    if ((size_t)(a->end - a->cur) >= n || n < (size_t)1 << 20) return;
+    if ((size_t)(a->end - a->cur) >= n || n < (size_t)1 << 20 || n > REGION_MAX) return;
     aorm__region_block *b = malloc(sizeof(*b) + n);
     if (!b) return;
     if (add_range(a, b->data, n) < 0) {
@@ -138,6 +147,7 @@ void *aorm__region_calloc(aorm__region *a, size_t n) {
 }
 
 char *aorm__region_memdup(aorm__region *a, const void *p, size_t n) {
+    if (n > REGION_MAX) return NULL;
     char *d = aorm__region_alloc(a, n + 1);
     if (!d) return NULL;
     if (n) memcpy(d, p, n);

@@ -26,14 +26,16 @@ typedef struct aorm__region {
 
 void aorm__region_init(aorm__region *a, size_t block_size);
 void aorm__region_free(aorm__region *a);
-/* 16-byte aligned memory, NULL on out of memory. Not zeroed. */
+/* 16-byte aligned memory, NULL on out of memory or for a size no object
+ * can have (more than PTRDIFF_MAX bytes, SIZE_MAX included: rounding it
+ * up must not wrap to a small block). Not zeroed. */
 void *aorm__region_alloc_slow(aorm__region *a, size_t n);
 static inline void *aorm__region_alloc(aorm__region *a, size_t n) {
-    n = (n + 15) & ~(size_t)15;
-    if ((size_t)(a->end - a->cur) >= n) {
+    size_t r = (n + 15) & ~(size_t)15;
+    if (r >= n && (size_t)(a->end - a->cur) >= r) {
         void *p = a->cur;
-        a->cur += n;
-        a->total += n;
+        a->cur += r;
+        a->total += r;
         return p;
     }
     return aorm__region_alloc_slow(a, n);

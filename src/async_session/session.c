@@ -25,6 +25,7 @@
 static void start_next(aorm_session *s);
 static void soon_start(void *arg);
 static void session_destroy(aorm_session *s);
+static void cancel_queued(aorm_session *s, const char *msg);
 
 void aorm_session_options_init(aorm_session_options *o) {
     memset(o, 0, sizeof(*o));
@@ -32,10 +33,19 @@ void aorm_session_options_init(aorm_session_options *o) {
     o->arena_block = 65536;
 }
 
+static void on_engine_closed(aorm_owner *o, void *user);
+
 aorm_session *aorm_session_new(aorm_engine *e, const aorm_session_options *o) {
     if (!e) return NULL;
     aorm_session *s = calloc(1, sizeof(*s));
     if (!s) return NULL;
+    /* the session's cancel group: freeing the session cancels its engine
+     * work at once, and freeing the engine first tells the session */
+    if (!(s->owner = aorm_owner_new(e))) {
+        free(s);
+        return NULL;
+    }
+    aorm_owner_on_close(s->owner, on_engine_closed, s);
     s->e = e;
     s->loop = aorm_engine_loop(e);
     if (o) s->o = *o;
@@ -45,12 +55,34 @@ aorm_session *aorm_session_new(aorm_engine *e, const aorm_session_options *o) {
     return s;
 }
 
-aorm_engine *aorm_session_engine(const aorm_session *s) { return s ? s->e : NULL; }
+aorm_engine *aorm_session_engine(const aorm_session *s) { return s && !s->engine_gone ? aorm_owner_engine(s->owner) : NULL; }
+
+/* The session can take no new work: it is being freed, or its engine is
+ * (or is gone). */
+static bool session_closed(const aorm_session *s) {
+    return s->closing || s->engine_gone || !aorm_owner_engine(s->owner);
+}
+
+/* True once the engine is being freed (aorm_owner_engine says NULL from
+ * the start of aorm_engine_free, while the engine calls back the work it
+ * cancels) or is gone: from then on nothing of the session may start. */
+static bool engine_closing(aorm_session *s) {
+    if (!s->engine_gone && !aorm_owner_engine(s->owner)) s->engine_gone = true;
+    return s->engine_gone;
+}
 void aorm_session_set_data(aorm_session *s, void *data) { if (s) s->data = data; }
 void *aorm_session_data(const aorm_session *s) { return s ? s->data : NULL; }
 uint64_t aorm_session_statements(const aorm_session *s) { return s ? s->statements : 0; }
 bool aorm_session_in_transaction(const aorm_session *s) { return s && s->tx != TX_NONE; }
-bool aorm_session_rollback_required(const aorm_session *s) { return s && s->tx == TX_FAILED; }
+/* A held connection that the engine found lost (its read watcher saw the
+ * end of the stream, or a statement failed on it) takes the transaction
+ * with it, even while nothing of the session was in flight. */
+static bool held_conn_lost(const aorm_session *s) {
+    return s->tx == TX_ACTIVE && s->conn && aorm_conn_broken(s->conn);
+}
+bool aorm_session_rollback_required(const aorm_session *s) {
+    return s && (s->tx == TX_FAILED || held_conn_lost(s));
+}
 
 /* ---- objects ------------------------------------------------------------------ */
 
@@ -81,7 +113,7 @@ static void track(aorm_session *s, aorm__obj *h) {
 }
 
 void *aorm_session_new_object(aorm_session *s, const aorm_model *m) {
-    if (!s || !m || s->closing) return NULL;
+    if (!s || !m || session_closed(s)) return NULL;
     aorm__obj *h = obj_alloc(s, m);
     return h ? aorm__obj_data(h) : NULL;
 }
@@ -170,7 +202,7 @@ void aorm__session_cascade(aorm_session *s, aorm__obj *h, int depth) {
 
 int aorm_session_add(aorm_session *s, void *obj) {
     if (!s) return AORM_EMISUSE;
-    if (s->closing) return AORM_ECLOSED;
+    if (session_closed(s)) return AORM_ECLOSED;
     aorm__obj *h = aorm__obj_of(s, obj);
     if (!h) return AORM_EMISUSE;
     switch ((aorm_object_state)h->state) {
@@ -197,7 +229,7 @@ static void cascade_delete(aorm_session *s, aorm__obj *h, int depth);
 
 int aorm_session_delete(aorm_session *s, void *obj) {
     if (!s) return AORM_EMISUSE;
-    if (s->closing) return AORM_ECLOSED;
+    if (session_closed(s)) return AORM_ECLOSED;
     aorm__obj *h = aorm__obj_of(s, obj);
     if (!h) return AORM_EMISUSE;
     switch ((aorm_object_state)h->state) {
@@ -274,6 +306,51 @@ int aorm_session_expire(aorm_session *s, void *obj) {
     if (!h || h->state != AORM_PERSISTENT) return AORM_EMISUSE;
     h->flags |= OBJ_EXPIRED;
     return 0;
+}
+
+/* ---- columns left to the server ------------------------------------------------ */
+
+uint64_t *aorm__obj_defaults(aorm_session *s, aorm__obj *h) {
+    if (!h->defaults) {
+        size_t words = ((size_t)h->model->ncolumns + 63) / 64;
+        h->defaults = aorm__region_alloc(&s->region, words * sizeof(uint64_t));
+        if (h->defaults) memset(h->defaults, 0, words * sizeof(uint64_t));
+    }
+    return h->defaults;
+}
+
+/* Sets (use) or clears the default bit of col (NULL: of every column with
+ * a server default) on a new object. */
+static int mark_default(aorm_session *s, void *obj, const aorm_expr *col, bool use) {
+    if (!s) return AORM_EMISUSE;
+    if (session_closed(s)) return AORM_ECLOSED;
+    aorm__obj *h = aorm__obj_of(s, obj);
+    if (!h || (h->state != AORM_TRANSIENT && h->state != AORM_PENDING)) return AORM_EMISUSE;
+    const aorm_model *m = h->model;
+    int from = 0, to = m->ncolumns;
+    if (col) {
+        const aorm_column *c = col->kind == AORM_X_COLUMN && col->model == m ? aorm_model_column_at(m, col->offset) : NULL;
+        if (!c || !c->server_default) return AORM_EMISUSE;
+        from = (int)(c - m->columns);
+        to = from + 1;
+    }
+    if (!use && !h->defaults) return 0;
+    for (int i = from; i < to; i++) {
+        if (!m->columns[i].server_default) continue;
+        uint64_t *bits = aorm__obj_defaults(s, h);
+        if (!bits) return AORM_ENOMEM;
+        if (use) bits[i >> 6] |= UINT64_C(1) << (i & 63);
+        else bits[i >> 6] &= ~(UINT64_C(1) << (i & 63));
+    }
+    return 0;
+}
+
+int aorm_object_use_default(aorm_session *s, void *obj, const aorm_expr *col) {
+    return mark_default(s, obj, col, true);
+}
+
+int aorm_object_use_value(aorm_session *s, void *obj, const aorm_expr *col) {
+    return mark_default(s, obj, col, false);
 }
 
 /* ---- rows to objects ------------------------------------------------------------ */
@@ -715,7 +792,8 @@ static int sop_push(aorm_session *s, aorm__sop *op) {
 
 void aorm__session_enter(aorm_session *s) { s->depth++; }
 void aorm__session_leave(aorm_session *s) {
-    if (--s->depth == 0 && s->free_pending && !s->running && s->begins_out == 0) session_destroy(s);
+    if (--s->depth == 0 && s->free_pending && !s->running && (s->begins_out == 0 || s->engine_gone))
+        session_destroy(s);
 }
 #define session_enter aorm__session_enter
 #define session_leave aorm__session_leave
@@ -739,6 +817,15 @@ static void deliver(aorm_session *s, aorm__sop *op, void *obj, aorm_objects *obj
                     const aorm_error *err) {
     if (op->answered) return; /* exactly once, even if closed from its own callback */
     op->answered = true;
+    /* An operation the closing engine refused (ECLOSED) was cancelled by
+     * the engine's free, like the work the engine called back itself */
+    aorm_error gone;
+    if (err && err->code == AORM_ECLOSED && !s->closing && engine_closing(s)) {
+        gone = *err;
+        gone.code = AORM_ECANCELED;
+        gone.message = "cancelled: the engine was freed";
+        err = &gone;
+    }
     switch (op->kind) {
     case SOP_QUERY:
     case SOP_GET_MANY:
@@ -786,6 +873,24 @@ static void finish_err(aorm_session *s, aorm__sop *op, const aorm_error *err) {
     aorm__session_op_done(s, op);
 }
 
+/* The held connection is gone: the transaction went with it. The
+ * operation that finds out fails with AORM_ECONNLOST (SQLSTATE 08006) and
+ * the session is rollback-required from then on. */
+static void fail_conn_lost(aorm_session *s, aorm__sop *op) {
+    s->tx = TX_FAILED;
+    aorm_error err = {.code = AORM_ECONNLOST, .sqlstate = "08006",
+                      .message = "connection lost inside the transaction: the transaction is gone, roll it back",
+                      .detail = "", .hint = "", .constraint = "", .table = "", .column = ""};
+    finish_err(s, op, &err);
+}
+
+/* A statement the session could not hand to its held connection because
+ * the connection is lost (the engine refuses it with AORM_ECONNLOST)
+ * fails the transaction like a statement that failed on the server. */
+static void note_send_failure(aorm_session *s, int rc) {
+    if (rc == AORM_ECONNLOST && s->conn) aorm__session_fail_tx(s);
+}
+
 /* ---- sending statements ------------------------------------------------------------- */
 
 /* A statement failed inside the transaction: the server aborted it. */
@@ -794,7 +899,7 @@ void aorm__session_fail_tx(aorm_session *s) {
 }
 
 int aorm__session_send(aorm_session *s, aorm__sop *op, aorm_stmt *q, aorm_result_cb cb) {
-    aorm_exec_options xo = {0, op->qo.deadline != 0 ? op->qo.deadline : s->o.statement_timeout};
+    aorm_exec_options xo = aorm__session_xo(s, op, 0);
     int rc;
     if (s->conn) {
         rc = aorm_stmt_execute_on(s->conn, q, &xo, cb, op);
@@ -857,7 +962,10 @@ static void on_acquired(aorm_engine *e, aorm_conn *c, const aorm_error *err, voi
     if (!aorm__op_arrived(op)) {
         if (c) aorm_conn_release(c);
     } else if (err) {
-        s->tx = TX_NONE;
+        /* the transaction the caller asked for (its isolation, read-only
+         * mode) never began: nothing may run as if it had, in another
+         * transaction or in autocommit, until the caller rolls back */
+        s->tx = TX_FAILED;
         then(op, err);
     } else {
         s->conn = c;
@@ -878,7 +986,7 @@ static void on_acquired(aorm_engine *e, aorm_conn *c, const aorm_error *err, voi
         if (rc < 0) {
             aorm_conn_release(c);
             s->conn = NULL;
-            s->tx = TX_NONE;
+            s->tx = TX_FAILED; /* BEGIN was refused: as above */
             aorm_error e2 = {.code = rc, .message = aorm_strerror(rc), .detail = "", .hint = "",
                              .constraint = "", .table = "", .column = ""};
             then(op, &e2);
@@ -905,9 +1013,10 @@ void aorm__session_ensure_tx(aorm_session *s, aorm__sop *op, tx_then then) {
         return;
     }
     acquire_wait *w = malloc(sizeof(*w));
-    int rc = w ? aorm_engine_acquire(s->e, on_acquired, w) : AORM_ENOMEM;
+    int rc = w ? aorm_owner_acquire(s->owner, on_acquired, w) : AORM_ENOMEM;
     if (rc < 0) {
         free(w);
+        s->tx = TX_FAILED; /* a failed begin is never forgotten (see on_acquired) */
         aorm_error err = {.code = rc, .message = aorm_strerror(rc), .detail = "", .hint = "",
                           .constraint = "", .table = "", .column = ""};
         then(op, &err);
@@ -1080,7 +1189,10 @@ static void query_send(aorm__sop *op, const aorm_error *err) {
         }
     }
     int rc = aorm__session_send(s, op, op->stmt, on_query_rows);
-    if (rc < 0) fail_op(s, op, rc, aorm_stmt_error(op->stmt) ? aorm_stmt_errmsg(op->stmt) : NULL);
+    if (rc < 0) {
+        note_send_failure(s, rc);
+        fail_op(s, op, rc, aorm_stmt_error(op->stmt) ? aorm_stmt_errmsg(op->stmt) : NULL);
+    }
 }
 
 static void after_autoflush(aorm__sop *op, const aorm_error *err) {
@@ -1166,12 +1278,13 @@ static void start_get(aorm_session *s, aorm__sop *op) {
         aorm_params_init(&p);
         for (int i = 0; i < m->ncolumns && sql; i++)
             if (m->columns[i].flags & AORM_PK) aorm__field_param(&m->columns[i], op->key, &p);
-        aorm_exec_options xo = {AORM_EXEC_READONLY, op->qo.deadline != 0 ? op->qo.deadline : s->o.statement_timeout};
+        aorm_exec_options xo = aorm__session_xo(s, op, AORM_EXEC_READONLY);
         int rc = !sql ? AORM_ENOMEM
                  : s->conn ? aorm_conn_execute(s->conn, sql, &p, &xo, on_get_rows, op)
                            : aorm_engine_execute(s->e, sql, &p, &xo, on_get_rows, op);
         aorm_params_free(&p);
         if (rc < 0) {
+            note_send_failure(s, rc);
             fail_op(s, op, rc, "cannot send the primary-key lookup");
             return;
         }
@@ -1271,6 +1384,25 @@ static void start_refresh(aorm_session *s, aorm__sop *op) {
 
 /* ---- operations: transactions ------------------------------------------------------------ */
 
+/* A COMMIT's error says nothing was committed when the server answered
+ * it (ESERVER: a deferred constraint, a serialization failure, 25P02
+ * after a failed statement), when it was never sent (ENOT_COMMITTED), or
+ * when the server skipped it (EABORTED). Anything else (UNKNOWN_OUTCOME,
+ * and, to be safe, any code the engine might report for a COMMIT cut off
+ * after it was sent) leaves the outcome unknown. */
+static bool commit_outcome_known(const aorm_error *err) {
+    return err->code == AORM_ESERVER || err->code == AORM_ENOT_COMMITTED || err->code == AORM_EABORTED;
+}
+
+/* The COMMIT never reached the server: the transaction ends as a rollback
+ * (the engine rolls back the released connection) and the caller gets
+ * AORM_ENOT_COMMITTED. */
+static void not_committed(aorm_session *s, aorm__sop *op, const char *msg) {
+    aorm__flush_rollback_states(s);
+    end_tx(s);
+    fail_op(s, op, AORM_ENOT_COMMITTED, msg);
+}
+
 static void on_tx_stmt(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
     aorm__sop *op = user;
     aorm_session *s = op->s;
@@ -1282,10 +1414,16 @@ static void on_tx_stmt(aorm_engine *e, aorm_result *res, const aorm_error *err, 
     switch (op->kind) {
     case SOP_COMMIT:
         end_tx(s);
-        if (err) {
-            /* COMMIT failed (deferred constraint, serialization failure,
-             * lost connection): the transaction is gone */
+        if (err && commit_outcome_known(err)) {
+            /* the server refused the COMMIT (deferred constraint,
+             * serialization failure) or it was never sent: nothing was
+             * committed, the objects are as after a rollback */
             aorm__flush_rollback_states(s);
+        } else if (err) {
+            /* sent and unanswered: committed or not, nobody knows. What
+             * the transaction wrote leaves the session, so that nothing
+             * is written twice */
+            aorm__flush_unknown_states(s);
         } else {
             aorm__flush_commit_states(s);
             if (s->o.expire_on_commit)
@@ -1330,11 +1468,11 @@ static void commit_send(aorm__sop *op, const aorm_error *err) {
     }
     int rc = aorm_conn_commit(s->conn, on_tx_stmt, op);
     if (rc < 0) {
-        /* refused before anything was sent (the connection was already
-         * known to be lost): the outcome is known, nothing committed */
-        aorm__flush_rollback_states(s);
-        end_tx(s);
-        fail_op(s, op, rc, rc == AORM_ECONNLOST ? "connection lost before COMMIT: nothing was committed" : NULL);
+        /* refused before anything was sent (e.g. the connection was
+         * already known to be lost): the outcome is known, nothing
+         * committed, and releasing the connection rolls back */
+        not_committed(s, op, rc == AORM_ECONNLOST ? "connection lost before COMMIT: nothing was committed"
+                                                  : "COMMIT could not be sent: nothing was committed");
     } else {
         s->statements++;
         op->pending++;
@@ -1344,6 +1482,10 @@ static void commit_send(aorm__sop *op, const aorm_error *err) {
 static void start_commit(aorm_session *s, aorm__sop *op) {
     if (s->tx == TX_FAILED) {
         fail_op(s, op, AORM_ETXSTATE, "the session's transaction failed: roll it back first");
+        return;
+    }
+    if (held_conn_lost(s)) { /* lost while the session had nothing on it */
+        not_committed(s, op, "connection lost before COMMIT: nothing was committed");
         return;
     }
     if (aorm__session_has_changes(s)) aorm__flush_start(op, commit_send);
@@ -1384,6 +1526,7 @@ static void savepoint_send(aorm__sop *op, const aorm_error *err) {
     else if (op->kind == SOP_RELEASE_SAVEPOINT) rc = aorm_conn_release_savepoint(s->conn, name, on_tx_stmt, op);
     else rc = aorm_conn_rollback_to(s->conn, name, on_tx_stmt, op);
     if (rc < 0) {
+        note_send_failure(s, rc);
         fail_op(s, op, rc, NULL);
     } else {
         s->statements++;
@@ -1412,6 +1555,13 @@ static void start_savepoint_op(aorm_session *s, aorm__sop *op) {
 }
 
 static void start_op(aorm_session *s, aorm__sop *op) {
+    /* the engine saw the held connection go while the session had nothing
+     * on it: the first operation to need it finds out (a commit says that
+     * nothing was committed, see start_commit; a rollback just ends) */
+    if (held_conn_lost(s) && op->kind != SOP_COMMIT && op->kind != SOP_ROLLBACK && op->kind != SOP_NOOP) {
+        fail_conn_lost(s, op);
+        return;
+    }
     switch (op->kind) {
     case SOP_QUERY:
     case SOP_EXECUTE:
@@ -1462,6 +1612,10 @@ static void start_op(aorm_session *s, aorm__sop *op) {
 }
 
 static void start_next(aorm_session *s) {
+    if (!s->closing && engine_closing(s)) {
+        if (!s->running) cancel_queued(s, "cancelled: the engine was freed");
+        return;
+    }
     while (!s->running && s->q_head && !s->closing) {
         aorm__sop *op = s->q_head;
         s->q_head = op->next;
@@ -1483,7 +1637,7 @@ static void soon_start(void *arg) {
 
 static int check_open(const aorm_session *s) {
     if (!s) return AORM_EMISUSE;
-    if (s->closing) return AORM_ECLOSED;
+    if (session_closed(s)) return AORM_ECLOSED;
     return 0;
 }
 
@@ -1664,6 +1818,20 @@ int aorm_session_begin(aorm_session *s, const aorm_tx_options *tx, aorm_session_
 
 /* ---- closing -------------------------------------------------------------------------- */
 
+/* Answers every queued (not started) operation with ECANCELED, in
+ * order. A callback may free the session: the queue is then empty. */
+static void cancel_queued(aorm_session *s, const char *msg) {
+    aorm_error err = {.code = AORM_ECANCELED, .message = msg, .detail = "", .hint = "",
+                      .constraint = "", .table = "", .column = ""};
+    while (s->q_head) {
+        aorm__sop *op = s->q_head;
+        s->q_head = op->next;
+        if (!s->q_head) s->q_tail = NULL;
+        deliver(s, op, NULL, NULL, NULL, &err);
+        sop_free(op);
+    }
+}
+
 static void cancel_all(aorm_session *s) {
     aorm_error err = {.code = AORM_ECANCELED, .message = "session closed", .detail = "", .hint = "",
                       .constraint = "", .table = "", .column = ""};
@@ -1679,13 +1847,43 @@ static void cancel_all(aorm_session *s) {
     }
     /* an answered running operation is inside its own callback: the code
      * that answered it finishes it (aorm__session_op_done) */
-    while (s->q_head) {
-        aorm__sop *op = s->q_head;
-        s->q_head = op->next;
-        deliver(s, op, NULL, NULL, NULL, &err);
-        sop_free(op);
+    cancel_queued(s, "session closed");
+}
+
+/* The engine is being freed: its work, this session's included, has been
+ * called back (ECANCELED; a COMMIT in flight EUNKNOWN_OUTCOME). The held
+ * connection went with it, and the transaction (the server rolls it
+ * back); whatever is still queued is cancelled, and every later call on
+ * the session fails with AORM_ECLOSED. The owner handle stays for
+ * aorm_session_free. */
+static void on_engine_closed(aorm_owner *o, void *user) {
+    aorm_session *s = user;
+    session_enter(s);
+    s->engine_gone = true;
+    s->e = NULL;
+    s->conn = NULL; /* the handle died with the engine */
+    if (s->tx != TX_NONE) aorm__flush_rollback_states(s);
+    s->tx = TX_NONE;
+    s->savepoints = 0;
+    if (s->start_scheduled) {
+        aorm_loop_soon_cancel(s->loop, soon_start, s);
+        s->start_scheduled = false;
     }
-    s->q_tail = NULL;
+    if (!s->closing) {
+        aorm__sop *run = s->running;
+        if (run && !run->answered) {
+            /* nothing will answer it any more */
+            aorm_error err = {.code = AORM_ECANCELED, .message = "cancelled: the engine was freed", .detail = "",
+                              .hint = "", .constraint = "", .table = "", .column = ""};
+            deliver(s, run, NULL, NULL, NULL, &err);
+            if (s->running == run && s->depth == 1) {
+                s->running = NULL;
+                sop_free(run);
+            }
+        }
+        if (!s->running && !s->closing) cancel_queued(s, "cancelled: the engine was freed");
+    }
+    session_leave(s);
 }
 
 static void session_destroy(aorm_session *s) {
@@ -1693,6 +1891,7 @@ static void session_destroy(aorm_session *s) {
     if (s->conn) aorm_conn_release(s->conn); /* rolled back by the engine */
     s->conn = NULL;
     aorm__assert(!s->running);
+    aorm_owner_free(s->owner); /* nothing of it is left in the engine: cancelled in aorm_session_free */
     aorm__idmap_free(&s->idmap);
     aorm__region_free(&s->region);
     free(s->tx_new);
@@ -1707,13 +1906,26 @@ void aorm_session_free(aorm_session *s) {
     s->depth++;
     cancel_all(s);
     s->depth--;
-    if (s->conn) { /* rolled back by the engine once its statements are back */
+    if (s->conn) { /* rolled back by the engine */
         aorm_conn_release(s->conn);
         s->conn = NULL;
     }
-    if (s->running || s->depth > 0 || s->begins_out > 0) {
-        /* statements still out hold pointers to the running operation:
-         * the session goes when the last of them is back */
+    /* the engine calls back every statement of the session still out, now
+     * (op_arrived frees the parked running operation after the last), and
+     * drops their answers when they come */
+    s->depth++;
+    aorm_owner_cancel(s->owner);
+    s->depth--;
+    if (s->engine_gone && s->running && s->running->answered && s->depth == 0) {
+        /* the engine is gone: nothing will ever come back for it */
+        aorm__sop *run = s->running;
+        s->running = NULL;
+        sop_free(run);
+    }
+    if (s->running || s->depth > 0 || (s->begins_out > 0 && !s->engine_gone)) {
+        /* inside a callback of the session, or statements still out hold
+         * pointers to the running operation: the session goes when the
+         * callback returns or the last of them is back */
         s->free_pending = true;
         return;
     }

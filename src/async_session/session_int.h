@@ -27,7 +27,7 @@ enum {
 };
 
 typedef struct aorm__obj {
-    void *spare_;                 /* unused (the identity map keeps its own slots): the header stays 64 bytes */
+    uint64_t *defaults;           /* bit i: column i is left to its server default at INSERT (region), or NULL */
     struct aorm__obj *track_next; /* session's tracked objects (new, deleted, persistent) */
     const aorm_model *model;
     void *snapshot;               /* column bytes as last loaded / flushed (NULL: new) */
@@ -56,6 +56,12 @@ static inline size_t aorm__colspan(const aorm_model *m) {
 }
 
 static inline void *aorm__obj_data(aorm__obj *h) { return (char *)h + sizeof(aorm__obj); }
+
+/* Does the object leave column i to its server default (see
+ * aorm_object_use_default)? */
+static inline bool aorm__obj_uses_default(const aorm__obj *h, int i) {
+    return h->defaults && ((h->defaults[i >> 6] >> (i & 63)) & 1u);
+}
 
 /* The header of an object the session itself produced (from its identity
  * map, its own lists): no checks. */
@@ -155,7 +161,9 @@ typedef enum tx_state {
     TX_NONE,      /* autocommit reads on shared connections */
     TX_ACQUIRING, /* waiting for a connection of its own */
     TX_ACTIVE,    /* holding a connection inside BEGIN */
-    TX_FAILED     /* a statement failed inside the transaction: rollback required */
+    TX_FAILED     /* rollback required: a statement failed inside the transaction, BEGIN
+                     failed (or no connection could be had for it), or the held
+                     connection was lost */
 } tx_state;
 
 struct get_sql_entry {
@@ -165,7 +173,8 @@ struct get_sql_entry {
 };
 
 struct aorm_session {
-    aorm_engine *e;
+    aorm_engine *e;           /* NULL once the engine has been freed */
+    aorm_owner *owner;        /* every engine call of the session goes through it */
     aorm_loop *loop;
     aorm_session_options o;
     aorm__region region;
@@ -199,7 +208,18 @@ struct aorm_session {
     int begins_out;           /* BEGIN answers still to come (they point at the session) */
     bool closing;
     bool free_pending;
+    bool engine_gone;         /* the engine is being freed or is gone: every operation is cancelled */
 };
+
+/* Options of one statement of op: its deadline (the query's, else the
+ * session's), flags, and the session's owner (so that freeing the
+ * session or the engine cancels it). */
+static inline aorm_exec_options aorm__session_xo(const aorm_session *s, const aorm__sop *op, unsigned flags) {
+    aorm_exec_options xo = {.flags = flags,
+                            .deadline = op->qo.deadline != 0 ? op->qo.deadline : s->o.statement_timeout,
+                            .owner = s->owner};
+    return xo;
+}
 
 /* session.c, for flush.c and the loaders */
 int aorm__session_send(aorm_session *s, aorm__sop *op, aorm_stmt *q, aorm_result_cb cb);
@@ -248,6 +268,9 @@ int aorm__session_materialize_rows(aorm_session *s, const aorm__rowplan *rp, boo
 void aorm__rowplan_free(aorm__rowplan *rp);
 int aorm__session_materialize_row(aorm_session *s, const aorm__rowplan *rp, int r, bool populate, void **out);
 void aorm__session_take_snapshot(aorm_session *s, aorm__obj *h);
+/* h's default bitmap, allocated (zeroed) in the region when it has none;
+ * NULL on out of memory. */
+uint64_t *aorm__obj_defaults(aorm_session *s, aorm__obj *h);
 bool aorm__obj_changed(const aorm__obj *h);
 void aorm__session_cascade(aorm_session *s, aorm__obj *h, int depth);
 int aorm__field_value_expr(const aorm_column *c, const void *obj, aorm_expr *out);
@@ -264,5 +287,10 @@ void aorm__flush_start(aorm__sop *op, void (*then)(aorm__sop *op, const aorm_err
 bool aorm__session_has_changes(aorm_session *s);
 void aorm__flush_rollback_states(aorm_session *s);
 void aorm__flush_commit_states(aorm_session *s);
+/* After a COMMIT whose outcome is unknown: rows the transaction inserted
+ * or deleted may or may not exist, so their objects leave the session
+ * (DETACHED: never inserted again), objects it updated are expired, and
+ * changes never flushed are discarded as by a rollback. */
+void aorm__flush_unknown_states(aorm_session *s);
 
 #endif /* AORM_SESSION_INT_H */

@@ -510,7 +510,7 @@ static int send_item(load_run *r, int idx) {
     ref->index = idx;
     it->q = q;
     /* The statement is kept (positions); the engine copied what it needs. */
-    aorm_exec_options xo = {AORM_EXEC_READONLY, op->qo.deadline != 0 ? op->qo.deadline : s->o.statement_timeout};
+    aorm_exec_options xo = aorm__session_xo(s, op, AORM_EXEC_READONLY); /* in the session's cancel group */
     rc = s->conn ? aorm_stmt_execute_on(s->conn, q, &xo, on_level_rows, ref)
                  : aorm_stmt_execute(s->e, q, &xo, on_level_rows, ref);
     if (rc < 0) {

@@ -76,7 +76,8 @@ void aorm_io_set(aorm_io *io, int events) {
 }
 
 void aorm_io_set_fd(aorm_io *io, int fd) {
-    if (fd == io->fd) return;
+    /* registered again even for the same number: it may be a new socket
+     * (closed and reopened), which the backend would otherwise never see */
     io->fd = fd;
     io->loop->hooks->io_set(io->loop->backend, io->handle, fd, io->events);
 }

@@ -24,8 +24,15 @@
  * foreign keys, "<table>_<column>_idx" for indexes (an aorm_index without
  * a name uses its first column). A foreign-key column gets an index unless
  * it already leads the primary key, a UNIQUE constraint or a declared
- * index. PostgreSQL cuts names longer than 63 bytes; it does so the same
- * way on every run.
+ * index. PostgreSQL keeps only the first 63 bytes of a name, so two
+ * generated names that differ after that (two long tables sharing a
+ * prefix, two long columns of one table) would become one, and the second
+ * CREATE would fail, or be skipped under IF NOT EXISTS. A generated name
+ * longer than 63 bytes is therefore written as its first bytes (cut at a
+ * UTF-8 character boundary), "_" and 8 hex digits of a hash of the whole
+ * name: 63 bytes at most, distinct, and the same on every run. Names the
+ * model gives (tables, columns, declared indexes) are written as given;
+ * two declared index names equal in their first 63 bytes are refused.
  *
  * Every identifier is quoted with aorm__quote_ident(). The one piece of
  * text written as is, is a column's server_default: an SQL expression
@@ -40,6 +47,8 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+
+#include <xxhash.h>
 
 #include "aorm/error.h"
 #include "aorm/sql.h"
@@ -70,8 +79,37 @@ static void put(script *s, const char *text) {
     if (!s->err && aorm__buf_append(&s->b, text, strlen(text)) < 0) s->err = AORM_ENOMEM;
 }
 
+/* Validated models have no empty names; one would be misuse, not a lack
+ * of memory. */
 static void put_ident(script *s, const char *ident) {
-    if (!s->err && aorm__quote_ident(&s->b, ident) < 0) s->err = AORM_ENOMEM;
+    if (s->err) return;
+    if (!ident || !*ident) s->err = AORM_EMISUSE;
+    else if (aorm__quote_ident(&s->b, ident) < 0) s->err = AORM_ENOMEM;
+}
+
+/* Bytes of a name PostgreSQL keeps (NAMEDATALEN - 1). */
+#define PG_NAME_MAX 63
+
+/* The length of the longest prefix of s (n bytes) that fits in max bytes
+ * without splitting a UTF-8 character: what the server keeps of a long
+ * name (pg_mbcliplen). */
+static size_t clip_len(const char *s, size_t n, size_t max) {
+    if (n <= max) return n;
+    size_t k = max;
+    /* s[k] is the first byte dropped: inside a character, back off to
+     * that character's first byte */
+    while (k > 0 && ((unsigned char)s[k] & 0xC0) == 0x80) k--;
+    return k;
+}
+
+/* Shortens the generated name in `name` (NUL-terminated, in place) to the
+ * form described at the top when it is longer than PG_NAME_MAX bytes. */
+static void fit_name(char *name) {
+    size_t n = strlen(name);
+    if (n <= PG_NAME_MAX) return;
+    uint32_t h = (uint32_t)XXH3_64bits(name, n);
+    size_t keep = clip_len(name, n, PG_NAME_MAX - 9);
+    snprintf(name + keep, 10, "_%08x", (unsigned)h);
 }
 
 /* A name made of the given parts (a NULL-terminated list), e.g.
@@ -86,8 +124,12 @@ static void put_name(script *s, ...) {
         rc = aorm__buf_append(&tmp, part, strlen(part));
     va_end(ap);
     if (rc == 0) rc = aorm__buf_putc(&tmp, '\0');
-    if (rc < 0) s->err = AORM_ENOMEM;
-    else put_ident(s, tmp.data);
+    if (rc < 0) {
+        s->err = AORM_ENOMEM;
+    } else {
+        fit_name(tmp.data);
+        put_ident(s, tmp.data);
+    }
     aorm__buf_free(&tmp);
 }
 
@@ -120,8 +162,12 @@ static void put_key_name(script *s, const aorm_model *m, const size_t *f, int n,
     }
     if (rc == 0) rc = aorm__buf_append(&tmp, suffix, strlen(suffix));
     if (rc == 0) rc = aorm__buf_putc(&tmp, '\0');
-    if (rc < 0) s->err = AORM_ENOMEM;
-    else put_ident(s, tmp.data);
+    if (rc < 0) {
+        s->err = AORM_ENOMEM;
+    } else {
+        fit_name(tmp.data);
+        put_ident(s, tmp.data);
+    }
     aorm__buf_free(&tmp);
 }
 
@@ -343,14 +389,16 @@ static void names_free(names *ns) {
     free(ns->v);
 }
 
-/* Adds "schema.name" (the namespace an index name lives in). Returns 0,
- * 1 when already present, or AORM_ENOMEM. */
+/* Adds "schema.name" (the namespace an index name lives in), with the
+ * name as the server keeps it (its first 63 bytes). Returns 0, 1 when
+ * already present, or AORM_ENOMEM. */
 static int names_add(names *ns, const aorm_model *m, const char *name) {
     const char *schema = m->schema ? m->schema : "";
-    size_t len = strlen(schema) + 1 + strlen(name) + 1;
+    size_t nl = clip_len(name, strlen(name), PG_NAME_MAX);
+    size_t len = strlen(schema) + 1 + nl + 1;
     char *key = malloc(len);
     if (!key) return AORM_ENOMEM;
-    snprintf(key, len, "%s.%s", schema, name);
+    snprintf(key, len, "%s.%.*s", schema, (int)nl, name);
     for (int i = 0; i < ns->n; i++) {
         if (strcmp(ns->v[i], key) == 0) {
             free(key);
@@ -372,9 +420,10 @@ static int names_add(names *ns, const aorm_model *m, const char *name) {
 }
 
 /* One CREATE INDEX over the columns at fields[0..nfields). The name is
- * `name`, or "<table>_<first column>_idx". */
+ * `name` (generated: shortened as described at the top when too long),
+ * or "<table>_<first column>_idx". */
 static int create_index(script *s, names *ns, const aorm_model *m, unsigned flags, const char *name,
-                        const size_t *fields, int nfields, bool unique, char *msg, size_t cap) {
+                        bool generated, const size_t *fields, int nfields, bool unique, char *msg, size_t cap) {
     const aorm_column *first = aorm_model_column_at(m, fields[0]);
     aorm__buf nb = {0};
     int rc = 0;
@@ -387,9 +436,12 @@ static int create_index(script *s, names *ns, const aorm_model *m, unsigned flag
         aorm__buf_free(&nb);
         return AORM_ENOMEM;
     }
+    if (generated || !name) fit_name(nb.data);
     rc = names_add(ns, m, nb.data);
     if (rc == 1)
-        rc = fail(msg, cap, "model %s: index name %s is used twice (give the aorm_index a name of its own)",
+        rc = fail(msg, cap,
+                  "model %s: index name %s is used twice (give the aorm_index a name of its own; PostgreSQL "
+                  "keeps the first 63 bytes of a name)",
                   m->name, nb.data);
     if (rc) {
         aorm__buf_free(&nb);
@@ -439,17 +491,17 @@ static int create_indexes(script *s, names *ns, const aorm_model *m, unsigned fl
     int rc = 0;
     for (int i = 0; i < m->ncolumns && rc == 0; i++)
         if (m->columns[i].flags & AORM_INDEX)
-            rc = create_index(s, ns, m, flags, NULL, &m->columns[i].offset, 1, false, msg, cap);
+            rc = create_index(s, ns, m, flags, NULL, true, &m->columns[i].offset, 1, false, msg, cap);
     for (int i = 0; i < m->nindexes && rc == 0; i++) {
         const aorm_index *ix = &m->indexes[i];
-        rc = create_index(s, ns, m, flags, ix->name, ix->fields, ix->nfields, ix->unique, msg, cap);
+        rc = create_index(s, ns, m, flags, ix->name, false, ix->fields, ix->nfields, ix->unique, msg, cap);
     }
     for (int k = 0; k < m->nforeign_keys && rc == 0; k++) {
         int n;
         const size_t *f = aorm__fk_fields(&m->foreign_keys[k], &n);
         if (leads_an_index(m, f, n)) continue;
         if (n == 1) {
-            rc = create_index(s, ns, m, flags, NULL, f, 1, false, msg, cap);
+            rc = create_index(s, ns, m, flags, NULL, true, f, 1, false, msg, cap);
             continue;
         }
         aorm__buf name = {0};
@@ -459,7 +511,7 @@ static int create_indexes(script *s, names *ns, const aorm_model *m, unsigned fl
             if ((rc = aorm__buf_putc(&name, '_')) == 0) rc = aorm__buf_append(&name, c, strlen(c));
         }
         if (rc == 0) rc = aorm__buf_append(&name, "_idx", 5); /* with its NUL */
-        rc = rc < 0 ? AORM_ENOMEM : create_index(s, ns, m, flags, name.data, f, n, false, msg, cap);
+        rc = rc < 0 ? AORM_ENOMEM : create_index(s, ns, m, flags, name.data, true, f, n, false, msg, cap);
         aorm__buf_free(&name);
     }
     return rc;
@@ -494,6 +546,7 @@ static int build_create(const aorm_model *const *models, int n, unsigned flags, 
     if (rc == 0) s->b.len--;
     if (rc) script_free(s);
     if (rc == AORM_ENOMEM) fail(msg, cap, "out of memory");
+    if (rc == AORM_EMISUSE && msg && cap && !msg[0]) fail(msg, cap, "an empty identifier");
     return rc;
 }
 
@@ -586,6 +639,19 @@ static void job_record(ddl_job *j, const aorm_error *err) {
     if (j->failed) return;
     j->failed = true;
     j->code = err->code;
+    if (err->code == AORM_ESERVER && strcmp(err->sqlstate, "42501") == 0) {
+        /* insufficient privilege: an application's role, which may read and
+         * write rows but not change the schema; say what DDL needs */
+        char msg[512];
+        snprintf(msg, sizeof(msg),
+                 "%s: DDL needs the role that owns the schema (or CREATE on it); run it with the "
+                 "owner's conninfo, not the application's",
+                 err->message);
+        aorm_error owner = *err;
+        owner.message = msg;
+        j->err = aorm_error_copy(&owner);
+        return;
+    }
     j->err = aorm_error_copy(err);
 }
 
@@ -651,7 +717,7 @@ static void on_acquired(aorm_engine *e, aorm_conn *c, const aorm_error *err, voi
     }
     j->c = c;
     /* DDL runs once: keep it out of the prepared-statement cache */
-    aorm_exec_options xo = {AORM_EXEC_UNPREPARED, 0};
+    aorm_exec_options xo = {.flags = AORM_EXEC_UNPREPARED};
     int rc = aorm_conn_begin(c, NULL, on_step, j);
     if (rc == 0) {
         j->began = true;

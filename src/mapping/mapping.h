@@ -103,6 +103,13 @@ struct aorm_stmt;
 int aorm__where_key_in(struct aorm_stmt *q, const aorm_model *m, const aorm_column *const *cols,
                        const aorm_column *const *src, int k, void *const *objs, size_t n);
 
+/* aorm_insert_objects() with the column set chosen by the caller: omit[i]
+ * true leaves column i of the statement's model out of the INSERT (for
+ * every row), false writes the field's value, whatever it is; omit NULL
+ * is aorm_insert_objects() itself (aorm__field_unset of the first row).
+ * Defined in src/sql/stmt.c. Returns 0 or the statement's error. */
+int aorm__insert_objects_cols(struct aorm_stmt *q, const void *const *objs, size_t n, const bool *omit);
+
 /* ---- keys of foreign keys and relationships ----------------------------------- */
 
 /* The column pairs of a key: from[i] (a column of the referencing model)

@@ -12,10 +12,14 @@
  * statement's own select / RETURNING list (never by name, so duplicate
  * names in joins cannot confuse it), and hands each raw binary value to
  * the mapping module's aorm__field_load. Raw statements have no such list:
- * their columns are found by name in the result.
+ * their columns are found by name in the result. Values are decoded from
+ * the binary format; a text-format column is loaded only where its text
+ * is its binary form (text-like types), and is AORM_ETYPE otherwise.
  *
  * Must not: keep the result or the object past the call. */
 #include <string.h>
+
+#include <libpq-fe.h>
 
 #include "mapping/mapping.h"
 #include "sql/sql_int.h"
@@ -91,13 +95,38 @@ int aorm_stmt_column(const aorm_stmt *q, const aorm_expr *col) {
     return find_column(it, col->model, col->offset, 0);
 }
 
+/* The type OID under which a column's values can be handed to
+ * aorm__field_load, which decodes the binary format: the column's own
+ * type for a binary column; for a text-format column (a statement run
+ * with AORM_EXEC_TEXT_RESULT) only the types whose text form is their
+ * binary form (jsonb's text is read as json, it has no version byte),
+ * and 0 for every other one -- "42" is not an int4, and decoding it as
+ * one would silently yield 13362. */
+static uint32_t load_type(const aorm_result *r, int pos) {
+    uint32_t oid = aorm_result_col_type(r, pos);
+    if (PQfformat(aorm_result_pgresult(r), pos) != 0) return oid;
+    switch (oid) {
+    case AORM_T_TEXT:
+    case AORM_T_VARCHAR:
+    case AORM_T_BPCHAR:
+    case AORM_T_NAME:
+    case AORM_T_UNKNOWN:
+    case AORM_T_JSON: return oid;
+    case AORM_T_JSONB: return AORM_T_JSON;
+    default: return 0;
+    }
+}
+
 static int load_one(const aorm_result *r, int row, int pos, const aorm_column *col, void *obj,
                     const aorm_allocator *alloc) {
     const char *data;
     int len;
     int rc = aorm_result_raw(r, row, pos, &data, &len);
     if (rc) return rc;
-    return aorm__field_load(col, obj, aorm_result_col_type(r, pos), data, len, alloc);
+    uint32_t oid = load_type(r, pos);
+    /* NULL reads the same in either format */
+    if (!oid && len >= 0) return AORM_ETYPE;
+    return aorm__field_load(col, obj, oid ? oid : aorm_result_col_type(r, pos), data, len, alloc);
 }
 
 int aorm_stmt_load(const aorm_stmt *q, const aorm_result *r, int row, const aorm_model *m, void *obj,

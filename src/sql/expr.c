@@ -67,37 +67,84 @@ static void adopt(aorm_stmt *q, aorm_stmt *sub) {
         for (aorm_stmt *a = q; a; a = a->owner) a->locking_sub = true;
 }
 
-static void take_subs(aorm_stmt *q, const aorm_expr *e, int depth) {
-    if (!e || depth > MAX_DEPTH) return;
-    switch (e->kind) {
-    case AORM_X_IN_SELECT:
-    case AORM_X_EXISTS:
-        if (e->sub && !e->sub->owner && !is_ancestor(q, e->sub)) adopt(q, e->sub);
-        take_subs(q, e->a, depth + 1);
-        return;
-    case AORM_X_BINARY:
-    case AORM_X_BETWEEN:
-    case AORM_X_ANY:
-    case AORM_X_NOT:
-    case AORM_X_IS_NULL:
-    case AORM_X_IS_NOT_NULL:
-    case AORM_X_FUNC:
-    case AORM_X_LABEL:
-        take_subs(q, e->a, depth + 1);
-        take_subs(q, e->b, depth + 1);
-        take_subs(q, e->c, depth + 1);
-        return;
-    case AORM_X_AND:
-    case AORM_X_OR:
-    case AORM_X_TUPLE_IN:
-        for (int i = 0; e->list && i < e->n; i++) take_subs(q, e->list[i], depth + 1);
-        return;
-    case AORM_X_COLUMN:
-    case AORM_X_VALUE:
-    case AORM_X_ARRAY:
-    case AORM_X_EXCLUDED:
-        return;
+/* Calls visit(sub, ctx) for every subquery node of e, at any depth: a
+ * tree too deep to be copied (refused by copy_node) still hands over the
+ * subqueries buried in it. Iterative, with its own stack (inline, then
+ * heap), so depth costs no C stack; the number of nodes visited is
+ * bounded so that a cyclic graph handed in by mistake cannot loop. */
+#define WALK_MAX_NODES (1 << 22)
+
+static void walk_subs(const aorm_expr *e, void (*visit)(aorm_stmt *sub, void *ctx), void *ctx) {
+    const aorm_expr *inline_stack[64];
+    const aorm_expr **st = inline_stack;
+    size_t n = 0, cap = 64, visits = 0;
+    if (e) st[n++] = e;
+    while (n > 0 && visits++ < WALK_MAX_NODES) {
+        e = st[--n];
+        const aorm_expr *kids[3] = {NULL, NULL, NULL};
+        const aorm_expr *const *list = NULL;
+        int nlist = 0;
+        switch (e->kind) {
+        case AORM_X_IN_SELECT:
+        case AORM_X_EXISTS:
+            if (e->sub) visit(e->sub, ctx);
+            kids[0] = e->a;
+            break;
+        case AORM_X_BINARY:
+        case AORM_X_BETWEEN:
+        case AORM_X_ANY:
+        case AORM_X_NOT:
+        case AORM_X_IS_NULL:
+        case AORM_X_IS_NOT_NULL:
+        case AORM_X_FUNC:
+        case AORM_X_LABEL:
+        case AORM_X_EXCLUDED: /* takes a column, but may be handed anything */
+            kids[0] = e->a;
+            kids[1] = e->b;
+            kids[2] = e->c;
+            break;
+        case AORM_X_AND:
+        case AORM_X_OR:
+        case AORM_X_TUPLE_IN:
+            list = e->list;
+            nlist = e->list ? e->n : 0;
+            break;
+        case AORM_X_COLUMN:
+        case AORM_X_VALUE:
+        case AORM_X_ARRAY:
+            break;
+        }
+        size_t more = 3 + (nlist > 0 ? (size_t)nlist : 0);
+        if (cap - n < more) {
+            size_t ncap = cap;
+            while (ncap - n < more) ncap *= 2;
+            const aorm_expr **ns = malloc(ncap * sizeof(*ns));
+            if (!ns) break; /* out of memory: what is left stays unowned */
+            memcpy(ns, st, n * sizeof(*ns));
+            if (st != inline_stack) free(st);
+            st = ns;
+            cap = ncap;
+        }
+        for (int i = 0; i < 3; i++)
+            if (kids[i]) st[n++] = kids[i];
+        for (int i = 0; i < nlist; i++)
+            if (list[i]) st[n++] = list[i];
     }
+    if (st != inline_stack) free(st);
+}
+
+typedef struct take_ctx {
+    aorm_stmt *q;
+} take_ctx;
+
+static void take_visit(aorm_stmt *sub, void *ctx) {
+    aorm_stmt *q = ((take_ctx *)ctx)->q;
+    if (!sub->owner && !is_ancestor(q, sub)) adopt(q, sub);
+}
+
+static void take_subs(aorm_stmt *q, const aorm_expr *e) {
+    take_ctx c = {q};
+    walk_subs(e, take_visit, &c);
 }
 
 /* Marks subqueries collected for freeing, so that one passed twice in the
@@ -105,52 +152,25 @@ static void take_subs(aorm_stmt *q, const aorm_expr *e, int depth) {
 static char trash_mark;
 #define TRASH ((aorm_stmt *)(void *)&trash_mark)
 
-static void collect_subs(aorm_stmt **list, const aorm_expr *e, int depth) {
-    if (!e || depth > MAX_DEPTH) return;
-    switch (e->kind) {
-    case AORM_X_IN_SELECT:
-    case AORM_X_EXISTS:
-        if (e->sub && !e->sub->owner) {
-            e->sub->owner = TRASH;
-            e->sub->next_sub = *list;
-            *list = e->sub;
-        }
-        collect_subs(list, e->a, depth + 1);
-        return;
-    case AORM_X_BINARY:
-    case AORM_X_BETWEEN:
-    case AORM_X_ANY:
-    case AORM_X_NOT:
-    case AORM_X_IS_NULL:
-    case AORM_X_IS_NOT_NULL:
-    case AORM_X_FUNC:
-    case AORM_X_LABEL:
-        collect_subs(list, e->a, depth + 1);
-        collect_subs(list, e->b, depth + 1);
-        collect_subs(list, e->c, depth + 1);
-        return;
-    case AORM_X_AND:
-    case AORM_X_OR:
-    case AORM_X_TUPLE_IN:
-        for (int i = 0; e->list && i < e->n; i++) collect_subs(list, e->list[i], depth + 1);
-        return;
-    case AORM_X_COLUMN:
-    case AORM_X_VALUE:
-    case AORM_X_ARRAY:
-    case AORM_X_EXCLUDED:
-        return;
-    }
+static void collect_visit(aorm_stmt *sub, void *ctx) {
+    aorm_stmt **list = ctx;
+    if (sub->owner) return;
+    sub->owner = TRASH;
+    sub->next_sub = *list;
+    *list = sub;
 }
+
+static void collect_subs(aorm_stmt **list, const aorm_expr *e) { walk_subs(e, collect_visit, list); }
 
 void aorm__sql_take_subs(aorm_stmt *q, const aorm_expr *e, const aorm_expr *e2) {
     if (q) {
-        take_subs(q, e, 0);
-        take_subs(q, e2, 0);
+        take_subs(q, e);
+        take_subs(q, e2);
         return;
     }
     aorm_stmt *list = NULL;
-    collect_subs(&list, e, 0);
-    collect_subs(&list, e2, 0);
+    collect_subs(&list, e);
+    collect_subs(&list, e2);
     while (list) {
         aorm_stmt *next = list->next_sub;
         list->next_sub = NULL;
@@ -467,6 +487,23 @@ static int copy_node(cp *c, const aorm_expr *e, int depth, const aorm_expr **out
     if (rc) return rc;
     *out = n;
     return 0;
+}
+
+void aorm__sql_take_subs_list(aorm_stmt *q, const aorm_expr *const *l, int n) {
+    if (!l || n <= 0) return;
+    if (q) {
+        for (int i = 0; i < n; i++) take_subs(q, l[i]);
+        return;
+    }
+    /* one collection for the whole list: a subquery met twice is freed once */
+    aorm_stmt *list = NULL;
+    for (int i = 0; i < n; i++) collect_subs(&list, l[i]);
+    while (list) {
+        aorm_stmt *next = list->next_sub;
+        list->next_sub = NULL;
+        aorm__sql_destroy(list);
+        list = next;
+    }
 }
 
 int aorm__sql_copy(aorm_stmt *q, const aorm_expr *e, unsigned flags, const char *what, const aorm_expr **out) {

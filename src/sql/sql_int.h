@@ -193,6 +193,8 @@ int aorm__sql_copy(aorm_stmt *q, const aorm_expr *e, unsigned flags, const char 
  * yet: q becomes its owner, or it is freed when q is NULL (once, even if
  * passed twice). For the error paths of builder calls. */
 void aorm__sql_take_subs(aorm_stmt *q, const aorm_expr *e, const aorm_expr *e2);
+/* The same for every expression of l[0..n) (a builder call's list). */
+void aorm__sql_take_subs_list(aorm_stmt *q, const aorm_expr *const *l, int n);
 /* Frees a statement regardless of ownership (the owner's teardown). */
 void aorm__sql_destroy(aorm_stmt *q);
 

@@ -445,7 +445,10 @@ aorm_stmt *aorm_select_exprs(const aorm_expr *const *exprs, int n) {
 int aorm_select_add(aorm_stmt *q, const aorm_expr *e) {
     int rc = enter(q, e, NULL);
     if (rc) return rc;
-    if ((rc = need_kind(q, K(AORM__SELECT), "aorm_select_add"))) return rc;
+    if ((rc = need_kind(q, K(AORM__SELECT), "aorm_select_add"))) {
+        aorm__sql_take_subs(q, e, NULL);
+        return rc;
+    }
     const aorm_expr *c;
     if ((rc = copy(q, e, AORM__CP_LABEL, "aorm_select_add", &c))) return rc;
     if (!q->model) q->model = first_model(c);
@@ -740,6 +743,10 @@ int aorm_insert_object(aorm_stmt *q, const void *obj) {
 }
 
 int aorm_insert_objects(aorm_stmt *q, const void *const *objs, size_t n) {
+    return aorm__insert_objects_cols(q, objs, n, NULL);
+}
+
+int aorm__insert_objects_cols(aorm_stmt *q, const void *const *objs, size_t n, const bool *omit) {
     int rc = enter(q, NULL, NULL);
     if (rc) return rc;
     if ((rc = need_kind(q, K(AORM__INSERT), "aorm_insert_objects"))) return rc;
@@ -755,16 +762,16 @@ int aorm_insert_objects(aorm_stmt *q, const void *const *objs, size_t n) {
     for (size_t r = 0; r < n; r++)
         if (!objs[r])
             return aorm__sql_fail(q, AORM_EMISUSE, "aorm_insert_objects(%s): object %zu is NULL", m->table, r);
-    /* The column set comes from the first row; every other row must leave
-     * the same columns to the server, or the statement's shape would
-     * depend on the data. */
+    /* The column set is the caller's (omit), or comes from the first row;
+     * then every other row must leave the same columns to the server, or
+     * the statement's shape would depend on the data. */
     const aorm_column **cols = aorm__arena_alloc(&q->arena, (size_t)m->ncolumns * sizeof(*cols));
     if (!cols) return OOM(q);
     int k = 0;
     for (int i = 0; i < m->ncolumns; i++) {
         const aorm_column *col = &m->columns[i];
-        bool unset = aorm__field_unset(col, objs[0]);
-        for (size_t r = 1; r < n; r++)
+        bool unset = omit ? omit[i] : aorm__field_unset(col, objs[0]);
+        for (size_t r = 1; r < n && !omit; r++)
             if (aorm__field_unset(col, objs[r]) != unset)
                 return aorm__sql_fail(q, AORM_EMISUSE,
                                       "aorm_insert_objects(%s): object %zu %s column \"%s\" but object 0 %s; every "
@@ -811,15 +818,23 @@ static const aorm_column *target_column(aorm_stmt *q, const aorm_expr *e, const 
     return e->v.p;
 }
 
+/* Copies the conflict columns. On failure every subquery of the list
+ * (which should hold columns only) has been taken over all the same. */
 static int cols_list(aorm_stmt *q, const aorm_expr *const *cols, int n, const char *fn) {
     if (n < 0 || (n > 0 && !cols)) return aorm__sql_fail(q, AORM_EMISUSE, "%s: no column array for %d columns", fn, n);
     const aorm_column **v = aorm__arena_alloc(&q->arena, (size_t)(n ? n : 1) * sizeof(*v));
-    if (!v) return OOM(q);
+    if (!v) {
+        aorm__sql_take_subs_list(q, cols, n);
+        return OOM(q);
+    }
     for (int i = 0; i < n; i++) {
         const aorm_expr *c;
-        int rc = copy(q, cols[i], 0, fn, &c);
-        if (rc) return rc;
-        if (!(v[i] = target_column(q, c, fn))) return q->error;
+        int rc = copy(q, cols[i], 0, fn, &c); /* takes cols[i]'s subqueries, whatever happens */
+        if (!rc && !(v[i] = target_column(q, c, fn))) rc = q->error;
+        if (rc) {
+            aorm__sql_take_subs_list(q, cols + i + 1, n - i - 1);
+            return rc;
+        }
     }
     q->ccols = v;
     q->nccols = n;
@@ -828,14 +843,17 @@ static int cols_list(aorm_stmt *q, const aorm_expr *const *cols, int n, const ch
 
 static int on_conflict(aorm_stmt *q, const aorm_expr *const *cols, int n, int what, const char *fn) {
     int rc = enter(q, NULL, NULL);
-    if (rc) return rc;
-    if ((rc = need_kind(q, K(AORM__INSERT), fn))) return rc;
-    if (q->conflict) return aorm__sql_fail(q, AORM_EMISUSE, "%s: ON CONFLICT was already given", fn);
-    if (what == AORM__CONFLICT_UPDATE && n == 0)
-        return aorm__sql_fail(q, AORM_EMISUSE, "%s: DO UPDATE needs the conflict columns", fn);
-    if ((rc = cols_list(q, cols, n, fn))) return rc;
-    q->conflict = what;
-    return 0;
+    if (!rc && !(rc = need_kind(q, K(AORM__INSERT), fn))) {
+        if (q->conflict) rc = aorm__sql_fail(q, AORM_EMISUSE, "%s: ON CONFLICT was already given", fn);
+        else if (what == AORM__CONFLICT_UPDATE && n == 0)
+            rc = aorm__sql_fail(q, AORM_EMISUSE, "%s: DO UPDATE needs the conflict columns", fn);
+        else if (!(rc = cols_list(q, cols, n, fn))) q->conflict = what;
+        else return rc; /* cols_list took the list's subqueries */
+    }
+    /* A refused call still consumes the subqueries it was handed: q takes
+     * them over (a NULL q frees them). */
+    if (rc && n > 0 && cols) aorm__sql_take_subs_list(q, cols, n);
+    return rc;
 }
 
 int aorm_on_conflict_do_nothing(aorm_stmt *q, const aorm_expr *const *cols, int n) {
@@ -856,7 +874,7 @@ int aorm_set(aorm_stmt *q, const aorm_expr *col, const aorm_expr *value) {
     }
     bool upd = q->kind == AORM__INSERT && q->conflict == AORM__CONFLICT_UPDATE;
     if (q->kind == AORM__INSERT && !upd && q->nrows) {
-        aorm__sql_take_subs(q, value, NULL);
+        aorm__sql_take_subs(q, col, value);
         return aorm__sql_fail(q, AORM_EMISUSE, "aorm_set(%s): the INSERT already has object rows", q->model->table);
     }
     const aorm_expr *c, *v;
