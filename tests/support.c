@@ -192,6 +192,31 @@ char *t_tls_file(const char *name) {
     return path;
 }
 
+bool t_sandbox_password(const char *role, char *out, size_t cap) {
+    const char *dir = getenv("AORM_TEST_TLS_DIR");
+    if (!dir || !*dir) return false;
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/pgpass", dir);
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f, "%s: %s", path, strerror(errno));
+    /* lines host:port:database:user:password, the password in hex */
+    char line[512];
+    bool found = false;
+    while (!found && fgets(line, sizeof(line), f)) {
+        line[strcspn(line, "\n")] = '\0';
+        char *p = line;
+        for (int field = 0; field < 3 && p; field++) p = strchr(p, ':') ? strchr(p, ':') + 1 : NULL;
+        char *colon = p ? strchr(p, ':') : NULL;
+        if (!colon || (size_t)(colon - p) != strlen(role) || strncmp(p, role, strlen(role)) != 0) continue;
+        snprintf(out, cap, "%s", colon + 1);
+        found = true;
+    }
+    explicit_bzero(line, sizeof(line));
+    fclose(f);
+    cr_assert(found, "no password for %s in %s", role, path);
+    return true;
+}
+
 /* ---- Redis ---------------------------------------------------------------- */
 
 struct redisContext *t_redis(bool unix_socket) {

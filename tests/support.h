@@ -45,6 +45,10 @@ char *t_tls_file(const char *name);
 struct redisContext;
 struct redisContext *t_redis(bool unix_socket);
 
+/* The secure sandbox's password of role (from the passfile its DSN names)
+ * into out; false when the sandbox has none (--insecure: trust). */
+bool t_sandbox_password(const char *role, char *out, size_t cap);
+
 /* A blocking libpq connection to the sandbox as the owner, for set-up and
  * checks. */
 PGconn *t_pg(void);

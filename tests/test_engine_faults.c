@@ -1748,22 +1748,41 @@ Test(engine_faults, statements_spread_over_idle_connections, .timeout = 60) {
     while (stats_of(f.e).idle < 6 && mono() < until) run_for(&f, 0.02);
     cr_assert_eq(stats_of(f.e).idle, 6, "the pool did not warm up");
 
-    enum { SLOW = 5 };
-    rec slow[SLOW], fast = {0};
-    memset(slow, 0, sizeof(slow));
-    double t0 = mono();
-    for (int i = 0; i < SLOW; i++)
-        cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(1)", NULL, NULL, on_rec, &slow[i]), 0);
-    cr_assert_eq(aorm_engine_execute(f.e, "SELECT 5", NULL, NULL, on_rec, &fast), 0);
-    cr_assert(wait_flag(f.evl, &fast.calls, 10));
-    cr_assert_eq(fast.code, 0);
-    cr_assert(fast.at - t0 < 0.5, "a fast statement waited %.2f s behind slow ones", fast.at - t0);
-    cr_assert(run_until_all(&f, slow, SLOW, 10));
-    for (int i = 0; i < SLOW; i++) {
-        cr_assert_eq(slow[i].code, 0);
-        cr_assert(slow[i].at - t0 < 1.8, "slow statement %d finished after %.2f s: they ran one after another", i,
-                  slow[i].at - t0);
+    /* twice: first with statements the engine has never seen, then with
+     * the same ones known (the slow ones as slow, the fast one as fast) */
+    for (int round = 0; round < 2; round++) {
+        enum { SLOW = 5 };
+        rec slow[SLOW], fast = {0};
+        memset(slow, 0, sizeof(slow));
+        double t0 = mono();
+        for (int i = 0; i < SLOW; i++)
+            cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(1)", NULL, NULL, on_rec, &slow[i]), 0);
+        cr_assert_eq(aorm_engine_execute(f.e, "SELECT 5", NULL, NULL, on_rec, &fast), 0);
+        cr_assert(wait_flag(f.evl, &fast.calls, 10));
+        cr_assert_eq(fast.code, 0);
+        cr_assert(fast.at - t0 < 0.5, "round %d: a fast statement waited %.2f s behind slow ones", round,
+                  fast.at - t0);
+        cr_assert(run_until_all(&f, slow, SLOW, 10));
+        for (int i = 0; i < SLOW; i++) {
+            cr_assert_eq(slow[i].code, 0);
+            cr_assert(slow[i].at - t0 < 1.8, "round %d: slow statement %d finished after %.2f s: they ran one after "
+                      "another", round, i, slow[i].at - t0);
+        }
     }
+    /* short statements the engine knows share pipelines: 60 queued in one
+     * turn take a couple of writes, not one per idle connection */
+    enum { FAST = 60 };
+    rec warm_fast;
+    run_sql(&f, "SELECT 3 AS known", &warm_fast, 10);
+    rec fr[FAST];
+    memset(fr, 0, sizeof(fr));
+    aorm_engine_stats s0 = stats_of(f.e);
+    for (int i = 0; i < FAST; i++) cr_assert_eq(aorm_engine_execute(f.e, "SELECT 3 AS known", NULL, NULL, on_rec, &fr[i]), 0);
+    cr_assert(run_until_all(&f, fr, FAST, 10));
+    aorm_engine_stats s1 = stats_of(f.e);
+    for (int i = 0; i < FAST; i++) cr_assert_eq(fr[i].code, 0);
+    cr_assert(s1.round_trips - s0.round_trips <= 3, "%llu writes for %d short statements",
+              (unsigned long long)(s1.round_trips - s0.round_trips), FAST);
     fx_close(&f);
 }
 
@@ -2172,5 +2191,63 @@ Test(engine_faults, copy_fill_frees_the_engine, .timeout = 60) {
     cr_assert_eq(t_pg_long(pg, "SELECT count(*) FROM flt_copy_free"), 0);
     fx_close(&f);
     free(t_pg_exec(pg, "DROP TABLE flt_copy_free"));
+    PQfinish(pg);
+}
+
+/* Freeing the engine while one COMMIT runs on the server and another
+ * waits, unsent, behind a slow statement: the first outcome is unknown,
+ * the second did not commit. Outcome by rule, not by path. */
+static int commit_running(void *arg) {
+    void **a = arg;
+    fx *f = a[0];
+    PGconn *pg = a[1];
+    char sql[512];
+    activity_sql(sql, sizeof(sql), f, "AND state = 'active' AND query = 'COMMIT'");
+    return t_pg_long(pg, sql) == 1;
+}
+
+Test(engine_faults, commit_outcomes_at_engine_free, .timeout = 60) {
+    PGconn *pg = t_pg();
+    free(t_pg_exec(pg, "DROP TABLE IF EXISTS flt_commit_free"));
+    free(t_pg_exec(pg, "CREATE TABLE flt_commit_free (v int)"));
+    free(t_pg_exec(pg, "CREATE OR REPLACE FUNCTION flt_slow_commit() RETURNS trigger LANGUAGE plpgsql AS "
+                       "$$ BEGIN PERFORM pg_sleep(3); RETURN NULL; END $$"));
+    free(t_pg_exec(pg, "CREATE CONSTRAINT TRIGGER flt_slow AFTER INSERT ON flt_commit_free DEFERRABLE INITIALLY "
+                       "DEFERRED FOR EACH ROW WHEN (NEW.v = 1) EXECUTE FUNCTION flt_slow_commit()"));
+    fx f;
+    aorm_engine_options o;
+    fx_init(&f, &o, "commit_free", NULL);
+    o.pool_size = 2;
+    fx_engine(&f, &o);
+    hold h1 = {0}, h2 = {0};
+    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h1), 0);
+    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h2), 0);
+    hold *hs[] = {&h1, &h2, NULL};
+    cr_assert(wait_fn(f.evl, holds_all_called, hs, 10));
+    cr_assert(h1.code == 0 && h2.code == 0);
+    rec b1 = {0}, i1 = {0}, c1 = {0}, b2 = {0}, i2 = {0}, slow = {0}, c2 = {0};
+    cr_assert_eq(aorm_conn_begin(h1.c, NULL, on_rec, &b1), 0);
+    cr_assert_eq(aorm_conn_execute(h1.c, "INSERT INTO flt_commit_free VALUES (1)", NULL, NULL, on_rec, &i1), 0);
+    cr_assert_eq(aorm_conn_commit(h1.c, on_rec, &c1), 0);
+    cr_assert_eq(aorm_conn_begin(h2.c, NULL, on_rec, &b2), 0);
+    cr_assert_eq(aorm_conn_execute(h2.c, "INSERT INTO flt_commit_free VALUES (2)", NULL, NULL, on_rec, &i2), 0);
+    cr_assert(wait_flag(f.evl, &i2.calls, 10));
+    cr_assert_eq(aorm_conn_execute(h2.c, "SELECT pg_sleep(3)", NULL, NULL, on_rec, &slow), 0);
+    void *a[] = {&f, pg};
+    cr_assert(wait_fn(f.evl, commit_running, a, 10), "the first COMMIT never started on the server");
+    /* queued after the slow statement had gone out: never sent */
+    cr_assert_eq(aorm_conn_commit(h2.c, on_rec, &c2), 0);
+    aorm_engine_free(f.e);
+    f.e = NULL;
+    cr_assert_eq(c1.calls, 1);
+    cr_assert_eq(c1.code, AORM_EUNKNOWN_OUTCOME, "the running COMMIT: %s", aorm_errname(c1.code));
+    cr_assert_str_eq(c1.sqlstate, "08007");
+    cr_assert_eq(c2.calls, 1);
+    cr_assert_eq(c2.code, AORM_ENOT_COMMITTED, "the unsent COMMIT: %s", aorm_errname(c2.code));
+    cr_assert_eq(slow.calls, 1);
+    cr_assert_eq(slow.code, AORM_ECANCELED);
+    fx_close(&f);
+    free(t_pg_exec(pg, "DROP TABLE flt_commit_free"));
+    free(t_pg_exec(pg, "DROP FUNCTION flt_slow_commit()"));
     PQfinish(pg);
 }

@@ -1,40 +1,28 @@
-/* test_resolve.c -- host names and the engine's helper threads, against the
- * sandbox PostgreSQL: every address of a name reaches libpq as a hostaddr
- * list (A and AAAA, in getaddrinfo order, each once, host and port lists
- * expanded to match), a name that cannot be resolved is left out of a
- * multi-host list, a resolver that never answers fails the connection
- * attempt at its connect timeout, lookups run several at once and never
- * wait behind a stuck cancel request, a stuck cancel request counts as
- * failed after its bound, and freeing the engine returns at once whatever
- * its helper threads are stuck in.
+/* test_resolve.c -- host names and the engine's helper threads, against
+ * the sandbox PostgreSQL: every address of a name reaches libpq as a
+ * hostaddr list (A and AAAA, in getaddrinfo order, each once, host and
+ * port lists expanded to match), a name that cannot be resolved is left
+ * out of a multi-host list, a resolver that never answers fails the
+ * connection attempt at its connect timeout while the loop runs on time,
+ * lookups run several at once, and freeing the engine returns at once
+ * while a lookup is stuck.
  *
  * No test sends anything off the machine. A test that resolves a name
  * first moves its process into a private mount namespace (each Criterion
- * test is a process of its own) and bind-mounts its own /etc/hosts,
- * /etc/nsswitch.conf and /etc/resolv.conf there; the resolv.conf names a
- * DNS server this file runs on a loopback address (127.x.y.z, port 53),
- * which answers as told or not at all. The one test that uses the real
- * /etc/hosts resolves `localhost` through `files` only.
- *
- * A cancel request is made to hang by stopping the sandbox's postmaster
- * (SIGSTOP): the kernel completes its TCP handshake from the listen
- * backlog, nobody reads it. A guard process continues the postmaster when
- * the test process ends, however it ends, and every test continues it
- * itself too. Cancel requests are queued on the engine's helper threads
- * directly (engine_int.h), so that the tests do not depend on when the
- * engine decides to send one.
- *
- * Runs with --jobs=1: a stopped postmaster would stall any test beside. */
-
+ * test is a process of its own) and bind-mounts its own /etc/nsswitch.conf,
+ * /etc/resolv.conf and, for `files`, /etc/hosts there; the resolv.conf
+ * names a DNS server this file runs on a loopback address (127.x.y.z,
+ * port 53), which answers as told or not at all. The one test that reads
+ * the machine's own /etc/hosts resolves `localhost` through `files` only.
+ * The names that connect are `localhost`, the name the sandbox's
+ * certificate and password file are for. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <ev.h>
-#include <fcntl.h>
 #include <netdb.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
-#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,11 +30,9 @@
 #include <strings.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
-#include "async_engine/engine_int.h"
 #include "support.h"
 
 static double mono(void) {
@@ -253,74 +239,6 @@ static void dns_stop(dns *d) {
     close(d->stop[1]);
 }
 
-/* ---- stopping the postmaster, always continued ---------------------------- */
-
-static pid_t g_pm;          /* stopped postmaster, 0 when running */
-static int g_guard_fd = -1; /* write end: its closing continues the postmaster */
-static pid_t g_guard;
-
-static pid_t postmaster_pid(void) {
-    const char *dir = getenv("AORM_SANDBOX_DIR");
-    cr_assert(dir && *dir, "AORM_SANDBOX_DIR is not set: run the tests through the sandbox");
-    char path[1024];
-    snprintf(path, sizeof(path), "%s/pg/postmaster.pid", dir);
-    FILE *f = fopen(path, "r");
-    cr_assert_not_null(f, "cannot read %s", path);
-    long pid = 0;
-    cr_assert_eq(fscanf(f, "%ld", &pid), 1);
-    fclose(f);
-    return (pid_t)pid;
-}
-
-static char proc_state(pid_t pid) {
-    char path[64], buf[512];
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (!f) return '?';
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    char *p = strrchr(buf, ')');
-    return p && p[1] == ' ' ? p[2] : '?';
-}
-
-static void pm_continue(void) {
-    if (g_pm) kill(g_pm, SIGCONT);
-    g_pm = 0;
-    if (g_guard_fd >= 0) {
-        close(g_guard_fd); /* the guard continues it too, and exits */
-        g_guard_fd = -1;
-        waitpid(g_guard, NULL, 0);
-    }
-}
-
-static void pm_stop(void) {
-    pid_t pm = postmaster_pid();
-    int p[2];
-    cr_assert_eq(pipe(p), 0);
-    pid_t g = fork();
-    cr_assert(g >= 0);
-    if (g == 0) {
-        close(p[1]);
-        char c;
-        while (read(p[0], &c, 1) < 0 && errno == EINTR) {
-        }
-        kill(pm, SIGCONT);
-        _exit(0);
-    }
-    close(p[0]);
-    g_guard = g;
-    g_guard_fd = p[1];
-    fcntl(g_guard_fd, F_SETFD, FD_CLOEXEC);
-    g_pm = pm;
-    cr_assert_eq(kill(pm, SIGSTOP), 0);
-    double until = mono() + 5;
-    while (proc_state(pm) != 'T' && mono() < until) usleep(1000);
-    cr_assert_eq(proc_state(pm), 'T', "the postmaster did not stop");
-}
-
-static void fini_continue(void) { pm_continue(); }
-
 /* ---- the engine under test -------------------------------------------------- */
 
 typedef struct logline {
@@ -360,13 +278,6 @@ static const logline *log_line(const env *t, int level, const char *needle) {
 static const char *log_find(const env *t, int level, const char *needle) {
     const logline *l = log_line(t, level, needle);
     return l ? l->text : NULL;
-}
-
-static int log_count(const env *t, int level, const char *needle) {
-    int n = 0;
-    for (int i = 0; i < t->nlogs; i++)
-        if (t->logs[i].level == level && strstr(t->logs[i].text, needle)) n++;
-    return n;
 }
 
 static void on_beat(struct ev_loop *evl, ev_timer *w, int revents) {
@@ -448,6 +359,7 @@ typedef struct rec {
     int code;
     char msg[512];
     char detail[512];
+    char sqlstate[6];
     char text[64];          /* first value, as text */
     double at;
 } rec;
@@ -458,6 +370,7 @@ static void on_rec(aorm_engine *e, aorm_result *res, const aorm_error *err, void
     r->at = mono();
     if (err) {
         r->code = err->code;
+        snprintf(r->sqlstate, sizeof(r->sqlstate), "%s", err->sqlstate);
         snprintf(r->msg, sizeof(r->msg), "%s", err->message);
         snprintf(r->detail, sizeof(r->detail), "%s", err->detail ? err->detail : "");
         return;
@@ -484,19 +397,6 @@ static void exec_ok(env *t, const char *sql, rec *r) {
     cr_assert(t_run_until(t->evl, &r->calls, 15), "no answer to %s", sql);
     if (r->code != 0) log_dump(t);
     cr_assert_eq(r->code, 0, "%s failed: %s (%s) %s", sql, aorm_errname(r->code), r->msg, r->detail);
-}
-
-typedef struct hold {
-    int calls;
-    int code;
-    aorm_conn *c;
-} hold;
-
-static void on_hold(aorm_engine *e, aorm_conn *c, const aorm_error *err, void *user) {
-    hold *h = user;
-    if (h->calls++ > 0) return;
-    h->c = c;
-    h->code = err ? err->code : 0;
 }
 
 /* The hostaddr list the engine gave libpq for its n-th connection
@@ -545,7 +445,7 @@ static void expected_addrs(const char *name, char *out, size_t cap) {
 /* This machine's /etc/hosts maps localhost to 127.0.0.1 only; whatever it
  * maps it to is what libpq gets, in getaddrinfo's order. Resolved through
  * `files` alone, in a namespace whose resolv.conf points at loopback. */
-Test(resolve, localhost_from_etc_hosts, .timeout = 30, .fini = fini_continue) {
+Test(resolve, localhost_from_etc_hosts, .timeout = 30) {
     dns d;
     dns_start(&d, DNS_HANG);
     cr_assert_eq(unshare(CLONE_NEWNS), 0, "unshare: %s", strerror(errno));
@@ -583,7 +483,7 @@ Test(resolve, localhost_from_etc_hosts, .timeout = 30, .fini = fini_continue) {
  * 127.0.0.1 only, so the connection fails over from ::1 to 127.0.0.1.
  * The name is `localhost`, mapped by this namespace's own /etc/hosts: the
  * name the sandbox's certificate and password file are for. */
-Test(resolve, hosts_file_every_address_in_order, .timeout = 30, .fini = fini_continue) {
+Test(resolve, hosts_file_every_address_in_order, .timeout = 30) {
     dns d;
     dns_start(&d, DNS_HANG);
     private_names("files", "::1 localhost\n127.0.0.1 localhost\n127.0.0.1 localhost\n", d.ip);
@@ -616,7 +516,7 @@ Test(resolve, hosts_file_every_address_in_order, .timeout = 30, .fini = fini_con
 /* host=address,name,name,socket-dir with a port list: host and port are
  * repeated per address, an address and a socket directory keep their
  * entry with an empty hostaddr slot. */
-Test(resolve, multi_host_lists_expand, .timeout = 30, .fini = fini_continue) {
+Test(resolve, multi_host_lists_expand, .timeout = 30) {
     dns d;
     dns_start(&d, DNS_HANG);
     private_names("files", "::1 localhost\n127.0.0.1 localhost\n127.0.0.1 aorm-one.test\n", d.ip);
@@ -648,7 +548,7 @@ Test(resolve, multi_host_lists_expand, .timeout = 30, .fini = fini_continue) {
 }
 
 /* The same through DNS: A and AAAA records, a duplicate among them. */
-Test(resolve, dns_every_address_in_order, .timeout = 30, .fini = fini_continue) {
+Test(resolve, dns_every_address_in_order, .timeout = 30) {
     dns d;
     dns_start(&d, DNS_ANSWER);
     d.name = "localhost"; /* from this DNS server alone: no /etc/hosts */
@@ -681,7 +581,7 @@ Test(resolve, dns_every_address_in_order, .timeout = 30, .fini = fini_continue) 
 /* A name the DNS server does not know is left out of a multi-host list
  * (with a warning naming it); alone, it fails the attempt with ECONNECT
  * naming it, at once. */
-Test(resolve, unknown_name_left_out_or_fails, .timeout = 30, .fini = fini_continue) {
+Test(resolve, unknown_name_left_out_or_fails, .timeout = 30) {
     dns d;
     dns_start(&d, DNS_ANSWER);
     d.name = "localhost";
@@ -712,9 +612,13 @@ Test(resolve, unknown_name_left_out_or_fails, .timeout = 30, .fini = fini_contin
     cr_assert(r.code == AORM_ECONNECT || r.code == AORM_EPOOLTIMEOUT, "%s: %s", aorm_errname(r.code), r.msg);
     cr_assert(strstr(r.msg, "gone.aorm.test") || strstr(r.detail, "gone.aorm.test"), "not named: %s / %s", r.msg,
               r.detail);
+    cr_assert_str_eq(r.sqlstate, "08001");
     const logline *l = log_line(&t, AORM_LOG_ERROR, "could not translate host name \"gone.aorm.test\"");
     cr_assert(l, "the failed attempt was not logged");
     cr_assert(l->at - t0 < 0.5, "the attempt failed after %.3f s", l->at - t0);
+    aorm_engine_stats s;
+    aorm_engine_stats_get(t.e, &s);
+    cr_assert(s.connect_failures >= 1);
     run_for(&t, 0.05);
     cr_assert_eq(r.calls, 1);
     env_close(&t);
@@ -733,7 +637,7 @@ static int no_attempts(void *arg) {
 
 /* The attempt fails at its connect timeout with an ECONNECT naming the
  * host; the loop runs on time meanwhile; the late answer is ignored. */
-Test(resolve, hung_resolver_fails_attempt_at_connect_timeout, .timeout = 30, .fini = fini_continue) {
+Test(resolve, hung_resolver_fails_attempt_at_connect_timeout, .timeout = 30) {
     dns d;
     dns_start(&d, DNS_HANG);
     private_names("dns", NULL, d.ip);
@@ -775,7 +679,7 @@ Test(resolve, hung_resolver_fails_attempt_at_connect_timeout, .timeout = 30, .fi
 /* Freeing the engine while a lookup is stuck inside getaddrinfo returns
  * at once; the statement waiting for it is cancelled; when the answer
  * finally comes, the helper thread drops it and ends. */
-Test(resolve, engine_free_with_lookup_stuck_returns_at_once, .timeout = 30, .fini = fini_continue) {
+Test(resolve, engine_free_with_lookup_stuck_returns_at_once, .timeout = 30) {
     dns d;
     dns_start(&d, DNS_HANG);
     private_names("dns", NULL, d.ip);
@@ -805,7 +709,7 @@ Test(resolve, engine_free_with_lookup_stuck_returns_at_once, .timeout = 30, .fin
 /* Connections opened together resolve together: three attempts, three
  * lookups inside getaddrinfo at once (each has a resolver socket of its
  * own), and the two names of one attempt are looked up at once too. */
-Test(resolve, lookups_run_concurrently, .timeout = 30, .fini = fini_continue) {
+Test(resolve, lookups_run_concurrently, .timeout = 30) {
     dns d;
     dns_start(&d, DNS_HANG);
     private_names("dns", NULL, d.ip);
@@ -826,131 +730,4 @@ Test(resolve, lookups_run_concurrently, .timeout = 30, .fini = fini_continue) {
     env_close(&t);
     dns_release(&d);
     dns_stop(&d);
-}
-
-/* ==========================================================================
- * Stuck cancel requests
- * ========================================================================== */
-
-/* Connections past their lookups (connecting or open). */
-static int conns_resolved(aorm_engine *e) {
-    int n = 0;
-    for (aorm_conn *c = e->conns; c; c = c->next) n += c->state == CONN_CONNECTING || c->state == CONN_READY;
-    return n;
-}
-
-static int two_resolved(void *arg) { return conns_resolved(arg) >= 2; }
-static int conn_broken(void *arg) { return aorm_conn_broken(arg); }
-
-/* A cancel request stuck on a stopped postmaster does not delay a lookup
- * queued after it, and engine free returns at once with both out. */
-Test(resolve, stuck_cancel_does_not_delay_lookups, .timeout = 30, .fini = fini_continue) {
-    dns d;
-    dns_start(&d, DNS_HANG);
-    private_names("files", "127.0.0.1 localhost\n", d.ip);
-    int base = threads_now();
-    PGconn *victim = t_pg();
-    env t;
-    aorm_engine_options o;
-    env_init(&t, &o, "host=localhost");
-    env_engine(&t, &o);
-    hold h = {0};
-    cr_assert_eq(aorm_engine_acquire(t.e, on_hold, &h), 0);
-    cr_assert(t_run_until(t.evl, &h.calls, 10));
-    cr_assert_eq(h.code, 0);
-    cr_assert_eq(conns_resolved(t.e), 1);
-
-    pm_stop();
-    PGcancel *pc = PQgetCancel(victim);
-    cr_assert_not_null(pc);
-    cr_assert_eq(aorm__worker_cancel(t.e->worker, 0, pc), 0);
-    run_for(&t, 0.05); /* the helper is in PQcancel now, or about to be */
-
-    /* the held connection keeps the first one busy: this opens another */
-    double t0 = mono();
-    rec r;
-    exec_sql(&t, "SELECT 1", &r);
-    cr_assert(t_run_until_fn(t.evl, two_resolved, t.e, 3), "the lookup waited behind the stuck cancel request");
-    cr_assert(mono() - t0 < 1.0, "the lookup took %.3f s", mono() - t0);
-    cr_assert_eq(r.calls, 0, "connecting to a stopped postmaster cannot have finished");
-    assert_loop_on_time(&t);
-
-    env_free_engine(&t); /* a cancel stuck, a connection attempt stuck, a held connection */
-    cr_assert_eq(r.calls, 1);
-    cr_assert_eq(r.code, AORM_ECANCELED);
-    pm_continue();
-    double until = mono() + 10;
-    while (threads_now() > base && mono() < until) usleep(2000);
-    cr_assert_eq(threads_now(), base, "the cancel thread did not end once the postmaster answered");
-    PQfinish(victim);
-    env_close(&t);
-    dns_stop(&d);
-}
-
-/* A stuck cancel request alone: engine free returns at once. */
-Test(resolve, engine_free_with_cancel_stuck_returns_at_once, .timeout = 30, .fini = fini_continue) {
-    int base = threads_now();
-    PGconn *victim = t_pg();
-    env t;
-    aorm_engine_options o;
-    env_init(&t, &o, NULL);
-    env_engine(&t, &o);
-    rec r;
-    exec_ok(&t, "SELECT 1", &r);
-    pm_stop();
-    PGcancel *pc = PQgetCancel(victim);
-    cr_assert_eq(aorm__worker_cancel(t.e->worker, 0, pc), 0);
-    run_for(&t, 0.1); /* the helper is in PQcancel now */
-    env_free_engine(&t);
-    pm_continue();
-    double until = mono() + 10;
-    while (threads_now() > base && mono() < until) usleep(2000);
-    cr_assert_eq(threads_now(), base, "the cancel thread did not end once the postmaster answered");
-    PQfinish(victim);
-    env_close(&t);
-}
-
-/* A cancel request not completed within connect_timeout counts as failed:
- * a warning, and its connection is discarded (the request may still reach
- * the server later and hit whatever runs then). The late completion is
- * dropped. */
-Test(resolve, stuck_cancel_times_out_and_discards_the_connection, .timeout = 30, .fini = fini_continue) {
-    int base = threads_now();
-    env t;
-    aorm_engine_options o;
-    env_init(&t, &o, NULL);
-    o.connect_timeout = 0.3;
-    env_engine(&t, &o);
-    hold h = {0};
-    cr_assert_eq(aorm_engine_acquire(t.e, on_hold, &h), 0);
-    cr_assert(t_run_until(t.evl, &h.calls, 10));
-    cr_assert_eq(h.code, 0);
-    aorm_conn *c = h.c;
-    pm_stop();
-    PGcancel *pc = PQgetCancel(c->pg);
-    double t0 = mono();
-    cr_assert_eq(aorm__worker_cancel(t.e->worker, c->id, pc), 0);
-    c->cancel_pending = true;
-    cr_assert(t_run_until_fn(t.evl, conn_broken, c, 3), "the connection was kept");
-    double dt = mono() - t0;
-    cr_assert(dt >= 0.25 && dt < 1.0, "discarded after %.3f s, the bound is 0.3 s", dt);
-    cr_assert(log_find(&t, AORM_LOG_WARN, "did not complete within 0.3 s"), "no warning");
-    aorm_engine_stats s;
-    aorm_engine_stats_get(t.e, &s);
-    cr_assert_eq(s.discarded, 1);
-    assert_loop_on_time(&t);
-    aorm_conn_release(c);
-
-    /* the engine still works, and the late completion changes nothing */
-    pm_continue();
-    rec r;
-    exec_ok(&t, "SELECT 3", &r);
-    int warns = log_count(&t, AORM_LOG_WARN, "cancel");
-    run_for(&t, 0.3);
-    cr_assert_eq(log_count(&t, AORM_LOG_WARN, "cancel"), warns);
-    env_free_engine(&t);
-    double until = mono() + 10;
-    while (threads_now() > base && mono() < until) usleep(2000);
-    cr_assert_eq(threads_now(), base, "a helper thread did not end after the engine was freed");
-    env_close(&t);
 }

@@ -19,7 +19,9 @@
  * Each test creates its own table (named with the process id: Criterion
  * runs every test in a process of its own), so nothing here touches the
  * reference data. Backends are terminated from a side libpq connection,
- * and every wait is for an event (a callback, the engine's count of lost
+ * only ever the test's own session's (found by pg_backend_pid() through
+ * that session), so the suite can run beside others; every wait is for
+ * an event (a callback, the engine's count of lost
  * connections, a backend's state in pg_stat_activity), never for time. */
 #include <stdarg.h>
 #include <stddef.h>
@@ -530,7 +532,8 @@ Test(tx_commit, connection_lost_mid_commit_is_unknown_and_nothing_is_inserted_tw
     /* the transaction is over; what it inserted has left the session */
     cr_assert_not(aorm_session_in_transaction(s));
     cr_assert_not(aorm_session_rollback_required(s));
-    cr_assert_eq(aorm_object_state_of(s, it), AORM_DETACHED, "an object whose INSERT may have committed is still in the session");
+    cr_assert_eq(aorm_object_state_of(s, it), AORM_DETACHED,
+                 "an object whose INSERT may have committed is still in the session");
     cr_assert_neq(it->id, 0, "its key stays, to look the row up");
     cr_assert_eq(aorm_session_add(s, it), AORM_EMISUSE, "it can be added again");
     /* the updated object is expired, not modified: no UPDATE goes again */
@@ -555,6 +558,41 @@ Test(tx_commit, connection_lost_mid_commit_is_unknown_and_nothing_is_inserted_tw
     env_close(&t);
 }
 
+Test(tx_commit, a_session_freed_with_its_commit_in_flight_reports_an_unknown_outcome, .timeout = TIMEOUT) {
+    env t;
+    env_open(&t);
+    add_blocking_commit_trigger(&t);
+    char name[64];
+    snprintf(name, sizeof(name), "free-in-commit-%ld", (long)getpid());
+    aorm_session *s = aorm_session_new(t.e, NULL);
+    cr_assert_not_null(s);
+    int64_t pid = session_int(&t, s, "SELECT pg_backend_pid()");
+    cr_assert_eq(aorm_session_add(s, new_item(s, name)), 0);
+    pg_exec(&t, "SELECT pg_advisory_lock(%ld)", t.lock_key);
+    rec c = {0}, behind = {0};
+    cr_assert_eq(aorm_session_commit(s, on_done, &c), 0);
+    cr_assert_eq(aorm_session_flush(s, on_done, &behind), 0);
+    waiting_backend w = {&t, pid, "COMMIT"};
+    cr_assert(t_run_until_fn(t.evl, backend_blocked, &w, WAIT), "the COMMIT never reached the trigger");
+    aorm_session_free(s); /* callbacks from inside this call */
+    cr_assert_eq(c.calls, 1);
+    cr_assert_eq(c.code, AORM_EUNKNOWN_OUTCOME, "a COMMIT sent and unanswered: %s", aorm_errname(c.code));
+    cr_assert_str_eq(c.sqlstate, "08007");
+    cr_assert_eq(behind.calls, 1);
+    cr_assert_eq(behind.code, AORM_ECANCELED);
+    settle(&t);
+    cr_assert(c.calls == 1 && behind.calls == 1);
+    pg_exec(&t, "SELECT pg_advisory_unlock(%ld)", t.lock_key);
+    /* the connection went back to the pool with its COMMIT unanswered: the
+     * engine drops the answer (committed here, since the backend lived) */
+    rec q = {0};
+    aorm_session *r = aorm_session_new(t.e, NULL);
+    cr_assert_not_null(r);
+    query_expect(&t, r, name, 0, &q, "the engine still works");
+    aorm_session_free(r);
+    env_close(&t);
+}
+
 /* ==========================================================================
  * 4. A value the program set is the value written
  * ========================================================================== */
@@ -563,7 +601,8 @@ Test(tx_commit, connection_lost_mid_commit_is_unknown_and_nothing_is_inserted_tw
 static char *row_text(env *t, const char *name) {
     char sql[512];
     snprintf(sql, sizeof(sql),
-             "SELECT concat_ws(' ', flag, qty, coalesce(rank::text, 'null'), note, floor(extract(epoch FROM created))::bigint) "
+             "SELECT concat_ws(' ', flag, qty, coalesce(rank::text, 'null'), note, "
+             "floor(extract(epoch FROM created))::bigint) "
              "FROM \"%s\" WHERE name = '%s'",
              item_table, name);
     char *v = t_pg_exec(t->pg, sql);

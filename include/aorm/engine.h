@@ -37,14 +37,10 @@
  * and its late answer is ignored. With `hostaddr` given nothing is looked
  * up; a host that only a service file names is left to libpq (blocking).
  *
- * The helper threads also send cancel requests, which libpq 15 can only
- * send blocking. Cancels and lookups have separate threads (up to 4 and
- * 16 at once) and never wait for each other. A cancel request not
- * completed within connect_timeout counts as failed (a warning) and its
- * connection is discarded, since the request may still reach the server
- * later. aorm_engine_free() never waits for a helper thread: one still
- * stuck in a lookup or a cancel finishes on its own and its answer is
- * dropped.
+ * Up to 16 lookups run at once on their own threads, so the pool's
+ * connections resolve together. aorm_engine_free() never waits for a
+ * helper thread: one still stuck in a lookup finishes on its own and its
+ * answer is dropped.
  *
  * Threading: one loop, one thread. The engine's helper threads never
  * touch user state or call user callbacks. */

@@ -132,7 +132,13 @@ typedef struct aorm_column {
     unsigned flags;             /**< AORM_PK | AORM_NULLABLE | ... */
     /** SQL expression from the model's author, e.g. "now()"; or NULL. DDL
      * writes it into CREATE TABLE as is (it is SQL, not a value): it must
-     * be a constant of the program, never built from user input. */
+     * be a constant of the program, never built from user input.
+     * At INSERT, a C field cannot say "unset": a session writes the
+     * field's value, 0 / false / NULL included, unless the program left
+     * the column to the server for that object with
+     * aorm_object_use_default() (session.h), whose value is then read
+     * back. Core's aorm_insert_object() instead leaves the column out
+     * whenever the field is 0 / NULL (sql.h). */
     const char *server_default;
     int aorm_reserved;          /**< lets the declaration macros end without a trailing option */
 } aorm_column;

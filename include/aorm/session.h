@@ -105,7 +105,8 @@ AORM_API void aorm_session_options_init(aorm_session_options *o);
 AORM_API aorm_session *aorm_session_new(aorm_engine *e, const aorm_session_options *o);
 
 /** Closes the session: every queued or running operation calls back once
- * with AORM_ECANCELED, its statements in flight are cancelled in the
+ * with AORM_ECANCELED (a commit whose COMMIT is already sent with
+ * AORM_EUNKNOWN_OUTCOME), its statements in flight are cancelled in the
  * engine (their answers are dropped), an open transaction is rolled
  * back, the held connection is released and every object and string of
  * the session is freed. Accepts NULL. May be called from a callback of

@@ -470,6 +470,7 @@ int aorm__conn_send(aorm_conn *c, aorm__op *op) {
 sent:
     op->queued = false;
     c->inflight_ops++;
+    aorm__lat_sent(c, op);
     e->stats.statements++;
     if (op->role == ROLE_BEGIN) c->in_tx = true;
     if (op->deadline < AORM__NEVER) aorm__conn_arm_timer(c, op->deadline);
@@ -590,6 +591,7 @@ static void fatal_lost(aorm_conn *c, aorm__op *op, const PGresult *r) {
 /* One QUERY item finished with result r (NULL if the server sent none). */
 static void query_done(aorm_conn *c, aorm__op *op, PGresult *r) {
     c->inflight_ops--;
+    aorm__lat_answered(c, op);
     ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
     if (st != PGRES_PIPELINE_ABORTED && c->held)
         track_txs(c, op, r, st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK || st == PGRES_EMPTY_QUERY ||

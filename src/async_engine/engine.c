@@ -4,10 +4,11 @@
  * Dispatch is the one place where statements reach connections. It runs
  * at the loop's before-poll stage, so every statement queued during a
  * loop turn (by any number of callers) goes out together: one pipeline
- * write per connection per turn. Autocommit statements go to idle shared
- * connections first (one each), and only when every connection is busy
- * are they pipelined onto the least loaded one; the pool grows toward
- * pool_size while statements had to be pipelined behind others.
+ * write per connection per turn. Short autocommit statements share
+ * pipelines (their recent service times say they are short); anything
+ * else goes to an idle connection first, and only when every connection
+ * is busy is it pipelined onto the least loaded one, while the pool grows
+ * toward pool_size (see pick_shared).
  *
  * Owns: the connections (conn.c), queued operations, the helper thread.
  * Must not: call a user callback from inside the call that queued its
@@ -391,7 +392,7 @@ static aorm__op *op_new(aorm_engine *e, const char *sql, const aorm_params *p,
         op->formats[i] = s->format;
         op->types[i] = s->type;
     }
-    if (e->o.prepared_cache_size > 0) op->hash = aorm__stmt_hash(op->sql, sql_len, op->types, n);
+    op->hash = aorm__stmt_hash(op->sql, sql_len, op->types, n); /* statement cache and dispatch */
     op->flags = xo ? xo->flags : 0;
     op->submitted = aorm_loop_now(e->loop);
     double d = xo ? xo->deadline : 0;
@@ -889,29 +890,108 @@ static int send_one(aorm_conn *c, aorm__op *op) {
  * or the loop has not polled since): check it before sending. Measured on
  * the monotonic clock, not the loop's cached time, for that reason. */
 static bool needs_check(aorm_engine *e, aorm_conn *c) {
-    return e->o.pre_ping || aorm__mono_now() - c->last_used > 0.001;
+    if (c->checked_turn == e->turn) return false; /* checked already in this dispatch */
+    if (!e->o.pre_ping && aorm__mono_now() - c->last_used <= 0.001) return false;
+    c->checked_turn = e->turn; /* aorm__conn_check_alive follows */
+    return true;
 }
 
-/* The connection for the next autocommit statement. An idle one first
- * (the most or least recently used, per `lifo`), so that a long statement
- * never holds up work another connection could run; only when every
- * connection is busy, the least loaded one, where the statement is
- * pipelined behind the work in flight (*packed is then set). NULL when no
- * shared connection can take it. */
-static aorm_conn *pick_shared(aorm_engine *e, bool *packed) {
-    aorm_conn *idle = NULL, *least = NULL;
+/* ---- service times: what dispatch knows of a statement ----------------------
+ *
+ * Pipelining many short statements on one connection is what makes the
+ * engine fast; pipelining anything behind a long statement is head-of-line
+ * blocking. Dispatch tells the two apart by the service time each
+ * statement text took recently: the time between its answer and the
+ * previous answer on its connection (or its send, if later). A statement
+ * never seen, or one that took long, is not pipelined behind, nor
+ * pipelined behind others while an idle connection exists. */
+
+static float lat_expect(const aorm_engine *e, const aorm__op *op) {
+    const aorm__lat *l = &e->lat[op->hash & (AORM__LAT_SLOTS - 1)];
+    return l->hash == op->hash && l->us > 0 ? l->us : -1.0f;
+}
+
+void aorm__lat_sent(aorm_conn *c, aorm__op *op) {
+    op->expect_us = lat_expect(c->e, op);
+    op->sent_mono = aorm__mono_now();
+    if (op->expect_us < 0) c->unknown_inflight++;
+    else c->expect_us += op->expect_us;
+}
+
+void aorm__lat_answered(aorm_conn *c, aorm__op *op) {
+    aorm_engine *e = c->e;
+    double now = aorm__mono_now();
+    double us;
+    if (c->last_answer > op->sent_mono) {
+        /* answered right behind another answer: the gap is the server's time */
+        us = (now - c->last_answer) * 1e6;
+    } else {
+        /* the first answer since it was sent: less the round trip itself,
+         * whose estimate is the smallest such wait seen lately (never
+         * above 2 ms: a slow first statement must not pass for a round
+         * trip; a slower network only makes fewer statements look short) */
+        double wait = (now - op->sent_mono) * 1e6;
+        e->rtt_us = fmin(2000.0, e->rtt_us > 0 ? fmin(wait, e->rtt_us * 1.01 + 1.0) : wait);
+        us = wait - e->rtt_us;
+    }
+    c->last_answer = now;
+    if (op->expect_us < 0) {
+        if (c->unknown_inflight > 0) c->unknown_inflight--;
+    } else {
+        c->expect_us = c->inflight_ops > 0 ? fmax(0.0, c->expect_us - op->expect_us) : 0.0;
+    }
+    if (op->kind != OP_QUERY) return;
+    aorm__lat *l = &e->lat[op->hash & (AORM__LAT_SLOTS - 1)];
+    if (l->hash != op->hash || l->us <= 0) {
+        l->hash = op->hash;
+        l->us = (float)fmax(us, 1.0);
+    } else {
+        l->us = (float)fmax(1.0, 0.75 * l->us + 0.25 * us);
+    }
+}
+
+/* Pipelined behind work expected to take longer than this, a statement
+ * waits rather than runs: it goes to an idle connection instead. */
+#define AORM__PACK_BUDGET_US 5000.0
+/* and never more than this many statements per connection at once */
+#define AORM__PACK 32
+
+/* The connection for the next autocommit statement:
+ *   1. a busy connection whose work in flight is known to be short, when
+ *      op is known to be short too (the fullest one that stays within
+ *      the budget: short statements share pipelines, the fast path);
+ *   2. else an idle connection (the most or least recently used, per
+ *      `lifo`): nothing waits behind a long or unknown statement while
+ *      another connection is free;
+ *   3. else the least loaded connection: op is pipelined behind others
+ *      (*packed is set: the pool should grow).
+ * NULL when no shared connection can take it. */
+static aorm_conn *pick_shared(aorm_engine *e, const aorm__op *op, bool *packed) {
+    float want = lat_expect(e, op);
+    aorm_conn *idle = NULL, *fit = NULL, *least = NULL;
+    double least_load = 0;
     for (aorm_conn *c = e->conns; c; c = c->next) {
         if (!shared_usable(c) || c->icount >= (uint32_t)e->o.max_pipeline) continue;
         if (c->icount == 0) {
             if (!c->touched && needs_check(e, c) && !aorm__conn_check_alive(c))
-                return pick_shared(e, packed); /* the list changed */
+                return pick_shared(e, op, packed); /* the list changed */
             if (!idle || (e->o.lifo ? c->last_used > idle->last_used : c->last_used < idle->last_used)) idle = c;
             continue;
         }
-        if (!least || c->inflight_ops < least->inflight_ops) least = c;
+        if (want >= 0 && c->unknown_inflight == 0 && c->inflight_ops < AORM__PACK &&
+            c->expect_us + want <= AORM__PACK_BUDGET_US && (!fit || c->expect_us > fit->expect_us))
+            fit = c;
+        double load = c->unknown_inflight * 1e12 + c->expect_us;
+        if (!least || load < least_load) {
+            least = c;
+            least_load = load;
+        }
     }
-    *packed = !idle && least;
-    return idle ? idle : least;
+    *packed = false;
+    if (fit) return fit;
+    if (idle) return idle;
+    *packed = least != NULL;
+    return least;
 }
 
 static aorm_conn *pick_idle(aorm_engine *e, double now) {
@@ -1057,6 +1137,7 @@ static void dispatch(aorm_loop *loop, void *arg) {
     double now = aorm_loop_now(loop);
     aorm_conn *touched = NULL;
     e->in_dispatch = true;
+    e->turn++;
 
     /* 1. connections coming back: released, drained after a cancel */
     bool rescan = e->rescan;
@@ -1126,7 +1207,7 @@ static void dispatch(aorm_loop *loop, void *arg) {
     bool packed_any = false;
     while (e->q_head) {
         bool packed;
-        aorm_conn *c = pick_shared(e, &packed);
+        aorm_conn *c = pick_shared(e, e->q_head, &packed);
         if (!c) break;
         packed_any |= packed;
         aorm__op *op = e->q_head;

@@ -25,6 +25,10 @@
 typedef struct aorm__op aorm__op;
 typedef struct aorm__stmt aorm__stmt;
 typedef struct aorm__worker aorm__worker;
+typedef struct aorm__lat {
+    uint64_t hash; /* of the statement text and parameter types */
+    float us;      /* recent service time, microseconds */
+} aorm__lat;
 
 /* What resolving one connection's host list found: per entry of the
  * engine's host list (e->hosts), the addresses in getaddrinfo order,
@@ -38,6 +42,7 @@ typedef struct aorm__resolved {
 } aorm__resolved;
 
 #define AORM__NEVER 1e300 /* deadline of an operation that has none */
+#define AORM__LAT_SLOTS 1024 /* statement texts whose service time dispatch remembers */
 /* internal exec flag: start a new sync group before this statement */
 #define AORM__EXEC_NEW_GROUP (1u << 30)
 
@@ -97,6 +102,8 @@ struct aorm__op {
     aorm__op *owner_prev, *owner_next;
     bool cancelling;       /* being cancelled: taken out of its queue */
     bool waited;           /* counted once in stats.pool_waits */
+    float expect_us;       /* service time expected when sent (< 0: unknown), see aorm__lat_* */
+    double sent_mono;      /* monotonic time it was last sent */
 
     _Alignas(8) char storage[]; /* parameter arrays (pointers first: aligned), sql and values */
 };
@@ -188,6 +195,9 @@ struct aorm_conn {
     aorm__item *items;
     uint32_t ihead, icount, icap;
     int inflight_ops;        /* queries and COPY in flight */
+    int unknown_inflight;    /* of those, with no service time known yet */
+    double expect_us;        /* expected service time of the others, summed */
+    double last_answer;      /* monotonic time of the last statement answered */
 
     aorm_owner *owner;       /* held through this owner, or NULL */
 
@@ -209,6 +219,7 @@ struct aorm_conn {
 
     /* per-dispatch scratch */
     bool touched;            /* got work this dispatch */
+    uint64_t checked_turn;   /* dispatch in which it was last checked alive */
     bool group_open;         /* statements sent since the last sync */
     aorm_conn *touched_next;
 };
@@ -263,7 +274,12 @@ struct aorm_engine {
     int depth;               /* engine code on the stack (callbacks may free) */
     aorm_conn *cb_conn;      /* held connection whose statement's callback is running */
     aorm_owner *owners;      /* every owner created on this engine */
+    /* recent service time per statement text (by hash), for dispatch: a
+     * direct-mapped table, an entry overwritten by a colliding statement */
+    aorm__lat lat[AORM__LAT_SLOTS];
+    double rtt_us;           /* the round trip alone, estimated (aorm__lat_answered) */
     bool in_dispatch;
+    uint64_t turn;           /* dispatches so far */
     bool rescan;             /* a connection may be coming back (release, drain) */
     bool dirty_during_dispatch; /* a held connection got work while dispatching */
     bool free_pending;
@@ -280,6 +296,8 @@ void aorm__op_fail(aorm__op *op, int code, const char *sqlstate, const char *msg
 void aorm__op_release(aorm__op *op);
 void aorm__op_requeue(aorm__op *op);
 void aorm__op_requeue_held(aorm__op *op);
+void aorm__lat_sent(aorm_conn *c, aorm__op *op);
+void aorm__lat_answered(aorm_conn *c, aorm__op *op);
 void aorm__engine_conn_ready(aorm_engine *e, aorm_conn *c);
 void aorm__engine_conn_gone(aorm_engine *e, aorm_conn *c, bool connect_failed);
 void aorm__engine_enter(aorm_engine *e);

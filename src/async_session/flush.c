@@ -9,10 +9,17 @@
  *      per model, all in one pipeline. A single independent new row gets
  *      its key from INSERT ... RETURNING instead, and skips this step.
  *   2. writes, in one pipeline, in foreign-key order: INSERTs parents
- *      first (one statement per model: VALUES for one row, unnest arrays
- *      for many, COPY for large batches), association rows, UPDATEs of the
- *      changed columns of each modified object, then DELETEs children
- *      first.
+ *      first (one statement per model and set of columns left to the
+ *      server: VALUES for one row, unnest arrays for many, COPY for large
+ *      batches that leave nothing to the server), association rows,
+ *      UPDATEs of the changed columns of each modified object, then
+ *      DELETEs children first.
+ * An INSERT writes every field's value, zero and false included. It
+ * leaves a column to the server only for a SERIAL/IDENTITY field still 0
+ * and for a column the program left to its server default
+ * (aorm_object_use_default) whose field is still empty; those values come
+ * back with RETURNING and go into the objects (left_to_server,
+ * read_back).
  * Foreign keys of children are filled from their parents' keys (and from
  * collections: a book in author->books gets author_id = author->id) before
  * the writes are built.

@@ -55,7 +55,9 @@ aorm_session *aorm_session_new(aorm_engine *e, const aorm_session_options *o) {
     return s;
 }
 
-aorm_engine *aorm_session_engine(const aorm_session *s) { return s && !s->engine_gone ? aorm_owner_engine(s->owner) : NULL; }
+aorm_engine *aorm_session_engine(const aorm_session *s) {
+    return s && !s->engine_gone ? aorm_owner_engine(s->owner) : NULL;
+}
 
 /* The session can take no new work: it is being freed, or its engine is
  * (or is gone). */
@@ -329,7 +331,8 @@ static int mark_default(aorm_session *s, void *obj, const aorm_expr *col, bool u
     const aorm_model *m = h->model;
     int from = 0, to = m->ncolumns;
     if (col) {
-        const aorm_column *c = col->kind == AORM_X_COLUMN && col->model == m ? aorm_model_column_at(m, col->offset) : NULL;
+        const aorm_column *c =
+            col->kind == AORM_X_COLUMN && col->model == m ? aorm_model_column_at(m, col->offset) : NULL;
         if (!c || !c->server_default) return AORM_EMISUSE;
         from = (int)(c - m->columns);
         to = from + 1;
@@ -1467,6 +1470,7 @@ static void commit_send(aorm__sop *op, const aorm_error *err) {
         return;
     }
     int rc = aorm_conn_commit(s->conn, on_tx_stmt, op);
+    if (rc == 0) op->phase = 1; /* the COMMIT is out: from now on its outcome may be unknown */
     if (rc < 0) {
         /* refused before anything was sent (e.g. the connection was
          * already known to be lost): the outcome is known, nothing
@@ -1838,8 +1842,13 @@ static void cancel_all(aorm_session *s) {
     aorm__sop *run = s->running;
     if (run && !run->answered) {
         /* statements of it still out hold a pointer to it: it stays
-         * parked in `running` until the last of them is back (op_arrived) */
-        deliver(s, run, NULL, NULL, NULL, &err);
+         * parked in `running` until the last of them is back (op_arrived).
+         * A COMMIT already sent may commit all the same: its caller is
+         * told the outcome is unknown, not that it was cancelled. */
+        aorm_error unknown = {.code = AORM_EUNKNOWN_OUTCOME, .sqlstate = "08007",
+                              .message = "session closed with its COMMIT in flight: outcome unknown", .detail = "",
+                              .hint = "", .constraint = "", .table = "", .column = ""};
+        deliver(s, run, NULL, NULL, NULL, run->kind == SOP_COMMIT && run->phase == 1 ? &unknown : &err);
         if (run->pending == 0) {
             s->running = NULL;
             sop_free(run);

@@ -62,6 +62,10 @@
 
 /* ---- types ---------------------------------------------------------------- */
 
+/* Output buffers up to this size are kept between turns; larger ones are
+ * freed once written. */
+#define OBUF_KEEP (256u * 1024u)
+
 typedef enum rconn_state {
     RS_IDLE,       /* no connection: the reconnect timer runs, or the client closes */
     RS_CONNECTING, /* socket connect in progress: the write watcher waits for it */
@@ -106,6 +110,7 @@ struct aorm_redis {
     int drop_code;
     char drop_msg[400];
     char errbuf[512];      /* message handed to callbacks of one failure */
+    char reasonbuf[400];   /* conn_reason()'s message for hiredis's own errors */
 
     /* commands */
     rreq *head, *tail;
@@ -271,8 +276,9 @@ static void note_failure(aorm_redis *r) {
     if (open) {
         r->st.breaker = AORM_REDIS_BREAKER_OPEN;
         r->st.breaker_opens++;
-        rlog(r, AORM_LOG_WARN, "redis %s: circuit breaker open after %d consecutive failures; commands are refused for %g s",
-             r->where, r->failures, r->o.breaker_cooldown);
+        rlog(r, AORM_LOG_WARN,
+             "redis %s: circuit breaker open after %d consecutive failures; commands are refused for %g s", r->where,
+             r->failures, r->o.breaker_cooldown);
     }
 }
 
@@ -339,7 +345,10 @@ static void conn_reason(aorm_redis *r, const redisAsyncContext *ac, int *code, c
     case REDIS_ERR_OOM: *code = AORM_ENOMEM; break;
     default: *code = r->state == RS_READY ? AORM_ECONNLOST : AORM_ECONNECT; break;
     }
-    *msg = ac->errstr && *ac->errstr ? ac->errstr : aorm_strerror(*code);
+    snprintf(r->reasonbuf, sizeof(r->reasonbuf), "%s redis %s: %s",
+             r->state == RS_READY ? "connection lost to" : "could not connect to", r->where,
+             ac->errstr && *ac->errstr ? ac->errstr : aorm_strerror(*code));
+    *msg = r->reasonbuf;
 }
 
 /* hiredis is freeing the context (its last step before redisFree): the
@@ -446,7 +455,12 @@ static void conn_write(aorm_redis *r) {
     size_t secret = r->secret_left;
     if ((size_t)n == len) {
         if (secret) explicit_bzero(ob, len);
-        sdsclear(ob); /* keeps the allocation for the next turn */
+        if (sdsAllocSize(ob) > OBUF_KEEP) { /* a huge pipeline's buffer is not kept */
+            sdsfree(ob);
+            ac->c.obuf = sdsempty();
+        } else {
+            sdsclear(ob); /* keeps the allocation for the next turn */
+        }
         r->write_armed = false;
     } else {
         sdsrange(ob, n, -1);
@@ -483,7 +497,7 @@ static void conn_ready(aorm_redis *r, bool answered) {
     aorm_timer_stop(r->connect_timer);
     r->st.connects++;
     if (answered) note_success(r);
-    rlog(r, AORM_LOG_INFO, "redis %s: connected%s", r->where, answered ? " and authenticated" : "");
+    rlog(r, AORM_LOG_INFO, "redis %s: connected%s", r->where, r->password ? " and authenticated" : "");
     send_waiting(r);
 }
 
@@ -581,7 +595,7 @@ static void conn_start(aorm_redis *r) {
         return;
     }
     if (ac->err) {
-        snprintf(r->errbuf, sizeof(r->errbuf), "%s", ac->errstr);
+        snprintf(r->errbuf, sizeof(r->errbuf), "could not connect to redis %s: %s", r->where, ac->errstr);
         redisAsyncFree(ac);
         conn_gone(r, RS_CONNECTING, AORM_ECONNECT, r->errbuf);
         return;
@@ -634,7 +648,6 @@ static void conn_gone(aorm_redis *r, rconn_state was, int code, const char *msg)
     schedule_retry(r, code);
     if (was != RS_READY || r->st.breaker == AORM_REDIS_BREAKER_OPEN) {
         int wcode = code == AORM_EAUTH ? AORM_EAUTH : AORM_ECONNECT;
-        if (r->st.breaker == AORM_REDIS_BREAKER_OPEN) wcode = AORM_ECONNECT;
         char m[sizeof(r->errbuf)];
         snprintf(m, sizeof(m), "%s", msg);
         fail_waiting(r, wcode, m);
@@ -747,10 +760,18 @@ static void on_deadline(aorm_timer *t, void *user) {
 static void on_connect_timeout(aorm_timer *t, void *user) {
     aorm_redis *r = user;
     enter(r);
-    if (r->ac && r->state != RS_READY) {
+    switch (r->state) {
+    case RS_IDLE:  /* the attempt already failed */
+    case RS_READY: /* it completed: the timer should have been stopped */
+        break;
+    case RS_CONNECTING:
+    case RS_HANDSHAKE: {
         char msg[256];
-        snprintf(msg, sizeof(msg), "timed out after %g s connecting to redis %s", r->o.connect_timeout, r->where);
+        snprintf(msg, sizeof(msg), "timed out after %g s connecting to redis %s%s", r->o.connect_timeout, r->where,
+                 r->state == RS_HANDSHAKE ? " (no answer to AUTH/SELECT/CLIENT SETNAME)" : "");
         conn_drop(r, AORM_ECONNECT, msg);
+        break;
+    }
     }
     leave(r);
 }
