@@ -6,9 +6,10 @@
  * mid-transaction, mid-COMMIT, mid-COPY and mid-pipeline; a fast restart of
  * the server with 100 operations in flight. Network faults come from the
  * fault proxy (faultproxy.h) between the engine and the server: a server
- * that hangs at connect or mid-statement, a stream cut mid-message, a reset,
- * a closed port, a server that accepts and closes. Then pool exhaustion with
- * 1,000 waiters and refused credentials.
+ * that hangs at connect or mid-statement, a stream cut mid-message, resets
+ * (of a busy connection, and of idle ones the engine only learns about when
+ * it writes to them), a closed port, a server that accepts and closes. Then
+ * pool exhaustion with 1,000 waiters and refused credentials.
  *
  * Every scenario asserts:
  *   - each callback ran exactly once, with the right code, in submission
@@ -21,7 +22,9 @@
  *     engine and no gap between two beats may reach 100 ms (blocking steps
  *     of the test itself -- a side connection, a server restart -- run
  *     outside the loop and are not counted);
- *   - no leak (ASan/LSan in the sanitizer build).
+ *   - no leak: in sanitizer builds LeakSanitizer runs at the end of each
+ *     scenario (Criterion ignores its workers' exit status, so a report at
+ *     exit would fail nothing).
  *
  * Each scenario that passes writes one row of the fault matrix ("scenario |
  * what the caller sees | what the pool does", built from what it observed)
@@ -161,7 +164,8 @@ static void fx_engine(fx *f, const aorm_engine_options *o) {
 }
 
 /* Frees the engine (which must not block the loop either), checks the
- * heartbeat, and tears down. */
+ * heartbeat, tears down, and (sanitizer builds) checks that nothing leaked:
+ * callers free their own buffers and side connections before. */
 static void fx_close(fx *f) {
     double t = mono();
     aorm_engine_free(f->e);

@@ -2106,3 +2106,58 @@ Test(server, long_generated_names_create_and_rerun, .timeout = TIMEOUT, .fini = 
     PQfinish(pg);
     free(dsn);
 }
+
+/* An empty name is misuse, reported as such: a referenced model outside
+ * the list (not validated with it) with an empty schema used to come back
+ * as "out of memory" (the quoting refused it). */
+typedef struct emptyparent {
+    int64_t id;
+} emptyparent;
+
+static const aorm_column emptyparent_columns[] = {
+    AORM_COLUMN(emptyparent, id, AORM_INT8, AORM_PK),
+};
+const aorm_model emptyparent_model = {
+    AORM_MODEL_OF(emptyparent, "parents"), .schema = "", AORM_COLUMNS(emptyparent_columns),
+};
+
+typedef struct emptychild {
+    int64_t id;
+    int64_t parent_id;
+} emptychild;
+
+static const aorm_column emptychild_columns[] = {
+    AORM_COLUMN(emptychild, id, AORM_INT8, AORM_PK),
+    AORM_COLUMN(emptychild, parent_id, AORM_INT8, 0),
+};
+static const aorm_foreign_key emptychild_fks[] = {
+    AORM_FOREIGN_KEY(emptychild, parent_id, emptyparent, id),
+};
+const aorm_model emptychild_model = {
+    AORM_MODEL_OF(emptychild, "children"), AORM_COLUMNS(emptychild_columns), AORM_FOREIGN_KEYS(emptychild_fks),
+};
+
+Test(ddl_text, empty_identifier_is_misuse, .timeout = TIMEOUT) {
+    char *sql = NULL;
+    char err[256] = "";
+    int rc = aorm_ddl_create_sql((const aorm_model *const[]){&emptychild_model}, 1, 0, &sql, err, sizeof(err));
+    cr_assert_eq(rc, AORM_EMISUSE, "got %s: %s", aorm_errname(rc), err);
+    cr_assert_null(sql);
+    cr_assert(strstr(err, "emptyparent") && strstr(err, "empty schema"), "%s", err);
+    /* with the parent in the list, its own validation says the same */
+    rc = aorm_ddl_create_sql((const aorm_model *const[]){&emptychild_model, &emptyparent_model}, 2, 0, &sql, err,
+                             sizeof(err));
+    cr_assert_eq(rc, AORM_EMISUSE);
+    cr_assert(strstr(err, "empty schema"), "%s", err);
+    /* Core statements say so too, never AORM_ENOMEM */
+    aorm_stmt *q = aorm_select(&emptyparent_model);
+    cr_assert_eq(aorm_stmt_compile(q), AORM_EMISUSE);
+    cr_assert(strstr(aorm_stmt_errmsg(q), "empty identifier"), "%s", aorm_stmt_errmsg(q));
+    aorm_stmt_free(q);
+    q = aorm_select(&emptychild_model);
+    cr_assert_eq(aorm_join(q, &emptyparent_model,
+                           aorm_eq(AORM_COL(emptyparent, id), AORM_COL(emptychild, parent_id))),
+                 0);
+    cr_assert_eq(aorm_stmt_compile(q), AORM_EMISUSE);
+    aorm_stmt_free(q);
+}

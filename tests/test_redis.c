@@ -34,15 +34,6 @@
 #include "aorm/redis.h"
 #include "support.h"
 
-/* Criterion 2.4's runner process (not a test) leaks a few 48-byte blocks
- * when tests of this file run side by side (--jobs=2); LeakSanitizer then
- * fails the binary although every test passed. Only allocations made
- * inside libcriterion are ignored. */
-const char *__lsan_default_suppressions(void);
-__attribute__((used, visibility("default"))) const char *__lsan_default_suppressions(void) {
-    return "leak:libcriterion.so\n";
-}
-
 /* ---- clocks and the heartbeat ------------------------------------------------ */
 
 static double mono(void) {

@@ -154,7 +154,7 @@ typedef struct aorm_engine_stats {
     uint64_t connects;       /**< successful connections */
     uint64_t connect_failures;
     uint64_t connections_lost;
-    uint64_t cancels;        /**< cancel requests sent after a deadline */
+    uint64_t cancels;        /**< statements the server stopped at their deadline (57014) */
     uint64_t discarded;      /**< connections closed because they could not be reused */
     uint64_t overflow_opened; /**< connections opened beyond pool_size (churn when it keeps growing) */
     uint64_t overflow_closed; /**< connections beyond pool_size closed after idle_timeout */

@@ -12,8 +12,8 @@
  * paired with its operation, including PGRES_PIPELINE_ABORTED.
  *
  * Owns: the PGconn, its watcher and timer, the item ring, the prepared
- * statement cache. Must not: block (no PQexec, no blocking PQcancel: the
- * helper thread sends cancels), or free itself while one of its handlers
+ * statement cache. Must not: block (no PQexec, no PQcancel: deadlines are
+ * enforced by the server, see send_deadline), or free itself while one of its handlers
  * is on the stack (`busy` / `dead`). */
 #include <errno.h>
 #include <math.h>
@@ -359,12 +359,16 @@ int aorm__conn_send_deallocs(aorm_conn *c) {
  * sent from outside the pipeline (no cancel request), so a deadline
  * cannot stop another caller's statement. Costs one small statement in
  * the same write, not a round trip. */
-static int send_deadline(aorm_conn *c, const aorm__op *op, bool restore) {
+static int send_deadline(aorm_conn *c, aorm__op *op, bool restore) {
     static const char set_sql[] =
         "SELECT set_config('aorm.saved_statement_timeout', current_setting('statement_timeout'), true), "
         "set_config('statement_timeout', $1, true)";
+    /* A COMMIT, ROLLBACK or ROLLBACK TO SAVEPOINT between the two has
+     * undone both settings already: then there is nothing to restore (and
+     * an empty value must not fail the holder's next statements). */
     static const char restore_sql[] =
-        "SELECT set_config('statement_timeout', current_setting('aorm.saved_statement_timeout'), true)";
+        "SELECT set_config('statement_timeout', coalesce(nullif(current_setting('aorm.saved_statement_timeout', "
+        "true), ''), current_setting('statement_timeout')), true)";
     char ms[32];
     const char *vals[1] = {ms};
     if (restore) {
@@ -373,7 +377,9 @@ static int send_deadline(aorm_conn *c, const aorm__op *op, bool restore) {
     }
     double left = op->deadline - aorm_loop_now(c->e->loop);
     long v = left > 0 ? (long)ceil(left * 1000.0) : 1;
-    snprintf(ms, sizeof(ms), "%ld", v < 1 ? 1 : v);
+    if (v < 1) v = 1;
+    op->server_timeout = (double)v / 1000.0;
+    snprintf(ms, sizeof(ms), "%ld", v);
     if (items_push(c, IT_DISCARD, NULL, NULL) < 0) return -1;
     return PQsendQueryParams(c->pg, set_sql, 1, NULL, vals, NULL, NULL, 1) ? 0 : -2;
 }
@@ -387,7 +393,9 @@ int aorm__conn_send(aorm_conn *c, aorm__op *op) {
     /* items whose messages libpq has taken stay in the ring whatever
      * happens next: their answers will come and must find them */
     uint32_t keep = c->icount;
-    bool server_deadline = op->kind == OP_QUERY && op->deadline < AORM__NEVER;
+    /* inside a failed transaction block the statement fails anyway, with
+     * the 25P02 its caller keys on: no set_config in front of it */
+    bool server_deadline = op->kind == OP_QUERY && op->deadline < AORM__NEVER && c->txs != AORM_TX_INERROR;
 
     if (op->kind == OP_COPY) {
         aorm__assert(c->icount == 0);
@@ -591,8 +599,10 @@ static void fatal_lost(aorm_conn *c, aorm__op *op, const PGresult *r) {
 /* One QUERY item finished with result r (NULL if the server sent none). */
 static void query_done(aorm_conn *c, aorm__op *op, PGresult *r) {
     c->inflight_ops--;
-    aorm__lat_answered(c, op);
     ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+    /* a service time only from what ran (or ran into its own deadline) */
+    aorm__lat_answered(c, op, st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK ||
+                                  (r && st == PGRES_FATAL_ERROR && sqlstate_is(r, "57014")));
     if (st != PGRES_PIPELINE_ABORTED && c->held)
         track_txs(c, op, r, st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK || st == PGRES_EMPTY_QUERY ||
                                 st == PGRES_SINGLE_TUPLE);
@@ -705,7 +715,9 @@ static void item_done(aorm_conn *c, aorm__item *it) {
         PQclear(r);
         break;
     case IT_DEALLOC:
-        if (it->name && (!r || PQresultStatus(r) != PGRES_COMMAND_OK)) {
+        if (it->name && r &&
+            (PQresultStatus(r) == PGRES_PIPELINE_ABORTED ||
+             (PQresultStatus(r) == PGRES_FATAL_ERROR && sqlstate_is(r, "25P02")))) {
             /* skipped, or refused inside a failed transaction block
              * (25P02): the statement still exists on the server; try
              * again once the block is over (the name moves back) */
@@ -793,6 +805,7 @@ static void process(aorm_conn *c) {
 
 static void read_input(aorm_conn *c) {
     bool was_idle = c->icount == 0;
+    c->reads++;
     if (!PQconsumeInput(c->pg)) {
         aorm__conn_lost(c, AORM_ECONNLOST, PQerrorMessage(c->pg));
         return;
@@ -815,6 +828,9 @@ static void read_input(aorm_conn *c) {
             }
         }
         c->last_used = aorm__mono_now();
+        /* idle now: beyond pool_size, its idle_timeout starts (dispatch
+         * arms the reaper); drained after a deadline, it can take work */
+        if (!was_idle && (c->e->nconns > c->e->o.pool_size || c->draining)) c->e->rescan = true;
     }
 }
 
@@ -844,9 +860,24 @@ static void on_io(aorm_io *io, int revents, void *arg) {
     aorm__engine_enter(e);
     c->busy++;
     switch (c->state) {
-    case CONN_CONNECTING:
+    case CONN_CONNECTING: {
+        /* A connection step may be CPU work of several ms (a TLS
+         * handshake, SCRAM's key derivation), and a pool's connections
+         * tend to become ready together: at most a slice of such steps
+         * per loop turn (the first always runs, so each connection
+         * progresses); the others stay ready and run in the next turn
+         * (the watcher is level-triggered). */
+        double now = aorm_loop_now(e->loop);
+        if (e->connect_turn != now) {
+            e->connect_turn = now;
+            e->connect_spent = 0;
+        }
+        if (e->connect_spent >= AORM__CONNECT_SLICE) break;
+        double t0 = aorm__mono_now();
         poll_connect(c);
+        e->connect_spent += aorm__mono_now() - t0;
         break;
+    }
     case CONN_READY:
     case CONN_COPY:
         if ((revents & AORM_WRITE) && c->state == CONN_COPY && c->copy_started && !c->copy_ended) {
@@ -892,19 +923,35 @@ static void on_timer(aorm_timer *t, void *arg) {
          * it alone: see send_deadline). Its late answer is read and
          * dropped. Only a server that has still not answered it a grace
          * period later costs the connection. */
+        /* The grace period counts from when the server can have started
+         * the statement (its predecessors answered), not from the
+         * client's deadline: an expired statement pipelined behind a long
+         * one is not a hung server. */
         double grace = fmax(5.0, e->o.connect_timeout);
-        double next = AORM__NEVER;
-        bool stuck = false;
-        for (uint32_t i = 0; i < c->icount && !c->dead && c->state != CONN_BROKEN; i++) {
+        double next = AORM__NEVER, mono = aorm__mono_now();
+        bool stuck = false, head = true;
+        for (uint32_t i = 0; i < c->icount && !c->dead && c->state != CONN_BROKEN && !e->closing; i++) {
             aorm__item *it = &c->items[(c->ihead + i) % c->icap];
             aorm__op *op = it->op;
-            if (it->kind != IT_QUERY || op->deadline >= AORM__NEVER) continue;
+            if (it->kind != IT_QUERY) continue;
+            bool is_head = head;
+            head = false;
+            double deadline = op->deadline;
+            if (deadline >= AORM__NEVER) continue;
             if (op->done) {
-                if (op->deadline + grace <= now) stuck = true;
-                else next = fmin(next, op->deadline + grace);
-            } else if (op->deadline <= now) {
+                if (!is_head) {
+                    next = fmin(next, now + grace); /* look again once it can have started */
+                    continue;
+                }
+                double started = fmax(op->sent_mono, c->last_answer);
+                double left = started + op->server_timeout + grace - mono;
+                if (left <= 0) stuck = true;
+                else next = fmin(next, now + left);
+            } else if (deadline <= now) {
+                /* the callback may free anything, op included */
                 aorm__op_fail(op, AORM_ETIMEOUT, "57014", "statement deadline expired; the statement was cancelled");
-                next = fmin(next, op->deadline + grace);
+                if (c->dead || c->state == CONN_BROKEN || e->closing) break;
+                next = fmin(next, now + grace);
                 /* a shared connection takes no new work until the server
                  * has answered it (or the grace period discards it): work
                  * queued behind a hung server would die with it */
@@ -934,10 +981,6 @@ static void on_timer(aorm_timer *t, void *arg) {
     aorm__engine_leave(e);
 }
 
-void aorm__conn_cancel_done(aorm_conn *c) {
-    c->cancel_pending = false;
-    c->e->rescan = true;
-}
 
 /* ---- loss and teardown ---------------------------------------------------- */
 
@@ -1053,10 +1096,9 @@ void aorm__conn_lost_first(aorm_conn *c, int code, const char *msg, aorm__op *fi
     aorm__stmt_cache_free(&c->stmts);
     for (int i = 0; i < c->ndeallocs; i++) free(c->deallocs[i]); /* gone with the server session */
     c->ndeallocs = 0;
-    c->cancel_pending = false; /* a late cancel can only reach a closed backend now */
+    aorm__engine_enter(e); /* conn_gone may call back waiters, which may free the engine */
     aorm__engine_conn_gone(e, c, connecting); /* may free c */
 
-    aorm__engine_enter(e);
     if (first && !first->done) aorm__op_deliver(first, NULL, first_err);
     while (sent_head) {
         aorm__op *op = sent_head;
@@ -1079,6 +1121,17 @@ void aorm__conn_lost_first(aorm_conn *c, int code, const char *msg, aorm__op *fi
 void aorm__conn_free(aorm_conn *c) {
     if (c->busy > 0) {
         c->dead = true;
+        return;
+    }
+    if (c->e->in_dispatch) {
+        /* the dispatcher may still hold it (the connection it is sending
+         * on, its list of connections written this turn): freed when the
+         * dispatch ends (aorm__engine_bury) */
+        if (!c->dead) {
+            c->dead = true;
+            c->grave_next = c->e->graveyard;
+            c->e->graveyard = c;
+        }
         return;
     }
     aorm__assert(c->icount == 0 || c->state != CONN_BROKEN);

@@ -10,7 +10,7 @@
  * is busy is it pipelined onto the least loaded one, while the pool grows
  * toward pool_size (see pick_shared).
  *
- * Owns: the connections (conn.c), queued operations, the helper thread.
+ * Owns: the connections (conn.c), queued operations, the helper threads (worker.c).
  * Must not: call a user callback from inside the call that queued its
  * operation; free itself while its code is on the stack (depth). */
 #include <arpa/inet.h>
@@ -285,9 +285,21 @@ static void cancel_all(aorm_engine *e) {
     }
 }
 
+/* Frees the connections that went away while the dispatcher held them. */
+void aorm__engine_bury(aorm_engine *e) {
+    e->in_dispatch = false;
+    while (e->graveyard) {
+        aorm_conn *c = e->graveyard;
+        e->graveyard = c->grave_next;
+        c->dead = false;
+        aorm__conn_free(c);
+    }
+}
+
 static void engine_destroy(aorm_engine *e) {
     e->closing = true;
     cancel_all(e);
+    aorm__engine_bury(e);
     while (e->conns) {
         aorm_conn *c = e->conns;
         e->conns = c->next;
@@ -791,6 +803,7 @@ int aorm_conn_copy(aorm_conn *c, const char *sql, aorm_copy_fill_fn fill, void *
     op->fill_user = fill_user;
     op->cb.result = cb;
     op->user = user;
+    if (c->owner) aorm__owner_link(c->owner, op);
     return conn_submit(c, op);
 }
 
@@ -813,6 +826,7 @@ static void fail_list(aorm__op *op, int code, const char *sqlstate, const char *
 
 static void fail_waiters(aorm_engine *e, int code, const char *sqlstate, const char *msg) {
     aorm__op *q = e->q_head, *a = e->acq_head;
+    e->rescan = true; /* connections reserved for these acquires go back */
     e->q_head = e->q_tail = e->acq_head = e->acq_tail = NULL;
     e->q_len = e->acq_len = 0;
     fail_list(q, code, sqlstate, msg);
@@ -918,9 +932,12 @@ void aorm__lat_sent(aorm_conn *c, aorm__op *op) {
     else c->expect_us += op->expect_us;
 }
 
-void aorm__lat_answered(aorm_conn *c, aorm__op *op) {
+void aorm__lat_answered(aorm_conn *c, aorm__op *op, bool ran) {
     aorm_engine *e = c->e;
     double now = aorm__mono_now();
+    /* two answers of one read say nothing of the time between them */
+    bool same_read = c->last_answer_read == c->reads && c->last_answer > op->sent_mono;
+    c->last_answer_read = c->reads;
     double us;
     if (c->last_answer > op->sent_mono) {
         /* answered right behind another answer: the gap is the server's time */
@@ -940,7 +957,7 @@ void aorm__lat_answered(aorm_conn *c, aorm__op *op) {
     } else {
         c->expect_us = c->inflight_ops > 0 ? fmax(0.0, c->expect_us - op->expect_us) : 0.0;
     }
-    if (op->kind != OP_QUERY) return;
+    if (op->kind != OP_QUERY || !ran || same_read) return;
     aorm__lat *l = &e->lat[op->hash & (AORM__LAT_SLOTS - 1)];
     if (l->hash != op->hash || l->us <= 0) {
         l->hash = op->hash;
@@ -955,6 +972,19 @@ void aorm__lat_answered(aorm_conn *c, aorm__op *op) {
 #define AORM__PACK_BUDGET_US 5000.0
 /* and never more than this many statements per connection at once */
 #define AORM__PACK 32
+
+/* True when the statement at the head of c's pipeline has run longer
+ * than the budget (a short statement stuck on a lock, say): nothing is
+ * pipelined behind it while it is that late. */
+static bool overdue(const aorm_conn *c) {
+    for (uint32_t i = 0; i < c->icount; i++) {
+        const aorm__item *it = &c->items[(c->ihead + i) % c->icap];
+        if (it->kind != IT_QUERY) continue;
+        double started = fmax(it->op->sent_mono, c->last_answer);
+        return (c->e->turn_mono - started) * 1e6 > fmax(AORM__PACK_BUDGET_US, it->op->expect_us);
+    }
+    return false;
+}
 
 /* The connection for the next autocommit statement:
  *   1. a busy connection whose work in flight is known to be short, when
@@ -979,7 +1009,8 @@ static aorm_conn *pick_shared(aorm_engine *e, const aorm__op *op, bool *packed) 
             continue;
         }
         if (want >= 0 && c->unknown_inflight == 0 && c->inflight_ops < AORM__PACK &&
-            c->expect_us + want <= AORM__PACK_BUDGET_US && (!fit || c->expect_us > fit->expect_us))
+            c->expect_us + want <= AORM__PACK_BUDGET_US && (!fit || c->expect_us > fit->expect_us) &&
+            !overdue(c))
             fit = c;
         double load = c->unknown_inflight * 1e12 + c->expect_us;
         if (!least || load < least_load) {
@@ -1138,10 +1169,23 @@ static void dispatch(aorm_loop *loop, void *arg) {
     aorm_conn *touched = NULL;
     e->in_dispatch = true;
     e->turn++;
+    e->turn_mono = aorm__mono_now();
 
-    /* 1. connections coming back: released, drained after a cancel */
+    /* 1. connections coming back: released, drained after a deadline,
+     *    reserved for acquire requests that have gone since (timed out,
+     *    cancelled) */
     bool rescan = e->rescan;
     e->rescan = false;
+    if (rescan) {
+        int reserved = 0;
+        for (aorm_conn *c = e->conns; c; c = c->next) {
+            if (!c->reserved) continue;
+            if (++reserved > e->acq_len) {
+                c->reserved = false;
+                c->draining = false;
+            }
+        }
+    }
     for (aorm_conn *c = rescan ? e->conns : NULL, *next; c; c = next) {
         next = c->next;
         if (c->state != CONN_READY || c->touched) continue;
@@ -1149,7 +1193,7 @@ static void dispatch(aorm_loop *loop, void *arg) {
             finish_release(e, c);
             continue;
         }
-        if (c->draining && !c->reserved && c->icount == 0 && !c->cancel_pending) {
+        if (c->draining && !c->reserved && c->icount == 0) {
             c->draining = false;
             c->drain_limit = 0;
         }
@@ -1161,7 +1205,7 @@ static void dispatch(aorm_loop *loop, void *arg) {
     while (e->acq_head) {
         aorm_conn *c = NULL;
         for (aorm_conn *r = e->conns; r; r = r->next)
-            if (r->reserved && r->state == CONN_READY && r->icount == 0 && !r->cancel_pending && !r->touched) c = r;
+            if (r->reserved && r->state == CONN_READY && r->icount == 0 && !r->touched) c = r;
         if (!c) c = pick_idle(e, now);
         if (c) {
             grant(e, e->acq_head, c);
@@ -1264,8 +1308,8 @@ static void dispatch(aorm_loop *loop, void *arg) {
         for (aorm_conn *c = e->dirty; c; c = c->dirty_next)
             if (c->state == CONN_READY && c->icount == 0) aorm_loop_wake(e->loop);
     }
-    e->in_dispatch = false;
     e->dirty_during_dispatch = false;
+    aorm__engine_bury(e);
 
     /* 7. time limits for whoever still waits, and idle connections
      *    beyond pool_size */
@@ -1296,6 +1340,7 @@ static void dispatch(aorm_loop *loop, void *arg) {
         aorm_timer_stop(e->timer);
     }
 out:
+    aorm__engine_bury(e);
     aorm__engine_leave(e);
 }
 
@@ -1317,6 +1362,7 @@ static void expire_list(aorm_engine *e, aorm__op **head, aorm__op **tail, int *l
     *tail = keep_tail;
     bool usable = false; /* a connection is open: the wait was for a turn, not for the server */
     for (aorm_conn *c = e->conns; c && !usable; c = c->next) usable = c->state == CONN_READY || c->state == CONN_COPY;
+    e->rescan = true; /* a connection reserved for an expired acquire goes back */
     while (expired) {
         aorm__op *op = expired;
         expired = op->next;

@@ -42,6 +42,7 @@ typedef struct aorm__resolved {
 } aorm__resolved;
 
 #define AORM__NEVER 1e300 /* deadline of an operation that has none */
+#define AORM__CONNECT_SLICE 0.004 /* seconds of connection steps per loop turn (conn.c on_io) */
 #define AORM__LAT_SLOTS 1024 /* statement texts whose service time dispatch remembers */
 /* internal exec flag: start a new sync group before this statement */
 #define AORM__EXEC_NEW_GROUP (1u << 30)
@@ -68,7 +69,6 @@ struct aorm__op {
     uint8_t role;          /* op_role */
     bool done;             /* callback delivered (or never to be: internal) */
     bool queued;           /* in a queue, not yet sent */
-    bool cancel_sent;      /* a cancel request went out for it */
     uint8_t resends;       /* times re-sent after a pipeline abort or stale plan */
     uint16_t nitems;       /* in-flight items referring to this op */
     unsigned flags;        /* AORM_EXEC_* */
@@ -104,6 +104,7 @@ struct aorm__op {
     bool waited;           /* counted once in stats.pool_waits */
     float expect_us;       /* service time expected when sent (< 0: unknown), see aorm__lat_* */
     double sent_mono;      /* monotonic time it was last sent */
+    double server_timeout; /* seconds of statement_timeout sent with it (send_deadline) */
 
     _Alignas(8) char storage[]; /* parameter arrays (pointers first: aligned), sql and values */
 };
@@ -144,7 +145,7 @@ typedef struct aorm__stmt_cache {
 /* ---- connections -------------------------------------------------------- */
 
 typedef enum conn_state {
-    CONN_RESOLVING,  /* host names being resolved on the helper thread */
+    CONN_RESOLVING,  /* host names being looked up on the helper threads */
     CONN_CONNECTING, /* PQconnectPoll in progress; the watcher waits for what it asked */
     CONN_READY,      /* connected, in pipeline mode */
     CONN_COPY,       /* out of pipeline mode, streaming a COPY */
@@ -183,7 +184,6 @@ struct aorm_conn {
     bool releasing;          /* holder let go: clean up, then back to the pool */
     bool draining;           /* no new autocommit work (cancel or hand-over pending) */
     bool reserved;           /* promised to an acquire waiter once drained */
-    bool cancel_pending;     /* cancel request on the helper thread */
     bool in_tx;              /* a transaction block is (being) opened */
     bool writing;            /* output not fully flushed: write watcher on */
     bool dead;               /* freed once the current handler unwinds */
@@ -198,6 +198,8 @@ struct aorm_conn {
     int unknown_inflight;    /* of those, with no service time known yet */
     double expect_us;        /* expected service time of the others, summed */
     double last_answer;      /* monotonic time of the last statement answered */
+    uint64_t reads;          /* input reads so far */
+    uint64_t last_answer_read; /* the read that delivered the last answer */
 
     aorm_owner *owner;       /* held through this owner, or NULL */
 
@@ -220,6 +222,7 @@ struct aorm_conn {
     /* per-dispatch scratch */
     bool touched;            /* got work this dispatch */
     uint64_t checked_turn;   /* dispatch in which it was last checked alive */
+    aorm_conn *grave_next;   /* engine's graveyard: freed when the dispatch ends */
     bool group_open;         /* statements sent since the last sync */
     aorm_conn *touched_next;
 };
@@ -278,8 +281,12 @@ struct aorm_engine {
      * direct-mapped table, an entry overwritten by a colliding statement */
     aorm__lat lat[AORM__LAT_SLOTS];
     double rtt_us;           /* the round trip alone, estimated (aorm__lat_answered) */
+    double connect_turn;     /* loop time of the turn connect_spent is for */
+    double connect_spent;    /* seconds spent in connection steps in that turn */
     bool in_dispatch;
     uint64_t turn;           /* dispatches so far */
+    double turn_mono;        /* monotonic time at the start of the current dispatch */
+    aorm_conn *graveyard;    /* connections freed during the dispatch, freed after it */
     bool rescan;             /* a connection may be coming back (release, drain) */
     bool dirty_during_dispatch; /* a held connection got work while dispatching */
     bool free_pending;
@@ -297,10 +304,11 @@ void aorm__op_release(aorm__op *op);
 void aorm__op_requeue(aorm__op *op);
 void aorm__op_requeue_held(aorm__op *op);
 void aorm__lat_sent(aorm_conn *c, aorm__op *op);
-void aorm__lat_answered(aorm_conn *c, aorm__op *op);
+void aorm__lat_answered(aorm_conn *c, aorm__op *op, bool ran);
 void aorm__engine_conn_ready(aorm_engine *e, aorm_conn *c);
 void aorm__engine_conn_gone(aorm_engine *e, aorm_conn *c, bool connect_failed);
 void aorm__engine_enter(aorm_engine *e);
+void aorm__engine_bury(aorm_engine *e);
 void aorm__engine_leave(aorm_engine *e);
 void aorm__error_from_pg(aorm_error *err, const PGresult *r);
 
@@ -319,7 +327,6 @@ bool aorm__conn_idle(const aorm_conn *c);
 bool aorm__conn_check_alive(aorm_conn *c);
 double aorm__mono_now(void);
 void aorm__conn_arm_timer(aorm_conn *c, double at);
-void aorm__conn_cancel_done(aorm_conn *c);
 void aorm__conn_resolved(aorm_conn *c, const aorm__resolved *r);
 
 /* stmt.c */

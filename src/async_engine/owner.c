@@ -125,6 +125,7 @@ void aorm_owner_cancel(aorm_owner *o) {
     bool any_queued = false;
     for (aorm__op *op = list; op; op = op->owner_next) any_queued |= op->queued;
     if (any_queued) {
+        e->rescan = true; /* a connection reserved for a cancelled acquire goes back */
         filter_queue(&e->q_head, &e->q_tail, &e->q_len);
         filter_queue(&e->acq_head, &e->acq_tail, &e->acq_len);
         for (aorm_conn *c = e->conns; c; c = c->next)
@@ -154,8 +155,10 @@ void aorm_owner_cancel(aorm_owner *o) {
         }
     }
 
+    /* the leave may destroy the engine, whose orphaning calls the close
+     * callback, which may free this owner: still busy, so that is deferred */
+    aorm__engine_leave(e); /* e is not used after this */
     o->busy--;
-    aorm__engine_leave(e); /* may destroy the engine: e is not used after this */
     if (o->busy == 0 && o->free_pending) {
         o->free_pending = false;
         aorm_owner_free(o);

@@ -282,6 +282,15 @@ static int prepare(const aorm_model *const *models, int n, unsigned flags, int *
             if (models[j] == models[i] || same_table(models[j], models[i]))
                 return fail(msg, cap, "models %s and %s both map table %s", models[j]->name, models[i]->name,
                             models[i]->table);
+        /* A referenced table outside the list must exist already, but its
+         * name is written here: its model must be sound too (an empty
+         * schema or table name would otherwise surface as a failure to
+         * quote it). */
+        for (int k = 0; k < models[i]->nforeign_keys; k++) {
+            const aorm_model *t = models[i]->foreign_keys[k].target;
+            if (t && fk_target_index(models, n, models[i], k) < 0 && (rc = aorm_model_validate(t, msg, cap)))
+                return rc;
+        }
     }
     bool *placed = calloc((size_t)n + 1, sizeof(*placed));
     if (!placed) return AORM_ENOMEM;

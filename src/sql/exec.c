@@ -100,8 +100,8 @@ int aorm_stmt_column(const aorm_stmt *q, const aorm_expr *col) {
  * type for a binary column; for a text-format column (a statement run
  * with AORM_EXEC_TEXT_RESULT) only the types whose text form is their
  * binary form (jsonb's text is read as json, it has no version byte),
- * and 0 for every other one -- "42" is not an int4, and decoding it as
- * one would silently yield 13362. */
+ * and 0 for every other one -- the int2 "42" decoded as binary would
+ * silently be 13362. */
 static uint32_t load_type(const aorm_result *r, int pos) {
     uint32_t oid = aorm_result_col_type(r, pos);
     if (PQfformat(aorm_result_pgresult(r), pos) != 0) return oid;

@@ -250,6 +250,30 @@ static void check_array(const aorm_result *r, int col) {
     while ((rc = aorm_array_next(&a, &e, &el)) == 1) {
         FUZZ_CHECK(el == -1 ? e == NULL : (e >= a.data && e + el <= a.end), "element %d outside its array", n);
         if (el == -1) nulls_seen = true;
+        /* the elements through the single-value decoders of their type */
+        int64_t x;
+        double d;
+        int erc;
+        switch (a.elem_type) {
+        case AORM_T_NUMERIC: {
+            char *ns = numeric_string(e, el, &erc);
+            if (ns) {
+                numeric_fixpoint(ns);
+                free(ns);
+            }
+            break;
+        }
+        case AORM_T_FLOAT4:
+        case AORM_T_FLOAT8:
+            erc = aorm_decode_float8(a.elem_type, e, el, &d);
+            FUZZ_CHECK(is_code(erc, AORM_EPROTOCOL, AORM_ENULLVALUE, 0, 0), "float element: %s", aorm_errname(erc));
+            break;
+        default:
+            erc = aorm_decode_int(a.elem_type, e, el, &x);
+            FUZZ_CHECK(is_code(erc, AORM_EPROTOCOL, AORM_ENULLVALUE, AORM_ETYPE, 0), "int element: %s",
+                       aorm_errname(erc));
+            break;
+        }
         n++;
     }
     FUZZ_CHECK(rc == 0 && n == a.count, "walked %d elements of %d (%s)", n, a.count, aorm_errname(rc));

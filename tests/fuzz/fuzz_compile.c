@@ -654,28 +654,39 @@ static bool keyword(const char *w, size_t n) {
     return false;
 }
 
-/* Is the unquoted identifier id (n bytes) one the program declared, or a
- * label derived from declared names ("<a>_<b>", "<a>_<k>")? */
-static bool declared(const char *id, size_t n) {
+static bool in_names(const char *id, size_t n) {
     for (int i = 0; i < N.n; i++)
         if (strlen(N.v[i]) == n && memcmp(N.v[i], id, n) == 0) return true;
-    for (int i = 0; i < N.n; i++) {
-        size_t l = strlen(N.v[i]);
-        if (l >= n || memcmp(N.v[i], id, l) != 0 || id[l] != '_') continue;
-        const char *rest = id + l + 1;
-        size_t rn = n - l - 1;
-        if (declared(rest, rn)) return true;
-        bool digits = rn > 0;
-        for (size_t k = 0; k < rn; k++) digits = digits && rest[k] >= '0' && rest[k] <= '9';
-        if (digits) return true;
-    }
-    /* default output names of expressions, suffixed */
+    /* default output names of expressions, which get suffixes when taken */
     static const char *const auto_names[] = {"count", "sum", "avg", "min", "max", "exists"};
-    for (size_t i = 0; i < sizeof(auto_names) / sizeof(auto_names[0]); i++) {
-        size_t l = strlen(auto_names[i]);
-        if (n > l + 1 && memcmp(id, auto_names[i], l) == 0 && id[l] == '_') return true;
+    for (size_t i = 0; i < sizeof(auto_names) / sizeof(auto_names[0]); i++)
+        if (strlen(auto_names[i]) == n && memcmp(auto_names[i], id, n) == 0) return true;
+    return false;
+}
+
+/* "<table>_<column>" of one model: the label a duplicate column name gets. */
+static bool table_column(const char *id, size_t n) {
+    for (int m = 0; m < 3; m++) {
+        const char *t = M[m].m.table;
+        size_t tl = strlen(t);
+        if (tl + 1 >= n || memcmp(id, t, tl) != 0 || id[tl] != '_') continue;
+        for (int k = 0; k < M[m].m.ncolumns; k++) {
+            const char *c = M[m].cols[k].name;
+            if (strlen(c) == n - tl - 1 && memcmp(id + tl + 1, c, n - tl - 1) == 0) return true;
+        }
     }
     return false;
+}
+
+/* Is the unquoted identifier id (n bytes) one the program declared, or a
+ * label the select list derives from them: "<table>_<column>", and either
+ * of those with "_<k>" appended (see items_add in stmt.c)? */
+static bool declared(const char *id, size_t n) {
+    if (in_names(id, n) || table_column(id, n)) return true;
+    size_t d = n;
+    while (d > 0 && id[d - 1] >= '0' && id[d - 1] <= '9') d--;
+    if (d == n || d < 2 || id[d - 1] != '_') return false;
+    return in_names(id, d - 1) || table_column(id, d - 1);
 }
 
 /* Lexes sql: keywords, punctuation, $n, "quoted identifiers"; checks
