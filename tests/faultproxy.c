@@ -76,6 +76,7 @@ enum fp_cmd {
     CMD_STALL_LIVE, /* arg: FP_UP | FP_DOWN */
     CMD_CUT,        /* arg: bytes */
     CMD_RESET,
+    CMD_HALF_CLOSE,
     CMD_LISTEN,     /* arg: fp_listen_mode */
     CMD_STOP
 };
@@ -416,6 +417,14 @@ static int apply(fproxy *p, int cmd, long arg) {
             conn_close(c, true);
         }
         return 0;
+    case CMD_HALF_CLOSE:
+        for (c = p->conns; c; c = next) {
+            next = c->next;
+            shutdown(c->cfd, SHUT_WR);
+            c->down.stalled = true; /* nothing more may go to the client */
+            conn_pump(c);
+        }
+        return 0;
     case CMD_LISTEN:
         if (arg == FP_REFUSE_CLOSED) {
             listen_close(p);
@@ -753,6 +762,7 @@ void fp_stall_new(fproxy *p, bool on) { command(p, CMD_STALL_NEW, on); }
 void fp_stall_live(fproxy *p, int dirs) { command(p, CMD_STALL_LIVE, dirs); }
 void fp_cut_after(fproxy *p, long nbytes) { command(p, CMD_CUT, nbytes); }
 void fp_reset_live(fproxy *p) { command(p, CMD_RESET, 0); }
+void fp_half_close_live(fproxy *p) { command(p, CMD_HALF_CLOSE, 0); }
 int fp_listen(fproxy *p, fp_listen_mode mode) { return command(p, CMD_LISTEN, mode); }
 
 void fp_counters_get(fproxy *p, fp_counters *out) {

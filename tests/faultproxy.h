@@ -17,6 +17,9 @@
  *   cut       each connection open now is closed after N more bytes from
  *             the server (the N bytes are delivered first: a cut mid-message);
  *   reset     each connection open now is reset (RST, through SO_LINGER 0);
+ *   half-close  each connection open now gets a FIN towards the client while
+ *             the rest stays as it is (with the client direction stalled, the
+ *             client sees the end of the stream while its writes block);
  *   refuse    the listener is closed (connects get ECONNREFUSED) or every new
  *             connection is accepted and closed at once.
  * Counters: connections accepted and open, bytes each way, faults applied.
@@ -86,6 +89,7 @@ void fp_stall_new(fproxy *p, bool on);         /* connections accepted from now 
 void fp_stall_live(fproxy *p, int dirs);       /* FP_UP | FP_DOWN for the open connections; 0 resumes */
 void fp_cut_after(fproxy *p, long nbytes);     /* the open connections, after nbytes more from the server */
 void fp_reset_live(fproxy *p);                 /* the open connections, now */
+void fp_half_close_live(fproxy *p);            /* the open connections: FIN to the client, now */
 int fp_listen(fproxy *p, fp_listen_mode mode); /* 0, or -errno when the port cannot be bound again */
 
 void fp_counters_get(fproxy *p, fp_counters *out);

@@ -28,8 +28,8 @@ __attribute__((used, visibility("default"))) const char *__lsan_default_suppress
 static const char *need_env(const char *name) {
     const char *v = getenv(name);
     if (!v || !*v) {
-        bool secure_only = strcmp(name, "AORM_TEST_APP_DSN") == 0 || strcmp(name, "AORM_TEST_TLS_DIR") == 0 ||
-                           strncmp(name, "AORM_TEST_REDIS_", 16) == 0;
+        bool secure_only = strcmp(name, "AORM_TEST_TLS_DIR") == 0 || strcmp(name, "AORM_TEST_REDIS_USER") == 0 ||
+                           strcmp(name, "AORM_TEST_REDIS_PASSWORD") == 0;
         cr_assert_fail("%s is not set: run the tests through the sandbox "
                        "(make test, or scripts/sandbox run -- ctest)%s", name,
                        secure_only ? "; the secure sandbox sets it (not --insecure)" : "");

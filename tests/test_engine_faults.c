@@ -2251,3 +2251,875 @@ Test(engine_faults, commit_outcomes_at_engine_free, .timeout = 60) {
     free(t_pg_exec(pg, "DROP FUNCTION flt_slow_commit()"));
     PQfinish(pg);
 }
+
+/* ============================================================================
+ * 9. Found in review: callbacks that free what the engine is still using,
+ *    and promises kept when something else happens first
+ * ========================================================================== */
+
+#ifdef __SANITIZE_ADDRESS__
+#include <sanitizer/lsan_interface.h>
+#endif
+
+/* Sanitizer builds: everything the test allocated is freed by now (a
+ * worker's LeakSanitizer report at exit fails nothing, so the check runs
+ * while the test does). */
+static void rv_no_leaks(void) {
+#ifdef __SANITIZE_ADDRESS__
+    cr_assert_eq(__lsan_do_recoverable_leak_check(), 0, "memory leaked: see the LeakSanitizer report above");
+#endif
+}
+
+/* The engine's PQpipelineSync calls reach libpq through this wrapper (the
+ * binary is linked with --wrap=PQpipelineSync): while g_fail_syncs > 0,
+ * a sync fails the way libpq refuses one on a connection that has gone
+ * bad between two sends. */
+static int g_fail_syncs;
+int __real_PQpipelineSync(PGconn *conn);
+int __wrap_PQpipelineSync(PGconn *conn);
+int __wrap_PQpipelineSync(PGconn *conn) {
+    if (g_fail_syncs > 0) {
+        g_fail_syncs--;
+        return 0;
+    }
+    return __real_PQpipelineSync(conn);
+}
+
+/* A statement whose callback frees the engine. */
+typedef struct rv_freer {
+    rec r;
+    fx *f;
+} rv_freer;
+
+static void on_rv_free_engine(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
+    rv_freer *x = user;
+    rec_take(&x->r, res, err);
+    g_in_free = 1;
+    aorm_engine_free(e);
+    g_in_free = 0;
+    x->f->e = NULL;
+}
+
+/* A deadline expires and the statement's callback frees the engine: the
+ * timer that delivered it reads neither the statement nor the engine
+ * again, and the statement behind it is cancelled once, inside the free.
+ * On a shared connection and on a held one. */
+Test(engine_faults, review_deadline_callback_frees_the_engine, .timeout = 30) {
+    for (int held = 0; held < 2; held++) {
+        fx f;
+        aorm_engine_options o;
+        fx_init(&f, &o, held ? "rv_dlfree_held" : "rv_dlfree", NULL);
+        o.pool_size = 1;
+        o.max_overflow = 0;
+        fx_engine(&f, &o);
+        hold h = {0};
+        rec warm;
+        if (held) {
+            cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0);
+            cr_assert(wait_flag(f.evl, &h.calls, 10));
+            cr_assert_eq(h.code, 0);
+            conn_sql(&f, h.c, "SELECT 1", NULL, &warm);
+        } else {
+            run_sql(&f, "SELECT 1", &warm, 10);
+        }
+        cr_assert_eq(warm.code, 0);
+
+        rv_freer x = {.f = &f};
+        rec behind = {0};
+        aorm_exec_options xo = {.deadline = 0.2};
+        double t0 = mono();
+        if (held) {
+            cr_assert_eq(aorm_conn_execute(h.c, "SELECT pg_sleep(1)", NULL, &xo, on_rv_free_engine, &x), 0);
+            cr_assert_eq(aorm_conn_execute(h.c, "SELECT 2", NULL, NULL, on_rec, &behind), 0);
+        } else {
+            cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(1)", NULL, &xo, on_rv_free_engine, &x), 0);
+            cr_assert_eq(aorm_engine_execute(f.e, "SELECT 2", NULL, NULL, on_rec, &behind), 0);
+        }
+        cr_assert(wait_flag(f.evl, &x.r.calls, 5), "%s: the deadline never expired", held ? "held" : "shared");
+        cr_assert_null(f.e, "the callback did not free the engine");
+        cr_assert_eq(x.r.code, AORM_ETIMEOUT, "%s: %s [%s] %s", held ? "held" : "shared", aorm_errname(x.r.code),
+                     x.r.sqlstate, x.r.msg);
+        cr_assert_str_eq(x.r.sqlstate, "57014");
+        cr_assert(x.r.at - t0 >= 0.19 && x.r.at - t0 < 1.0, "a deadline of 0.2 s expired after %.3f s",
+                  x.r.at - t0);
+        cr_assert_eq(behind.calls, 1, "%s: the statement behind was called back %d times", held ? "held" : "shared",
+                     behind.calls);
+        cr_assert_eq(behind.code, AORM_ECANCELED, "%s: the statement behind: %s", held ? "held" : "shared",
+                     aorm_errname(behind.code));
+        cr_assert(behind.in_free, "the statement behind was not called back from inside the free");
+        run_for(&f, 1.0); /* past the end of the sleep: nothing more is called */
+        cr_assert_eq(x.r.calls, 1);
+        cr_assert_eq(behind.calls, 1);
+        fx_close(&f);
+    }
+    rv_no_leaks();
+}
+
+/* The close callback of an owner frees it. */
+typedef struct rv_close {
+    int calls;
+    int engine_gone;
+} rv_close;
+
+static void on_rv_close_free_owner(aorm_owner *o, void *user) {
+    rv_close *x = user;
+    x->calls++;
+    x->engine_gone = aorm_owner_engine(o) == NULL;
+    aorm_owner_free(o);
+}
+
+/* aorm_owner_cancel() from outside any callback; the cancelled statement's
+ * callback frees the engine, whose end calls the owner's close callback,
+ * which frees the owner: the cancel reads none of them afterwards. With
+ * the statement queued, then with it running on the server. */
+Test(engine_faults, review_owner_cancel_frees_engine_and_owner, .timeout = 30) {
+    for (int sent = 0; sent < 2; sent++) {
+        fx f;
+        aorm_engine_options o;
+        fx_init(&f, &o, sent ? "rv_ownfree_sent" : "rv_ownfree", NULL);
+        o.pool_size = 1;
+        o.max_overflow = 0;
+        fx_engine(&f, &o);
+        rec warm;
+        run_sql(&f, "SELECT 1", &warm, 10);
+        cr_assert_eq(warm.code, 0);
+
+        aorm_owner *ow = aorm_owner_new(f.e);
+        cr_assert_not_null(ow);
+        rv_close cl = {0};
+        aorm_owner_on_close(ow, on_rv_close_free_owner, &cl);
+        rv_freer x = {.f = &f};
+        rec second = {0};
+        aorm_exec_options xo = {.owner = ow};
+        cr_assert_eq(aorm_engine_execute(f.e, sent ? "SELECT pg_sleep(0.3)" : "SELECT 1", NULL, &xo,
+                                         on_rv_free_engine, &x),
+                     0);
+        cr_assert_eq(aorm_engine_execute(f.e, "SELECT 2", NULL, &xo, on_rec, &second), 0);
+        if (sent) {
+            uint64_t want = 2; /* the warm-up and the sleep */
+            void *a[2] = {f.e, &want};
+            cr_assert(wait_fn(f.evl, all_sent, a, 5), "the sleep was never sent");
+            cr_assert_eq(x.r.calls, 0);
+        }
+        aorm_owner_cancel(ow); /* ow is freed by its close callback during this call */
+        cr_assert_null(f.e, "the statement's callback did not free the engine");
+        cr_assert_eq(x.r.calls, 1, "round %d: the first statement was called back %d times", sent, x.r.calls);
+        cr_assert_eq(x.r.code, AORM_ECANCELED, "round %d: %s", sent, aorm_errname(x.r.code));
+        cr_assert_eq(second.calls, 1, "round %d: the second statement was called back %d times", sent,
+                     second.calls);
+        cr_assert_eq(second.code, AORM_ECANCELED, "round %d: %s", sent, aorm_errname(second.code));
+        cr_assert_eq(cl.calls, 1, "round %d: the close callback ran %d times", sent, cl.calls);
+        cr_assert(cl.engine_gone);
+        run_for(&f, 0.4);
+        cr_assert_eq(x.r.calls, 1);
+        cr_assert_eq(second.calls, 1);
+        cr_assert_eq(cl.calls, 1);
+        fx_close(&f);
+    }
+    rv_no_leaks();
+}
+
+/* A sync that libpq refuses on a shared connection: the connection is
+ * lost under the dispatcher, which must not read it (nor the statement
+ * the loss called back) again. The statement hears AORM_ECONNLOST once,
+ * a statement on the other connection is unaffected, and the pool heals.
+ * Round 0: a read-only statement, whose shared group is synced when the
+ * turn's writes are closed; round 1: a statement with a sync group of its
+ * own (synced as it is sent). */
+Test(engine_faults, review_sync_failure_on_shared_connection, .timeout = 30) {
+    fx f;
+    aorm_engine_options o;
+    fx_init(&f, &o, "rv_syncfail", NULL);
+    o.pool_size = 2;
+    o.max_overflow = 0;
+    fx_engine(&f, &o);
+    for (int round = 0; round < 2; round++) {
+        warm_and_wait(&f, 2);
+        uint64_t lost_before = stats_of(f.e).connections_lost;
+        aorm_exec_options xo = {.flags = round ? 0 : AORM_EXEC_READONLY};
+        rec lost = {0}, other = {0};
+        g_fail_syncs = 1;
+        cr_assert_eq(aorm_engine_execute(f.e, round ? "SELECT 11" : "SELECT 13", NULL, &xo, on_rec, &lost), 0);
+        if (round == 1) cr_assert_eq(aorm_engine_execute(f.e, "SELECT 12", NULL, NULL, on_rec, &other), 0);
+        cr_assert(wait_flag(f.evl, &lost.calls, 10), "round %d: the statement never came back", round);
+        if (round == 1) cr_assert(wait_flag(f.evl, &other.calls, 10));
+        cr_assert_eq(g_fail_syncs, 0, "round %d: no sync was made", round);
+        cr_assert_eq(lost.code, AORM_ECONNLOST, "round %d: %s [%s] %s", round, aorm_errname(lost.code),
+                     lost.sqlstate, lost.msg);
+        cr_assert_str_eq(lost.sqlstate, "08006");
+        if (round == 1) {
+            cr_assert_eq(other.code, 0, "the statement on the other connection: %s [%s] %s",
+                         aorm_errname(other.code), other.sqlstate, other.msg);
+            cr_assert(other.has_int && other.ival == 12);
+        }
+        cr_assert_eq(stats_of(f.e).connections_lost, lost_before + 1);
+        rec after;
+        run_sql(&f, "SELECT 14", &after, 10);
+        cr_assert_eq(after.code, 0, "round %d, after the loss: %s [%s] %s", round, aorm_errname(after.code),
+                     after.sqlstate, after.msg);
+        cr_assert(after.has_int && after.ival == 14);
+        run_for(&f, 0.1);
+        cr_assert_eq(lost.calls, 1, "round %d: called back %d times", round, lost.calls);
+        if (round == 1) cr_assert_eq(other.calls, 1);
+    }
+    fx_close(&f);
+    rv_no_leaks();
+}
+
+/* A held connection's statement whose callback releases the connection
+ * on error (the usual handler). */
+typedef struct rv_rel {
+    rec r;
+    aorm_conn **c;
+    int *releases;
+    int *next;
+    int seq;
+} rv_rel;
+
+static void on_rv_release(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
+    rv_rel *x = user;
+    rec_take(&x->r, res, err);
+    x->seq = (*x->next)++;
+    if (err && *x->c) {
+        aorm_conn_release(*x->c);
+        *x->c = NULL;
+        (*x->releases)++;
+    }
+}
+
+/* The same on a held connection: the loss calls back the holder's
+ * statement, whose callback releases (and so frees) the broken
+ * connection while the dispatcher is still sending on it. Both queued
+ * statements hear AORM_ECONNLOST once, in order; the pool heals. */
+Test(engine_faults, review_sync_failure_on_held_connection, .timeout = 30) {
+    fx f;
+    aorm_engine_options o;
+    fx_init(&f, &o, "rv_syncfail_held", NULL);
+    o.pool_size = 1;
+    o.max_overflow = 0;
+    o.pool_timeout = 5;
+    fx_engine(&f, &o);
+    hold h = {0};
+    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0);
+    cr_assert(wait_flag(f.evl, &h.calls, 10));
+    cr_assert_eq(h.code, 0);
+    rec warm;
+    conn_sql(&f, h.c, "SELECT 1", NULL, &warm);
+    cr_assert_eq(warm.code, 0);
+
+    aorm_conn *c = h.c;
+    int releases = 0, next = 0;
+    rv_rel q[2];
+    memset(q, 0, sizeof(q));
+    for (int i = 0; i < 2; i++) {
+        q[i].c = &c;
+        q[i].releases = &releases;
+        q[i].next = &next;
+    }
+    g_fail_syncs = 1;
+    cr_assert_eq(aorm_conn_execute(c, "SELECT 21", NULL, NULL, on_rv_release, &q[0]), 0);
+    cr_assert_eq(aorm_conn_execute(c, "SELECT 22", NULL, NULL, on_rv_release, &q[1]), 0);
+    cr_assert(wait_flag(f.evl, &q[1].r.calls, 10), "the second statement never came back");
+    cr_assert_eq(g_fail_syncs, 0, "no sync was made");
+    run_for(&f, 0.1);
+    for (int i = 0; i < 2; i++) {
+        cr_assert_eq(q[i].r.calls, 1, "statement %d called back %d times", i, q[i].r.calls);
+        cr_assert_eq(q[i].r.code, AORM_ECONNLOST, "statement %d: %s [%s] %s", i, aorm_errname(q[i].r.code),
+                     q[i].r.sqlstate, q[i].r.msg);
+        cr_assert_str_eq(q[i].r.sqlstate, "08006");
+        cr_assert_eq(q[i].seq, i, "statement %d called back in position %d", i, q[i].seq);
+    }
+    cr_assert_eq(releases, 1);
+    aorm_engine_stats s = stats_of(f.e);
+    cr_assert_eq(s.held, 0, "held = %d", s.held);
+    cr_assert_eq(s.connections_lost, 1);
+
+    /* the pool heals: autocommit work, and a new holder */
+    rec after;
+    run_sql(&f, "SELECT 23", &after, 10);
+    cr_assert_eq(after.code, 0, "after the loss: %s [%s] %s", aorm_errname(after.code), after.sqlstate, after.msg);
+    cr_assert(after.has_int && after.ival == 23);
+    hold h2 = {0};
+    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h2), 0);
+    cr_assert(wait_flag(f.evl, &h2.calls, 10));
+    cr_assert_eq(h2.code, 0, "acquire after the loss: %s", aorm_errname(h2.code));
+    rec on_new;
+    conn_sql(&f, h2.c, "SELECT 24", NULL, &on_new);
+    cr_assert(on_new.code == 0 && on_new.has_int && on_new.ival == 24);
+    aorm_conn_release(h2.c);
+    run_for(&f, 0.05);
+    cr_assert_eq(h.calls, 1);
+    cr_assert_eq(h2.calls, 1);
+    fx_close(&f);
+    rv_no_leaks();
+}
+
+/* A statement with a deadline pipelined behind a long one without a
+ * deadline: it times out at its deadline, and the long one, which the
+ * server is still running, is not made to pay for it (the grace period
+ * counts from when the server can have started the expired statement).
+ * grace = max(5 s, connect_timeout) = 5 s < the 6 s sleep. */
+Test(engine_faults, review_deadline_behind_long_statement, .timeout = 40) {
+    fx f;
+    aorm_engine_options o;
+    fx_init(&f, &o, "rv_dl_behind", NULL);
+    o.pool_size = 1;
+    o.max_overflow = 0;
+    o.connect_timeout = 1;
+    fx_engine(&f, &o);
+    rec warm;
+    run_sql(&f, "SELECT 1", &warm, 10);
+    cr_assert_eq(warm.code, 0);
+
+    rec slow = {0}, quick = {0};
+    aorm_exec_options xo = {.deadline = 0.5};
+    double t0 = mono();
+    cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(6)", NULL, NULL, on_rec, &slow), 0);
+    cr_assert_eq(aorm_engine_execute(f.e, "SELECT 42", NULL, &xo, on_rec, &quick), 0);
+    cr_assert(wait_flag(f.evl, &quick.calls, 5));
+    cr_assert_eq(quick.code, AORM_ETIMEOUT, "the statement with the deadline: %s [%s] %s", aorm_errname(quick.code),
+                 quick.sqlstate, quick.msg);
+    cr_assert_str_eq(quick.sqlstate, "57014");
+    cr_assert(quick.at - t0 >= 0.45 && quick.at - t0 < 1.5, "a deadline of 0.5 s expired after %.2f s",
+              quick.at - t0);
+    cr_assert(wait_flag(f.evl, &slow.calls, 10), "the long statement never came back");
+    cr_assert_eq(slow.code, 0, "the long statement (no deadline) after %.2f s: %s [%s] %s", slow.at - t0,
+                 aorm_errname(slow.code), slow.sqlstate, slow.msg);
+    rec after;
+    run_sql(&f, "SELECT 43", &after, 10);
+    cr_assert(after.code == 0 && after.has_int && after.ival == 43, "after: %s", aorm_errname(after.code));
+    run_for(&f, 0.1);
+    cr_assert_eq(slow.calls, 1);
+    cr_assert_eq(quick.calls, 1);
+    aorm_engine_stats s = stats_of(f.e);
+    cr_assert_eq(s.connections_lost, 0);
+    cr_assert_eq(s.discarded, 0);
+    cr_assert_eq(s.connects, 1, "connects = %llu", (unsigned long long)s.connects);
+    fx_close(&f);
+}
+
+/* The same inside a transaction on a held connection: the holder's long
+ * statement, its transaction and its COMMIT survive a deadline of a
+ * statement queued behind. */
+Test(engine_faults, review_deadline_behind_long_statement_held, .timeout = 40) {
+    PGconn *pg = t_pg();
+    free(t_pg_exec(pg, "DROP TABLE IF EXISTS flt_rv_long"));
+    free(t_pg_exec(pg, "CREATE TABLE flt_rv_long (v int)"));
+    fx f;
+    aorm_engine_options o;
+    fx_init(&f, &o, "rv_dl_behind_held", NULL);
+    o.pool_size = 1;
+    o.max_overflow = 0;
+    o.connect_timeout = 1;
+    fx_engine(&f, &o);
+    hold h = {0};
+    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0);
+    cr_assert(wait_flag(f.evl, &h.calls, 10));
+    cr_assert_eq(h.code, 0);
+
+    rec b = {0}, ins = {0}, slow = {0}, quick = {0}, commit = {0};
+    aorm_exec_options xo = {.deadline = 0.5};
+    double t0 = mono();
+    cr_assert_eq(aorm_conn_begin(h.c, NULL, on_rec, &b), 0);
+    cr_assert_eq(aorm_conn_execute(h.c, "INSERT INTO flt_rv_long VALUES (1)", NULL, NULL, on_rec, &ins), 0);
+    cr_assert_eq(aorm_conn_execute(h.c, "SELECT pg_sleep(6)", NULL, NULL, on_rec, &slow), 0);
+    cr_assert_eq(aorm_conn_execute(h.c, "SELECT 42", NULL, &xo, on_rec, &quick), 0);
+    cr_assert_eq(aorm_conn_commit(h.c, on_rec, &commit), 0);
+    cr_assert(wait_flag(f.evl, &quick.calls, 5));
+    cr_assert_eq(quick.code, AORM_ETIMEOUT, "%s [%s] %s", aorm_errname(quick.code), quick.sqlstate, quick.msg);
+    cr_assert(quick.at - t0 >= 0.45 && quick.at - t0 < 1.5, "a deadline of 0.5 s expired after %.2f s",
+              quick.at - t0);
+    cr_assert(wait_flag(f.evl, &commit.calls, 10), "the COMMIT never came back");
+    cr_assert_eq(b.code, 0);
+    cr_assert_eq(ins.code, 0, "%s", ins.msg);
+    cr_assert_eq(slow.code, 0, "the long statement (no deadline) after %.2f s: %s [%s] %s", slow.at - t0,
+                 aorm_errname(slow.code), slow.sqlstate, slow.msg);
+    cr_assert_eq(commit.code, 0, "COMMIT: %s [%s] %s", aorm_errname(commit.code), commit.sqlstate, commit.msg);
+    cr_assert_eq(aorm_conn_tx_status(h.c), AORM_TX_IDLE);
+    run_for(&f, 0.1);
+    cr_assert(b.calls == 1 && ins.calls == 1 && slow.calls == 1 && quick.calls == 1 && commit.calls == 1);
+    cr_assert_eq(t_pg_long(pg, "SELECT count(*) FROM flt_rv_long"), 1);
+    aorm_conn_release(h.c);
+    run_for(&f, 0.05);
+    aorm_engine_stats s = stats_of(f.e);
+    cr_assert_eq(s.connections_lost, 0);
+    cr_assert_eq(s.discarded, 0);
+    fx_close(&f);
+    free(t_pg_exec(pg, "DROP TABLE flt_rv_long"));
+    PQfinish(pg);
+}
+
+/* The only connection is promised to an acquire that then goes away
+ * (cancelled with its owner; timed out): the connection comes back into
+ * rotation, and autocommit work after it runs at once. */
+Test(engine_faults, review_reservation_of_cancelled_acquire, .timeout = 30) {
+    fx f;
+    aorm_engine_options o;
+    fx_init(&f, &o, "rv_reserve_cancel", NULL);
+    o.pool_size = 1;
+    o.max_overflow = 0;
+    o.pool_timeout = 2;
+    fx_engine(&f, &o);
+    rec warm;
+    run_sql(&f, "SELECT 1", &warm, 10);
+    cr_assert_eq(warm.code, 0);
+
+    rec busy = {0};
+    cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(0.5)", NULL, NULL, on_rec, &busy), 0);
+    uint64_t want = 2;
+    void *a[2] = {f.e, &want};
+    cr_assert(wait_fn(f.evl, all_sent, a, 5), "the sleep was never sent");
+    aorm_owner *ow = aorm_owner_new(f.e);
+    cr_assert_not_null(ow);
+    hold h = {0};
+    cr_assert_eq(aorm_owner_acquire(ow, on_hold, &h), 0);
+    run_for(&f, 0.1); /* a dispatch reserves the busy connection for it */
+    cr_assert_eq(h.calls, 0);
+    cr_assert_eq(stats_of(f.e).waiting, 1);
+    aorm_owner_cancel(ow);
+    cr_assert_eq(h.calls, 1);
+    cr_assert_eq(h.code, AORM_ECANCELED, "the cancelled acquire: %s", aorm_errname(h.code));
+    cr_assert_null(h.c);
+    cr_assert(wait_flag(f.evl, &busy.calls, 5));
+    cr_assert_eq(busy.code, 0);
+
+    rec next = {0};
+    double t0 = mono();
+    cr_assert_eq(aorm_engine_execute(f.e, "SELECT 2", NULL, NULL, on_rec, &next), 0);
+    cr_assert(wait_flag(f.evl, &next.calls, 5));
+    cr_assert_eq(next.code, 0, "a statement after the cancelled acquire: %s [%s] %s", aorm_errname(next.code),
+                 next.sqlstate, next.msg);
+    cr_assert(next.has_int && next.ival == 2);
+    cr_assert(next.at - t0 < 0.5, "it waited %.2f s for the idle connection", next.at - t0);
+    /* and the connection can be acquired again */
+    hold h2 = {0};
+    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h2), 0);
+    cr_assert(wait_flag(f.evl, &h2.calls, 5));
+    cr_assert_eq(h2.code, 0, "%s", aorm_errname(h2.code));
+    aorm_conn_release(h2.c);
+    run_for(&f, 0.05);
+    cr_assert_eq(h.calls, 1);
+    cr_assert_eq(next.calls, 1);
+    aorm_engine_stats s = stats_of(f.e);
+    cr_assert_eq(s.connects, 1);
+    cr_assert_eq(s.idle, 1, "idle = %d", s.idle);
+    aorm_owner_free(ow);
+    fx_close(&f);
+}
+
+Test(engine_faults, review_reservation_of_timed_out_acquire, .timeout = 30) {
+    fx f;
+    aorm_engine_options o;
+    fx_init(&f, &o, "rv_reserve_timeout", NULL);
+    o.pool_size = 1;
+    o.max_overflow = 0;
+    o.pool_timeout = 0.3;
+    fx_engine(&f, &o);
+    rec warm;
+    run_sql(&f, "SELECT 1", &warm, 10);
+    cr_assert_eq(warm.code, 0);
+
+    rec busy = {0};
+    cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(1)", NULL, NULL, on_rec, &busy), 0);
+    uint64_t want = 2;
+    void *a[2] = {f.e, &want};
+    cr_assert(wait_fn(f.evl, all_sent, a, 5), "the sleep was never sent");
+    hold h = {0};
+    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0);
+    cr_assert(wait_flag(f.evl, &h.calls, 5));
+    cr_assert_eq(h.code, AORM_EPOOLTIMEOUT, "the acquire: %s", aorm_errname(h.code));
+    cr_assert_eq(busy.calls, 0, "the sleep ended before the acquire timed out");
+    cr_assert(wait_flag(f.evl, &busy.calls, 5));
+    cr_assert_eq(busy.code, 0);
+
+    enum { N = 3 };
+    rec next[N];
+    memset(next, 0, sizeof(next));
+    double t0 = mono();
+    for (int i = 0; i < N; i++) cr_assert_eq(aorm_engine_execute(f.e, "SELECT 2", NULL, NULL, on_rec, &next[i]), 0);
+    cr_assert(run_until_all(&f, next, N, 5));
+    for (int i = 0; i < N; i++) {
+        /* (one left out of rotation: each would wait its pool timeout, 0.3 s, and fail) */
+        cr_assert_eq(next[i].code, 0, "statement %d after the timed-out acquire, %.2f s later: %s [%s] %s", i,
+                     next[i].at - t0, aorm_errname(next[i].code), next[i].sqlstate, next[i].msg);
+    }
+    run_for(&f, 0.05);
+    cr_assert_eq(h.calls, 1);
+    for (int i = 0; i < N; i++) cr_assert_eq(next[i].calls, 1);
+    aorm_engine_stats s = stats_of(f.e);
+    cr_assert_eq(s.connects, 1);
+    cr_assert_eq(s.idle, 1, "idle = %d", s.idle);
+    fx_close(&f);
+}
+
+/* COPY fill state for the owner tests. */
+typedef struct rv_fill {
+    int fills;
+    int forever; /* 1: always more rows */
+} rv_fill;
+
+static int rv_fill_rows(aorm_copy *cp, void *user) {
+    rv_fill *x = user;
+    x->fills++;
+    for (int i = 0; i < 1000; i++) {
+        aorm_copy_row(cp, 1);
+        aorm_copy_int4(cp, i);
+    }
+    return x->forever ? 1 : 0;
+}
+
+static int rv_fill_started(void *arg) { return ((rv_fill *)arg)->fills >= 2; }
+
+/* A COPY on a connection held through an owner belongs to the owner:
+ * freeing the owner calls it back at once and it never runs (queued), or
+ * is aborted and never filled again (streaming). */
+Test(engine_faults, review_owned_copy_goes_with_its_owner, .timeout = 30) {
+    PGconn *pg = t_pg();
+    free(t_pg_exec(pg, "DROP TABLE IF EXISTS flt_rv_copy"));
+    free(t_pg_exec(pg, "CREATE TABLE flt_rv_copy (v int)"));
+    fx f;
+    aorm_engine_options o;
+    fx_init(&f, &o, "rv_owned_copy", NULL);
+    o.pool_size = 1;
+    o.max_overflow = 0;
+    fx_engine(&f, &o);
+
+    /* queued behind a statement, the owner freed before anything is sent */
+    aorm_owner *ow = aorm_owner_new(f.e);
+    cr_assert_not_null(ow);
+    hold h = {0};
+    cr_assert_eq(aorm_owner_acquire(ow, on_hold, &h), 0);
+    cr_assert(wait_flag(f.evl, &h.calls, 10));
+    cr_assert_eq(h.code, 0);
+    rec ins = {0}, cp = {0};
+    rv_fill fl = {0};
+    cr_assert_eq(aorm_conn_execute(h.c, "INSERT INTO flt_rv_copy VALUES (-1)", NULL, NULL, on_rec, &ins), 0);
+    cr_assert_eq(aorm_conn_copy(h.c, "COPY flt_rv_copy (v) FROM STDIN (FORMAT binary)", rv_fill_rows, &fl, on_rec,
+                                &cp),
+                 0);
+    aorm_owner_free(ow);
+    cr_assert_eq(ins.calls, 1);
+    cr_assert_eq(ins.code, AORM_ECANCELED, "the statement: %s", aorm_errname(ins.code));
+    cr_assert_eq(cp.calls, 1, "the COPY was called back %d times inside aorm_owner_free", cp.calls);
+    cr_assert_eq(cp.code, AORM_ECANCELED, "the COPY: %s", aorm_errname(cp.code));
+    run_for(&f, 0.5);
+    cr_assert_eq(ins.calls, 1);
+    cr_assert_eq(cp.calls, 1, "the COPY was called back again after its owner was freed");
+    cr_assert_eq(fl.fills, 0, "the COPY of a freed owner was filled");
+    cr_assert(wait_fn(f.evl, none_held, f.e, 5), "the owner's connection never came back");
+    cr_assert_eq(t_pg_long(pg, "SELECT count(*) FROM flt_rv_copy"), 0);
+
+    /* the pool works on */
+    hold h2 = {0};
+    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h2), 0);
+    cr_assert(wait_flag(f.evl, &h2.calls, 10));
+    cr_assert_eq(h2.code, 0, "%s", aorm_errname(h2.code));
+    cr_assert_eq(aorm_conn_tx_status(h2.c), AORM_TX_IDLE);
+    aorm_conn_release(h2.c);
+    run_for(&f, 0.05);
+    cr_assert(h.calls == 1 && h2.calls == 1);
+    fx_close(&f);
+    free(t_pg_exec(pg, "DROP TABLE flt_rv_copy"));
+    PQfinish(pg);
+}
+
+/* The owner of a COPY that is streaming is cancelled: the COPY is called
+ * back at once, never filled again and aborted (nothing loaded), and its
+ * connection goes back to the pool (rolled back) for the next holder. */
+Test(engine_faults, review_owned_copy_cancelled_while_streaming, .timeout = 30) {
+    PGconn *pg = t_pg();
+    free(t_pg_exec(pg, "DROP TABLE IF EXISTS flt_rv_copy_cancel"));
+    free(t_pg_exec(pg, "CREATE TABLE flt_rv_copy_cancel (v int)"));
+    fx f;
+    aorm_engine_options o;
+    fx_init(&f, &o, "rv_copy_cancel", NULL);
+    o.pool_size = 1;
+    o.max_overflow = 0;
+    fx_engine(&f, &o);
+    aorm_owner *ow = aorm_owner_new(f.e);
+    cr_assert_not_null(ow);
+    hold h = {0};
+    cr_assert_eq(aorm_owner_acquire(ow, on_hold, &h), 0);
+    cr_assert(wait_flag(f.evl, &h.calls, 10));
+    cr_assert_eq(h.code, 0);
+    rec cp = {0};
+    rv_fill fl = {.forever = 1};
+    cr_assert_eq(aorm_conn_copy(h.c, "COPY flt_rv_copy_cancel (v) FROM STDIN (FORMAT binary)", rv_fill_rows, &fl,
+                                on_rec, &cp),
+                 0);
+    cr_assert(wait_fn(f.evl, rv_fill_started, &fl, 10), "the COPY never started streaming");
+    cr_assert_eq(cp.calls, 0);
+    aorm_owner_cancel(ow);
+    int fills = fl.fills;
+    cr_assert_eq(cp.calls, 1, "the streaming COPY was called back %d times inside the cancel", cp.calls);
+    cr_assert_eq(cp.code, AORM_ECANCELED, "the streaming COPY: %s", aorm_errname(cp.code));
+    run_for(&f, 0.3);
+    cr_assert_eq(cp.calls, 1);
+    cr_assert_eq(fl.fills, fills, "filled %d more times after the cancel", fl.fills - fills);
+    cr_assert(wait_fn(f.evl, none_held, f.e, 5),
+              "the connection of the cancelled COPY never went back to the pool: held %d, open %d, idle %d",
+              stats_of(f.e).held, stats_of(f.e).open, stats_of(f.e).idle);
+    cr_assert_eq(t_pg_long(pg, "SELECT count(*) FROM flt_rv_copy_cancel"), 0);
+    /* the owner stays usable, and gets the connection clean */
+    hold h2 = {0};
+    cr_assert_eq(aorm_owner_acquire(ow, on_hold, &h2), 0);
+    cr_assert(wait_flag(f.evl, &h2.calls, 10));
+    cr_assert_eq(h2.code, 0, "%s", aorm_errname(h2.code));
+    cr_assert_eq(aorm_conn_tx_status(h2.c), AORM_TX_IDLE);
+    aorm_conn_release(h2.c);
+    aorm_owner_free(ow);
+    run_for(&f, 0.05);
+    cr_assert(h.calls == 1 && h2.calls == 1);
+    fx_close(&f);
+    free(t_pg_exec(pg, "DROP TABLE flt_rv_copy_cancel"));
+    PQfinish(pg);
+}
+
+/* Finite fill: 20 calls, then done. */
+static int rv_fill_twenty(aorm_copy *cp, void *user) {
+    rv_fill *x = user;
+    rv_fill_rows(cp, user);
+    return x->fills < 20 ? 1 : 0;
+}
+
+/* The holder releases its connection while its COPY streams ("statements
+ * already queued still complete and call back"): the COPY completes, and
+ * then the connection goes back to the pool. */
+Test(engine_faults, review_copy_released_while_streaming, .timeout = 30) {
+    PGconn *pg = t_pg();
+    free(t_pg_exec(pg, "DROP TABLE IF EXISTS flt_rv_copy_rel"));
+    free(t_pg_exec(pg, "CREATE TABLE flt_rv_copy_rel (v int)"));
+    fx f;
+    aorm_engine_options o;
+    fx_init(&f, &o, "rv_copy_release", NULL);
+    o.pool_size = 1;
+    o.max_overflow = 0;
+    fx_engine(&f, &o);
+    hold h = {0};
+    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0);
+    cr_assert(wait_flag(f.evl, &h.calls, 10));
+    cr_assert_eq(h.code, 0);
+    rec cp = {0};
+    rv_fill fl = {.forever = 1};
+    cr_assert_eq(aorm_conn_copy(h.c, "COPY flt_rv_copy_rel (v) FROM STDIN (FORMAT binary)", rv_fill_twenty, &fl,
+                                on_rec, &cp),
+                 0);
+    cr_assert(wait_fn(f.evl, rv_fill_started, &fl, 10), "the COPY never started streaming");
+    cr_assert_eq(cp.calls, 0);
+    aorm_conn_release(h.c);
+    cr_assert(wait_flag(f.evl, &cp.calls, 10), "the COPY never completed");
+    cr_assert_eq(cp.code, 0, "the COPY: %s [%s] %s", aorm_errname(cp.code), cp.sqlstate, cp.msg);
+    cr_assert_eq(fl.fills, 20);
+    cr_assert(wait_fn(f.evl, none_held, f.e, 5),
+              "the connection released during its COPY never went back to the pool: held %d, open %d, idle %d",
+              stats_of(f.e).held, stats_of(f.e).open, stats_of(f.e).idle);
+    cr_assert_eq(t_pg_long(pg, "SELECT count(*) FROM flt_rv_copy_rel"), 20 * 1000);
+    rec after;
+    run_sql(&f, "SELECT 5", &after, 5);
+    cr_assert_eq(after.code, 0, "%s", aorm_errname(after.code));
+    run_for(&f, 0.05);
+    cr_assert_eq(cp.calls, 1);
+    cr_assert_eq(h.calls, 1);
+    fx_close(&f);
+    free(t_pg_exec(pg, "DROP TABLE flt_rv_copy_rel"));
+    PQfinish(pg);
+}
+
+static int open_at_most_one(void *arg) { return stats_of(arg).open <= 1; }
+
+/* Overflow connections that were busy with autocommit statements in the
+ * last dispatch are closed idle_timeout after they go idle, with no
+ * traffic to wake the engine. */
+Test(engine_faults, review_idle_overflow_reaped_without_traffic, .timeout = 30) {
+    fx f;
+    aorm_engine_options o;
+    fx_init(&f, &o, "rv_reap", NULL);
+    o.pool_size = 1;
+    o.max_overflow = 1;
+    o.idle_timeout = 0.5;
+    fx_engine(&f, &o);
+    hold h1 = {0}, h2 = {0};
+    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h1), 0);
+    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h2), 0);
+    hold *hs[] = {&h1, &h2, NULL};
+    cr_assert(wait_fn(f.evl, holds_all_called, hs, 10));
+    cr_assert(h1.code == 0 && h2.code == 0);
+    aorm_conn_release(h1.c);
+    aorm_conn_release(h2.c);
+    cr_assert(wait_fn(f.evl, none_held, f.e, 5));
+    cr_assert_eq(stats_of(f.e).open, 2);
+
+    rec a = {0}, b = {0};
+    cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_backend_pid() FROM pg_sleep(0.2)", NULL, NULL, on_rec, &a), 0);
+    cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_backend_pid() FROM pg_sleep(0.2)", NULL, NULL, on_rec, &b), 0);
+    rec ab[2];
+    cr_assert(wait_flag(f.evl, &a.calls, 5) && wait_flag(f.evl, &b.calls, 5));
+    ab[0] = a;
+    ab[1] = b;
+    for (int i = 0; i < 2; i++)
+        cr_assert(ab[i].code == 0 && ab[i].has_int, "sleep %d: %s [%s] %s", i, aorm_errname(ab[i].code),
+                  ab[i].sqlstate, ab[i].msg);
+    cr_assert_neq(a.ival, b.ival, "both statements ran on one connection: the test did not set up its case");
+    double idle_since = mono();
+
+    /* no more traffic from here on */
+    cr_assert(wait_fn(f.evl, open_at_most_one, f.e, 3), "%d connections still open %.1f s after the last statement "
+              "(pool_size 1, idle_timeout 0.5)", stats_of(f.e).open, mono() - idle_since);
+    aorm_engine_stats s = stats_of(f.e);
+    cr_assert_eq(s.open, 1, "open = %d", s.open);
+    cr_assert_eq(s.overflow_closed, 1, "overflow_closed = %llu", (unsigned long long)s.overflow_closed);
+    PGconn *pg = t_pg();
+    char sql[512];
+    activity_sql(sql, sizeof(sql), &f, NULL);
+    long n = poll_pg(&f, pg, sql, CMP_LE, 1, 3.0);
+    cr_assert(n <= 1, "%ld client backends still open for the engine", n);
+    PQfinish(pg);
+    run_for(&f, 0.05);
+    cr_assert(a.calls == 1 && b.calls == 1);
+    fx_close(&f);
+}
+
+/* The statement_timeout of the holder's session, in ms. */
+static int64_t rv_statement_timeout(fx *f, aorm_conn *c) {
+    aorm_exec_options raw = {.flags = AORM_EXEC_UNPREPARED, .deadline = -1};
+    rec r;
+    conn_sql(f, c, "SELECT setting::int8 FROM pg_settings WHERE name = 'statement_timeout'", &raw, &r);
+    cr_assert(r.code == 0 && r.has_int, "statement_timeout: %s [%s] %s", aorm_errname(r.code), r.sqlstate, r.msg);
+    return r.ival;
+}
+
+/* A raw COMMIT with a deadline inside a block opened with aorm_conn_begin:
+ * the COMMIT undoes the deadline's settings before they are put back, and
+ * the statements queued behind it still run (nothing of the deadline's
+ * bookkeeping fails them); the session's statement_timeout is unchanged. */
+Test(engine_faults, review_deadline_on_raw_commit, .timeout = 30) {
+    fx f;
+    aorm_engine_options o;
+    fx_init(&f, &o, "rv_dl_commit", NULL);
+    o.pool_size = 1;
+    fx_engine(&f, &o);
+    hold h = {0};
+    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0);
+    cr_assert(wait_flag(f.evl, &h.calls, 10));
+    cr_assert_eq(h.code, 0);
+    int64_t before = rv_statement_timeout(&f, h.c);
+
+    for (int round = 0; round < 2; round++) {
+        /* round 1: the COMMIT's statement is prepared by now */
+        rec b = {0}, commit = {0}, after = {0};
+        aorm_exec_options xo = {.deadline = 2};
+        cr_assert_eq(aorm_conn_begin(h.c, NULL, on_rec, &b), 0);
+        cr_assert_eq(aorm_conn_execute(h.c, "COMMIT", NULL, &xo, on_rec, &commit), 0);
+        cr_assert_eq(aorm_conn_execute(h.c, "SELECT 1", NULL, NULL, on_rec, &after), 0);
+        cr_assert(wait_flag(f.evl, &after.calls, 10));
+        cr_assert_eq(b.code, 0, "round %d: BEGIN: %s", round, aorm_errname(b.code));
+        cr_assert_eq(commit.code, 0, "round %d: COMMIT: %s [%s] %s", round, aorm_errname(commit.code),
+                     commit.sqlstate, commit.msg);
+        cr_assert_eq(after.code, 0, "round %d: the statement after the COMMIT: %s [%s] %s", round,
+                     aorm_errname(after.code), after.sqlstate, after.msg);
+        cr_assert(after.has_int && after.ival == 1);
+        cr_assert_eq(aorm_conn_tx_status(h.c), AORM_TX_IDLE);
+        cr_assert_eq(rv_statement_timeout(&f, h.c), before, "round %d: the session's statement_timeout changed",
+                     round);
+        run_for(&f, 0.05);
+        cr_assert(b.calls == 1 && commit.calls == 1 && after.calls == 1);
+    }
+    aorm_conn_release(h.c);
+    fx_close(&f);
+}
+
+/* A raw ROLLBACK TO SAVEPOINT under an engine-wide statement_timeout (a
+ * deadline on every statement): the transaction goes on, the statements
+ * after it run, and the COMMIT commits what was before the savepoint. */
+Test(engine_faults, review_deadline_on_raw_rollback_to_savepoint, .timeout = 30) {
+    PGconn *pg = t_pg();
+    free(t_pg_exec(pg, "DROP TABLE IF EXISTS flt_rv_sp"));
+    free(t_pg_exec(pg, "CREATE TABLE flt_rv_sp (v int)"));
+    fx f;
+    aorm_engine_options o;
+    fx_init(&f, &o, "rv_dl_savepoint", NULL);
+    o.pool_size = 1;
+    o.statement_timeout = 5;
+    fx_engine(&f, &o);
+    hold h = {0};
+    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0);
+    cr_assert(wait_flag(f.evl, &h.calls, 10));
+    cr_assert_eq(h.code, 0);
+
+    rec b = {0}, i1 = {0}, sp = {0}, i2 = {0}, back = {0}, after = {0}, commit = {0};
+    cr_assert_eq(aorm_conn_begin(h.c, NULL, on_rec, &b), 0);
+    cr_assert_eq(aorm_conn_execute(h.c, "INSERT INTO flt_rv_sp VALUES (1)", NULL, NULL, on_rec, &i1), 0);
+    cr_assert_eq(aorm_conn_savepoint(h.c, "s1", on_rec, &sp), 0);
+    cr_assert_eq(aorm_conn_execute(h.c, "INSERT INTO flt_rv_sp VALUES (2)", NULL, NULL, on_rec, &i2), 0);
+    cr_assert_eq(aorm_conn_execute(h.c, "ROLLBACK TO SAVEPOINT s1", NULL, NULL, on_rec, &back), 0);
+    cr_assert_eq(aorm_conn_execute(h.c, "SELECT 3", NULL, NULL, on_rec, &after), 0);
+    cr_assert_eq(aorm_conn_commit(h.c, on_rec, &commit), 0);
+    cr_assert(wait_flag(f.evl, &commit.calls, 10));
+    const struct {
+        rec *r;
+        const char *what;
+    } steps[] = {{&b, "BEGIN"},  {&i1, "first INSERT"},          {&sp, "SAVEPOINT"}, {&i2, "second INSERT"},
+                 {&back, "raw ROLLBACK TO SAVEPOINT"}, {&after, "statement after it"}, {&commit, "COMMIT"}};
+    for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+        cr_assert_eq(steps[i].r->calls, 1, "%s called back %d times", steps[i].what, steps[i].r->calls);
+        cr_assert_eq(steps[i].r->code, 0, "%s: %s [%s] %s", steps[i].what, aorm_errname(steps[i].r->code),
+                     steps[i].r->sqlstate, steps[i].r->msg);
+    }
+    cr_assert(after.has_int && after.ival == 3);
+    cr_assert_eq(aorm_conn_tx_status(h.c), AORM_TX_IDLE);
+    cr_assert_eq(t_pg_long(pg, "SELECT count(*) FROM flt_rv_sp"), 1);
+    cr_assert_eq(t_pg_long(pg, "SELECT sum(v) FROM flt_rv_sp"), 1);
+    aorm_conn_release(h.c);
+    run_for(&f, 0.05);
+    fx_close(&f);
+    free(t_pg_exec(pg, "DROP TABLE flt_rv_sp"));
+    PQfinish(pg);
+}
+
+/* A statement evicted from the cache after the user's DEALLOCATE ALL: its
+ * DEALLOCATE fails with 26000 (it does not exist) and is not sent again.
+ * Counted by syncs: once the failure has been read, each statement costs
+ * its own sync and nothing more. */
+Test(engine_faults, review_failed_deallocate_not_resent, .timeout = 30) {
+    fx f;
+    aorm_engine_options o;
+    fx_init(&f, &o, "rv_dealloc_gone", NULL);
+    o.pool_size = 1;
+    o.max_overflow = 0;
+    o.prepared_cache_size = 2;
+    fx_engine(&f, &o);
+    hold h = {0};
+    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0);
+    cr_assert(wait_flag(f.evl, &h.calls, 10));
+    cr_assert_eq(h.code, 0);
+    aorm_exec_options raw = {.flags = AORM_EXEC_UNPREPARED};
+    rec r;
+    conn_sql(&f, h.c, "SELECT 1 AS rv_a", NULL, &r); /* prepared and cached */
+    cr_assert_eq(r.code, 0);
+    conn_sql(&f, h.c, "SELECT 2 AS rv_b", NULL, &r);
+    cr_assert_eq(r.code, 0);
+    conn_sql(&f, h.c, "DEALLOCATE ALL", &raw, &r); /* the cache does not know */
+    cr_assert_eq(r.code, 0, "%s", r.msg);
+    conn_sql(&f, h.c, "SELECT 3 AS rv_c", NULL, &r); /* evicts rv_a: its DEALLOCATE fails */
+    cr_assert_eq(r.code, 0, "%s", r.msg);
+    cr_assert(r.has_int && r.ival == 3);
+    conn_sql(&f, h.c, "SELECT 4", &raw, &r); /* answered after the DEALLOCATE was */
+    cr_assert_eq(r.code, 0);
+
+    enum { K = 6 };
+    uint64_t s0 = stats_of(f.e).syncs;
+    for (int i = 0; i < K; i++) {
+        conn_sql(&f, h.c, "SELECT 5", &raw, &r);
+        cr_assert_eq(r.code, 0, "%s", r.msg);
+    }
+    uint64_t s1 = stats_of(f.e).syncs;
+    cr_assert_eq(s1 - s0, K, "%llu syncs for %d statements: the failed DEALLOCATE is being sent again",
+                 (unsigned long long)(s1 - s0), K);
+    /* the statement whose server side was dropped runs (prepared again) */
+    conn_sql(&f, h.c, "SELECT 2 AS rv_b", NULL, &r);
+    cr_assert_eq(r.code, 0, "%s [%s] %s", aorm_errname(r.code), r.sqlstate, r.msg);
+    cr_assert(r.has_int && r.ival == 2);
+    aorm_conn_release(h.c);
+    run_for(&f, 0.05);
+    fx_close(&f);
+}

@@ -1690,6 +1690,98 @@ Test(fault_matrix, idle_reset_seen_at_send, .timeout = 120) {
     matrix_row("18", title, caller, pool);
 }
 
+/* The server stops reading, so the engine's writes block; then it ends the
+ * stream. A statement queued in the same loop turn as the end of the stream
+ * is written by the engine's dispatch before the engine can read that end:
+ * libpq, finding its socket full, reads, meets the end, and drops the
+ * connection inside the write. */
+enum { HC_N = 256, HC_LEN = 64 * 1024 };
+
+typedef struct late_send {
+    ev_timer w;
+    fx *f;
+    rec *x;
+    char *text;
+    int rc;
+} late_send;
+
+static void on_late_send(struct ev_loop *evl, ev_timer *w, int revents) {
+    late_send *ls = (late_send *)w;
+    fp_half_close_live(ls->f->proxy);
+    aorm_params p;
+    aorm_params_init(&p);
+    aorm_params_text(&p, ls->text);
+    ls->rc = aorm_engine_execute(ls->f->e, "SELECT length($1::text)", &p, NULL, on_rec, ls->x);
+    aorm_params_free(&p);
+}
+
+Test(fault_matrix, closed_while_writes_block, .timeout = 120) {
+    const char *title = "server stops reading, then closes while the engine writes";
+    matrix_begin("19", title);
+    fx f;
+    fx_init(&f, "half_close");
+    fx_proxy(&f);
+    aorm_engine_options o;
+    fx_options(&f, &o, NULL);
+    o.pool_size = 1;
+    o.max_overflow = 0;
+    fx_engine(&f, &o);
+    warm(&f, 1);
+    char *text = malloc(HC_LEN + 1);
+    rec *r = calloc(HC_N + 1, sizeof(*r));
+    cr_assert(text && r);
+    memset(text, 'y', HC_LEN);
+    text[HC_LEN] = '\0';
+
+    fp_stall_live(f.proxy, FP_UP); /* nothing the engine writes is read any more */
+    fp_counters c0;
+    fp_counters_get(f.proxy, &c0);
+    for (int i = 0; i < HC_N; i++) {
+        aorm_params p;
+        aorm_params_init(&p);
+        aorm_params_text(&p, text);
+        cr_assert_eq(aorm_engine_execute(f.e, "SELECT length($1::text)", &p, NULL, on_rec, &r[i]), 0);
+        aorm_params_free(&p);
+    }
+    run_for(&f, 0.5); /* the engine writes until the socket is full, then waits */
+    fp_counters c1;
+    fp_counters_get(f.proxy, &c1);
+    cr_assert_eq(c1.bytes_up, c0.bytes_up, "the proxy forwarded statements it should have held");
+    for (int i = 0; i < HC_N; i++) cr_assert_eq(r[i].calls, 0, "statement %d answered while nothing was read", i);
+
+    late_send ls = {.f = &f, .x = &r[HC_N], .text = text, .rc = 1};
+    ev_timer_init(&ls.w, on_late_send, 0., 0.);
+    ev_timer_start(f.evl, &ls.w);
+    cr_assert(wait_all(&f, r, HC_N + 1, HEAL_S + 5), "not every statement was called back");
+    run_for(&f, 0.2);
+    cr_assert_eq(ls.rc, 0);
+    int lost = 0;
+    for (int i = 0; i < HC_N; i++) {
+        cr_assert_eq(r[i].calls, 1, "statement %d called back %d times", i, r[i].calls);
+        cr_assert(lost_outcome(&r[i]), "statement %d, written to a connection the server closed: %s", i,
+                  rec_str(&r[i]));
+        lost++;
+    }
+    rec *x = &r[HC_N];
+    cr_assert_eq(x->calls, 1, "the statement written at the end of the stream was called back %d times", x->calls);
+    cr_assert(x->code == 0 || lost_outcome(x), "the statement written at the end of the stream: %s", rec_str(x));
+    if (x->code == 0) cr_assert(x->has_int && x->ival == HC_LEN);
+    fp_stall_live(f.proxy, 0);
+    expect_healed(&f, HEAL_S, 1, title);
+    aorm_engine_stats s = stats_of(f.e);
+    cr_assert_eq(s.connections_lost, 1, "connections_lost = %llu", (unsigned long long)s.connections_lost);
+    free(text);
+    free(r);
+
+    char caller[512], pool[512];
+    snprintf(caller, sizeof(caller), "%d/%d statements stuck in the socket: %s, once each; the one written when "
+             "the stream ended: %s, once", lost, HC_N, cname(AORM_ECONNLOST), cname(x->code));
+    snprintf(pool, sizeof(pool), "the connection is dropped (connections_lost %llu) and replaced; the next "
+             "statement succeeds", (unsigned long long)s.connections_lost);
+    fx_close(&f);
+    matrix_row("19", title, caller, pool);
+}
+
 /* ============================================================================
  * 10. Pool exhaustion: 1,000 waiters
  * ========================================================================== */

@@ -291,35 +291,29 @@ int aorm__conn_sync(aorm_conn *c) {
     return 0;
 }
 
+/* Adds a name (owned from then on) to the statements to deallocate. */
+static int push_dealloc(aorm_conn *c, char *name) {
+    if (c->ndeallocs == c->cap_deallocs) {
+        int cap = c->cap_deallocs ? c->cap_deallocs * 2 : 8;
+        char **d = realloc(c->deallocs, (size_t)cap * sizeof(char *));
+        if (!d) return -1;
+        c->deallocs = d;
+        c->cap_deallocs = cap;
+    }
+    c->deallocs[c->ndeallocs++] = name;
+    return 0;
+}
+
 /* Evicted statements are deallocated in a sync group of their own, sent
  * at the end of a dispatch: inside a group that aborts, the server would
  * skip the DEALLOCATE and the statement would stay for the life of the
  * connection. */
 static int queue_dealloc(aorm_conn *c, const aorm__stmt *s) {
-    if (c->ndeallocs == c->cap_deallocs) {
-        int cap = c->cap_deallocs ? c->cap_deallocs * 2 : 8;
-        char **d = realloc(c->deallocs, (size_t)cap * sizeof(char *));
-        if (!d) return -1;
-        c->deallocs = d;
-        c->cap_deallocs = cap;
-    }
     char *name = aorm__strdup(s->name);
-    if (!name) return -1;
-    c->deallocs[c->ndeallocs++] = name;
-    return 0;
-}
-
-/* Puts a name back on the list of statements to deallocate (it owns the
- * name again on success). */
-static int requeue_dealloc(aorm_conn *c, char *name) {
-    if (c->ndeallocs == c->cap_deallocs) {
-        int cap = c->cap_deallocs ? c->cap_deallocs * 2 : 8;
-        char **d = realloc(c->deallocs, (size_t)cap * sizeof(char *));
-        if (!d) return -1;
-        c->deallocs = d;
-        c->cap_deallocs = cap;
+    if (!name || push_dealloc(c, name) < 0) {
+        free(name);
+        return -1;
     }
-    c->deallocs[c->ndeallocs++] = name;
     return 0;
 }
 
@@ -721,7 +715,7 @@ static void item_done(aorm_conn *c, aorm__item *it) {
             /* skipped, or refused inside a failed transaction block
              * (25P02): the statement still exists on the server; try
              * again once the block is over (the name moves back) */
-            if (requeue_dealloc(c, it->name) == 0) it->name = NULL;
+            if (push_dealloc(c, it->name) == 0) it->name = NULL;
         }
         free(it->name);
         PQclear(r);
@@ -829,8 +823,9 @@ static void read_input(aorm_conn *c) {
         }
         c->last_used = aorm__mono_now();
         /* idle now: beyond pool_size, its idle_timeout starts (dispatch
-         * arms the reaper); drained after a deadline, it can take work */
-        if (!was_idle && (c->e->nconns > c->e->o.pool_size || c->draining)) c->e->rescan = true;
+         * arms the reaper); drained after a deadline, it can take work;
+         * released by its holder (during a COPY, say), it can go back */
+        if (!was_idle && (c->e->nconns > c->e->o.pool_size || c->draining || c->releasing)) c->e->rescan = true;
     }
 }
 

@@ -1142,10 +1142,15 @@ static void send_pending(aorm_conn *c, aorm_conn **touched) {
         c->pend_head = op->next;
         if (!c->pend_head) c->pend_tail = NULL;
         touch(c, touched);
-        if (send_one(c, op) < 0) {
+        /* pinned across the send: if the connection is lost on the way,
+         * conn_lost calls op back and would free it under us */
+        op->nitems++;
+        int rc = send_one(c, op);
+        op->nitems--;
+        if (rc < 0) {
             if (c->state == CONN_BROKEN) { /* conn_lost failed the rest of pending */
                 op->queued = false;
-                aorm__op_fail_lost(op, AORM_ECONNLOST, "connection lost", false);
+                aorm__op_fail_lost(op, AORM_ECONNLOST, "connection lost", false); /* unless it went out */
                 aorm__op_release(op);
                 return;
             }
@@ -1260,7 +1265,10 @@ static void dispatch(aorm_loop *loop, void *arg) {
         e->q_len--;
         touch(c, &touched);
         c->last_used = aorm__mono_now();
-        if (send_one(c, op) < 0) {
+        op->nitems++; /* pinned across the send (see send_pending) */
+        int rc = send_one(c, op);
+        op->nitems--;
+        if (rc < 0) {
             if (c->state == CONN_BROKEN && op->done) { /* it went out: conn_lost called it back */
                 op->queued = false;
                 aorm__op_release(op);
@@ -1274,6 +1282,8 @@ static void dispatch(aorm_loop *loop, void *arg) {
             op->queued = false;
             aorm__op_fail(op, AORM_ENOMEM, "", "out of memory sending a statement");
             aorm__op_release(op);
+        } else {
+            aorm__op_release(op); /* no-op while its items refer to it */
         }
     }
 

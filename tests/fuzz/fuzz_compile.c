@@ -214,8 +214,14 @@ static aorm_expr *node(aorm_expr_kind k) {
     return e;
 }
 
+static const aorm_model *current; /* the model of the statement being built */
+
 static aorm_expr *column_expr(fuzz_in *in) {
-    const fz_model *fm = &M[fuzz_u8(in) % 3];
+    uint8_t w = fuzz_u8(in);
+    /* mostly the statement's own model, so that what is legal gets built too */
+    const fz_model *fm = &M[w % 3];
+    for (int i = 0; i < 3 && (w & 0x80) && current; i++)
+        if (&M[i].m == current) fm = &M[i];
     uint8_t k = fuzz_u8(in);
     aorm_expr *e = node(AORM_X_COLUMN);
     e->model = &fm->m;
@@ -258,6 +264,12 @@ static aorm_expr *value_expr(fuzz_in *in) {
     case AORM_NUMERIC:
         /* explicit lengths may include NUL bytes; SIZE_MAX is strlen */
         e->v.s = bytes_copy(in, 24, &len);
+        if (e->type == AORM_NUMERIC && !(f & 0x40)) {
+            /* mostly decimal-looking text, so that numerics get through */
+            static const char digits[] = "0123456789.-+eE";
+            char *d = (char *)(uintptr_t)e->v.s;
+            for (size_t i = 0; i < len; i++) d[i] = digits[(unsigned char)d[i] % 15];
+        }
         e->len = (f & 8) ? len : SIZE_MAX;
         if ((f & 0x30) == 0x30) e->v.s = NULL;
         break;
@@ -588,6 +600,15 @@ static void step(aorm_stmt *q, fuzz_in *in, int depth) {
     }
     case 23: aorm_bind(q, "a", value_expr(in)); break;
     case 24: aorm_bind(q, "b", array_expr(in)); break;
+    case 25: {
+        /* a builder call on no statement: its subqueries are freed */
+        uint8_t w = fuzz_u8(in);
+        int n;
+        if (w % 3 == 0) aorm_where(NULL, expr(in, depth));
+        else if (w % 3 == 1) aorm_set(NULL, expr(in, depth), expr(in, depth));
+        else aorm_on_conflict_do_update(NULL, col_list(in, &n), n);
+        break;
+    }
     default: aorm_where(q, expr(in, depth)); break;
     }
 }
@@ -628,9 +649,12 @@ static aorm_stmt *new_stmt(fuzz_in *in, bool sub) {
 }
 
 static aorm_stmt *sub_stmt(fuzz_in *in, int depth) {
+    const aorm_model *outer = current;
     aorm_stmt *s = new_stmt(in, true);
+    current = aorm_stmt_model(s);
     int n = fuzz_u8(in) % 4;
     for (int i = 0; i < n && s; i++) step(s, in, depth);
+    current = outer;
     return s;
 }
 
@@ -771,7 +795,9 @@ static outcome run(const uint8_t *data, size_t size) {
     for (int i = 0; i < 3; i++) make_model(i, &in);
     relate();
     has_raw = false;
+    current = NULL;
     aorm_stmt *q = new_stmt(&in, false);
+    current = aorm_stmt_model(q);
     int nsteps = fuzz_u8(&in) % 24;
     for (int i = 0; i < nsteps && q; i++) step(q, &in, 0);
     outcome o = {0};
