@@ -2630,10 +2630,10 @@ Test(engine_faults, review_deadline_behind_long_statement_held, .timeout = 40) {
     cr_assert(quick.at - t0 >= 0.45 && quick.at - t0 < 1.5, "a deadline of 0.5 s expired after %.2f s",
               quick.at - t0);
     cr_assert(wait_flag(f.evl, &commit.calls, 10), "the COMMIT never came back");
-    cr_assert_eq(b.code, 0);
-    cr_assert_eq(ins.code, 0, "%s", ins.msg);
     cr_assert_eq(slow.code, 0, "the long statement (no deadline) after %.2f s: %s [%s] %s", slow.at - t0,
                  aorm_errname(slow.code), slow.sqlstate, slow.msg);
+    cr_assert_eq(b.code, 0, "BEGIN: %s [%s] %s", aorm_errname(b.code), b.sqlstate, b.msg);
+    cr_assert_eq(ins.code, 0, "INSERT: %s [%s] %s", aorm_errname(ins.code), ins.sqlstate, ins.msg);
     cr_assert_eq(commit.code, 0, "COMMIT: %s [%s] %s", aorm_errname(commit.code), commit.sqlstate, commit.msg);
     cr_assert_eq(aorm_conn_tx_status(h.c), AORM_TX_IDLE);
     run_for(&f, 0.1);
@@ -3028,50 +3028,64 @@ Test(engine_faults, review_deadline_on_raw_commit, .timeout = 30) {
     fx_close(&f);
 }
 
-/* A raw ROLLBACK TO SAVEPOINT under an engine-wide statement_timeout (a
- * deadline on every statement): the transaction goes on, the statements
- * after it run, and the COMMIT commits what was before the savepoint. */
+/* A raw ROLLBACK TO SAVEPOINT with a deadline: it undoes the deadline's
+ * settings made after the savepoint (in round 0 the first of the
+ * transaction) before they are put back; the transaction goes on, the
+ * statements after it run, and the COMMIT commits what was before the
+ * savepoint. Round 0: a deadline on the ROLLBACK TO alone; round 1: an
+ * engine-wide statement_timeout (a deadline on every statement). */
 Test(engine_faults, review_deadline_on_raw_rollback_to_savepoint, .timeout = 30) {
     PGconn *pg = t_pg();
     free(t_pg_exec(pg, "DROP TABLE IF EXISTS flt_rv_sp"));
     free(t_pg_exec(pg, "CREATE TABLE flt_rv_sp (v int)"));
-    fx f;
-    aorm_engine_options o;
-    fx_init(&f, &o, "rv_dl_savepoint", NULL);
-    o.pool_size = 1;
-    o.statement_timeout = 5;
-    fx_engine(&f, &o);
-    hold h = {0};
-    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0);
-    cr_assert(wait_flag(f.evl, &h.calls, 10));
-    cr_assert_eq(h.code, 0);
+    for (int round = 0; round < 2; round++) {
+        free(t_pg_exec(pg, "TRUNCATE flt_rv_sp"));
+        fx f;
+        aorm_engine_options o;
+        fx_init(&f, &o, round ? "rv_dl_savepoint_all" : "rv_dl_savepoint", NULL);
+        o.pool_size = 1;
+        if (round) o.statement_timeout = 5;
+        fx_engine(&f, &o);
+        hold h = {0};
+        cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0);
+        cr_assert(wait_flag(f.evl, &h.calls, 10));
+        cr_assert_eq(h.code, 0);
 
-    rec b = {0}, i1 = {0}, sp = {0}, i2 = {0}, back = {0}, after = {0}, commit = {0};
-    cr_assert_eq(aorm_conn_begin(h.c, NULL, on_rec, &b), 0);
-    cr_assert_eq(aorm_conn_execute(h.c, "INSERT INTO flt_rv_sp VALUES (1)", NULL, NULL, on_rec, &i1), 0);
-    cr_assert_eq(aorm_conn_savepoint(h.c, "s1", on_rec, &sp), 0);
-    cr_assert_eq(aorm_conn_execute(h.c, "INSERT INTO flt_rv_sp VALUES (2)", NULL, NULL, on_rec, &i2), 0);
-    cr_assert_eq(aorm_conn_execute(h.c, "ROLLBACK TO SAVEPOINT s1", NULL, NULL, on_rec, &back), 0);
-    cr_assert_eq(aorm_conn_execute(h.c, "SELECT 3", NULL, NULL, on_rec, &after), 0);
-    cr_assert_eq(aorm_conn_commit(h.c, on_rec, &commit), 0);
-    cr_assert(wait_flag(f.evl, &commit.calls, 10));
-    const struct {
-        rec *r;
-        const char *what;
-    } steps[] = {{&b, "BEGIN"},  {&i1, "first INSERT"},          {&sp, "SAVEPOINT"}, {&i2, "second INSERT"},
-                 {&back, "raw ROLLBACK TO SAVEPOINT"}, {&after, "statement after it"}, {&commit, "COMMIT"}};
-    for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
-        cr_assert_eq(steps[i].r->calls, 1, "%s called back %d times", steps[i].what, steps[i].r->calls);
-        cr_assert_eq(steps[i].r->code, 0, "%s: %s [%s] %s", steps[i].what, aorm_errname(steps[i].r->code),
-                     steps[i].r->sqlstate, steps[i].r->msg);
+        rec b = {0}, sp = {0}, i1 = {0}, i2 = {0}, back = {0}, after = {0}, commit = {0};
+        aorm_exec_options xo = {.deadline = 2};
+        cr_assert_eq(aorm_conn_begin(h.c, NULL, on_rec, &b), 0);
+        cr_assert_eq(aorm_conn_execute(h.c, "INSERT INTO flt_rv_sp VALUES (1)", NULL, NULL, on_rec, &i1), 0);
+        cr_assert_eq(aorm_conn_savepoint(h.c, "s1", on_rec, &sp), 0);
+        cr_assert_eq(aorm_conn_execute(h.c, "INSERT INTO flt_rv_sp VALUES (2)", NULL, NULL, on_rec, &i2), 0);
+        cr_assert_eq(aorm_conn_execute(h.c, "ROLLBACK TO SAVEPOINT s1", NULL, round ? NULL : &xo, on_rec, &back), 0);
+        cr_assert_eq(aorm_conn_execute(h.c, "SELECT 3", NULL, NULL, on_rec, &after), 0);
+        cr_assert_eq(aorm_conn_commit(h.c, on_rec, &commit), 0);
+        cr_assert(wait_flag(f.evl, &commit.calls, 10));
+        run_for(&f, 0.05);
+        const struct {
+            rec *r;
+            const char *what;
+        } steps[] = {{&b, "BEGIN"},
+                     {&i1, "first INSERT"},
+                     {&sp, "SAVEPOINT"},
+                     {&i2, "second INSERT"},
+                     {&back, "raw ROLLBACK TO SAVEPOINT"},
+                     {&after, "statement after it"},
+                     {&commit, "COMMIT"}};
+        for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+            cr_assert_eq(steps[i].r->calls, 1, "round %d: %s called back %d times", round,
+                         steps[i].what, steps[i].r->calls);
+            cr_assert_eq(steps[i].r->code, 0, "round %d: %s: %s [%s] %s", round, steps[i].what,
+                         aorm_errname(steps[i].r->code), steps[i].r->sqlstate, steps[i].r->msg);
+        }
+        cr_assert(after.has_int && after.ival == 3);
+        cr_assert_eq(aorm_conn_tx_status(h.c), AORM_TX_IDLE);
+        cr_assert_eq(t_pg_long(pg, "SELECT count(*) FROM flt_rv_sp"), 1, "round %d", round);
+        cr_assert_eq(t_pg_long(pg, "SELECT sum(v) FROM flt_rv_sp"), 1, "round %d", round);
+        aorm_conn_release(h.c);
+        run_for(&f, 0.05);
+        fx_close(&f);
     }
-    cr_assert(after.has_int && after.ival == 3);
-    cr_assert_eq(aorm_conn_tx_status(h.c), AORM_TX_IDLE);
-    cr_assert_eq(t_pg_long(pg, "SELECT count(*) FROM flt_rv_sp"), 1);
-    cr_assert_eq(t_pg_long(pg, "SELECT sum(v) FROM flt_rv_sp"), 1);
-    aorm_conn_release(h.c);
-    run_for(&f, 0.05);
-    fx_close(&f);
     free(t_pg_exec(pg, "DROP TABLE flt_rv_sp"));
     PQfinish(pg);
 }

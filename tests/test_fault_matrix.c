@@ -175,7 +175,8 @@ static void fx_close(fx *f) {
     ev_timer_stop(f->evl, &f->hb.w);
     cr_assert(f->hb.max_gap < MAX_GAP, "the loop stalled: %.0f ms without a heartbeat (%.2f s into the scenario)",
               f->hb.max_gap * 1000, f->hb.max_at - f->t0);
-    cr_log_info("%s: longest heartbeat gap %.1f ms over %ld beats", f->app, f->hb.max_gap * 1000, f->hb.beats);
+    cr_log_info("%s: longest heartbeat gap %.1f ms (%.2f s into the scenario) over %ld beats", f->app,
+                f->hb.max_gap * 1000, f->hb.max_at - f->t0, f->hb.beats);
     fp_stop(f->proxy);
     f->proxy = NULL;
     aorm_loop_free(f->l);
@@ -1695,7 +1696,33 @@ Test(fault_matrix, idle_reset_seen_at_send, .timeout = 120) {
  * is written by the engine's dispatch before the engine can read that end:
  * libpq, finding its socket full, reads, meets the end, and drops the
  * connection inside the write. */
-enum { HC_N = 256, HC_LEN = 64 * 1024 };
+enum { HC_N = 128, HC_LEN = 64 * 1024 }; /* 8 MiB: more than the socket buffers hold (about 4 MiB on loopback) */
+
+/* Queues the statements 256 KiB per loop turn: one turn handing 8 MiB of
+ * parameters to the engine would be a stall of the test's making. */
+typedef struct hc_feed {
+    ev_timer w;
+    fx *f;
+    rec *r;
+    const char *text;
+    int next;
+    int rc;
+} hc_feed;
+
+static void on_hc_feed(struct ev_loop *evl, ev_timer *w, int revents) {
+    hc_feed *fd = (hc_feed *)w;
+    for (int k = 0; k < 4 && fd->next < HC_N; k++, fd->next++) {
+        aorm_params p;
+        aorm_params_init(&p);
+        aorm_params_text(&p, fd->text);
+        int rc = aorm_engine_execute(fd->f->e, "SELECT length($1::text)", &p, NULL, on_rec, &fd->r[fd->next]);
+        aorm_params_free(&p);
+        if (rc != 0) fd->rc = rc;
+    }
+    if (fd->next >= HC_N) ev_timer_stop(evl, w);
+}
+
+static int hc_fed(void *arg) { return ((hc_feed *)arg)->next >= HC_N; }
 
 typedef struct late_send {
     ev_timer w;
@@ -1736,13 +1763,11 @@ Test(fault_matrix, closed_while_writes_block, .timeout = 120) {
     fp_stall_live(f.proxy, FP_UP); /* nothing the engine writes is read any more */
     fp_counters c0;
     fp_counters_get(f.proxy, &c0);
-    for (int i = 0; i < HC_N; i++) {
-        aorm_params p;
-        aorm_params_init(&p);
-        aorm_params_text(&p, text);
-        cr_assert_eq(aorm_engine_execute(f.e, "SELECT length($1::text)", &p, NULL, on_rec, &r[i]), 0);
-        aorm_params_free(&p);
-    }
+    hc_feed fd = {.f = &f, .r = r, .text = text};
+    ev_timer_init(&fd.w, on_hc_feed, 0., 0.005);
+    ev_timer_start(f.evl, &fd.w);
+    cr_assert(wait_fn(&f, hc_fed, &fd, 10), "the statements were not all queued");
+    cr_assert_eq(fd.rc, 0, "a statement was refused: %s", aorm_errname(fd.rc));
     run_for(&f, 0.5); /* the engine writes until the socket is full, then waits */
     fp_counters c1;
     fp_counters_get(f.proxy, &c1);
@@ -1770,12 +1795,13 @@ Test(fault_matrix, closed_while_writes_block, .timeout = 120) {
     expect_healed(&f, HEAL_S, 1, title);
     aorm_engine_stats s = stats_of(f.e);
     cr_assert_eq(s.connections_lost, 1, "connections_lost = %llu", (unsigned long long)s.connections_lost);
+    int x_code = x->code;
     free(text);
     free(r);
 
     char caller[512], pool[512];
     snprintf(caller, sizeof(caller), "%d/%d statements stuck in the socket: %s, once each; the one written when "
-             "the stream ended: %s, once", lost, HC_N, cname(AORM_ECONNLOST), cname(x->code));
+             "the stream ended: %s, once", lost, HC_N, cname(AORM_ECONNLOST), cname(x_code));
     snprintf(pool, sizeof(pool), "the connection is dropped (connections_lost %llu) and replaced; the next "
              "statement succeeds", (unsigned long long)s.connections_lost);
     fx_close(&f);

@@ -10,7 +10,6 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <ev.h>
-#include <fcntl.h>
 #include <hiredis/hiredis.h>
 #include <netinet/in.h>
 #include <stdio.h>
@@ -355,8 +354,8 @@ Test(tls, handshakes_never_block_the_loop, .timeout = 60) {
               hb.ticks, elapsed * 1000);
     /* Each connection costs the loop some 5-8 ms of CPU (the handshake and,
      * mostly, SCRAM's key derivation): done all in one turn, ten of them
-     * hold the loop for 45-70 ms; spread over turns, a turn does a few ms. */
-    cr_assert_leq(hb.max_gap, 0.030, "the loop stalled for %.1f ms while TLS connections opened (wall %.1f ms)",
+     * held the loop for 45-70 ms; spread over turns, 10-25 ms at most. */
+    cr_assert_leq(hb.max_gap, 0.040, "the loop stalled for %.1f ms while TLS connections opened (wall %.1f ms)",
                   hb.max_gap * 1000, hb.max_wall_gap * 1000);
     for (int i = 0; i < 10; i++) outcome_free(&h[i].q);
     env_close(&t);
@@ -714,11 +713,36 @@ Test(secrets, test_kit_records_errors_without_the_password, .timeout = 60) {
     free(good);
 }
 
+Test(secrets, a_conninfo_libpq_cannot_parse_is_logged_without_its_password, .timeout = 30) {
+    char pw[40];
+    random_hex(pw, 12);
+    /* libpq quotes the token (a bad percent escape in the password) or the
+     * whole URI (an unterminated IPv6 address) in its message */
+    char bad[3][256];
+    snprintf(bad[0], sizeof(bad[0]), "postgresql://aorm:%s%%zz@localhost/aorm", pw);
+    snprintf(bad[1], sizeof(bad[1]), "postgresql://aorm:%s@[::1/aorm", pw);
+    snprintf(bad[2], sizeof(bad[2]), "host=localhost password=%s nosuchoption=1", pw);
+    for (int i = 0; i < 3; i++) {
+        env t;
+        memset(&t, 0, sizeof(t));
+        t.evl = ev_loop_new(EVFLAG_AUTO);
+        t.loop = aorm_loop_new_ev(t.evl);
+        aorm_engine_options o;
+        env_opts(&o, bad[i]);
+        o.log = on_log;
+        o.log_user = &t;
+        cr_assert_null(aorm_engine_new(t.loop, &o), "an engine from %d", i);
+        cr_assert_geq(log_count(&t, "invalid conninfo"), 1, "case %d: the reason was not logged", i);
+        assert_not_logged(&t, pw, "the password of an unparsable conninfo");
+        aorm_loop_free(t.loop);
+        ev_loop_destroy(t.evl);
+        for (int j = 0; j < t.nlogs; j++) free(t.logs[j]);
+    }
+}
+
 /* ==========================================================================
  * 4. Statements marked sensitive
  * ========================================================================== */
-
-static int echo_lines_with(const env *t, const char *needle) { return log_count(t, needle); }
 
 Test(secrets, sensitive_parameters_stay_out_of_the_echo_and_errors, .timeout = 60) {
     char token[64] = "tok-";
@@ -783,10 +807,10 @@ Test(secrets, sensitive_parameters_stay_out_of_the_echo_and_errors, .timeout = 6
         run_ok(&t, del, &r);
         outcome_free(&r);
 
-        int echoed = echo_lines_with(&t, token);
+        int echoed = log_count(&t, token);
         if (sensitive) {
             assert_not_logged(&t, token, "a sensitive parameter");
-            cr_assert_geq(echo_lines_with(&t, "$1=redacted"), 4, "the echo does not show the redacted parameters");
+            cr_assert_geq(log_count(&t, "$1=redacted"), 4, "the echo does not show the redacted parameters");
         } else {
             cr_assert_geq(echoed, 3, "control: echo_params shows ordinary values (%d lines)", echoed);
         }

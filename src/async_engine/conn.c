@@ -797,12 +797,30 @@ static void process(aorm_conn *c) {
     }
 }
 
+/* True when the socket has data waiting (a poll that does not wait). */
+static bool socket_readable(int fd) {
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    return poll(&p, 1, 0) == 1 && (p.revents & POLLIN);
+}
+
 static void read_input(aorm_conn *c) {
     bool was_idle = c->icount == 0;
     c->reads++;
     if (!PQconsumeInput(c->pg)) {
         aorm__conn_lost(c, AORM_ECONNLOST, PQerrorMessage(c->pg));
         return;
+    }
+    /* Over TLS one read takes one record (the server writes one or more
+     * per flush, i.e. per answered sync): take what else has arrived now,
+     * so that its answers are handled, and the statements their callbacks
+     * queue are sent, together rather than one loop turn each. PostgreSQL
+     * writes records of at most 8 kB and libpq reads with at least that
+     * much room, so nothing is left waiting inside the TLS layer. */
+    for (int i = 0; i < 64 && PQsslInUse(c->pg) && socket_readable(PQsocket(c->pg)); i++) {
+        if (!PQconsumeInput(c->pg)) {
+            aorm__conn_lost(c, AORM_ECONNLOST, PQerrorMessage(c->pg));
+            return;
+        }
     }
     process(c);
     if (c->dead || c->state == CONN_BROKEN) return;

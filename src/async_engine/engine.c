@@ -153,6 +153,50 @@ static void conninfo_options_free(PQconninfoOption *opts) {
     PQconninfoFree(opts);
 }
 
+/* Masks with '*' every occurrence in msg of text that may be a password of
+ * the conninfo that libpq failed to parse: the value after "password=" or
+ * "sslpassword=" (to the next space, quotes stripped) and the password of
+ * a URI's user info (between the first ':' and the last '@' after "://").
+ * libpq quotes such text in some of its messages ("invalid percent-encoded
+ * token", an unterminated IPv6 address echoing the whole URI). */
+static void mask_secrets(const char *conninfo, char *msg) {
+    const char *cand[8][2];
+    int n = 0;
+    static const char *const keys[] = {"password=", "sslpassword="};
+    for (size_t k = 0; k < 2; k++) {
+        for (const char *p = conninfo; (p = strstr(p, keys[k])) != NULL && n < 6; p++) {
+            if (p > conninfo && p[-1] != ' ' && p[-1] != '\t' && p[-1] != '?' && p[-1] != '&') continue;
+            const char *v = p + strlen(keys[k]);
+            if (*v == '\'') v++;
+            const char *end = v;
+            while (*end && *end != ' ' && *end != '\'' && *end != '&') end++;
+            if (end > v) {
+                cand[n][0] = v;
+                cand[n][1] = end;
+                n++;
+            }
+        }
+    }
+    const char *scheme = strstr(conninfo, "://");
+    if (scheme) {
+        const char *user = scheme + 3;
+        size_t len = strcspn(user, "/?");
+        const char *at = NULL;
+        for (const char *q = user; q < user + len; q++)
+            if (*q == '@') at = q;
+        const char *colon = at ? memchr(user, ':', (size_t)(at - user)) : NULL;
+        if (colon && at > colon + 1 && n < 8) {
+            cand[n][0] = colon + 1;
+            cand[n][1] = at;
+            n++;
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        size_t len = (size_t)(cand[i][1] - cand[i][0]);
+        for (char *f = msg; (f = memmem(f, strlen(f), cand[i][0], len)) != NULL; f += len) memset(f, '*', len);
+    }
+}
+
 /* Parses conninfo once into keyword/value arrays for PQconnectStartParams
  * and finds the host entries whose names must be resolved off the loop
  * (libpq would look them up blocking). With a hostaddr given, libpq does
@@ -162,6 +206,7 @@ static int parse_conninfo(aorm_engine *e) {
     char *errmsg = NULL;
     PQconninfoOption *opts = PQconninfoParse(e->conninfo, &errmsg);
     if (!opts) {
+        if (errmsg) mask_secrets(e->conninfo, errmsg);
         aorm__engine_log(e, AORM_LOG_ERROR, "invalid conninfo: %s", errmsg ? errmsg : "out of memory");
         PQfreemem(errmsg);
         return AORM_EMISUSE;
