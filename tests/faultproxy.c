@@ -217,28 +217,30 @@ static void on_pipe_read(struct ev_loop *L, ev_io *w, int revents) {
     fp_pipe *pp = w->data;
     fp_conn *c = pp->c;
     fproxy *p = c->p;
-    char buf[FP_READ_CHUNK];
-    size_t want = sizeof(buf);
+    /* every chunk has the same size, so that the allocator recycles them
+     * instead of fragmenting (the soak measures the process's memory) */
+    chunk *k = malloc(sizeof(*k) + FP_READ_CHUNK);
+    if (!k) {
+        conn_close(c, false);
+        return;
+    }
+    size_t want = FP_READ_CHUNK;
     if (pp->cut_left > 0 && (size_t)pp->cut_left < want) want = (size_t)pp->cut_left;
-    ssize_t n = recv(pipe_source(pp), buf, want, 0);
+    ssize_t n = recv(pipe_source(pp), k->data, want, 0);
+    int err = errno;
+    if (n <= 0 || c->sink_only) free(k);
     if (n < 0) {
-        if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) return;
+        if (err == EINTR || err == EAGAIN || err == EWOULDBLOCK) return;
         pp->eof = true;
     } else if (n == 0) {
         pp->eof = true;
     } else if (c->sink_only) {
         return; /* stalled at accept: dropped, never answered */
     } else {
-        chunk *k = malloc(sizeof(*k) + (size_t)n);
-        if (!k) {
-            conn_close(c, false);
-            return;
-        }
         k->next = NULL;
         k->at = ev_now(L) + p->delay_ms / 1000.0;
         k->len = (size_t)n;
         k->off = 0;
-        memcpy(k->data, buf, (size_t)n);
         if (pp->tail) pp->tail->next = k;
         else pp->head = k;
         pp->tail = k;

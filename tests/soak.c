@@ -36,6 +36,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#ifdef __GLIBC__
+#include <malloc.h> /* mallinfo2: bytes in use, to tell growth from fragmentation */
+#endif
+
 #include "aorm/aorm.h"
 #include "faultproxy.h"
 #include "models.h"
@@ -93,6 +97,8 @@ typedef struct soak {
     double t0;
     double hb_last, hb_max, hb_max_at;
     long *rss_kib;     /* one sample per second */
+    long *heap_kib;    /* malloc'd bytes in use at the same moments (glibc), or 0 */
+    long *trim_kib;    /* RSS right after malloc_trim(0) at the same moments (glibc), or 0 */
     int nrss, cap_rss;
     unsigned rnd;
     int phase;         /* 0 workload, 1 drain */
@@ -348,8 +354,26 @@ static long rss_kib(void) {
     return res * (sysconf(_SC_PAGESIZE) / 1024);
 }
 
+static long heap_kib(void) {
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
+    struct mallinfo2 mi = mallinfo2();
+    return (long)(mi.uordblks / 1024);
+#else
+    return 0;
+#endif
+}
+
 static void on_rss(struct ev_loop *evl, ev_timer *w, int revents) {
-    if (S.nrss < S.cap_rss) S.rss_kib[S.nrss++] = rss_kib();
+    if (S.nrss >= S.cap_rss) return;
+    S.heap_kib[S.nrss] = heap_kib();
+    S.rss_kib[S.nrss] = rss_kib();
+#ifdef __GLIBC__
+    /* what the allocator keeps but does not use is given back here, so that
+     * the next sample shows it again only if it is really needed */
+    malloc_trim(0);
+    S.trim_kib[S.nrss] = rss_kib();
+#endif
+    S.nrss++;
 }
 
 static void on_hb(struct ev_loop *evl, ev_timer *w, int revents) {
@@ -526,7 +550,9 @@ int main(int argc, char **argv) {
     S.count = malloc(MAX_OPS);
     S.cap_rss = (int)set.seconds + 60;
     S.rss_kib = calloc((size_t)S.cap_rss, sizeof(long));
-    if (!S.count || !S.rss_kib) return 2;
+    S.heap_kib = calloc((size_t)S.cap_rss, sizeof(long));
+    S.trim_kib = calloc((size_t)S.cap_rss, sizeof(long));
+    if (!S.count || !S.rss_kib || !S.heap_kib || !S.trim_kib) return 2;
     memset(S.count, 0, MAX_OPS); /* touched now, so that it does not show up as growth later */
     S.next_id = 1;                /* 0 means "none" in the chains */
 
@@ -664,6 +690,13 @@ int main(int argc, char **argv) {
     printf("soak: RSS: start %.1f MiB, peak %.1f MiB, end %.1f MiB; growth over the last %d s: %ld KiB "
            "(limit %ld)\n",
            start_kib / 1024.0, peak / 1024.0, end_kib / 1024.0, w, growth, set.max_growth_kib);
+    printf("soak: RSS every 10 s (MiB):");
+    for (int i = 0; i < S.nrss; i += 10) printf(" %.1f", S.rss_kib[i] / 1024.0);
+    printf("\nsoak: RSS after malloc_trim every 10 s (MiB):");
+    for (int i = 0; i < S.nrss; i += 10) printf(" %.1f", S.trim_kib[i] / 1024.0);
+    printf("\nsoak: heap in use every 10 s (MiB):");
+    for (int i = 0; i < S.nrss; i += 10) printf(" %.1f", S.heap_kib[i] / 1024.0);
+    printf("\n");
     printf("soak: loop: longest heartbeat gap %.1f ms (at %.1f s; limit %.0f)\n", S.hb_max * 1000, S.hb_max_at,
            set.max_gap_ms);
 
@@ -690,6 +723,8 @@ int main(int argc, char **argv) {
     printf("soak: %s\n", bad ? "FAIL" : "PASS");
     free(S.count);
     free(S.rss_kib);
+    free(S.heap_kib);
+    free(S.trim_kib);
     free(S.conninfo);
     return bad;
 }

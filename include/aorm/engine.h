@@ -112,6 +112,14 @@ typedef struct aorm_engine_options {
                                    AORM_EXEC_SENSITIVE is always redacted. The conninfo's
                                    password is never logged, and the engine's copies of
                                    the conninfo are wiped when it is freed. */
+    size_t max_param_bytes;     /**< largest total size of one statement's parameters; a larger
+                                     statement is refused with AORM_ERANGE when queued (64 MiB;
+                                     0: no bound but the server's 1 GiB). Each parameter byte is
+                                     copied three times on the loop's thread (the builder, the
+                                     queued statement, libpq's send buffer), about 2 ms per MiB
+                                     into fresh memory on a small machine: a 100 MiB value stalls
+                                     the loop for several hundred ms. Stream bulk data with COPY
+                                     (aorm_engine_copy: bounded chunks) instead. */
 } aorm_engine_options;
 
 /** Fills every field with its default (conninfo NULL). */

@@ -94,6 +94,7 @@ void aorm_engine_options_init(aorm_engine_options *o) {
     o->reconnect_min = 0.05;
     o->reconnect_max = 2;
     o->log_level = AORM_LOG_WARN;
+    o->max_param_bytes = (size_t)64 << 20;
 }
 
 /* True when libpq would need a DNS lookup for this host entry. */
@@ -623,6 +624,7 @@ int aorm_engine_execute(aorm_engine *e, const char *sql, const aorm_params *para
     if (e->closing) return AORM_ECLOSED;
     if (params && params->error) return params->error;
     if (opts && opts->owner && aorm_owner_engine(opts->owner) != e) return AORM_EMISUSE;
+    if (params && e->o.max_param_bytes && params->len > e->o.max_param_bytes) return AORM_ERANGE;
     int rc = 0;
     aorm__op *op = op_new(e, sql, params, opts, &rc);
     if (!op) return rc;
@@ -697,6 +699,7 @@ static int conn_exec_role(aorm_conn *c, const char *sql, const aorm_params *para
     if (!sql || (!cb && role != ROLE_INTERNAL)) return AORM_EMISUSE;
     if (params && params->error) return params->error;
     if (opts && opts->owner && aorm_owner_engine(opts->owner) != c->e) return AORM_EMISUSE;
+    if (params && c->e->o.max_param_bytes && params->len > c->e->o.max_param_bytes) return AORM_ERANGE;
     aorm__op *op = op_new(c->e, sql, params, opts, &rc);
     if (!op) return rc;
     if (!op->owner && c->owner && role != ROLE_INTERNAL) aorm__owner_link(c->owner, op);
