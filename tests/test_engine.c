@@ -1997,3 +1997,32 @@ Test(engine, log_never_shows_the_password, .timeout = 60) {
     free(bad);
     free(good);
 }
+
+/* A statement whose parameters exceed max_param_bytes is refused when it
+ * is queued (its bytes would stall the loop while copied and sent); one
+ * at the bound runs. */
+Test(engine, max_param_bytes_bounds_a_statement, .timeout = 60) {
+    misuse_calls = 0;
+    aorm_engine_options o;
+    opts_init(&o);
+    o.max_param_bytes = (size_t)1 << 20;
+    env t;
+    env_open(&t, &o);
+    size_t n = (size_t)1 << 20;
+    char *big = malloc(n + 1);
+    cr_assert_not_null(big);
+    memset(big, 'x', n + 1);
+    aorm_params p;
+    aorm_params_init(&p);
+    aorm_params_bytea(&p, big, n + 1);
+    cr_assert_eq(aorm_engine_execute(t.e, "SELECT length($1::bytea)", &p, NULL, on_misuse, NULL), AORM_ERANGE);
+    aorm_params_free(&p);
+    aorm_params_init(&p);
+    aorm_params_bytea(&p, big, n);
+    reply *ok = exec_ok(&t, "SELECT length($1::bytea)", &p, 0);
+    cr_assert_eq(get_i64(ok, 0, 0), (int64_t)n);
+    aorm_params_free(&p);
+    cr_assert_eq(misuse_calls, 0, "a refused statement was called back");
+    free(big);
+    env_close(&t);
+}
