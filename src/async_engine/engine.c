@@ -1007,11 +1007,16 @@ void aorm__lat_answered(aorm_conn *c, aorm__op *op, bool ran) {
     }
     if (op->kind != OP_QUERY || !ran || same_read) return;
     aorm__lat *l = &e->lat[op->hash & (AORM__LAT_SLOTS - 1)];
+    /* A slowly rising minimum, not an average: a sample can only be too
+     * long (the loop was busy with other callbacks between two reads, the
+     * machine was loaded), never too short, so the smallest recent one is
+     * the statement's cost; one that has really become slow rises 10 % a
+     * sample, and overdue() stops packing behind a stuck one at once. */
     if (l->hash != op->hash || l->us <= 0) {
         l->hash = op->hash;
         l->us = (float)fmax(us, 1.0);
     } else {
-        l->us = (float)fmax(1.0, 0.75 * l->us + 0.25 * us);
+        l->us = (float)fmax(1.0, fmin(us, l->us * 1.1 + 1.0));
     }
 }
 
