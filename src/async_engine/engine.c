@@ -1251,10 +1251,7 @@ static void dispatch(aorm_loop *loop, void *arg) {
             finish_release(e, c);
             continue;
         }
-        if (c->draining && !c->reserved && c->icount == 0) {
-            c->draining = false;
-            c->drain_limit = 0;
-        }
+        if (c->draining && !c->reserved && c->icount == 0) c->draining = false;
         if ((c->held && c->releasing) || c->draining) e->rescan = true; /* not yet */
     }
 

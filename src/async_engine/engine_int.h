@@ -182,13 +182,12 @@ struct aorm_conn {
 
     bool held;               /* handed to an aorm_conn holder */
     bool releasing;          /* holder let go: clean up, then back to the pool */
-    bool draining;           /* no new autocommit work (cancel or hand-over pending) */
+    bool draining;           /* no new autocommit work (an expired statement unanswered, or a hand-over) */
     bool reserved;           /* promised to an acquire waiter once drained */
     bool in_tx;              /* a transaction block is (being) opened */
     bool writing;            /* output not fully flushed: write watcher on */
     bool dead;               /* freed once the current handler unwinds */
     int busy;                /* handler depth on this connection */
-    double drain_limit;      /* discard if still draining at this time */
     aorm_tx_status txs;
 
     /* in-flight protocol items, a ring in send order */
