@@ -106,4 +106,9 @@ int eng_truncate_bulk(eng *g);
  * engine_copy and copy_bulk_insert are this same measurement. */
 int eng_run_bulk_copy(bench_ctx *ctx, bench_out *out, const char *name);
 
+/* wl_loaders.c: counts the books and tag links under loaded authors
+ * (books -> tags) through AORM_GET_REL. Returns 0, or -1 with the reason
+ * recorded when a relationship is not loaded. Shared by wl_cache.c. */
+int count_tree(eng *g, aorm_session *s, void *const *authors, size_t n, uint64_t *nbooks, uint64_t *ntags);
+
 #endif /* AORM_BENCH_ENG_H */

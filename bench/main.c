@@ -40,6 +40,13 @@ extern const bench_workload wl_core_list[];
 extern const bench_workload wl_loaders_list[];
 /* wl_redis.c: batch reads from Redis, plain hiredis and aorm_redis. */
 extern const bench_workload wl_redis_list[];
+/* wl_cache.c: the second-level cache against PostgreSQL and plain hiredis. */
+extern const bench_workload wl_cache_list[];
+/* wl_pipeline.c: a session's round trips (gets of one turn, TPC-B). Its
+ * "tpcb" group needs pgbench's tables: it runs only when named (bench/tpcb). */
+extern const bench_workload wl_pipeline_list[];
+/* wl_stream.c: a million rows in bounded memory, next to libpq's single-row mode. */
+extern const bench_workload wl_stream_list[];
 
 /* The default run order: the ceilings first, then what is measured
  * against them. New wl_*.c files add their array here (see bench.h). */
@@ -50,6 +57,9 @@ static const bench_workload *const lists[] = {
     wl_core_list,
     wl_loaders_list,
     wl_redis_list,
+    wl_pipeline_list,
+    wl_stream_list,
+    wl_cache_list,
     NULL
 };
 
@@ -282,7 +292,8 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (!named)
-        for (size_t i = 0; i < total; i++) sel[nsel++] = registry_at(i);
+        for (size_t i = 0; i < total; i++)
+            if (strcmp(registry_at(i)->group, "tpcb") != 0) sel[nsel++] = registry_at(i);
 
     if (!dsn || !*dsn) {
         fprintf(stderr, "aorm-bench: no database: pass --dsn or set AORM_TEST_DSN "

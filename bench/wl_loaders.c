@@ -60,8 +60,7 @@ static const aorm_load_plan *const plan_tree =
  * accessor (AORM_GET_REL), as the peer's len(a.books) / len(b.tags) go
  * through its attribute instrumentation. Returns 0, or -1 with the reason
  * recorded when a relationship is not loaded. */
-static int count_tree(eng *g, aorm_session *s, void *const *authors, size_t n, uint64_t *nbooks,
-                      uint64_t *ntags) {
+int count_tree(eng *g, aorm_session *s, void *const *authors, size_t n, uint64_t *nbooks, uint64_t *ntags) {
     uint64_t nb = 0, nt = 0;
     for (size_t i = 0; i < n; i++) {
         aorm_list *books;

@@ -9,17 +9,28 @@
  *      savepoint, rollback to it, commit);
  *   4. shows how a server error reaches the callback (SQLSTATE and
  *      constraint name);
- *   5. prints the engine's counters: statements, round trips, prepares. */
+ *   5. prints the engine's counters: statements, round trips, prepares.
+ *
+ * The echo's time is from queueing a statement to its answer. Statements
+ * of one pipeline are answered in one read and would all show the whole
+ * pipeline's time, so only the first of them shows it (on_log); the burst
+ * of step 2 reports its wall time once, for all its lookups. */
 #include <aorm/aorm.h>
 #include <ev.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define LOOKUPS 1000
 
 typedef struct demo {
     struct ev_loop *evl;
+    aorm_loop *loop;
     aorm_engine *e;
+    double burst_start;   /* loop time step 2 queued its lookups */
+    double echo_ms;       /* time and loop time of the last echo line shown */
+    double echo_now;
+    int echoed;
     aorm_conn *tx;
     int lookups_done;
     int lookups_ok;
@@ -30,9 +41,25 @@ static void step_stats(demo *d);
 static void step_error(demo *d);
 
 static void on_log(aorm_log_level level, const char *msg, void *user) {
-    static int echoed;
-    if (level == AORM_LOG_SQL && ++echoed > 6) return; /* a few are enough */
-    fprintf(stderr, "  [%s] %s\n", level == AORM_LOG_SQL ? "sql" : "log", msg);
+    demo *d = user;
+    if (level != AORM_LOG_SQL) {
+        fprintf(stderr, "  [log] %s\n", msg);
+        return;
+    }
+    if (++d->echoed > 6) return; /* a few are enough */
+    /* The line ends with " (N.NNN ms)", queue to answer: shown on the first
+     * statement of a round trip only, the others shared it. */
+    const char *tail = strrchr(msg, '(');
+    double ms, now = aorm_loop_now(d->loop);
+    if (!tail || tail == msg || sscanf(tail, "(%lf ms)", &ms) != 1) {
+        fprintf(stderr, "  [sql] %s\n", msg);
+    } else if (ms == d->echo_ms && now == d->echo_now) {
+        fprintf(stderr, "  [sql] %.*s  (same round trip)\n", (int)(tail - msg - 1), msg);
+    } else {
+        fprintf(stderr, "  [sql] %.*s  (%.3f ms round trip)\n", (int)(tail - msg - 1), msg, ms);
+        d->echo_ms = ms;
+        d->echo_now = now;
+    }
 }
 
 static void fail(demo *d, const char *what, const aorm_error *err) {
@@ -122,7 +149,13 @@ static void on_lookup(aorm_engine *e, aorm_result *res, const aorm_error *err, v
         d->lookups_ok++;
     }
     if (d->lookups_done == LOOKUPS) {
-        printf("2. %d of %d lookups answered\n", d->lookups_ok, LOOKUPS);
+        aorm_engine_stats st;
+        aorm_engine_stats_get(d->e, &st);
+        double ms = (aorm_loop_now(d->loop) - d->burst_start) * 1000.0;
+        printf("2. %d of %d lookups answered in %.1f ms of wall time for all of them, pipelined over %d\n"
+               "   connections: %.3f ms per lookup. An echo time is queue to answer: it includes the wait\n"
+               "   behind the statements ahead of it in its pipeline.\n",
+               d->lookups_ok, LOOKUPS, ms, st.open, ms / LOOKUPS);
         aorm_engine_acquire(d->e, on_acquired, d);
     }
 }
@@ -137,6 +170,7 @@ static void on_version(aorm_engine *e, aorm_result *res, const aorm_error *err, 
     aorm_result_text(res, 0, 0, &v, NULL);
     printf("1. server: %s\n", v);
     aorm_exec_options ro = {.flags = AORM_EXEC_READONLY, .deadline = 5.0};
+    d->burst_start = aorm_loop_now(d->loop);
     for (int i = 0; i < LOOKUPS; i++) {
         aorm_params p;
         aorm_params_init(&p);
@@ -166,11 +200,13 @@ int main(void) {
     demo d = {0};
     d.evl = EV_DEFAULT;
     aorm_loop *loop = aorm_loop_new_ev(d.evl);
+    d.loop = loop;
     aorm_engine_options o;
     aorm_engine_options_init(&o);
     o.conninfo = dsn;
     o.pool_size = 4;
     o.log = on_log;
+    o.log_user = &d;
     o.log_level = AORM_LOG_SQL;
     o.echo = true;
     o.echo_params = true;

@@ -24,13 +24,9 @@ void echo_clear(env *t) {
 
 void env_open(env *t, bool echo) {
     memset(t, 0, sizeof(*t));
-    t->evl = ev_loop_new(EVFLAG_AUTO);
-    cr_assert_not_null(t->evl);
-    t->loop = aorm_loop_new_ev(t->evl);
-    cr_assert_not_null(t->loop);
+    t_loop_open(&t->evl, &t->loop);
     aorm_engine_options o;
     aorm_engine_options_init(&o);
-    o.conninfo = t_dsn();
     o.log = on_log;
     o.log_user = t;
     if (echo) {
@@ -38,14 +34,12 @@ void env_open(env *t, bool echo) {
         o.echo_params = true;
         o.log_level = AORM_LOG_SQL;
     }
-    t->e = aorm_engine_new(t->loop, &o);
-    cr_assert_not_null(t->e);
+    t->e = t_engine(t->loop, &o);
 }
 
 void env_close(env *t) {
     aorm_engine_free(t->e);
-    aorm_loop_free(t->loop);
-    ev_loop_destroy(t->evl);
+    t_loop_close(&t->evl, &t->loop);
     echo_clear(t);
 }
 
@@ -55,19 +49,13 @@ aorm_session *session_new(env *t) {
     return s;
 }
 
-static int never(void *arg) {
-    (void)arg;
-    return 0;
-}
-
 /* Runs the loop a little longer: a second (wrong) callback or a hidden
  * statement would show up in the counters after this. */
-void settle(env *t) { t_run_until_fn(t->evl, never, NULL, 0.1); }
+void settle(env *t) { t_settle(t->evl, 0.1); }
 
 
 mark mark_now(env *t, aorm_session *s) {
-    aorm_engine_stats st;
-    aorm_engine_stats_get(t->e, &st);
+    aorm_engine_stats st = t_stats(t->e);
     return (mark){st.statements, st.round_trips, s ? aorm_session_statements(s) : 0};
 }
 

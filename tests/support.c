@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* Criterion 2.4's runner process (not a test) leaks a few 48-byte blocks
  * (its timeout records) when the tests of one binary run side by side
@@ -44,7 +45,16 @@ bool t_as_app(void) {
     return as && strcmp(as, "app") == 0;
 }
 
-const char *t_dsn(void) { return t_as_app() ? need_env("AORM_TEST_APP_DSN") : need_env("AORM_TEST_DSN"); }
+bool t_via_pgbouncer(void) {
+    const char *via = getenv("AORM_TEST_VIA");
+    return via && strcmp(via, "pgbouncer") == 0;
+}
+
+const char *t_dsn(void) {
+    if (t_via_pgbouncer())
+        return t_as_app() ? need_env("AORM_TEST_APP_PGBOUNCER_DSN") : need_env("AORM_TEST_PGBOUNCER_DSN");
+    return t_as_app() ? need_env("AORM_TEST_APP_DSN") : need_env("AORM_TEST_DSN");
+}
 
 const char *t_owner_dsn(void) { return need_env("AORM_TEST_DSN"); }
 
@@ -394,4 +404,165 @@ aorm_error *__wrap_aorm_error_copy(const aorm_error *err);
 aorm_error *__wrap_aorm_error_copy(const aorm_error *err) {
     t_log_error("copied", err);
     return __real_aorm_error_copy(err);
+}
+
+/* ---- blocking SQL with formats ----------------------------------------------- */
+
+/* The one formatting path of the three: the statement's text, run on c;
+ * the first value (malloc'd) or NULL. */
+static char *pg_vexec(PGconn *c, const char *fmt, va_list ap) {
+    char *sql = NULL;
+    cr_assert(vasprintf(&sql, fmt, ap) >= 0 && sql, "out of memory formatting SQL");
+    char *v = t_pg_exec(c, sql);
+    free(sql);
+    return v;
+}
+
+char *t_pg_execf(PGconn *c, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    char *v = pg_vexec(c, fmt, ap);
+    va_end(ap);
+    return v;
+}
+
+long t_pg_longf(PGconn *c, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    char *v = pg_vexec(c, fmt, ap);
+    va_end(ap);
+    cr_assert(v, "%s returned no value", fmt);
+    long n = strtol(v, NULL, 10);
+    free(v);
+    return n;
+}
+
+void t_pg_runf(PGconn *c, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    free(pg_vexec(c, fmt, ap));
+    va_end(ap);
+}
+
+/* ---- loops and waiting ---------------------------------------------------------- */
+
+void t_loop_open(struct ev_loop **evl, aorm_loop **loop) {
+    *evl = ev_loop_new(EVFLAG_AUTO);
+    cr_assert_not_null(*evl, "ev_loop_new failed");
+    *loop = aorm_loop_new_ev(*evl);
+    cr_assert_not_null(*loop, "aorm_loop_new_ev failed");
+}
+
+void t_loop_close(struct ev_loop **evl, aorm_loop **loop) {
+    aorm_loop_free(*loop);
+    *loop = NULL;
+    if (*evl) ev_loop_destroy(*evl);
+    *evl = NULL;
+}
+
+aorm_engine *t_engine(aorm_loop *loop, const aorm_engine_options *o) {
+    aorm_engine_options eo;
+    if (o) eo = *o;
+    else aorm_engine_options_init(&eo);
+    eo.conninfo = t_dsn();
+    if (t_via_pgbouncer()) eo.pgbouncer = true;
+    aorm_engine *e = aorm_engine_new(loop, &eo);
+    cr_assert_not_null(e, "aorm_engine_new failed");
+    return e;
+}
+
+int t_never(void *arg) {
+    (void)arg;
+    return 0;
+}
+
+void t_settle(struct ev_loop *evl, double seconds) { t_run_until_fn(evl, t_never, NULL, seconds); }
+
+/* ---- echo capture ------------------------------------------------------------------ */
+
+void t_echo_init(t_echo *e) {
+    memset(e, 0, sizeof(*e));
+    e->on = true;
+}
+
+void t_echo_log(aorm_log_level level, const char *message, void *user) {
+    t_echo *e = user;
+    if (level != AORM_LOG_SQL || !e->on) return;
+    if (e->n == e->cap) {
+        size_t cap = e->cap ? e->cap * 2 : 64;
+        char **p = realloc(e->lines, cap * sizeof(*p));
+        cr_assert_not_null(p, "out of memory recording the echo");
+        e->lines = p;
+        e->cap = cap;
+    }
+    e->lines[e->n] = strdup(message);
+    cr_assert_not_null(e->lines[e->n], "out of memory recording the echo");
+    e->n++;
+}
+
+void t_echo_attach(t_echo *e, aorm_engine_options *o, bool with_params) {
+    o->log = t_echo_log;
+    o->log_user = e;
+    o->log_level = AORM_LOG_SQL;
+    o->echo = true;
+    o->echo_params = with_params;
+}
+
+void t_echo_clear(t_echo *e) {
+    for (size_t i = 0; i < e->n; i++) free(e->lines[i]);
+    e->n = 0;
+}
+
+void t_echo_free(t_echo *e) {
+    t_echo_clear(e);
+    free(e->lines);
+    e->lines = NULL;
+    e->cap = 0;
+}
+
+int t_echo_count(const t_echo *e, const char *needle) {
+    int n = 0;
+    for (size_t i = 0; i < e->n; i++)
+        if (strstr(e->lines[i], needle)) n++;
+    return n;
+}
+
+int t_echo_find(const t_echo *e, const char *prefix) {
+    for (size_t i = 0; i < e->n; i++)
+        if (strncmp(e->lines[i], prefix, strlen(prefix)) == 0) return (int)i;
+    return -1;
+}
+
+int t_echo_count_prefix(const t_echo *e, const char *prefix) {
+    int n = 0;
+    for (size_t i = 0; i < e->n; i++)
+        if (strncmp(e->lines[i], prefix, strlen(prefix)) == 0) n++;
+    return n;
+}
+
+void t_echo_dump(const t_echo *e) {
+    for (size_t i = 0; i < e->n; i++) cr_log_info("sql[%zu] %s", i, e->lines[i]);
+}
+
+/* ---- statement counters ---------------------------------------------------------- */
+
+aorm_engine_stats t_stats(aorm_engine *e) {
+    aorm_engine_stats st;
+    aorm_engine_stats_get(e, &st);
+    return st;
+}
+
+/* ---- time and backends -------------------------------------------------------------- */
+
+double t_mono(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+void t_pg_terminate(PGconn *c, long pid) {
+    /* with a timeout, pg_terminate_backend waits until the backend is gone */
+    char *v = t_pg_execf(c, "SELECT pg_terminate_backend(%ld, 5000)", pid);
+    cr_assert(v && strcmp(v, "t") == 0, "pg_terminate_backend(%ld) returned %s", pid, v ? v : "NULL");
+    free(v);
 }

@@ -21,6 +21,9 @@ const char *t_dsn(void);
 const char *t_owner_dsn(void);
 /* True in a restricted-role run (AORM_TEST_AS=app). */
 bool t_as_app(void);
+/* AORM_TEST_VIA=pgbouncer: t_dsn() is the sandbox PgBouncer's DSN (--pgbouncer) and
+ * t_engine() sets aorm_engine_options.pgbouncer; engines made by hand should too. */
+bool t_via_pgbouncer(void);
 const char *t_redis_host(void);
 int t_redis_port(void);
 
@@ -56,6 +59,67 @@ PGconn *t_pg(void);
  * row as a malloc'd string (or NULL for no rows). */
 char *t_pg_exec(PGconn *c, const char *sql);
 long t_pg_long(PGconn *c, const char *sql);
+
+/* t_pg_exec / t_pg_long with the SQL built from a printf format (no
+ * length limit; positional arguments such as %1$s allowed, so the
+ * compiler's format check is off). */
+char *t_pg_execf(PGconn *c, const char *fmt, ...);
+long t_pg_longf(PGconn *c, const char *fmt, ...);
+/* t_pg_execf, the value dropped: for statements run for their effect. */
+void t_pg_runf(PGconn *c, const char *fmt, ...);
+
+/* ---- loops and waiting ------------------------------------------------------
+ * A private libev loop with an aorm_loop on it: every test gets its own, so
+ * that nothing of one test's engine can reach the next. t_loop_open opens
+ * both (asserted); t_loop_close frees the aorm_loop, then the libev loop,
+ * and sets both to NULL (free every engine and client on it first). */
+void t_loop_open(struct ev_loop **evl, aorm_loop **loop);
+void t_loop_close(struct ev_loop **evl, aorm_loop **loop);
+/* An engine on loop with the sandbox's DSN (t_dsn()) and, when o is not
+ * NULL, the rest of *o (its conninfo is replaced); asserted. */
+aorm_engine *t_engine(aorm_loop *loop, const aorm_engine_options *o);
+/* Runs the loop for `seconds` whatever happens: a late or second callback,
+ * or a statement nobody asked for, shows up in the counters after this. */
+void t_settle(struct ev_loop *evl, double seconds);
+/* A t_run_until_fn() condition that never holds (for waiters of one's own
+ * that run the loop for a fixed time). */
+int t_never(void *arg);
+
+/* ---- echo capture -------------------------------------------------------------
+ * The SQL echo of an engine, line by line: t_echo_attach() points an
+ * engine's options at the recorder (log callback, AORM_LOG_SQL, echo on,
+ * parameters shown); lines are recorded while `on` is set (t_echo_init
+ * sets it). */
+typedef struct t_echo {
+    char **lines;
+    size_t n, cap;
+    bool on;
+} t_echo;
+void t_echo_init(t_echo *e);
+void t_echo_attach(t_echo *e, aorm_engine_options *o, bool with_params);
+/* The engine's log callback t_echo_attach() installs (user = the t_echo). */
+void t_echo_log(aorm_log_level level, const char *message, void *user);
+/* Forgets the lines recorded so far (keeps the memory). */
+void t_echo_clear(t_echo *e);
+/* Frees everything; the recorder can be t_echo_init'ed again. */
+void t_echo_free(t_echo *e);
+/* Lines that contain needle; the index of the first line that starts with
+ * prefix, or -1; how many start with it. */
+int t_echo_count(const t_echo *e, const char *needle);
+int t_echo_find(const t_echo *e, const char *prefix);
+int t_echo_count_prefix(const t_echo *e, const char *prefix);
+/* Every line, into the test's log (cr_log_info), for a failure's context. */
+void t_echo_dump(const t_echo *e);
+
+/* Seconds on the monotonic clock (for deadlines of a test's own). */
+double t_mono(void);
+/* pg_terminate_backend(pid) with a 5 s wait for the backend to be gone,
+ * asserting it did so. */
+void t_pg_terminate(PGconn *c, long pid);
+
+/* ---- statement counters ------------------------------------------------------ */
+/* The engine's counters now (aorm_engine_stats_get). */
+aorm_engine_stats t_stats(aorm_engine *e);
 
 /* Runs the loop until *flag becomes non-zero or `seconds` pass; returns
  * the flag. */

@@ -53,20 +53,14 @@ typedef struct env {
 
 static void env_open(env *t) {
     memset(t, 0, sizeof(*t));
-    t->evl = ev_loop_new(EVFLAG_AUTO);
-    t->loop = aorm_loop_new_ev(t->evl);
-    aorm_engine_options o;
-    aorm_engine_options_init(&o);
-    o.conninfo = t_dsn();
-    t->e = aorm_engine_new(t->loop, &o);
-    cr_assert_not_null(t->e);
+    t_loop_open(&t->evl, &t->loop);
+    t->e = t_engine(t->loop, NULL);
     t->pg = t_pg();
 }
 
 static void env_close(env *t) {
     aorm_engine_free(t->e);
-    aorm_loop_free(t->loop);
-    ev_loop_destroy(t->evl);
+    t_loop_close(&t->evl, &t->loop);
     PQfinish(t->pg);
 }
 

@@ -108,10 +108,7 @@ static void env_open(env *t, aorm_engine_options *o) {
         o->log = on_log;
         o->log_user = t;
     }
-    t->evl = ev_loop_new(EVFLAG_AUTO);
-    cr_assert_not_null(t->evl);
-    t->loop = aorm_loop_new_ev(t->evl);
-    cr_assert_not_null(t->loop);
+    t_loop_open(&t->evl, &t->loop);
     t->e = aorm_engine_new(t->loop, o);
     cr_assert_not_null(t->e, "aorm_engine_new failed for conninfo %s", o->conninfo);
     t->pg = t_pg();
@@ -131,8 +128,7 @@ static void env_close(env *t) {
         free(r);
     }
     t->replies = NULL;
-    aorm_loop_free(t->loop);
-    ev_loop_destroy(t->evl);
+    t_loop_close(&t->evl, &t->loop);
     PQfinish(t->pg);
     for (int i = 0; i < t->nlogs; i++) free(t->logs[i].text);
     free(t->logs);

@@ -34,11 +34,6 @@ typedef struct fx {
     char conninfo[1024];
 } fx;
 
-static double mono(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 /* A loop, and options whose conninfo is the sandbox's with this test's
  * application_name (and `extra`, e.g. a wrong port, appended last so it
@@ -47,10 +42,7 @@ static void fx_init(fx *f, aorm_engine_options *o, const char *tag, const char *
     memset(f, 0, sizeof(*f));
     snprintf(f->app, sizeof(f->app), "aorm_flt_%s", tag);
     snprintf(f->conninfo, sizeof(f->conninfo), "%s application_name=%s %s", t_dsn(), f->app, extra ? extra : "");
-    f->evl = ev_loop_new(EVFLAG_AUTO);
-    cr_assert_not_null(f->evl);
-    f->l = aorm_loop_new_ev(f->evl);
-    cr_assert_not_null(f->l);
+    t_loop_open(&f->evl, &f->l);
     aorm_engine_options_init(o);
     o->conninfo = f->conninfo;
 }
@@ -63,8 +55,7 @@ static void fx_engine(fx *f, const aorm_engine_options *o) {
 static void fx_close(fx *f) {
     aorm_engine_free(f->e);
     f->e = NULL;
-    aorm_loop_free(f->l);
-    ev_loop_destroy(f->evl);
+    t_loop_close(&f->evl, &f->l);
 }
 
 /* Runs the loop until cond(arg) or `seconds`; returns cond's last value.
@@ -119,12 +110,7 @@ static int wait_flag(struct ev_loop *evl, volatile int *flag, double seconds) {
     return wait_fn(evl, flag_set, (void *)flag, seconds);
 }
 
-static int never(void *arg) { return 0; }
-
-static void run_for(fx *f, double seconds) {
-    ev_now_update(f->evl); /* see wait_fn() */
-    t_run_until_fn(f->evl, never, NULL, seconds);
-}
+static void run_for(fx *f, double seconds) { t_settle(f->evl, seconds); /* times from now, as wait_fn() */ }
 
 static aorm_engine_stats stats_of(const aorm_engine *e) {
     aorm_engine_stats s;
@@ -142,7 +128,7 @@ typedef struct rec {
     int code;           /* 0 on success */
     char sqlstate[6];
     char msg[256];
-    double at;          /* mono() at the (first) callback */
+    double at;          /* t_mono() at the (first) callback */
     int in_free;        /* the callback ran inside aorm_engine_free() */
     int has_int;
     int64_t ival;       /* first column of the first row, when an integer */
@@ -152,7 +138,7 @@ typedef struct rec {
 static void rec_take(rec *r, aorm_result *res, const aorm_error *err) {
     r->calls++;
     if (r->calls > 1) return; /* keep the first outcome; the count tells the rest */
-    r->at = mono();
+    r->at = t_mono();
     r->in_free = g_in_free;
     if (err) {
         r->code = err->code;
@@ -180,7 +166,7 @@ static void on_hold(aorm_engine *e, aorm_conn *c, const aorm_error *err, void *u
     hold *h = user;
     h->calls++;
     if (h->calls > 1) return;
-    h->at = mono();
+    h->at = t_mono();
     h->c = c;
     h->code = err ? err->code : 0;
 }
@@ -234,12 +220,12 @@ enum { CMP_EQ, CMP_LE, CMP_GE };
  * with `want`, running the engine's loop for 50 ms between polls. Returns
  * the last value seen. */
 static long poll_pg(fx *f, PGconn *pg, const char *sql, int cmp, long want, double seconds) {
-    double until = mono() + seconds;
+    double until = t_mono() + seconds;
     long v;
     for (;;) {
         v = t_pg_long(pg, sql);
         if ((cmp == CMP_EQ && v == want) || (cmp == CMP_LE && v <= want) || (cmp == CMP_GE && v >= want)) return v;
-        if (mono() >= until) return v;
+        if (t_mono() >= until) return v;
         run_for(f, 0.05);
     }
 }
@@ -253,7 +239,7 @@ static long find_sleeper(fx *f, PGconn *pg, double seconds) {
              "SELECT pid FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%%' "
              "AND pid <> pg_backend_pid() AND application_name = '%s' AND state = 'active' LIMIT 1",
              f->app);
-    double until = mono() + seconds;
+    double until = t_mono() + seconds;
     for (;;) {
         char *v = t_pg_exec(pg, sql);
         if (v) {
@@ -261,19 +247,11 @@ static long find_sleeper(fx *f, PGconn *pg, double seconds) {
             free(v);
             return pid;
         }
-        if (mono() >= until) return 0;
+        if (t_mono() >= until) return 0;
         run_for(f, 0.05);
     }
 }
 
-static void terminate(PGconn *pg, long pid) {
-    char sql[128];
-    /* with a timeout, pg_terminate_backend waits until the backend is gone */
-    snprintf(sql, sizeof(sql), "SELECT pg_terminate_backend(%ld, 5000)", pid);
-    char *v = t_pg_exec(pg, sql);
-    cr_assert(v && strcmp(v, "t") == 0, "pg_terminate_backend(%ld) returned %s", pid, v ? v : "NULL");
-    free(v);
-}
 
 /* Count of this engine's client backends, optionally narrowed by `where`. */
 static void activity_sql(char *buf, size_t cap, const fx *f, const char *where) {
@@ -299,7 +277,7 @@ Test(engine_faults, terminate_busy_connection, .timeout = 90) {
     enum { N = 6 };
     rec r[N];
     memset(r, 0, sizeof(r));
-    double t0 = mono();
+    double t0 = t_mono();
     cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(5)", NULL, NULL, on_rec, &r[0]), 0);
     for (int i = 1; i < N; i++) {
         aorm_params p;
@@ -313,7 +291,7 @@ Test(engine_faults, terminate_busy_connection, .timeout = 90) {
     long pid = find_sleeper(&f, pg, 10);
     cr_assert(pid > 0, "the engine's pg_sleep never showed up in pg_stat_activity");
     for (int i = 0; i < N; i++) cr_assert_eq(r[i].calls, 0, "statement %d answered before the terminate", i);
-    terminate(pg, pid);
+    t_pg_terminate(pg, pid);
 
     cr_assert(run_until_all(&f, r, N, 10), "not every pending statement was called back");
     run_for(&f, 0.2); /* a duplicate would show up now */
@@ -370,7 +348,7 @@ Test(engine_faults, terminate_idle_connection, .timeout = 90) {
     cr_assert(pidr.code == 0 && pidr.has_int && pidr.ival > 0);
 
     PGconn *pg = t_pg();
-    terminate(pg, (long)pidr.ival);
+    t_pg_terminate(pg, (long)pidr.ival);
     PQfinish(pg);
 
     rec r;
@@ -439,7 +417,7 @@ Test(engine_faults, restart_with_statements_in_flight, .timeout = 90) {
     PQfinish(pg);
     for (int i = 0; i < N; i++) cr_assert_eq(r[i].calls, 0);
 
-    double t0 = mono();
+    double t0 = t_mono();
     t_sandbox("restart-pg"); /* blocking: the loop is not running meanwhile */
 
     cr_assert(run_until_all(&f, r, N, 10), "not every in-flight statement was called back");
@@ -515,9 +493,9 @@ static void restart_while_idle(const char *tag, double idle_for) {
     warm_and_wait(&f, 3);
     if (idle_for > 0) run_for(&f, idle_for);
 
-    double t0 = mono();
+    double t0 = t_mono();
     t_sandbox("restart-pg");
-    double took = mono() - t0;
+    double took = t_mono() - t0;
 
     enum { M = 3 };
     rec r[M];
@@ -568,7 +546,7 @@ Test(engine_faults, deadline_cancels_on_server, .timeout = 90) {
 
     rec slow = {0}, next = {0};
     aorm_exec_options xo = {.flags = 0, .deadline = 0.1};
-    double t0 = mono();
+    double t0 = t_mono();
     cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(10)", NULL, &xo, on_rec, &slow), 0);
     cr_assert(wait_flag(f.evl, &slow.calls, 5));
     double took = slow.at - t0;
@@ -584,7 +562,7 @@ Test(engine_faults, deadline_cancels_on_server, .timeout = 90) {
     char sql[512];
     activity_sql(sql, sizeof(sql), &f, "AND state = 'active' AND query = 'SELECT pg_sleep(10)'");
     long still = poll_pg(&f, pg, sql, CMP_EQ, 0, 2.0);
-    cr_assert_eq(still, 0, "pg_sleep(10) still running on the server %.2f s after its deadline", mono() - slow.at);
+    cr_assert_eq(still, 0, "pg_sleep(10) still running on the server %.2f s after its deadline", t_mono() - slow.at);
     PQfinish(pg);
 
     cr_assert(wait_flag(f.evl, &next.calls, 5), "the statement after a timeout never completed");
@@ -617,7 +595,7 @@ Test(engine_faults, default_statement_timeout, .timeout = 90) {
     run_sql(&f, "SELECT 1", &warm, 10);
     cr_assert_eq(warm.code, 0, "a fast statement under the default deadline failed: %s", aorm_errname(warm.code));
 
-    double t0 = mono();
+    double t0 = t_mono();
     rec slow;
     run_sql(&f, "SELECT pg_sleep(10)", &slow, 5); /* no options: the engine default applies */
     cr_assert_eq(slow.code, AORM_ETIMEOUT, "got %s [%s] %s", aorm_errname(slow.code), slow.sqlstate, slow.msg);
@@ -665,7 +643,7 @@ Test(engine_faults, deadline_inside_transaction, .timeout = 90) {
     cr_assert_eq(b.code, 0);
 
     aorm_exec_options xo = {.flags = 0, .deadline = 0.1};
-    double t0 = mono();
+    double t0 = t_mono();
     rec slow;
     conn_sql(&f, h.c, "SELECT pg_sleep(10)", &xo, &slow);
     cr_assert_eq(slow.code, AORM_ETIMEOUT, "got %s [%s] %s", aorm_errname(slow.code), slow.sqlstate, slow.msg);
@@ -737,7 +715,7 @@ Test(engine_faults, pool_exhausted, .timeout = 90) {
 
     /* a second acquire waits, then times out */
     hold h2 = {0};
-    double t0 = mono();
+    double t0 = t_mono();
     cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h2), 0);
     cr_assert(wait_flag(f.evl, &h2.calls, 5));
     cr_assert_eq(h2.code, AORM_EPOOLTIMEOUT, "got %s", aorm_errname(h2.code));
@@ -746,7 +724,7 @@ Test(engine_faults, pool_exhausted, .timeout = 90) {
 
     /* so does an autocommit statement */
     rec r = {0};
-    t0 = mono();
+    t0 = t_mono();
     cr_assert_eq(aorm_engine_execute(f.e, "SELECT 1", NULL, NULL, on_rec, &r), 0);
     cr_assert(wait_flag(f.evl, &r.calls, 5));
     cr_assert_eq(r.code, AORM_EPOOLTIMEOUT, "got %s [%s] %s", aorm_errname(r.code), r.sqlstate, r.msg);
@@ -766,7 +744,7 @@ Test(engine_faults, pool_exhausted, .timeout = 90) {
     cr_assert_eq(s.idle, 1, "idle = %d", s.idle);
 
     hold h3 = {0};
-    t0 = mono();
+    t0 = t_mono();
     cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h3), 0);
     cr_assert(wait_flag(f.evl, &h3.calls, 2));
     cr_assert_eq(h3.code, 0);
@@ -804,7 +782,7 @@ Test(engine_faults, pool_overflow, .timeout = 90) {
     cr_assert_eq(s.held, 3);
 
     hold h4 = {0};
-    double t0 = mono();
+    double t0 = t_mono();
     cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h4), 0);
     cr_assert(wait_flag(f.evl, &h4.calls, 5));
     cr_assert_eq(h4.code, AORM_EPOOLTIMEOUT, "fourth acquire: %s", aorm_errname(h4.code));
@@ -816,8 +794,8 @@ Test(engine_faults, pool_overflow, .timeout = 90) {
     cr_assert_eq(s.open, 3, "the overflow connection should linger for reuse: open = %d", s.open);
     cr_assert_eq(s.held, 0);
     cr_assert_eq(s.overflow_opened, 1);
-    double until = mono() + 5;
-    while (stats_of(f.e).open > 2 && mono() < until) run_for(&f, 0.05);
+    double until = t_mono() + 5;
+    while (stats_of(f.e).open > 2 && t_mono() < until) run_for(&f, 0.05);
     s = stats_of(f.e);
     cr_assert(s.open <= 2, "the overflow connection was kept past idle_timeout: open = %d", s.open);
     cr_assert_eq(s.overflow_closed, 1);
@@ -1022,7 +1000,7 @@ Test(engine_faults, connection_refused, .timeout = 90) {
     o.pool_timeout = 0.5;
     fx_engine(&f, &o);
     rec r = {0};
-    double t0 = mono();
+    double t0 = t_mono();
     cr_assert_eq(aorm_engine_execute(f.e, "SELECT 1", NULL, NULL, on_rec, &r), 0);
     cr_assert(wait_flag(f.evl, &r.calls, 10));
     cr_assert_eq(r.code, AORM_ECONNECT, "got %s [%s] %s", aorm_errname(r.code), r.sqlstate, r.msg);
@@ -1031,7 +1009,7 @@ Test(engine_faults, connection_refused, .timeout = 90) {
     cr_assert(r.at - t0 < o.pool_timeout + 0.5, "connection refused reported after %.2f s", r.at - t0);
 
     hold h = {0};
-    t0 = mono();
+    t0 = t_mono();
     cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0);
     cr_assert(wait_flag(f.evl, &h.calls, 10));
     cr_assert_eq(h.code, AORM_ECONNECT, "acquire: %s", aorm_errname(h.code));
@@ -1063,7 +1041,7 @@ static void on_feed(struct ev_loop *evl, ev_timer *w, int revents) {
         ev_timer_stop(evl, w);
         return;
     }
-    fd->sent_at[fd->next] = mono();
+    fd->sent_at[fd->next] = t_mono();
     int rc = aorm_engine_execute(fd->e, "SELECT 1", NULL, NULL, on_rec, &fd->r[fd->next]);
     if (rc != 0) {
         /* refused at submission: never called back, and the count check fails */
@@ -1141,7 +1119,7 @@ Test(engine_faults, commit_on_terminated_backend, .timeout = 90) {
 
     /* the backend dies while the engine is not looking; COMMIT goes out on
      * the dead connection */
-    terminate(pg, (long)pidr.ival);
+    t_pg_terminate(pg, (long)pidr.ival);
     uint64_t sent_before = stats_of(f.e).statements;
     cr_assert_eq(aorm_conn_commit(h.c, on_rec, &commit), 0);
     cr_assert(wait_flag(f.evl, &commit.calls, 10));
@@ -1407,7 +1385,7 @@ Test(engine_faults, pool_heals_after_release_in_loss_callback, .timeout = 60) {
         PGconn *pg = t_pg();
         long pid = find_sleeper(&f, pg, 10);
         cr_assert(pid > 0);
-        terminate(pg, pid);
+        t_pg_terminate(pg, pid);
         PQfinish(pg);
         cr_assert(wait_flag(f.evl, &x.r.calls, 10));
         cr_assert(lost_outcome(&x.r), "round %d: %s [%s]", round, aorm_errname(x.r.code), x.r.sqlstate);
@@ -1479,12 +1457,12 @@ static void loss_order(bool held) {
         /* more work queued behind, not yet sent when the loss is seen */
         for (int i = 0; i < N; i++) cr_assert_eq(r[i].r.calls, 0);
     }
-    terminate(pg, pid);
+    t_pg_terminate(pg, pid);
     PQfinish(pg);
     rec *flat[N];
     for (int i = 0; i < N; i++) flat[i] = &r[i].r;
-    double until = mono() + 10;
-    while (mono() < until) {
+    double until = t_mono() + 10;
+    while (t_mono() < until) {
         int all = 1;
         for (int i = 0; i < N; i++) all &= flat[i]->calls > 0;
         if (all) break;
@@ -1744,8 +1722,8 @@ Test(engine_faults, statements_spread_over_idle_connections, .timeout = 60) {
     o.max_overflow = 0;
     fx_engine(&f, &o);
     cr_assert_eq(aorm_engine_warm(f.e), 0);
-    double until = mono() + 10;
-    while (stats_of(f.e).idle < 6 && mono() < until) run_for(&f, 0.02);
+    double until = t_mono() + 10;
+    while (stats_of(f.e).idle < 6 && t_mono() < until) run_for(&f, 0.02);
     cr_assert_eq(stats_of(f.e).idle, 6, "the pool did not warm up");
 
     /* twice: first with statements the engine has never seen, then with
@@ -1754,7 +1732,7 @@ Test(engine_faults, statements_spread_over_idle_connections, .timeout = 60) {
         enum { SLOW = 5 };
         rec slow[SLOW], fast = {0};
         memset(slow, 0, sizeof(slow));
-        double t0 = mono();
+        double t0 = t_mono();
         for (int i = 0; i < SLOW; i++)
             cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(1)", NULL, NULL, on_rec, &slow[i]), 0);
         cr_assert_eq(aorm_engine_execute(f.e, "SELECT 5", NULL, NULL, on_rec, &fast), 0);
@@ -2119,7 +2097,7 @@ Test(engine_faults, fatal_answering_a_prepare_is_a_loss, .timeout = 60) {
      * never reaches the closed backend (its refusal would close the
      * proxied connection before the goodbye is read) */
     fp_stall_live(px, FP_BOTH);
-    terminate(pg, pid);
+    t_pg_terminate(pg, pid);
 
     rec r = {0}, behind = {0};
     cr_assert_eq(aorm_engine_execute(f.e, "SELECT 77 AS fresh", NULL, NULL, on_rec, &r), 0);
@@ -2319,7 +2297,7 @@ Test(engine_faults, review_deadline_callback_frees_the_engine, .timeout = 30) {
         rv_freer x = {.f = &f};
         rec behind = {0};
         aorm_exec_options xo = {.deadline = 0.2};
-        double t0 = mono();
+        double t0 = t_mono();
         if (held) {
             cr_assert_eq(aorm_conn_execute(h.c, "SELECT pg_sleep(1)", NULL, &xo, on_rv_free_engine, &x), 0);
             cr_assert_eq(aorm_conn_execute(h.c, "SELECT 2", NULL, NULL, on_rec, &behind), 0);
@@ -2565,7 +2543,7 @@ Test(engine_faults, review_deadline_behind_long_statement, .timeout = 40) {
 
     rec slow = {0}, quick = {0};
     aorm_exec_options xo = {.deadline = 0.5};
-    double t0 = mono();
+    double t0 = t_mono();
     cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(6)", NULL, NULL, on_rec, &slow), 0);
     cr_assert_eq(aorm_engine_execute(f.e, "SELECT 42", NULL, &xo, on_rec, &quick), 0);
     cr_assert(wait_flag(f.evl, &quick.calls, 5));
@@ -2611,7 +2589,7 @@ Test(engine_faults, review_deadline_behind_long_statement_held, .timeout = 40) {
 
     rec b = {0}, ins = {0}, slow = {0}, quick = {0}, commit = {0};
     aorm_exec_options xo = {.deadline = 0.5};
-    double t0 = mono();
+    double t0 = t_mono();
     cr_assert_eq(aorm_conn_begin(h.c, NULL, on_rec, &b), 0);
     cr_assert_eq(aorm_conn_execute(h.c, "INSERT INTO flt_rv_long VALUES (1)", NULL, NULL, on_rec, &ins), 0);
     cr_assert_eq(aorm_conn_execute(h.c, "SELECT pg_sleep(6)", NULL, NULL, on_rec, &slow), 0);
@@ -2676,7 +2654,7 @@ Test(engine_faults, review_reservation_of_cancelled_acquire, .timeout = 30) {
     cr_assert_eq(busy.code, 0);
 
     rec next = {0};
-    double t0 = mono();
+    double t0 = t_mono();
     cr_assert_eq(aorm_engine_execute(f.e, "SELECT 2", NULL, NULL, on_rec, &next), 0);
     cr_assert(wait_flag(f.evl, &next.calls, 5));
     cr_assert_eq(next.code, 0, "a statement after the cancelled acquire: %s [%s] %s", aorm_errname(next.code),
@@ -2727,7 +2705,7 @@ Test(engine_faults, review_reservation_of_timed_out_acquire, .timeout = 30) {
     enum { N = 3 };
     rec next[N];
     memset(next, 0, sizeof(next));
-    double t0 = mono();
+    double t0 = t_mono();
     for (int i = 0; i < N; i++) cr_assert_eq(aorm_engine_execute(f.e, "SELECT 2", NULL, NULL, on_rec, &next[i]), 0);
     cr_assert(run_until_all(&f, next, N, 5));
     for (int i = 0; i < N; i++) {
@@ -2952,11 +2930,11 @@ Test(engine_faults, review_idle_overflow_reaped_without_traffic, .timeout = 30) 
         cr_assert(ab[i].code == 0 && ab[i].has_int, "sleep %d: %s [%s] %s", i, aorm_errname(ab[i].code),
                   ab[i].sqlstate, ab[i].msg);
     cr_assert_neq(a.ival, b.ival, "both statements ran on one connection: the test did not set up its case");
-    double idle_since = mono();
+    double idle_since = t_mono();
 
     /* no more traffic from here on */
     cr_assert(wait_fn(f.evl, open_at_most_one, f.e, 3), "%d connections still open %.1f s after the last statement "
-              "(pool_size 1, idle_timeout 0.5)", stats_of(f.e).open, mono() - idle_since);
+              "(pool_size 1, idle_timeout 0.5)", stats_of(f.e).open, t_mono() - idle_since);
     aorm_engine_stats s = stats_of(f.e);
     cr_assert_eq(s.open, 1, "open = %d", s.open);
     cr_assert_eq(s.overflow_closed, 1, "overflow_closed = %llu", (unsigned long long)s.overflow_closed);

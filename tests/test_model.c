@@ -1375,10 +1375,7 @@ typedef struct env {
 } env;
 
 static void env_open(env *t, const char *dsn) {
-    t->evl = ev_loop_new(EVFLAG_AUTO);
-    cr_assert_not_null(t->evl);
-    t->loop = aorm_loop_new_ev(t->evl);
-    cr_assert_not_null(t->loop);
+    t_loop_open(&t->evl, &t->loop);
     aorm_engine_options o;
     aorm_engine_options_init(&o);
     o.conninfo = dsn;
@@ -1388,8 +1385,7 @@ static void env_open(env *t, const char *dsn) {
 
 static void env_close(env *t) {
     aorm_engine_free(t->e);
-    aorm_loop_free(t->loop);
-    ev_loop_destroy(t->evl);
+    t_loop_close(&t->evl, &t->loop);
 }
 
 typedef struct call {
@@ -1632,8 +1628,7 @@ Test(server, engine_freed_while_create_all_runs, .timeout = TIMEOUT, .fini = dro
     cr_assert_not_null(c.err);
     cr_assert_eq(c.err->code, AORM_ECANCELED);
     call_clear(&c);
-    aorm_loop_free(t.loop);
-    ev_loop_destroy(t.evl);
+    t_loop_close(&t.evl, &t.loop);
     free(dsn);
 }
 
@@ -1659,8 +1654,7 @@ Test(server, engine_freed_while_create_all_holds_its_connection, .timeout = TIME
     cr_assert_not_null(c.err);
     cr_assert_eq(c.err->code, AORM_ECANCELED, "%s", aorm_errname(c.err->code));
     call_clear(&c);
-    aorm_loop_free(t.loop);
-    ev_loop_destroy(t.evl);
+    t_loop_close(&t.evl, &t.loop);
     free(dsn);
 }
 

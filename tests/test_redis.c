@@ -6,7 +6,11 @@
  * commands. Tests that need a password, an ACL user, a unix socket, or a
  * server they can stop (SIGSTOP), kill and restart start their own
  * redis-server on a unix socket in a temporary directory (srv_*). Tests
- * of protocol garbage run a fake server on the test's own loop.
+ * of protocol garbage run a fake server on the test's own loop. The
+ * connection hooks (on_ready's commands first, on_lost once per ready
+ * connection) and subscriber clients (resubscribed after a reconnect, the
+ * SUBSCRIBE deadline, malformed pub/sub messages) run against servers of
+ * their own too.
  *
  * When the sandbox runs Redis with authentication it exports
  * AORM_TEST_REDIS_PASSWORD (and AORM_TEST_REDIS_USER for an ACL user);
@@ -32,6 +36,7 @@
 #include <unistd.h>
 
 #include "aorm/redis.h"
+#include "cache/redis_int.h"
 #include "support.h"
 
 /* ---- clocks and the heartbeat ------------------------------------------------ */
@@ -1207,5 +1212,376 @@ Test(redis, free_while_connecting, .timeout = 30) {
     cr_assert_eq(a.code, AORM_ECANCELED);
     run_for(0.05);
     cr_assert_eq(a.calls, 1);
+    fx_done();
+}
+
+/* ==== connection hooks ================================================================= */
+
+/* A blocking connection to the test's own server, for CLIENT KILL and PUBLISH. */
+static redisContext *srv_admin(void) {
+    struct timeval tv = {2, 0};
+    redisContext *c = redisConnectUnixWithTimeout(S.sock, tv);
+    cr_assert(c && !c->err, "cannot reach the test's redis-server");
+    return c;
+}
+
+static long long srv_admin_int(const char *cmd) {
+    redisContext *c = srv_admin();
+    redisReply *rep = redisCommand(c, cmd);
+    cr_assert(rep && rep->type == REDIS_REPLY_INTEGER, "%s: no integer reply", cmd);
+    long long v = rep->integer;
+    freeReplyObject(rep);
+    redisFree(c);
+    return v;
+}
+
+typedef struct hooks_rec {
+    int ready, lost;
+    outcome hook_cmd[4]; /* ECHO queued by each on_ready */
+    outcome lost_cmd[4]; /* ECHO queued by each on_lost */
+    int internal_ready;  /* the internal hook */
+    int seq[16];         /* 1: options' on_ready, 2: internal on_ready, 3: options' on_lost, 4: internal on_lost */
+    int nseq;
+    bool remove_internal_in_ready;
+} hooks_rec;
+
+static hooks_rec H;
+
+static void h_internal_ready(aorm_redis *r, void *user);
+static void h_internal_lost(aorm_redis *r, void *user);
+
+static void h_ready(aorm_redis *r, void *user) {
+    hooks_rec *h = user;
+    cr_assert_eq(h, &H);
+    if (h->nseq < 16) h->seq[h->nseq++] = 1;
+    cr_assert(stats().connected, "on_ready runs on a ready connection");
+    if (h->ready < 4) cr_assert_eq(aorm_redis_command(r, NULL, on_outcome, &h->hook_cmd[h->ready], "ECHO hook"), 0);
+    h->ready++;
+    if (h->remove_internal_in_ready) aorm__redis_hook_remove(r, h_internal_ready, h_internal_lost, h);
+}
+
+static void h_lost(aorm_redis *r, void *user) {
+    hooks_rec *h = user;
+    if (h->nseq < 16) h->seq[h->nseq++] = 3;
+    cr_assert(!stats().connected);
+    if (h->lost < 4) cr_assert_eq(aorm_redis_command(r, NULL, on_outcome, &h->lost_cmd[h->lost], "ECHO after"), 0);
+    h->lost++;
+}
+
+static void h_internal_ready(aorm_redis *r, void *user) {
+    hooks_rec *h = user;
+    if (h->nseq < 16) h->seq[h->nseq++] = 2;
+    h->internal_ready++;
+}
+
+static void h_internal_lost(aorm_redis *r, void *user) {
+    hooks_rec *h = user;
+    if (h->nseq < 16) h->seq[h->nseq++] = 4;
+}
+
+static int lost_cmd_answered(void *arg) { return H.lost_cmd[*(int *)arg].calls > 0; }
+
+Test(redis, ready_hook_goes_first_and_lost_hook_runs_once_per_connection, .timeout = 60, .fini = srv_fini) {
+    srv_start(NULL);
+    memset(&H, 0, sizeof(H));
+    aorm_redis_options o;
+    fx_own(&o);
+    o.client_name = "aorm-hooks"; /* a handshake: the hook runs after its reply */
+    o.on_ready = h_ready;
+    o.on_lost = h_lost;
+    o.hook_user = &H;
+    o.reconnect_min = 0.01;
+    fx_client(&o);
+    cr_assert_eq(aorm__redis_hook_add(F.r, h_internal_ready, h_internal_lost, &H), 0);
+    cr_assert_eq(aorm__redis_hook_add(F.r, NULL, NULL, &H), AORM_EMISUSE);
+    /* queued before the connection is ready: waits, and goes after the hook's */
+    outcome user = {0};
+    cr_assert_eq(aorm_redis_command(F.r, NULL, on_outcome, &user, "ECHO user"), 0);
+    wait_for(&user, 5);
+    cr_assert_eq(H.ready, 1);
+    cr_assert_eq(H.hook_cmd[0].calls, 1);
+    cr_assert_eq(H.hook_cmd[0].code, 0);
+    cr_assert_str_eq(H.hook_cmd[0].str, "hook");
+    cr_assert_lt(H.hook_cmd[0].order, user.order, "the hook's command was answered after a waiting one");
+    cr_assert_eq(H.nseq, 2);
+    cr_assert_eq(H.seq[0], 1, "the options' hook runs first");
+    cr_assert_eq(H.seq[1], 2);
+    cr_assert_eq(aorm__redis_conn_gen(F.r), 1);
+    cr_assert_eq(H.lost, 0);
+    /* the server drops the connection: on_lost once, then a new connection
+     * runs on_ready again, whose command goes before the one on_lost queued */
+    H.remove_internal_in_ready = true;
+    cr_assert_eq(srv_admin_int("CLIENT KILL TYPE normal"), 1);
+    int k = 0;
+    cr_assert(t_run_until_fn(F.evl, lost_cmd_answered, &k, 5), "the command queued by on_lost never ran");
+    cr_assert_eq(H.lost, 1);
+    cr_assert_eq(H.ready, 2);
+    cr_assert_eq(H.lost_cmd[0].code, 0, "on_lost's command waits for the next connection: %s", H.lost_cmd[0].str);
+    cr_assert_lt(H.hook_cmd[1].order, H.lost_cmd[0].order);
+    cr_assert_eq(aorm__redis_conn_gen(F.r), 2);
+    /* seq: ready 1 2 | lost 3 4 | ready 1, which removed the internal hook before its turn */
+    cr_assert_eq(H.seq[2], 3);
+    cr_assert_eq(H.seq[3], 4);
+    cr_assert_eq(H.seq[4], 1);
+    cr_assert_eq(H.nseq, 5, "the internal hook removed inside on_ready is not called again");
+    /* once more: only the options' hooks remain */
+    cr_assert_eq(srv_admin_int("CLIENT KILL TYPE normal"), 1);
+    k = 1;
+    cr_assert(t_run_until_fn(F.evl, lost_cmd_answered, &k, 5));
+    cr_assert_eq(H.lost, 2);
+    cr_assert_eq(H.ready, 3);
+    cr_assert_eq(H.nseq, 7);
+    run_for(0.05);
+    fx_done(); /* freeing runs no hook */
+    cr_assert_eq(H.lost, 2);
+    for (int i = 0; i < 3; i++) cr_assert_eq(H.hook_cmd[i].calls, 1);
+}
+
+/* ==== subscribers ======================================================================= */
+
+typedef struct subrec {
+    int subscribed, ready, lost;
+    int messages;
+    char chan[8][64];
+    char msg[8][64];
+    outcome id_cmd[4];
+    int refused_outside; /* what aorm_redis_command returned outside the hook */
+    bool free_in_message;
+} subrec;
+
+static subrec SR;
+
+static void s_on_message(aorm_redis *r, const char *channel, size_t channel_len, const struct redisReply *m,
+                         void *user) {
+    subrec *s = user;
+    if (s->messages < 8) {
+        snprintf(s->chan[s->messages], sizeof(s->chan[0]), "%.*s", (int)channel_len, channel);
+        cr_assert_eq(m->type, REDIS_REPLY_STRING);
+        snprintf(s->msg[s->messages], sizeof(s->msg[0]), "%.*s", (int)m->len, m->str);
+    }
+    s->messages++;
+    if (s->free_in_message) {
+        aorm_redis_free(r);
+        F.r = NULL;
+    }
+}
+
+static void s_on_subscribed(aorm_redis *r, void *user) {
+    subrec *s = user;
+    s->subscribed++;
+    cr_assert(aorm_redis_subscribed(r));
+    s->refused_outside = aorm_redis_command(r, NULL, NULL, NULL, "PING");
+}
+
+static void s_on_ready(aorm_redis *r, void *user) {
+    subrec *s = user;
+    cr_assert(!aorm_redis_subscribed(r), "not subscribed before SUBSCRIBE was sent");
+    if (s->ready < 4) cr_assert_eq(aorm_redis_command(r, NULL, on_outcome, &s->id_cmd[s->ready], "CLIENT ID"), 0);
+    s->ready++;
+}
+
+static void s_on_lost(aorm_redis *r, void *user) { ((subrec *)user)->lost++; }
+
+static int subscribed_n(void *arg) { return SR.subscribed >= *(int *)arg; }
+static int messages_n(void *arg) { return SR.messages >= *(int *)arg; }
+
+static void srv_publish(const char *ch, const char *msg, long long receivers) {
+    redisContext *c = srv_admin();
+    redisReply *rep = redisCommand(c, "PUBLISH %s %s", ch, msg);
+    cr_assert(rep && rep->type == REDIS_REPLY_INTEGER);
+    cr_assert_eq(rep->integer, receivers, "PUBLISH reached %lld subscribers", rep->integer);
+    freeReplyObject(rep);
+    redisFree(c);
+}
+
+static aorm_redis *subscriber(aorm_redis_options *o) {
+    o->on_ready = s_on_ready;
+    o->on_lost = s_on_lost;
+    o->hook_user = &SR;
+    static const char *const ch[] = {"aorm:t:one", "aorm:t:two"};
+    aorm_redis *r = aorm_redis_subscriber_new(F.l, o, ch, 2, s_on_message, s_on_subscribed, &SR);
+    cr_assert_not_null(r);
+    return r;
+}
+
+Test(redis, subscriber_receives_messages_and_resubscribes_after_a_reconnect, .timeout = 60, .fini = srv_fini) {
+    srv_start(NULL);
+    memset(&SR, 0, sizeof(SR));
+    aorm_redis_options o;
+    fx_own(&o);
+    o.reconnect_min = 0.01;
+    static const char *const none[] = {"x"};
+    cr_assert_null(aorm_redis_subscriber_new(F.l, &o, none, 0, s_on_message, NULL, NULL));
+    cr_assert_null(aorm_redis_subscriber_new(F.l, &o, none, 1, NULL, NULL, NULL));
+    F.r = subscriber(&o);
+    cr_assert_eq(aorm_redis_command(F.r, NULL, NULL, NULL, "PING"), AORM_EMISUSE, "commands only from on_ready");
+    int one = 1;
+    cr_assert(t_run_until_fn(F.evl, subscribed_n, &one, 5), "never subscribed");
+    cr_assert_eq(SR.refused_outside, AORM_EMISUSE);
+    cr_assert_eq(SR.id_cmd[0].calls, 1, "the hook's command was answered before the subscription");
+    cr_assert_eq(SR.id_cmd[0].code, 0);
+    cr_assert_eq(SR.id_cmd[0].type, REDIS_REPLY_INTEGER);
+    cr_assert(stats().subscribed);
+    srv_publish("aorm:t:one", "hello", 1);
+    srv_publish("aorm:t:two", "world", 1);
+    srv_publish("aorm:t:three", "nobody", 0);
+    int two = 2;
+    cr_assert(t_run_until_fn(F.evl, messages_n, &two, 5));
+    cr_assert_str_eq(SR.chan[0], "aorm:t:one");
+    cr_assert_str_eq(SR.msg[0], "hello");
+    cr_assert_str_eq(SR.chan[1], "aorm:t:two");
+    cr_assert_str_eq(SR.msg[1], "world");
+    /* the server drops it: lost, reconnected, subscribed again */
+    cr_assert_eq(srv_admin_int("CLIENT KILL TYPE pubsub"), 1);
+    int twice = 2;
+    cr_assert(t_run_until_fn(F.evl, subscribed_n, &twice, 5), "not subscribed again after the kill");
+    cr_assert_eq(SR.lost, 1);
+    cr_assert_eq(SR.ready, 2);
+    cr_assert_neq(SR.id_cmd[1].integer, SR.id_cmd[0].integer, "a new connection");
+    srv_publish("aorm:t:two", "again", 1);
+    int three = 3;
+    cr_assert(t_run_until_fn(F.evl, messages_n, &three, 5));
+    cr_assert_str_eq(SR.msg[2], "again");
+    run_for(0.05);
+    aorm_redis_stats s = stats();
+    cr_assert_eq(s.messages, 3);
+    cr_assert_eq(s.connections_lost, 1);
+    cr_assert_eq(SR.messages, 3);
+    /* freed from inside its message callback */
+    SR.free_in_message = true;
+    srv_publish("aorm:t:one", "last", 1);
+    int four = 4;
+    cr_assert(t_run_until_fn(F.evl, messages_n, &four, 5));
+    cr_assert_null(F.r);
+    cr_assert_eq(SR.lost, 1, "freeing runs no hook");
+    fx_done();
+}
+
+Test(redis, subscribe_not_confirmed_within_the_deadline, .timeout = 60, .fini = srv_fini) {
+    srv_start(NULL);
+    memset(&SR, 0, sizeof(SR));
+    aorm_redis_options o;
+    fx_own(&o);
+    o.command_timeout = 0.2;
+    o.connect_timeout = 5; /* a stopped server still completes the connect (the kernel does) */
+    o.reconnect_min = 0.05;
+    o.breaker_threshold = 0;
+    srv_stop_signal();
+    F.r = subscriber(&o);
+    heartbeat hb;
+    hb_start(F.evl, &hb);
+    run_for(0.5);
+    cr_assert_lt(hb_stop(F.evl, &hb), HB_MAX);
+    aorm_redis_stats s = stats();
+    cr_assert_eq(SR.subscribed, 0);
+    cr_assert(!s.subscribed);
+    cr_assert_geq(s.timeouts, 1, "the deadline of the hook's CLIENT ID or of SUBSCRIBE expired");
+    cr_assert_geq(s.connections_lost, 1);
+    srv_cont();
+    int one = 1;
+    cr_assert(t_run_until_fn(F.evl, subscribed_n, &one, 5), "not subscribed once the server runs again");
+    cr_assert(stats().subscribed);
+    fx_done();
+}
+
+/* A server that confirms SUBSCRIBE and then sends pub/sub garbage: the
+ * connection is closed as a protocol error (hiredis alone would abort). */
+Test(redis, malformed_pubsub_messages_close_the_connection, .timeout = 30) {
+    static const char *const bad[] = {
+        "*1\r\n:1\r\n",                          /* too short */
+        "*3\r\n:1\r\n$3\r\none\r\n:1\r\n",       /* kind not a string */
+        "*3\r\n$7\r\nmessage\r\n:5\r\n$1\r\nx\r\n", /* channel not a string */
+        ":7\r\n",                                /* not an array */
+        "*2\r\n$11\r\nunsubscribe\r\n$10\r\naorm:t:one\r\n",                  /* no count */
+        "*3\r\n$11\r\nUNSUBSCRIBE\r\n$10\r\naorm:t:one\r\n$1\r\nx\r\n",    /* count not an integer */
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        memset(&SR, 0, sizeof(SR));
+        aorm_redis_options o;
+        fx_init(&o);
+        char script[256];
+        snprintf(script, sizeof(script), ":42\r\n*3\r\n$9\r\nsubscribe\r\n$10\r\naorm:t:one\r\n:1\r\n"
+                                         "*3\r\n$9\r\nsubscribe\r\n$10\r\naorm:t:two\r\n:2\r\n%s", bad[i]);
+        const char *answers[] = {script, NULL};
+        fake_start(F.evl, NULL);
+        FK.answers = answers;
+        o.port = FK.port;
+        o.reconnect_min = 1; /* one connection in this test */
+        o.reconnect_max = 1;
+        F.r = subscriber(&o);
+        cr_assert(t_run_until_fn(F.evl, protocol_error_seen, NULL, 5), "case %zu: the connection stayed open", i);
+        cr_assert_eq(SR.subscribed, 1, "case %zu: the good confirmations came first", i);
+        cr_assert_eq(SR.messages, 0);
+        cr_assert_eq(SR.lost, 1);
+        fake_stop(F.evl);
+        fx_done();
+    }
+}
+
+static int connection_lost_seen(void *arg) { return stats().connections_lost >= 1; }
+
+/* The server ends a subscription by itself (a well-formed unsubscribe):
+ * the connection is closed so that the next one subscribes again. */
+Test(redis, an_unsubscribe_from_the_server_reconnects, .timeout = 30) {
+    memset(&SR, 0, sizeof(SR));
+    aorm_redis_options o;
+    fx_init(&o);
+    const char *answers[] = {":42\r\n*3\r\n$9\r\nsubscribe\r\n$10\r\naorm:t:one\r\n:1\r\n"
+                             "*3\r\n$9\r\nsubscribe\r\n$10\r\naorm:t:two\r\n:2\r\n"
+                             "*3\r\n$11\r\nunsubscribe\r\n$10\r\naorm:t:one\r\n:1\r\n",
+                             NULL};
+    fake_start(F.evl, NULL);
+    FK.answers = answers;
+    o.port = FK.port;
+    o.reconnect_min = 0.01;
+    o.reconnect_max = 0.01;
+    F.r = subscriber(&o);
+    cr_assert(t_run_until_fn(F.evl, connection_lost_seen, NULL, 5), "the connection stayed open");
+    cr_assert_eq(SR.subscribed, 1);
+    cr_assert_eq(SR.lost, 1);
+    cr_assert_eq(stats().protocol_errors, 0, "not garbage: a reconnect");
+    cr_assert(t_run_until_fn(F.evl, never, NULL, 0.2) == 0);
+    cr_assert_geq(FK.accepted, 2, "no new connection");
+    fake_stop(F.evl);
+    fx_done();
+}
+
+/* A subscribed connection that goes quiet is checked with PING: answered
+ * while the server runs (the connection stays), unanswered once it is
+ * stopped (closed within subscriber_ping + command_timeout), and the
+ * subscription comes back when the server runs again. */
+Test(redis, subscriber_heartbeat_finds_a_silent_server, .timeout = 60, .fini = srv_fini) {
+    srv_start(NULL);
+    memset(&SR, 0, sizeof(SR));
+    aorm_redis_options o;
+    fx_own(&o);
+    o.subscriber_ping = 0.1;
+    o.command_timeout = 0.2;
+    o.reconnect_min = 0.05;
+    o.breaker_threshold = 0;
+    o.connect_timeout = 5;
+    F.r = subscriber(&o);
+    int one = 1;
+    cr_assert(t_run_until_fn(F.evl, subscribed_n, &one, 5));
+    uint64_t w0 = stats().writes;
+    run_for(1.0);
+    aorm_redis_stats s = stats();
+    cr_assert_eq(s.connections_lost, 0, "an answered PING closed the connection");
+    cr_assert_geq(s.writes - w0, 4, "no heartbeat while idle (%llu writes)", (unsigned long long)(s.writes - w0));
+    cr_assert_leq(s.writes - w0, 12, "more PINGs than one per interval");
+    cr_assert(s.subscribed);
+    srv_stop_signal();
+    double t0 = mono();
+    heartbeat hb;
+    hb_start(F.evl, &hb);
+    cr_assert(t_run_until_fn(F.evl, connection_lost_seen, NULL, 5), "a silent server was not noticed");
+    double took = mono() - t0;
+    cr_assert_lt(hb_stop(F.evl, &hb), HB_MAX);
+    cr_assert_lt(took, 1.0, "noticed after %.2f s", took);
+    cr_assert_eq(SR.lost, 1);
+    cr_assert_geq(stats().timeouts, 1);
+    srv_cont();
+    int two = 2;
+    cr_assert(t_run_until_fn(F.evl, subscribed_n, &two, 10), "not subscribed again");
     fx_done();
 }

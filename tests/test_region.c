@@ -45,13 +45,10 @@ Test(region, absurd_sizes_are_refused, .timeout = 10) {
 }
 
 Test(region, session_alloc_absurd_sizes, .timeout = 10) {
-    struct ev_loop *evl = ev_loop_new(EVFLAG_AUTO);
-    aorm_loop *loop = aorm_loop_new_ev(evl);
-    aorm_engine_options o;
-    aorm_engine_options_init(&o);
-    o.conninfo = t_dsn();
-    aorm_engine *e = aorm_engine_new(loop, &o);
-    cr_assert_not_null(e);
+    struct ev_loop *evl;
+    aorm_loop *loop;
+    t_loop_open(&evl, &loop);
+    aorm_engine *e = t_engine(loop, NULL);
     aorm_session *s = aorm_session_new(e, NULL);
     cr_assert_not_null(s);
     char *ok = aorm_session_alloc(s, 32);
@@ -66,6 +63,5 @@ Test(region, session_alloc_absurd_sizes, .timeout = 10) {
     cr_expect_null(aorm_session_alloc(NULL, 8));
     aorm_session_free(s);
     aorm_engine_free(e);
-    aorm_loop_free(loop);
-    ev_loop_destroy(evl);
+    t_loop_close(&evl, &loop);
 }

@@ -35,11 +35,6 @@
 
 #include "support.h"
 
-static double mono(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 static int threads_now(void) {
     FILE *f = fopen("/proc/self/status", "r");
@@ -191,7 +186,7 @@ static void dns_start(dns *d, int mode) {
     memset(d, 0, sizeof(*d));
     d->mode = mode;
     pthread_mutex_init(&d->mu, NULL);
-    srand((unsigned)(getpid() ^ (int)(mono() * 1e6)));
+    srand((unsigned)(getpid() ^ (int)(t_mono() * 1e6)));
     for (int tries = 0;; tries++) {
         cr_assert(tries < 50, "no free loopback address for the DNS server");
         snprintf(d->ip, sizeof(d->ip), "127.%d.%d.%d", 20 + rand() % 200, 1 + rand() % 250, 1 + rand() % 250);
@@ -244,7 +239,7 @@ static void dns_stop(dns *d) {
 typedef struct logline {
     int level;
     char *text;
-    double at;               /* mono() */
+    double at;               /* t_mono() */
 } logline;
 
 typedef struct env {
@@ -264,7 +259,7 @@ static void on_log(aorm_log_level level, const char *message, void *user) {
     if (t->nlogs < 512) {
         t->logs[t->nlogs].level = level;
         t->logs[t->nlogs].text = strdup(message);
-        t->logs[t->nlogs].at = mono();
+        t->logs[t->nlogs].at = t_mono();
         t->nlogs++;
     }
 }
@@ -282,7 +277,7 @@ static const char *log_find(const env *t, int level, const char *needle) {
 
 static void on_beat(struct ev_loop *evl, ev_timer *w, int revents) {
     env *t = w->data;
-    double now = mono();
+    double now = t_mono();
     if (now - t->beat_due > t->beat_late) t->beat_late = now - t->beat_due;
     t->beat_due = now + 0.01;
 }
@@ -304,10 +299,7 @@ static const char *dsn_port(void) {
 static void env_init(env *t, aorm_engine_options *o, const char *extra) {
     memset(t, 0, sizeof(*t));
     snprintf(t->conninfo, sizeof(t->conninfo), "%s application_name=aorm_resolve %s", t_dsn(), extra ? extra : "");
-    t->evl = ev_loop_new(EVFLAG_AUTO);
-    cr_assert_not_null(t->evl);
-    t->l = aorm_loop_new_ev(t->evl);
-    cr_assert_not_null(t->l);
+    t_loop_open(&t->evl, &t->l);
     aorm_engine_options_init(o);
     o->conninfo = t->conninfo;
     o->log = on_log;
@@ -322,7 +314,7 @@ static void env_init(env *t, aorm_engine_options *o, const char *extra) {
 static void env_engine(env *t, const aorm_engine_options *o) {
     t->e = aorm_engine_new(t->l, o);
     cr_assert_not_null(t->e, "aorm_engine_new failed");
-    t->beat_due = mono() + 0.01;
+    t->beat_due = t_mono() + 0.01;
     t->beat_late = 0;
     ev_now_update(t->evl);
     ev_timer_start(t->evl, &t->beat);
@@ -330,9 +322,9 @@ static void env_engine(env *t, const aorm_engine_options *o) {
 
 /* Frees the engine, asserting that the call returns within 50 ms. */
 static void env_free_engine(env *t) {
-    double t0 = mono();
+    double t0 = t_mono();
     aorm_engine_free(t->e);
-    double dt = mono() - t0;
+    double dt = t_mono() - t0;
     t->e = NULL;
     cr_assert(dt < 0.05, "aorm_engine_free took %.3f s", dt);
 }
@@ -341,14 +333,12 @@ static void env_close(env *t) {
     if (t->e) aorm_engine_free(t->e);
     t->e = NULL;
     ev_timer_stop(t->evl, &t->beat);
-    aorm_loop_free(t->l);
-    ev_loop_destroy(t->evl);
+    t_loop_close(&t->evl, &t->l);
     for (int i = 0; i < t->nlogs; i++) free(t->logs[i].text);
 }
 
-static int never(void *arg) { return 0; }
 
-static void run_for(env *t, double seconds) { t_run_until_fn(t->evl, never, NULL, seconds); }
+static void run_for(env *t, double seconds) { t_settle(t->evl, seconds); }
 
 static void assert_loop_on_time(const env *t) {
     cr_assert(t->beat_late < 0.05, "the loop stalled: a 10 ms heartbeat fired %.3f s late", t->beat_late);
@@ -367,7 +357,7 @@ typedef struct rec {
 static void on_rec(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
     rec *r = user;
     if (r->calls++ > 0) return;
-    r->at = mono();
+    r->at = t_mono();
     if (err) {
         r->code = err->code;
         snprintf(r->sqlstate, sizeof(r->sqlstate), "%s", err->sqlstate);
@@ -606,7 +596,7 @@ Test(resolve, unknown_name_left_out_or_fails, .timeout = 30) {
     env_init(&t, &o, "host=gone.aorm.test");
     o.pool_timeout = 1;
     env_engine(&t, &o);
-    double t0 = mono();
+    double t0 = t_mono();
     exec_sql(&t, "SELECT 1", &r);
     cr_assert(t_run_until(t.evl, &r.calls, 10));
     cr_assert(r.code == AORM_ECONNECT || r.code == AORM_EPOOLTIMEOUT, "%s: %s", aorm_errname(r.code), r.msg);
@@ -647,7 +637,7 @@ Test(resolve, hung_resolver_fails_attempt_at_connect_timeout, .timeout = 30) {
     o.connect_timeout = 0.5;
     o.pool_timeout = 1.5;
     env_engine(&t, &o);
-    double t0 = mono();
+    double t0 = t_mono();
     rec r;
     exec_sql(&t, "SELECT 1", &r);
     cr_assert(t_run_until(t.evl, &r.calls, 5), "no answer");
@@ -698,8 +688,8 @@ Test(resolve, engine_free_with_lookup_stuck_returns_at_once, .timeout = 30) {
     assert_loop_on_time(&t);
 
     dns_release(&d);
-    double until = mono() + 5;
-    while (threads_now() > base && mono() < until) usleep(2000);
+    double until = t_mono() + 5;
+    while (threads_now() > base && t_mono() < until) usleep(2000);
     cr_assert_eq(threads_now(), base, "a helper thread did not end after its late answer");
     cr_assert_eq(r.calls, 1);
     env_close(&t);
@@ -719,8 +709,8 @@ Test(resolve, lookups_run_concurrently, .timeout = 30) {
     o.pool_size = 3;
     env_engine(&t, &o);
     cr_assert_eq(aorm_engine_warm(t.e), 0);
-    double until = mono() + 5;
-    while (dns_sockets(&d) < 6 && mono() < until) run_for(&t, 0.01);
+    double until = t_mono() + 5;
+    while (dns_sockets(&d) < 6 && t_mono() < until) run_for(&t, 0.01);
     cr_assert_eq(dns_sockets(&d), 6, "%d lookups reached the DNS server at once, not 6", dns_sockets(&d));
     aorm_engine_stats s;
     aorm_engine_stats_get(t.e, &s);

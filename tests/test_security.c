@@ -52,10 +52,7 @@ static void env_opts(aorm_engine_options *o, const char *conninfo) {
 
 static void env_open(env *t, const aorm_engine_options *o) {
     memset(t, 0, sizeof(*t));
-    t->evl = ev_loop_new(EVFLAG_AUTO);
-    cr_assert_not_null(t->evl);
-    t->loop = aorm_loop_new_ev(t->evl);
-    cr_assert_not_null(t->loop);
+    t_loop_open(&t->evl, &t->loop);
     aorm_engine_options mine = *o;
     mine.log = on_log;
     mine.log_user = t;
@@ -66,8 +63,7 @@ static void env_open(env *t, const aorm_engine_options *o) {
 static void env_close(env *t) {
     aorm_engine_free(t->e);
     t->e = NULL;
-    aorm_loop_free(t->loop);
-    ev_loop_destroy(t->evl);
+    t_loop_close(&t->evl, &t->loop);
     for (int i = 0; i < t->nlogs; i++) free(t->logs[i]);
     t->nlogs = 0;
 }
@@ -632,7 +628,6 @@ static void storm_tick(struct ev_loop *evl, ev_timer *w, int revents) {
     if (aorm_engine_execute(s->t->e, "SELECT 1", NULL, NULL, storm_cb, s) == 0) s->submitted++;
 }
 
-static int never(void *arg) { return 0; }
 
 Test(refusals, no_retry_storm_on_a_wrong_password, .timeout = 60) {
     char wrong[64] = "wrong-";
@@ -649,7 +644,7 @@ Test(refusals, no_retry_storm_on_a_wrong_password, .timeout = 60) {
     /* a caller that keeps asking: a statement every 10 ms for 2 s */
     ev_timer_init(&s.w, storm_tick, 0., 0.010);
     ev_timer_start(t.evl, &s.w);
-    t_run_until_fn(t.evl, never, NULL, 2.0);
+    t_settle(t.evl, 2.0);
     ev_timer_stop(t.evl, &s.w);
     aorm_engine_stats st;
     aorm_engine_stats_get(t.e, &st);
@@ -734,8 +729,7 @@ Test(secrets, a_conninfo_libpq_cannot_parse_is_logged_without_its_password, .tim
         cr_assert_null(aorm_engine_new(t.loop, &o), "an engine from %d", i);
         cr_assert_geq(log_count(&t, "invalid conninfo"), 1, "case %d: the reason was not logged", i);
         assert_not_logged(&t, pw, "the password of an unparsable conninfo");
-        aorm_loop_free(t.loop);
-        ev_loop_destroy(t.evl);
+        t_loop_close(&t.evl, &t.loop);
         for (int j = 0; j < t.nlogs; j++) free(t.logs[j]);
     }
 }

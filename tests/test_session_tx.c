@@ -77,24 +77,6 @@ typedef struct env {
     long lock_key; /* advisory lock the blocking trigger waits for */
 } env;
 
-static void pg_exec(env *t, const char *fmt, ...) {
-    char sql[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(sql, sizeof(sql), fmt, ap);
-    va_end(ap);
-    free(t_pg_exec(t->pg, sql));
-}
-
-static long pg_long(env *t, const char *fmt, ...) {
-    char sql[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(sql, sizeof(sql), fmt, ap);
-    va_end(ap);
-    return t_pg_long(t->pg, sql);
-}
-
 /* pool < 0, overflow < 0, pool_timeout <= 0: engine defaults */
 static void env_open_pool(env *t, int pool, int overflow, double pool_timeout) {
     memset(t, 0, sizeof(*t));
@@ -103,19 +85,17 @@ static void env_open_pool(env *t, int pool, int overflow, double pool_timeout) {
     t->pg = t_pg();
     char msg[256];
     cr_assert_eq(aorm_model_validate(&stx_item_model, msg, sizeof(msg)), 0, "%s", msg);
-    pg_exec(t,
+    t_pg_runf(t->pg,
             "SET client_min_messages = warning; DROP TABLE IF EXISTS \"%1$s\";"
             "CREATE TABLE \"%1$s\" (id bigserial PRIMARY KEY, name text NOT NULL UNIQUE, flag boolean NOT NULL DEFAULT "
             "true, qty int NOT NULL DEFAULT 7, created timestamptz NOT NULL DEFAULT now(), rank int DEFAULT 5, "
             "note text NOT NULL DEFAULT 'none')",
             item_table);
-    t->evl = ev_loop_new(EVFLAG_AUTO);
-    cr_assert_not_null(t->evl);
-    t->loop = aorm_loop_new_ev(t->evl);
-    cr_assert_not_null(t->loop);
+    t_loop_open(&t->evl, &t->loop);
     aorm_engine_options o;
     aorm_engine_options_init(&o);
     o.conninfo = t_dsn();
+    o.pgbouncer = t_via_pgbouncer();
     if (pool >= 0) o.pool_size = pool;
     if (overflow >= 0) o.max_overflow = overflow;
     if (pool_timeout > 0) o.pool_timeout = pool_timeout;
@@ -128,25 +108,18 @@ static void env_open(env *t) { env_open_pool(t, -1, -1, 0); }
 static void env_close(env *t) {
     aorm_engine_free(t->e);
     t->e = NULL;
-    aorm_loop_free(t->loop);
-    ev_loop_destroy(t->evl);
-    pg_exec(t, "SET client_min_messages = warning; DROP TABLE IF EXISTS \"%s\";"
+    t_loop_close(&t->evl, &t->loop);
+    t_pg_runf(t->pg, "SET client_min_messages = warning; DROP TABLE IF EXISTS \"%s\";"
                "DROP FUNCTION IF EXISTS \"%s_block\"()",
             item_table, item_table);
     PQfinish(t->pg);
 }
 
-static int never(void *arg) { return 0; }
-
 /* Runs the loop a little longer: a late second callback shows up after
  * this. */
-static void settle(env *t) { t_run_until_fn(t->evl, never, NULL, 0.1); }
+static void settle(env *t) { t_settle(t->evl, 0.1); }
 
-static aorm_engine_stats stats(const env *t) {
-    aorm_engine_stats st;
-    aorm_engine_stats_get(t->e, &st);
-    return st;
-}
+static aorm_engine_stats stats(const env *t) { return t_stats(t->e); }
 
 static int one_lost(void *arg) { return stats(arg).connections_lost >= 1; }
 
@@ -266,16 +239,16 @@ static stx_item *new_item(aorm_session *s, const char *name) {
 }
 
 static long rows_named(env *t, const char *name) {
-    return pg_long(t, "SELECT count(*) FROM \"%s\" WHERE name = '%s'", item_table, name);
+    return t_pg_longf(t->pg, "SELECT count(*) FROM \"%s\" WHERE name = '%s'", item_table, name);
 }
 
 /* Terminates a backend from the side connection and waits until it is
  * gone from pg_stat_activity (the server has closed its socket). */
 static void terminate_backend(env *t, int64_t pid) {
-    cr_assert_eq(pg_long(t, "SELECT pg_terminate_backend(%lld)::int", (long long)pid), 1,
+    cr_assert_eq(t_pg_longf(t->pg, "SELECT pg_terminate_backend(%lld)::int", (long long)pid), 1,
                  "backend %lld was not terminated", (long long)pid);
     for (int i = 0; i < 20000; i++) {
-        if (pg_long(t, "SELECT count(*) FROM pg_stat_activity WHERE pid = %lld", (long long)pid) == 0) return;
+        if (t_pg_longf(t->pg, "SELECT count(*) FROM pg_stat_activity WHERE pid = %lld", (long long)pid) == 0) return;
         usleep(1000);
     }
     cr_assert_fail("backend %lld did not exit", (long long)pid);
@@ -461,7 +434,7 @@ Test(tx_loss, loss_the_engine_has_not_seen_yet_fails_the_next_statement_and_requ
  * side connection holds: inside COMMIT when deferred (a deferred
  * constraint trigger), inside the INSERT itself otherwise. */
 static void add_blocking_trigger(env *t, bool in_commit) {
-    pg_exec(t,
+    t_pg_runf(t->pg,
             "CREATE FUNCTION \"%1$s_block\"() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
             "PERFORM pg_advisory_xact_lock(%2$ld); RETURN NULL; END $$;"
             "CREATE CONSTRAINT TRIGGER block_insert AFTER INSERT ON \"%1$s\" %3$s "
@@ -481,7 +454,7 @@ typedef struct waiting_backend {
  * starts with query_prefix. */
 static int backend_blocked(void *arg) {
     waiting_backend *w = arg;
-    return pg_long(w->t,
+    return t_pg_longf(w->t->pg,
                    "SELECT count(*) FROM pg_stat_activity WHERE pid = %lld AND wait_event_type = 'Lock' AND "
                    "wait_event = 'advisory' AND starts_with(query, '%s')",
                    (long long)w->pid, w->query_prefix) == 1;
@@ -491,7 +464,7 @@ static int backend_blocked(void *arg) {
  * idle (its client vanished: the server rolled it back). */
 static void wait_backend_gone(env *t, int64_t pid) {
     for (int i = 0; i < 20000; i++) {
-        if (pg_long(t, "SELECT count(*) FROM pg_stat_activity WHERE pid = %lld", (long long)pid) == 0) return;
+        if (t_pg_longf(t->pg, "SELECT count(*) FROM pg_stat_activity WHERE pid = %lld", (long long)pid) == 0) return;
         usleep(1000);
     }
     cr_assert_fail("backend %lld did not exit", (long long)pid);
@@ -503,7 +476,7 @@ Test(tx_commit, connection_lost_mid_commit_is_unknown_and_nothing_is_inserted_tw
     char name[64], old_name[64];
     snprintf(name, sizeof(name), "mid-commit-%ld", (long)getpid());
     snprintf(old_name, sizeof(old_name), "mid-commit-old-%ld", (long)getpid());
-    pg_exec(&t, "INSERT INTO \"%s\"(name, qty) VALUES ('%s', 1)", item_table, old_name);
+    t_pg_runf(t.pg, "INSERT INTO \"%s\"(name, qty) VALUES ('%s', 1)", item_table, old_name);
     add_blocking_commit_trigger(&t);
 
     aorm_session *s = aorm_session_new(t.e, NULL);
@@ -518,16 +491,16 @@ Test(tx_commit, connection_lost_mid_commit_is_unknown_and_nothing_is_inserted_tw
     it->qty = 3;
     cr_assert_eq(aorm_session_add(s, it), 0);
 
-    pg_exec(&t, "SELECT pg_advisory_lock(%ld)", t.lock_key);
+    t_pg_runf(t.pg, "SELECT pg_advisory_lock(%ld)", t.lock_key);
     rec c = {0};
     cr_assert_eq(aorm_session_commit(s, on_done, &c), 0);
     waiting_backend w = {&t, pid, "COMMIT"};
     cr_assert(t_run_until_fn(t.evl, backend_blocked, &w, WAIT), "the COMMIT never reached the trigger");
     cr_assert_eq(c.calls, 0);
-    cr_assert_eq(pg_long(&t, "SELECT pg_terminate_backend(%lld)::int", (long long)pid), 1);
+    cr_assert_eq(t_pg_longf(t.pg, "SELECT pg_terminate_backend(%lld)::int", (long long)pid), 1);
     await_code(&t, &c, AORM_EUNKNOWN_OUTCOME, "COMMIT cut off by the backend's termination");
     cr_assert_str_eq(c.sqlstate, "08007");
-    pg_exec(&t, "SELECT pg_advisory_unlock(%ld)", t.lock_key);
+    t_pg_runf(t.pg, "SELECT pg_advisory_unlock(%ld)", t.lock_key);
 
     /* the transaction is over; what it inserted has left the session */
     cr_assert_not(aorm_session_in_transaction(s));
@@ -568,7 +541,7 @@ Test(tx_commit, a_session_freed_with_its_commit_in_flight_reports_an_unknown_out
     cr_assert_not_null(s);
     int64_t pid = session_int(&t, s, "SELECT pg_backend_pid()");
     cr_assert_eq(aorm_session_add(s, new_item(s, name)), 0);
-    pg_exec(&t, "SELECT pg_advisory_lock(%ld)", t.lock_key);
+    t_pg_runf(t.pg, "SELECT pg_advisory_lock(%ld)", t.lock_key);
     rec c = {0}, behind = {0};
     cr_assert_eq(aorm_session_commit(s, on_done, &c), 0);
     cr_assert_eq(aorm_session_flush(s, on_done, &behind), 0);
@@ -582,7 +555,7 @@ Test(tx_commit, a_session_freed_with_its_commit_in_flight_reports_an_unknown_out
     cr_assert_eq(behind.code, AORM_ECANCELED);
     settle(&t);
     cr_assert(c.calls == 1 && behind.calls == 1);
-    pg_exec(&t, "SELECT pg_advisory_unlock(%ld)", t.lock_key);
+    t_pg_runf(t.pg, "SELECT pg_advisory_unlock(%ld)", t.lock_key);
     /* the connection went back to the pool with its COMMIT unanswered: the
      * engine drops the answer (committed here, since the backend lived) */
     rec q = {0};
@@ -668,7 +641,7 @@ Test(tx_defaults, columns_left_to_the_server_take_their_defaults_and_are_read_ba
     env_open(&t);
     aorm_session *s = aorm_session_new(t.e, NULL);
     cr_assert_not_null(s);
-    long before = pg_long(&t, "SELECT floor(extract(epoch FROM now()))::bigint");
+    long before = t_pg_longf(t.pg, "SELECT floor(extract(epoch FROM now()))::bigint");
     char name[64], part[64], many[3][64];
     snprintf(name, sizeof(name), "dflt-%ld", (long)getpid());
     snprintf(part, sizeof(part), "dflt-part-%ld", (long)getpid());
@@ -699,7 +672,7 @@ Test(tx_defaults, columns_left_to_the_server_take_their_defaults_and_are_read_ba
     cr_assert_eq(aorm_object_use_default(s, bad, AORM_COL(stx_item, id)), AORM_EMISUSE, "no server default");
     cr_assert_eq(aorm_object_use_default(s, &(stx_item){0}, NULL), AORM_EMISUSE, "not a session object");
     commit_expect(&t, s, 0, "commit of rows with server defaults");
-    long after = pg_long(&t, "SELECT floor(extract(epoch FROM now()))::bigint");
+    long after = t_pg_longf(t.pg, "SELECT floor(extract(epoch FROM now()))::bigint");
 
     cr_assert(it->flag, "the default (true) was not read back");
     cr_assert_eq(it->qty, 7);
@@ -710,7 +683,7 @@ Test(tx_defaults, columns_left_to_the_server_take_their_defaults_and_are_read_ba
     char want[128];
     snprintf(want, sizeof(want), "t 7 5 none %ld", created);
     expect_row(&t, name, want);
-    cr_assert_eq(pg_long(&t, "SELECT (created = '2000-01-01'::timestamptz + %lld * interval '1 microsecond')::int "
+    cr_assert_eq(t_pg_longf(t.pg, "SELECT (created = '2000-01-01'::timestamptz + %lld * interval '1 microsecond')::int "
                              "FROM \"%s\" WHERE name = '%s'",
                          (long long)it->created, item_table, name),
                  1, "the object's created is not the row's");
@@ -745,7 +718,7 @@ Test(tx_defaults, a_rollback_or_a_failed_flush_leaves_the_columns_to_the_server_
     char name[64], dup[64];
     snprintf(name, sizeof(name), "dflt-rb-%ld", (long)getpid());
     snprintf(dup, sizeof(dup), "dflt-dup-%ld", (long)getpid());
-    pg_exec(&t, "INSERT INTO \"%s\"(name) VALUES ('%s')", item_table, dup);
+    t_pg_runf(t.pg, "INSERT INTO \"%s\"(name) VALUES ('%s')", item_table, dup);
     aorm_session *s = aorm_session_new(t.e, NULL);
     cr_assert_not_null(s);
 
@@ -799,7 +772,7 @@ Test(tx_defaults, a_large_batch_of_set_values_goes_by_copy_and_keeps_its_zeros, 
         cr_assert_eq(aorm_session_add(s, x), 0);
     }
     commit_expect(&t, s, 0, "commit of a large batch");
-    cr_assert_eq(pg_long(&t,
+    cr_assert_eq(t_pg_longf(t.pg,
                          "SELECT count(*) FROM \"%s\" WHERE NOT flag AND qty = 0 AND rank IS NULL AND note = '' AND "
                          "created = '2000-01-01'::timestamptz",
                          item_table),
@@ -823,7 +796,7 @@ Test(tx_engine_free, freeing_the_engine_cancels_queued_and_running_work_and_late
     int64_t pid = session_int(&t, s, "SELECT pg_backend_pid()");
     stx_item *it = new_item(s, name);
     cr_assert_eq(aorm_session_add(s, it), 0);
-    pg_exec(&t, "SELECT pg_advisory_lock(%ld)", t.lock_key);
+    t_pg_runf(t.pg, "SELECT pg_advisory_lock(%ld)", t.lock_key);
     rec f = {0}, c = {0}, q = {0};
     cr_assert_eq(aorm_session_flush(s, on_done, &f), 0);
     cr_assert_eq(aorm_session_commit(s, on_done, &c), 0);
@@ -855,7 +828,7 @@ Test(tx_engine_free, freeing_the_engine_cancels_queued_and_running_work_and_late
     cr_assert(f.calls == 1 && c.calls == 1 && q.calls == 1);
     aorm_session_free(s);
 
-    pg_exec(&t, "SELECT pg_advisory_unlock(%ld)", t.lock_key);
+    t_pg_runf(t.pg, "SELECT pg_advisory_unlock(%ld)", t.lock_key);
     wait_backend_gone(&t, pid);
     cr_assert_eq(rows_named(&t, name), 0, "the transaction of a freed engine committed");
     env_close(&t);
@@ -904,7 +877,7 @@ Test(tx_engine_free, engine_freed_from_a_session_callback_cancels_the_other_sess
     cr_assert(a && b);
     int64_t pid = session_int(&t, b, "SELECT pg_backend_pid()");
     cr_assert_eq(aorm_session_add(b, new_item(b, name)), 0);
-    pg_exec(&t, "SELECT pg_advisory_lock(%ld)", t.lock_key);
+    t_pg_runf(t.pg, "SELECT pg_advisory_lock(%ld)", t.lock_key);
     rec bf = {0}, bc = {0}, bc2 = {0};
     cr_assert_eq(aorm_session_flush(b, on_done, &bf), 0);
     cr_assert_eq(aorm_session_commit(b, on_done, &bc), 0);
@@ -926,7 +899,7 @@ Test(tx_engine_free, engine_freed_from_a_session_callback_cancels_the_other_sess
     cr_assert(bf.calls == 1 && bc.calls == 1 && bc2.calls == 1 && x.r.calls == 1);
     aorm_session_free(b);
     aorm_session_free(a);
-    pg_exec(&t, "SELECT pg_advisory_unlock(%ld)", t.lock_key);
+    t_pg_runf(t.pg, "SELECT pg_advisory_unlock(%ld)", t.lock_key);
     wait_backend_gone(&t, pid);
     cr_assert_eq(rows_named(&t, name), 0);
     env_close(&t);
@@ -943,7 +916,7 @@ Test(tx_engine_free, a_commit_in_flight_when_the_engine_is_freed_is_an_unknown_o
     int64_t pid = session_int(&t, s, "SELECT pg_backend_pid()");
     stx_item *it = new_item(s, name);
     cr_assert_eq(aorm_session_add(s, it), 0);
-    pg_exec(&t, "SELECT pg_advisory_lock(%ld)", t.lock_key);
+    t_pg_runf(t.pg, "SELECT pg_advisory_lock(%ld)", t.lock_key);
     rec c = {0}, after = {0};
     cr_assert_eq(aorm_session_commit(s, on_done, &c), 0);
     cr_assert_eq(aorm_session_flush(s, on_done, &after), 0);
@@ -957,7 +930,7 @@ Test(tx_engine_free, a_commit_in_flight_when_the_engine_is_freed_is_an_unknown_o
     cr_assert_eq(after.code, AORM_ECANCELED, "queued behind the commit: %s", aorm_errname(after.code));
     cr_assert_eq(aorm_object_state_of(s, it), AORM_DETACHED, "its INSERT may have committed");
     aorm_session_free(s);
-    pg_exec(&t, "SELECT pg_advisory_unlock(%ld)", t.lock_key);
+    t_pg_runf(t.pg, "SELECT pg_advisory_unlock(%ld)", t.lock_key);
     wait_backend_gone(&t, pid);
     env_close(&t);
 }

@@ -27,13 +27,10 @@ static void on_version(aorm_engine *e, aorm_result *res, const aorm_error *err, 
 }
 
 Test(smoke, postgresql_through_the_engine, .timeout = 30) {
-    struct ev_loop *evl = ev_loop_new(EVFLAG_AUTO);
-    aorm_loop *l = aorm_loop_new_ev(evl);
-    aorm_engine_options o;
-    aorm_engine_options_init(&o);
-    o.conninfo = t_dsn();
-    aorm_engine *e = aorm_engine_new(l, &o);
-    cr_assert_not_null(e);
+    struct ev_loop *evl;
+    aorm_loop *l;
+    t_loop_open(&evl, &l);
+    aorm_engine *e = t_engine(l, NULL);
     version_state s = {0};
     cr_assert_eq(aorm_engine_execute(e, "SELECT version()", NULL, NULL, on_version, &s), 0);
     cr_assert_eq(s.done, 0, "callback ran inside execute");
@@ -41,8 +38,7 @@ Test(smoke, postgresql_through_the_engine, .timeout = 30) {
     cr_assert_eq(s.failed, 0);
     cr_assert(strncmp(s.version, "PostgreSQL", 10) == 0, "unexpected version string: %s", s.version);
     aorm_engine_free(e);
-    aorm_loop_free(l);
-    ev_loop_destroy(evl);
+    t_loop_close(&evl, &l);
 }
 
 /* PING, then a binary-safe SET/GET, on a connection made and

@@ -1432,3 +1432,725 @@ LEAK_TEST(refused_trees_take_every_subquery, "subqueries under EXCLUDED or deep 
     }
     free(chain);
 }
+
+/* ==========================================================================
+ * Hard queries: aliases, CTEs, windows, set operations, subqueries in
+ * FROM, expressions, INSERT ... SELECT, UPDATE ... FROM, DELETE ... USING
+ * ========================================================================== */
+
+#define CORE_T_EMPLOYEES "employees"
+#define CORE_T_ARCHIVE "employee_archive"
+#define CORE_T_DFLT "dflt"
+#include "core_models.h"
+
+#define EMP_COLS                                                                                      \
+    "\"employees\".\"id\", \"employees\".\"name\", \"employees\".\"manager_id\", \"employees\".\"dept\", " \
+    "\"employees\".\"salary\", \"employees\".\"doc\""
+
+Test(sql_compile, self_join_with_alias, .timeout = 10) {
+    aorm_stmt *q = aorm_select_columns(AORM_COL(employee, name), aorm_label(AORM_ACOL("mgr", employee, name), "boss"));
+    aorm_join_alias(q, &employee_model, "mgr", aorm_eq(AORM_ACOL("mgr", employee, id), AORM_COL(employee, manager_id)),
+                    AORM_JOIN_LEFT);
+    aorm_where(q, aorm_gt(AORM_ACOL("mgr", employee, salary), aorm_float8(100)));
+    expect(q,
+           "SELECT \"employees\".\"name\", \"mgr\".\"name\" AS \"boss\" FROM \"employees\" LEFT JOIN \"employees\" "
+           "AS \"mgr\" ON \"mgr\".\"id\" = \"employees\".\"manager_id\" WHERE \"mgr\".\"salary\" > $1",
+           1);
+    cr_assert(aorm_stmt_readonly(q));
+    aorm_stmt_free(q);
+
+    /* a relationship joined under an alias; each side loads on its own */
+    q = aorm_select(&employee_model);
+    cr_assert_eq(aorm_select_add_alias(q, &employee_model, "boss"), 0);
+    cr_assert_eq(aorm_join_rel_alias(q, AORM_REL(employee, manager), "boss", true), 0);
+    expect(q,
+           "SELECT " EMP_COLS ", \"boss\".\"id\" AS \"boss_id\", \"boss\".\"name\" AS \"boss_name\", "
+           "\"boss\".\"manager_id\" AS \"boss_manager_id\", \"boss\".\"dept\" AS \"boss_dept\", \"boss\".\"salary\" AS "
+           "\"boss_salary\", \"boss\".\"doc\" AS \"boss_doc\" FROM \"employees\" LEFT JOIN \"employees\" AS \"boss\" ON "
+           "\"boss\".\"id\" = \"employees\".\"manager_id\"",
+           0);
+    cr_assert_eq(aorm_stmt_column(q, AORM_COL(employee, name)), 1);
+    cr_assert_eq(aorm_stmt_column(q, AORM_ACOL("boss", employee, name)), 7);
+    cr_assert_eq(aorm_stmt_column(q, AORM_ACOL("nobody", employee, name)), AORM_ENOTFOUND);
+    aorm_stmt_free(q);
+
+    /* one-to-many the other way, FROM under an alias */
+    q = aorm_select_alias(&employee_model, "e");
+    aorm_join_rel_alias(q, AORM_REL(employee, reports), "r", false);
+    aorm_where(q, aorm_eq(AORM_ACOL("r", employee, dept), aorm_text("x")));
+    expect(q,
+           "SELECT \"e\".\"id\", \"e\".\"name\", \"e\".\"manager_id\", \"e\".\"dept\", \"e\".\"salary\", \"e\".\"doc\" "
+           "FROM \"employees\" AS \"e\" JOIN \"employees\" AS \"r\" ON \"r\".\"manager_id\" = \"e\".\"id\" WHERE "
+           "\"r\".\"dept\" = $1",
+           1);
+    aorm_stmt_free(q);
+
+    /* without an alias the second join is refused, saying how to do it */
+    q = aorm_select(&employee_model);
+    expect_error(q, aorm_join_rel(q, AORM_REL(employee, manager), true), AORM_EMISUSE, "alias", "self-join");
+    aorm_stmt_free(q);
+}
+
+Test(sql_compile, alias_errors, .timeout = 10) {
+    char longname[80];
+    memset(longname, 'a', 64);
+    longname[64] = '\0';
+    aorm_stmt *q = aorm_select(&employee_model);
+    expect_error(q, aorm_join_alias(q, &employee_model, "", aorm_eq(AORM_COL(employee, id), aorm_int8(1)), 0),
+                 AORM_EMISUSE, "empty alias", NULL);
+    aorm_stmt_free(q);
+    q = aorm_select(&employee_model);
+    expect_error(q, aorm_join_alias(q, &employee_model, longname, NULL, 0), AORM_EMISUSE, "63", NULL);
+    aorm_stmt_free(q);
+    q = aorm_select(&employee_model);
+    aorm_join_alias(q, &employee_model, "m", NULL, 0);
+    expect_error(q, aorm_join_alias(q, &author_model, "m", NULL, 0), AORM_EMISUSE, "already goes by", NULL);
+    aorm_stmt_free(q);
+    q = aorm_select(&employee_model);
+    expect_error(q, aorm_join_alias(q, &author_model, "employees", NULL, 0), AORM_EMISUSE, "already goes by", NULL);
+    aorm_stmt_free(q);
+    /* a column through an alias the statement does not have */
+    q = aorm_select(&employee_model);
+    aorm_where(q, aorm_eq(AORM_ACOL("ghost", employee, id), aorm_int8(1)));
+    expect_error(q, aorm_stmt_compile(q), AORM_EMISUSE, "ghost", "no FROM item");
+    aorm_stmt_free(q);
+    /* an alias of another model */
+    q = aorm_select(&employee_model);
+    aorm_join_alias(q, &author_model, "a", NULL, 0);
+    aorm_where(q, aorm_eq(AORM_ACOL("a", employee, id), aorm_int8(1)));
+    expect_error(q, aorm_stmt_compile(q), AORM_EMISUSE, "alias of authors", NULL);
+    aorm_stmt_free(q);
+    /* an aliased FROM hides the table's own name */
+    q = aorm_select_alias(&employee_model, "e");
+    aorm_where(q, aorm_eq(AORM_COL(employee, id), aorm_int8(1)));
+    expect_error(q, aorm_stmt_compile(q), AORM_EMISUSE, "not part of the statement", NULL);
+    aorm_stmt_free(q);
+    /* LATERAL only with a subquery */
+    q = aorm_select(&employee_model);
+    expect_error(q, aorm_join_alias(q, &employee_model, "x", NULL, AORM_JOIN_LATERAL), AORM_EMISUSE, "LATERAL", NULL);
+    aorm_stmt_free(q);
+    q = aorm_select(&employee_model);
+    expect_error(q, aorm_join_alias(q, &employee_model, "x", NULL, 8), AORM_EMISUSE, "flags", NULL);
+    aorm_stmt_free(q);
+}
+
+Test(sql_compile, ctes_several, .timeout = 10) {
+    aorm_stmt *totals = aorm_select_columns(AORM_COL(book, author_id), aorm_label(aorm_sum(AORM_COL(book, price)), "total"));
+    aorm_group_by(totals, AORM_COL(book, author_id));
+    aorm_stmt *rich = aorm_select_columns(aorm_ref("totals", "author_id"));
+    aorm_from_cte(rich, "totals");
+    aorm_where(rich, aorm_gt(aorm_ref("totals", "total"), aorm_float8(100)));
+    aorm_stmt *ids = aorm_select_columns(aorm_ref("rich", "author_id"));
+    aorm_from_cte(ids, "rich");
+    aorm_stmt *q = aorm_select(&author_model);
+    cr_assert_eq(aorm_with(q, "totals", totals), 0);
+    cr_assert_eq(aorm_with(q, "rich", rich), 0);
+    aorm_where(q, aorm_in_select(AORM_COL(author, id), ids));
+    aorm_order_by(q, AORM_COL(author, id), 0);
+    aorm_limit(q, 3);
+    expect(q,
+           "WITH \"totals\" AS (SELECT \"books\".\"author_id\", sum(\"books\".\"price\") AS \"total\" FROM \"books\" "
+           "GROUP BY \"books\".\"author_id\"), \"rich\" AS (SELECT \"totals\".\"author_id\" FROM \"totals\" WHERE "
+           "\"totals\".\"total\" > $1) SELECT " AUTHOR_COLS " FROM \"authors\" WHERE \"authors\".\"id\" IN (SELECT "
+           "\"rich\".\"author_id\" FROM \"rich\") ORDER BY \"authors\".\"id\" LIMIT $2",
+           2);
+    cr_assert(aorm_stmt_readonly(q));
+    aorm_stmt_free(q);
+
+    /* names are checked against what the CTE puts out */
+    totals = aorm_select_columns(AORM_COL(book, author_id));
+    q = aorm_select_columns(aorm_ref("totals", "total"));
+    aorm_from_cte(q, "totals");
+    aorm_with(q, "totals", totals);
+    expect_error(q, aorm_stmt_compile(q), AORM_EMISUSE, "\"total\"", "no output column");
+    aorm_stmt_free(q);
+    /* a CTE that is not there */
+    q = aorm_select_columns(aorm_ref("nope", "x"));
+    aorm_from_cte(q, "nope");
+    expect_error(q, aorm_stmt_compile(q), AORM_EMISUSE, "no CTE", NULL);
+    aorm_stmt_free(q);
+    /* twice the same name */
+    q = aorm_select(&author_model);
+    aorm_with(q, "a", aorm_select(&book_model));
+    expect_error(q, aorm_with(q, "a", aorm_select(&tag_model)), AORM_EMISUSE, "already has a CTE", NULL);
+    aorm_stmt_free(q);
+    /* a CTE on raw text is refused, the CTE freed with it */
+    q = aorm_raw("SELECT 1");
+    expect_error(q, aorm_with(q, "a", aorm_select(&book_model)), AORM_EMISUSE, "aorm_with", NULL);
+    aorm_stmt_free(q);
+    cr_assert_eq(aorm_with(NULL, "a", aorm_select(&book_model)), AORM_EMISUSE);
+}
+
+/* The manager tree of employee 1, depth first: the recursive arm joins
+ * the CTE by name. */
+static aorm_stmt *manager_tree(int64_t root) {
+    aorm_stmt *base = aorm_select_columns(AORM_COL(employee, id), AORM_COL(employee, name), AORM_COL(employee, manager_id),
+                                          aorm_label(aorm_int4(0), "depth"));
+    aorm_where(base, aorm_eq(AORM_COL(employee, id), aorm_int8(root)));
+    aorm_stmt *step =
+        aorm_select_columns(AORM_ACOL("e", employee, id), AORM_ACOL("e", employee, name), AORM_ACOL("e", employee, manager_id),
+                            aorm_label(aorm_add(aorm_ref("tree", "depth"), aorm_int4(1)), "depth"));
+    aorm_from_alias(step, &employee_model, "e");
+    aorm_join_cte(step, "tree", NULL, aorm_eq(AORM_ACOL("e", employee, manager_id), aorm_ref("tree", "id")), 0);
+    aorm_stmt *q = aorm_select_columns(AORM_ACOL("tree", employee, id), AORM_ACOL("tree", employee, name),
+                                       AORM_ACOL("tree", employee, manager_id), aorm_ref("tree", "depth"));
+    aorm_from_cte(q, "tree");
+    aorm_with_recursive(q, "tree", aorm_union_all(base, step));
+    aorm_order_by(q, aorm_ref("tree", "depth"), 0);
+    aorm_order_by(q, AORM_ACOL("tree", employee, id), 0);
+    return q;
+}
+
+Test(sql_compile, with_recursive, .timeout = 10) {
+    aorm_stmt *q = manager_tree(1);
+    expect(q,
+           "WITH RECURSIVE \"tree\" AS ((SELECT \"employees\".\"id\", \"employees\".\"name\", "
+           "\"employees\".\"manager_id\", $1 AS \"depth\" FROM \"employees\" WHERE \"employees\".\"id\" = $2) UNION ALL "
+           "(SELECT \"e\".\"id\", \"e\".\"name\", \"e\".\"manager_id\", \"tree\".\"depth\" + $3 AS \"depth\" FROM "
+           "\"employees\" AS \"e\" JOIN \"tree\" ON \"e\".\"manager_id\" = \"tree\".\"id\")) SELECT \"tree\".\"id\", "
+           "\"tree\".\"name\", \"tree\".\"manager_id\", \"tree\".\"depth\" FROM \"tree\" ORDER BY \"tree\".\"depth\", "
+           "\"tree\".\"id\"",
+           3);
+    cr_assert_eq(aorm_stmt_column(q, AORM_ACOL("tree", employee, name)), 1);
+    cr_assert_eq(aorm_stmt_label(q, "depth"), 3);
+    aorm_stmt_free(q);
+}
+
+Test(sql_compile, data_modifying_cte, .timeout = 10) {
+    aorm_stmt *del = aorm_delete(&employee_model);
+    aorm_where(del, aorm_eq(AORM_COL(employee, dept), aorm_text("gone")));
+    aorm_returning(del, AORM_COL(employee, id));
+    aorm_returning(del, AORM_COL(employee, name));
+    aorm_stmt *sel = aorm_select_columns(aorm_ref("moved", "id"), aorm_ref("moved", "name"));
+    aorm_from_cte(sel, "moved");
+    aorm_stmt *ins = aorm_insert(&archive_model);
+    cr_assert_eq(aorm_insert_select(ins, aorm_columns(AORM_COL(archive, id), AORM_COL(archive, name)), sel), 0);
+    cr_assert_eq(aorm_with(ins, "moved", del), 0);
+    aorm_returning(ins, AORM_COL(archive, id));
+    expect(ins,
+           "WITH \"moved\" AS (DELETE FROM \"employees\" WHERE \"employees\".\"dept\" = $1 RETURNING "
+           "\"employees\".\"id\", \"employees\".\"name\") INSERT INTO \"employee_archive\" (\"id\", \"name\") SELECT "
+           "\"moved\".\"id\", \"moved\".\"name\" FROM \"moved\" RETURNING \"employee_archive\".\"id\"",
+           1);
+    cr_assert_not(aorm_stmt_readonly(ins));
+    aorm_stmt_free(ins);
+
+    /* a SELECT with a writing CTE is not read-only */
+    del = aorm_delete(&employee_model);
+    aorm_returning(del, AORM_COL(employee, id));
+    aorm_stmt *q = aorm_select_columns(aorm_ref("d", "id"));
+    aorm_from_cte(q, "d");
+    aorm_with(q, "d", del);
+    expect(q, "WITH \"d\" AS (DELETE FROM \"employees\" RETURNING \"employees\".\"id\") SELECT \"d\".\"id\" FROM \"d\"", 0);
+    cr_assert_not(aorm_stmt_readonly(q));
+    aorm_stmt_free(q);
+
+    /* INSERT ... SELECT of every column, a set operation as the source */
+    ins = aorm_insert(&archive_model);
+    aorm_stmt *a = aorm_select_columns(AORM_COL(employee, id), AORM_COL(employee, name));
+    aorm_stmt *b = aorm_select_columns(AORM_COL(author, id), AORM_COL(author, name));
+    aorm_insert_select(ins, NULL, 0, aorm_union(a, b));
+    expect(ins,
+           "INSERT INTO \"employee_archive\" (SELECT \"employees\".\"id\", \"employees\".\"name\" FROM \"employees\") "
+           "UNION (SELECT \"authors\".\"id\", \"authors\".\"name\" FROM \"authors\")",
+           0);
+    aorm_stmt_free(ins);
+    /* rows from a query exclude object rows and values */
+    ins = aorm_insert(&archive_model);
+    aorm_set(ins, AORM_COL(archive, id), aorm_int8(1));
+    expect_error(ins, aorm_insert_select(ins, NULL, 0, aorm_select(&employee_model)), AORM_EMISUSE, "already has its rows",
+                 NULL);
+    aorm_stmt_free(ins);
+    ins = aorm_insert(&archive_model);
+    expect_error(ins, aorm_insert_select(ins, aorm_columns(AORM_COL(archive, id), AORM_COL(archive, id)), aorm_select(&employee_model)),
+                 AORM_EMISUSE, "twice", NULL);
+    aorm_stmt_free(ins);
+    ins = aorm_insert(&archive_model);
+    expect_error(ins, aorm_insert_select(ins, aorm_columns(AORM_COL(employee, id)), aorm_select(&employee_model)),
+                 AORM_EMISUSE, "not a column of employee_archive", NULL);
+    aorm_stmt_free(ins);
+}
+
+Test(sql_compile, window_functions, .timeout = 10) {
+    aorm_stmt *q = aorm_select_columns(
+        AORM_COL(book, id),
+        aorm_label(aorm_over(aorm_row_number(), aorm_list(AORM_COL(book, author_id)),
+                             aorm_list(aorm_desc(AORM_COL(book, price)), AORM_COL(book, id))),
+                   "rn"),
+        aorm_label(aorm_over(aorm_rank(), NULL, aorm_list(AORM_COL(book, year))), "r"),
+        aorm_label(aorm_over(aorm_dense_rank(), aorm_list(AORM_COL(book, year)),
+                             aorm_list(aorm_sort(AORM_COL(book, price), AORM_DESC | AORM_NULLS_LAST))),
+                   "dr"),
+        aorm_label(aorm_over(aorm_lag(AORM_COL(book, price), aorm_int4(1), aorm_float8(0)), NULL,
+                             aorm_list(AORM_COL(book, id))),
+                   "prev"),
+        aorm_label(aorm_over(aorm_lead(AORM_COL(book, price)), NULL, aorm_list(AORM_COL(book, id))), "next"),
+        aorm_label(aorm_over_frame(aorm_sum(AORM_COL(book, price)), aorm_list(AORM_COL(book, author_id)),
+                                   aorm_list(AORM_COL(book, id)), aorm_rows(aorm_preceding(aorm_int8(2)), aorm_current_row())),
+                   "moving"),
+        aorm_label(aorm_over(aorm_count_all(), aorm_list(AORM_COL(book, author_id)), NULL), "n"),
+        aorm_over(aorm_avg(AORM_COL(book, price)), NULL, NULL));
+    expect(q,
+           "SELECT \"books\".\"id\", row_number() OVER (PARTITION BY \"books\".\"author_id\" ORDER BY "
+           "\"books\".\"price\" DESC, \"books\".\"id\") AS \"rn\", rank() OVER (ORDER BY \"books\".\"year\") AS \"r\", "
+           "dense_rank() OVER (PARTITION BY \"books\".\"year\" ORDER BY \"books\".\"price\" DESC NULLS LAST) AS \"dr\", "
+           "lag(\"books\".\"price\", $1, $2) OVER (ORDER BY \"books\".\"id\") AS \"prev\", lead(\"books\".\"price\") "
+           "OVER (ORDER BY \"books\".\"id\") AS \"next\", sum(\"books\".\"price\") OVER (PARTITION BY "
+           "\"books\".\"author_id\" ORDER BY \"books\".\"id\" ROWS BETWEEN $3 PRECEDING AND CURRENT ROW) AS \"moving\", "
+           "count(*) OVER (PARTITION BY \"books\".\"author_id\") AS \"n\", avg(\"books\".\"price\") OVER () FROM "
+           "\"books\"",
+           3);
+    cr_assert_eq(aorm_stmt_label(q, "avg"), 8);
+    aorm_stmt_free(q);
+
+    /* the other frames and window functions; a named aggregate */
+    q = aorm_select_columns(
+        aorm_over_frame(aorm_first_value(AORM_COL(book, title)), NULL, aorm_list(AORM_COL(book, price)),
+                        aorm_range(aorm_unbounded_preceding(), aorm_unbounded_following())),
+        aorm_over_frame(aorm_last_value(AORM_COL(book, title)), NULL, aorm_list(AORM_COL(book, price)),
+                        aorm_range(aorm_preceding(aorm_float8(1.5)), aorm_following(aorm_float8(1.5)))),
+        aorm_over_frame(aorm_nth_value(AORM_COL(book, title), aorm_int4(2)), NULL, aorm_list(AORM_COL(book, year)),
+                        aorm_groups(aorm_current_row(), NULL)),
+        aorm_over(aorm_ntile(aorm_int4(4)), NULL, aorm_list(AORM_COL(book, price))),
+        aorm_over(aorm_percent_rank(), NULL, aorm_list(AORM_COL(book, price))),
+        aorm_over(aorm_cume_dist(), NULL, aorm_list(AORM_COL(book, price))),
+        aorm_over(aorm_func("string_agg", AORM_COL(book, title), aorm_text(",")), aorm_list(AORM_COL(book, author_id)), NULL));
+    expect(q,
+           "SELECT first_value(\"books\".\"title\") OVER (ORDER BY \"books\".\"price\" RANGE BETWEEN UNBOUNDED "
+           "PRECEDING AND UNBOUNDED FOLLOWING), last_value(\"books\".\"title\") OVER (ORDER BY \"books\".\"price\" "
+           "RANGE BETWEEN $1 PRECEDING AND $2 FOLLOWING), nth_value(\"books\".\"title\", $3) OVER (ORDER BY "
+           "\"books\".\"year\" GROUPS CURRENT ROW), ntile($4) OVER (ORDER BY \"books\".\"price\"), percent_rank() OVER "
+           "(ORDER BY \"books\".\"price\"), cume_dist() OVER (ORDER BY \"books\".\"price\"), "
+           "\"string_agg\"(\"books\".\"title\", $5) OVER (PARTITION BY \"books\".\"author_id\") FROM \"books\"",
+           5);
+    aorm_stmt_free(q);
+
+    /* misuse: a window function without OVER, OVER of a non-function,
+     * sort keys in PARTITION BY, impossible frames */
+    q = aorm_select_columns(aorm_row_number());
+    expect_error(q, aorm_stmt_error(q), AORM_EMISUSE, "needs aorm_over", NULL);
+    aorm_stmt_free(q);
+    q = aorm_select_columns(aorm_over(aorm_coalesce(AORM_COL(book, id)), NULL, NULL));
+    expect_error(q, aorm_stmt_error(q), AORM_EMISUSE, "aorm_over() takes", NULL);
+    aorm_stmt_free(q);
+    q = aorm_select_columns(aorm_over(aorm_rank(), aorm_list(aorm_desc(AORM_COL(book, id))), NULL));
+    expect_error(q, aorm_stmt_error(q), AORM_EMISUSE, "PARTITION BY takes no sort", NULL);
+    aorm_stmt_free(q);
+    q = aorm_select_columns(aorm_over_frame(aorm_sum(AORM_COL(book, id)), NULL, NULL,
+                                            aorm_rows(aorm_unbounded_following(), NULL)));
+    expect_error(q, aorm_stmt_error(q), AORM_EMISUSE, "UNBOUNDED FOLLOWING", NULL);
+    aorm_stmt_free(q);
+    q = aorm_select_columns(aorm_over_frame(aorm_sum(AORM_COL(book, id)), NULL, NULL,
+                                            aorm_rows(aorm_current_row(), aorm_unbounded_preceding())));
+    expect_error(q, aorm_stmt_error(q), AORM_EMISUSE, "UNBOUNDED PRECEDING", NULL);
+    aorm_stmt_free(q);
+    q = aorm_select_columns(aorm_over_frame(aorm_sum(AORM_COL(book, id)), NULL, NULL, aorm_current_row()));
+    expect_error(q, aorm_stmt_error(q), AORM_EMISUSE, "frame must be", NULL);
+    aorm_stmt_free(q);
+    q = aorm_select_columns(aorm_over(aorm_lag(AORM_COL(book, id), aorm_int4(1), aorm_int4(2), aorm_int4(3)), NULL, NULL));
+    expect_error(q, aorm_stmt_error(q), AORM_EMISUSE, "arguments", NULL);
+    aorm_stmt_free(q);
+    q = aorm_select(&book_model);
+    aorm_where(q, aorm_gt(aorm_list(AORM_COL(book, id)), aorm_int4(1)));
+    expect_error(q, aorm_stmt_error(q), AORM_EMISUSE, "aorm_list() only goes in", NULL);
+    aorm_stmt_free(q);
+}
+
+Test(sql_compile, set_operations, .timeout = 10) {
+    struct {
+        aorm_stmt *(*fn)(aorm_stmt *, aorm_stmt *);
+        const char *op;
+    } ops[] = {{aorm_union, "UNION"},         {aorm_union_all, "UNION ALL"}, {aorm_intersect, "INTERSECT"},
+               {aorm_intersect_all, "INTERSECT ALL"}, {aorm_except, "EXCEPT"},     {aorm_except_all, "EXCEPT ALL"}};
+    for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++) {
+        aorm_stmt *a = aorm_select_columns(AORM_COL(author, name));
+        aorm_where(a, aorm_lt(AORM_COL(author, id), aorm_int8(3)));
+        aorm_stmt *b = aorm_select_columns(AORM_COL(tag, name));
+        aorm_where(b, aorm_lt(AORM_COL(tag, id), aorm_int8(4)));
+        aorm_stmt *u = ops[i].fn(a, b);
+        aorm_order_by(u, aorm_name("name"), AORM_DESC);
+        aorm_limit(u, 5);
+        char want[512];
+        snprintf(want, sizeof(want),
+                 "(SELECT \"authors\".\"name\" FROM \"authors\" WHERE \"authors\".\"id\" < $1) %s (SELECT "
+                 "\"tags\".\"name\" FROM \"tags\" WHERE \"tags\".\"id\" < $2) ORDER BY \"name\" DESC LIMIT $3",
+                 ops[i].op);
+        expect(u, want, 3);
+        cr_assert(aorm_stmt_readonly(u));
+        cr_assert_eq(aorm_stmt_column(u, AORM_COL(author, name)), 0, "outputs are the first arm's");
+        aorm_stmt_free(u);
+    }
+    /* nested, arms with their own ORDER BY / LIMIT, raw text as an arm */
+    aorm_stmt *a = aorm_select_columns(AORM_COL(book, id));
+    aorm_order_by(a, AORM_COL(book, price), AORM_DESC);
+    aorm_limit(a, 2);
+    aorm_stmt *r = aorm_raw("SELECT :x::bigint");
+    aorm_bind(r, "x", aorm_int8(7));
+    aorm_stmt *c = aorm_select_columns(AORM_COL(book_tag, book_id));
+    aorm_stmt *u = aorm_except(aorm_union(a, r), c);
+    expect(u,
+           "((SELECT \"books\".\"id\" FROM \"books\" ORDER BY \"books\".\"price\" DESC LIMIT $1) UNION (SELECT "
+           "$2::bigint)) EXCEPT (SELECT \"book_tags\".\"book_id\" FROM \"book_tags\")",
+           2);
+    cr_assert_not(aorm_stmt_readonly(u), "raw text may write");
+    aorm_stmt_free(u);
+
+    /* misuse: an arm that writes, a column in the ORDER BY, NULL arms */
+    u = aorm_union(aorm_select(&book_model), aorm_delete(&book_model));
+    expect_error(u, aorm_stmt_error(u), AORM_EMISUSE, "a DELETE cannot go here", NULL);
+    aorm_stmt_free(u);
+    u = aorm_union(aorm_select_columns(AORM_COL(book, id)), aorm_select_columns(AORM_COL(tag, id)));
+    aorm_order_by(u, AORM_COL(book, id), 0);
+    expect_error(u, aorm_stmt_compile(u), AORM_EMISUSE, "aorm_name()", NULL);
+    aorm_stmt_free(u);
+    cr_assert_null(aorm_union(NULL, aorm_select(&book_model)));
+    cr_assert_null(aorm_union_all(aorm_select(&book_model), NULL));
+    u = aorm_union(aorm_select(&book_model), aorm_select(&book_model));
+    expect_error(u, aorm_where(u, aorm_eq(AORM_COL(book, id), aorm_int8(1))), AORM_EMISUSE, "set operation", NULL);
+    aorm_stmt_free(u);
+}
+
+Test(sql_compile, subqueries_in_from_lateral_scalar, .timeout = 10) {
+    aorm_stmt *sub = aorm_select_columns(AORM_COL(book, author_id), aorm_label(aorm_count_all(), "n"));
+    aorm_group_by(sub, AORM_COL(book, author_id));
+    aorm_stmt *q = aorm_select_columns(AORM_COL(author, name), aorm_ref("c", "n"));
+    cr_assert_eq(aorm_join_select(q, sub, "c", aorm_eq(aorm_ref("c", "author_id"), AORM_COL(author, id)), 0), 0);
+    expect(q,
+           "SELECT \"authors\".\"name\", \"c\".\"n\" FROM \"authors\" JOIN (SELECT \"books\".\"author_id\", count(*) AS "
+           "\"n\" FROM \"books\" GROUP BY \"books\".\"author_id\") AS \"c\" ON \"c\".\"author_id\" = \"authors\".\"id\"",
+           0);
+    aorm_stmt_free(q);
+
+    /* FROM a subquery only */
+    sub = aorm_select_columns(AORM_COL(book, title), aorm_label(aorm_mul(AORM_COL(book, price), aorm_float8(2)), "dbl"));
+    q = aorm_select_columns(aorm_ref("s", "title"));
+    aorm_from_select(q, sub, "s");
+    aorm_where(q, aorm_gt(aorm_ref("s", "dbl"), aorm_float8(10)));
+    expect(q,
+           "SELECT \"s\".\"title\" FROM (SELECT \"books\".\"title\", \"books\".\"price\" * $1 AS \"dbl\" FROM \"books\") "
+           "AS \"s\" WHERE \"s\".\"dbl\" > $2",
+           2);
+    cr_assert_null(aorm_stmt_model(q));
+    aorm_stmt_free(q);
+
+    /* LATERAL: the top two books of each author */
+    for (int left = 0; left < 2; left++) {
+        aorm_stmt *lat = aorm_select_columns(AORM_COL(book, title), AORM_COL(book, price));
+        aorm_where(lat, aorm_eq(AORM_COL(book, author_id), AORM_COL(author, id)));
+        aorm_order_by(lat, AORM_COL(book, price), AORM_DESC);
+        aorm_limit(lat, 2);
+        q = aorm_select_columns(AORM_COL(author, name), aorm_ref("top", "title"));
+        aorm_join_select(q, lat, "top", NULL, AORM_JOIN_LATERAL | (left ? AORM_JOIN_LEFT : 0));
+        aorm_where(q, aorm_lt(AORM_COL(author, id), aorm_int8(3)));
+        char want[512];
+        snprintf(want, sizeof(want),
+                 "SELECT \"authors\".\"name\", \"top\".\"title\" FROM \"authors\" %s LATERAL (SELECT \"books\".\"title\", "
+                 "\"books\".\"price\" FROM \"books\" WHERE \"books\".\"author_id\" = \"authors\".\"id\" ORDER BY "
+                 "\"books\".\"price\" DESC LIMIT $1) AS \"top\"%s WHERE \"authors\".\"id\" < $2",
+                 left ? "LEFT JOIN" : "CROSS JOIN", left ? " ON TRUE" : "");
+        expect(q, want, 2);
+        aorm_stmt_free(q);
+    }
+
+    /* a scalar subquery in the select list and in WHERE */
+    aorm_stmt *cnt = aorm_select_columns(aorm_count_all());
+    aorm_from(cnt, &book_model);
+    aorm_where(cnt, aorm_eq(AORM_COL(book, author_id), AORM_COL(author, id)));
+    aorm_stmt *avg = aorm_select_columns(aorm_avg(AORM_COL(author, born)));
+    q = aorm_select_columns(AORM_COL(author, name), aorm_label(aorm_scalar(cnt), "books"));
+    aorm_where(q, aorm_gt(AORM_COL(author, born), aorm_scalar(avg)));
+    expect(q,
+           "SELECT \"authors\".\"name\", (SELECT count(*) FROM \"books\" WHERE \"books\".\"author_id\" = "
+           "\"authors\".\"id\") AS \"books\" FROM \"authors\" WHERE \"authors\".\"born\" > (SELECT "
+           "avg(\"authors\".\"born\") FROM \"authors\")",
+           0);
+    aorm_stmt_free(q);
+
+    /* a subquery's output names are checked; a subquery attached twice is refused */
+    sub = aorm_select_columns(AORM_COL(book, id));
+    q = aorm_select_columns(aorm_ref("s", "nope"));
+    aorm_from_select(q, sub, "s");
+    expect_error(q, aorm_stmt_compile(q), AORM_EMISUSE, "\"nope\"", "subquery");
+    aorm_stmt_free(q);
+    sub = aorm_select(&book_model);
+    q = aorm_select(&author_model);
+    aorm_join_select(q, sub, "a", NULL, 0);
+    expect_error(q, aorm_join_select(q, sub, "b", NULL, 0), AORM_EMISUSE, "already belongs", NULL);
+    aorm_stmt_free(q);
+    cr_assert_eq(aorm_from_select(NULL, aorm_select(&book_model), "x"), AORM_EMISUSE);
+    q = aorm_select(&author_model);
+    expect_error(q, aorm_join_select(q, aorm_delete(&book_model), "d", NULL, 0), AORM_EMISUSE, "cannot go here", NULL);
+    aorm_stmt_free(q);
+}
+
+Test(sql_compile, case_coalesce_cast_functions, .timeout = 10) {
+    aorm_stmt *q = aorm_select_columns(
+        aorm_label(aorm_case(aorm_when(aorm_lt(AORM_COL(book, price), aorm_float8(10)), aorm_text("cheap")),
+                             aorm_when(aorm_lt(AORM_COL(book, price), aorm_float8(30)), aorm_text("fair")),
+                             aorm_else(aorm_text("dear"))),
+                   "band"),
+        aorm_case(aorm_when(aorm_eq(AORM_COL(book, year), aorm_int4(2000)), aorm_bool(true))),
+        aorm_coalesce(aorm_nullif(AORM_COL(book, year), aorm_int4(0)), aorm_int4(1)),
+        aorm_greatest(AORM_COL(book, price), aorm_float8(1), aorm_float8(2)), aorm_least(AORM_COL(book, price), aorm_float8(9)),
+        aorm_cast(AORM_COL(book, price), AORM_INT8), aorm_cast_name(AORM_COL(book, title), "pg_catalog.varchar"),
+        aorm_cast_name(AORM_COL(book, title), "text[]"),
+        aorm_concat(aorm_concat(AORM_COL(book, title), aorm_text(" - ")), aorm_cast(AORM_COL(book, year), AORM_TEXT)),
+        aorm_func("lower", AORM_COL(book, title)), aorm_func0("now"), aorm_func("pg_catalog.upper", AORM_COL(book, title)),
+        aorm_mod(AORM_COL(book, year), aorm_int4(10)));
+    expect(q,
+           "SELECT CASE WHEN \"books\".\"price\" < $1 THEN $2 WHEN \"books\".\"price\" < $3 THEN $4 ELSE $5 END AS "
+           "\"band\", CASE WHEN \"books\".\"year\" = $6 THEN $7 END, coalesce(nullif(\"books\".\"year\", $8), $9), "
+           "greatest(\"books\".\"price\", $10, $11), least(\"books\".\"price\", $12), CAST(\"books\".\"price\" AS "
+           "bigint), CAST(\"books\".\"title\" AS \"pg_catalog\".\"varchar\"), CAST(\"books\".\"title\" AS \"text\"[]), "
+           "(\"books\".\"title\" || $13) || CAST(\"books\".\"year\" AS text), \"lower\"(\"books\".\"title\"), \"now\"(), "
+           "\"pg_catalog\".\"upper\"(\"books\".\"title\"), \"books\".\"year\" % $14 FROM \"books\"",
+           14);
+    cr_assert_eq(aorm_stmt_label(q, "case"), 1);
+    cr_assert_eq(aorm_stmt_label(q, "coalesce"), 2);
+    cr_assert_eq(aorm_stmt_label(q, "lower"), 9);
+    cr_assert_eq(aorm_stmt_label(q, "upper"), 11);
+    aorm_stmt_free(q);
+
+    /* misuse */
+    q = aorm_select_columns(aorm_case(aorm_else(aorm_int4(1))));
+    expect_error(q, aorm_stmt_error(q), AORM_EMISUSE, "aorm_else() goes last", NULL);
+    aorm_stmt_free(q);
+    q = aorm_select_columns(aorm_case(aorm_else(aorm_int4(1)), aorm_when(aorm_bool(true), aorm_int4(2))));
+    expect_error(q, aorm_stmt_error(q), AORM_EMISUSE, "aorm_else() goes last", NULL);
+    aorm_stmt_free(q);
+    q = aorm_select_columns(aorm_case(aorm_int4(1)));
+    expect_error(q, aorm_stmt_error(q), AORM_EMISUSE, "not aorm_when()", NULL);
+    aorm_stmt_free(q);
+    q = aorm_select_columns(aorm_nullif(AORM_COL(book, id), AORM_COL(book, id)));
+    expect(q, "SELECT nullif(\"books\".\"id\", \"books\".\"id\") FROM \"books\"", 0);
+    aorm_stmt_free(q);
+    q = aorm_select_columns(aorm_cast(AORM_COL(book, id), (aorm_type)99));
+    expect_error(q, aorm_stmt_error(q), AORM_EMISUSE, "unknown type", NULL);
+    aorm_stmt_free(q);
+}
+
+Test(sql_compile, json_and_array_operators, .timeout = 10) {
+    static const char *const tags[] = {"a", "b"};
+    static const char *const path[] = {"k", "0"};
+    static const int64_t nums[] = {1, 2, 3};
+    aorm_stmt *q = aorm_select_columns(aorm_json_key(AORM_COL(employee, doc), "role"),
+                                       aorm_json_key_text(AORM_COL(employee, doc), "role"),
+                                       aorm_json_get_text(aorm_json_key(AORM_COL(employee, doc), "list"), aorm_int4(0)),
+                                       aorm_json_path_text(AORM_COL(employee, doc), aorm_text_array(path, 2)),
+                                       aorm_json_path(AORM_COL(employee, doc), aorm_text_array(path, 2)));
+    aorm_where(q, aorm_and(aorm_contains(AORM_COL(employee, doc), aorm_jsonb("{\"a\": 1}")),
+                           aorm_has_key(AORM_COL(employee, doc), aorm_text("b")),
+                           aorm_contains(aorm_ref("employees", "tags"), aorm_text_array(tags, 2)),
+                           aorm_contained_by(aorm_ref("employees", "tags"), aorm_text_array(tags, 2)),
+                           aorm_overlaps(aorm_ref("employees", "nums"), aorm_int8_array(nums, 3)),
+                           aorm_eq_any(aorm_text("a"), aorm_ref("employees", "tags")),
+                           aorm_ne_all(AORM_COL(employee, id), aorm_int8_array(nums, 3)),
+                           aorm_op_any(AORM_OP_LIKE, AORM_COL(employee, name), aorm_text_array(tags, 2))));
+    expect(q,
+           "SELECT \"employees\".\"doc\" -> $1, \"employees\".\"doc\" ->> $2, (\"employees\".\"doc\" -> $3) ->> $4, "
+           "\"employees\".\"doc\" #>> $5, \"employees\".\"doc\" #> $6 FROM \"employees\" WHERE \"employees\".\"doc\" @> "
+           "$7 AND \"employees\".\"doc\" ? $8 AND \"employees\".\"tags\" @> $9 AND \"employees\".\"tags\" <@ $10 AND "
+           "\"employees\".\"nums\" && $11 AND $12 = ANY(\"employees\".\"tags\") AND \"employees\".\"id\" <> "
+           "ALL($13) AND \"employees\".\"name\" LIKE ANY($14)",
+           14);
+    /* JSON keys are values: never in the text */
+    cr_assert_eq(ptype(q, 0), 25 /* text */);
+    aorm_stmt_free(q);
+
+    /* ALL / ANY over a subquery */
+    aorm_stmt *sub = aorm_select_columns(AORM_ACOL("o", employee, salary));
+    aorm_from_alias(sub, &employee_model, "o");
+    aorm_where(sub, aorm_eq(AORM_ACOL("o", employee, dept), AORM_COL(employee, dept)));
+    q = aorm_select_columns(AORM_COL(employee, name));
+    aorm_where(q, aorm_op_all(AORM_OP_GE, AORM_COL(employee, salary), aorm_scalar(sub)));
+    expect(q,
+           "SELECT \"employees\".\"name\" FROM \"employees\" WHERE \"employees\".\"salary\" >= ALL (SELECT "
+           "\"o\".\"salary\" FROM \"employees\" AS \"o\" WHERE \"o\".\"dept\" = \"employees\".\"dept\")",
+           0);
+    aorm_stmt_free(q);
+
+    q = aorm_select(&employee_model);
+    expect_error(q, aorm_where(q, aorm_op_any(AORM_OP_ADD, AORM_COL(employee, id), aorm_int8_array(nums, 3))),
+                 AORM_EMISUSE, "comparison", NULL);
+    aorm_stmt_free(q);
+    q = aorm_select(&employee_model);
+    aorm_where(q, aorm_eq(aorm_ref("ghost", "x"), aorm_int4(1)));
+    expect_error(q, aorm_stmt_compile(q), AORM_EMISUSE, "ghost", "no FROM item");
+    aorm_stmt_free(q);
+}
+
+Test(sql_compile, update_from_delete_using_conflict_constraint_distinct_on, .timeout = 10) {
+    aorm_stmt *u = aorm_update(&book_model);
+    aorm_set(u, AORM_COL(book, price), aorm_mul(AORM_COL(book, price), aorm_float8(1.1)));
+    cr_assert_eq(aorm_from_alias(u, &author_model, "a"), 0);
+    aorm_where(u, aorm_and(aorm_eq(AORM_COL(book, author_id), AORM_ACOL("a", author, id)),
+                           aorm_lt(AORM_ACOL("a", author, born), aorm_int4(1950))));
+    aorm_returning(u, AORM_COL(book, id));
+    aorm_returning(u, aorm_label(AORM_ACOL("a", author, name), "author"));
+    expect(u,
+           "UPDATE \"books\" SET \"price\" = \"books\".\"price\" * $1 FROM \"authors\" AS \"a\" WHERE "
+           "\"books\".\"author_id\" = \"a\".\"id\" AND \"a\".\"born\" < $2 RETURNING \"books\".\"id\", \"a\".\"name\" AS "
+           "\"author\"",
+           2);
+    aorm_stmt_free(u);
+
+    /* UPDATE ... FROM a subquery and a CTE */
+    aorm_stmt *sub = aorm_select_columns(AORM_COL(author, id));
+    aorm_where(sub, aorm_is_null(AORM_COL(author, born)));
+    u = aorm_update(&book_model);
+    aorm_set(u, AORM_COL(book, year), aorm_int4(0));
+    aorm_from_select(u, sub, "nb");
+    aorm_from_cte(u, "c");
+    aorm_with(u, "c", aorm_select_columns(aorm_label(aorm_int4(5), "five")));
+    aorm_where(u, aorm_eq(AORM_COL(book, author_id), aorm_ref("nb", "id")));
+    expect(u,
+           "WITH \"c\" AS (SELECT $1 AS \"five\") UPDATE \"books\" SET \"year\" = $2 FROM (SELECT \"authors\".\"id\" "
+           "FROM \"authors\" WHERE \"authors\".\"born\" IS NULL) AS \"nb\", \"c\" WHERE \"books\".\"author_id\" = "
+           "\"nb\".\"id\"",
+           2);
+    aorm_stmt_free(u);
+
+    aorm_stmt *d = aorm_delete(&book_tag_model);
+    cr_assert_eq(aorm_from(d, &tag_model), 0);
+    aorm_where(d, aorm_and(aorm_eq(AORM_COL(book_tag, tag_id), AORM_COL(tag, id)), aorm_eq(AORM_COL(tag, name), aorm_text("x"))));
+    aorm_returning(d, AORM_COL(book_tag, book_id));
+    expect(d,
+           "DELETE FROM \"book_tags\" USING \"tags\" WHERE \"book_tags\".\"tag_id\" = \"tags\".\"id\" AND "
+           "\"tags\".\"name\" = $1 RETURNING \"book_tags\".\"book_id\"",
+           1);
+    aorm_stmt_free(d);
+    d = aorm_delete(&book_model);
+    expect_error(d, aorm_from(d, &book_model), AORM_EMISUSE, "already", NULL);
+    aorm_stmt_free(d);
+
+    aorm_stmt *i = aorm_insert(&tag_model);
+    aorm_set(i, AORM_COL(tag, name), aorm_text("t"));
+    cr_assert_eq(aorm_on_conflict_constraint_do_update(i, "tags_name_key"), 0);
+    aorm_set(i, AORM_COL(tag, name), aorm_excluded(AORM_COL(tag, name)));
+    aorm_returning(i, AORM_COL(tag, id));
+    expect(i,
+           "INSERT INTO \"tags\" (\"name\") VALUES ($1) ON CONFLICT ON CONSTRAINT \"tags_name_key\" DO UPDATE SET "
+           "\"name\" = EXCLUDED.\"name\" RETURNING \"tags\".\"id\"",
+           1);
+    aorm_stmt_free(i);
+    i = aorm_insert(&tag_model);
+    aorm_set(i, AORM_COL(tag, name), aorm_text("t"));
+    aorm_on_conflict_constraint_do_nothing(i, "tags\"; DROP TABLE tags; --");
+    expect(i, "INSERT INTO \"tags\" (\"name\") VALUES ($1) ON CONFLICT ON CONSTRAINT \"tags\"\"; DROP TABLE tags; --\" DO NOTHING", 1);
+    expect_error(i, aorm_on_conflict_constraint_do_nothing(i, "x"), AORM_EMISUSE, "already given", NULL);
+    aorm_stmt_free(i);
+    i = aorm_insert(&tag_model);
+    expect_error(i, aorm_on_conflict_constraint_do_nothing(i, ""), AORM_EMISUSE, "empty constraint name", NULL);
+    aorm_stmt_free(i);
+
+    aorm_stmt *q = aorm_select(&book_model);
+    cr_assert_eq(aorm_distinct_on(q, AORM_COL(book, author_id)), 0);
+    cr_assert_eq(aorm_distinct_on(q, AORM_COL(book, year)), 0);
+    aorm_order_by(q, AORM_COL(book, author_id), 0);
+    aorm_order_by(q, AORM_COL(book, year), 0);
+    aorm_order_by(q, AORM_COL(book, price), AORM_DESC);
+    aorm_for_update(q, AORM_LOCK_SKIP_LOCKED);
+    expect(q,
+           "SELECT DISTINCT ON (\"books\".\"author_id\", \"books\".\"year\") " BOOK_COLS " FROM \"books\" ORDER BY "
+           "\"books\".\"author_id\", \"books\".\"year\", \"books\".\"price\" DESC FOR UPDATE SKIP LOCKED",
+           0);
+    expect_error(q, aorm_distinct(q), AORM_EMISUSE, "DISTINCT ON", NULL);
+    aorm_stmt_free(q);
+    q = aorm_select_alias(&book_model, "b");
+    aorm_for_update(q, AORM_LOCK_NOWAIT);
+    expect(q,
+           "SELECT \"b\".\"id\", \"b\".\"author_id\", \"b\".\"title\", \"b\".\"year\", \"b\".\"price\" FROM \"books\" "
+           "AS \"b\" FOR UPDATE NOWAIT",
+           0);
+    aorm_stmt_free(q);
+}
+
+/* Every place a caller's string reaches the text: refused when it cannot
+ * be an identifier, quoted (quotes doubled) when it can; JSON keys are
+ * bound values. */
+Test(sql_compile, injection_names, .timeout = 10) {
+    static const char *const bad_funcs[] = {"lower(); DROP TABLE books; --", "lower\"", "a.b.c", "", "1abc",
+                                            "lo wer", "pg_sleep(10)--", "x;y", "a..b", ".a", "a."};
+    for (size_t i = 0; i < sizeof(bad_funcs) / sizeof(bad_funcs[0]); i++) {
+        aorm_stmt *q = aorm_select_columns(aorm_func(bad_funcs[i], AORM_COL(book, title)));
+        expect_error(q, aorm_stmt_error(q), AORM_EMISUSE, "not a function name", NULL);
+        aorm_stmt_free(q);
+        q = aorm_select_columns(aorm_cast_name(AORM_COL(book, title), bad_funcs[i]));
+        expect_error(q, aorm_stmt_error(q), AORM_EMISUSE, "not a type name", NULL);
+        aorm_stmt_free(q);
+    }
+    char longname[80];
+    memset(longname, 'f', 64);
+    longname[64] = '\0';
+    aorm_stmt *q = aorm_select_columns(aorm_func0(longname));
+    expect_error(q, aorm_stmt_error(q), AORM_EMISUSE, "not a function name", NULL);
+    aorm_stmt_free(q);
+    q = aorm_select_columns(aorm_func0(NULL));
+    expect_error(q, aorm_stmt_error(q), AORM_EMISUSE, "not a function name", NULL);
+    aorm_stmt_free(q);
+
+    /* aliases, CTE names, ref names: quoted, whatever they hold */
+    const char *evil = "x\" OR 1=1; --";
+    q = aorm_select_columns(AORM_ACOL(evil, book, title), aorm_ref(evil, "a\"b"));
+    aorm_from_select(q, aorm_select_columns(AORM_COL(book, title), aorm_label(AORM_COL(book, id), "a\"b")), evil);
+    aorm_with(q, "c\"te", aorm_select(&tag_model));
+    expect(q,
+           "WITH \"c\"\"te\" AS (SELECT \"tags\".\"id\", \"tags\".\"name\" FROM \"tags\") SELECT \"x\"\" OR 1=1; "
+           "--\".\"title\", \"x\"\" OR 1=1; --\".\"a\"\"b\" FROM (SELECT \"books\".\"title\", \"books\".\"id\" AS "
+           "\"a\"\"b\" FROM \"books\") AS \"x\"\" OR 1=1; --\"",
+           0);
+    aorm_stmt_free(q);
+
+    /* JSON keys and array elements never reach the text */
+    const char *key = "k'; DROP TABLE books; --";
+    q = aorm_select_columns(aorm_json_key_text(AORM_COL(employee, doc), key));
+    expect(q, "SELECT \"employees\".\"doc\" ->> $1 FROM \"employees\"", 1);
+    cr_assert_null(strstr(aorm_stmt_sql(q), "DROP"));
+    aorm_stmt_free(q);
+}
+
+/* aorm_insert_object writes the value of a server-default column, zero
+ * and NULL included; aorm_insert_use_default leaves it to the server. */
+Test(sql_compile, insert_object_writes_server_default_columns, .timeout = 10) {
+    dflt d = {.name = "n", .qty = 0, .note = NULL};
+    aorm_stmt *q = aorm_insert(&dflt_model);
+    cr_assert_eq(aorm_insert_object(q, &d), 0);
+    expect(q, "INSERT INTO \"dflt\" (\"name\", \"qty\", \"note\") VALUES ($1, $2, $3)", 3);
+    cr_assert_eq(ptype(q, 1), 23 /* int4 */);
+    cr_assert_eq(aorm_stmt_params(q)->slots[2].len, -1, "NULL is written, not left to the default");
+    aorm_stmt_free(q);
+
+    dflt rows[2] = {{.name = "a"}, {.name = "b", .qty = 3}};
+    const void *objs[2] = {&rows[0], &rows[1]};
+    q = aorm_insert(&dflt_model);
+    cr_assert_eq(aorm_insert_objects(q, objs, 2), 0, "%s", aorm_stmt_errmsg(q));
+    expect(q, "INSERT INTO \"dflt\" (\"name\", \"qty\", \"note\") SELECT * FROM unnest($1::text[], $2::integer[], $3::text[])", 3);
+    aorm_stmt_free(q);
+
+    q = aorm_insert(&dflt_model);
+    cr_assert_eq(aorm_insert_use_default(q, AORM_COL(dflt, qty)), 0);
+    cr_assert_eq(aorm_insert_use_default(q, AORM_COL(dflt, note)), 0);
+    d.qty = 5; /* left to the server all the same: asked for */
+    cr_assert_eq(aorm_insert_object(q, &d), 0);
+    aorm_returning_all(q);
+    expect(q,
+           "INSERT INTO \"dflt\" (\"name\") VALUES ($1) RETURNING \"dflt\".\"id\", \"dflt\".\"name\", \"dflt\".\"qty\", "
+           "\"dflt\".\"note\"",
+           1);
+    aorm_stmt_free(q);
+
+    /* the SERIAL column still goes to the server when 0, is written when set */
+    d.id = 42;
+    q = aorm_insert(&dflt_model);
+    aorm_insert_object(q, &d);
+    expect(q, "INSERT INTO \"dflt\" (\"id\", \"name\", \"qty\", \"note\") VALUES ($1, $2, $3, $4)", 4);
+    aorm_stmt_free(q);
+
+    q = aorm_insert(&dflt_model);
+    expect_error(q, aorm_insert_use_default(q, AORM_COL(dflt, name)), AORM_EMISUSE, "no server default", NULL);
+    aorm_stmt_free(q);
+    q = aorm_insert(&dflt_model);
+    aorm_insert_object(q, &d);
+    expect_error(q, aorm_insert_use_default(q, AORM_COL(dflt, qty)), AORM_EMISUSE, "before adding the rows", NULL);
+    aorm_stmt_free(q);
+}

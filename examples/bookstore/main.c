@@ -3,9 +3,11 @@
  *
  * `make demo` runs this program inside a throw-away PostgreSQL started by
  * scripts/sandbox (which exports AORM_TEST_DSN). It creates its own schema
- * from the models of models.c and then walks through eight sections:
+ * through the revisions of bookstore/migrations (written from the models
+ * of models.c by `aorm-migrate new --autogenerate`) and then walks through
+ * eight sections:
  *
- *   1. the schema, created from the models (DDL)
+ *   1. the schema, through migrations (upgrade, then check against the models)
  *   2. an object graph (authors, books, tags) inserted in one flush
  *   3. eager loading with selectin: 3 statements instead of 1 + 20 + 200
  *   4. reading a relationship that was not loaded: a clear error, never a
@@ -23,7 +25,11 @@
  *
  * The engine's SQL echo is on: the log callback prints every statement
  * the engine sends, indented under the narration, during the sections
- * where the SQL is the point (the `echo` flag below).
+ * where the SQL is the point (the `echo` flag below). The echo's time is
+ * from queueing to the answer, so statements sent in one pipeline and
+ * answered in one read all carry the pipeline's time: the demo prints that
+ * time once, on the first statement of the pipeline, and marks the others
+ * "same round trip" (see on_log).
  *
  * Any error stops the loop; the program then frees everything and exits 1
  * with the error. */
@@ -48,6 +54,9 @@ typedef struct demo {
     bool failed;          /* an error stopped the demo */
     bool finished;        /* the last section completed */
     uint64_t trips_before; /* engine round trips when a measured step began */
+    aorm_migrate *mig;    /* section 1: the bookstore's revisions */
+    double echo_ms;       /* time of the last echo line (queue to answer), and */
+    double echo_now;      /* the loop time it was printed at: a pipeline's lines share both */
     author *first;        /* section 3: the first author, changed in section 5 */
     void **books;         /* section 4: the books queried without a plan */
     book *retitled;       /* section 8: the book the chain changed */
@@ -58,13 +67,38 @@ static void next_section(demo *d);
 
 /* ==== plumbing: echo, errors, counters ================================== */
 
+/* One SQL echo line. The engine ends it with " (N.NNN ms)": the time from
+ * queueing the statement to its answer. Statements written in one
+ * pipeline and answered in one read share that time (and the loop time at
+ * which they are echoed), so printing it on each would make every one of
+ * them look as slow as the whole pipeline: the first line of such a group
+ * shows the round trip's time, the others say they shared it. */
+static void print_echo(demo *d, const char *msg) {
+    const char *tail = strrchr(msg, '(');
+    double ms;
+    char unit[4] = "";
+    if (!tail || tail == msg || sscanf(tail, "(%lf %3[^)])", &ms, unit) != 2 || strcmp(unit, "ms") != 0) {
+        printf("      sql> %s\n", msg);
+        return;
+    }
+    int len = (int)(tail - msg - 1);
+    double now = aorm_loop_now(d->loop);
+    if (ms == d->echo_ms && now == d->echo_now) {
+        printf("      sql> %.*s  (same round trip)\n", len, msg);
+    } else {
+        printf("      sql> %.*s  (%.3f ms round trip)\n", len, msg, ms);
+        d->echo_ms = ms;
+        d->echo_now = now;
+    }
+}
+
 /* The engine's log callback. SQL echo lines are printed while d->echo is
  * on, each statement on its own indented line; warnings and errors always
  * go to stderr; connection chatter (INFO) is left out. */
 static void on_log(aorm_log_level level, const char *msg, void *user) {
     demo *d = user;
     if (level == AORM_LOG_SQL) {
-        if (d->echo) printf("      sql> %s\n", msg);
+        if (d->echo) print_echo(d, msg);
     } else if (level <= AORM_LOG_WARN && !strstr(msg, "NOTICE:")) {
         /* (PostgreSQL's NOTICEs, such as "table ... does not exist,
          * skipping" from DROP ... IF EXISTS, are informational; the engine
@@ -142,35 +176,63 @@ static void print_indented(const char *indent, const char *text) {
     }
 }
 
-/* ==== 1. the schema, from the models ===================================== */
+/* ==== 1. the schema, through migrations ================================= */
 
 static const aorm_model *const MODELS[] = {&author_model, &book_model, &tag_model, &book_tag_model};
 #define NMODELS ((int)(sizeof(MODELS) / sizeof(MODELS[0])))
 
-static void on_created(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
+/* The revision directory: bookstore/migrations of the source tree (its
+ * path is compiled in), or $AORM_BOOKSTORE_MIGRATIONS. */
+static const char *migrations_dir(void) {
+    const char *env = getenv("AORM_BOOKSTORE_MIGRATIONS");
+    return env && *env ? env : BOOKSTORE_MIGRATIONS;
+}
+
+static void on_checked(aorm_migrate *m, const aorm_migrate_report *r, const aorm_error *err, void *user) {
     demo *d = user;
-    if (err) { fail(d, "aorm_ddl_create_all", err); return; }
-    printf("  %d tables created in one transaction.\n", NMODELS);
+    if (err) { fail(d, "aorm_migrate_check", err); return; }
+    if (r->drift) {
+        print_indented("    ", r->text);
+        fail_msg(d, "aorm_migrate_check", AORM_EMISUSE, r->message);
+        return;
+    }
+    printf("  check: %s.\n", r->message);
     next_section(d);
 }
 
-static void on_dropped(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
+static void on_upgraded(aorm_migrate *m, const aorm_migrate_report *r, const aorm_error *err, void *user) {
     demo *d = user;
-    if (err) { fail(d, "aorm_ddl_drop_all", err); return; }
-    queued(d, "aorm_ddl_create_all", aorm_ddl_create_all(d->e, MODELS, NMODELS, 0, on_created, d));
+    if (err) { fail(d, "aorm_migrate_upgrade", err); return; }
+    for (int i = 0; i < r->ndone; i++) printf("  applied %s\n", r->done[i]);
+    printf("  upgrade head: %s (each revision in its own transaction, under the advisory lock).\n", r->message);
+    queued(d, "aorm_migrate_check", aorm_migrate_check(m, on_checked, d));
+}
+
+static void on_downgraded(aorm_migrate *m, const aorm_migrate_report *r, const aorm_error *err, void *user) {
+    demo *d = user;
+    if (err) { fail(d, "aorm_migrate_downgrade", err); return; }
+    printf("  downgrade base: %s.\n", r->ndone ? r->message : "nothing to revert (a fresh database)");
+    queued(d, "aorm_migrate_upgrade", aorm_migrate_upgrade(m, "head", on_upgraded, d));
 }
 
 static void section_schema(demo *d) {
-    char *sql = NULL;
+    aorm_migrate_options o;
+    aorm_migrate_options_init(&o);
+    o.directory = migrations_dir();
+    o.models = MODELS; /* for check: do the revisions match the models? */
+    o.nmodels = NMODELS;
     char why[256];
-    int rc = aorm_ddl_create_sql(MODELS, NMODELS, 0, &sql, why, sizeof(why));
-    if (rc < 0) { fail_msg(d, "aorm_ddl_create_sql", rc, why); return; }
-    printf("  aorm_ddl_create_sql() writes the DDL of the models, in foreign-key order:\n\n");
-    print_indented("    ", sql);
-    free(sql);
-    printf("\n  aorm_ddl_drop_all(IF EXISTS | CASCADE), then aorm_ddl_create_all() run it.\n");
-    queued(d, "aorm_ddl_drop_all",
-           aorm_ddl_drop_all(d->e, MODELS, NMODELS, AORM_DDL_IF_EXISTS | AORM_DDL_CASCADE, on_dropped, d));
+    d->mig = aorm_migrate_new(d->loop, d->e, &o, why, sizeof(why));
+    if (!d->mig) { fail_msg(d, "aorm_migrate_new", AORM_ENOMEM, why); return; }
+    char *hist = NULL;
+    int rc = aorm_migrate_history(d->mig, &hist, why, sizeof(why));
+    if (rc < 0) { fail_msg(d, "aorm_migrate_history", rc, why); return; }
+    printf("  The schema lives in revision files (%s), written by\n"
+           "  `aorm-migrate new --autogenerate` from the models; the history:\n\n", o.directory);
+    print_indented("    ", hist);
+    free(hist);
+    printf("\n  downgrade base (a rerun starts from empty tables), upgrade head, then check.\n");
+    queued(d, "aorm_migrate_downgrade", aorm_migrate_downgrade(d->mig, "base", on_downgraded, d));
 }
 
 /* ==== 2. an object graph, inserted in one flush ========================== */
@@ -521,7 +583,7 @@ static const struct {
     void (*run)(demo *d);
     bool echo; /* show the SQL echo during this section */
 } sections[] = {
-    {"The schema, from the models", section_schema, false},
+    {"The schema, through migrations", section_schema, false},
     {"An object graph, inserted in one flush", section_insert, true},
     {"Eager loading: selectin, one statement per level", section_selectin, true},
     {"An unloaded relationship is an error, never a hidden query", section_unloaded, true},
@@ -582,6 +644,7 @@ int main(void) {
     aorm_engine_stats_get(d.e, &st);
     aorm_session_free(d.s);
     aorm_session_free(d.kept);
+    aorm_migrate_free(d.mig);
     aorm_engine_free(d.e);
     aorm_loop_free(d.loop);
     if (!d.failed && !d.finished) {

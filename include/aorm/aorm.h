@@ -16,6 +16,9 @@
 #include "sql.h"
 #include "session.h"
 #include "loaders.h"
+#include "migrate.h"
 #include "redis.h"
+#include "cache.h"
+#include "hosts.h"
 
 #endif /* AORM_H */

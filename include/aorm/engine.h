@@ -43,7 +43,43 @@
  * answer is dropped.
  *
  * Threading: one loop, one thread. The engine's helper threads never
- * touch user state or call user callbacks. */
+ * touch user state or call user callbacks.
+ *
+ * Handles and ownership (every _free accepts NULL):
+ *   - aorm_engine: made by aorm_engine_new(), owned by the caller, freed
+ *     with aorm_engine_free() (before the aorm_loop). It owns every
+ *     connection, the pool, the prepared-statement caches and every
+ *     queued statement.
+ *   - aorm_conn: a held connection, lent to the caller by
+ *     aorm_engine_acquire() / aorm_owner_acquire() until
+ *     aorm_conn_release(); the engine still owns it. Invalid after its
+ *     release, its owner's cancel, or aorm_engine_free().
+ *   - aorm_owner: a cancel group the caller owns (aorm_owner_free(),
+ *     before or after the engine).
+ *   - aorm_copy: the COPY stream, lent to the fill callback for the
+ *     duration of each call.
+ *   - aorm_result / aorm_error in callbacks: borrowed for the callback's
+ *     duration (result.h, error.h).
+ *   - Strings and parameters passed to a call are copied before it
+ *     returns, the conninfo included.
+ *
+ * Callbacks (all on the loop's thread, never from inside the call that
+ * queued the work, each exactly once; a call that fails returns a
+ * negative code and never calls back):
+ *   - aorm_result_cb, aorm_conn_cb: may call any function of the engine,
+ *     aorm_engine_free() included (the engine is then freed when the
+ *     callback returns), and queue new work.
+ *   - aorm_copy_fill_fn: only the aorm_copy_*() writers of its aorm_copy;
+ *     it must not free the engine.
+ *   - aorm_log_fn: must not call the engine at all.
+ *   - aorm_owner_close_fn: may free the owner; must not call the engine.
+ *
+ * Conventions (every header): deadlines and timeouts are seconds as a
+ * double. An engine-wide or client-wide default (statement_timeout,
+ * command_timeout) uses 0 for "none"; a per-operation deadline uses 0 for
+ * "the default above me" and a negative value for "none". Counts (pool
+ * sizes, pipeline depths) are int; sizes in bytes are size_t.
+ */
 #ifndef AORM_ENGINE_H
 #define AORM_ENGINE_H
 
@@ -100,6 +136,15 @@ typedef struct aorm_engine_options {
     int prepared_cache_size;    /* named prepared statements kept per connection; 0 sends
                                    every statement unnamed, for PgBouncer in transaction
                                    mode (256) */
+    bool pgbouncer;             /* behind PgBouncer in pool_mode=transaction (false): every
+                                   statement unnamed (as prepared_cache_size 0), and statements
+                                   that would leave session state on a server connection the
+                                   next transaction may not get (SET or RESET without LOCAL,
+                                   LISTEN, session advisory locks, CREATE TEMP, PREPARE, DECLARE
+                                   ... WITH HOLD) are refused with AORM_EMISUSE when queued, the
+                                   reason logged at AORM_LOG_ERROR. Pipelining, deadlines (a
+                                   transaction-local statement_timeout in the statement's own
+                                   sync group), transactions and COPY work as usual. */
     int max_pipeline;           /**< statements in flight per connection (1024) */
     double reconnect_min;       /**< first reconnect delay after a failure, seconds (0.05) */
     double reconnect_max;       /**< backoff ceiling, seconds (2) */
@@ -219,6 +264,10 @@ typedef struct aorm_exec_options {
                              connection: the connection's owner, if it was acquired through one) */
 } aorm_exec_options;
 
+/** Fills every field with its default: no flags, the engine's deadline, no
+ * owner (the same as passing NULL options). */
+AORM_API void aorm_exec_options_init(aorm_exec_options *o);
+
 /** Outcome of a statement: exactly one of res / err is non-NULL. Both are
  * borrowed for the duration of the callback (aorm_result_detach() keeps
  * the result). May call any engine function, including aorm_engine_free. */
@@ -263,6 +312,10 @@ typedef struct aorm_tx_options {
     bool read_only;
     bool deferrable;
 } aorm_tx_options;
+
+/** Fills every field with its default: the server's isolation level, read
+ * write, not deferrable (the same as passing NULL options). */
+AORM_API void aorm_tx_options_init(aorm_tx_options *o);
 
 /** BEGIN (opts may be NULL), COMMIT, ROLLBACK, and savepoints by name (the
  * name is quoted as an identifier). Each queues one statement with the
@@ -394,6 +447,55 @@ AORM_API int aorm_copy_raw(aorm_copy *cp, const void *data, size_t len);
 /** Bytes appended since the buffer was last handed to the connection
  * (the current call's chunk, plus the header on the first call). */
 AORM_API size_t aorm_copy_buffered(const aorm_copy *cp);
+
+/* ---- streaming a large result in batches --------------------------------- */
+
+/** What a stream callback returns after a batch. */
+enum {
+    AORM_STREAM_NEXT = 0,  /**< hand over the next batch when it is there */
+    AORM_STREAM_PAUSE = 1, /**< nothing more until aorm_stream_resume() */
+    AORM_STREAM_STOP = 2   /**< close the cursor: no more batches; the end call follows */
+};
+
+typedef struct aorm_stream aorm_stream;
+
+/** Called once per batch with `batch` (borrowed for the call; detach it to
+ * keep it) and err NULL: return AORM_STREAM_*. Called once more at the
+ * end, with batch NULL: err NULL when every row was handed over or the
+ * stream was stopped, else the failure (the statement's error; inside a
+ * transaction the transaction is then aborted: roll back). The stream
+ * handle is invalid after the end call. */
+typedef int (*aorm_stream_fn)(aorm_conn *c, aorm_result *batch, const aorm_error *err, void *user);
+
+/** Runs `sql` (a SELECT; params may be NULL) through a server-side cursor
+ * on a held connection inside its transaction (aorm_conn_begin() first: a
+ * cursor lives in a transaction block), handing the rows over `batch` at
+ * a time (FETCH FORWARD batch). Memory: at most two batches at once, the
+ * one handed over and the next, fetched while the callback works (none
+ * while paused: the rows wait on the server). DECLARE and the first FETCH
+ * go out in one write; each later batch costs at most one round trip,
+ * overlapped with the callback. Stopping (AORM_STREAM_STOP) closes the
+ * cursor and leaves the connection and its transaction usable. *out (may
+ * be NULL) receives the handle for aorm_stream_resume(). Returns 0 (fn
+ * runs later, never inside this call) or a negative code (fn never runs):
+ * AORM_EMISUSE (batch < 1), AORM_ENOMEM, the codes of aorm_conn_execute().
+ *
+ * Why a cursor and not libpq's single-row mode: a batch of rows is one
+ * PGresult instead of one per row (bench stream_rows measures both), the
+ * connection never holds a half-read result (pausing or stopping needs no
+ * cancel and no drain), and other statements of the transaction can run
+ * between batches. */
+AORM_API int aorm_conn_stream(aorm_conn *c, const char *sql, const aorm_params *params, int batch,
+                              aorm_stream_fn fn, void *user, aorm_stream **out);
+/** Ends a pause: the next batch is handed over (later, from the loop, never
+ * inside this call). Returns 0, or AORM_EMISUSE when the stream is not
+ * paused. */
+AORM_API int aorm_stream_resume(aorm_stream *st);
+/** Stops the stream from outside its callback (a paused one included):
+ * what is kept is dropped, the cursor closed, and the end call follows
+ * (later, from the loop). Stop or resume a paused stream before
+ * releasing its connection. Returns 0, or AORM_EMISUSE after the end. */
+AORM_API int aorm_stream_stop(aorm_stream *st);
 
 #ifdef __cplusplus
 }

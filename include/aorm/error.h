@@ -8,7 +8,17 @@
  *
  * The codes come from the single X-macro list below, which also generates
  * aorm_strerror() and aorm_errname(), so a new code cannot be forgotten in
- * either. */
+ * either.
+ *
+ * Handles and ownership: no handles. A `const aorm_error *` handed to a
+ * callback belongs to the library and is valid only until the callback
+ * returns; aorm_error_copy() makes a heap copy the caller owns and frees
+ * with aorm_error_free(). Strings from aorm_strerror() / aorm_errname()
+ * are static.
+ *
+ * Callbacks: none here. Every function of this header may be called from
+ * anywhere, inside any callback, and from any thread.
+ */
 #ifndef AORM_ERROR_H
 #define AORM_ERROR_H
 

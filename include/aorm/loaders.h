@@ -26,7 +26,10 @@
  *   the target's primary key.
  * joined: a LEFT OUTER JOIN added to the query itself (only for loads at
  *   the first level of a plan; deeper joined loads run as selectin).
- *   Parents repeated by a collection join are de-duplicated.
+ *   Parents repeated by a collection join are de-duplicated. A target
+ *   already in the query (a self-referential relationship such as
+ *   employee.manager, or a model joined twice) is joined under the
+ *   relationship's name as its alias: `LEFT JOIN "employees" AS "manager"`.
  * raise: the default of every relationship (AORM_LOAD_RAISE): reading it
  *   unloaded is AORM_EUNLOADED.
  *
@@ -42,7 +45,20 @@
  * macros); a selectin load binds each key column as one array parameter
  * (`c = ANY($1)`, or `(c1, c2) IN (SELECT * FROM unnest($1, $2))` for a
  * composite key), so its key columns must be int2, int4, int8, text or
- * uuid. Joined loads take keys of any type. */
+ * uuid. Joined loads take keys of any type.
+ *
+ * Handles and ownership: a load plan is a constant the caller keeps valid
+ * until the operation using it has called back (a `static const` plan is
+ * the usual form). Objects and lists a load fills belong to the session.
+ * aorm_advisor_report() returns a malloc'd string the caller frees.
+ *
+ * Callbacks: aorm_session_load() calls back with the session's
+ * aorm_session_cb contract (session.h); AORM_GET_REL and aorm_rel_get()
+ * may be called from any callback (they never query).
+ *
+ * C only: AORM_PLAN and the AORM_SELECTIN / AORM_JOINED macros build C11
+ * compound literals; a C++ program declares its plans in a C file.
+ */
 #ifndef AORM_LOADERS_H
 #define AORM_LOADERS_H
 
@@ -110,10 +126,13 @@ AORM_API int aorm_session_load(aorm_session *s, void *const *objs, size_t n, con
  * never loaded (the message, from aorm_session_errmsg(), names the model,
  * the relationship and the loader option to use), or AORM_EMISUSE. */
 AORM_API int aorm_rel_get(aorm_session *s, const void *obj, const aorm_relationship *rel, void **out);
-AORM_API int aorm__rel_get_at(aorm_session *s, const void *obj, const aorm_relationship *rel, void **out,
-                              const char *file, int line);
+/** aorm_rel_get() that also names its call site, which the N+1 advisor
+ * reports for an unloaded read (file may be NULL). AORM_GET_REL passes
+ * __FILE__ and __LINE__; call it directly from a wrapper of your own. */
+AORM_API int aorm_rel_get_at(aorm_session *s, const void *obj, const aorm_relationship *rel, void **out,
+                             const char *file, int line);
 #define AORM_GET_REL(s, S, obj, f, out) \
-    aorm__rel_get_at((s), (obj), AORM_REL(S, f), (void **)(out), __FILE__, __LINE__)
+    aorm_rel_get_at((s), (obj), AORM_REL(S, f), (void **)(out), __FILE__, __LINE__)
 
 /** 1 when the relationship of obj is loaded, 0 when not, negative on misuse. */
 AORM_API int aorm_rel_loaded(const aorm_session *s, const void *obj, const aorm_relationship *rel);

@@ -24,7 +24,28 @@
  *
  * A different loop (or a fake one, in tests) can be plugged in through
  * aorm_loop_hooks: the backend provides watchers and calls back into
- * aorm_loop_backend_*() at the right stages. */
+ * aorm_loop_backend_*() at the right stages.
+ *
+ * Handles and ownership:
+ *   - aorm_loop: made by aorm_loop_new_ev() (or _new_hooks), owned and
+ *     freed by the caller with aorm_loop_free(), after every engine, Redis
+ *     client, watcher and timer made on it, and before the libev loop is
+ *     destroyed. The libev loop stays the caller's: aorm never runs,
+ *     breaks or destroys it (ending a program is ev_break() or letting
+ *     ev_run() return once nothing is active: see the guide).
+ *   - aorm_io, aorm_timer: owned by whoever made them; freed with
+ *     aorm_io_free() / aorm_timer_free(). The fd of an aorm_io stays its
+ *     caller's.
+ *
+ * Callbacks: I/O, timer, soon and before-poll callbacks run on the loop's
+ * thread, from inside ev_run(), never from inside the call that set them
+ * up. From inside any of them every function of aorm may be called --
+ * including freeing the watcher or timer that is running, or an engine or
+ * session -- except aorm_loop_free().
+ *
+ * Units: times are seconds as a double, measured on the loop's clock
+ * (aorm_loop_now()).
+ */
 #ifndef AORM_LOOP_H
 #define AORM_LOOP_H
 

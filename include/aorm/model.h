@@ -52,6 +52,24 @@
  *   AORM_TEXT, AORM_JSON, AORM_JSONB, AORM_NUMERIC (decimal string)
  *                    char *   (NULL pointer = SQL NULL, only for NULLABLE)
  *   AORM_BYTEA       aorm_bytes {data, len} (data NULL = SQL NULL)
+ *
+ * Handles and ownership: no handles. Models, columns, foreign keys and
+ * relationships are constant declarations of the program (usually
+ * `static const` at file scope) that must outlive every engine and
+ * session using them; aorm only reads them. Objects of a model belong to
+ * the session that made or loaded them (session.h); an object loaded with
+ * a NULL aorm_allocator owns malloc'd strings freed with
+ * aorm_model_free_fields().
+ *
+ * Callbacks: none; every function here may be called from any callback.
+ *
+ * C only: the declaration macros (AORM_COLUMN, AORM_FOREIGN_KEY*,
+ * AORM_MANY_TO_ONE and friends, AORM_SOME) rely on C11: _Generic for the
+ * compile-time type checks, compound literals for key lists and
+ * designated initializers in any order. A C++ program declares its
+ * models in a C file and uses them through `extern const aorm_model`
+ * declarations; the types and functions of this header are C++-clean
+ * (tests/header_check).
  */
 #ifndef AORM_MODEL_H
 #define AORM_MODEL_H
@@ -137,8 +155,9 @@ typedef struct aorm_column {
      * field's value, 0 / false / NULL included, unless the program left
      * the column to the server for that object with
      * aorm_object_use_default() (session.h), whose value is then read
-     * back. Core's aorm_insert_object() instead leaves the column out
-     * whenever the field is 0 / NULL (sql.h). */
+     * back. Core's aorm_insert_object() writes the field's value the
+     * same way, unless the column is given to aorm_insert_use_default()
+     * (sql.h). */
     const char *server_default;
     int aorm_reserved;          /**< lets the declaration macros end without a trailing option */
 } aorm_column;

@@ -55,8 +55,46 @@
  *
  * Threading: one loop, one thread. Nothing here is thread-safe.
  *
+ * Connection hooks: on_ready(r, hook_user) runs each time a connection
+ * becomes ready (after AUTH / SELECT / CLIENT SETNAME were accepted),
+ * before the commands that waited for it are handed over: commands it
+ * queues go out first, in the order it queues them (e.g. CLIENT TRACKING,
+ * which must precede every read). on_lost(r, hook_user) runs once when a
+ * ready connection ends (lost, closed after a deadline or a protocol
+ * error), after the commands in flight on it were failed, and before the
+ * reconnect. Neither runs for a connection attempt that never became
+ * ready, nor when the client is freed. Both run from the loop and may
+ * queue commands (on_lost's wait for the next connection) or free the
+ * client.
+ *
+ * Subscriber clients: aorm_redis_subscriber_new() makes a client whose
+ * connection SUBSCRIBEs to fixed channels (again after every reconnect,
+ * right after on_ready's commands) and hands each message to a callback.
+ * The server accepts nothing but pub/sub commands on such a connection,
+ * so a subscriber takes commands only from inside its on_ready hook (they
+ * go out before SUBSCRIBE, e.g. CLIENT ID); anywhere else
+ * aorm_redis_command() returns AORM_EMISUSE. The confirmation of SUBSCRIBE
+ * has the command deadline (command_timeout) like any reply: when it does
+ * not come, the connection is closed and reconnected. A connection that
+ * died silently (a NAT or firewall forgot it, the server is stopped)
+ * shows no error, so a subscriber that received nothing for
+ * subscriber_ping seconds sends PING, and closes the connection when no
+ * answer comes within command_timeout.
+ *
  * Replies are hiredis's `redisReply`; include hiredis/hiredis.h to read
- * them. TLS to Redis needs hiredis 1.0 or newer and is not offered. */
+ * them. TLS to Redis needs hiredis 1.0 or newer and is not offered.
+ *
+ * Handles and ownership: aorm_redis is made by aorm_redis_new() and owned
+ * by the caller, who frees it with aorm_redis_free() (NULL accepted)
+ * before the aorm_loop. Arguments of a command are copied before the call
+ * returns; a reply is borrowed for its callback's duration.
+ *
+ * Callbacks: every command callback runs once, on the loop's thread,
+ * never inside the call that queued it, and may call any function of this
+ * client, aorm_redis_free() included (deferred until it returns); so
+ * may the connection hooks and a subscriber's message and subscribed
+ * callbacks. The log callback must not call the client.
+ */
 #ifndef AORM_REDIS_H
 #define AORM_REDIS_H
 
@@ -77,6 +115,9 @@ struct redisReply; /**< hiredis's reply object (hiredis/hiredis.h) */
 
 typedef struct aorm_redis aorm_redis;
 
+/** Connection hook (on_ready, on_lost, a subscriber's on_subscribed). */
+typedef void (*aorm_redis_conn_cb)(aorm_redis *r, void *user);
+
 /* ---- options ------------------------------------------------------------ */
 
 typedef struct aorm_redis_options {
@@ -93,9 +134,14 @@ typedef struct aorm_redis_options {
     double reconnect_max;     /**< reconnect backoff ceiling, seconds (2) */
     int breaker_threshold;    /**< consecutive failures that open the breaker; 0 never opens (5) */
     double breaker_cooldown;  /**< seconds the open breaker refuses commands (1) */
+    double subscriber_ping;   /**< subscribers: PING after this many seconds without data; no answer within
+                                   command_timeout closes the connection; 0 never (2) */
     aorm_log_fn log;          /**< NULL: nothing is logged */
     void *log_user;
     aorm_log_level log_level; /**< most verbose level passed to log (AORM_LOG_WARN) */
+    aorm_redis_conn_cb on_ready; /**< a connection became ready; its commands go first (NULL) */
+    aorm_redis_conn_cb on_lost;  /**< a ready connection ended (NULL) */
+    void *hook_user;             /**< passed to on_ready and on_lost */
 } aorm_redis_options;
 
 /** Fills every field with its default (host "127.0.0.1", port 6379). */
@@ -139,6 +185,10 @@ typedef struct aorm_redis_cmd_options {
     double deadline; /**< seconds from submission; 0 the client's command_timeout; < 0 none */
 } aorm_redis_cmd_options;
 
+/** Fills every field with its default: the client's command_timeout (the
+ * same as passing NULL options). */
+AORM_API void aorm_redis_cmd_options_init(aorm_redis_cmd_options *o);
+
 /** Queues one command given as arguments (binary-safe: argvlen may be
  * NULL for NUL-terminated strings). Everything is copied before the call
  * returns. `opts` may be NULL; `cb` may be NULL when the outcome does not
@@ -157,6 +207,30 @@ AORM_API int aorm_redis_command_argv(aorm_redis *r, int argc, const char *const 
  * split on spaces. A format hiredis cannot parse is AORM_EMISUSE. */
 AORM_API int aorm_redis_command(aorm_redis *r, const aorm_redis_cmd_options *opts, aorm_redis_cb cb, void *user,
                                 const char *fmt, ...);
+
+/* ---- subscribers ---------------------------------------------------------- */
+
+/** One pub/sub message: the channel (channel_len bytes, not
+ * NUL-terminated) and the message as the server sent it (a bulk string
+ * from PUBLISH; for `__redis__:invalidate` an array of keys, or nil after
+ * FLUSHALL/FLUSHDB). Borrowed for the callback's duration. The callback
+ * may free the client. */
+typedef void (*aorm_redis_message_cb)(aorm_redis *r, const char *channel, size_t channel_len,
+                                      const struct redisReply *message, void *user);
+
+/** Creates a subscriber client (see "Subscriber clients" above) for the
+ * nchannels channels (>= 1, copied; exact names, no patterns). on_message
+ * receives every message; on_subscribed (may be NULL) runs each time the
+ * server confirmed all channels on a new connection. Returns NULL as
+ * aorm_redis_new() does, or for no channels. Free with aorm_redis_free(). */
+AORM_API aorm_redis *aorm_redis_subscriber_new(aorm_loop *loop, const aorm_redis_options *o,
+                                               const char *const *channels, int nchannels,
+                                               aorm_redis_message_cb on_message, aorm_redis_conn_cb on_subscribed,
+                                               void *user);
+
+/** True while the current connection of a subscriber is ready and the
+ * server confirmed every channel on it. */
+AORM_API bool aorm_redis_subscribed(const aorm_redis *r);
 
 /* ---- state and statistics ------------------------------------------------ */
 
@@ -186,6 +260,8 @@ typedef struct aorm_redis_stats {
     bool connected;            /**< a connection is ready for commands */
     int in_flight;             /**< commands sent and not yet answered */
     int waiting;               /**< commands waiting for a ready connection */
+    uint64_t messages;         /**< pub/sub messages received (subscribers) */
+    bool subscribed;           /**< aorm_redis_subscribed() */
 } aorm_redis_stats;
 
 AORM_API void aorm_redis_stats_get(const aorm_redis *r, aorm_redis_stats *out);

@@ -17,7 +17,25 @@
  * AORM_ETYPE (column type not accepted by this getter), AORM_ENULLVALUE
  * (the value is NULL), AORM_EPROTOCOL (malformed bytes).
  * Pointers a getter hands out point into the result and stay valid until
- * the result is freed. */
+ * the result is freed.
+ *
+ * Handles and ownership:
+ *   - aorm_params: a builder the caller owns, usually on the stack; its
+ *     fields are private. aorm_params_init() prepares it, aorm_params_free()
+ *     releases what it allocated beyond its inline room.
+ *   - aorm_result: handed to a statement's callback, *borrowed* for the
+ *     duration of that callback (the engine frees it when the callback
+ *     returns) unless aorm_result_detach() moved it to the caller, who then
+ *     frees it with aorm_result_free(). Pointers the getters return point
+ *     into the result and live as long as it.
+ *
+ * Callbacks: none of its own. Every function here may be called from any
+ * callback; a borrowed result must not be touched after its callback
+ * returns.
+ *
+ * Sizes: lengths are size_t in bytes, except where libpq's int lengths
+ * show through (aorm_result_raw()).
+ */
 #ifndef AORM_RESULT_H
 #define AORM_RESULT_H
 
@@ -76,6 +94,30 @@ AORM_API void aorm_date_to_ymd(int32_t date, int *year, int *month, int *day);
  * and back. */
 AORM_API int64_t aorm_timestamp_from_unix_us(int64_t unix_us);
 AORM_API int64_t aorm_timestamp_to_unix_us(int64_t ts);
+
+/** ISO-8601 text, written into buf (cap bytes, NUL included), as
+ * snprintf: the length of the whole text is returned even when cap cuts
+ * it (AORM_EMISUSE for a NULL buf with cap > 0). A date is "2026-12-02";
+ * a timestamp "2026-12-02T15:04:05", with ".ffffff" (microseconds, as
+ * few digits as exact) when not on a whole second; a timestamptz the same
+ * in UTC with "Z". Years outside 0000-9999 are written with a sign and at
+ * least four digits ("-0044-03-15", "+12345-01-01"), year 0 being 1 BC as
+ * in ISO 8601. ±infinity is "infinity" / "-infinity". */
+AORM_API int aorm_date_format(int32_t date, char *buf, size_t cap);
+AORM_API int aorm_timestamp_format(int64_t ts, char *buf, size_t cap);
+AORM_API int aorm_timestamptz_format(int64_t ts, char *buf, size_t cap);
+/** Parses the text the format functions write, and the usual variants:
+ * "YYYY-MM-DD" (also with a sign and more digits); a timestamp adds
+ * "THH:MM", "THH:MM:SS" or "THH:MM:SS.f..." (a space for the T, up to 6
+ * fraction digits, more are refused) and takes no offset; a timestamptz
+ * requires one ("Z", "+HH", "+HH:MM", "+HHMM", or '-') and is converted
+ * to UTC. "infinity" and "-infinity" are accepted. The whole string must
+ * be consumed. Returns 0 with *out set, AORM_ERANGE for text that is not
+ * such a value (a field out of range, February 30th, trailing bytes) or
+ * AORM_EMISUSE for NULL arguments; *out is left alone on error. */
+AORM_API int aorm_date_parse(const char *text, int32_t *out);
+AORM_API int aorm_timestamp_parse(const char *text, int64_t *out);
+AORM_API int aorm_timestamptz_parse(const char *text, int64_t *out);
 
 /* ---- parameters --------------------------------------------------------- */
 

@@ -4,10 +4,28 @@
  *
  * A session turns rows into objects and object changes into SQL without
  * ever blocking the loop. Every call queues an operation and returns at
- * once; the operations of one session run one after another in the order
- * they were queued, and their callbacks fire exactly once each, later.
+ * once; the operations of one session run in the order they were queued,
+ * and their callbacks fire exactly once each, later, in that order.
  * Operations of many sessions issued in the same loop turn share the
  * engine's pipelines.
+ *
+ * Pipelining: what a session queues in one loop turn goes out in one
+ * pipeline write when it can. Behind an operation whose statement is out
+ * and that only waits for its answer, the next ones are sent at once if
+ * each is one statement whose answer needs nothing before it: gets,
+ * get_many, queries without a load plan (in autocommit or in the
+ * transaction), and, inside the transaction, executes and the COMMIT
+ * (nothing is sent behind a COMMIT). A flush, a load plan, a savepoint, a
+ * rollback, an explicit begin, or a statement that would begin the
+ * transaction waits for what is in front of it, as before. So a
+ * statement queued in the same turn is built from the session's state of
+ * that turn: it does not see what the callbacks in front of it change
+ * (their autoflush included); queue it from the callback that must run
+ * first when it should. Inside the transaction, an operation sent behind a
+ * statement that fails answers AORM_ETXSTATE (the server skipped it), the
+ * COMMIT too: the session is rollback-required, as it would have been
+ * had each waited. Gets of one model queued one after the other are sent
+ * as one `pk = ANY($1)` statement (not with a second-level cache).
  *
  * Objects. The session allocates, owns and frees the objects it loads and
  * the ones created through it (aorm_session_new_object): they live in the
@@ -61,7 +79,23 @@
  * AORM_EUNKNOWN_OUTCOME), ends its transaction, and leaves the session a
  * shell: every later call fails with AORM_ECLOSED (object creation
  * returns NULL) until aorm_session_free(), which is still required and
- * safe. */
+ * safe.
+ *
+ * Handles and ownership (in short; the paragraphs above say more):
+ *   - aorm_session: made by aorm_session_new(), owned by the caller, freed
+ *     with aorm_session_free() (NULL accepted), before or after its engine.
+ *   - objects, their strings and relationship lists: owned by the session,
+ *     valid until it is freed (an expunged object's memory too).
+ *   - the aorm_objects array, aorm_result and aorm_error handed to a
+ *     callback: borrowed for that callback's duration.
+ *   - statements passed to the session are taken over by it.
+ *
+ * Callbacks, what they may call: every session callback runs on the
+ * loop's thread, once, never inside the call that queued it, and may call
+ * any function of this session (queue the next operation, commit, free
+ * it: the memory goes when the callback returns), of other sessions and of
+ * the engine, aorm_engine_free() included.
+ */
 #ifndef AORM_SESSION_H
 #define AORM_SESSION_H
 
@@ -96,6 +130,7 @@ typedef struct aorm_session_options {
     bool autoflush;             /**< flush pending changes before each query (true) */
     double statement_timeout;   /**< deadline of each statement, 0 = engine default */
     size_t arena_block;         /**< arena block size in bytes (64 KiB) */
+    struct aorm_cache *cache;   /**< second-level cache to read through (cache.h), or NULL */
 } aorm_session_options;
 
 AORM_API void aorm_session_options_init(aorm_session_options *o);
@@ -198,6 +233,10 @@ typedef struct aorm_query_options {
     double deadline;             /**< per statement, 0 = session default */
 } aorm_query_options;
 
+/** Fills every field with its default: no load plan, objects already in the
+ * session kept, the session's deadline (the same as passing NULL options). */
+AORM_API void aorm_query_options_init(aorm_query_options *o);
+
 /** Runs a SELECT of a model (aorm_select(&m) plus where/order/joins...) and
  * hands over its objects through the identity map. Takes over q (freed by
  * the session, also on error). opts may be NULL. */
@@ -223,6 +262,38 @@ AORM_API int aorm_session_get(aorm_session *s, const aorm_model *m, const void *
  * missing). */
 AORM_API int aorm_session_get_many(aorm_session *s, const aorm_model *m, const void *const *keys, size_t n,
                                    const aorm_query_options *opts, aorm_objects_cb cb, void *user);
+/** Options of aorm_session_stream(). */
+typedef struct aorm_stream_options {
+    int batch;    /**< rows per batch (1000) */
+    bool release; /**< objects are not kept by the session (false): see aorm_session_stream */
+} aorm_stream_options;
+
+AORM_API void aorm_stream_options_init(aorm_stream_options *o);
+
+/** A batch of a stream (objs, err NULL): return AORM_STREAM_NEXT,
+ * AORM_STREAM_PAUSE (then aorm_session_stream_resume) or AORM_STREAM_STOP
+ * (engine.h). The end (objs NULL): err NULL when every row was handed
+ * over or the stream was stopped, else the failure; its return value is
+ * ignored. */
+typedef int (*aorm_stream_objects_cb)(aorm_session *s, aorm_objects *objs, const aorm_error *err, void *user);
+
+/** Streams the objects of a SELECT of a model (takes over q) in batches,
+ * through a server-side cursor inside the session's transaction (begun
+ * if none is open, as a locking read does: commit or roll back after),
+ * with at most two batches in memory (aorm_conn_stream). Without
+ * release, the objects go through the identity map and stay in the
+ * session like any loaded object. With release, they never enter it:
+ * each batch's objects (plain structs, aorm_object_state_of() says
+ * DETACHED) are valid until the callback returns and their memory is
+ * reused for the next batch, so a stream of any length runs in constant
+ * memory. Load plans do not apply. Operations queued behind the stream
+ * run after its end. Returns 0 or a negative code (cb never runs). */
+AORM_API int aorm_session_stream(aorm_session *s, aorm_stmt *q, const aorm_stream_options *o,
+                                 aorm_stream_objects_cb cb, void *user);
+/** Ends a pause of the session's running stream (the next batch comes
+ * later, from the loop). Returns 0 or AORM_EMISUSE (no paused stream). */
+AORM_API int aorm_session_stream_resume(aorm_session *s);
+
 /** Re-reads the object's columns from the database (overwriting changes). */
 AORM_API int aorm_session_refresh(aorm_session *s, void *obj, aorm_session_cb cb, void *user);
 
@@ -307,7 +378,9 @@ typedef int (*aorm_step_fn)(aorm_chain *c, void *user);
 AORM_API int aorm_chain_run(aorm_session *s, const aorm_step_fn *steps, int nsteps, aorm_session_cb done, void *user);
 
 /** Runs the steps as one transaction: BEGIN (with tx, may be NULL) before
- * the first step and COMMIT after the last. When the transaction fails
+ * the first step and COMMIT after the last. BEGIN is not waited for: it
+ * goes out in one write with the first step's statement (a BEGIN the
+ * server refuses fails that statement, and the attempt). When the transaction fails
  * with a serialization failure (40001) or a deadlock (40P01), it is
  * rolled back, the session's identity map is cleared (objects from the
  * failed attempt must not be reused) and the steps run again from the

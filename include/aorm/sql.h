@@ -24,11 +24,41 @@
  * statement. Pass them directly; never keep one past the end of the
  * enclosing block.
  *
+ * Beyond SELECT / INSERT / UPDATE / DELETE with joins, Core writes the
+ * queries reports need: aliases and self-joins (AORM_ACOL), subqueries in
+ * FROM and LATERAL, CTEs (several, recursive, data-modifying), window
+ * functions, UNION / INTERSECT / EXCEPT, CASE, casts, any function by
+ * name, JSON and array operators, INSERT ... SELECT, UPDATE ... FROM,
+ * DELETE ... USING. Names a caller passes (aliases, CTE, column and
+ * constraint names) are quoted identifiers of 1 to 63 bytes; function
+ * and type names must be identifiers ([A-Za-z_][A-Za-z0-9_]*, optionally
+ * schema-qualified) or the call fails with AORM_EMISUSE; JSON keys are
+ * bound values. A statement handed to another (a subquery, a CTE, an arm
+ * of a set operation) belongs to it from then on, also when the call
+ * fails.
+ *
  * Errors are sticky: a builder call that fails (NULL statement or
  * expression, a column of a model that is not part of the statement, a
  * text value holding a NUL byte, out of memory) returns the
  * code and records it; aorm_stmt_compile() and aorm_stmt_execute() then
- * return it too, with aorm_stmt_errmsg() saying what was wrong. */
+ * return it too, with aorm_stmt_errmsg() saying what was wrong.
+ *
+ * Handles and ownership: aorm_stmt is made by a builder (aorm_select(),
+ * aorm_insert(), ...) and owned by the caller, who frees it with
+ * aorm_stmt_free() (NULL accepted) -- except where a call says it *takes
+ * over* the statement (aorm_session_query() and the other session calls
+ * do, also on error). Expressions are temporaries copied into the
+ * statement (above). The compiled text of aorm_stmt_compile() belongs to
+ * the statement.
+ *
+ * Callbacks: aorm_stmt_execute() calls back with the engine's
+ * aorm_result_cb contract (engine.h). Builders may be called from any
+ * callback.
+ *
+ * C only: the expression macros (AORM_COL, aorm_eq(), aorm_int8(), ...)
+ * build C11 compound literals; a C++ program builds its statements in a C
+ * file. The types and functions are C++-clean (tests/header_check).
+ */
 #ifndef AORM_SQL_H
 #define AORM_SQL_H
 
@@ -66,14 +96,42 @@ typedef enum aorm_expr_kind {
     AORM_X_FUNC,       /**< aggregate `op` over a (NULL a: count(*)) */
     AORM_X_EXCLUDED,   /**< EXCLUDED.(column a) in ON CONFLICT DO UPDATE */
     AORM_X_LABEL,      /**< a AS "label" */
-    AORM_X_TUPLE_IN    /**< (list[0..n/2)) IN (SELECT * FROM unnest(list[n/2..n))): parallel arrays */
+    AORM_X_TUPLE_IN,   /**< (list[0..n/2)) IN (SELECT * FROM unnest(list[n/2..n))): parallel arrays */
+    AORM_X_REF,        /**< "alias"."name" (alias NULL: "name"): a column by name */
+    AORM_X_CALL,       /**< function `op` (AORM_FN_NAMED: `name`) over list[0..n) */
+    AORM_X_OVER,       /**< a OVER (PARTITION BY b ORDER BY c frame): b, c AORM_X_LIST, frame list[0] */
+    AORM_X_LIST,       /**< list[0..n): a PARTITION BY / window ORDER BY list */
+    AORM_X_SORT,       /**< a with sort flags n (AORM_DESC...), in a window's ORDER BY */
+    AORM_X_FRAME,      /**< frame of mode n (AORM_FRAME_*) from bound a to bound b (or NULL) */
+    AORM_X_BOUND,      /**< frame bound n (AORM_BOUND_*), offset a */
+    AORM_X_CASE,       /**< CASE list of WHEN nodes (the last may be an ELSE) END */
+    AORM_X_WHEN,       /**< WHEN a THEN b (a NULL: ELSE b) */
+    AORM_X_CAST,       /**< CAST(a AS type) (or AS "name" when name is set) */
+    AORM_X_SUBQUERY,   /**< (sub): a scalar subquery */
+    AORM_X_QUANT       /**< a op ANY(b) (n 0) / a op ALL(b) (n 1) */
 } aorm_expr_kind;
 
 typedef enum aorm_op {
     AORM_OP_EQ = 1, AORM_OP_NE, AORM_OP_LT, AORM_OP_LE, AORM_OP_GT, AORM_OP_GE,
     AORM_OP_LIKE, AORM_OP_ILIKE, AORM_OP_NOT_LIKE, AORM_OP_NOT_ILIKE,
     AORM_OP_ADD, AORM_OP_SUB, AORM_OP_MUL, AORM_OP_DIV,
-    AORM_FN_COUNT, AORM_FN_COUNT_DISTINCT, AORM_FN_SUM, AORM_FN_AVG, AORM_FN_MIN, AORM_FN_MAX
+    AORM_FN_COUNT, AORM_FN_COUNT_DISTINCT, AORM_FN_SUM, AORM_FN_AVG, AORM_FN_MIN, AORM_FN_MAX,
+    /* binary operators (after the aggregates, so that older values keep theirs) */
+    AORM_OP_MOD,            /**< % */
+    AORM_OP_CONCAT,         /**< || (text, arrays, jsonb) */
+    AORM_OP_JSON_GET,       /**< -> (key or index) */
+    AORM_OP_JSON_GET_TEXT,  /**< ->> */
+    AORM_OP_JSON_PATH,      /**< #> (text[] path) */
+    AORM_OP_JSON_PATH_TEXT, /**< #>> */
+    AORM_OP_HAS_KEY,        /**< ? (jsonb has the key) */
+    AORM_OP_CONTAINS,       /**< @> (jsonb, arrays) */
+    AORM_OP_CONTAINED_BY,   /**< <@ */
+    AORM_OP_OVERLAPS,       /**< && (arrays) */
+    /* functions of AORM_X_CALL: SQL's own forms and the window functions */
+    AORM_FN_COALESCE, AORM_FN_NULLIF, AORM_FN_GREATEST, AORM_FN_LEAST,
+    AORM_FN_ROW_NUMBER, AORM_FN_RANK, AORM_FN_DENSE_RANK, AORM_FN_PERCENT_RANK, AORM_FN_CUME_DIST,
+    AORM_FN_NTILE, AORM_FN_LAG, AORM_FN_LEAD, AORM_FN_FIRST_VALUE, AORM_FN_LAST_VALUE, AORM_FN_NTH_VALUE,
+    AORM_FN_NAMED           /**< any function, by name (checked as an identifier, quoted) */
 } aorm_op;
 
 /** Fields are private to aorm: build expressions with the macros below. */
@@ -98,6 +156,8 @@ typedef struct aorm_expr {
     int n;
     aorm_stmt *sub;           /**< IN_SELECT, EXISTS: consumed (freed) by the statement it is attached to */
     const char *label;        /**< LABEL */
+    const char *alias;        /**< COLUMN, REF: the FROM item's alias (NULL: the model's own table) */
+    const char *name;         /**< REF: column name; CALL (AORM_FN_NAMED): function; CAST: type name */
 } aorm_expr;
 
 #define AORM__X(...) (&(const aorm_expr){__VA_ARGS__})
@@ -205,6 +265,138 @@ typedef struct aorm_expr {
 /** EXCLUDED.col, for ON CONFLICT ... DO UPDATE SET col = EXCLUDED.col */
 #define aorm_excluded(col) AORM__X(.kind = AORM_X_EXCLUDED, .a = (col))
 
+/* ---- aliases, names, functions, windows ------------------------------------------- */
+
+/** A column of model S seen through the FROM item called `alias`: an
+ * aliased model (aorm_join_alias, aorm_from_alias), a subquery in FROM
+ * (aorm_from_select, aorm_join_select) or a CTE (aorm_from_cte...) whose
+ * output has a column of that name. AORM_ACOL("mgr", employee, name) is
+ * "mgr"."name". alias is copied and quoted as an identifier. */
+#define AORM_ACOL(al, S, f) \
+    AORM__X(.kind = AORM_X_COLUMN, .model = &S##_model, .offset = offsetof(S, f), .alias = (al))
+/** A column by name: aorm_ref("top", "rank") is "top"."rank", a column of
+ * the FROM item called "top" (an alias, a CTE, a subquery, or a model's
+ * table name); aorm_name("rank") is the unqualified "rank" (an output
+ * column, e.g. in a UNION's ORDER BY). Both names are copied and quoted;
+ * when the FROM item is a Core statement, the name must be one of its
+ * output columns (checked when compiled). */
+#define aorm_ref(al, col) AORM__X(.kind = AORM_X_REF, .alias = (al), .name = (col))
+#define aorm_name(col) AORM__X(.kind = AORM_X_REF, .name = (col))
+
+/** Operators: x % y, x || y (text, arrays, jsonb), JSON x -> k, x ->> k
+ * (k a text key or an int4 index, bound), x #> path, x #>> path (path a
+ * text array), x ? key, containment x @> y, x <@ y, overlap x && y. */
+#define aorm_mod(x, y) AORM__BIN(AORM_OP_MOD, x, y)
+#define aorm_concat(x, y) AORM__BIN(AORM_OP_CONCAT, x, y)
+#define aorm_json_get(x, k) AORM__BIN(AORM_OP_JSON_GET, x, k)
+#define aorm_json_get_text(x, k) AORM__BIN(AORM_OP_JSON_GET_TEXT, x, k)
+#define aorm_json_key(x, key) aorm_json_get(x, aorm_text(key))
+#define aorm_json_key_text(x, key) aorm_json_get_text(x, aorm_text(key))
+#define aorm_json_path(x, path) AORM__BIN(AORM_OP_JSON_PATH, x, path)
+#define aorm_json_path_text(x, path) AORM__BIN(AORM_OP_JSON_PATH_TEXT, x, path)
+#define aorm_has_key(x, key) AORM__BIN(AORM_OP_HAS_KEY, x, key)
+#define aorm_contains(x, y) AORM__BIN(AORM_OP_CONTAINS, x, y)
+#define aorm_contained_by(x, y) AORM__BIN(AORM_OP_CONTAINED_BY, x, y)
+#define aorm_overlaps(x, y) AORM__BIN(AORM_OP_OVERLAPS, x, y)
+
+/** x op ANY(arr) / x op ALL(arr), op a comparison (AORM_OP_EQ ... GE,
+ * LIKE...): arr is any array expression -- an array column, aorm_ref() to
+ * one, a bound array (aorm_int8_array()) -- or aorm_scalar(sub), which
+ * gives the subquery form `x op ANY (SELECT ...)`. */
+#define aorm_op_any(o, x, arr) AORM__X(.kind = AORM_X_QUANT, .op = (o), .a = (x), .b = (arr), .n = 0)
+#define aorm_op_all(o, x, arr) AORM__X(.kind = AORM_X_QUANT, .op = (o), .a = (x), .b = (arr), .n = 1)
+#define aorm_eq_any(x, arr) aorm_op_any(AORM_OP_EQ, x, arr)
+#define aorm_ne_all(x, arr) aorm_op_all(AORM_OP_NE, x, arr)
+
+/** A scalar subquery `(SELECT ...)` (one column, at most one row). The
+ * statement is consumed like aorm_in_select's. */
+#define aorm_scalar(sub_stmt) AORM__X(.kind = AORM_X_SUBQUERY, .sub = (sub_stmt))
+
+/** A function call by name: aorm_func("lower", x), aorm_func0("now").
+ * The name must be an identifier ([A-Za-z_][A-Za-z0-9_]*, at most 63
+ * bytes, optionally "schema.name"); it is written quoted, so it is
+ * case-sensitive: give it as PostgreSQL stores it (lowercase). Anything
+ * else is refused (AORM_EMISUSE) when the expression is attached.
+ * Aggregates called this way (string_agg, array_agg, bool_and...) may
+ * take aorm_over() too. */
+#define aorm_func(fname, ...) \
+    AORM__X(.kind = AORM_X_CALL, .op = AORM_FN_NAMED, .name = (fname), .list = AORM__LIST(__VA_ARGS__), \
+            .n = AORM__NLIST(__VA_ARGS__))
+#define aorm_func0(fname) AORM__X(.kind = AORM_X_CALL, .op = AORM_FN_NAMED, .name = (fname))
+#define AORM__CALL(o, ...) \
+    AORM__X(.kind = AORM_X_CALL, .op = (o), .list = AORM__LIST(__VA_ARGS__), .n = AORM__NLIST(__VA_ARGS__))
+#define AORM__CALL0(o) AORM__X(.kind = AORM_X_CALL, .op = (o))
+/** COALESCE(x, ...), NULLIF(x, y), GREATEST(x, ...), LEAST(x, ...). */
+#define aorm_coalesce(...) AORM__CALL(AORM_FN_COALESCE, __VA_ARGS__)
+#define aorm_nullif(x, y) AORM__CALL(AORM_FN_NULLIF, x, y)
+#define aorm_greatest(...) AORM__CALL(AORM_FN_GREATEST, __VA_ARGS__)
+#define aorm_least(...) AORM__CALL(AORM_FN_LEAST, __VA_ARGS__)
+
+/** CASE WHEN c1 THEN v1 ... [ELSE v] END:
+ * aorm_case(aorm_when(c1, v1), aorm_when(c2, v2), aorm_else(v)). */
+#define aorm_case(...) AORM__X(.kind = AORM_X_CASE, .list = AORM__LIST(__VA_ARGS__), .n = AORM__NLIST(__VA_ARGS__))
+#define aorm_when(cond, val) AORM__X(.kind = AORM_X_WHEN, .a = (cond), .b = (val))
+#define aorm_else(val) AORM__X(.kind = AORM_X_WHEN, .b = (val))
+
+/** CAST(x AS type): aorm_cast(x, AORM_TEXT); aorm_cast_name(x, "mood")
+ * for any type by name (an identifier as for aorm_func, optionally
+ * "schema.name", optionally ending in "[]"; quoted). */
+#define aorm_cast(x, T) AORM__X(.kind = AORM_X_CAST, .a = (x), .type = (T))
+#define aorm_cast_name(x, tname) AORM__X(.kind = AORM_X_CAST, .a = (x), .name = (tname))
+
+/** Window functions; each needs aorm_over(). lag/lead take the offset
+ * and default as expressions (aorm_int4(2), ...). */
+#define aorm_row_number() AORM__CALL0(AORM_FN_ROW_NUMBER)
+#define aorm_rank() AORM__CALL0(AORM_FN_RANK)
+#define aorm_dense_rank() AORM__CALL0(AORM_FN_DENSE_RANK)
+#define aorm_percent_rank() AORM__CALL0(AORM_FN_PERCENT_RANK)
+#define aorm_cume_dist() AORM__CALL0(AORM_FN_CUME_DIST)
+#define aorm_ntile(n) AORM__CALL(AORM_FN_NTILE, n)
+#define aorm_lag(...) AORM__CALL(AORM_FN_LAG, __VA_ARGS__)
+#define aorm_lead(...) AORM__CALL(AORM_FN_LEAD, __VA_ARGS__)
+#define aorm_first_value(x) AORM__CALL(AORM_FN_FIRST_VALUE, x)
+#define aorm_last_value(x) AORM__CALL(AORM_FN_LAST_VALUE, x)
+#define aorm_nth_value(x, n) AORM__CALL(AORM_FN_NTH_VALUE, x, n)
+
+/** fn OVER (PARTITION BY ... ORDER BY ... [frame]): fn is a window
+ * function, an aggregate (aorm_sum()...) or aorm_func(); partition and
+ * order are aorm_list(...) or NULL; order entries may be wrapped in
+ * aorm_desc() / aorm_sort(x, flags) (AORM_DESC, AORM_NULLS_FIRST...).
+ *
+ *   aorm_over(aorm_rank(), aorm_list(AORM_COL(book, author_id)),
+ *             aorm_list(aorm_desc(AORM_COL(book, price))))
+ *   aorm_over_frame(aorm_sum(AORM_COL(book, price)), NULL, aorm_list(AORM_COL(book, id)),
+ *                   aorm_rows(aorm_preceding(aorm_int8(2)), aorm_current_row()))
+ */
+#define aorm_list(...) AORM__X(.kind = AORM_X_LIST, .list = AORM__LIST(__VA_ARGS__), .n = AORM__NLIST(__VA_ARGS__))
+#define aorm_sort(x, flags) AORM__X(.kind = AORM_X_SORT, .a = (x), .n = (int)(flags))
+#define aorm_asc(x) aorm_sort(x, AORM_ASC)
+#define aorm_desc(x) aorm_sort(x, AORM_DESC)
+#define aorm_over(fn, partition, order) AORM__X(.kind = AORM_X_OVER, .a = (fn), .b = (partition), .c = (order))
+#define aorm_over_frame(fn, partition, order, frame) \
+    AORM__X(.kind = AORM_X_OVER, .a = (fn), .b = (partition), .c = (order), .list = AORM__LIST(frame), .n = 1)
+
+enum { AORM_FRAME_ROWS = 1, AORM_FRAME_RANGE, AORM_FRAME_GROUPS };
+enum {
+    AORM_BOUND_UNBOUNDED_PRECEDING = 1, AORM_BOUND_PRECEDING, AORM_BOUND_CURRENT_ROW, AORM_BOUND_FOLLOWING,
+    AORM_BOUND_UNBOUNDED_FOLLOWING
+};
+/** Frames: ROWS / RANGE / GROUPS BETWEEN start AND end (end NULL: just
+ * start). Offsets are expressions, normally bound values: ROWS and
+ * GROUPS take an int8 (aorm_int8(3)), RANGE a value of the ordering
+ * column's type. */
+#define aorm_rows(start, end) AORM__X(.kind = AORM_X_FRAME, .n = AORM_FRAME_ROWS, .a = (start), .b = (end))
+#define aorm_range(start, end) AORM__X(.kind = AORM_X_FRAME, .n = AORM_FRAME_RANGE, .a = (start), .b = (end))
+#define aorm_groups(start, end) AORM__X(.kind = AORM_X_FRAME, .n = AORM_FRAME_GROUPS, .a = (start), .b = (end))
+#define aorm_unbounded_preceding() AORM__X(.kind = AORM_X_BOUND, .n = AORM_BOUND_UNBOUNDED_PRECEDING)
+#define aorm_preceding(off) AORM__X(.kind = AORM_X_BOUND, .n = AORM_BOUND_PRECEDING, .a = (off))
+#define aorm_current_row() AORM__X(.kind = AORM_X_BOUND, .n = AORM_BOUND_CURRENT_ROW)
+#define aorm_following(off) AORM__X(.kind = AORM_X_BOUND, .n = AORM_BOUND_FOLLOWING, .a = (off))
+#define aorm_unbounded_following() AORM__X(.kind = AORM_X_BOUND, .n = AORM_BOUND_UNBOUNDED_FOLLOWING)
+
+/** A list of columns for aorm_insert_select() (like aorm_conflict_columns). */
+#define aorm_columns(...) AORM__LIST(__VA_ARGS__), AORM__NLIST(__VA_ARGS__)
+
 /** The relationship descriptor of field f of S (for joins on relationships). */
 #define AORM_REL(S, f) aorm_model_relationship_at(&S##_model, offsetof(S, f))
 AORM_API const aorm_relationship *aorm_model_relationship_at(const aorm_model *m, size_t offset);
@@ -232,6 +424,78 @@ AORM_API int aorm_left_join(aorm_stmt *q, const aorm_model *m, const aorm_expr *
  * table too). outer: LEFT OUTER JOIN. */
 AORM_API int aorm_join_rel(aorm_stmt *q, const aorm_relationship *rel, bool outer);
 
+/* ---- aliases, subqueries in FROM, CTEs -------------------------------------- */
+
+/* Aliases and CTE names are quoted identifiers: any text of 1 to 63 bytes
+ * (PostgreSQL would cut a longer one, so two long names could become
+ * the same one); anything else is AORM_EMISUSE. In one statement, every
+ * FROM item needs a name of its own: the table of an unaliased model, an
+ * alias, or a CTE's name. */
+
+/** A SELECT of every column of m FROM m AS "alias" (columns:
+ * AORM_ACOL(alias, S, f)). NULL only on out of memory or NULL m. */
+AORM_API aorm_stmt *aorm_select_alias(const aorm_model *m, const char *alias);
+/** Adds every column of the FROM item `alias` as columns of m (an aliased
+ * model, or a CTE or subquery with m's columns); load them with
+ * aorm_stmt_load_alias(). */
+AORM_API int aorm_select_add_alias(aorm_stmt *q, const aorm_model *m, const char *alias);
+
+/** FROM items. On a SELECT they set its FROM (once): a model under an
+ * alias, a subquery `(sub) AS "alias"`, or a CTE by name (`FROM "name"`,
+ * a CTE of this statement or an enclosing one). On an UPDATE they add
+ * to `UPDATE ... FROM`, on a DELETE to `DELETE ... USING` (several
+ * calls: a comma-separated list; the join condition goes in
+ * aorm_where). aorm_from() does the same with a model under its own
+ * name. sub is consumed (freed with q, also when the call fails). */
+AORM_API int aorm_from_alias(aorm_stmt *q, const aorm_model *m, const char *alias);
+AORM_API int aorm_from_select(aorm_stmt *q, aorm_stmt *sub, const char *alias);
+AORM_API int aorm_from_cte(aorm_stmt *q, const char *name);
+
+enum {
+    AORM_JOIN_INNER = 0,
+    AORM_JOIN_LEFT = 1,   /**< LEFT JOIN */
+    AORM_JOIN_LATERAL = 2 /**< JOIN LATERAL (subqueries: may use the columns of earlier FROM items) */
+};
+/** Joins of a SELECT: a model under an alias (self-joins), a subquery,
+ * a CTE (alias NULL: under its own name). on NULL is CROSS JOIN (inner)
+ * or `ON TRUE` (left). flags: AORM_JOIN_* (LATERAL only for subqueries). */
+AORM_API int aorm_join_alias(aorm_stmt *q, const aorm_model *m, const char *alias, const aorm_expr *on,
+                             unsigned flags);
+AORM_API int aorm_join_select(aorm_stmt *q, aorm_stmt *sub, const char *alias, const aorm_expr *on,
+                              unsigned flags);
+AORM_API int aorm_join_cte(aorm_stmt *q, const char *name, const char *alias, const aorm_expr *on,
+                           unsigned flags);
+/** aorm_join_rel() with the target under an alias: the way to join a
+ * self-referential relationship (employee.manager) or a model twice. */
+AORM_API int aorm_join_rel_alias(aorm_stmt *q, const aorm_relationship *rel, const char *alias, bool outer);
+
+/** WITH "name" AS (sub): sub is a SELECT, a set operation, raw text, or
+ * an INSERT / UPDATE / DELETE (a data-modifying CTE, usually with
+ * RETURNING); several calls give several CTEs, in order. Allowed on
+ * every statement but raw text. aorm_with_recursive() makes the WITH
+ * clause `WITH RECURSIVE` (it applies to all of them, as in SQL); the
+ * recursive CTE is then a UNION [ALL] whose second arm uses
+ * aorm_from_cte / aorm_join_cte(name). sub is consumed. */
+AORM_API int aorm_with(aorm_stmt *q, const char *name, aorm_stmt *sub);
+AORM_API int aorm_with_recursive(aorm_stmt *q, const char *name, aorm_stmt *sub);
+
+/** Set operations: a new statement `(a) UNION (b)` etc., consuming a and
+ * b (SELECTs, set operations or raw text; they may have their own ORDER
+ * BY and LIMIT). The result takes aorm_order_by (with aorm_name() of an
+ * output column), aorm_limit, aorm_offset, aorm_with; its output
+ * columns (for aorm_stmt_load) are those of a. NULL when a or b is NULL
+ * (the other is freed) or on out of memory. */
+AORM_API aorm_stmt *aorm_union(aorm_stmt *a, aorm_stmt *b);
+AORM_API aorm_stmt *aorm_union_all(aorm_stmt *a, aorm_stmt *b);
+AORM_API aorm_stmt *aorm_intersect(aorm_stmt *a, aorm_stmt *b);
+AORM_API aorm_stmt *aorm_intersect_all(aorm_stmt *a, aorm_stmt *b);
+AORM_API aorm_stmt *aorm_except(aorm_stmt *a, aorm_stmt *b);
+AORM_API aorm_stmt *aorm_except_all(aorm_stmt *a, aorm_stmt *b);
+
+/** SELECT DISTINCT ON (e, ...): several calls add keys (the ORDER BY
+ * should start with them). Excludes aorm_distinct(). */
+AORM_API int aorm_distinct_on(aorm_stmt *q, const aorm_expr *e);
+
 /** WHERE cond (several calls are ANDed). Also for UPDATE and DELETE. */
 AORM_API int aorm_where(aorm_stmt *q, const aorm_expr *cond);
 
@@ -248,15 +512,23 @@ enum { AORM_LOCK_UPDATE = 0, AORM_LOCK_SHARE = 1, AORM_LOCK_NOWAIT = 2, AORM_LOC
 AORM_API int aorm_for_update(aorm_stmt *q, unsigned flags);
 
 /** INSERT INTO m. Rows come from objects (aorm_insert_object: every column
- * of the struct, except SERIAL/IDENTITY columns whose field is zero and
- * server-default columns whose field is zero/NULL, which the server
- * fills) or from explicit values (aorm_set). One row compiles to VALUES
- * ($1, ...); several object rows compile to one
+ * of the struct with its field's value, zero, false and NULL included,
+ * except SERIAL/IDENTITY columns whose field is zero, which the server
+ * generates, and the columns given to aorm_insert_use_default()) or from
+ * explicit values (aorm_set), or from a query (aorm_insert_select). A
+ * column with a server_default is written like any other: a value the
+ * program set is never replaced by the default (as in a session). One
+ * row compiles to VALUES ($1, ...); several object rows compile to one
  * `SELECT * FROM unnest($1::type[], ...)` with one array parameter per
  * column, whatever the number of rows. */
 AORM_API aorm_stmt *aorm_insert(const aorm_model *m);
 AORM_API int aorm_insert_object(aorm_stmt *q, const void *obj);
 AORM_API int aorm_insert_objects(aorm_stmt *q, const void *const *objs, size_t n);
+/** Leaves column col (AORM_COL of the INSERT's model, declaring a
+ * server_default) out of the object rows, whatever their fields hold, so
+ * that the server fills it (read it back with RETURNING). Call before
+ * aorm_insert_object(s). Returns 0 or AORM_EMISUSE. */
+AORM_API int aorm_insert_use_default(aorm_stmt *q, const aorm_expr *col);
 
 /** ON CONFLICT (cols) DO NOTHING / DO UPDATE SET (then aorm_set pairs,
  * typically with aorm_excluded). n may be 0 for a bare ON CONFLICT DO
@@ -264,6 +536,16 @@ AORM_API int aorm_insert_objects(aorm_stmt *q, const void *const *objs, size_t n
 AORM_API int aorm_on_conflict_do_nothing(aorm_stmt *q, const aorm_expr *const *cols, int n);
 AORM_API int aorm_on_conflict_do_update(aorm_stmt *q, const aorm_expr *const *cols, int n);
 #define aorm_conflict_columns(...) AORM__LIST(__VA_ARGS__), AORM__NLIST(__VA_ARGS__)
+
+/** INSERT INTO m (cols) SELECT ...: cols are columns of m
+ * (aorm_columns(...); n 0: every column in table order), sub a SELECT,
+ * set operation or raw text with as many output columns. Excludes object
+ * rows and aorm_set values. sub is consumed. */
+AORM_API int aorm_insert_select(aorm_stmt *q, const aorm_expr *const *cols, int n, aorm_stmt *sub);
+/** ON CONFLICT ON CONSTRAINT "name" DO NOTHING / DO UPDATE SET (then
+ * aorm_set pairs). name is quoted as an identifier (1 to 63 bytes). */
+AORM_API int aorm_on_conflict_constraint_do_nothing(aorm_stmt *q, const char *name);
+AORM_API int aorm_on_conflict_constraint_do_update(aorm_stmt *q, const char *name);
 
 /** UPDATE m SET ... / DELETE FROM m. */
 AORM_API aorm_stmt *aorm_update(const aorm_model *m);
@@ -331,6 +613,12 @@ AORM_API int aorm_stmt_label(const aorm_stmt *q, const char *label);
  * AORM_ETYPE. */
 AORM_API int aorm_stmt_load(const aorm_stmt *q, const aorm_result *r, int row, const aorm_model *m,
                             void *obj, const aorm_allocator *alloc);
+
+/** aorm_stmt_load() for the columns of m selected through the FROM item
+ * `alias` (AORM_ACOL, aorm_select_add_alias); alias NULL is
+ * aorm_stmt_load() itself. Same returns. */
+AORM_API int aorm_stmt_load_alias(const aorm_stmt *q, const aorm_result *r, int row, const aorm_model *m,
+                                  const char *alias, void *obj, const aorm_allocator *alloc);
 
 /* ---- DDL ------------------------------------------------------------------------- */
 

@@ -1033,6 +1033,39 @@ static int connect_failure_code(const char *msg) {
 
 void aorm__conn_lost(aorm_conn *c, int code, const char *msg) { aorm__conn_lost_first(c, code, msg, NULL, NULL); }
 
+/* Teardown, written once for both ends of a connection's life (a loss and
+ * a free). item_clear drops what an item owns itself -- its result, its
+ * prepared statement's name, its statement reference -- and leaves its
+ * operation to the caller, which fails or releases it. close_wire closes
+ * the connection's side of the wire: its watcher, its libpq connection, a
+ * COPY in progress, its prepared statements and the deallocations still
+ * owed to the server (all gone with the server session). The timer and
+ * the item array stay: a lost connection is still an engine object. */
+static void item_clear(aorm__item *it) {
+    PQclear(it->res);
+    free(it->name);
+    if (it->stmt) aorm__stmt_unref(it->stmt);
+}
+
+static void close_wire(aorm_conn *c) {
+    if (c->io) {
+        aorm_io_free(c->io);
+        c->io = NULL;
+    }
+    if (c->pg) {
+        PQfinish(c->pg);
+        c->pg = NULL;
+    }
+    if (c->copy) {
+        aorm__copy_free(c->copy);
+        c->copy = NULL;
+        c->copy_op = NULL;
+    }
+    aorm__stmt_cache_free(&c->stmts);
+    for (int i = 0; i < c->ndeallocs; i++) free(c->deallocs[i]);
+    c->ndeallocs = 0;
+}
+
 /* The connection is gone: every operation on it fails exactly once, in
  * submission order (in-flight first, then the holder's queued ones);
  * `first` (may be NULL), the statement whose own answer ended the
@@ -1054,14 +1087,6 @@ void aorm__conn_lost_first(aorm_conn *c, int code, const char *msg, aorm__op *fi
     c->txs = AORM_TX_UNKNOWN;
     c->in_tx = false;
     aorm_timer_stop(c->timer);
-    if (c->io) {
-        aorm_io_free(c->io);
-        c->io = NULL;
-    }
-    if (c->pg) {
-        PQfinish(c->pg);
-        c->pg = NULL;
-    }
     int fail_code = code == AORM_ECONNECT ? AORM_ECONNLOST : code;
     if (connecting) {
         fail_code = connect_failure_code(buf);
@@ -1085,9 +1110,7 @@ void aorm__conn_lost_first(aorm_conn *c, int code, const char *msg, aorm__op *fi
     while (c->icount > 0) {
         aorm__item it = *items_head(c);
         items_pop_front(c);
-        PQclear(it.res);
-        free(it.name);
-        if (it.stmt) aorm__stmt_unref(it.stmt);
+        item_clear(&it);
         if (!it.op) continue;
         if (it.kind == IT_QUERY) c->inflight_ops--;
         if (it.op == sent_tail) {
@@ -1101,14 +1124,7 @@ void aorm__conn_lost_first(aorm_conn *c, int code, const char *msg, aorm__op *fi
     }
     aorm__op *pend = c->pend_head;
     c->pend_head = c->pend_tail = NULL;
-    if (c->copy) {
-        aorm__copy_free(c->copy);
-        c->copy = NULL;
-        c->copy_op = NULL;
-    }
-    aorm__stmt_cache_free(&c->stmts);
-    for (int i = 0; i < c->ndeallocs; i++) free(c->deallocs[i]); /* gone with the server session */
-    c->ndeallocs = 0;
+    close_wire(c);
     aorm__engine_enter(e); /* conn_gone may call back waiters, which may free the engine */
     aorm__engine_conn_gone(e, c, connecting); /* may free c */
 
@@ -1151,21 +1167,15 @@ void aorm__conn_free(aorm_conn *c) {
     while (c->icount > 0) {
         aorm__item it = *items_head(c);
         items_pop_front(c);
-        PQclear(it.res);
-        free(it.name);
-        if (it.stmt) aorm__stmt_unref(it.stmt);
+        item_clear(&it);
         if (it.op) {
             it.op->nitems--;
             aorm__op_release(it.op);
         }
     }
-    for (int i = 0; i < c->ndeallocs; i++) free(c->deallocs[i]);
+    close_wire(c);
     free(c->deallocs);
-    aorm__copy_free(c->copy);
-    aorm__stmt_cache_free(&c->stmts);
     aorm_timer_free(c->timer);
-    aorm_io_free(c->io);
-    if (c->pg) PQfinish(c->pg);
     free(c->items);
     free(c);
 }

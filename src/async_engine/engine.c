@@ -80,6 +80,14 @@ static void error_make(aorm_error *err, int code, const char *sqlstate, const ch
 
 /* ---- options --------------------------------------------------------------- */
 
+void aorm_exec_options_init(aorm_exec_options *o) {
+    if (o) memset(o, 0, sizeof(*o));
+}
+
+void aorm_tx_options_init(aorm_tx_options *o) {
+    if (o) memset(o, 0, sizeof(*o));
+}
+
 void aorm_engine_options_init(aorm_engine_options *o) {
     memset(o, 0, sizeof(*o));
     /* a server's defaults: a pool of 5 hangs at the first spike */
@@ -278,7 +286,7 @@ aorm_engine *aorm_engine_new(aorm_loop *loop, const aorm_engine_options *o) {
     if (e->o.pool_size < 1) e->o.pool_size = 1;
     if (e->o.max_overflow < 0) e->o.max_overflow = 0;
     if (e->o.max_pipeline < 1) e->o.max_pipeline = 1;
-    if (e->o.prepared_cache_size < 0) e->o.prepared_cache_size = 0;
+    if (e->o.prepared_cache_size < 0 || e->o.pgbouncer) e->o.prepared_cache_size = 0;
     if (e->o.connect_timeout <= 0) e->o.connect_timeout = 10;
     if (e->o.pool_timeout <= 0) e->o.pool_timeout = 30;
     if (e->o.reconnect_min <= 0) e->o.reconnect_min = 0.05;
@@ -362,6 +370,10 @@ static void engine_destroy(aorm_engine *e) {
 
 void aorm_engine_free(aorm_engine *e) {
     if (!e) return;
+    if (e->group) {
+        aorm__hosts_free(e); /* a router: its servers' engines */
+        return;
+    }
     if (e->depth > 0) {
         /* inside one of our callbacks: cancel now, free when it unwinds */
         if (!e->closing) {
@@ -392,6 +404,10 @@ void *aorm_engine_data(const aorm_engine *e) { return e ? e->data : NULL; }
 
 void aorm_engine_stats_get(const aorm_engine *e, aorm_engine_stats *out) {
     if (!e || !out) return;
+    if (e->group) {
+        aorm__hosts_stats(e, out); /* a router: the sum over its servers */
+        return;
+    }
     *out = e->stats;
     out->open = out->idle = out->held = 0;
     for (const aorm_conn *c = e->conns; c; c = c->next) {
@@ -621,11 +637,13 @@ static void queue_push(aorm__op **head, aorm__op **tail, aorm__op *op) {
 int aorm_engine_execute(aorm_engine *e, const char *sql, const aorm_params *params,
                         const aorm_exec_options *opts, aorm_result_cb cb, void *user) {
     if (!e || !sql || !cb) return AORM_EMISUSE;
+    if (e->group) return aorm__hosts_execute(e, sql, params, opts, cb, user);
     if (e->closing) return AORM_ECLOSED;
     if (params && params->error) return params->error;
     if (opts && opts->owner && aorm_owner_engine(opts->owner) != e) return AORM_EMISUSE;
     if (params && e->o.max_param_bytes && params->len > e->o.max_param_bytes) return AORM_ERANGE;
-    int rc = 0;
+    int rc = aorm__pgbouncer_check(e, sql);
+    if (rc < 0) return rc;
     aorm__op *op = op_new(e, sql, params, opts, &rc);
     if (!op) return rc;
     op->cb.result = cb;
@@ -658,6 +676,7 @@ void aorm_result_free(aorm_result *r) {
 
 int aorm_engine_acquire(aorm_engine *e, aorm_conn_cb cb, void *user) {
     if (!e || !cb) return AORM_EMISUSE;
+    if (e->group) return aorm__hosts_acquire(e, NULL, cb, user);
     if (e->closing) return AORM_ECLOSED;
     int rc = 0;
     aorm__op *op = op_new(e, "", NULL, NULL, &rc);
@@ -700,6 +719,7 @@ static int conn_exec_role(aorm_conn *c, const char *sql, const aorm_params *para
     if (params && params->error) return params->error;
     if (opts && opts->owner && aorm_owner_engine(opts->owner) != c->e) return AORM_EMISUSE;
     if (params && c->e->o.max_param_bytes && params->len > c->e->o.max_param_bytes) return AORM_ERANGE;
+    if ((rc = aorm__pgbouncer_check(c->e, sql)) < 0) return rc;
     aorm__op *op = op_new(c->e, sql, params, opts, &rc);
     if (!op) return rc;
     if (!op->owner && c->owner && role != ROLE_INTERNAL) aorm__owner_link(c->owner, op);
@@ -729,7 +749,9 @@ int aorm_conn_begin(aorm_conn *c, const aorm_tx_options *o, aorm_result_cb cb, v
 
 int aorm_conn_commit(aorm_conn *c, aorm_result_cb cb, void *user) {
     aorm_exec_options xo = {.flags = AORM_EXEC_UNPREPARED, .deadline = -1};
-    return conn_exec_role(c, "COMMIT", NULL, &xo, ROLE_COMMIT, cb, user);
+    int rc = conn_exec_role(c, "COMMIT", NULL, &xo, ROLE_COMMIT, cb, user);
+    if (rc == 0 && c->e->router) aorm__hosts_commit_queued(c); /* read-your-writes (hosts.c) */
+    return rc;
 }
 
 int aorm_conn_rollback(aorm_conn *c, aorm_result_cb cb, void *user) {
@@ -820,19 +842,31 @@ void aorm_conn_release(aorm_conn *c) {
     mark_dirty(c);
 }
 
-int aorm_engine_copy(aorm_engine *e, const char *sql, aorm_copy_fill_fn fill, void *fill_user,
-                     aorm_result_cb cb, void *user) {
-    if (!e || !sql || !fill || !cb) return AORM_EMISUSE;
-    if (e->closing) return AORM_ECLOSED;
-    int rc = 0;
+/* The operation both COPY entry points queue: unprepared (COPY cannot be
+ * prepared), without a deadline (how long a COPY runs is a matter of the
+ * caller's data), with the fill callback attached. NULL with *rc set on
+ * failure. */
+static aorm__op *copy_op_new(aorm_engine *e, const char *sql, aorm_copy_fill_fn fill, void *fill_user,
+                             aorm_result_cb cb, void *user, int *rc) {
     aorm_exec_options xo = {.flags = AORM_EXEC_UNPREPARED, .deadline = -1};
-    aorm__op *op = op_new(e, sql, NULL, &xo, &rc);
-    if (!op) return rc;
+    aorm__op *op = op_new(e, sql, NULL, &xo, rc);
+    if (!op) return NULL;
     op->kind = OP_COPY;
     op->fill = fill;
     op->fill_user = fill_user;
     op->cb.result = cb;
     op->user = user;
+    return op;
+}
+
+int aorm_engine_copy(aorm_engine *e, const char *sql, aorm_copy_fill_fn fill, void *fill_user,
+                     aorm_result_cb cb, void *user) {
+    if (!e || !sql || !fill || !cb) return AORM_EMISUSE;
+    if (e->group) return aorm__hosts_copy(e, sql, fill, fill_user, cb, user);
+    if (e->closing) return AORM_ECLOSED;
+    int rc = 0;
+    aorm__op *op = copy_op_new(e, sql, fill, fill_user, cb, user, &rc);
+    if (!op) return rc;
     queue_push(&e->acq_head, &e->acq_tail, op); /* needs a connection of its own */
     e->acq_len++;
     return 0;
@@ -843,14 +877,8 @@ int aorm_conn_copy(aorm_conn *c, const char *sql, aorm_copy_fill_fn fill, void *
     int rc = conn_check(c);
     if (rc < 0) return rc;
     if (!sql || !fill || !cb) return AORM_EMISUSE;
-    aorm_exec_options xo = {.flags = AORM_EXEC_UNPREPARED, .deadline = -1};
-    aorm__op *op = op_new(c->e, sql, NULL, &xo, &rc);
+    aorm__op *op = copy_op_new(c->e, sql, fill, fill_user, cb, user, &rc);
     if (!op) return rc;
-    op->kind = OP_COPY;
-    op->fill = fill;
-    op->fill_user = fill_user;
-    op->cb.result = cb;
-    op->user = user;
     if (c->owner) aorm__owner_link(c->owner, op);
     return conn_submit(c, op);
 }
@@ -1456,6 +1484,7 @@ static void on_engine_timer(aorm_timer *t, void *arg) {
 
 int aorm_engine_warm(aorm_engine *e) {
     if (!e) return AORM_EMISUSE;
+    if (e->group) return aorm__hosts_warm(e);
     if (e->closing) return AORM_ECLOSED;
     while (e->nconns < e->o.pool_size) open_conn(e);
     return 0;

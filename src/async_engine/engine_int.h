@@ -290,6 +290,11 @@ struct aorm_engine {
     bool dirty_during_dispatch; /* a held connection got work while dispatching */
     bool free_pending;
     bool closing;
+    /* host groups (hosts.c): a router has `group` and no connections of
+     * its own; a server's engine has `router` (and its index there) */
+    struct aorm__hosts *group;
+    aorm_engine *router;
+    int group_index;
 };
 
 /* ---- cross-file internals ------------------------------------------------ */
@@ -353,6 +358,38 @@ void aorm__worker_resolve_timeout(aorm__worker *w, uint64_t conn_id, char *msg, 
 void aorm__owner_link(aorm_owner *o, aorm__op *op);
 void aorm__owner_unlink(aorm__op *op);
 void aorm__owners_orphan(aorm_engine *e);
+
+/* hosts.c: the router's side of the public calls (e->group set) */
+typedef struct aorm__hosts aorm__hosts;
+int aorm__hosts_execute(aorm_engine *e, const char *sql, const aorm_params *params,
+                        const aorm_exec_options *opts, aorm_result_cb cb, void *user);
+int aorm__hosts_acquire(aorm_engine *e, aorm_owner *o, aorm_conn_cb cb, void *user);
+int aorm__hosts_copy(aorm_engine *e, const char *sql, aorm_copy_fill_fn fill, void *fill_user,
+                     aorm_result_cb cb, void *user);
+int aorm__hosts_warm(aorm_engine *e);
+void aorm__hosts_stats(const aorm_engine *e, aorm_engine_stats *out);
+void aorm__hosts_free(aorm_engine *e);
+/* a COMMIT was queued on c, a connection of a server's engine (c->e->router) */
+void aorm__hosts_commit_queued(aorm_conn *c);
+/* a router owner is cancelled: its calls still parked there fail (ECANCELED) */
+void aorm__hosts_unpark(aorm_engine *router, aorm_owner *owner);
+
+/* owner.c: owners on a router. A router owner keeps one owner per server
+ * (made on first use), which its cancel and free cover, and the
+ * read-your-writes state of its user. */
+typedef struct aorm__owner_rw {
+    uint64_t lsn;        /* last write position known */
+    int pending;         /* writes whose position has not come back yet */
+    bool primary;        /* every read to the primary */
+    double primary_until; /* reads to the primary until this loop time (a position lost) */
+} aorm__owner_rw;
+aorm_owner *aorm__owner_sub(aorm_owner *o, int host); /* NULL on out of memory */
+aorm_owner *aorm__owner_parent(const aorm_owner *o);  /* the router owner of a server owner, or NULL */
+aorm__owner_rw *aorm__owner_rw_of(aorm_owner *o);        /* NULL unless o is a router owner */
+
+/* pgbouncer.c: AORM_EMISUSE (and the reason logged) when e->o.pgbouncer and
+ * sql would leave session state on a pooled server connection; else 0 */
+int aorm__pgbouncer_check(aorm_engine *e, const char *sql);
 
 /* copy.c */
 aorm_copy *aorm__copy_new(void);

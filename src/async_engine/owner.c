@@ -15,6 +15,7 @@
  * Owns: the owner handles. Must not: touch an operation after its
  * callback without holding a reference (a callback may free the engine,
  * which frees whatever nobody refers to). */
+#include "aorm/hosts.h"
 #include "async_engine/engine_int.h"
 
 struct aorm_owner {
@@ -25,6 +26,13 @@ struct aorm_owner {
     void *close_user;
     int busy;                    /* cancels of this owner on the stack */
     bool free_pending;           /* freed from inside its own cancel */
+    /* host groups: an owner on a router has one owner per server (subs,
+     * made on first use; its own lists stay empty) and the read-your-writes
+     * state; each of those has `parent` */
+    aorm_owner *parent;
+    aorm_owner **subs;
+    int nsubs;
+    aorm__owner_rw rw;
 };
 
 static void engine_unlink(aorm_owner *o) {
@@ -39,6 +47,14 @@ aorm_owner *aorm_owner_new(aorm_engine *e) {
     if (!e || e->closing) return NULL;
     aorm_owner *o = calloc(1, sizeof(*o));
     if (!o) return NULL;
+    if (e->group) {
+        o->nsubs = aorm_hosts_count(e);
+        o->subs = calloc((size_t)o->nsubs, sizeof(*o->subs));
+        if (!o->subs) {
+            free(o);
+            return NULL;
+        }
+    }
     o->e = e;
     o->next = e->owners;
     if (e->owners) e->owners->prev = o;
@@ -98,6 +114,7 @@ static void filter_queue(aorm__op **head, aorm__op **tail, int *len) {
 int aorm_owner_acquire(aorm_owner *o, aorm_conn_cb cb, void *user) {
     if (!o || !cb) return AORM_EMISUSE;
     if (!o->e) return AORM_ECLOSED;
+    if (o->subs) return aorm__hosts_acquire(o->e, o, cb, user);
     aorm_engine *e = o->e;
     int rc = aorm_engine_acquire(e, cb, user);
     if (rc < 0) return rc;
@@ -105,8 +122,25 @@ int aorm_owner_acquire(aorm_owner *o, aorm_conn_cb cb, void *user) {
     return 0;
 }
 
+/* A router owner: cancel its owner on every server. */
+static void cancel_subs(aorm_owner *o) {
+    o->busy++;
+    if (o->e && o->e->group) aorm__hosts_unpark(o->e, o);
+    for (int i = 0; i < o->nsubs; i++)
+        if (o->subs[i]) aorm_owner_cancel(o->subs[i]);
+    o->busy--;
+    if (o->busy == 0 && o->free_pending) {
+        o->free_pending = false;
+        aorm_owner_free(o);
+    }
+}
+
 void aorm_owner_cancel(aorm_owner *o) {
     if (!o || !o->e) return;
+    if (o->subs) {
+        cancel_subs(o);
+        return;
+    }
     aorm_engine *e = o->e;
     aorm__engine_enter(e);
     o->busy++;
@@ -171,6 +205,19 @@ void aorm_owner_free(aorm_owner *o) {
         o->free_pending = true;
         return;
     }
+    if (o->subs) {
+        if (o->e) {
+            o->busy++;
+            cancel_subs(o);
+            o->busy--;
+        }
+        for (int i = 0; i < o->nsubs; i++) aorm_owner_free(o->subs[i]);
+        free(o->subs);
+        o->subs = NULL;
+        if (o->e) engine_unlink(o);
+        free(o);
+        return;
+    }
     if (o->e) {
         o->busy++;
         aorm_owner_cancel(o);
@@ -201,4 +248,31 @@ void aorm__owners_orphan(aorm_engine *e) {
         o->e = NULL;
         if (o->close_fn) o->close_fn(o, o->close_user);
     }
+}
+
+/* ---- host groups ------------------------------------------------------------ */
+
+aorm_owner *aorm__owner_sub(aorm_owner *o, int host) {
+    if (!o->subs || host < 0 || host >= o->nsubs || !o->e) return NULL;
+    if (!o->subs[host]) {
+        aorm_owner *sub = aorm_owner_new(aorm_hosts_engine(o->e, host));
+        if (!sub) return NULL;
+        sub->parent = o;
+        o->subs[host] = sub;
+    }
+    return o->subs[host];
+}
+
+aorm_owner *aorm__owner_parent(const aorm_owner *o) { return o ? o->parent : NULL; }
+
+aorm__owner_rw *aorm__owner_rw_of(aorm_owner *o) { return o && o->subs ? &o->rw : NULL; }
+
+uint64_t aorm_owner_commit_lsn(const aorm_owner *o) { return o && o->subs ? o->rw.lsn : 0; }
+
+void aorm_owner_set_commit_lsn(aorm_owner *o, uint64_t lsn) {
+    if (o && o->subs && lsn > o->rw.lsn) o->rw.lsn = lsn;
+}
+
+void aorm_owner_use_primary(aorm_owner *o, bool on) {
+    if (o && o->subs) o->rw.primary = on;
 }

@@ -32,6 +32,7 @@
 
 #include "aorm/error.h"
 #include "aorm/result.h"
+#include "async_engine/numeric_int.h"
 #include "async_engine/result_int.h"
 #include "util/util.h"
 
@@ -45,13 +46,6 @@
  * which streams it in bounded chunks. */
 #define PARAMS_MAX_BYTES (((size_t)1 << 30) - ((size_t)1 << 20))
 
-/* Binary numeric sign words (src/backend/utils/adt/numeric.c). */
-#define NUMERIC_POS 0x0000
-#define NUMERIC_NEG 0x4000
-#define NUMERIC_NAN 0xC000
-#define NUMERIC_PINF 0xD000
-#define NUMERIC_NINF 0xF000
-#define NUMERIC_DSCALE_MAX 0x3FFF
 
 /* Julian day number of 2000-01-01, PostgreSQL's date epoch. */
 #define POSTGRES_EPOCH_JDATE 2451545

@@ -24,17 +24,9 @@
 
 #include "aorm/error.h"
 #include "aorm/result.h"
+#include "async_engine/numeric_int.h"
 #include "async_engine/result_int.h"
 #include "util/util.h"
-
-/* Binary numeric sign words, as in the server's numeric.c. */
-#define NUMERIC_POS 0x0000
-#define NUMERIC_NEG 0x4000
-#define NUMERIC_NAN 0xC000
-#define NUMERIC_PINF 0xD000
-#define NUMERIC_NINF 0xF000
-#define NUMERIC_DSCALE_MAX 0x3FFF
-#define NUMERIC_NBASE 10000
 
 /* =========================================================================
  * Shape of the result
@@ -334,80 +326,100 @@ int aorm_decode_numeric(const char *v, int len, char *buf, size_t cap, size_t *n
  * Typed getters
  * ========================================================================= */
 
-int aorm_result_bool(const aorm_result *r, int row, int col, bool *out) {
-    static const typeset ts = {{AORM_T_BOOL}};
-    if (!out) return AORM_EMISUSE;
-    uint32_t t;
-    const char *v;
-    int len;
-    int rc = fetch(r, row, col, &ts, &t, &v, &len);
-    if (rc) return rc;
-    if (len != 1) return AORM_EPROTOCOL;
-    /* Like the server's boolrecv(): any non-zero byte is true. */
-    *out = v[0] != 0;
+/* The fixed-size getters are one table: for each, the column types it
+ * accepts, the exact length its binary value must have (0: the decoder
+ * checks), and the decoder that writes *out. get() is the one
+ * fetch-then-check path they all take: out, range, NULL, type, format,
+ * length, then the decode. */
+typedef int (*decode_fn)(uint32_t type, const char *v, int len, void *out);
+
+static int dec_bool(uint32_t t, const char *v, int len, void *out) {
+    *(bool *)out = v[0] != 0; /* like the server's boolrecv(): any non-zero byte is true */
     return 0;
 }
 
-static int get_int(const aorm_result *r, int row, int col, const typeset *ts, int64_t *out) {
-    uint32_t t;
-    const char *v;
-    int len;
-    int rc = fetch(r, row, col, ts, &t, &v, &len);
-    if (rc) return rc;
-    return aorm_decode_int(t, v, len, out);
-}
-
-int aorm_result_int16(const aorm_result *r, int row, int col, int16_t *out) {
-    static const typeset ts = {{AORM_T_INT2}};
-    if (!out) return AORM_EMISUSE;
+static int dec_int16(uint32_t t, const char *v, int len, void *out) {
     int64_t x;
-    int rc = get_int(r, row, col, &ts, &x);
-    if (rc) return rc;
-    *out = (int16_t)x;
-    return 0;
+    int rc = aorm_decode_int(t, v, len, &x);
+    if (rc == 0) *(int16_t *)out = (int16_t)x;
+    return rc;
 }
 
-int aorm_result_int32(const aorm_result *r, int row, int col, int32_t *out) {
-    static const typeset ts = {{AORM_T_INT2, AORM_T_INT4}};
-    if (!out) return AORM_EMISUSE;
+static int dec_int32(uint32_t t, const char *v, int len, void *out) {
     int64_t x;
-    int rc = get_int(r, row, col, &ts, &x);
-    if (rc) return rc;
-    *out = (int32_t)x;
-    return 0;
+    int rc = aorm_decode_int(t, v, len, &x);
+    if (rc == 0) *(int32_t *)out = (int32_t)x;
+    return rc;
 }
 
-int aorm_result_int64(const aorm_result *r, int row, int col, int64_t *out) {
-    static const typeset ts = {{AORM_T_INT2, AORM_T_INT4, AORM_T_INT8, AORM_T_OID}};
-    if (!out) return AORM_EMISUSE;
-    return get_int(r, row, col, &ts, out);
-}
+static int dec_int64(uint32_t t, const char *v, int len, void *out) { return aorm_decode_int(t, v, len, out); }
 
-int aorm_result_float4(const aorm_result *r, int row, int col, float *out) {
-    static const typeset ts = {{AORM_T_FLOAT4}};
-    if (!out) return AORM_EMISUSE;
-    uint32_t t;
-    const char *v;
-    int len;
-    int rc = fetch(r, row, col, &ts, &t, &v, &len);
-    if (rc) return rc;
-    if (len != 4) return AORM_EPROTOCOL;
+static int dec_float4(uint32_t t, const char *v, int len, void *out) {
     uint32_t bits = aorm__get_be32(v);
-    memcpy(out, &bits, sizeof(*out));
+    memcpy(out, &bits, sizeof(float));
     return 0;
 }
 
-int aorm_result_float8(const aorm_result *r, int row, int col, double *out) {
-    static const typeset ts = {{AORM_T_FLOAT8, AORM_T_FLOAT4}};
+static int dec_float8(uint32_t t, const char *v, int len, void *out) { return aorm_decode_float8(t, v, len, out); }
+
+static int dec_be32(uint32_t t, const char *v, int len, void *out) {
+    *(int32_t *)out = (int32_t)aorm__get_be32(v);
+    return 0;
+}
+
+static int dec_be64(uint32_t t, const char *v, int len, void *out) {
+    *(int64_t *)out = (int64_t)aorm__get_be64(v);
+    return 0;
+}
+
+static int dec_uuid(uint32_t t, const char *v, int len, void *out) {
+    memcpy(out, v, 16);
+    return 0;
+}
+
+enum { G_BOOL, G_INT16, G_INT32, G_INT64, G_FLOAT4, G_FLOAT8, G_DATE, G_TIMESTAMP, G_UUID };
+
+static const struct getter {
+    typeset ts;
+    int len;
+    decode_fn decode;
+} getters[] = {
+    [G_BOOL] = {{{AORM_T_BOOL}}, 1, dec_bool},
+    [G_INT16] = {{{AORM_T_INT2}}, 0, dec_int16},
+    [G_INT32] = {{{AORM_T_INT2, AORM_T_INT4}}, 0, dec_int32},
+    [G_INT64] = {{{AORM_T_INT2, AORM_T_INT4, AORM_T_INT8, AORM_T_OID}}, 0, dec_int64},
+    [G_FLOAT4] = {{{AORM_T_FLOAT4}}, 4, dec_float4},
+    [G_FLOAT8] = {{{AORM_T_FLOAT8, AORM_T_FLOAT4}}, 0, dec_float8},
+    [G_DATE] = {{{AORM_T_DATE}}, 4, dec_be32},
+    [G_TIMESTAMP] = {{{AORM_T_TIMESTAMP, AORM_T_TIMESTAMPTZ}}, 8, dec_be64},
+    [G_UUID] = {{{AORM_T_UUID}}, 16, dec_uuid},
+};
+
+static int get(const aorm_result *r, int row, int col, int kind, void *out) {
     if (!out) return AORM_EMISUSE;
+    const struct getter *g = &getters[kind];
     uint32_t t;
     const char *v;
     int len;
-    int rc = fetch(r, row, col, &ts, &t, &v, &len);
+    int rc = fetch(r, row, col, &g->ts, &t, &v, &len);
     if (rc) return rc;
-    return aorm_decode_float8(t, v, len, out);
+    if (g->len && len != g->len) return AORM_EPROTOCOL;
+    return g->decode(t, v, len, out);
 }
 
+int aorm_result_bool(const aorm_result *r, int row, int col, bool *out) { return get(r, row, col, G_BOOL, out); }
+int aorm_result_int16(const aorm_result *r, int row, int col, int16_t *out) { return get(r, row, col, G_INT16, out); }
+int aorm_result_int32(const aorm_result *r, int row, int col, int32_t *out) { return get(r, row, col, G_INT32, out); }
+int aorm_result_int64(const aorm_result *r, int row, int col, int64_t *out) { return get(r, row, col, G_INT64, out); }
+int aorm_result_float4(const aorm_result *r, int row, int col, float *out) { return get(r, row, col, G_FLOAT4, out); }
+int aorm_result_float8(const aorm_result *r, int row, int col, double *out) { return get(r, row, col, G_FLOAT8, out); }
+int aorm_result_date(const aorm_result *r, int row, int col, int32_t *out) { return get(r, row, col, G_DATE, out); }
+int aorm_result_timestamp(const aorm_result *r, int row, int col, int64_t *out) {
+    return get(r, row, col, G_TIMESTAMP, out);
+}
+int aorm_result_uuid(const aorm_result *r, int row, int col, uint8_t out[16]) { return get(r, row, col, G_UUID, out); }
+
+/* Variable-length values: text (either format), bytea, numeric. */
 int aorm_result_text(const aorm_result *r, int row, int col, const char **s, size_t *len) {
     static const typeset ts = {{AORM_T_TEXT, AORM_T_VARCHAR, AORM_T_BPCHAR, AORM_T_NAME,
                                 AORM_T_UNKNOWN, AORM_T_JSON, AORM_T_JSONB}};
@@ -464,45 +476,6 @@ int aorm_result_numeric(const aorm_result *r, int row, int col, char *buf, size_
     int rc = fetch(r, row, col, &ts, &t, &v, &len);
     if (rc) return rc;
     return aorm_decode_numeric(v, len, buf, cap, need);
-}
-
-int aorm_result_date(const aorm_result *r, int row, int col, int32_t *out) {
-    static const typeset ts = {{AORM_T_DATE}};
-    if (!out) return AORM_EMISUSE;
-    uint32_t t;
-    const char *v;
-    int len;
-    int rc = fetch(r, row, col, &ts, &t, &v, &len);
-    if (rc) return rc;
-    if (len != 4) return AORM_EPROTOCOL;
-    *out = (int32_t)aorm__get_be32(v);
-    return 0;
-}
-
-int aorm_result_timestamp(const aorm_result *r, int row, int col, int64_t *out) {
-    static const typeset ts = {{AORM_T_TIMESTAMP, AORM_T_TIMESTAMPTZ}};
-    if (!out) return AORM_EMISUSE;
-    uint32_t t;
-    const char *v;
-    int len;
-    int rc = fetch(r, row, col, &ts, &t, &v, &len);
-    if (rc) return rc;
-    if (len != 8) return AORM_EPROTOCOL;
-    *out = (int64_t)aorm__get_be64(v);
-    return 0;
-}
-
-int aorm_result_uuid(const aorm_result *r, int row, int col, uint8_t out[16]) {
-    static const typeset ts = {{AORM_T_UUID}};
-    if (!out) return AORM_EMISUSE;
-    uint32_t t;
-    const char *v;
-    int len;
-    int rc = fetch(r, row, col, &ts, &t, &v, &len);
-    if (rc) return rc;
-    if (len != 16) return AORM_EPROTOCOL;
-    memcpy(out, v, 16);
-    return 0;
 }
 
 /* =========================================================================

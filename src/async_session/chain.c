@@ -153,8 +153,10 @@ static void on_done_step(aorm_session *s, const aorm_error *err, void *user) {
 /* Runs steps until one queues an operation, the list ends, or one fails. */
 static void advance(aorm_chain *c) {
     if (c->tx && c->next == 0 && c->phase == 0 && !aorm_session_in_transaction(c->s)) {
-        c->phase = -1; /* BEGIN first */
-        if (aorm_session_begin(c->s, c->has_txo ? &c->txo : NULL, on_done_step, c) == 0) return;
+        /* BEGIN first, without waiting for its answer: it goes out with the
+         * first step's statement (a refused BEGIN fails that statement) */
+        c->phase = -1;
+        if (aorm__session_begin_lazy(c->s, c->has_txo ? &c->txo : NULL, on_done_step, c) == 0) return;
     }
     if (c->phase == -1) c->phase = 0;
     while (c->next < c->nsteps) {

@@ -406,7 +406,26 @@ static int order_batches(flush_run *f, char *msg, size_t cap) {
 
 static void keep_left_columns(aorm_session *s, flush_run *f);
 
+/* What the flush wrote, for the second-level cache's invalidation after
+ * COMMIT: every row by its key (an update by its old key and, should the
+ * key have changed, its new one), and the tables of association rows. */
+static void note_cache_writes(aorm_session *s, flush_run *f) {
+    for (int i = 0; i < f->nbatches; i++) {
+        model_batch *b = &f->batches[i];
+        for (size_t k = 0; k < b->nnew; k++) aorm__cache_note_row(s, b->m, aorm__obj_data(b->news[k]), false);
+        for (size_t k = 0; k < b->ndel; k++) aorm__cache_note_row(s, b->m, aorm__obj_data(b->dels[k]), true);
+    }
+    for (size_t k = 0; k < f->ndirty; k++) {
+        aorm__obj *h = f->dirty[k];
+        aorm__cache_note_row(s, h->model, h->snapshot, false);
+        aorm__cache_note_row(s, h->model, aorm__obj_data(h), false);
+    }
+    for (int i = 0; i < f->nlinks; i++)
+        if (f->links[i].n || f->links[i].ngone) aorm__cache_note_row(s, f->links[i].rel->secondary, NULL, false);
+}
+
 static void apply_success(aorm_session *s, flush_run *f) {
+    if (s->cache_tx || s->o.cache) note_cache_writes(s, f);
     keep_left_columns(s, f);
     for (int i = 0; i < f->nbatches; i++) {
         model_batch *b = &f->batches[i];
@@ -892,8 +911,17 @@ static int send_link_inserts(aorm_session *s, flush_run *f) {
         if (l->n == 0) continue;
         aorm_stmt *q = aorm_insert(l->rel->secondary);
         if (!q) return AORM_ENOMEM;
-        if (l->n == 1) aorm_insert_object(q, l->rows[0]);
-        else aorm_insert_objects(q, (const void *const *)l->rows, l->n);
+        /* A link row sets its key columns only: any other column with a
+         * server default (or a generated key) is left to the server. */
+        const aorm_model *sm = l->rel->secondary;
+        bool *omit = calloc((size_t)sm->ncolumns, sizeof(bool));
+        if (!omit) {
+            aorm_stmt_free(q);
+            return AORM_ENOMEM;
+        }
+        for (int k = 0; k < sm->ncolumns; k++) omit[k] = aorm__field_unset(&sm->columns[k], l->rows[0]);
+        aorm__insert_objects_cols(q, (const void *const *)l->rows, l->n, omit);
+        free(omit);
         int rc = send_stmt(s, f, q, on_write);
         if (rc < 0) return rc;
     }
@@ -1258,11 +1286,13 @@ static void plan_and_send(aorm__sop *op, const aorm_error *err) {
 static void discard_unflushed(aorm_session *s);
 
 void aorm__flush_commit_states(aorm_session *s) {
+    aorm__cache_tx_commit(s); /* after COMMIT, never before */
     for (size_t i = 0; i < s->tx_nnew; i++) s->tx_new[i]->defaults = NULL; /* their rows exist for good */
     s->tx_nnew = s->tx_ndel = 0;
 }
 
 void aorm__flush_rollback_states(aorm_session *s) {
+    aorm__cache_tx_discard(s); /* nothing was committed: nothing to invalidate */
     /* rows inserted in the transaction are gone: their objects are new
      * again (keys cleared when the server generated them) */
     for (size_t i = 0; i < s->tx_nnew; i++) {
@@ -1288,6 +1318,7 @@ void aorm__flush_rollback_states(aorm_session *s) {
 }
 
 void aorm__flush_unknown_states(aorm_session *s) {
+    aorm__cache_tx_commit(s); /* it may have committed */
     /* rows inserted in the transaction may exist: their objects keep
      * their keys (so the program can look the rows up) but leave the
      * session, DETACHED, which aorm_session_add refuses, so no flush ever

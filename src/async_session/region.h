@@ -1,45 +1,30 @@
-/* region.h -- a region (bump) allocator: many small allocations, one free.
+/* region.h -- a session's region: many small allocations, one free.
  *
  * Private to src/async_session and src/loaders (the objects a session
- * loads live here). Blocks are malloc'd as needed; nothing is freed
- * before aorm__region_free(). */
+ * loads live here). The region is the project's one bump allocator
+ * (util/bump.h) set up the session's way: fixed-size blocks (the
+ * session's arena_block option), requests above a quarter block in a
+ * block of their own, and an index of every block so that
+ * aorm__region_contains() can tell whether memory came from the region.
+ * Nothing is freed before aorm__region_free(). */
 #ifndef AORM_REGION_H
 #define AORM_REGION_H
 
 #include <stddef.h>
 
-typedef struct aorm__region_block aorm__region_block;
+#include "util/bump.h"
 
-typedef struct aorm__region_range {
-    const char *start, *end;
-} aorm__region_range;
+typedef aorm__bump aorm__region;
 
-typedef struct aorm__region {
-    aorm__region_block *head; /* current block first */
-    char *cur;
-    char *end;
-    size_t block_size;
-    size_t total;            /* bytes handed out */
-    aorm__region_range *ranges; /* every block's bytes, sorted by address */
-    size_t nranges, cap_ranges;
-} aorm__region;
-
-void aorm__region_init(aorm__region *a, size_t block_size);
-void aorm__region_free(aorm__region *a);
+static inline void aorm__region_init(aorm__region *a, size_t block_size) {
+    size_t bs = block_size ? block_size : 65536;
+    aorm__bump_init(a, NULL, 0, bs, bs, bs / 4, true);
+}
+static inline void aorm__region_free(aorm__region *a) { aorm__bump_free(a); }
 /* 16-byte aligned memory, NULL on out of memory or for a size no object
  * can have (more than PTRDIFF_MAX bytes, SIZE_MAX included: rounding it
  * up must not wrap to a small block). Not zeroed. */
-void *aorm__region_alloc_slow(aorm__region *a, size_t n);
-static inline void *aorm__region_alloc(aorm__region *a, size_t n) {
-    size_t r = (n + 15) & ~(size_t)15;
-    if (r >= n && (size_t)(a->end - a->cur) >= r) {
-        void *p = a->cur;
-        a->cur += r;
-        a->total += r;
-        return p;
-    }
-    return aorm__region_alloc_slow(a, n);
-}
+static inline void *aorm__region_alloc(aorm__region *a, size_t n) { return aorm__bump_alloc(a, n); }
 /* Hints that the n bytes `ahead` bytes past the current allocation point
  * will be written soon, when they lie in the current block: a large load
  * fills the region front to back, and asking for those cache lines early
@@ -49,13 +34,15 @@ static inline void aorm__region_prefetch(const aorm__region *a, size_t ahead, si
     if ((size_t)(a->end - a->cur) < ahead + n) return;
     for (const char *p = a->cur + ahead, *e = p + n; p < e; p += 64) __builtin_prefetch(p, 1);
 }
-void *aorm__region_calloc(aorm__region *a, size_t n);
-char *aorm__region_strdup(aorm__region *a, const char *s);
-char *aorm__region_memdup(aorm__region *a, const void *p, size_t n);
+static inline void *aorm__region_calloc(aorm__region *a, size_t n) { return aorm__bump_calloc(a, n); }
+static inline char *aorm__region_strdup(aorm__region *a, const char *s) { return aorm__bump_strdup(a, s); }
+static inline char *aorm__region_memdup(aorm__region *a, const void *p, size_t n) {
+    return aorm__bump_memdup(a, p, n);
+}
 /* Makes the next n bytes of small allocations come from one block, and
  * faults that block in at once when it is large (one madvise instead of
  * a page fault per 4 KiB while a large result is loaded). Best effort. */
-void aorm__region_reserve(aorm__region *a, size_t n);
+static inline void aorm__region_reserve(aorm__region *a, size_t n) { aorm__bump_reserve(a, n); }
 
 /* calloc(1, n), and from AORM__PREFAULT_MIN bytes on faulted in by one
  * madvise: a large table probed at random (the identity map's slots)
@@ -66,7 +53,9 @@ void *aorm__calloc_prefaulted(size_t n);
 
 /* True when [p, p + n) lies inside memory the region handed out (so it
  * may be read without going out of bounds). O(log blocks). */
-int aorm__region_contains(const aorm__region *a, const void *p, size_t n);
+static inline int aorm__region_contains(const aorm__region *a, const void *p, size_t n) {
+    return aorm__bump_contains(a, p, n);
+}
 /* allocator adapter for aorm__field_load and aorm_stmt_load */
 void *aorm__region_alloc_fn(void *ctx, size_t n);
 

@@ -1,11 +1,15 @@
 /* session.c -- the AsyncSession: objects, the operation queue, queries
  * through the identity map, and lazy transactions.
  *
- * Operations of one session run one at a time, in the order they were
- * queued: an operation starts when the previous one has called back. The
- * first operation of an idle session is started from the loop's soon
- * queue, so that nothing ever calls back from inside the call that queued
- * it; later ones start from the previous operation's completion.
+ * Operations of one session are answered one at a time, in the order
+ * they were queued. An operation starts when the previous one has called
+ * back -- or earlier, when everything in front of it has sent its
+ * statements and it is one statement whose answer needs nothing else
+ * (pump, can_go_ahead): then its statement shares the pipeline write of
+ * those in front, and its answer waits for its turn. The first operation
+ * of an idle session is started from the loop's soon queue, so that
+ * nothing ever calls back from inside the call that queued it; later ones
+ * start from the previous operation's completion.
  *
  * Transactions are lazy: statements go to the engine in autocommit until
  * the session needs a transaction (flush, begin, FOR UPDATE); it then
@@ -24,8 +28,14 @@
 
 static void start_next(aorm_session *s);
 static void soon_start(void *arg);
+static void early_drop(aorm__sop *op);
+static void ahead_unlink(aorm_session *s, aorm__sop *op);
 static void session_destroy(aorm_session *s);
 static void cancel_queued(aorm_session *s, const char *msg);
+
+void aorm_query_options_init(aorm_query_options *o) {
+    if (o) memset(o, 0, sizeof(*o));
+}
 
 void aorm_session_options_init(aorm_session_options *o) {
     memset(o, 0, sizeof(*o));
@@ -425,6 +435,23 @@ void aorm__rowplan_free(aorm__rowplan *rp) {
  * expects (a NULL, an empty text, a malformed value) or for a column
  * without a fast decoder. Each call is a call into libpq through the PLT
  * with its own bounds checks; a large load makes millions of them. */
+/* Why column pc of a row of rp's model could not be loaded (rc), named
+ * in s->decode_msg for the error the caller gets. Returns rc. */
+static int decode_error(aorm_session *s, const aorm__rowplan *rp, const aorm__rowplan_col *pc, int rc) {
+    char pg[96];
+    aorm__oid_describe(pc->oid, pg, sizeof(pg));
+    const char *field = aorm__type_sql(pc->c->type, false);
+    snprintf(s->decode_msg, sizeof(s->decode_msg),
+             "%s.%s: a value of type %s (from the server) cannot be loaded into its %s field (%s): %s", rp->m->name,
+             pc->c->name, pg, field ? field : "?", aorm__type_name(pc->c->type), aorm_strerror(rc));
+    return rc;
+}
+
+/* The message of a load that failed: decode_error's, else a general one. */
+static const char *decode_message(const aorm_session *s) {
+    return s->decode_msg[0] ? s->decode_msg : "a row could not be loaded into its object";
+}
+
 static int load_cols(aorm_session *s, const aorm__rowplan *rp, int row, void *obj, void *snap, int from, int to) {
     PGresult *pg = rp->pg;
     for (int k = from; k < to; k++) {
@@ -483,11 +510,11 @@ static int load_cols(aorm_session *s, const aorm__rowplan *rp, int row, void *ob
             if (!str) return AORM_ENOMEM;
             *(char **)f = str;
         } else if (!null && pc->fast != RP_GENERIC) {
-            return AORM_EPROTOCOL;
+            return decode_error(s, rp, pc, AORM_EPROTOCOL);
         } else {
             aorm_allocator alloc = {aorm__region_alloc_fn, &s->region};
             int rc = aorm__field_load(pc->c, obj, pc->oid, null ? NULL : v, null ? -1 : len, &alloc);
-            if (rc < 0) return rc;
+            if (rc < 0) return rc == AORM_ENOMEM ? rc : decode_error(s, rp, pc, rc);
         }
         if (snap) memcpy((char *)snap + off, f, pc->c->size);
     }
@@ -770,22 +797,36 @@ static aorm__sop *sop_new(aorm_session *s, sop_kind kind, void *user) {
 }
 
 static void sop_free(aorm__sop *op) {
+    early_drop(op);
     if (op->ext && op->ext_free) op->ext_free(op->ext);
+    aorm__cache_op_free(op->cache);
     aorm_stmt_free(op->stmt);
     aorm_error_free(op->err);
     free(op->keys);
     free(op);
 }
 
+/* Can an operation queued now start before the running one has
+ * answered? Only behind operations whose statements are all out. */
+static bool takes_more(const aorm_session *s) {
+    if (!s->running) return true;
+    const aorm__sop *last = s->a_tail ? s->a_tail : s->running;
+    return !s->running->answered && (last->sent_all || last->early);
+}
+
 static int sop_push(aorm_session *s, aorm__sop *op) {
     op->next = NULL;
+    aorm__sop *prev = s->q_tail;
     if (s->q_tail) s->q_tail->next = op;
     else s->q_head = op;
     s->q_tail = op;
-    if (!s->running && !s->start_scheduled) {
+    if (!s->start_scheduled && !s->pumping && takes_more(s)) {
         if (aorm_loop_soon(s->loop, soon_start, s) < 0) {
+            if (s->running) return 0; /* the running operation's end starts it */
             /* undo: the caller gets the error and no callback */
-            s->q_head = s->q_tail = NULL;
+            if (prev) prev->next = NULL;
+            else s->q_head = NULL;
+            s->q_tail = prev;
             return AORM_ENOMEM;
         }
         s->start_scheduled = true;
@@ -795,7 +836,7 @@ static int sop_push(aorm_session *s, aorm__sop *op) {
 
 void aorm__session_enter(aorm_session *s) { s->depth++; }
 void aorm__session_leave(aorm_session *s) {
-    if (--s->depth == 0 && s->free_pending && !s->running && (s->begins_out == 0 || s->engine_gone))
+    if (--s->depth == 0 && s->free_pending && !s->running && !s->a_head && (s->begins_out == 0 || s->engine_gone))
         session_destroy(s);
 }
 #define session_enter aorm__session_enter
@@ -810,6 +851,9 @@ bool aorm__op_arrived(aorm__sop *op) {
     if (!s->closing) return true;
     if (op->pending == 0 && s->running == op) {
         s->running = NULL;
+        sop_free(op);
+    } else if (op->pending == 0 && op->in_ahead) {
+        ahead_unlink(s, op);
         sop_free(op);
     }
     return false;
@@ -852,6 +896,9 @@ static void deliver(aorm_session *s, aorm__sop *op, void *obj, aorm_objects *obj
     case SOP_NOOP:
         if (op->cb.done) op->cb.done(s, err, op->user);
         break;
+    case SOP_STREAM:
+        op->cb.stream(s, NULL, err, op->user); /* the end call */
+        break;
     }
 }
 
@@ -864,17 +911,24 @@ void aorm__session_op_done(aorm_session *s, aorm__sop *op) {
     if (!s->closing) start_next(s);
 }
 
-static void fail_op(aorm_session *s, aorm__sop *op, int code, const char *msg) {
-    aorm_error err = {.code = code, .message = msg ? msg : aorm_strerror(code), .detail = "", .hint = "",
-                      .constraint = "", .table = "", .column = ""};
-    deliver(s, op, NULL, NULL, NULL, &err);
-    aorm__session_op_done(s, op);
-}
+static void hold_error(aorm__sop *op, const aorm_error *err);
 
 static void finish_err(aorm_session *s, aorm__sop *op, const aorm_error *err) {
+    if (s->running != op) { /* an operation started ahead: answered in its turn */
+        hold_error(op, err);
+        return;
+    }
     deliver(s, op, NULL, NULL, NULL, err);
     aorm__session_op_done(s, op);
 }
+
+static void fail_op(aorm_session *s, aorm__sop *op, int code, const char *msg) {
+    aorm_error err = {.code = code, .message = msg ? msg : aorm_strerror(code), .detail = "", .hint = "",
+                      .constraint = "", .table = "", .column = ""};
+    finish_err(s, op, &err);
+}
+
+static const char TX_FAILED_MSG[] = "the session's transaction failed: roll it back first";
 
 /* The held connection is gone: the transaction went with it. The
  * operation that finds out fails with AORM_ECONNLOST (SQLSTATE 08006) and
@@ -913,6 +967,7 @@ int aorm__session_send(aorm_session *s, aorm__sop *op, aorm_stmt *q, aorm_result
     if (rc == 0) {
         s->statements++;
         op->pending++;
+        op->in_tx = s->conn != NULL;
     }
     return rc;
 }
@@ -974,7 +1029,9 @@ static void on_acquired(aorm_engine *e, aorm_conn *c, const aorm_error *err, voi
         s->conn = c;
         s->tx = TX_ACTIVE;
         begin_wait *bw = malloc(sizeof(*bw));
-        bool wait = op->kind == SOP_BEGIN; /* an explicit begin answers with BEGIN's own outcome */
+        /* an explicit begin answers with BEGIN's own outcome; a lazy one
+         * (run_transaction's) as soon as BEGIN is queued */
+        bool wait = op->kind == SOP_BEGIN && !op->lazy;
         int rc = AORM_ENOMEM;
         if (bw) {
             *bw = (begin_wait){s, wait ? op : NULL, then};
@@ -1051,10 +1108,25 @@ static void deliver_rows(aorm__sop *op, void **items, size_t n, const aorm_error
  * false, with the session left, when the session is closing (op already
  * answered) or the statement failed (op answered with the error, and a
  * transaction marked failed). */
+/* Was op sent down the transaction behind a statement that has failed
+ * since? Then it answers AORM_ETXSTATE, as it would have had it waited
+ * for that failure. A cancellation (the engine is being freed) is
+ * reported as such. */
+static bool skipped_behind_failure(const aorm_session *s, const aorm__sop *op, const aorm_error *err) {
+    return op->ahead && op->in_tx && s->tx == TX_FAILED && !(err && err->code == AORM_ECANCELED);
+}
+
 static bool answer_begins(aorm__sop *op, const aorm_error *err) {
     aorm_session *s = op->s;
     session_enter(s);
     if (!aorm__op_arrived(op)) {
+        session_leave(s);
+        return false;
+    }
+    if (skipped_behind_failure(s, op, err)) {
+        /* pipelined behind a statement that failed: the server skipped
+         * it, and the session answers as it would have had it waited */
+        fail_op(s, op, AORM_ETXSTATE, TX_FAILED_MSG);
         session_leave(s);
         return false;
     }
@@ -1067,31 +1139,176 @@ static bool answer_begins(aorm__sop *op, const aorm_error *err) {
     return true;
 }
 
+/* The rows of res, an answer to op's query, as objects through the
+ * identity map. Returns the number of rows with *out set (malloc'd, one
+ * slot more than rows), or a negative code with *msg set. */
+static int query_objects(aorm_session *s, aorm__sop *op, const aorm_result *res, void ***out, const char **msg) {
+    const aorm_model *m = op->model ? op->model : aorm_stmt_model(op->stmt);
+    int n = aorm_result_nrows(res);
+    void **items = malloc(((size_t)n + 1) * sizeof(void *));
+    *msg = NULL;
+    s->decode_msg[0] = '\0';
+    if (!items) return AORM_ENOMEM;
+    int rc = aorm__session_materialize(s, op->stmt, res, m, op->qo.populate_existing || op->kind == SOP_REFRESH,
+                                       items);
+    if (rc < 0) {
+        free(items);
+        *msg = rc == AORM_EMISUSE ? "the query does not select the model's primary key"
+               : rc == AORM_ENOMEM ? NULL
+                                   : decode_message(s);
+        return rc;
+    }
+    aorm__cache_loaded(op, items, (size_t)n);
+    *out = items;
+    return n;
+}
+
+static int get_object(aorm_session *s, aorm__sop *op, const aorm_result *res, void **obj);
+
+/* ---- answers out of turn ---------------------------------------------------------
+ * An operation started ahead (see pump) may be answered before the ones in
+ * front of it: a read on another pooled connection, a deadline expiring,
+ * a statement that could not be sent. Its answer is decoded at once (the
+ * rows go into the identity map) and kept in the operation; its callback
+ * runs in its turn (take_early). */
+
+enum { HOLD_ROWS, HOLD_ROW, HOLD_STATUS };
+
+static void hold_error(aorm__sop *op, const aorm_error *err) {
+    early_drop(op);
+    op->early = true;
+    if (!(op->early_err = aorm_error_copy(err))) op->early_code = err->code ? err->code : AORM_ENOMEM;
+}
+
+/* Start of an engine callback of op: true when op's turn has not come and
+ * its answer has been kept (the callback then returns). */
+static bool hold_answer(aorm__sop *op, aorm_result *res, const aorm_error *err, int how) {
+    aorm_session *s = op->s;
+    if (s->closing || s->running == op) return false;
+    session_enter(s);
+    op->pending--;
+    if (err) {
+        hold_error(op, err);
+    } else if (how == HOLD_STATUS) {
+        early_drop(op);
+        op->early = true;
+    } else if (how == HOLD_ROW) {
+        void *obj = NULL;
+        int rc = get_object(s, op, res, &obj);
+        if (rc < 0) {
+            aorm_error e2 = {.code = rc, .message = rc == AORM_ENOMEM ? "out of memory" : decode_message(s), .detail = "",
+                             .hint = "", .constraint = "", .table = "", .column = ""};
+            hold_error(op, &e2);
+        } else {
+            early_drop(op);
+            op->early = true;
+            op->early_obj = obj;
+        }
+    } else if (op->kind == SOP_EXECUTE) {
+        /* a result the caller sees as is cannot wait (execute is sent
+         * ahead only on the held connection, which answers in order) */
+        aorm_error e2 = {.code = AORM_EPROTOCOL, .message = "an answer arrived out of order", .detail = "",
+                         .hint = "", .constraint = "", .table = "", .column = ""};
+        hold_error(op, &e2);
+    } else {
+        void **items = NULL;
+        const char *msg;
+        int n = query_objects(s, op, res, &items, &msg);
+        if (n < 0) {
+            aorm_error e2 = {.code = n, .message = msg ? msg : aorm_strerror(n), .detail = "", .hint = "",
+                             .constraint = "", .table = "", .column = ""};
+            hold_error(op, &e2);
+        } else {
+            early_drop(op);
+            op->early = true;
+            op->early_items = items;
+            op->early_n = (size_t)n;
+        }
+    }
+    session_leave(s);
+    return true;
+}
+
+static void early_drop(aorm__sop *op) {
+    aorm_error_free(op->early_err);
+    free(op->early_items);
+    op->early_err = NULL;
+    op->early_items = NULL;
+    op->early_obj = NULL;
+    op->early_n = 0;
+    op->early_code = 0;
+    op->early = false;
+}
+
+static void ahead_unlink(aorm_session *s, aorm__sop *op) {
+    aorm__sop *prev = NULL;
+    for (aorm__sop *x = s->a_head; x; prev = x, x = x->next) {
+        if (x != op) continue;
+        if (prev) prev->next = x->next;
+        else s->a_head = x->next;
+        if (s->a_tail == x) s->a_tail = prev;
+        x->next = NULL;
+        x->in_ahead = false;
+        return;
+    }
+}
+
+static void tx_answer(aorm__sop *op, const aorm_error *err);
+static void pump(aorm_session *s);
+
+/* op has sent its last statement: only its answer is to come, and what
+ * is queued behind it may be sent now (a BEGIN that just got its
+ * connection lets the rest of the turn's statements join it). */
+static void sent_everything(aorm_session *s, aorm__sop *op) {
+    op->sent_all = true;
+    if (!s->closing) pump(s);
+}
+
+/* op's turn has come and its answer is already here. */
+static void take_early(aorm_session *s, aorm__sop *op) {
+    aorm_error *kept = op->early_err;
+    void **items = op->early_items;
+    size_t n = op->early_n;
+    void *obj = op->early_obj;
+    aorm_error lost = {.code = op->early_code, .message = aorm_strerror(op->early_code), .detail = "",
+                       .hint = "", .constraint = "", .table = "", .column = ""};
+    const aorm_error *err = kept ? kept : op->early_code ? &lost : NULL;
+    op->early_err = NULL;
+    op->early_items = NULL;
+    op->early = false;
+    if (op->kind == SOP_COMMIT) {
+        tx_answer(op, err);
+    } else if (skipped_behind_failure(s, op, err)) {
+        fail_op(s, op, AORM_ETXSTATE, TX_FAILED_MSG);
+    } else if (err) {
+        if (op->in_tx) aorm__session_fail_tx(s);
+        finish_err(s, op, err);
+    } else if (items) {
+        deliver_rows(op, items, n, NULL);
+    } else {
+        deliver(s, op, obj, NULL, NULL, NULL);
+        aorm__session_op_done(s, op);
+    }
+    free(items);
+    aorm_error_free(kept);
+}
+
 static void on_query_rows(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
     aorm__sop *op = user;
     aorm_session *s = op->s;
+    if (hold_answer(op, res, err, HOLD_ROWS)) return;
     if (!answer_begins(op, err)) return;
-    const aorm_model *m = op->model ? op->model : aorm_stmt_model(op->stmt);
     if (op->kind == SOP_EXECUTE) {
         deliver(s, op, NULL, NULL, res, NULL);
         aorm__session_op_done(s, op);
         session_leave(s);
         return;
     }
-    int n = aorm_result_nrows(res);
-    void **items = malloc(((size_t)n + 1) * sizeof(void *));
-    if (!items) {
-        fail_op(s, op, AORM_ENOMEM, NULL);
-        session_leave(s);
-        return;
-    }
-    int rc = aorm__session_materialize(s, op->stmt, res, m, op->qo.populate_existing || op->kind == SOP_REFRESH,
-                                       items);
-    if (rc < 0) {
-        free(items);
-        fail_op(s, op, rc,
-                rc == AORM_EMISUSE ? "the query does not select the model's primary key"
-                                   : "a row could not be loaded into its object");
+    void **items = NULL;
+    const char *msg;
+    int n = query_objects(s, op, res, &items, &msg);
+    if (n < 0) {
+        fail_op(s, op, n, msg);
         session_leave(s);
         return;
     }
@@ -1149,7 +1366,17 @@ static void deliver_rows(aorm__sop *op, void **items, size_t n, const aorm_error
     }
     switch (op->kind) {
     case SOP_GET:
-        deliver(s, op, n > 0 ? items[0] : NULL, NULL, NULL, NULL);
+        if (op->nriders > 0) {
+            /* one statement answered this get and the riders behind it:
+             * every answer is in the identity map now */
+            aorm__sop *r = s->a_head;
+            for (int i = 0; i < op->nriders && r; i++, r = r->next)
+                if (r->rider) r->covered = true;
+            aorm__obj *h = aorm__idmap_find(&s->idmap, m, op->key, aorm__key_hash(m, op->key));
+            deliver(s, op, h && h->state != AORM_DELETED ? aorm__obj_data(h) : NULL, NULL, NULL, NULL);
+        } else {
+            deliver(s, op, n > 0 ? items[0] : NULL, NULL, NULL, NULL);
+        }
         break;
     case SOP_GET_MANY: {
         /* answer in key order: every key looked up again, now that the
@@ -1195,6 +1422,8 @@ static void query_send(aorm__sop *op, const aorm_error *err) {
     if (rc < 0) {
         note_send_failure(s, rc);
         fail_op(s, op, rc, aorm_stmt_error(op->stmt) ? aorm_stmt_errmsg(op->stmt) : NULL);
+    } else if (!op->qo.load) {
+        sent_everything(s, op);
     }
 }
 
@@ -1220,6 +1449,7 @@ static void default_plan(aorm_session *s, aorm__sop *op) {
 }
 
 static void start_query(aorm_session *s, aorm__sop *op) {
+    if (op->kind == SOP_EXECUTE) aorm__cache_note_stmt(s, op->stmt); /* a Core write: its table's cache goes at commit */
     default_plan(s, op);
     if (s->tx == TX_FAILED) {
         fail_op(s, op, AORM_ETXSTATE, "the session's transaction failed: roll it back first");
@@ -1256,12 +1486,78 @@ static const char *get_sql(aorm_session *s, const aorm_model *m, const void *key
 
 static void on_get_rows(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user);
 
+/* Can `r`, queued right behind the get `op`, be answered by op's
+ * statement? The same model and options, and nothing else in between. */
+static bool rides_with(const aorm_session *s, const aorm__sop *op, const aorm__sop *r) {
+    return r->kind == SOP_GET && r->model == op->model && !r->qo.load && !r->qo.populate_existing &&
+           r->qo.deadline == op->qo.deadline && !s->o.cache; /* op's model has no default load plan */
+}
+
+/* Gets of one model queued one after the other (a handler answering 20
+ * ids at once) go out as one `pk = ANY($1)` statement: the gets behind
+ * op leave the queue as its riders, on the ahead list right behind it,
+ * and are answered from the identity map in their turns. Returns 1 when
+ * the statement is out (op is then waiting for it), 0 when op has no
+ * riders (it sends its own lookup), or a negative code. */
+static int send_merged_get(aorm_session *s, aorm__sop *op) {
+    const aorm_model *m = op->model;
+    if (!s->q_head || !rides_with(s, op, s->q_head)) return 0;
+    const aorm_column *pk[AORM_KEY_MAX];
+    int npk = aorm_model_pk_count(m);
+    if (npk < 1 || npk > AORM_KEY_MAX) return 0;
+    for (int i = 0; i < npk; i++) {
+        pk[i] = aorm_model_pk(m, i);
+        if (!aorm__field_array_type(pk[i])) return 0;
+    }
+    size_t nr = 0;
+    for (aorm__sop *r = s->q_head; r && rides_with(s, op, r); r = r->next) nr++;
+    void **keys = malloc((nr + 1) * sizeof(void *));
+    if (!keys) return 0;
+    size_t nkeys = 0;
+    keys[nkeys++] = op->key;
+    for (size_t i = 0; i < nr; i++) {
+        aorm__sop *r = s->q_head;
+        s->q_head = r->next;
+        if (!s->q_head) s->q_tail = NULL;
+        r->next = NULL;
+        r->rider = r->ahead = r->in_ahead = r->sent_all = true;
+        if (s->a_tail) s->a_tail->next = r;
+        else s->a_head = r;
+        s->a_tail = r;
+        aorm__obj *h = aorm__idmap_find(&s->idmap, m, r->key, aorm__key_hash(m, r->key));
+        if (!h || (h->flags & OBJ_EXPIRED)) keys[nkeys++] = r->key;
+    }
+    op->nriders = (int)nr;
+    aorm__assert(!op->stmt);
+    op->stmt = aorm_select(m);
+    int rc = op->stmt ? aorm__where_key_in(op->stmt, m, pk, pk, npk, keys, nkeys) : AORM_ENOMEM;
+    free(keys);
+    if (rc == 0) rc = aorm__session_send(s, op, op->stmt, on_query_rows);
+    if (rc < 0) {
+        op->nriders = 0; /* the riders, not covered, send their own lookups in their turns */
+        note_send_failure(s, rc);
+        return rc;
+    }
+    sent_everything(s, op);
+    return 1;
+}
+
 static void start_get(aorm_session *s, aorm__sop *op) {
     const aorm_model *m = op->model;
     if (s->tx == TX_FAILED) {
         fail_op(s, op, AORM_ETXSTATE, "the session's transaction failed: roll it back first");
         return;
     }
+    if (op->covered) {
+        /* a rider: the statement of the get in front of it has put its
+         * row, if there is one, in the identity map */
+        aorm__obj *h = aorm__idmap_find(&s->idmap, m, op->key, aorm__key_hash(m, op->key));
+        bool found = h && !(h->flags & OBJ_EXPIRED) && h->state != AORM_DELETED;
+        deliver(s, op, found ? aorm__obj_data(h) : NULL, NULL, NULL, NULL);
+        aorm__session_op_done(s, op);
+        return;
+    }
+    if (aorm__cache_read_start(op)) return; /* resumed once Redis has answered */
     aorm__obj *h = aorm__idmap_find(&s->idmap, m, op->key, aorm__key_hash(m, op->key));
     if (h && !(h->flags & OBJ_EXPIRED) && !op->qo.populate_existing) {
         /* the identity map answers: no statement */
@@ -1275,6 +1571,14 @@ static void start_get(aorm_session *s, aorm__sop *op) {
     }
     default_plan(s, op);
     if (!op->qo.load && !(s->o.autoflush && aorm__session_has_changes(s))) {
+        if (!op->qo.populate_existing) {
+            int mrc = send_merged_get(s, op);
+            if (mrc > 0) return;
+            if (mrc < 0) {
+                fail_op(s, op, mrc, "cannot send the primary-key lookup");
+                return;
+            }
+        }
         /* the common case: a cached statement text and the key as parameters */
         const char *sql = get_sql(s, m, op->key);
         aorm_params p;
@@ -1293,6 +1597,8 @@ static void start_get(aorm_session *s, aorm__sop *op) {
         }
         s->statements++;
         op->pending++;
+        op->in_tx = s->conn != NULL;
+        sent_everything(s, op);
         return;
     }
     op->stmt = aorm_select(m);
@@ -1304,26 +1610,34 @@ static void start_get(aorm_session *s, aorm__sop *op) {
     start_query(s, op);
 }
 
-static void on_get_rows(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
-    aorm__sop *op = user;
-    aorm_session *s = op->s;
-    if (!answer_begins(op, err)) return;
+/* The object of res, the answer to op's primary-key lookup (every
+ * column, in declaration order), through the identity map: *obj, NULL
+ * when there is no row. Returns 0 or a negative code. */
+static int get_object(aorm_session *s, aorm__sop *op, const aorm_result *res, void **obj) {
     const aorm_model *m = op->model;
     int pos_stack[32] = {0};
     int *pos = m->ncolumns <= 32 ? pos_stack : malloc((size_t)m->ncolumns * sizeof(int));
-    if (!pos) {
-        fail_op(s, op, AORM_ENOMEM, NULL);
-        session_leave(s);
-        return;
-    }
+    if (!pos) return AORM_ENOMEM;
     for (int i = 0; i < m->ncolumns; i++) pos[i] = i; /* every column, in order */
-    void *obj = NULL;
+    *obj = NULL;
+    s->decode_msg[0] = '\0';
     aorm__rowplan rp;
     int rc = aorm__rowplan_init(&rp, res, m, pos);
-    if (rc == 0 && aorm_result_nrows(res) > 0) rc = aorm__session_materialize_row(s, &rp, 0, op->qo.populate_existing, &obj);
+    if (rc == 0 && aorm_result_nrows(res) > 0) rc = aorm__session_materialize_row(s, &rp, 0, op->qo.populate_existing, obj);
     if (rc != AORM_ENOMEM || rp.cols) aorm__rowplan_free(&rp);
     if (pos != pos_stack) free(pos);
-    if (rc < 0) fail_op(s, op, rc, "a row could not be loaded into its object");
+    if (rc >= 0) aorm__cache_loaded(op, obj, *obj ? 1 : 0);
+    return rc < 0 ? rc : 0;
+}
+
+static void on_get_rows(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
+    aorm__sop *op = user;
+    aorm_session *s = op->s;
+    if (hold_answer(op, res, err, HOLD_ROW)) return;
+    if (!answer_begins(op, err)) return;
+    void *obj = NULL;
+    int rc = get_object(s, op, res, &obj);
+    if (rc < 0) fail_op(s, op, rc, rc == AORM_ENOMEM ? NULL : decode_message(s));
     else {
         deliver(s, op, obj, NULL, NULL, NULL);
         aorm__session_op_done(s, op);
@@ -1337,6 +1651,7 @@ static void start_get_many(aorm_session *s, aorm__sop *op) {
         fail_op(s, op, AORM_ETXSTATE, "the session's transaction failed: roll it back first");
         return;
     }
+    if (aorm__cache_read_start(op)) return; /* resumed once Redis has answered */
     /* the keys the identity map cannot answer go into one statement */
     const aorm_column *pk[AORM_KEY_MAX];
     int npk = aorm_model_pk_count(m);
@@ -1406,16 +1721,19 @@ static void not_committed(aorm_session *s, aorm__sop *op, const char *msg) {
     fail_op(s, op, AORM_ENOT_COMMITTED, msg);
 }
 
-static void on_tx_stmt(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
-    aorm__sop *op = user;
+/* The answer to a transaction statement of op, in op's turn (inside
+ * session_enter). */
+static void tx_answer(aorm__sop *op, const aorm_error *err) {
     aorm_session *s = op->s;
-    session_enter(s);
-    if (!aorm__op_arrived(op)) {
-        session_leave(s);
-        return;
-    }
     switch (op->kind) {
     case SOP_COMMIT:
+        if (op->ahead && s->tx == TX_FAILED && err && commit_outcome_known(err)) {
+            /* pipelined behind a statement that failed: the server
+             * rolled back, and the session stays rollback-required, as
+             * if the COMMIT had waited for that failure */
+            fail_op(s, op, AORM_ETXSTATE, TX_FAILED_MSG);
+            return;
+        }
         end_tx(s);
         if (err && commit_outcome_known(err)) {
             /* the server refused the COMMIT (deferred constraint,
@@ -1455,6 +1773,14 @@ static void on_tx_stmt(aorm_engine *e, aorm_result *res, const aorm_error *err, 
         break;
     }
     finish_err(s, op, err);
+}
+
+static void on_tx_stmt(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
+    aorm__sop *op = user;
+    aorm_session *s = op->s;
+    if (hold_answer(op, res, err, HOLD_STATUS)) return;
+    session_enter(s);
+    if (aorm__op_arrived(op)) tx_answer(op, err);
     session_leave(s);
 }
 
@@ -1471,7 +1797,12 @@ static void commit_send(aorm__sop *op, const aorm_error *err) {
     }
     int rc = aorm_conn_commit(s->conn, on_tx_stmt, op);
     if (rc == 0) op->phase = 1; /* the COMMIT is out: from now on its outcome may be unknown */
-    if (rc < 0) {
+    if (rc < 0 && s->running != op) {
+        /* started ahead: the transaction ends in its turn, as a rollback */
+        aorm_error e2 = {.code = AORM_ENOT_COMMITTED, .message = "COMMIT could not be sent: nothing was committed",
+                         .detail = "", .hint = "", .constraint = "", .table = "", .column = ""};
+        hold_error(op, &e2);
+    } else if (rc < 0) {
         /* refused before anything was sent (e.g. the connection was
          * already known to be lost): the outcome is known, nothing
          * committed, and releasing the connection rolls back */
@@ -1480,6 +1811,7 @@ static void commit_send(aorm__sop *op, const aorm_error *err) {
     } else {
         s->statements++;
         op->pending++;
+        op->in_tx = true;
     }
 }
 
@@ -1538,6 +1870,158 @@ static void savepoint_send(aorm__sop *op, const aorm_error *err) {
     }
 }
 
+/* ---- operations: streams -------------------------------------------------------------- */
+
+typedef struct stream_run {
+    aorm_stream *st;      /* the engine's stream, until its end call */
+    aorm__region batch;   /* release: the current batch's objects and strings, in buf first */
+    void *buf;            /* release: the batch memory, reused by every batch */
+    size_t buf_size;
+    int size;
+    bool release;
+    bool paused;
+} stream_run;
+
+static void stream_run_free(void *p) {
+    stream_run *x = p;
+    aorm__region_free(&x->batch);
+    free(x->buf);
+    free(x);
+}
+
+/* The rows of a batch as plain structs in the batch region (release):
+ * decoded as the identity map's objects are (load_cols), the region
+ * swapped in for the strings. Returns 0 or a negative code. */
+static int stream_decode_released(aorm_session *s, aorm__sop *op, stream_run *x, const aorm_result *res,
+                                  void **items) {
+    const aorm_model *m = aorm_stmt_model(op->stmt);
+    int pos_stack[32];
+    int *pos = m->ncolumns <= 32 ? pos_stack : malloc((size_t)m->ncolumns * sizeof(int));
+    if (!pos) return AORM_ENOMEM;
+    aorm__model_positions(op->stmt, m, pos);
+    aorm__rowplan rp;
+    int rc = aorm__rowplan_init(&rp, res, m, pos);
+    /* the previous batch is gone: its memory is reused (the stream's own
+     * block, allocated once; what a batch of wide rows needs beyond it
+     * comes in blocks freed with the batch) */
+    if (!x->buf) {
+        x->buf_size = (size_t)x->size * (((m->size + 15) & ~(size_t)15) + 32);
+        if (!(x->buf = aorm__calloc_prefaulted(x->buf_size))) rc = AORM_ENOMEM;
+    }
+    aorm__bump_free(&x->batch);
+    aorm__bump_init(&x->batch, x->buf, x->buf ? x->buf_size : 0, 65536, 1u << 20, 16384, false);
+    aorm__region saved = s->region;
+    s->region = x->batch;
+    for (int r = 0; rc == 0 && r < rp.nrows; r++) {
+        /* outside the session's region: aorm__obj_of() does not know it
+         * (DETACHED), so it needs no header */
+        void *obj = aorm__region_alloc(&s->region, m->size);
+        if (!obj) {
+            rc = AORM_ENOMEM;
+            break;
+        }
+        memset(obj, 0, m->size);
+        items[r] = obj;
+        rc = load_cols(s, &rp, r, obj, NULL, 0, rp.n);
+    }
+    x->batch = s->region;
+    s->region = saved;
+    if (rc != AORM_ENOMEM || rp.cols) aorm__rowplan_free(&rp);
+    if (pos != pos_stack) free(pos);
+    return rc;
+}
+
+static int on_stream(aorm_conn *c, aorm_result *batch, const aorm_error *err, void *user) {
+    aorm__sop *op = user;
+    aorm_session *s = op->s;
+    stream_run *x = op->ext;
+    (void)c;
+    session_enter(s);
+    if (!batch) { /* the end */
+        x->st = NULL;
+        if (aorm__op_arrived(op)) {
+            if (err && s->conn) aorm__session_fail_tx(s);
+            finish_err(s, op, err);
+        }
+        session_leave(s);
+        return AORM_STREAM_STOP;
+    }
+    int what = AORM_STREAM_STOP;
+    if (s->closing || op->answered) goto out;
+    int n = aorm_result_nrows(batch);
+    void **items = malloc(((size_t)n + 1) * sizeof(void *));
+    int rc = items ? 0 : AORM_ENOMEM;
+    s->decode_msg[0] = '\0';
+    if (rc == 0 && x->release) rc = stream_decode_released(s, op, x, batch, items);
+    else if (rc == 0) rc = aorm__session_materialize(s, op->stmt, batch, aorm_stmt_model(op->stmt), false, items);
+    if (rc < 0) {
+        /* the stream stops; its end answers the operation with this error */
+        free(items);
+        aorm_error e2 = {.code = rc, .message = rc == AORM_ENOMEM ? "out of memory" : decode_message(s), .detail = "",
+                         .hint = "", .constraint = "", .table = "", .column = ""};
+        deliver(s, op, NULL, NULL, NULL, &e2);
+        goto out;
+    }
+    aorm_objects objs = {items, (size_t)n};
+    what = op->cb.stream(s, &objs, NULL, op->user);
+    free(items);
+    if (s->closing) what = AORM_STREAM_STOP;
+    else if (what == AORM_STREAM_PAUSE) x->paused = true;
+    else if (what != AORM_STREAM_NEXT) what = AORM_STREAM_STOP;
+out:
+    session_leave(s);
+    return what;
+}
+
+static void stream_send(aorm__sop *op, const aorm_error *err) {
+    aorm_session *s = op->s;
+    stream_run *x = op->ext;
+    if (err) {
+        finish_err(s, op, err);
+        return;
+    }
+    int rc = aorm_conn_stream(s->conn, aorm_stmt_sql(op->stmt), aorm_stmt_params(op->stmt), x->size, on_stream, op,
+                              &x->st);
+    if (rc < 0) {
+        note_send_failure(s, rc);
+        fail_op(s, op, rc, NULL);
+        return;
+    }
+    s->statements += 2; /* DECLARE and the first FETCH; later FETCHes are the stream's own */
+    op->pending++;
+}
+
+static void stream_begin(aorm__sop *op, const aorm_error *err) {
+    if (err) {
+        finish_err(op->s, op, err);
+        return;
+    }
+    aorm__session_ensure_tx(op->s, op, stream_send); /* a cursor lives in a transaction */
+}
+
+static void start_stream(aorm_session *s, aorm__sop *op) {
+    if (s->tx == TX_FAILED) {
+        fail_op(s, op, AORM_ETXSTATE, TX_FAILED_MSG);
+        return;
+    }
+    if (s->o.autoflush && aorm__session_has_changes(s)) aorm__flush_start(op, stream_begin);
+    else stream_begin(op, NULL);
+}
+
+void aorm_stream_options_init(aorm_stream_options *o) {
+    if (!o) return;
+    memset(o, 0, sizeof(*o));
+    o->batch = 1000;
+}
+
+int aorm_session_stream_resume(aorm_session *s) {
+    if (!s || !s->running || s->running->kind != SOP_STREAM) return AORM_EMISUSE;
+    stream_run *x = s->running->ext;
+    if (!x || !x->paused || !x->st) return AORM_EMISUSE;
+    x->paused = false;
+    return aorm_stream_resume(x->st);
+}
+
 static void start_savepoint_op(aorm_session *s, aorm__sop *op) {
     if (op->kind != SOP_SAVEPOINT) {
         if (s->savepoints == 0) {
@@ -1593,7 +2077,10 @@ static void start_op(aorm_session *s, aorm__sop *op) {
         break;
     case SOP_BEGIN:
         if (s->tx != TX_NONE) fail_op(s, op, AORM_ETXSTATE, "a transaction is already open");
-        else aorm__session_ensure_tx(s, op, begin_done);
+        else {
+            aorm__cache_note_begin(s); /* its isolation may not be read committed: no cache reads in it */
+            aorm__session_ensure_tx(s, op, begin_done);
+        }
         break;
     case SOP_SAVEPOINT:
     case SOP_RELEASE_SAVEPOINT:
@@ -1609,24 +2096,163 @@ static void start_op(aorm_session *s, aorm__sop *op) {
             aorm__loaders_start_explicit(op, objs, op->nkeys, deliver_rows);
         }
         break;
+    case SOP_STREAM:
+        start_stream(s, op);
+        break;
     case SOP_NOOP:
         finish_err(s, op, NULL);
         break;
     }
 }
 
-static void start_next(aorm_session *s) {
-    if (!s->closing && engine_closing(s)) {
-        if (!s->running) cancel_queued(s, "cancelled: the engine was freed");
-        return;
+/* Can op, next in the queue, be started now, behind operations that
+ * have sent everything and wait for their answers? Only an operation that
+ * sends one statement and has nothing to answer before that statement's
+ * own answer: a read (in autocommit, or on the held connection), a Core
+ * or raw statement or a COMMIT inside the transaction. Nothing that
+ * flushes first, loads relationships, needs a connection of its own or is
+ * answered without a statement (its answer would come before its turn),
+ * and nothing in a failed transaction. */
+static bool can_go_ahead(aorm_session *s, aorm__sop *op) {
+    if (s->closing || engine_closing(s) || held_conn_lost(s)) return false;
+    if (s->tx != TX_NONE && s->tx != TX_ACTIVE) return false;
+    bool in_tx = s->tx == TX_ACTIVE && s->conn;
+    switch (op->kind) {
+    case SOP_GET: {
+        if (s->o.cache) return false; /* the second-level cache may answer it first */
+        default_plan(s, op);
+        if (op->qo.load || op->qo.populate_existing) return false;
+        if (s->o.autoflush && aorm__session_has_changes(s)) return false;
+        aorm__obj *h = aorm__idmap_find(&s->idmap, op->model, op->key, aorm__key_hash(op->model, op->key));
+        return !h || (h->flags & OBJ_EXPIRED);
     }
-    while (!s->running && s->q_head && !s->closing) {
+    case SOP_GET_MANY: {
+        if (s->o.cache) return false;
+        default_plan(s, op);
+        if (op->qo.load || op->qo.populate_existing) return false;
+        if (s->o.autoflush && aorm__session_has_changes(s)) return false;
+        for (size_t k = 0; k < op->nkeys; k++) {
+            aorm__obj *h = aorm__idmap_find(&s->idmap, op->model, op->keys[k], aorm__key_hash(op->model, op->keys[k]));
+            if (!h || (h->flags & OBJ_EXPIRED)) return true; /* a statement will be sent */
+        }
+        return false;
+    }
+    case SOP_QUERY:
+        default_plan(s, op);
+        if (op->qo.load || (s->o.autoflush && aorm__session_has_changes(s))) return false;
+        return aorm_stmt_readonly(op->stmt) || in_tx;
+    case SOP_EXECUTE:
+        /* its result goes to the caller as it came: only the held
+         * connection, which answers in order, keeps that order */
+        return in_tx && !(s->o.autoflush && aorm__session_has_changes(s));
+    case SOP_COMMIT:
+        /* nothing is started behind it: what follows a COMMIT runs
+         * outside its transaction (see sent_all) */
+        return in_tx && !aorm__session_has_changes(s);
+    case SOP_REFRESH:
+    case SOP_FLUSH:
+    case SOP_ROLLBACK:
+    case SOP_BEGIN:
+    case SOP_SAVEPOINT:
+    case SOP_RELEASE_SAVEPOINT:
+    case SOP_ROLLBACK_SAVEPOINT:
+    case SOP_LOAD:
+    case SOP_STREAM:
+    case SOP_NOOP:
+        return false;
+    }
+    return false;
+}
+
+/* Runs the queue: starts the next operation when none is running, and
+ * behind a running operation whose statements are all out starts the
+ * following ones too (can_go_ahead), so that what a session queues in one
+ * loop turn goes out in one pipeline write. Operations started ahead wait
+ * on the ahead list; each is answered in its turn, when the one in front
+ * of it has called back (take_early when its answer came first). A rider
+ * (a get merged into the statement of the get in front of it) starts in
+ * its turn, and the identity map answers it.
+ *
+ * Iterative: a call from inside it (an operation that finishes at once,
+ * a callback that queues more) returns at once and the loop here picks
+ * the work up, so a long queue never deepens the stack. Call inside
+ * session_enter. */
+static void pump(aorm_session *s) {
+    if (s->pumping) return;
+    s->pumping = true;
+    while (!s->closing) {
+        if (!s->running && s->a_head) {
+            aorm__sop *op = s->a_head;
+            s->a_head = op->next;
+            if (!s->a_head) s->a_tail = NULL;
+            op->next = NULL;
+            op->in_ahead = false;
+            s->running = op;
+            if (op->answered) { /* cancelled while waiting (the engine was freed) */
+                aorm__assert(op->pending == 0);
+                s->running = NULL;
+                sop_free(op);
+            } else if (op->early) {
+                take_early(s, op);
+            } else if (op->rider) {
+                start_op(s, op);
+            }
+            continue;
+        }
+        if (!s->running) {
+            if (engine_closing(s)) {
+                cancel_queued(s, "cancelled: the engine was freed");
+                break;
+            }
+            aorm__sop *op = s->q_head;
+            if (!op) break;
+            s->q_head = op->next;
+            if (!s->q_head) s->q_tail = NULL;
+            s->running = op;
+            start_op(s, op);
+            continue;
+        }
+        if (!s->q_head || !takes_more(s) || !can_go_ahead(s, s->q_head)) break;
         aorm__sop *op = s->q_head;
         s->q_head = op->next;
         if (!s->q_head) s->q_tail = NULL;
-        s->running = op;
-        start_op(s, op); /* may finish synchronously and start the next one itself */
+        op->next = NULL;
+        op->ahead = op->in_ahead = true;
+        if (s->a_tail) s->a_tail->next = op;
+        else s->a_head = op;
+        s->a_tail = op;
+        start_op(s, op);
     }
+    s->pumping = false;
+}
+
+static void start_next(aorm_session *s) { pump(s); }
+
+void aorm__session_resume(aorm__sop *op) {
+    aorm__assert(op->s->running == op);
+    start_op(op->s, op);
+}
+
+aorm__obj *aorm__session_new_row(aorm_session *s, const aorm_model *m, uint64_t hash) {
+    /* header, object and snapshot in one allocation, as row_new does */
+    size_t osize = (m->size + 15) & ~(size_t)15, span = aorm__colspan(m);
+    aorm__obj *h = aorm__region_alloc(&s->region, sizeof(aorm__obj) + osize + span);
+    if (!h) return NULL;
+    *h = (aorm__obj){.model = m,
+                     .snapshot = (char *)aorm__obj_data(h) + osize,
+                     .key_hash = hash,
+                     .magic = AORM__OBJ_MAGIC,
+                     .state = AORM_PERSISTENT,
+                     .seq = ++s->next_seq};
+    memset(aorm__obj_data(h), 0, m->size);
+    return h;
+}
+
+int aorm__session_adopt_row(aorm_session *s, aorm__obj *h) {
+    aorm__session_take_snapshot(s, h);
+    if (!h->snapshot || aorm__idmap_put(&s->idmap, h) < 0) return AORM_ENOMEM;
+    track(s, h);
+    return 0;
 }
 
 static void soon_start(void *arg) {
@@ -1675,6 +2301,31 @@ int aorm_session_execute(aorm_session *s, aorm_stmt *q, aorm_rows_cb cb, void *u
     }
     op->stmt = q;
     op->cb.rows = cb;
+    if ((rc = sop_push(s, op)) < 0) sop_free(op);
+    return rc;
+}
+
+int aorm_session_stream(aorm_session *s, aorm_stmt *q, const aorm_stream_options *o, aorm_stream_objects_cb cb,
+                        void *user) {
+    int rc = check_open(s);
+    if (rc == 0 && (!q || !cb || (o && o->batch < 0))) rc = AORM_EMISUSE;
+    if (rc == 0 && (rc = aorm_stmt_compile(q)) == 0 && !aorm_stmt_model(q)) rc = AORM_EMISUSE;
+    aorm__sop *op = rc == 0 ? sop_new(s, SOP_STREAM, user) : NULL;
+    stream_run *x = op ? calloc(1, sizeof(*x)) : NULL;
+    if (rc == 0 && !x) rc = AORM_ENOMEM;
+    if (rc < 0) {
+        if (op) sop_free(op);
+        aorm_stmt_free(q);
+        return rc;
+    }
+    x->size = o && o->batch > 0 ? o->batch : 1000;
+    x->release = o && o->release;
+    aorm__region_init(&x->batch, s->o.arena_block);
+    op->ext = x;
+    op->ext_free = stream_run_free;
+    op->stmt = q;
+    op->model = aorm_stmt_model(q);
+    op->cb.stream = cb;
     if ((rc = sop_push(s, op)) < 0) sop_free(op);
     return rc;
 }
@@ -1806,18 +2457,27 @@ int aorm_session_rollback_nested(aorm_session *s, aorm_session_cb cb, void *user
     return push_simple(s, SOP_ROLLBACK_SAVEPOINT, cb, user, NULL);
 }
 
-int aorm_session_begin(aorm_session *s, const aorm_tx_options *tx, aorm_session_cb cb, void *user) {
+static int push_begin(aorm_session *s, const aorm_tx_options *tx, bool lazy, aorm_session_cb cb, void *user) {
     int rc = check_open(s);
     if (rc < 0) return rc;
     aorm__sop *op = sop_new(s, SOP_BEGIN, user);
     if (!op) return AORM_ENOMEM;
     op->cb.done = cb;
+    op->lazy = lazy;
     if (tx) {
         op->tx = *tx;
         op->has_tx = true;
     }
     if ((rc = sop_push(s, op)) < 0) sop_free(op);
     return rc;
+}
+
+int aorm_session_begin(aorm_session *s, const aorm_tx_options *tx, aorm_session_cb cb, void *user) {
+    return push_begin(s, tx, false, cb, user);
+}
+
+int aorm__session_begin_lazy(aorm_session *s, const aorm_tx_options *tx, aorm_session_cb cb, void *user) {
+    return push_begin(s, tx, true, cb, user);
 }
 
 /* ---- closing -------------------------------------------------------------------------- */
@@ -1840,6 +2500,8 @@ static void cancel_all(aorm_session *s) {
     aorm_error err = {.code = AORM_ECANCELED, .message = "session closed", .detail = "", .hint = "",
                       .constraint = "", .table = "", .column = ""};
     aorm__sop *run = s->running;
+    if (run && run->kind == SOP_STREAM && run->ext && ((stream_run *)run->ext)->st)
+        aorm_stream_stop(((stream_run *)run->ext)->st); /* a paused stream has nothing in flight to cancel */
     if (run && !run->answered) {
         /* statements of it still out hold a pointer to it: it stays
          * parked in `running` until the last of them is back (op_arrived).
@@ -1848,6 +2510,7 @@ static void cancel_all(aorm_session *s) {
         aorm_error unknown = {.code = AORM_EUNKNOWN_OUTCOME, .sqlstate = "08007",
                               .message = "session closed with its COMMIT in flight: outcome unknown", .detail = "",
                               .hint = "", .constraint = "", .table = "", .column = ""};
+        if (run->kind == SOP_COMMIT && run->phase == 1) aorm__cache_tx_commit(s); /* it may commit */
         deliver(s, run, NULL, NULL, NULL, run->kind == SOP_COMMIT && run->phase == 1 ? &unknown : &err);
         if (run->pending == 0) {
             s->running = NULL;
@@ -1856,6 +2519,27 @@ static void cancel_all(aorm_session *s) {
     }
     /* an answered running operation is inside its own callback: the code
      * that answered it finishes it (aorm__session_op_done) */
+    /* operations started ahead, in order: each answered once; those with
+     * statements still out stay on the list until the last is back */
+    for (;;) { /* a callback may end operations of the list (freeing the engine): look again each time */
+        aorm__sop *op = s->a_head;
+        while (op && op->answered) op = op->next;
+        if (!op) break;
+        aorm_error unknown = {.code = AORM_EUNKNOWN_OUTCOME, .sqlstate = "08007",
+                              .message = "session closed with its COMMIT in flight: outcome unknown",
+                              .detail = "", .hint = "", .constraint = "", .table = "", .column = ""};
+        bool sent_commit = op->kind == SOP_COMMIT && op->phase == 1;
+        if (sent_commit) aorm__cache_tx_commit(s); /* it may commit */
+        deliver(s, op, NULL, NULL, NULL, sent_commit ? &unknown : &err);
+    }
+    for (aorm__sop *op = s->a_head, *next; op; op = next) { /* no callbacks from here on */
+        next = op->next;
+        early_drop(op);
+        if (op->pending == 0) {
+            ahead_unlink(s, op);
+            sop_free(op);
+        }
+    }
     cancel_queued(s, "session closed");
 }
 
@@ -1890,16 +2574,36 @@ static void on_engine_closed(aorm_owner *o, void *user) {
                 sop_free(run);
             }
         }
-        if (!s->running && !s->closing) cancel_queued(s, "cancelled: the engine was freed");
+        /* operations started ahead: their statements were called back
+         * with the engine's cancellation (kept, as early answers) */
+        while (!s->closing) { /* aorm_session_free from a callback takes the list over */
+            aorm__sop *op = s->a_head;
+            while (op && op->answered) op = op->next;
+            if (!op) break;
+            aorm_error err = {.code = AORM_ECANCELED, .message = "cancelled: the engine was freed", .detail = "",
+                              .hint = "", .constraint = "", .table = "", .column = ""};
+            early_drop(op);
+            deliver(s, op, NULL, NULL, NULL, &err);
+        }
+        for (aorm__sop *op = s->a_head, *next; op && !s->closing && s->depth == 1 && !s->running; op = next) {
+            next = op->next;
+            early_drop(op);
+            if (op->pending == 0) {
+                ahead_unlink(s, op);
+                sop_free(op);
+            }
+        }
+        if (!s->running && !s->a_head && !s->closing) cancel_queued(s, "cancelled: the engine was freed");
     }
     session_leave(s);
 }
 
 static void session_destroy(aorm_session *s) {
     if (s->start_scheduled) aorm_loop_soon_cancel(s->loop, soon_start, s);
+    aorm__cache_session_free(s);
     if (s->conn) aorm_conn_release(s->conn); /* rolled back by the engine */
     s->conn = NULL;
-    aorm__assert(!s->running);
+    aorm__assert(!s->running && !s->a_head);
     aorm_owner_free(s->owner); /* nothing of it is left in the engine: cancelled in aorm_session_free */
     aorm__idmap_free(&s->idmap);
     aorm__region_free(&s->region);
@@ -1931,7 +2635,12 @@ void aorm_session_free(aorm_session *s) {
         s->running = NULL;
         sop_free(run);
     }
-    if (s->running || s->depth > 0 || (s->begins_out > 0 && !s->engine_gone)) {
+    while (s->engine_gone && s->a_head && s->depth == 0) {
+        aorm__sop *op = s->a_head;
+        ahead_unlink(s, op);
+        sop_free(op);
+    }
+    if (s->running || s->a_head || s->depth > 0 || (s->begins_out > 0 && !s->engine_gone)) {
         /* inside a callback of the session, or statements still out hold
          * pointers to the running operation: the session goes when the
          * callback returns or the last of them is back */

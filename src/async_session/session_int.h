@@ -15,6 +15,7 @@
 
 #include "aorm/session.h"
 #include "async_session/region.h"
+#include "cache/cache_hooks.h"
 #include "mapping/mapping.h"
 
 #define AORM__OBJ_MAGIC 0x616f726du /* "aorm" */
@@ -122,8 +123,9 @@ typedef enum sop_kind {
     SOP_QUERY, SOP_EXECUTE, SOP_GET, SOP_GET_MANY, SOP_REFRESH,
     SOP_FLUSH, SOP_COMMIT, SOP_ROLLBACK, SOP_BEGIN,
     SOP_SAVEPOINT, SOP_RELEASE_SAVEPOINT, SOP_ROLLBACK_SAVEPOINT,
-    SOP_LOAD, /* explicit relationship load (loaders.h) */
-    SOP_NOOP  /* answers in queue order: chains start on it */
+    SOP_LOAD,   /* explicit relationship load (loaders.h) */
+    SOP_STREAM, /* aorm_session_stream */
+    SOP_NOOP    /* answers in queue order: chains start on it */
 } sop_kind;
 
 typedef struct aorm__sop aorm__sop;
@@ -138,6 +140,7 @@ struct aorm__sop {
         aorm_object_cb object;
         aorm_session_cb done;
         aorm_rows_cb rows;
+        aorm_stream_objects_cb stream;
     } cb;
     void *user;
     aorm_stmt *stmt;          /* owned */
@@ -155,6 +158,22 @@ struct aorm__sop {
     aorm_error *err;          /* first failure, copied (for multi-statement operations) */
     void *ext;                /* per-kind state (flush plan, load plan run)... */
     void (*ext_free)(void *); /* ...and how to free it if the operation dies first */
+    void *cache;              /* second-level cache state of a get / get_many (cache_hooks.h) */
+    /* pipelining (see "the operation queue" in session.c) */
+    bool sent_all;            /* every statement of it is out: later operations may be sent behind it */
+    bool ahead;               /* started while an earlier operation was still unanswered */
+    bool in_ahead;            /* on the session's ahead list (not yet its turn) */
+    bool in_tx;               /* its statement went down the held connection */
+    bool lazy;                /* SOP_BEGIN: answers once BEGIN is queued, not when it is answered */
+    bool rider;               /* SOP_GET merged into an earlier get's statement: it sends nothing */
+    bool covered;             /* rider: that statement succeeded, the identity map has the answer */
+    bool early;               /* its answer came before its turn and waits in early_* */
+    int nriders;              /* SOP_GET: riders answered by its statement (the next ones in order) */
+    int early_code;           /* early answer: an error that could not be copied (out of memory) */
+    aorm_error *early_err;    /* early answer: the error (copied)... */
+    void *early_obj;          /* ...or the object of a get... */
+    void **early_items;       /* ...or the objects of a query (malloc'd) */
+    size_t early_n;
 };
 
 typedef enum tx_state {
@@ -189,7 +208,9 @@ struct aorm_session {
 
     aorm__sop *q_head, *q_tail;
     aorm__sop *running;
+    aorm__sop *a_head, *a_tail; /* started behind `running`, answered in this order after it */
     bool start_scheduled;     /* a soon callback will start the next operation */
+    bool pumping;             /* pump() is on the stack: it picks up what is queued meanwhile */
 
     tx_state tx;
     aorm_conn *conn;          /* held while in a transaction */
@@ -203,7 +224,9 @@ struct aorm_session {
 
     uint64_t statements;
     char errmsg[256];         /* last aorm_rel_get message */
+    char decode_msg[320];     /* the last value that could not be loaded: model, column, both types */
     void *data;
+    void *cache_tx;           /* the transaction's writes, for the cache's invalidation (cache_hooks.h) */
     int depth;                /* session code on the stack */
     int begins_out;           /* BEGIN answers still to come (they point at the session) */
     bool closing;
@@ -231,6 +254,19 @@ void aorm__session_leave(aorm_session *s);
  * statement is back). */
 bool aorm__op_arrived(aorm__sop *op);
 int aorm__session_noop(aorm_session *s, aorm_session_cb cb, void *user);
+/* Starts op again from the top (the second-level cache resumes a get or
+ * get_many this way once Redis has answered). Call inside session_enter. */
+void aorm__session_resume(aorm__sop *op);
+/* For rows that come from the second-level cache: a new persistent
+ * object of m (zeroed, key hash set, not yet in the identity map; NULL on
+ * out of memory), filled by the caller, then adopted: snapshot taken, put
+ * in the identity map and tracked. Returns 0 or AORM_ENOMEM. */
+aorm__obj *aorm__session_new_row(aorm_session *s, const aorm_model *m, uint64_t hash);
+int aorm__session_adopt_row(aorm_session *s, aorm__obj *h);
+/* aorm_session_begin() whose callback runs as soon as BEGIN is queued on
+ * the held connection, so that the next operation's statements share its
+ * round trip (a refused BEGIN fails them instead: rollback required). */
+int aorm__session_begin_lazy(aorm_session *s, const aorm_tx_options *tx, aorm_session_cb cb, void *user);
 void aorm__session_fail_tx(aorm_session *s);
 void aorm__session_ensure_tx(aorm_session *s, aorm__sop *op, void (*then)(aorm__sop *op, const aorm_error *err));
 /* Rows of res (a result of q) as objects of m through the identity map,

@@ -58,6 +58,7 @@
 #include <time.h>
 
 #include "aorm/redis.h"
+#include "cache/redis_int.h"
 #include "util/util.h"
 
 /* ---- types ---------------------------------------------------------------- */
@@ -85,6 +86,13 @@ struct rreq {
     bool sent;           /* handed to hiredis: hiredis will call on_reply once */
     bool done;           /* outcome delivered while hiredis still holds it */
 };
+
+/* One pair of connection hooks: the options' (first) and internal ones. */
+typedef struct rhook {
+    aorm_redis_conn_cb on_ready, on_lost;
+    void *user;
+    bool removed; /* removed while the hooks ran: compacted afterwards */
+} rhook;
 
 struct aorm_redis {
     aorm_loop *loop;
@@ -128,6 +136,25 @@ struct aorm_redis {
     uint64_t rng;
 
     aorm_redis_stats st;
+
+    /* connection hooks */
+    rhook *hooks;
+    int nhooks, caphooks;
+    int hooks_running;     /* run_hooks() nesting */
+    bool in_ready_hook;    /* commands queued now go before the waiting ones */
+
+    /* a subscriber: channels subscribed on every connection */
+    bool subscriber;
+    char **channels;
+    int nchannels;
+    aorm_redis_message_cb on_message;
+    aorm_redis_conn_cb on_subscribed;
+    void *sub_user;
+    int sub_pending;       /* confirmations still awaited on this connection */
+    bool subscribed;       /* every channel confirmed on this connection */
+    aorm_timer *sub_timer; /* deadline of the confirmations, then the heartbeat */
+    double last_rx;        /* monotonic time data last arrived on this connection */
+    double ping_at;        /* a heartbeat PING unanswered since then; 0 none */
 
     /* teardown */
     int depth;             /* enter() nesting */
@@ -195,6 +222,23 @@ static void list_append(aorm_redis *r, rreq *c) {
     r->tail = c;
     if (c->sent) r->in_flight++;
     else r->waiting++;
+}
+
+/* Puts a command just handed to hiredis after the last one in flight,
+ * ahead of the waiting ones (on_ready's commands go out first). */
+static void list_insert_sent(aorm_redis *r, rreq *c) {
+    rreq *w = r->head;
+    while (w && w->sent) w = w->next;
+    if (!w) {
+        list_append(r, c);
+        return;
+    }
+    c->next = w;
+    c->prev = w->prev;
+    if (w->prev) w->prev->next = c;
+    else r->head = c;
+    w->prev = c;
+    r->in_flight++;
 }
 
 static void cmd_free(rreq *c) {
@@ -293,6 +337,60 @@ static void note_success(aorm_redis *r) {
     }
 }
 
+/* ---- connection hooks (on_ready / on_lost) ---------------------------------- */
+
+/* Runs every on_ready (ready) or on_lost hook in order. Hooks added
+ * meanwhile run too; removed ones no longer. The caller re-checks the
+ * client's state afterwards: a hook may have freed it (deferred by the
+ * caller's enter()) or dropped the connection. */
+static void run_hooks(aorm_redis *r, bool ready) {
+    r->hooks_running++;
+    for (int i = 0; i < r->nhooks && !r->free_requested; i++) {
+        rhook h = r->hooks[i]; /* the array may move when a hook adds one */
+        if (h.removed) continue;
+        aorm_redis_conn_cb fn = ready ? h.on_ready : h.on_lost;
+        if (fn) fn(r, h.user);
+    }
+    if (--r->hooks_running == 0) {
+        int k = 0;
+        for (int i = 0; i < r->nhooks; i++)
+            if (!r->hooks[i].removed) r->hooks[k++] = r->hooks[i];
+        r->nhooks = k;
+    }
+}
+
+int aorm__redis_hook_add(aorm_redis *r, aorm_redis_conn_cb on_ready, aorm_redis_conn_cb on_lost, void *user) {
+    if (!r || r->closing || (!on_ready && !on_lost)) return AORM_EMISUSE;
+    if (r->nhooks == r->caphooks) {
+        int cap = r->caphooks ? r->caphooks * 2 : 4;
+        rhook *h = realloc(r->hooks, (size_t)cap * sizeof(*h));
+        if (!h) return AORM_ENOMEM;
+        r->hooks = h;
+        r->caphooks = cap;
+    }
+    r->hooks[r->nhooks++] = (rhook){on_ready, on_lost, user, false};
+    return 0;
+}
+
+void aorm__redis_hook_remove(aorm_redis *r, aorm_redis_conn_cb on_ready, aorm_redis_conn_cb on_lost, void *user) {
+    if (!r) return;
+    for (int i = 0; i < r->nhooks; i++) {
+        rhook *h = &r->hooks[i];
+        if (h->removed || h->on_ready != on_ready || h->on_lost != on_lost || h->user != user) continue;
+        if (r->hooks_running) {
+            h->removed = true;
+        } else {
+            memmove(h, h + 1, (size_t)(r->nhooks - i - 1) * sizeof(*h));
+            r->nhooks--;
+        }
+        return;
+    }
+}
+
+uint64_t aorm__redis_conn_gen(const aorm_redis *r) { return r ? r->st.connects : 0; }
+
+bool aorm__redis_connected(const aorm_redis *r) { return r && r->state == RS_READY && r->ac && !r->dying; }
+
 /* ---- the connection: hooks hiredis calls ------------------------------------ */
 
 static void io_update(aorm_redis *r) {
@@ -369,7 +467,11 @@ static void hook_cleanup(void *p) {
     r->state = RS_IDLE;
     r->drop_code = 0;
     r->secret_left = 0;
+    r->sub_pending = 0;
+    r->subscribed = false;
+    r->ping_at = 0;
     aorm_timer_stop(r->connect_timer);
+    if (r->sub_timer) aorm_timer_stop(r->sub_timer);
     if (r->closing) return;
     conn_gone(r, was, code, r->errbuf);
 }
@@ -382,9 +484,42 @@ static void hook_cleanup(void *p) {
  * the callbacks of every earlier reply were taken off the list, so an
  * empty list here means the reply is unsolicited: refuse to build it,
  * which makes the parser fail and hiredis close the connection. */
-static bool reader_expected(const redisReadTask *t) {
-    if (t->parent) return true;
+/* A subscribed context with no regular reply pending takes pub/sub
+ * replies: arrays of two or more elements whose first two are strings,
+ * and for "unsubscribe" a third one, an integer. hiredis asserts on (or
+ * reads past) anything else there, so it is refused here. Elements are
+ * built in order, so the kind (element 0) is known when the later ones
+ * are checked. */
+static bool in_pubsub(const aorm_redis *r) {
+    return r->ac && (r->ac->c.flags & REDIS_SUBSCRIBED) && !r->ac->replies.head;
+}
+
+static bool pubsub_unsubscribe(const redisReadTask *parent) {
+    const redisReply *a = parent->obj;
+    const redisReply *kind = a && a->type == REDIS_REPLY_ARRAY && a->elements > 0 ? a->element[0] : NULL;
+    return kind && kind->type == REDIS_REPLY_STRING && kind->len >= 11 &&
+           strcasecmp(kind->str + kind->len - 11, "unsubscribe") == 0;
+}
+
+static bool reader_pubsub_ok(aorm_redis *r, const redisReadTask *t, int n) {
+    bool ok;
+    if (!t->parent) ok = t->type == REDIS_REPLY_ARRAY && n >= 2;
+    else if (t->parent->parent) return true;
+    else if (t->idx == 0) ok = t->type == REDIS_REPLY_STRING;
+    else if (t->idx == 1) ok = t->type == REDIS_REPLY_STRING && (!pubsub_unsubscribe(t->parent) || t->parent->elements >= 3);
+    else if (t->idx == 2) ok = !pubsub_unsubscribe(t->parent) || t->type == REDIS_REPLY_INTEGER;
+    else return true;
+    if (!ok && !r->drop_code) {
+        r->drop_code = AORM_EPROTOCOL;
+        snprintf(r->drop_msg, sizeof(r->drop_msg), "the server sent a malformed pub/sub message");
+    }
+    return ok;
+}
+
+static bool reader_expected_n(const redisReadTask *t, int n) {
     aorm_redis *r = t->privdata;
+    if (in_pubsub(r) && !(t->type == REDIS_REPLY_ERROR && !t->parent)) return reader_pubsub_ok(r, t, n);
+    if (t->parent) return true;
     if (r->ac && r->ac->replies.head) return true;
     if (t->type == REDIS_REPLY_ERROR) return true; /* hiredis closes on these itself */
     if (!r->drop_code) {
@@ -394,6 +529,8 @@ static bool reader_expected(const redisReadTask *t) {
     return false;
 }
 
+static bool reader_expected(const redisReadTask *t) { return reader_expected_n(t, 0); }
+
 static void *reader_string(const redisReadTask *t, char *s, size_t n) {
     aorm_redis *r = t->privdata;
     return reader_expected(t) ? r->orig_fns->createString(t, s, n) : NULL;
@@ -401,7 +538,7 @@ static void *reader_string(const redisReadTask *t, char *s, size_t n) {
 
 static void *reader_array(const redisReadTask *t, int n) {
     aorm_redis *r = t->privdata;
-    return reader_expected(t) ? r->orig_fns->createArray(t, n) : NULL;
+    return reader_expected_n(t, n) ? r->orig_fns->createArray(t, n) : NULL;
 }
 
 static void *reader_integer(const redisReadTask *t, long long v) {
@@ -492,12 +629,25 @@ static void send_waiting(aorm_redis *r) {
     }
 }
 
+static void sub_send(aorm_redis *r);
+
+/* The connection is ready: the hooks' commands first, then a
+ * subscriber's SUBSCRIBE, then the commands that waited. Runs inside an
+ * enter()/leave() bracket (from on_io). */
 static void conn_ready(aorm_redis *r, bool answered) {
     r->state = RS_READY;
     aorm_timer_stop(r->connect_timer);
     r->st.connects++;
     if (answered) note_success(r);
     rlog(r, AORM_LOG_INFO, "redis %s: connected%s", r->where, r->password ? " and authenticated" : "");
+    redisAsyncContext *ac = r->ac;
+    if (r->nhooks) {
+        r->in_ready_hook = true;
+        run_hooks(r, true);
+        r->in_ready_hook = false;
+        if (r->free_requested || r->ac != ac || r->dying) return;
+    }
+    if (r->subscriber) sub_send(r);
     send_waiting(r);
 }
 
@@ -646,12 +796,120 @@ static void conn_gone(aorm_redis *r, rconn_state was, int code, const char *msg)
     }
     note_failure(r);
     schedule_retry(r, code);
-    if (was != RS_READY || r->st.breaker == AORM_REDIS_BREAKER_OPEN) {
-        int wcode = code == AORM_EAUTH ? AORM_EAUTH : AORM_ECONNECT;
-        char m[sizeof(r->errbuf)];
-        snprintf(m, sizeof(m), "%s", msg);
-        fail_waiting(r, wcode, m);
+    char m[sizeof(r->errbuf)];
+    snprintf(m, sizeof(m), "%s", msg); /* callbacks below may reuse errbuf */
+    if (was != RS_READY || r->st.breaker == AORM_REDIS_BREAKER_OPEN)
+        fail_waiting(r, code == AORM_EAUTH ? AORM_EAUTH : AORM_ECONNECT, m);
+    if (was == RS_READY && r->nhooks && !r->free_requested) run_hooks(r, false);
+}
+
+/* ---- subscribers -------------------------------------------------------------- */
+
+/* hiredis's callback for SUBSCRIBE: it runs for each confirmation and each
+ * message of the channels, and with NULL when the context goes away. */
+static void on_sub(redisAsyncContext *ac, void *reply, void *priv) {
+    aorm_redis *r = priv;
+    redisReply *rep = reply;
+    if (!rep || r->dying || r->ac != ac || r->free_requested) return;
+    /* reader_pubsub_ok() let only arrays of >= 2 elements, two strings first, through */
+    aorm__assert(rep->type == REDIS_REPLY_ARRAY && rep->elements >= 2);
+    const redisReply *kind = rep->element[0], *ch = rep->element[1];
+    note_success(r);
+    if (kind->len == 9 && strncasecmp(kind->str, "subscribe", 9) == 0) {
+        if (r->sub_pending > 0 && --r->sub_pending == 0) {
+            aorm_timer_stop(r->sub_timer);
+            r->ping_at = 0;
+            if (r->o.subscriber_ping > 0) aorm_timer_start(r->sub_timer, r->o.subscriber_ping);
+            r->subscribed = true;
+            rlog(r, AORM_LOG_INFO, "redis %s: subscribed to %d channel(s)", r->where, r->nchannels);
+            if (r->on_subscribed) r->on_subscribed(r, r->sub_user);
+        }
+    } else if (kind->len == 7 && strncasecmp(kind->str, "message", 7) == 0 && rep->elements >= 3) {
+        r->st.messages++;
+        if (r->on_message) r->on_message(r, ch->str, ch->len, rep->element[2], r->sub_user);
+    } else if (kind->len == 11 && strncasecmp(kind->str, "unsubscribe", 11) == 0) {
+        /* nobody here unsubscribes: the server dropped the channel; a new
+         * connection subscribes again */
+        rlog(r, AORM_LOG_WARN, "redis %s: the server unsubscribed this client from %.*s; reconnecting", r->where,
+             (int)ch->len, ch->str);
+        conn_drop(r, AORM_ECONNLOST, "connection closed: the server ended a subscription");
     }
+}
+
+/* Sends SUBSCRIBE for every channel on the ready connection. */
+static void sub_send(aorm_redis *r) {
+    const char **argv = malloc(((size_t)r->nchannels + 1) * sizeof(*argv));
+    char *cmd = NULL;
+    int len = -1;
+    if (argv) {
+        argv[0] = "SUBSCRIBE";
+        for (int i = 0; i < r->nchannels; i++) argv[i + 1] = r->channels[i];
+        len = redisFormatCommandArgv(&cmd, r->nchannels + 1, argv, NULL);
+        free(argv);
+    }
+    if (len <= 0 || !cmd || redisAsyncFormattedCommand(r->ac, on_sub, r, cmd, (size_t)len) != REDIS_OK) {
+        if (cmd) redisFreeCommand(cmd);
+        conn_drop(r, AORM_ENOMEM, "out of memory sending SUBSCRIBE");
+        return;
+    }
+    redisFreeCommand(cmd);
+    r->sub_pending = r->nchannels;
+    if (r->o.command_timeout > 0) aorm_timer_start(r->sub_timer, r->o.command_timeout);
+}
+
+/* The heartbeat of a subscribed connection: PING written straight into
+ * the output buffer with no callback of hiredis (in subscribed mode it
+ * would file one where no reply ever reaches it); the answer, an array
+ * ["pong", ""], matches no channel and is dropped by hiredis. Any data
+ * that arrives counts as the answer. */
+static void sub_heartbeat(aorm_redis *r) {
+    double now = mono_now();
+    if (r->ping_at > 0) {
+        if (r->last_rx >= r->ping_at) {
+            r->ping_at = 0; /* answered */
+        } else if (now - r->ping_at >= r->o.command_timeout && r->o.command_timeout > 0) {
+            r->st.timeouts++;
+            rlog(r, AORM_LOG_WARN, "redis %s: no answer to PING within %g s; closing the subscriber connection",
+                 r->where, r->o.command_timeout);
+            conn_drop(r, AORM_ECONNLOST, "connection closed: no answer to PING within the command deadline");
+            return;
+        } else {
+            aorm_timer_start(r->sub_timer, r->ping_at + r->o.command_timeout - now);
+            return;
+        }
+    }
+    double idle = now - r->last_rx;
+    if (idle < r->o.subscriber_ping) {
+        aorm_timer_start(r->sub_timer, r->o.subscriber_ping - idle);
+        return;
+    }
+    static const char ping[] = "*1\r\n$4\r\nPING\r\n";
+    sds ob = sdscatlen(r->ac->c.obuf, ping, sizeof(ping) - 1);
+    if (!ob) {
+        conn_drop(r, AORM_ENOMEM, "out of memory");
+        return;
+    }
+    r->ac->c.obuf = ob;
+    r->ping_at = now;
+    aorm_timer_start(r->sub_timer, r->o.command_timeout > 0 ? r->o.command_timeout : r->o.subscriber_ping);
+}
+
+static void on_sub_timeout(aorm_timer *t, void *user) {
+    aorm_redis *r = user;
+    enter(r);
+    if (r->ac && !r->dying && r->sub_pending > 0) {
+        r->st.timeouts++;
+        rlog(r, AORM_LOG_WARN, "redis %s: SUBSCRIBE was not confirmed within %g s; closing the connection", r->where,
+             r->o.command_timeout);
+        conn_drop(r, AORM_ECONNLOST, "connection closed: SUBSCRIBE was not confirmed within the command deadline");
+    } else if (r->ac && !r->dying && r->subscribed) {
+        sub_heartbeat(r);
+    }
+    leave(r);
+}
+
+bool aorm_redis_subscribed(const aorm_redis *r) {
+    return r && r->subscriber && r->subscribed && r->state == RS_READY && r->ac && !r->dying;
 }
 
 /* ---- replies ---------------------------------------------------------------- */
@@ -690,6 +948,7 @@ static void on_io(aorm_io *io, int revents, void *user) {
     aorm_redis *r = user;
     redisAsyncContext *ac = r->ac;
     enter(r);
+    if (revents & AORM_READ) r->last_rx = mono_now();
     /* hiredis reads 16 KB per call. While a reply is incomplete and the
      * last read brought data, read again at once instead of waiting a
      * loop turn per 16 KB; bounded, so one huge reply cannot hog the loop. */
@@ -791,6 +1050,10 @@ static void on_retry(aorm_timer *t, void *user) {
 
 /* ---- public API ------------------------------------------------------------- */
 
+void aorm_redis_cmd_options_init(aorm_redis_cmd_options *o) {
+    if (o) memset(o, 0, sizeof(*o));
+}
+
 void aorm_redis_options_init(aorm_redis_options *o) {
     if (!o) return;
     memset(o, 0, sizeof(*o));
@@ -802,6 +1065,7 @@ void aorm_redis_options_init(aorm_redis_options *o) {
     o->reconnect_max = 2.0;
     o->breaker_threshold = 5;
     o->breaker_cooldown = 1.0;
+    o->subscriber_ping = 2.0;
     o->log_level = AORM_LOG_WARN;
 }
 
@@ -841,7 +1105,8 @@ static bool options_valid(const aorm_redis_options *o) {
     else if (o->client_name && (!*o->client_name || strpbrk(o->client_name, " \t\r\n")))
         why = "client_name must be a non-empty word without spaces";
     else if (o->connect_timeout < 0 || o->command_timeout < 0 || o->reconnect_min <= 0 ||
-             o->reconnect_max < o->reconnect_min || o->breaker_threshold < 0 || o->breaker_cooldown < 0)
+             o->reconnect_max < o->reconnect_min || o->breaker_threshold < 0 || o->breaker_cooldown < 0 ||
+             o->subscriber_ping < 0)
         why = "negative timeout, or reconnect_min not in (0, reconnect_max]";
     if (!why) return true;
     char msg[200];
@@ -850,7 +1115,23 @@ static bool options_valid(const aorm_redis_options *o) {
     return false;
 }
 
-aorm_redis *aorm_redis_new(aorm_loop *loop, const aorm_redis_options *o) {
+static void free_channels(aorm_redis *r) {
+    for (int i = 0; i < r->nchannels; i++) free(r->channels[i]);
+    free(r->channels);
+    r->channels = NULL;
+    r->nchannels = 0;
+}
+
+typedef struct sub_args {
+    const char *const *channels;
+    int nchannels;
+    aorm_redis_message_cb on_message;
+    aorm_redis_conn_cb on_subscribed;
+    void *user;
+} sub_args;
+
+/* A client, or with sub a subscriber. */
+static aorm_redis *client_new(aorm_loop *loop, const aorm_redis_options *o, const sub_args *sub) {
     if (!loop || !o || !options_valid(o)) return NULL;
     aorm_redis *r = calloc(1, sizeof(*r));
     if (!r) return NULL;
@@ -886,6 +1167,20 @@ aorm_redis *aorm_redis_new(aorm_loop *loop, const aorm_redis_options *o) {
     r->connect_timer = aorm_timer_new(loop, on_connect_timeout, r);
     r->retry_timer = aorm_timer_new(loop, on_retry, r);
     if (!r->deadline_timer || !r->connect_timer || !r->retry_timer) goto fail;
+    if ((o->on_ready || o->on_lost) && aorm__redis_hook_add(r, o->on_ready, o->on_lost, o->hook_user) < 0) goto fail;
+    if (sub) {
+        r->subscriber = true;
+        r->on_message = sub->on_message;
+        r->on_subscribed = sub->on_subscribed;
+        r->sub_user = sub->user;
+        r->sub_timer = aorm_timer_new(loop, on_sub_timeout, r);
+        r->channels = calloc((size_t)sub->nchannels, sizeof(*r->channels));
+        if (!r->sub_timer || !r->channels) goto fail;
+        for (; r->nchannels < sub->nchannels; r->nchannels++) {
+            r->channels[r->nchannels] = aorm__strdup(sub->channels[r->nchannels]);
+            if (!r->channels[r->nchannels]) goto fail;
+        }
+    }
     if (aorm_loop_before_poll_add(loop, on_before_poll, r) < 0) goto fail;
     conn_start(r);
     return r;
@@ -893,6 +1188,9 @@ fail:
     aorm_timer_free(r->deadline_timer);
     aorm_timer_free(r->connect_timer);
     aorm_timer_free(r->retry_timer);
+    aorm_timer_free(r->sub_timer);
+    free(r->hooks);
+    if (r->channels) free_channels(r);
     free(r->host);
     free(r->unix_path);
     free(r->username);
@@ -900,6 +1198,18 @@ fail:
     free(r->client_name);
     free(r);
     return NULL;
+}
+
+aorm_redis *aorm_redis_new(aorm_loop *loop, const aorm_redis_options *o) { return client_new(loop, o, NULL); }
+
+aorm_redis *aorm_redis_subscriber_new(aorm_loop *loop, const aorm_redis_options *o, const char *const *channels,
+                                      int nchannels, aorm_redis_message_cb on_message, aorm_redis_conn_cb on_subscribed,
+                                      void *user) {
+    if (!channels || nchannels <= 0 || !on_message) return NULL;
+    for (int i = 0; i < nchannels; i++)
+        if (!channels[i] || !*channels[i]) return NULL;
+    sub_args sub = {channels, nchannels, on_message, on_subscribed, user};
+    return client_new(loop, o, &sub);
 }
 
 static void real_free(aorm_redis *r) {
@@ -915,6 +1225,9 @@ static void real_free(aorm_redis *r) {
     aorm_timer_free(r->deadline_timer);
     aorm_timer_free(r->connect_timer);
     aorm_timer_free(r->retry_timer);
+    aorm_timer_free(r->sub_timer);
+    free(r->hooks);
+    free_channels(r);
     free(r->host);
     free(r->unix_path);
     free(r->username);
@@ -977,6 +1290,7 @@ static int check_command(const char *buf, size_t len) {
 static int submit(aorm_redis *r, char *buf, size_t len, const aorm_redis_cmd_options *opts, aorm_redis_cb cb,
                   void *user) {
     int rc = check_command(buf, len);
+    if (rc == 0 && r->subscriber && !r->in_ready_hook) rc = AORM_EMISUSE; /* see "Subscriber clients" */
     if (rc < 0) {
         free(buf);
         return rc;
@@ -1003,7 +1317,8 @@ static int submit(aorm_redis *r, char *buf, size_t len, const aorm_redis_cmd_opt
             aorm_loop_wake(r->loop);
         }
     }
-    list_append(r, c);
+    if (c->sent && r->in_ready_hook) list_insert_sent(r, c); /* ahead of the commands that waited */
+    else list_append(r, c);
     r->st.commands++;
     if (c->deadline > 0) arm_deadline(r, c->deadline);
     return 0;
@@ -1052,7 +1367,8 @@ void aorm_redis_stats_get(const aorm_redis *r, aorm_redis_stats *out) {
     memset(out, 0, sizeof(*out));
     if (!r) return;
     *out = r->st;
-    out->connected = r->state == RS_READY && r->ac && !r->dying;
+    out->connected = aorm__redis_connected(r);
     out->in_flight = r->in_flight;
     out->waiting = r->waiting;
+    out->subscribed = aorm_redis_subscribed(r);
 }

@@ -203,6 +203,8 @@ typedef struct level_item {
     ptr_set found_set;
     aorm_stmt *q;         /* the statement, kept for result positions */
     bool joined_done;     /* resolved from the root query's own rows */
+    void *cache;          /* second-level cache ticket of a cached collection (cache_hooks.h) */
+    bool cache_asked;     /* the cache was asked: owners are now the ones it lacked */
 } level_item;
 
 typedef aorm__load_then load_then;
@@ -220,6 +222,7 @@ typedef struct load_run {
 
 static void level_free(load_run *r) {
     for (int i = 0; i < r->nitems; i++) {
+        aorm__cache_coll_free(r->items[i].cache);
         free(r->items[i].owners.v);
         free(r->items[i].found.v);
         set_free(&r->items[i].found_set);
@@ -467,20 +470,11 @@ static int send_item(load_run *r, int idx) {
         if (rc == 0) rc = order_by_cols(q, tm, km.from, km.n);
     } else { /* many-to-many: target JOIN secondary ON secondary.remote = target.pk */
         const aorm_model *sm = rel->secondary;
-        aorm_expr sc[AORM_KEY_MAX], tc[AORM_KEY_MAX], eq[AORM_KEY_MAX];
-        const aorm_expr *conj[AORM_KEY_MAX];
-        for (int i = 0; i < rem.n; i++) {
-            sc[i] = (aorm_expr){.kind = AORM_X_COLUMN, .model = sm, .offset = rem.from[i]->offset};
-            tc[i] = (aorm_expr){.kind = AORM_X_COLUMN, .model = tm, .offset = rem.to[i]->offset};
-            eq[i] = (aorm_expr){.kind = AORM_X_BINARY, .op = AORM_OP_EQ, .a = &sc[i], .b = &tc[i]};
-            conj[i] = &eq[i];
-        }
-        aorm_expr on = {.kind = AORM_X_AND, .list = conj, .n = rem.n}; /* one condition prints bare */
         for (int i = 0; i < km.n && rc == 0; i++) { /* the owner's key, to group rows by */
             aorm_expr loc = {.kind = AORM_X_COLUMN, .model = sm, .offset = km.from[i]->offset};
             rc = aorm_select_add(q, &loc);
         }
-        if (rc == 0) rc = aorm_join(q, sm, &on);
+        if (rc == 0) rc = aorm__join_key(q, sm, sm, tm, &rem); /* ON secondary.remote = target.pk */
         if (rc == 0) rc = aorm__where_key_in(q, sm, km.from, km.to, km.n, it->owners.v, it->owners.n);
         if (rc == 0) rc = order_by_cols(q, sm, km.from, km.n);
     }
@@ -703,16 +697,65 @@ static void on_level_rows(aorm_engine *e, aorm_result *res, const aorm_error *er
         if (s->conn) aorm__session_fail_tx(s);
         if (!r->err) r->err = aorm_error_copy(err);
     } else if (!r->err) {
-        int rc = absorb_rows(r, &r->items[idx], res);
+        level_item *it = &r->items[idx];
+        int rc = absorb_rows(r, it, res);
         if (rc < 0) record(r, rc, "", "a relationship row could not be loaded");
+        else aorm__cache_coll_loaded(it->cache, it->owners.v, it->owners.n); /* written back */
     }
     if (--r->out == 0) next_level(r);
     aorm__session_leave(s);
 }
 
+/* The second-level cache answered the lists of a cached collection: the
+ * owners it had get their children (as a statement would have set them),
+ * the others go to PostgreSQL in the item's statement. */
+static void on_cached_lists(void *ctx, int idx, const aorm__coll_hit *hits) {
+    load_run *r = ctx;
+    aorm_session *s = r->op->s;
+    level_item *it = &r->items[idx];
+    const aorm_relationship *rel = it->rel;
+    const aorm_relationship *back =
+        rel->kind == AORM_ONE_TO_MANY && rel->back_populates ? aorm_model_relationship(rel->target, rel->back_populates)
+                                                             : NULL;
+    int back_i = back ? rel_index(rel->target, back) : -1;
+    size_t keep = 0;
+    for (size_t i = 0; i < it->owners.n && !r->err; i++) {
+        void *owner = it->owners.v[i];
+        if (!hits || !hits[i].hit) {
+            it->owners.v[keep++] = owner;
+            continue;
+        }
+        int rc = set_collection(s, it, owner, hits[i].items, hits[i].n);
+        mark_loaded(aorm__obj_hdr(owner), it->ri);
+        for (size_t k = 0; k < hits[i].n && rc == 0; k++) {
+            void *child = hits[i].items[k];
+            if (add_found(it, child) < 0) rc = AORM_ENOMEM;
+            if (back && back->kind == AORM_MANY_TO_ONE) {
+                *(void **)((char *)child + back->offset) = owner;
+                mark_loaded(aorm__obj_hdr(child), back_i);
+            }
+        }
+        if (rc < 0) record(r, rc, "", "a cached relationship could not be loaded");
+    }
+    it->owners.n = keep;
+    it->cache_asked = true;
+    if (!r->err && keep > 0) {
+        int rc = send_item(r, idx);
+        if (rc < 0) record(r, rc, "", "a relationship load could not be sent");
+    }
+    if (--r->out == 0) next_level(r);
+}
+
 static void send_level(load_run *r) {
     for (int i = 0; i < r->nitems && !r->err; i++) {
-        if (r->items[i].joined_done) continue;
+        level_item *it = &r->items[i];
+        if (it->joined_done) continue;
+        if (!it->cache_asked && it->rel->kind != AORM_MANY_TO_ONE &&
+            (it->cache = aorm__cache_coll_start(r->op, it->ld->model, it->rel, it->owners.v, it->owners.n,
+                                                on_cached_lists, r, i)) != NULL) {
+            r->out++; /* on_cached_lists sends what Redis lacked */
+            continue;
+        }
         int rc = send_item(r, i);
         if (rc < 0) record(r, rc, "", "a relationship load could not be sent");
     }
@@ -766,6 +809,37 @@ static load_run *run_new(aorm__sop *op, void **roots, size_t n, const aorm_load_
 
 /* ---- joined loads (first level, folded into the query) -------------------------------- */
 
+/* The alias under which the joined load `ld` of plan joins its target, or
+ * NULL when the target joins under its own table name: a target already
+ * in the query (the root itself for a self-referential relationship such
+ * as employee.manager, or the target of an earlier joined load) is joined
+ * again under the relationship's name (with "_j" appended when a table of
+ * the query has that name). buf holds the alias (cap bytes). */
+static const char *joined_alias(const aorm_model *root, const aorm_load_plan *plan, const aorm_load *ld, char *buf,
+                                size_t cap) {
+    const aorm_model *in[64];
+    int n = 0;
+    in[n++] = root;
+    for (int i = 0; i < plan->n; i++) {
+        const aorm_load *l = &plan->loads[i];
+        if (l->strategy != AORM_LOAD_JOINED) continue;
+        const aorm_relationship *rel = aorm_model_relationship_at(l->model, l->offset);
+        bool seen = false;
+        for (int k = 0; k < n; k++) seen |= in[k] == rel->target || (rel->secondary && in[k] == rel->secondary);
+        if (l == ld) {
+            if (!seen) return NULL;
+            const char *name = rel->name && *rel->name ? rel->name : "joined";
+            bool clash = false;
+            for (int k = 0; k < n; k++) clash |= strcmp(in[k]->table, name) == 0;
+            snprintf(buf, cap, "%s%s", name, clash ? "_j" : "");
+            return buf;
+        }
+        if (!seen && n < 63) in[n++] = rel->target;
+        if (rel->secondary && n < 64) in[n++] = rel->secondary;
+    }
+    return NULL;
+}
+
 int aorm__loaders_prepare_query(aorm__sop *op) {
     const aorm_load_plan *plan = op->qo.load;
     if (!plan || !op->stmt) return 0;
@@ -776,6 +850,13 @@ int aorm__loaders_prepare_query(aorm__sop *op) {
         const aorm_load *ld = &plan->loads[i];
         if (ld->strategy != AORM_LOAD_JOINED) continue;
         const aorm_relationship *rel = aorm_model_relationship_at(ld->model, ld->offset);
+        char buf[128];
+        const char *alias = joined_alias(root, plan, ld, buf, sizeof(buf));
+        if (alias) {
+            if ((rc = aorm_select_add_alias(op->stmt, rel->target, alias)) < 0) return rc;
+            if ((rc = aorm_join_rel_alias(op->stmt, rel, alias, true)) < 0) return rc;
+            continue;
+        }
         if ((rc = aorm_select_add_model(op->stmt, rel->target)) < 0) return rc;
         if ((rc = aorm_join_rel(op->stmt, rel, true)) < 0) return rc;
     }
@@ -819,7 +900,17 @@ static int absorb_joined(load_run *r, const aorm_result *res, void **rows_owner,
         int pos_stack[32];
         int *pos = tm->ncolumns <= 32 ? pos_stack : malloc((size_t)tm->ncolumns * sizeof(int));
         if (!pos) return AORM_ENOMEM;
-        aorm__model_positions(r->op->stmt, tm, pos);
+        char abuf[128];
+        const aorm_model *root = r->op->model ? r->op->model : aorm_stmt_model(r->op->stmt);
+        const char *alias = joined_alias(root, r->op->qo.load, it->ld, abuf, sizeof(abuf));
+        if (alias) {
+            for (int c = 0; c < tm->ncolumns; c++) {
+                aorm_expr col = {.kind = AORM_X_COLUMN, .model = tm, .offset = tm->columns[c].offset, .alias = alias};
+                pos[c] = aorm_stmt_column(r->op->stmt, &col);
+            }
+        } else {
+            aorm__model_positions(r->op->stmt, tm, pos);
+        }
         aorm__rowplan rp;
         int np = 0;
         int rc = aorm__rowplan_init(&rp, res, tm, pos);
@@ -1002,8 +1093,8 @@ int aorm_rel_loaded(const aorm_session *s, const void *obj, const aorm_relations
     return i < 32 && (h->loaded_rels & (1u << i)) ? 1 : 0;
 }
 
-int aorm__rel_get_at(aorm_session *s, const void *obj, const aorm_relationship *rel, void **out, const char *file,
-                     int line) {
+int aorm_rel_get_at(aorm_session *s, const void *obj, const aorm_relationship *rel, void **out, const char *file,
+                    int line) {
     if (!s || !out) return AORM_EMISUSE;
     aorm__obj *h = aorm__obj_of(s, obj);
     if (!h || !rel || rel < h->model->relationships || rel >= h->model->relationships + h->model->nrelationships) {
@@ -1026,7 +1117,7 @@ int aorm__rel_get_at(aorm_session *s, const void *obj, const aorm_relationship *
 }
 
 int aorm_rel_get(aorm_session *s, const void *obj, const aorm_relationship *rel, void **out) {
-    return aorm__rel_get_at(s, obj, rel, out, NULL, 0);
+    return aorm_rel_get_at(s, obj, rel, out, NULL, 0);
 }
 
 const char *aorm_session_errmsg(const aorm_session *s) { return s ? s->errmsg : ""; }

@@ -102,6 +102,32 @@ uint32_t aorm__type_array_oid(aorm_type t) {
     return ti ? ti->array_oid : 0;
 }
 
+void aorm__oid_describe(uint32_t oid, char *buf, size_t cap) {
+    for (int t = AORM_BOOL; t <= AORM_JSONB; t++) {
+        if (types[t].oid == oid) {
+            snprintf(buf, cap, "%s", types[t].sql);
+            return;
+        }
+        if (types[t].array_oid == oid) {
+            snprintf(buf, cap, "%s[]", types[t].sql);
+            return;
+        }
+    }
+    static const struct { uint32_t oid; const char *name; } more[] = {
+        {AORM_T_VARCHAR, "character varying"}, {AORM_T_BPCHAR, "character"}, {AORM_T_NAME, "name"},
+        {AORM_T_OID, "oid"}, {1083, "time"}, {1266, "time with time zone"}, {1186, "interval"},
+        {869, "inet"}, {650, "cidr"}, {829, "macaddr"}, {1015, "character varying[]"}, {1187, "interval[]"},
+        {1041, "inet[]"}, {651, "cidr[]"}, {2249, "record"}, {705, "unknown"}, {18, "\"char\""},
+    };
+    for (size_t i = 0; i < sizeof(more) / sizeof(*more); i++) {
+        if (more[i].oid == oid) {
+            snprintf(buf, cap, "%s", more[i].name);
+            return;
+        }
+    }
+    snprintf(buf, cap, "the type of OID %u (an enum, a domain or an extension's type)", (unsigned)oid);
+}
+
 const char *aorm__type_sql(aorm_type t, bool serial) {
     const type_info *ti = info(t);
     if (!ti) return NULL;

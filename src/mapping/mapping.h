@@ -19,6 +19,11 @@
  * integer types). */
 uint32_t aorm__type_oid(aorm_type t);
 uint32_t aorm__type_array_oid(aorm_type t);
+/* The SQL name of the type of OID oid into buf ("text", "integer[]",
+ * "interval", ...; for a type it does not know, its OID), for messages. */
+void aorm__oid_describe(uint32_t oid, char *buf, size_t cap);
+/* The C name of a column type ("AORM_TEXT"), for messages. */
+const char *aorm__type_name(aorm_type t);
 const char *aorm__type_sql(aorm_type t, bool serial);
 
 /* The field of col in obj. */
@@ -133,6 +138,14 @@ const size_t *aorm__rel_fields(const aorm_relationship *r, int which, int *n);
  * AORM_EMISUSE when the declaration does not resolve (aorm_model_validate
  * says why). */
 int aorm__rel_keymap(const aorm_model *owner, const aorm_relationship *r, int which, aorm__keymap *km);
+
+/* Adds `JOIN joined ON from.f1 = to.t1 AND ...` to the SELECT q, the
+ * column pairs of km in order (km->from[i] a column of `from`, km->to[i]
+ * one of `to`). The key-equality expression is built in one place
+ * (src/sql/stmt.c) for aorm_join_rel() and the loaders. Returns 0 or the
+ * statement's error. */
+int aorm__join_key(struct aorm_stmt *q, const aorm_model *joined, const aorm_model *from, const aorm_model *to,
+                   const aorm__keymap *km);
 
 /* The referencing fields of a foreign key (n in *n) and the referenced ones. */
 const size_t *aorm__fk_fields(const aorm_foreign_key *fk, int *n);

@@ -50,29 +50,22 @@ int aorm_stmt_execute_on(aorm_conn *c, aorm_stmt *q, const aorm_exec_options *o,
     return aorm_conn_execute(c, q->sql.data, &q->params, &opts, cb, user);
 }
 
-/* The list whose entries are the result's columns: the select list or
- * RETURNING; NULL for raw text. */
-static const aorm__items *result_items(const aorm_stmt *q) {
-    switch (q->kind) {
-    case AORM__SELECT: return &q->items;
-    case AORM__INSERT:
-    case AORM__UPDATE:
-    case AORM__DELETE: return &q->ret;
-    case AORM__RAW: return NULL;
-    }
-    return NULL;
-}
+/* The list whose entries are the result's columns: the select list,
+ * RETURNING or a set operation's first arm's; NULL for raw text. */
+static const aorm__items *result_items(const aorm_stmt *q) { return aorm__sql_outputs(q); }
+
+static bool same_alias(const char *a, const char *b) { return a == b || (a && b && strcmp(a, b) == 0); }
 
 /* Position of column (m, offset), searching from `hint` on and wrapping,
  * so that loading a model whose columns are listed in order costs one
  * comparison per column. */
-static int find_column(const aorm__items *it, const aorm_model *m, size_t offset, int hint) {
+static int find_column(const aorm__items *it, const aorm_model *m, const char *alias, size_t offset, int hint) {
     int n = it->n;
     if (hint < 0 || hint >= n) hint = 0;
     for (int k = 0; k < n; k++) {
         int j = hint + k < n ? hint + k : hint + k - n;
         const aorm__item *x = &it->v[j];
-        if (x->col && x->model == m && x->col->offset == offset) return j;
+        if (x->col && x->model == m && x->col->offset == offset && same_alias(x->alias, alias)) return j;
     }
     return AORM_ENOTFOUND;
 }
@@ -92,7 +85,7 @@ int aorm_stmt_column(const aorm_stmt *q, const aorm_expr *col) {
     if (col->kind != AORM_X_COLUMN || !col->model) return AORM_EMISUSE;
     const aorm__items *it = result_items(q);
     if (!it) return AORM_ENOTFOUND;
-    return find_column(it, col->model, col->offset, 0);
+    return find_column(it, col->model, col->alias, col->offset, 0);
 }
 
 /* The type OID under which a column's values can be handed to
@@ -131,6 +124,11 @@ static int load_one(const aorm_result *r, int row, int pos, const aorm_column *c
 
 int aorm_stmt_load(const aorm_stmt *q, const aorm_result *r, int row, const aorm_model *m, void *obj,
                    const aorm_allocator *alloc) {
+    return aorm_stmt_load_alias(q, r, row, m, NULL, obj, alloc);
+}
+
+int aorm_stmt_load_alias(const aorm_stmt *q, const aorm_result *r, int row, const aorm_model *m, const char *alias,
+                         void *obj, const aorm_allocator *alloc) {
     if (!q || !r || !m || !obj) return AORM_EMISUSE;
     if (row < 0 || row >= aorm_result_nrows(r)) return AORM_ERANGE;
     const aorm__items *it = result_items(q);
@@ -140,7 +138,7 @@ int aorm_stmt_load(const aorm_stmt *q, const aorm_result *r, int row, const aorm
         const aorm_column *col = &m->columns[i];
         int pos;
         if (it) {
-            pos = find_column(it, m, col->offset, hint);
+            pos = find_column(it, m, alias, col->offset, hint);
             if (pos < 0) continue;
             hint = pos + 1;
             if (pos >= ncols) return AORM_ERANGE; /* not this statement's result */

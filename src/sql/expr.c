@@ -9,9 +9,17 @@
  * COLUMN node keeps its resolved `const aorm_column *` in v.p, so the
  * compiler never searches a model again.
  *
- * Subqueries (aorm_in_select, aorm_exists) are statements handed over by
- * the caller: the statement the expression is attached to becomes their
- * owner, also when the attach fails, and frees them with itself.
+ * Subqueries (aorm_in_select, aorm_exists, aorm_scalar) are statements
+ * handed over by the caller: the statement the expression is attached to
+ * becomes their owner, also when the attach fails, and frees them with
+ * itself (aorm__sql_take_stmt, also used for CTEs, FROM subqueries and
+ * the arms of set operations).
+ *
+ * Names from the caller are checked here: aliases and column names of
+ * aorm_ref (1 to 63 bytes, quoted when compiled, so any text is safe);
+ * function and type names, which must be identifiers. Window functions
+ * must sit right under an OVER, and the helper nodes of windows and CASE
+ * (lists, sort keys, frames, bounds, WHEN) only where they belong.
  *
  * Must not: keep any pointer into the caller's expression, or change the
  * statement beyond its arena, its subquery list and its error. */
@@ -28,6 +36,7 @@ typedef struct cp {
     aorm_stmt *q;
     unsigned flags;
     const char *what;
+    const aorm_expr *over_fn; /* the caller's function node under the OVER being copied */
 } cp;
 
 static const char *type_name(aorm_type t) {
@@ -61,9 +70,10 @@ static void adopt(aorm_stmt *q, aorm_stmt *sub) {
     sub->owner = q;
     sub->next_sub = q->subs;
     q->subs = sub;
-    /* A subquery that locks rows, or raw text (which may do anything),
-     * makes every enclosing statement not read-only. */
-    if (sub->kind == AORM__RAW || sub->has_lock || sub->locking_sub)
+    /* A subquery that locks rows, one that writes (a data-modifying CTE),
+     * or raw text (which may do anything), makes every enclosing
+     * statement not read-only. */
+    if ((sub->kind != AORM__SELECT && sub->kind != AORM__COMPOUND) || sub->has_lock || sub->locking_sub)
         for (aorm_stmt *a = q; a; a = a->owner) a->locking_sub = true;
 }
 
@@ -87,9 +97,28 @@ static void walk_subs(const aorm_expr *e, void (*visit)(aorm_stmt *sub, void *ct
         switch (e->kind) {
         case AORM_X_IN_SELECT:
         case AORM_X_EXISTS:
+        case AORM_X_SUBQUERY:
             if (e->sub) visit(e->sub, ctx);
             kids[0] = e->a;
             break;
+        case AORM_X_OVER: /* a, b, c and the frame in list */
+        case AORM_X_CALL:
+        case AORM_X_LIST:
+        case AORM_X_CASE:
+        case AORM_X_SORT:
+        case AORM_X_FRAME:
+        case AORM_X_BOUND:
+        case AORM_X_WHEN:
+        case AORM_X_CAST:
+        case AORM_X_QUANT:
+            kids[0] = e->a;
+            kids[1] = e->b;
+            kids[2] = e->c;
+            list = e->list;
+            nlist = e->list ? e->n : 0;
+            if (nlist < 0) nlist = 0;
+            break;
+        case AORM_X_REF: break;
         case AORM_X_BINARY:
         case AORM_X_BETWEEN:
         case AORM_X_ANY:
@@ -336,25 +365,228 @@ static int copy_array(cp *c, const aorm_expr *e, aorm_expr *n) {
     return 0;
 }
 
-static int take_sub(cp *c, aorm_stmt *sub) {
-    aorm_stmt *q = c->q;
-    if (!sub) return aorm__sql_fail(q, AORM_EMISUSE, "%s: NULL subquery statement", c->what);
+static const char *stmt_kind_name(aorm__stmt_kind k) {
+    switch (k) {
+    case AORM__SELECT: return "a SELECT";
+    case AORM__INSERT: return "an INSERT";
+    case AORM__UPDATE: return "an UPDATE";
+    case AORM__DELETE: return "a DELETE";
+    case AORM__RAW: return "raw text";
+    case AORM__COMPOUND: return "a set operation";
+    }
+    return "?";
+}
+
+int aorm__sql_take_stmt(aorm_stmt *q, aorm_stmt *sub, unsigned kinds, const char *what) {
+    if (!sub) return aorm__sql_fail(q, AORM_EMISUSE, "%s: NULL statement", what);
     if (is_ancestor(q, sub))
-        return aorm__sql_fail(q, AORM_EMISUSE, "%s: a statement cannot be a subquery of itself", c->what);
+        return aorm__sql_fail(q, AORM_EMISUSE, "%s: a statement cannot be part of itself", what);
     if (sub->owner)
         return aorm__sql_fail(q, AORM_EMISUSE,
-                              "%s: the subquery already belongs to a statement (a subquery is attached once)", c->what);
+                              "%s: the statement already belongs to a statement (a subquery is attached once)", what);
     adopt(q, sub);
-    if (sub->kind != AORM__SELECT && sub->kind != AORM__RAW)
-        return aorm__sql_fail(q, AORM_EMISUSE, "%s: a subquery must be a SELECT (or raw text)", c->what);
-    if (sub->error) return aorm__sql_fail(q, sub->error, "%s: subquery: %s", c->what, sub->errmsg);
+    if (!(kinds & (1u << sub->kind)))
+        return aorm__sql_fail(q, AORM_EMISUSE, "%s: %s cannot go here (a subquery must be a SELECT%s)", what,
+                              stmt_kind_name(sub->kind),
+                              (kinds & (1u << AORM__DELETE)) ? ", a set operation, raw text or a data-modifying statement"
+                                                             : ", a set operation or raw text");
+    if (sub->error) return aorm__sql_fail(q, sub->error, "%s: subquery: %s", what, sub->errmsg);
     return 0;
+}
+
+#define QUERY_KINDS ((1u << AORM__SELECT) | (1u << AORM__RAW) | (1u << AORM__COMPOUND))
+
+static int take_sub(cp *c, aorm_stmt *sub) {
+    if (!sub) return aorm__sql_fail(c->q, AORM_EMISUSE, "%s: NULL subquery statement", c->what);
+    return aorm__sql_take_stmt(c->q, sub, QUERY_KINDS, c->what);
+}
+
+int aorm__sql_check_name(aorm_stmt *q, const char *name, const char *what, const char *fn) {
+    if (!name || !*name) return aorm__sql_fail(q, AORM_EMISUSE, "%s: empty %s", fn, what);
+    size_t n = strlen(name);
+    if (n > 63)
+        return aorm__sql_fail(q, AORM_EMISUSE,
+                              "%s: %s \"%.20s...\" is %zu bytes long (at most 63: PostgreSQL would cut it)", fn,
+                              what, name, n);
+    return 0;
+}
+
+/* A function or type name: identifier parts [A-Za-z_][A-Za-z0-9_]* of at
+ * most 63 bytes, at most one "schema." before the name, and (types) an
+ * optional "[]" at the end. */
+static bool sql_name_ok(const char *s, bool type) {
+    int parts = 0;
+    for (;;) {
+        size_t len = 0;
+        if (!((s[0] >= 'a' && s[0] <= 'z') || (s[0] >= 'A' && s[0] <= 'Z') || s[0] == '_')) return false;
+        while ((s[len] >= 'a' && s[len] <= 'z') || (s[len] >= 'A' && s[len] <= 'Z') || s[len] == '_' ||
+               (s[len] >= '0' && s[len] <= '9'))
+            len++;
+        if (len > 63) return false;
+        s += len;
+        parts++;
+        if (*s == '.' && parts == 1) {
+            s++;
+            continue;
+        }
+        if (type && s[0] == '[' && s[1] == ']' && s[2] == '\0') return true;
+        return *s == '\0';
+    }
+}
+
+static const char *copy_str(cp *c, const char *s) {
+    size_t l = strlen(s) + 1;
+    char *d = alloc(c, l);
+    if (d) memcpy(d, s, l);
+    return d;
 }
 
 static int copy_node(cp *c, const aorm_expr *e, int depth, const aorm_expr **out);
 
 static int copy_child(cp *c, const aorm_expr *e, int depth, const aorm_expr **out) {
     return copy_node(c, e, depth + 1, out);
+}
+
+/* A function call: the arguments' count is checked for SQL's own forms
+ * and the window functions (which must sit right under an OVER); a
+ * named function's name must be an identifier. */
+static int copy_call(cp *c, const aorm_expr *e, aorm_expr *n, int depth) {
+    aorm_stmt *q = c->q;
+    int lo = 0, hi = 0;
+    bool window = false;
+    switch (e->op) {
+    case AORM_FN_COALESCE:
+    case AORM_FN_GREATEST:
+    case AORM_FN_LEAST: lo = 1, hi = 1000; break;
+    case AORM_FN_NULLIF: lo = hi = 2; break;
+    case AORM_FN_ROW_NUMBER:
+    case AORM_FN_RANK:
+    case AORM_FN_DENSE_RANK:
+    case AORM_FN_PERCENT_RANK:
+    case AORM_FN_CUME_DIST: window = true; break;
+    case AORM_FN_NTILE:
+    case AORM_FN_FIRST_VALUE:
+    case AORM_FN_LAST_VALUE: lo = hi = 1, window = true; break;
+    case AORM_FN_NTH_VALUE: lo = hi = 2, window = true; break;
+    case AORM_FN_LAG:
+    case AORM_FN_LEAD: lo = 1, hi = 3, window = true; break;
+    case AORM_FN_NAMED:
+        if (!e->name || !sql_name_ok(e->name, false))
+            return aorm__sql_fail(q, AORM_EMISUSE,
+                                  "%s: aorm_func: \"%.40s\" is not a function name (an identifier "
+                                  "[A-Za-z_][A-Za-z0-9_]*, optionally schema-qualified)",
+                                  c->what, e->name ? e->name : "(null)");
+        if (!(n->name = copy_str(c, e->name))) return fail_nomem(c);
+        lo = 0, hi = 1000;
+        break;
+    default: return aorm__sql_fail(q, AORM_EMISUSE, "%s: unknown function %d", c->what, (int)e->op);
+    }
+    if (window && c->over_fn != e)
+        return aorm__sql_fail(q, AORM_EMISUSE, "%s: a window function needs aorm_over()", c->what);
+    if (e->n < lo || e->n > hi || (e->n > 0 && !e->list))
+        return aorm__sql_fail(q, AORM_EMISUSE, "%s: function %d takes %d to %d arguments (got %d)", c->what,
+                              (int)e->op, lo, hi, e->n);
+    const aorm_expr **l = alloc(c, (size_t)(e->n ? e->n : 1) * sizeof(*l));
+    if (!l) return fail_nomem(c);
+    int rc = 0;
+    for (int i = 0; i < e->n && !rc; i++) rc = copy_child(c, e->list[i], depth, &l[i]);
+    n->list = l;
+    n->n = e->n;
+    return rc;
+}
+
+/* A PARTITION BY or window ORDER BY list; sort keys only in the latter. */
+static int copy_wlist(cp *c, const aorm_expr *e, bool order, int depth, const aorm_expr **out) {
+    aorm_stmt *q = c->q;
+    if (e->kind != AORM_X_LIST || e->n < 1 || !e->list)
+        return aorm__sql_fail(q, AORM_EMISUSE, "%s: aorm_over: the %s must be a non-empty aorm_list() (or NULL)",
+                              c->what, order ? "ORDER BY" : "PARTITION BY");
+    aorm_expr *n = alloc(c, sizeof(*n));
+    const aorm_expr **l = alloc(c, (size_t)e->n * sizeof(*l));
+    if (!n || !l) return fail_nomem(c);
+    memset(n, 0, sizeof(*n));
+    n->kind = AORM_X_LIST;
+    int rc = 0;
+    for (int i = 0; i < e->n && !rc; i++) {
+        const aorm_expr *x = e->list[i];
+        if (x && x->kind == AORM_X_SORT) {
+            unsigned f = (unsigned)x->n;
+            if (!order) return aorm__sql_fail(q, AORM_EMISUSE, "%s: PARTITION BY takes no sort order", c->what);
+            if ((f & ~(unsigned)(AORM_DESC | AORM_NULLS_FIRST | AORM_NULLS_LAST)) ||
+                ((f & AORM_NULLS_FIRST) && (f & AORM_NULLS_LAST)))
+                return aorm__sql_fail(q, AORM_EMISUSE, "%s: aorm_sort: invalid flags 0x%x", c->what, f);
+            aorm_expr *sn = alloc(c, sizeof(*sn));
+            if (!sn) return fail_nomem(c);
+            memset(sn, 0, sizeof(*sn));
+            sn->kind = AORM_X_SORT;
+            sn->n = (int)f;
+            rc = copy_child(c, x->a, depth + 1, &sn->a);
+            l[i] = sn;
+        } else {
+            rc = copy_child(c, x, depth, &l[i]);
+        }
+    }
+    n->list = l;
+    n->n = e->n;
+    *out = n;
+    return rc;
+}
+
+static int copy_bound(cp *c, const aorm_expr *e, bool start, int depth, const aorm_expr **out) {
+    aorm_stmt *q = c->q;
+    if (!e || e->kind != AORM_X_BOUND || e->n < AORM_BOUND_UNBOUNDED_PRECEDING ||
+        e->n > AORM_BOUND_UNBOUNDED_FOLLOWING)
+        return aorm__sql_fail(q, AORM_EMISUSE, "%s: a frame bound must be aorm_preceding(), aorm_current_row()...",
+                              c->what);
+    if ((start && e->n == AORM_BOUND_UNBOUNDED_FOLLOWING) || (!start && e->n == AORM_BOUND_UNBOUNDED_PRECEDING))
+        return aorm__sql_fail(q, AORM_EMISUSE, "%s: a frame cannot %s at UNBOUNDED %s", c->what,
+                              start ? "start" : "end", start ? "FOLLOWING" : "PRECEDING");
+    bool off = e->n == AORM_BOUND_PRECEDING || e->n == AORM_BOUND_FOLLOWING;
+    if (off != (e->a != NULL))
+        return aorm__sql_fail(q, AORM_EMISUSE, "%s: frame bound %d %s an offset", c->what, e->n,
+                              off ? "needs" : "takes no");
+    aorm_expr *n = alloc(c, sizeof(*n));
+    if (!n) return fail_nomem(c);
+    memset(n, 0, sizeof(*n));
+    n->kind = AORM_X_BOUND;
+    n->n = e->n;
+    *out = n;
+    return off ? copy_child(c, e->a, depth, &n->a) : 0;
+}
+
+static int copy_over(cp *c, const aorm_expr *e, aorm_expr *n, int depth) {
+    aorm_stmt *q = c->q;
+    const aorm_expr *f = e->a;
+    if (!f || !(f->kind == AORM_X_FUNC || (f->kind == AORM_X_CALL && f->op >= AORM_FN_ROW_NUMBER &&
+                                           f->op <= AORM_FN_NAMED)))
+        return aorm__sql_fail(q, AORM_EMISUSE,
+                              "%s: aorm_over() takes a window function, an aggregate or aorm_func()", c->what);
+    const aorm_expr *saved = c->over_fn;
+    c->over_fn = f;
+    int rc = copy_child(c, f, depth, &n->a);
+    c->over_fn = saved;
+    if (rc) return rc;
+    if (e->b && (rc = copy_wlist(c, e->b, false, depth + 1, &n->b))) return rc;
+    if (e->c && (rc = copy_wlist(c, e->c, true, depth + 1, &n->c))) return rc;
+    if (e->n) {
+        const aorm_expr *fr = e->n == 1 && e->list ? e->list[0] : NULL;
+        if (!fr || fr->kind != AORM_X_FRAME || fr->n < AORM_FRAME_ROWS || fr->n > AORM_FRAME_GROUPS)
+            return aorm__sql_fail(q, AORM_EMISUSE, "%s: aorm_over_frame: the frame must be aorm_rows(), "
+                                                   "aorm_range() or aorm_groups()",
+                                  c->what);
+        aorm_expr *fn = alloc(c, sizeof(*fn));
+        const aorm_expr **l = alloc(c, sizeof(*l));
+        if (!fn || !l) return fail_nomem(c);
+        memset(fn, 0, sizeof(*fn));
+        fn->kind = AORM_X_FRAME;
+        fn->n = fr->n;
+        if ((rc = copy_bound(c, fr->a, true, depth + 2, &fn->a))) return rc;
+        if (fr->b && (rc = copy_bound(c, fr->b, false, depth + 2, &fn->b))) return rc;
+        l[0] = fn;
+        n->list = l;
+        n->n = 1;
+    }
+    return 0;
 }
 
 static int copy_node(cp *c, const aorm_expr *e, int depth, const aorm_expr **out) {
@@ -385,12 +617,89 @@ static int copy_node(cp *c, const aorm_expr *e, int depth, const aorm_expr **out
         n->model = e->model;
         n->offset = e->offset;
         n->v.p = col;
+        if (e->alias) {
+            if ((rc = aorm__sql_check_name(q, e->alias, "alias", c->what))) return rc;
+            if (!(n->alias = copy_str(c, e->alias))) return fail_nomem(c);
+        }
         break;
     }
+    case AORM_X_REF:
+        if (!e->name) return aorm__sql_fail(q, AORM_EMISUSE, "%s: aorm_ref() without a column name", c->what);
+        if ((rc = aorm__sql_check_name(q, e->name, "column name", c->what))) return rc;
+        if (e->alias && (rc = aorm__sql_check_name(q, e->alias, "alias", c->what))) return rc;
+        if (!(n->name = copy_str(c, e->name)) || (e->alias && !(n->alias = copy_str(c, e->alias))))
+            return fail_nomem(c);
+        break;
+    case AORM_X_CALL: rc = copy_call(c, e, n, depth); break;
+    case AORM_X_OVER: rc = copy_over(c, e, n, depth); break;
+    case AORM_X_CASE: {
+        if (e->n < 1 || !e->list)
+            return aorm__sql_fail(q, AORM_EMISUSE, "%s: CASE without any aorm_when()", c->what);
+        const aorm_expr **l = alloc(c, (size_t)e->n * sizeof(*l));
+        if (!l) return fail_nomem(c);
+        for (int i = 0; i < e->n && !rc; i++) {
+            const aorm_expr *w = e->list[i];
+            if (!w || w->kind != AORM_X_WHEN)
+                return aorm__sql_fail(q, AORM_EMISUSE, "%s: CASE entry %d is not aorm_when() / aorm_else()", c->what,
+                                      i + 1);
+            if (!w->a && (i != e->n - 1 || i == 0))
+                return aorm__sql_fail(q, AORM_EMISUSE,
+                                      "%s: aorm_else() goes last in a CASE, after at least one aorm_when()", c->what);
+            aorm_expr *wn = alloc(c, sizeof(*wn));
+            if (!wn) return fail_nomem(c);
+            memset(wn, 0, sizeof(*wn));
+            wn->kind = AORM_X_WHEN;
+            if (w->a) rc = copy_child(c, w->a, depth + 1, &wn->a);
+            if (!rc) rc = copy_child(c, w->b, depth + 1, &wn->b);
+            l[i] = wn;
+        }
+        n->list = l;
+        n->n = e->n;
+        break;
+    }
+    case AORM_X_CAST:
+        if (e->name) {
+            if (!sql_name_ok(e->name, true))
+                return aorm__sql_fail(q, AORM_EMISUSE,
+                                      "%s: aorm_cast_name: \"%.40s\" is not a type name (an identifier, "
+                                      "optionally schema-qualified, optionally ending in [])",
+                                      c->what, e->name);
+            if (!(n->name = copy_str(c, e->name))) return fail_nomem(c);
+        } else if (e->type < AORM_BOOL || e->type > AORM_JSONB) {
+            return aorm__sql_fail(q, AORM_EMISUSE, "%s: aorm_cast to unknown type %d", c->what, (int)e->type);
+        }
+        n->type = e->type;
+        rc = copy_child(c, e->a, depth, &n->a);
+        break;
+    case AORM_X_SUBQUERY:
+        if ((rc = take_sub(c, e->sub))) break;
+        n->sub = e->sub;
+        break;
+    case AORM_X_QUANT:
+        if (e->op < AORM_OP_EQ || e->op > AORM_OP_NOT_ILIKE)
+            return aorm__sql_fail(q, AORM_EMISUSE, "%s: ANY/ALL takes a comparison operator (got %d)", c->what,
+                                  (int)e->op);
+        if (e->n != 0 && e->n != 1)
+            return aorm__sql_fail(q, AORM_EMISUSE, "%s: ANY/ALL: invalid quantifier %d", c->what, e->n);
+        n->n = e->n;
+        if (!(rc = copy_child(c, e->a, depth, &n->a))) rc = copy_child(c, e->b, depth, &n->b);
+        break;
+    case AORM_X_LIST:
+    case AORM_X_SORT:
+    case AORM_X_FRAME:
+    case AORM_X_BOUND:
+    case AORM_X_WHEN:
+        return aorm__sql_fail(q, AORM_EMISUSE, "%s: %s only goes in %s", c->what,
+                              e->kind == AORM_X_LIST    ? "aorm_list()"
+                              : e->kind == AORM_X_SORT  ? "aorm_sort()/aorm_asc()/aorm_desc()"
+                              : e->kind == AORM_X_FRAME ? "a frame (aorm_rows()...)"
+                              : e->kind == AORM_X_BOUND ? "a frame bound"
+                                                        : "aorm_when()/aorm_else()",
+                              e->kind == AORM_X_WHEN ? "aorm_case()" : "aorm_over() / aorm_over_frame()");
     case AORM_X_VALUE: rc = copy_value(c, e, n); break;
     case AORM_X_ARRAY: rc = copy_array(c, e, n); break;
     case AORM_X_BINARY:
-        if (e->op < AORM_OP_EQ || e->op > AORM_OP_DIV)
+        if (!(e->op >= AORM_OP_EQ && e->op <= AORM_OP_DIV) && !(e->op >= AORM_OP_MOD && e->op <= AORM_OP_OVERLAPS))
             return aorm__sql_fail(q, AORM_EMISUSE, "%s: unknown binary operator %d", c->what, (int)e->op);
         if (!(rc = copy_child(c, e->a, depth, &n->a))) rc = copy_child(c, e->b, depth, &n->b);
         break;
@@ -507,7 +816,7 @@ void aorm__sql_take_subs_list(aorm_stmt *q, const aorm_expr *const *l, int n) {
 }
 
 int aorm__sql_copy(aorm_stmt *q, const aorm_expr *e, unsigned flags, const char *what, const aorm_expr **out) {
-    cp c = {q, flags, what};
+    cp c = {q, flags, what, NULL};
     int rc = copy_node(&c, e, 0, out);
     if (rc) aorm__sql_take_subs(q, e, NULL);
     return rc;

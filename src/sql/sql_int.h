@@ -19,20 +19,15 @@
 
 #include "aorm/error.h"
 #include "aorm/sql.h"
+#include "util/bump.h"
 #include "util/util.h"
 
 /* ---- arena ---------------------------------------------------------------- */
 
-typedef struct aorm__arena_block {
-    struct aorm__arena_block *next;
-    max_align_t data[]; /* the block's bytes */
-} aorm__arena_block;
-
-typedef struct aorm__arena {
-    char *ptr, *end;           /* free room of the current block */
-    aorm__arena_block *blocks; /* malloc'd blocks (the inline first one is not listed) */
-    size_t next_size;          /* size of the next ordinary block */
-} aorm__arena;
+/* The project's one bump allocator (util/bump.h), set up the statement's
+ * way: the first block inside the statement, then blocks doubling from
+ * 4 KiB to 64 KiB, requests above 1 KiB in blocks of their own. */
+typedef aorm__bump aorm__arena;
 
 /* Bytes of the arena's first block, kept inside the statement so that a
  * small statement costs one malloc. */
@@ -50,7 +45,8 @@ typedef enum aorm__stmt_kind {
     AORM__INSERT,     /* INSERT INTO ... */
     AORM__UPDATE,     /* UPDATE ... SET ... */
     AORM__DELETE,     /* DELETE FROM ... */
-    AORM__RAW         /* raw text with :name binds */
+    AORM__RAW,        /* raw text with :name binds */
+    AORM__COMPOUND    /* (arm) UNION / INTERSECT / EXCEPT [ALL] (arm) */
 } aorm__stmt_kind;
 
 /* One select-list or RETURNING entry. */
@@ -58,6 +54,7 @@ typedef struct aorm__item {
     const aorm_expr *e;       /* the copied expression; NULL for a plain column */
     const aorm_model *model;  /* column entries (plain or labelled): the column's model... */
     const aorm_column *col;   /* ...and column; NULL for other expressions */
+    const char *alias;        /* column entries: the FROM item's alias (NULL: the model's table) */
     const char *name;         /* output name */
     bool as;                  /* emit `AS "name"` (explicit or automatic label) */
 } aorm__item;
@@ -75,11 +72,28 @@ typedef struct aorm__exprs {
     int n, cap;
 } aorm__exprs;
 
+/* A FROM item beyond the first of a SELECT (a join), or one of the items
+ * of UPDATE ... FROM / DELETE ... USING (comma: no ON, no join word).
+ * Exactly one of model, sub and cte is set. Its name in the statement is
+ * alias, else the CTE's name, else the model's table. */
 typedef struct aorm__join {
-    const aorm_model *model;
-    const aorm_expr *on;
+    const aorm_model *model;  /* a model's table */
+    aorm_stmt *sub;           /* a derived table (owned through subs) */
+    const char *cte;          /* a CTE by name */
+    const char *alias;        /* AS "alias", or NULL */
+    const aorm_expr *on;      /* NULL: CROSS JOIN / ON TRUE */
     bool outer;
+    bool lateral;
+    bool comma;               /* an UPDATE FROM / DELETE USING item */
 } aorm__join;
+
+/* WITH "name" AS (stmt) */
+typedef struct aorm__cte {
+    const char *name;
+    aorm_stmt *stmt;          /* owned through subs */
+} aorm__cte;
+
+enum { AORM__SETOP_UNION = 1, AORM__SETOP_INTERSECT, AORM__SETOP_EXCEPT };
 
 typedef struct aorm__order {
     const aorm_expr *e;
@@ -123,10 +137,25 @@ struct aorm_stmt {
     aorm_stmt *next_sub;
 
     const aorm_model *model;  /* FROM / INSERT INTO / UPDATE / DELETE */
-    bool from_explicit;       /* model given by aorm_select/aorm_from (not derived) */
+    bool from_explicit;       /* FROM given by aorm_select/aorm_from... (not derived) */
+    const char *from_alias;   /* SELECT: FROM model AS "from_alias" */
+    aorm_stmt *from_sub;      /* SELECT: FROM (from_sub) AS "from_alias" (model NULL) */
+    const char *from_cte;     /* SELECT: FROM "from_cte" [AS "from_alias"] (model NULL) */
+
+    /* WITH (every kind but raw) */
+    aorm__cte *ctes;
+    int nctes, cap_ctes;
+    bool recursive;
+
+    /* COMPOUND: arms[0] setop arms[1] (both owned through subs); takes
+     * the SELECT's order, limit and offset */
+    int setop;
+    bool setop_all;
+    aorm_stmt *arms[2];
 
     /* SELECT */
     bool distinct;
+    aorm__exprs distinct_on;
     aorm__items items;        /* select list */
     aorm__join *joins;
     int njoins, cap_joins;
@@ -139,8 +168,11 @@ struct aorm_stmt {
     bool locking_sub;         /* some subquery (at any depth) locks rows or is raw text */
 
     /* INSERT */
-    const aorm_column **icols; /* columns of the object rows */
+    const aorm_column **icols; /* columns of the object rows / of INSERT ... SELECT */
     int nicols;
+    aorm_stmt *isel;           /* INSERT ... SELECT: the query (owned through subs) */
+    bool *use_default;         /* per column of the model: aorm_insert_use_default (or NULL) */
+    const char *conflict_constraint; /* ON CONFLICT ON CONSTRAINT "name" */
     size_t nrows;              /* object rows added (0: none) */
     aorm_params rows;          /* encoded object rows: one value or one array per column */
     int conflict;              /* AORM__CONFLICT_* */
@@ -195,6 +227,20 @@ int aorm__sql_copy(aorm_stmt *q, const aorm_expr *e, unsigned flags, const char 
 void aorm__sql_take_subs(aorm_stmt *q, const aorm_expr *e, const aorm_expr *e2);
 /* The same for every expression of l[0..n) (a builder call's list). */
 void aorm__sql_take_subs_list(aorm_stmt *q, const aorm_expr *const *l, int n);
+/* Takes over a statement handed to a builder call (a subquery, a CTE, an
+ * arm): q becomes its owner. Refuses (recording the error in q, the
+ * statement freed with q all the same when it could be adopted) NULL,
+ * q itself or an ancestor, one that already has an owner, a kind not in
+ * `kinds` (a mask of 1 << aorm__stmt_kind) and a failed one. */
+int aorm__sql_take_stmt(aorm_stmt *q, aorm_stmt *sub, unsigned kinds, const char *what);
+/* Checks an alias, CTE, constraint name: 1 to 63 bytes. Returns 0 or the
+ * (recorded) AORM_EMISUSE. */
+int aorm__sql_check_name(aorm_stmt *q, const char *name, const char *what, const char *fn);
+/* The output list of q (select list, RETURNING, a set operation's first
+ * arm's), or NULL for raw text (whose output is unknown). */
+const aorm__items *aorm__sql_outputs(const aorm_stmt *q);
+/* True when the output names of it include name. */
+bool aorm__sql_items_has(const aorm__items *it, const char *name);
 /* Frees a statement regardless of ownership (the owner's teardown). */
 void aorm__sql_destroy(aorm_stmt *q);
 
@@ -205,6 +251,10 @@ int aorm__sql_compile(aorm_stmt *q);
  * with parameters appended to p (numbered in p's sequence). */
 int aorm__sql_raw_parse(aorm_stmt *q);
 int aorm__sql_raw_emit(aorm_stmt *q, aorm_stmt *root, aorm__buf *b, aorm_params *p);
+/* The SQL name of an aggregate or of a function of AORM_X_CALL other
+ * than AORM_FN_NAMED (lowercase: also the output name PostgreSQL gives
+ * its result); "?" for anything else. */
+const char *aorm__sql_fn_name(aorm_op op);
 /* Appends value e (an AORM_X_VALUE or AORM_X_ARRAY copy) to p. */
 int aorm__sql_param(aorm_params *p, const aorm_expr *e);
 

@@ -27,59 +27,19 @@
  * Arena
  * ========================================================================= */
 
-#define ARENA_ALIGN (sizeof(max_align_t))
 #define ARENA_BLOCK_MIN 4096u
 #define ARENA_BLOCK_MAX 65536u
 /* Larger requests get a block of their own, leaving the bump block as is. */
 #define ARENA_BIG 1024u
 
 void aorm__arena_init(aorm__arena *a, void *first, size_t size) {
-    a->ptr = first;
-    a->end = (char *)first + size;
-    a->blocks = NULL;
-    a->next_size = ARENA_BLOCK_MIN;
+    aorm__bump_init(a, first, size, ARENA_BLOCK_MIN, ARENA_BLOCK_MAX, ARENA_BIG, false);
 }
 
-void aorm__arena_free(aorm__arena *a) {
-    aorm__arena_block *b = a->blocks;
-    while (b) {
-        aorm__arena_block *next = b->next;
-        free(b);
-        b = next;
-    }
-    a->blocks = NULL;
-    a->ptr = a->end = NULL;
-}
-
-static aorm__arena_block *arena_block(aorm__arena *a, size_t n) {
-    if (n > SIZE_MAX - sizeof(aorm__arena_block)) return NULL;
-    aorm__arena_block *b = malloc(sizeof(*b) + n);
-    if (!b) return NULL;
-    b->next = a->blocks;
-    a->blocks = b;
-    return b;
-}
+void aorm__arena_free(aorm__arena *a) { aorm__bump_free(a); }
 
 void *aorm__arena_alloc(aorm__arena *a, size_t n) {
-    if (n == 0) n = 1;
-    if (n > SIZE_MAX - ARENA_ALIGN) return NULL;
-    n = (n + ARENA_ALIGN - 1) & ~(ARENA_ALIGN - 1);
-    if ((size_t)(a->end - a->ptr) >= n) {
-        void *p = a->ptr;
-        a->ptr += n;
-        return p;
-    }
-    if (n > ARENA_BIG) {
-        aorm__arena_block *b = arena_block(a, n);
-        return b ? (void *)b->data : NULL;
-    }
-    size_t size = a->next_size;
-    aorm__arena_block *b = arena_block(a, size);
-    if (!b) return NULL;
-    if (a->next_size < ARENA_BLOCK_MAX) a->next_size *= 2;
-    a->ptr = (char *)b->data + n;
-    a->end = (char *)b->data + size;
-    return b->data;
+    return aorm__bump_alloc(a, n ? n : 1); /* never the same pointer twice */
 }
 
 /* Grows an arena array of `size`-byte elements to hold at least need
@@ -149,6 +109,7 @@ static const char *kind_name(aorm__stmt_kind k) {
     case AORM__UPDATE: return "UPDATE";
     case AORM__DELETE: return "DELETE";
     case AORM__RAW: return "raw SQL";
+    case AORM__COMPOUND: return "set operation";
     }
     return "?";
 }
@@ -236,7 +197,7 @@ const char *aorm_stmt_errmsg(const aorm_stmt *q) {
 const aorm_model *aorm_stmt_model(const aorm_stmt *q) { return q ? q->model : NULL; }
 
 bool aorm_stmt_readonly(const aorm_stmt *q) {
-    return q && q->kind == AORM__SELECT && !q->has_lock && !q->locking_sub;
+    return q && (q->kind == AORM__SELECT || q->kind == AORM__COMPOUND) && !q->has_lock && !q->locking_sub;
 }
 
 /* =========================================================================
@@ -296,19 +257,23 @@ static int names_add(aorm_stmt *q, aorm__items *it, const char *name) {
     return 0;
 }
 
+bool aorm__sql_items_has(const aorm__items *it, const char *name) { return names_has(it, name); }
+
+/* Default output name PostgreSQL gives a function call. */
+static const char *call_name(const aorm_expr *e) {
+    if (e->op != AORM_FN_NAMED) return aorm__sql_fn_name(e->op);
+    const char *dot = strchr(e->name, '.');
+    return dot ? dot + 1 : e->name;
+}
+
 /* Default output name PostgreSQL gives an expression entry. */
 static const char *expr_name(const aorm_expr *e) {
-    if (e->kind == AORM_X_FUNC) {
-        switch (e->op) {
-        case AORM_FN_COUNT:
-        case AORM_FN_COUNT_DISTINCT: return "count";
-        case AORM_FN_SUM: return "sum";
-        case AORM_FN_AVG: return "avg";
-        case AORM_FN_MIN: return "min";
-        case AORM_FN_MAX: return "max";
-        default: break;
-        }
-    }
+    if (e->kind == AORM_X_CALL) return call_name(e);
+    if (e->kind == AORM_X_OVER) e = e->a;
+    if (e->kind == AORM_X_CALL) return call_name(e);
+    if (e->kind == AORM_X_CASE) return "case";
+    if (e->kind == AORM_X_REF) return e->name;
+    if (e->kind == AORM_X_FUNC) return aorm__sql_fn_name(e->op);
     if (e->kind == AORM_X_EXISTS) return "exists";
     return "?column?";
 }
@@ -319,14 +284,15 @@ static const char *expr_name(const aorm_expr *e) {
  * column, "<name>_<k>" otherwise (k from 2 up until free); entries
  * PostgreSQL calls "?column?" are left alone. */
 static int items_add(aorm_stmt *q, aorm__items *it, const aorm_expr *e, const aorm_model *m,
-                     const aorm_column *col) {
+                     const aorm_column *col, const char *alias) {
     if (arena_grow(&q->arena, (void **)&it->v, &it->cap, it->n + 1, sizeof(*it->v))) return OOM(q);
-    aorm__item item = {.e = e, .model = m, .col = col};
+    aorm__item item = {.e = e, .model = m, .col = col, .alias = alias};
     if (e && e->kind == AORM_X_LABEL) {
         const aorm_expr *in = e->a;
         if (in->kind == AORM_X_COLUMN) {
             item.model = in->model;
             item.col = in->v.p;
+            item.alias = in->alias;
         }
         item.name = e->label;
         item.as = true;
@@ -334,6 +300,7 @@ static int items_add(aorm_stmt *q, aorm__items *it, const aorm_expr *e, const ao
         item.e = NULL;
         item.model = e->model;
         item.col = e->v.p;
+        item.alias = e->alias;
         item.name = item.col->name;
     } else if (e) {
         item.name = expr_name(e);
@@ -350,10 +317,11 @@ static int items_add(aorm_stmt *q, aorm__items *it, const aorm_expr *e, const ao
         const char *base = item.name;
         char *label = NULL;
         if (item.col) {
-            size_t n = strlen(item.model->table) + 1 + strlen(item.col->name) + 1;
+            const char *from = item.alias ? item.alias : item.model->table;
+            size_t n = strlen(from) + 1 + strlen(item.col->name) + 1;
             label = aorm__arena_alloc(&q->arena, n);
             if (!label) return OOM(q);
-            snprintf(label, n, "%s_%s", item.model->table, item.col->name);
+            snprintf(label, n, "%s_%s", from, item.col->name);
             base = label;
         }
         if (!label || names_has(it, label)) {
@@ -374,20 +342,21 @@ static int items_add(aorm_stmt *q, aorm__items *it, const aorm_expr *e, const ao
     return 0;
 }
 
-static int items_add_model(aorm_stmt *q, aorm__items *it, const aorm_model *m) {
+static int items_add_model(aorm_stmt *q, aorm__items *it, const aorm_model *m, const char *alias) {
     if (arena_grow(&q->arena, (void **)&it->v, &it->cap, it->n + m->ncolumns, sizeof(*it->v)))
         return OOM(q);
     for (int i = 0; i < m->ncolumns; i++) {
-        int rc = items_add(q, it, NULL, m, &m->columns[i]);
+        int rc = items_add(q, it, NULL, m, &m->columns[i], alias);
         if (rc) return rc;
     }
     return 0;
 }
 
-/* The model of the first column met in e (depth first), or NULL. */
+/* The model of the first column met in e (depth first) that is not seen
+ * through an alias, or NULL. */
 static const aorm_model *first_model(const aorm_expr *e) {
     if (!e) return NULL;
-    if (e->kind == AORM_X_COLUMN) return e->model;
+    if (e->kind == AORM_X_COLUMN) return e->alias ? NULL : e->model;
     const aorm_model *m;
     if ((m = first_model(e->a)) || (m = first_model(e->b)) || (m = first_model(e->c))) return m;
     for (int i = 0; i < e->n && e->list; i++)
@@ -398,12 +367,20 @@ static const aorm_model *first_model(const aorm_expr *e) {
 /* Copies e; its subqueries are taken over whatever happens. */
 #define copy aorm__sql_copy
 
-static bool model_in(const aorm_stmt *q, const aorm_model *m) {
-    if (q->model == m) return true;
+static const char *join_name(const aorm__join *j) {
+    return j->alias ? j->alias : j->cte ? j->cte : j->model ? j->model->table : "";
+}
+
+/* True when a FROM item of q goes by `name`. */
+static bool name_taken(const aorm_stmt *q, const char *name) {
+    const char *base = q->from_alias ? q->from_alias : q->from_cte ? q->from_cte : q->model ? q->model->table : NULL;
+    if (base && strcmp(base, name) == 0) return true;
     for (int i = 0; i < q->njoins; i++)
-        if (q->joins[i].model == m) return true;
+        if (strcmp(join_name(&q->joins[i]), name) == 0) return true;
     return false;
 }
+
+static bool has_from(const aorm_stmt *q) { return q->model || q->from_sub || q->from_cte; }
 
 static int check_model(aorm_stmt *q, const aorm_model *m, const char *fn) {
     if (!m) return aorm__sql_fail(q, AORM_EMISUSE, "%s: NULL model", fn);
@@ -424,8 +401,34 @@ aorm_stmt *aorm_select(const aorm_model *m) {
     if (!m) return NULL;
     aorm_stmt *q = aorm__sql_new(AORM__SELECT, m);
     if (!q) return NULL;
-    if (check_model(q, m, "aorm_select") == 0) items_add_model(q, &q->items, m);
+    if (check_model(q, m, "aorm_select") == 0) items_add_model(q, &q->items, m, NULL);
     return q;
+}
+
+aorm_stmt *aorm_select_alias(const aorm_model *m, const char *alias) {
+    if (!m) return NULL;
+    aorm_stmt *q = aorm__sql_new(AORM__SELECT, m);
+    if (!q) return NULL;
+    if (check_model(q, m, "aorm_select_alias") || aorm__sql_check_name(q, alias, "alias", "aorm_select_alias"))
+        return q;
+    if (!(q->from_alias = arena_strdup(&q->arena, alias))) {
+        OOM(q);
+        return q;
+    }
+    items_add_model(q, &q->items, m, q->from_alias);
+    return q;
+}
+
+int aorm_select_add_alias(aorm_stmt *q, const aorm_model *m, const char *alias) {
+    int rc = enter(q, NULL, NULL);
+    if (rc) return rc;
+    if ((rc = need_kind(q, K(AORM__SELECT), "aorm_select_add_alias"))) return rc;
+    if ((rc = check_model(q, m, "aorm_select_add_alias")) ||
+        (rc = aorm__sql_check_name(q, alias, "alias", "aorm_select_add_alias")))
+        return rc;
+    const char *a = arena_strdup(&q->arena, alias);
+    if (!a) return OOM(q);
+    return items_add_model(q, &q->items, m, a);
 }
 
 aorm_stmt *aorm_select_exprs(const aorm_expr *const *exprs, int n) {
@@ -451,8 +454,8 @@ int aorm_select_add(aorm_stmt *q, const aorm_expr *e) {
     }
     const aorm_expr *c;
     if ((rc = copy(q, e, AORM__CP_LABEL, "aorm_select_add", &c))) return rc;
-    if (!q->model) q->model = first_model(c);
-    return items_add(q, &q->items, c, NULL, NULL);
+    if (!has_from(q) && !q->from_explicit) q->model = first_model(c);
+    return items_add(q, &q->items, c, NULL, NULL, NULL);
 }
 
 int aorm_select_add_model(aorm_stmt *q, const aorm_model *m) {
@@ -460,47 +463,209 @@ int aorm_select_add_model(aorm_stmt *q, const aorm_model *m) {
     if (rc) return rc;
     if ((rc = need_kind(q, K(AORM__SELECT), "aorm_select_add_model"))) return rc;
     if ((rc = check_model(q, m, "aorm_select_add_model"))) return rc;
-    if (!q->model) q->model = m;
-    return items_add_model(q, &q->items, m);
+    if (!has_from(q) && !q->from_explicit) q->model = m;
+    return items_add_model(q, &q->items, m, NULL);
+}
+
+static int add_join(aorm_stmt *q, aorm__join j, const char *fn);
+
+/* The FROM of a SELECT: model m under alias (or its own name), a
+ * subquery, or a CTE. On UPDATE / DELETE: one more FROM / USING item. */
+static int set_from(aorm_stmt *q, const aorm_model *m, const char *alias, aorm_stmt *sub, const char *cte,
+                    const char *fn) {
+    const char *a = alias ? arena_strdup(&q->arena, alias) : NULL;
+    const char *n = cte ? arena_strdup(&q->arena, cte) : NULL;
+    if ((alias && !a) || (cte && !n)) return OOM(q);
+    if (q->kind != AORM__SELECT)
+        return add_join(q, (aorm__join){.model = m, .sub = sub, .cte = n, .alias = a, .comma = true}, fn);
+    const char *name = a ? a : n ? n : m->table;
+    if (q->from_explicit && (m != q->model || sub || cte || (a == NULL) != (q->from_alias == NULL) ||
+                             (a && strcmp(a, q->from_alias) != 0)))
+        return aorm__sql_fail(q, AORM_EMISUSE, "%s(%s): the statement's FROM is already given", fn, name);
+    for (int i = 0; i < q->njoins; i++)
+        if (strcmp(join_name(&q->joins[i]), name) == 0)
+            return aorm__sql_fail(q, AORM_EMISUSE, "%s(%s): a joined item already goes by that name", fn, name);
+    q->model = m;
+    q->from_alias = a;
+    q->from_sub = sub;
+    q->from_cte = n;
+    q->from_explicit = true;
+    return 0;
 }
 
 int aorm_from(aorm_stmt *q, const aorm_model *m) {
     int rc = enter(q, NULL, NULL);
     if (rc) return rc;
-    if ((rc = need_kind(q, K(AORM__SELECT), "aorm_from"))) return rc;
+    if ((rc = need_kind(q, K(AORM__SELECT) | K(AORM__UPDATE) | K(AORM__DELETE), "aorm_from"))) return rc;
     if ((rc = check_model(q, m, "aorm_from"))) return rc;
-    if (q->from_explicit && q->model != m)
-        return aorm__sql_fail(q, AORM_EMISUSE, "aorm_from(%s): the statement's FROM is already %s", m->table,
-                              q->model->table);
-    for (int i = 0; i < q->njoins; i++)
-        if (q->joins[i].model == m)
-            return aorm__sql_fail(q, AORM_EMISUSE, "aorm_from(%s): the model is already joined", m->table);
-    q->model = m;
-    q->from_explicit = true;
-    return 0;
+    return set_from(q, m, NULL, NULL, NULL, "aorm_from");
+}
+
+int aorm_from_alias(aorm_stmt *q, const aorm_model *m, const char *alias) {
+    int rc = enter(q, NULL, NULL);
+    if (rc) return rc;
+    if ((rc = need_kind(q, K(AORM__SELECT) | K(AORM__UPDATE) | K(AORM__DELETE), "aorm_from_alias"))) return rc;
+    if ((rc = check_model(q, m, "aorm_from_alias")) || (rc = aorm__sql_check_name(q, alias, "alias", "aorm_from_alias")))
+        return rc;
+    return set_from(q, m, alias, NULL, NULL, "aorm_from_alias");
+}
+
+/* Takes sub over for q (or frees it when q is NULL). */
+static int take_query(aorm_stmt *q, aorm_stmt *sub, const char *fn) {
+    if (!q) {
+        if (sub && !sub->owner) aorm__sql_destroy(sub);
+        return AORM_EMISUSE;
+    }
+    return aorm__sql_take_stmt(q, sub, K(AORM__SELECT) | K(AORM__RAW) | K(AORM__COMPOUND), fn);
+}
+
+/* enter() for calls that hand over a statement: sub is taken over (or
+ * freed) whatever happens. */
+static int enter_sub(aorm_stmt *q, aorm_stmt *sub, unsigned kinds, const char *fn) {
+    int rc = enter(q, NULL, NULL);
+    if (rc) {
+        if (!q || q->owner) {
+            if (sub && !sub->owner) aorm__sql_destroy(sub);
+        } else {
+            take_query(q, sub, fn);
+        }
+        return rc;
+    }
+    if ((rc = take_query(q, sub, fn))) return rc;
+    return need_kind(q, kinds, fn);
+}
+
+int aorm_from_select(aorm_stmt *q, aorm_stmt *sub, const char *alias) {
+    int rc = enter_sub(q, sub, K(AORM__SELECT) | K(AORM__UPDATE) | K(AORM__DELETE), "aorm_from_select");
+    if (rc) return rc;
+    if ((rc = aorm__sql_check_name(q, alias, "alias", "aorm_from_select"))) return rc;
+    return set_from(q, NULL, alias, sub, NULL, "aorm_from_select");
+}
+
+int aorm_from_cte(aorm_stmt *q, const char *name) {
+    int rc = enter(q, NULL, NULL);
+    if (rc) return rc;
+    if ((rc = need_kind(q, K(AORM__SELECT) | K(AORM__UPDATE) | K(AORM__DELETE), "aorm_from_cte"))) return rc;
+    if ((rc = aorm__sql_check_name(q, name, "CTE name", "aorm_from_cte"))) return rc;
+    return set_from(q, NULL, NULL, NULL, name, "aorm_from_cte");
 }
 
 int aorm_distinct(aorm_stmt *q) {
     int rc = enter(q, NULL, NULL);
     if (rc) return rc;
     if ((rc = need_kind(q, K(AORM__SELECT), "aorm_distinct"))) return rc;
+    if (q->distinct_on.n) return aorm__sql_fail(q, AORM_EMISUSE, "aorm_distinct: the statement has DISTINCT ON");
     q->distinct = true;
     return 0;
 }
 
-static int add_join(aorm_stmt *q, const aorm_model *m, const aorm_expr *on, bool outer, const char *fn) {
-    if (!q->model) {
-        /* A join before anything named the FROM model: it becomes FROM. */
-        return aorm__sql_fail(q, AORM_EMISUSE, "%s(%s): the statement has no FROM model yet", fn, m->table);
+int aorm_distinct_on(aorm_stmt *q, const aorm_expr *e) {
+    int rc = enter(q, e, NULL);
+    if (rc) return rc;
+    if ((rc = need_kind(q, K(AORM__SELECT), "aorm_distinct_on"))) {
+        aorm__sql_take_subs(q, e, NULL);
+        return rc;
     }
-    if (model_in(q, m))
-        return aorm__sql_fail(q, AORM_EMISUSE,
-                              "%s(%s): the model is already part of the statement (self-joins need "
-                              "aliases, which aorm does not support)",
-                              fn, m->table);
+    if (q->distinct) {
+        aorm__sql_take_subs(q, e, NULL);
+        return aorm__sql_fail(q, AORM_EMISUSE, "aorm_distinct_on: the statement is SELECT DISTINCT");
+    }
+    const aorm_expr *c;
+    if ((rc = copy(q, e, 0, "aorm_distinct_on", &c))) return rc;
+    return push_expr(q, &q->distinct_on, c);
+}
+
+/* =========================================================================
+ * WITH and set operations
+ * ========================================================================= */
+
+static int with(aorm_stmt *q, const char *name, aorm_stmt *sub, bool recursive, const char *fn) {
+    int rc = enter(q, NULL, NULL);
+    if (rc) {
+        if (q && !q->owner) aorm__sql_take_stmt(q, sub, ~0u, fn);
+        else if (sub && !sub->owner) aorm__sql_destroy(sub);
+        return rc;
+    }
+    unsigned kinds = K(AORM__SELECT) | K(AORM__COMPOUND) | K(AORM__RAW) | K(AORM__INSERT) | K(AORM__UPDATE) |
+                     K(AORM__DELETE);
+    if ((rc = aorm__sql_take_stmt(q, sub, kinds, fn))) return rc;
+    if ((rc = need_kind(q, kinds & ~K(AORM__RAW), fn))) return rc;
+    if ((rc = aorm__sql_check_name(q, name, "CTE name", fn))) return rc;
+    for (int i = 0; i < q->nctes; i++)
+        if (strcmp(q->ctes[i].name, name) == 0)
+            return aorm__sql_fail(q, AORM_EMISUSE, "%s: the statement already has a CTE \"%s\"", fn, name);
+    const char *n = arena_strdup(&q->arena, name);
+    if (!n || arena_grow(&q->arena, (void **)&q->ctes, &q->cap_ctes, q->nctes + 1, sizeof(*q->ctes))) return OOM(q);
+    q->ctes[q->nctes++] = (aorm__cte){n, sub};
+    if (recursive) q->recursive = true;
+    return 0;
+}
+
+int aorm_with(aorm_stmt *q, const char *name, aorm_stmt *sub) { return with(q, name, sub, false, "aorm_with"); }
+
+int aorm_with_recursive(aorm_stmt *q, const char *name, aorm_stmt *sub) {
+    return with(q, name, sub, true, "aorm_with_recursive");
+}
+
+static aorm_stmt *compound(aorm_stmt *a, aorm_stmt *b, int op, bool all) {
+    static const char *const names[] = {"", "aorm_union", "aorm_intersect", "aorm_except"};
+    if (!a || !b || a == b) {
+        if (a && !a->owner) aorm__sql_destroy(a);
+        if (b && b != a && !b->owner) aorm__sql_destroy(b);
+        return NULL;
+    }
+    aorm_stmt *q = aorm__sql_new(AORM__COMPOUND, NULL);
+    if (!q) {
+        if (!a->owner) aorm__sql_destroy(a);
+        if (!b->owner) aorm__sql_destroy(b);
+        return NULL;
+    }
+    q->setop = op;
+    q->setop_all = all;
+    unsigned kinds = K(AORM__SELECT) | K(AORM__COMPOUND) | K(AORM__RAW);
+    /* both are taken over (or refused into q's error and freed with it) */
+    if (aorm__sql_take_stmt(q, a, kinds, names[op]) == 0) q->arms[0] = a;
+    else if (!a->owner) aorm__sql_destroy(a);
+    if (aorm__sql_take_stmt(q, b, kinds, names[op]) == 0) q->arms[1] = b;
+    else if (!b->owner) aorm__sql_destroy(b);
+    return q;
+}
+
+aorm_stmt *aorm_union(aorm_stmt *a, aorm_stmt *b) { return compound(a, b, AORM__SETOP_UNION, false); }
+aorm_stmt *aorm_union_all(aorm_stmt *a, aorm_stmt *b) { return compound(a, b, AORM__SETOP_UNION, true); }
+aorm_stmt *aorm_intersect(aorm_stmt *a, aorm_stmt *b) { return compound(a, b, AORM__SETOP_INTERSECT, false); }
+aorm_stmt *aorm_intersect_all(aorm_stmt *a, aorm_stmt *b) { return compound(a, b, AORM__SETOP_INTERSECT, true); }
+aorm_stmt *aorm_except(aorm_stmt *a, aorm_stmt *b) { return compound(a, b, AORM__SETOP_EXCEPT, false); }
+aorm_stmt *aorm_except_all(aorm_stmt *a, aorm_stmt *b) { return compound(a, b, AORM__SETOP_EXCEPT, true); }
+
+const aorm__items *aorm__sql_outputs(const aorm_stmt *q) {
+    switch (q->kind) {
+    case AORM__SELECT: return &q->items;
+    case AORM__INSERT:
+    case AORM__UPDATE:
+    case AORM__DELETE: return &q->ret;
+    case AORM__COMPOUND: return q->arms[0] ? aorm__sql_outputs(q->arms[0]) : NULL;
+    case AORM__RAW: return NULL;
+    }
+    return NULL;
+}
+
+static int add_join(aorm_stmt *q, aorm__join j, const char *fn) {
+    const char *name = join_name(&j);
+    if (!j.comma && !has_from(q))
+        return aorm__sql_fail(q, AORM_EMISUSE, "%s(%s): the statement has no FROM yet", fn, name);
+    if (name_taken(q, name)) {
+        if (j.model && !j.alias)
+            return aorm__sql_fail(q, AORM_EMISUSE,
+                                  "%s(%s): the model is already part of the statement (for a self-join, join it "
+                                  "again under an alias: aorm_join_alias, aorm_join_rel_alias)",
+                                  fn, name);
+        return aorm__sql_fail(q, AORM_EMISUSE, "%s(%s): a FROM item of the statement already goes by that name", fn,
+                              name);
+    }
     if (arena_grow(&q->arena, (void **)&q->joins, &q->cap_joins, q->njoins + 1, sizeof(*q->joins)))
         return OOM(q);
-    q->joins[q->njoins++] = (aorm__join){m, on, outer};
+    q->joins[q->njoins++] = j;
     return 0;
 }
 
@@ -513,7 +678,7 @@ static int join_expr(aorm_stmt *q, const aorm_model *m, const aorm_expr *on, boo
     }
     const aorm_expr *c;
     if ((rc = copy(q, on, 0, fn, &c))) return rc;
-    return add_join(q, m, c, outer, fn);
+    return add_join(q, (aorm__join){.model = m, .on = c, .outer = outer}, fn);
 }
 
 int aorm_join(aorm_stmt *q, const aorm_model *m, const aorm_expr *on) {
@@ -524,7 +689,62 @@ int aorm_left_join(aorm_stmt *q, const aorm_model *m, const aorm_expr *on) {
     return join_expr(q, m, on, true, "aorm_left_join");
 }
 
-static aorm_expr *col_node(aorm_stmt *q, const aorm_model *m, const aorm_column *col) {
+/* The shared part of the aorm_join_alias / _select / _cte calls, after
+ * enter(): checks, copies on (NULL allowed) and adds the item. */
+static int join_item(aorm_stmt *q, aorm__join j, const char *alias, const char *cte, const aorm_expr *on,
+                     unsigned flags, const char *fn) {
+    int rc;
+    if ((rc = need_kind(q, K(AORM__SELECT), fn))) goto fail;
+    if (flags & ~(unsigned)(AORM_JOIN_LEFT | AORM_JOIN_LATERAL)) {
+        rc = aorm__sql_fail(q, AORM_EMISUSE, "%s: invalid flags 0x%x", fn, flags);
+        goto fail;
+    }
+    if ((flags & AORM_JOIN_LATERAL) && !j.sub) {
+        rc = aorm__sql_fail(q, AORM_EMISUSE, "%s: LATERAL only goes with a subquery (aorm_join_select)", fn);
+        goto fail;
+    }
+    if ((alias && (rc = aorm__sql_check_name(q, alias, "alias", fn))) ||
+        (cte && (rc = aorm__sql_check_name(q, cte, "CTE name", fn))))
+        goto fail;
+    if ((alias && !(j.alias = arena_strdup(&q->arena, alias))) || (cte && !(j.cte = arena_strdup(&q->arena, cte)))) {
+        rc = OOM(q);
+        goto fail;
+    }
+    j.outer = (flags & AORM_JOIN_LEFT) != 0;
+    j.lateral = (flags & AORM_JOIN_LATERAL) != 0;
+    if (on && (rc = copy(q, on, 0, fn, &j.on))) return rc;
+    return add_join(q, j, fn);
+fail:
+    aorm__sql_take_subs(q, on, NULL);
+    return rc;
+}
+
+int aorm_join_alias(aorm_stmt *q, const aorm_model *m, const char *alias, const aorm_expr *on, unsigned flags) {
+    int rc = enter(q, on, NULL);
+    if (rc) return rc;
+    if ((rc = check_model(q, m, "aorm_join_alias")) ||
+        (rc = aorm__sql_check_name(q, alias, "alias", "aorm_join_alias"))) {
+        aorm__sql_take_subs(q, on, NULL);
+        return rc;
+    }
+    return join_item(q, (aorm__join){.model = m}, alias, NULL, on, flags, "aorm_join_alias");
+}
+
+int aorm_join_select(aorm_stmt *q, aorm_stmt *sub, const char *alias, const aorm_expr *on, unsigned flags) {
+    int rc = enter_sub(q, sub, K(AORM__SELECT), "aorm_join_select");
+    if (!rc && !(rc = aorm__sql_check_name(q, alias, "alias", "aorm_join_select")))
+        return join_item(q, (aorm__join){.sub = sub}, alias, NULL, on, flags, "aorm_join_select");
+    aorm__sql_take_subs(q && !q->owner ? q : NULL, on, NULL);
+    return rc;
+}
+
+int aorm_join_cte(aorm_stmt *q, const char *name, const char *alias, const aorm_expr *on, unsigned flags) {
+    int rc = enter(q, on, NULL);
+    if (rc) return rc;
+    return join_item(q, (aorm__join){0}, alias, name ? name : "", on, flags, "aorm_join_cte");
+}
+
+static aorm_expr *col_node(aorm_stmt *q, const aorm_model *m, const aorm_column *col, const char *alias) {
     aorm_expr *n = aorm__arena_alloc(&q->arena, sizeof(*n));
     if (!n) return NULL;
     memset(n, 0, sizeof(*n));
@@ -532,33 +752,37 @@ static aorm_expr *col_node(aorm_stmt *q, const aorm_model *m, const aorm_column 
     n->model = m;
     n->offset = col->offset;
     n->v.p = col;
+    n->alias = alias;
     return n;
 }
 
+/* One side of a key condition: a model under an alias (or its name). */
+typedef struct side {
+    const aorm_model *m;
+    const char *alias;
+} side;
+
 /* `ta.fa = tb.fb` as a copied expression. */
-static const aorm_expr *eq_node(aorm_stmt *q, const aorm_model *ma, const aorm_column *ca, const aorm_model *mb,
-                                const aorm_column *cb) {
-    aorm_expr *a = col_node(q, ma, ca), *b = col_node(q, mb, cb);
+static const aorm_expr *eq_node(aorm_stmt *q, side a, const aorm_column *ca, side b, const aorm_column *cb) {
+    aorm_expr *x = col_node(q, a.m, ca, a.alias), *y = col_node(q, b.m, cb, b.alias);
     aorm_expr *n = aorm__arena_alloc(&q->arena, sizeof(*n));
-    if (!a || !b || !n) return NULL;
+    if (!x || !y || !n) return NULL;
     memset(n, 0, sizeof(*n));
     n->kind = AORM_X_BINARY;
     n->op = AORM_OP_EQ;
-    n->a = a;
-    n->b = b;
+    n->a = x;
+    n->b = y;
     return n;
 }
 
 /* The join condition of a key: to.to[i] = from.from[i] for each column
  * pair (the other way round with from_first: the joined table's column
  * is written first), ANDed when there are several. */
-static const aorm_expr *key_eq(aorm_stmt *q, const aorm_model *from, const aorm_model *to, const aorm__keymap *km,
-                               int i, bool from_first) {
+static const aorm_expr *key_eq(aorm_stmt *q, side from, side to, const aorm__keymap *km, int i, bool from_first) {
     return from_first ? eq_node(q, from, km->from[i], to, km->to[i]) : eq_node(q, to, km->to[i], from, km->from[i]);
 }
 
-static const aorm_expr *key_on(aorm_stmt *q, const aorm_model *from, const aorm_model *to, const aorm__keymap *km,
-                               bool from_first) {
+static const aorm_expr *key_on(aorm_stmt *q, side from, side to, const aorm__keymap *km, bool from_first) {
     if (km->n == 1) return key_eq(q, from, to, km, 0, from_first);
     const aorm_expr **l = aorm__arena_alloc(&q->arena, (size_t)km->n * sizeof(*l));
     aorm_expr *n = aorm__arena_alloc(&q->arena, sizeof(*n));
@@ -572,6 +796,17 @@ static const aorm_expr *key_on(aorm_stmt *q, const aorm_model *from, const aorm_
     return n;
 }
 
+int aorm__join_key(aorm_stmt *q, const aorm_model *joined, const aorm_model *from, const aorm_model *to,
+                   const aorm__keymap *km) {
+    int rc = enter(q, NULL, NULL);
+    if (rc) return rc;
+    if ((rc = need_kind(q, K(AORM__SELECT), "aorm_join")) || (rc = check_model(q, joined, "aorm_join"))) return rc;
+    if (!km || km->n < 1) return aorm__sql_fail(q, AORM_EMISUSE, "aorm_join: a key without columns");
+    const aorm_expr *on = key_on(q, (side){from, NULL}, (side){to, NULL}, km, true);
+    if (!on) return OOM(q);
+    return add_join(q, (aorm__join){.model = joined, .on = on}, "aorm_join");
+}
+
 static int bad_keys(aorm_stmt *q, const aorm_model *m, const char *rel) {
     return aorm__sql_fail(q, AORM_EMISUSE,
                           "aorm_join_rel(%s): the relationship's keys do not resolve on %s (aorm_model_validate "
@@ -579,9 +814,10 @@ static int bad_keys(aorm_stmt *q, const aorm_model *m, const char *rel) {
                           rel, m->name ? m->name : m->table);
 }
 
-/* The model of the statement that declares rel (by address, or by an
- * equal descriptor), or NULL. */
-static const aorm_model *rel_owner(const aorm_stmt *q, const aorm_relationship *rel) {
+/* The FROM item of the statement whose model declares rel (by address,
+ * or by an equal descriptor): the first one, in FROM order; m NULL when
+ * there is none. */
+static side rel_owner(const aorm_stmt *q, const aorm_relationship *rel) {
     int n = q->njoins + 1;
     for (int pass = 0; pass < 2; pass++) {
         for (int i = 0; i < n; i++) {
@@ -592,57 +828,71 @@ static const aorm_model *rel_owner(const aorm_stmt *q, const aorm_relationship *
                 if (pass == 0 ? r == rel
                               : (r->offset == rel->offset && r->kind == rel->kind && r->target == rel->target &&
                                  r->name && rel->name && strcmp(r->name, rel->name) == 0))
-                    return m;
+                    return (side){m, i == 0 ? q->from_alias : q->joins[i - 1].alias};
             }
         }
     }
-    return NULL;
+    return (side){NULL, NULL};
 }
 
-int aorm_join_rel(aorm_stmt *q, const aorm_relationship *rel, bool outer) {
+static int join_rel(aorm_stmt *q, const aorm_relationship *rel, const char *alias, bool outer, const char *fn) {
     int rc = enter(q, NULL, NULL);
     if (rc) return rc;
-    if ((rc = need_kind(q, K(AORM__SELECT), "aorm_join_rel"))) return rc;
-    if (!rel) return aorm__sql_fail(q, AORM_EMISUSE, "aorm_join_rel: NULL relationship");
+    if ((rc = need_kind(q, K(AORM__SELECT), fn))) return rc;
+    if (!rel) return aorm__sql_fail(q, AORM_EMISUSE, "%s: NULL relationship", fn);
+    if (alias) {
+        if ((rc = aorm__sql_check_name(q, alias, "alias", fn))) return rc;
+        if (!(alias = arena_strdup(&q->arena, alias))) return OOM(q);
+    }
     const char *rn = rel->name ? rel->name : "?";
-    const aorm_model *m = rel_owner(q, rel);
+    side o = rel_owner(q, rel);
+    const aorm_model *m = o.m;
     if (!m)
-        return aorm__sql_fail(q, AORM_EMISUSE,
-                              "aorm_join_rel(%s): the relationship does not belong to a model of the statement", rn);
+        return aorm__sql_fail(q, AORM_EMISUSE, "%s(%s): the relationship does not belong to a model of the statement",
+                              fn, rn);
     const aorm_model *t = rel->target;
-    if (!t || check_model(q, t, "aorm_join_rel")) return aorm__sql_fail(q, AORM_EMISUSE, "aorm_join_rel(%s): no target", rn);
+    if (!t || check_model(q, t, fn)) return aorm__sql_fail(q, AORM_EMISUSE, "%s(%s): no target", fn, rn);
+    side ts = {t, alias};
     const aorm_expr *on;
     aorm__keymap km;
     switch (rel->kind) {
     case AORM_MANY_TO_ONE:
         /* JOIN target ON target.pk = this.fk */
         if (aorm__rel_keymap(m, rel, 0, &km) < 0) return bad_keys(q, m, rn);
-        if (!(on = key_on(q, m, t, &km, false))) return OOM(q);
-        return add_join(q, t, on, outer, "aorm_join_rel");
+        if (!(on = key_on(q, o, ts, &km, false))) return OOM(q);
+        return add_join(q, (aorm__join){.model = t, .alias = alias, .on = on, .outer = outer}, fn);
     case AORM_ONE_TO_MANY:
         /* JOIN target ON target.fk = this.pk */
         if (aorm__rel_keymap(m, rel, 0, &km) < 0) return bad_keys(q, m, rn);
-        if (!(on = key_on(q, t, m, &km, true))) return OOM(q);
-        return add_join(q, t, on, outer, "aorm_join_rel");
+        if (!(on = key_on(q, ts, o, &km, true))) return OOM(q);
+        return add_join(q, (aorm__join){.model = t, .alias = alias, .on = on, .outer = outer}, fn);
     case AORM_MANY_TO_MANY: {
         const aorm_model *s = rel->secondary;
-        if (!s || check_model(q, s, "aorm_join_rel"))
-            return aorm__sql_fail(q, AORM_EMISUSE, "aorm_join_rel(%s): no secondary model", rn);
+        if (!s || check_model(q, s, fn)) return aorm__sql_fail(q, AORM_EMISUSE, "%s(%s): no secondary model", fn, rn);
+        side ss = {s, NULL};
         /* JOIN secondary ON secondary.local = this.pk JOIN target ON target.pk = secondary.remote */
         if (aorm__rel_keymap(m, rel, 0, &km) < 0) return bad_keys(q, m, rn);
-        if (!(on = key_on(q, s, m, &km, true))) return OOM(q);
-        if (model_in(q, t))
+        if (!(on = key_on(q, ss, o, &km, true))) return OOM(q);
+        if (name_taken(q, alias ? alias : t->table))
             return aorm__sql_fail(q, AORM_EMISUSE,
-                                  "aorm_join_rel(%s): %s is already part of the statement (self-joins are not "
-                                  "supported)",
-                                  rn, t->table);
-        if ((rc = add_join(q, s, on, outer, "aorm_join_rel"))) return rc;
+                                  "%s(%s): %s is already part of the statement (join it under an alias: "
+                                  "aorm_join_rel_alias)",
+                                  fn, rn, alias ? alias : t->table);
+        if ((rc = add_join(q, (aorm__join){.model = s, .on = on, .outer = outer}, fn))) return rc;
         if (aorm__rel_keymap(m, rel, 1, &km) < 0) return bad_keys(q, m, rn);
-        if (!(on = key_on(q, s, t, &km, false))) return OOM(q);
-        return add_join(q, t, on, outer, "aorm_join_rel");
+        if (!(on = key_on(q, ss, ts, &km, false))) return OOM(q);
+        return add_join(q, (aorm__join){.model = t, .alias = alias, .on = on, .outer = outer}, fn);
     }
     }
-    return aorm__sql_fail(q, AORM_EMISUSE, "aorm_join_rel(%s): unknown relationship kind %d", rn, (int)rel->kind);
+    return aorm__sql_fail(q, AORM_EMISUSE, "%s(%s): unknown relationship kind %d", fn, rn, (int)rel->kind);
+}
+
+int aorm_join_rel(aorm_stmt *q, const aorm_relationship *rel, bool outer) {
+    return join_rel(q, rel, NULL, outer, "aorm_join_rel");
+}
+
+int aorm_join_rel_alias(aorm_stmt *q, const aorm_relationship *rel, const char *alias, bool outer) {
+    return join_rel(q, rel, alias ? alias : "", outer, "aorm_join_rel_alias");
 }
 
 static int add_cond(aorm_stmt *q, aorm__exprs *l, const aorm_expr *cond, unsigned kinds, const char *fn) {
@@ -673,7 +923,7 @@ int aorm_having(aorm_stmt *q, const aorm_expr *cond) {
 int aorm_order_by(aorm_stmt *q, const aorm_expr *e, unsigned flags) {
     int rc = enter(q, e, NULL);
     if (rc) return rc;
-    if ((rc = need_kind(q, K(AORM__SELECT), "aorm_order_by"))) {
+    if ((rc = need_kind(q, K(AORM__SELECT) | K(AORM__COMPOUND), "aorm_order_by"))) {
         aorm__sql_take_subs(q, e, NULL);
         return rc;
     }
@@ -693,7 +943,7 @@ static int limit_offset(aorm_stmt *q, int64_t n, bool offset) {
     const char *fn = offset ? "aorm_offset" : "aorm_limit";
     int rc = enter(q, NULL, NULL);
     if (rc) return rc;
-    if ((rc = need_kind(q, K(AORM__SELECT), fn))) return rc;
+    if ((rc = need_kind(q, K(AORM__SELECT) | K(AORM__COMPOUND), fn))) return rc;
     if (n < 0) return aorm__sql_fail(q, AORM_EMISUSE, "%s: negative count %" PRId64, fn, n);
     if (offset) {
         q->has_offset = true;
@@ -746,11 +996,87 @@ int aorm_insert_objects(aorm_stmt *q, const void *const *objs, size_t n) {
     return aorm__insert_objects_cols(q, objs, n, NULL);
 }
 
+static const aorm_column *target_column(aorm_stmt *q, const aorm_expr *e, const char *fn);
+
+/* Column i of the INSERT's model is left out of object row obj: a
+ * SERIAL/IDENTITY column whose field is 0, or one given to
+ * aorm_insert_use_default(). A server_default alone changes nothing: the
+ * field's value is written, zero and NULL included (as a session does). */
+static bool server_fills(const aorm_stmt *q, int i, const void *obj) {
+    const aorm_column *col = &q->model->columns[i];
+    if (q->use_default && q->use_default[i]) return true;
+    return (col->flags & (AORM_SERIAL | AORM_IDENTITY)) && aorm__field_unset(col, obj);
+}
+
+int aorm_insert_use_default(aorm_stmt *q, const aorm_expr *col) {
+    int rc = enter(q, col, NULL);
+    if (rc) return rc;
+    if ((rc = need_kind(q, K(AORM__INSERT), "aorm_insert_use_default"))) {
+        aorm__sql_take_subs(q, col, NULL);
+        return rc;
+    }
+    const aorm_expr *c;
+    if ((rc = copy(q, col, 0, "aorm_insert_use_default", &c))) return rc;
+    const aorm_column *tc = target_column(q, c, "aorm_insert_use_default");
+    if (!tc) return q->error;
+    if (!tc->server_default && !(tc->flags & (AORM_SERIAL | AORM_IDENTITY)))
+        return aorm__sql_fail(q, AORM_EMISUSE, "aorm_insert_use_default: column \"%s\" of %s has no server default",
+                              tc->name, q->model->table);
+    if (q->nrows || q->isel)
+        return aorm__sql_fail(q, AORM_EMISUSE, "aorm_insert_use_default(%s): call it before adding the rows",
+                              q->model->table);
+    if (!q->use_default) {
+        q->use_default = aorm__arena_alloc(&q->arena, (size_t)q->model->ncolumns * sizeof(bool));
+        if (!q->use_default) return OOM(q);
+        memset(q->use_default, 0, (size_t)q->model->ncolumns * sizeof(bool));
+    }
+    q->use_default[tc - q->model->columns] = true;
+    return 0;
+}
+
+int aorm_insert_select(aorm_stmt *q, const aorm_expr *const *cols, int n, aorm_stmt *sub) {
+    const char *fn = "aorm_insert_select";
+    int rc = enter_sub(q, sub, K(AORM__INSERT), fn);
+    if (rc) {
+        if (n > 0 && cols) aorm__sql_take_subs_list(q && !q->owner ? q : NULL, cols, n);
+        return rc;
+    }
+    const aorm_model *m = q->model;
+    if (q->nrows || q->sets.n || q->isel) {
+        aorm__sql_take_subs_list(q, cols, n);
+        return aorm__sql_fail(q, AORM_EMISUSE, "%s(%s): the INSERT already has its rows", fn, m->table);
+    }
+    if (n < 0 || (n > 0 && !cols)) return aorm__sql_fail(q, AORM_EMISUSE, "%s: no column array for %d columns", fn, n);
+    const aorm_column **v = aorm__arena_alloc(&q->arena, (size_t)(n ? n : 1) * sizeof(*v));
+    if (!v) {
+        aorm__sql_take_subs_list(q, cols, n);
+        return OOM(q);
+    }
+    for (int i = 0; i < n; i++) {
+        const aorm_expr *c;
+        rc = copy(q, cols[i], 0, fn, &c);
+        if (!rc && !(v[i] = target_column(q, c, fn))) rc = q->error;
+        for (int k = 0; !rc && k < i; k++)
+            if (v[k] == v[i]) rc = aorm__sql_fail(q, AORM_EMISUSE, "%s: column \"%s\" is listed twice", fn, v[i]->name);
+        if (rc) {
+            aorm__sql_take_subs_list(q, cols + i + 1, n - i - 1);
+            return rc;
+        }
+    }
+    q->icols = v;
+    q->nicols = n;
+    q->isel = sub;
+    return 0;
+}
+
 int aorm__insert_objects_cols(aorm_stmt *q, const void *const *objs, size_t n, const bool *omit) {
     int rc = enter(q, NULL, NULL);
     if (rc) return rc;
     if ((rc = need_kind(q, K(AORM__INSERT), "aorm_insert_objects"))) return rc;
     const aorm_model *m = q->model;
+    if (q->isel)
+        return aorm__sql_fail(q, AORM_EMISUSE, "aorm_insert_objects(%s): the INSERT takes its rows from a query",
+                              m->table);
     if (!objs || n == 0) return aorm__sql_fail(q, AORM_EMISUSE, "aorm_insert_objects(%s): no objects", m->table);
     if (q->nrows)
         return aorm__sql_fail(q, AORM_EMISUSE,
@@ -770,9 +1096,9 @@ int aorm__insert_objects_cols(aorm_stmt *q, const void *const *objs, size_t n, c
     int k = 0;
     for (int i = 0; i < m->ncolumns; i++) {
         const aorm_column *col = &m->columns[i];
-        bool unset = omit ? omit[i] : aorm__field_unset(col, objs[0]);
+        bool unset = omit ? omit[i] : server_fills(q, i, objs[0]);
         for (size_t r = 1; r < n && !omit; r++)
-            if (aorm__field_unset(col, objs[r]) != unset)
+            if (server_fills(q, i, objs[r]) != unset)
                 return aorm__sql_fail(q, AORM_EMISUSE,
                                       "aorm_insert_objects(%s): object %zu %s column \"%s\" but object 0 %s; every "
                                       "row of a multi-row insert must set the same columns",
@@ -856,6 +1182,25 @@ static int on_conflict(aorm_stmt *q, const aorm_expr *const *cols, int n, int wh
     return rc;
 }
 
+static int on_conflict_constraint(aorm_stmt *q, const char *name, int what, const char *fn) {
+    int rc = enter(q, NULL, NULL);
+    if (rc) return rc;
+    if ((rc = need_kind(q, K(AORM__INSERT), fn))) return rc;
+    if (q->conflict) return aorm__sql_fail(q, AORM_EMISUSE, "%s: ON CONFLICT was already given", fn);
+    if ((rc = aorm__sql_check_name(q, name, "constraint name", fn))) return rc;
+    if (!(q->conflict_constraint = arena_strdup(&q->arena, name))) return OOM(q);
+    q->conflict = what;
+    return 0;
+}
+
+int aorm_on_conflict_constraint_do_nothing(aorm_stmt *q, const char *name) {
+    return on_conflict_constraint(q, name, AORM__CONFLICT_NOTHING, "aorm_on_conflict_constraint_do_nothing");
+}
+
+int aorm_on_conflict_constraint_do_update(aorm_stmt *q, const char *name) {
+    return on_conflict_constraint(q, name, AORM__CONFLICT_UPDATE, "aorm_on_conflict_constraint_do_update");
+}
+
 int aorm_on_conflict_do_nothing(aorm_stmt *q, const aorm_expr *const *cols, int n) {
     return on_conflict(q, cols, n, AORM__CONFLICT_NOTHING, "aorm_on_conflict_do_nothing");
 }
@@ -873,7 +1218,7 @@ int aorm_set(aorm_stmt *q, const aorm_expr *col, const aorm_expr *value) {
         return rc;
     }
     bool upd = q->kind == AORM__INSERT && q->conflict == AORM__CONFLICT_UPDATE;
-    if (q->kind == AORM__INSERT && !upd && q->nrows) {
+    if (q->kind == AORM__INSERT && !upd && (q->nrows || q->isel)) {
         aorm__sql_take_subs(q, col, value);
         return aorm__sql_fail(q, AORM_EMISUSE, "aorm_set(%s): the INSERT already has object rows", q->model->table);
     }
@@ -903,14 +1248,14 @@ int aorm_returning(aorm_stmt *q, const aorm_expr *e) {
     }
     const aorm_expr *c;
     if ((rc = copy(q, e, AORM__CP_LABEL, "aorm_returning", &c))) return rc;
-    return items_add(q, &q->ret, c, NULL, NULL);
+    return items_add(q, &q->ret, c, NULL, NULL, NULL);
 }
 
 int aorm_returning_all(aorm_stmt *q) {
     int rc = enter(q, NULL, NULL);
     if (rc) return rc;
     if ((rc = need_kind(q, K(AORM__INSERT) | K(AORM__UPDATE) | K(AORM__DELETE), "aorm_returning_all"))) return rc;
-    return items_add_model(q, &q->ret, q->model);
+    return items_add_model(q, &q->ret, q->model, NULL);
 }
 
 /* =========================================================================

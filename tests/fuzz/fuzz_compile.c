@@ -14,8 +14,14 @@
  * not), values of every type (out of range, NUL bytes, malformed
  * numerics), arrays, operators (valid or not), AND/OR lists, NOT/IS
  * NULL, BETWEEN, ANY, IN/EXISTS subqueries (built the same way, raw text
- * included), aggregates, labels, EXCLUDED, tuple IN, and chains deeper
- * than the copy accepts.
+ * included), aggregates, labels, EXCLUDED, tuple IN, chains deeper
+ * than the copy accepts, and the reporting constructs: columns through
+ * aliases, aorm_ref names, function calls (SQL's own, window functions,
+ * named ones, valid or not), OVER with partition / order lists and
+ * frames, CASE, CAST, scalar subqueries, ANY / ALL, the helper nodes out
+ * of place; FROM items (aliases, subqueries, LATERAL, CTEs), WITH,
+ * DISTINCT ON, set operations, INSERT ... SELECT, ON CONFLICT ON
+ * CONSTRAINT and aorm_insert_use_default.
  *
  * Invariants, for every program:
  *   - no crash, leak or undefined behaviour (ASan, UBSan, LeakSanitizer);
@@ -335,21 +341,120 @@ static aorm_expr *array_expr(fuzz_in *in) {
 }
 
 static aorm_stmt *sub_stmt(fuzz_in *in, int depth);
+static aorm_stmt *any_stmt(fuzz_in *in, int depth);
 static const aorm_expr *expr(fuzz_in *in, int depth);
 static bool has_raw; /* the statement embeds raw text: its bytes are the caller's SQL */
+
+/* A name for an alias, a CTE, a column of aorm_ref: mostly one the
+ * program already declared (so that references meet their items), else
+ * a fresh one. */
+static const char *name_pick(fuzz_in *in) {
+    uint8_t f = fuzz_u8(in);
+    if (N.n > 0 && (f & 3)) return N.v[(f >> 2) % N.n];
+    return ident(in);
+}
+
+/* Registers the dot-separated parts of a function or type name (without a
+ * "[]" suffix): they are the identifiers the compiler writes. */
+static void name_parts(const char *s) {
+    size_t n = strlen(s);
+    if (n >= 2 && s[n - 2] == '[' && s[n - 1] == ']') n -= 2;
+    const char *dot = memchr(s, '.', n);
+    size_t a = dot ? (size_t)(dot - s) : n;
+    char *p = pool_alloc(a + 1);
+    memcpy(p, s, a);
+    p[a] = '\0';
+    if (N.n < (int)(sizeof(N.v) / sizeof(N.v[0]))) N.v[N.n++] = p;
+    if (dot) {
+        size_t b = n - a - 1;
+        char *q = pool_alloc(b + 1);
+        memcpy(q, dot + 1, b);
+        q[b] = '\0';
+        if (N.n < (int)(sizeof(N.v) / sizeof(N.v[0]))) N.v[N.n++] = q;
+    }
+}
+
+/* A function or type name: valid ones, near misses, or arbitrary bytes. */
+static const char *sql_name_pick(fuzz_in *in) {
+    static const char *const names[] = {"lower", "pg_catalog.upper", "int8", "text[]", "a.b.c", "x y", "1a", "",
+                                        "f(); DROP TABLE t; --", "_x9", "a.", ".a", "s.t[]", "q\""};
+    uint8_t f = fuzz_u8(in);
+    const char *s = (f & 1) ? ident(in) : names[(f >> 1) % (sizeof(names) / sizeof(names[0]))];
+    name_parts(s);
+    return s;
+}
+
+static const aorm_expr *list_expr(fuzz_in *in, int depth, bool order);
+static const aorm_expr *frame_expr(fuzz_in *in, int depth);
+
+/* A function of AORM_X_CALL (one value past the last is no function). */
+static aorm_expr *call_expr(fuzz_in *in, int depth) {
+    aorm_expr *e = node(AORM_X_CALL);
+    e->op = (aorm_op)(AORM_FN_COALESCE + fuzz_u8(in) % 17);
+    if (e->op == AORM_FN_NAMED) e->name = (fuzz_u8(in) & 7) ? sql_name_pick(in) : NULL;
+    int n = fuzz_u8(in) % 4;
+    const aorm_expr **l = pool_alloc((size_t)(n ? n : 1) * sizeof(*l));
+    for (int i = 0; i < n; i++) l[i] = expr(in, depth + 1);
+    e->list = n || (fuzz_u8(in) & 1) ? l : NULL;
+    e->n = n;
+    return e;
+}
+
+/* PARTITION BY / ORDER BY lists (sort keys in the order list, mostly). */
+static const aorm_expr *list_expr(fuzz_in *in, int depth, bool order) {
+    aorm_expr *e = node(AORM_X_LIST);
+    int n = fuzz_u8(in) % 4;
+    const aorm_expr **l = pool_alloc((size_t)(n ? n : 1) * sizeof(*l));
+    for (int i = 0; i < n; i++) {
+        uint8_t f = fuzz_u8(in);
+        if ((order && (f & 1)) || (f & 0xF0) == 0xF0) {
+            aorm_expr *k = node(AORM_X_SORT);
+            k->a = expr(in, depth + 1);
+            k->n = (f >> 1) % 9;
+            l[i] = k;
+        } else {
+            l[i] = expr(in, depth + 1);
+        }
+    }
+    e->list = l;
+    e->n = n;
+    return e;
+}
+
+static aorm_expr *bound_expr(fuzz_in *in, int depth) {
+    aorm_expr *b = node(AORM_X_BOUND);
+    uint8_t f = fuzz_u8(in);
+    b->n = f % 7; /* 0, 6: no bound */
+    if ((b->n == AORM_BOUND_PRECEDING || b->n == AORM_BOUND_FOLLOWING) != ((f & 0x80) != 0))
+        b->a = (f & 0x40) ? value_expr(in) : expr(in, depth + 1);
+    return b;
+}
+
+static const aorm_expr *frame_expr(fuzz_in *in, int depth) {
+    aorm_expr *e = node(AORM_X_FRAME);
+    uint8_t f = fuzz_u8(in);
+    e->n = f % 5; /* 0, 4: no mode */
+    e->a = (f & 8) ? NULL : bound_expr(in, depth);
+    if (f & 0x10) e->b = bound_expr(in, depth);
+    return e;
+}
 
 static const aorm_expr *expr(fuzz_in *in, int depth) {
     if (--B.nodes <= 0 || depth > 8) return column_expr(in);
     uint8_t op = fuzz_u8(in);
-    switch (op % 20) {
+    switch (op % 28) {
     case 0:
-    case 1: return column_expr(in);
+    case 1: {
+        aorm_expr *e = column_expr(in);
+        if ((op & 0xE0) == 0xE0) e->alias = name_pick(in); /* AORM_ACOL */
+        return e;
+    }
     case 2:
     case 3: return value_expr(in);
     case 4: return array_expr(in);
     case 5: {
         aorm_expr *e = node(AORM_X_BINARY);
-        e->op = (aorm_op)(fuzz_u8(in) % 22); /* 0, 15..21: not binary operators */
+        e->op = (aorm_op)(fuzz_u8(in) % 32); /* 0, 15..20, 31: not binary operators */
         e->a = expr(in, depth + 1);
         e->b = expr(in, depth + 1);
         return e;
@@ -457,6 +562,85 @@ static const aorm_expr *expr(fuzz_in *in, int depth) {
         return e;
     }
     case 17: return NULL; /* a NULL operand */
+    case 18: {
+        aorm_expr *e = node(AORM_X_REF);
+        uint8_t f = fuzz_u8(in);
+        if (f & 1) e->alias = name_pick(in);
+        if (!(f & 0x80)) e->name = name_pick(in);
+        return e;
+    }
+    case 19: return call_expr(in, depth);
+    case 20: {
+        aorm_expr *e = node(AORM_X_OVER);
+        uint8_t f = fuzz_u8(in);
+        if (f & 1) {
+            aorm_expr *a = node(AORM_X_FUNC);
+            a->op = (aorm_op)(AORM_FN_COUNT + fuzz_u8(in) % 6);
+            if (fuzz_u8(in) & 1) a->a = expr(in, depth + 1);
+            e->a = a;
+        } else {
+            e->a = (f & 0x40) ? expr(in, depth + 1) : call_expr(in, depth);
+        }
+        if (f & 2) e->b = list_expr(in, depth, false);
+        if (f & 4) e->c = list_expr(in, depth, true);
+        if (f & 8) {
+            const aorm_expr **l = pool_alloc(sizeof(*l));
+            l[0] = (f & 0x20) ? expr(in, depth + 1) : frame_expr(in, depth);
+            e->list = l;
+            e->n = 1;
+        }
+        return e;
+    }
+    case 21: {
+        aorm_expr *e = node(AORM_X_CASE);
+        int n = fuzz_u8(in) % 4;
+        const aorm_expr **l = pool_alloc((size_t)(n ? n : 1) * sizeof(*l));
+        for (int i = 0; i < n; i++) {
+            uint8_t f = fuzz_u8(in);
+            if ((f & 7) == 7) {
+                l[i] = expr(in, depth + 1); /* not a WHEN: misuse */
+                continue;
+            }
+            aorm_expr *w = node(AORM_X_WHEN);
+            if (!(f & 8) || i + 1 < n) w->a = expr(in, depth + 1); /* ELSE last, mostly */
+            w->b = expr(in, depth + 1);
+            l[i] = w;
+        }
+        e->list = l;
+        e->n = n;
+        return e;
+    }
+    case 22: {
+        aorm_expr *e = node(AORM_X_CAST);
+        uint8_t f = fuzz_u8(in);
+        if (f & 1) e->name = sql_name_pick(in);
+        else e->type = (aorm_type)(fuzz_u8(in) % 17);
+        e->a = expr(in, depth + 1);
+        return e;
+    }
+    case 23: {
+        if (B.subs <= 0) return value_expr(in);
+        B.subs--;
+        aorm_expr *e = node(AORM_X_SUBQUERY);
+        e->sub = sub_stmt(in, depth + 1);
+        return e;
+    }
+    case 24: {
+        aorm_expr *e = node(AORM_X_QUANT);
+        uint8_t f = fuzz_u8(in);
+        e->op = (aorm_op)(f % 12); /* 0, 11: not comparisons */
+        e->n = (f >> 4) % 3;       /* 2: no quantifier */
+        e->a = expr(in, depth + 1);
+        e->b = (f & 0x80) ? array_expr(in) : expr(in, depth + 1);
+        return e;
+    }
+    case 25: {
+        /* a helper node where it does not go */
+        static const aorm_expr_kind k[] = {AORM_X_LIST, AORM_X_SORT, AORM_X_FRAME, AORM_X_BOUND, AORM_X_WHEN};
+        aorm_expr *e = node(k[fuzz_u8(in) % 5]);
+        e->a = expr(in, depth + 1);
+        return e;
+    }
     default: {
         aorm_expr *e = node(AORM_X_BINARY);
         e->op = (aorm_op)(AORM_OP_EQ + fuzz_u8(in) % 14);
@@ -538,7 +722,7 @@ static const aorm_expr *const *col_list(fuzz_in *in, int *n) {
 /* One builder call. */
 static void step(aorm_stmt *q, fuzz_in *in, int depth) {
     uint8_t op = fuzz_u8(in);
-    switch (op % 26) {
+    switch (op % 40) {
     case 0:
     case 1: aorm_where(q, expr(in, depth)); break;
     case 2: aorm_order_by(q, expr(in, depth), fuzz_u8(in) % 9); break;
@@ -609,6 +793,60 @@ static void step(aorm_stmt *q, fuzz_in *in, int depth) {
         else aorm_on_conflict_do_update(NULL, col_list(in, &n), n);
         break;
     }
+    case 26: {
+        uint8_t f = fuzz_u8(in);
+        aorm_join_alias(q, pick_model(in), name_pick(in), (f & 1) ? expr(in, depth) : NULL, f % 5);
+        break;
+    }
+    case 27: aorm_from_alias(q, pick_model(in), name_pick(in)); break;
+    case 28: aorm_select_add_alias(q, pick_model(in), name_pick(in)); break;
+    case 29: {
+        uint8_t r = fuzz_u8(in);
+        const aorm_relationship *rel = (r & 1) ? &M[0].rels[0] : &M[1].rels[0];
+        if (!rel->name) rel = NULL;
+        aorm_join_rel_alias(q, rel, (r & 4) ? NULL : name_pick(in), r & 2);
+        break;
+    }
+    case 30: aorm_distinct_on(q, expr(in, depth)); break;
+    case 31: {
+        uint8_t f = fuzz_u8(in);
+        const char *name = name_pick(in);
+        if (f & 1) aorm_with_recursive(q, name, any_stmt(in, depth));
+        else aorm_with(q, name, any_stmt(in, depth));
+        break;
+    }
+    case 32: aorm_from_cte(q, name_pick(in)); break;
+    case 33: {
+        uint8_t f = fuzz_u8(in);
+        aorm_join_cte(q, name_pick(in), (f & 8) ? name_pick(in) : NULL, (f & 16) ? expr(in, depth) : NULL, f % 5);
+        break;
+    }
+    case 34: {
+        uint8_t f = fuzz_u8(in);
+        aorm_stmt *sub = any_stmt(in, depth);
+        aorm_join_select(q, sub, name_pick(in), (f & 16) ? expr(in, depth) : NULL, f % 5);
+        break;
+    }
+    case 35: aorm_from_select(q, any_stmt(in, depth), name_pick(in)); break;
+    case 36: {
+        int n;
+        const aorm_expr *const *l = col_list(in, &n);
+        aorm_insert_select(q, l, n, any_stmt(in, depth));
+        break;
+    }
+    case 37:
+        if (fuzz_u8(in) & 1) aorm_on_conflict_constraint_do_update(q, name_pick(in));
+        else aorm_on_conflict_constraint_do_nothing(q, name_pick(in));
+        break;
+    case 38: aorm_insert_use_default(q, (fuzz_u8(in) & 7) == 7 ? expr(in, depth) : column_expr(in)); break;
+    case 39: {
+        /* calls on no statement: what they are handed is freed */
+        uint8_t w = fuzz_u8(in);
+        if (w % 3 == 0) aorm_with(NULL, "x", any_stmt(in, depth));
+        else if (w % 3 == 1) aorm_from_select(NULL, any_stmt(in, depth), "x");
+        else aorm_join_select(NULL, any_stmt(in, depth), "x", expr(in, depth), 0);
+        break;
+    }
     default: aorm_where(q, expr(in, depth)); break;
     }
 }
@@ -624,6 +862,16 @@ static const char *const raw_texts[] = {
 
 static aorm_stmt *new_stmt(fuzz_in *in, bool sub) {
     uint8_t k = fuzz_u8(in);
+    if ((k & 0xC0) == 0xC0 && B.subs > 1) {
+        /* a set operation of two subqueries (any kinds: a writing one is refused) */
+        B.subs -= 2;
+        static aorm_stmt *(*const ops[])(aorm_stmt *, aorm_stmt *) = {aorm_union,     aorm_union_all,
+                                                                      aorm_intersect, aorm_intersect_all,
+                                                                      aorm_except,    aorm_except_all};
+        aorm_stmt *a = sub_stmt(in, 1);
+        aorm_stmt *b = (k & 0x20) ? new_stmt(in, false) : sub_stmt(in, 1);
+        return ops[k % 6](a, b);
+    }
     switch (k % (sub ? 4 : 8)) {
     case 0:
     case 1: return aorm_select(pick_model(in));
@@ -658,11 +906,30 @@ static aorm_stmt *sub_stmt(fuzz_in *in, int depth) {
     return s;
 }
 
+/* A statement of any kind with a few builder calls: a CTE, an INSERT's
+ * query, a FROM item. Counts against the subquery budget. */
+static aorm_stmt *any_stmt(fuzz_in *in, int depth) {
+    if (B.subs <= 0) return NULL;
+    B.subs--;
+    if (fuzz_u8(in) & 1) return sub_stmt(in, depth + 1);
+    const aorm_model *outer = current;
+    aorm_stmt *s = new_stmt(in, false);
+    current = aorm_stmt_model(s);
+    int n = fuzz_u8(in) % 4;
+    for (int i = 0; i < n && s; i++) step(s, in, depth + 1);
+    current = outer;
+    return s;
+}
+
 /* ==========================================================================
  * Checking the output
  * ========================================================================== */
 
 static const char *const keywords[] = {
+    "WITH", "RECURSIVE", "UNION", "INTERSECT", "EXCEPT", "ALL", "CROSS", "LATERAL", "USING", "CONSTRAINT", "CASE",
+    "WHEN", "THEN", "ELSE", "END", "CAST", "OVER", "PARTITION", "ROWS", "RANGE", "GROUPS", "UNBOUNDED", "PRECEDING",
+    "FOLLOWING", "CURRENT", "ROW", "coalesce", "nullif", "greatest", "least", "row_number", "rank", "dense_rank",
+    "percent_rank", "cume_dist", "ntile", "lag", "lead", "first_value", "last_value", "nth_value",
     "SELECT", "DISTINCT", "FROM", "JOIN", "LEFT", "ON", "WHERE", "GROUP", "BY", "HAVING", "ORDER", "ASC",
     "DESC", "NULLS", "FIRST", "LAST", "LIMIT", "OFFSET", "FOR", "UPDATE", "SHARE", "NOWAIT", "SKIP", "LOCKED",
     "INSERT", "INTO", "VALUES", "DEFAULT", "SET", "DELETE", "RETURNING", "CONFLICT", "DO", "NOTHING",
@@ -682,23 +949,34 @@ static bool in_names(const char *id, size_t n) {
     for (int i = 0; i < N.n; i++)
         if (strlen(N.v[i]) == n && memcmp(N.v[i], id, n) == 0) return true;
     /* default output names of expressions, which get suffixes when taken */
-    static const char *const auto_names[] = {"count", "sum", "avg", "min", "max", "exists"};
+    static const char *const auto_names[] = {"count",    "sum",        "avg",          "min",        "max",
+                                             "exists",   "case",       "coalesce",     "nullif",     "greatest",
+                                             "least",    "row_number", "rank",         "dense_rank", "percent_rank",
+                                             "cume_dist", "ntile",     "lag",          "lead",       "first_value",
+                                             "last_value", "nth_value"};
     for (size_t i = 0; i < sizeof(auto_names) / sizeof(auto_names[0]); i++)
         if (strlen(auto_names[i]) == n && memcmp(auto_names[i], id, n) == 0) return true;
     return false;
 }
 
-/* "<table>_<column>" of one model: the label a duplicate column name gets. */
-static bool table_column(const char *id, size_t n) {
-    for (int m = 0; m < 3; m++) {
-        const char *t = M[m].m.table;
-        size_t tl = strlen(t);
-        if (tl + 1 >= n || memcmp(id, t, tl) != 0 || id[tl] != '_') continue;
+/* "<table>_<column>" of one model, or "<alias>_<column>" (an alias is a
+ * declared name): the label a duplicate column name gets. */
+static bool prefix_column(const char *id, size_t n, const char *t) {
+    size_t tl = strlen(t);
+    if (tl + 1 >= n || memcmp(id, t, tl) != 0 || id[tl] != '_') return false;
+    for (int m = 0; m < 3; m++)
         for (int k = 0; k < M[m].m.ncolumns; k++) {
             const char *c = M[m].cols[k].name;
             if (strlen(c) == n - tl - 1 && memcmp(id + tl + 1, c, n - tl - 1) == 0) return true;
         }
-    }
+    return false;
+}
+
+static bool table_column(const char *id, size_t n) {
+    for (int m = 0; m < 3; m++)
+        if (prefix_column(id, n, M[m].m.table)) return true;
+    for (int i = 0; i < N.n; i++)
+        if (prefix_column(id, n, N.v[i])) return true;
     return false;
 }
 
@@ -754,9 +1032,10 @@ static void lex(const char *sql, int *nph) {
             if (v == next) next++;
         } else if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z')) {
             size_t s = i;
-            while (i < n && ((sql[i] >= 'A' && sql[i] <= 'Z') || (sql[i] >= 'a' && sql[i] <= 'z'))) i++;
+            while (i < n && ((sql[i] >= 'A' && sql[i] <= 'Z') || (sql[i] >= 'a' && sql[i] <= 'z') || sql[i] == '_'))
+                i++;
             FUZZ_CHECK(keyword(sql + s, i - s), "unquoted word \"%.*s\" in: %s", (int)(i - s), sql + s, sql);
-        } else if (strchr("(),.=<>+-*/:[]", (int)c) && c) {
+        } else if (strchr("(),.=<>+-*/:[]%|&?@#", (int)c) && c) {
             if (c == '*' || c == '/' || c == '-' || c == '+') {
                 /* never a comment opener */
                 FUZZ_CHECK(!(c == '-' && sql[i + 1] == '-') && !(c == '/' && sql[i + 1] == '*'),
@@ -765,8 +1044,9 @@ static void lex(const char *sql, int *nph) {
             i++;
         } else if (c == '1' && !(sql[i + 1] >= '0' && sql[i + 1] <= '9') &&
                    ((i >= 7 && memcmp(sql + i - 7, "SELECT ", 7) == 0) ||
-                    (i >= 9 && memcmp(sql + i - 9, "DISTINCT ", 9) == 0))) {
-            i++; /* an empty select list: SELECT 1 */
+                    (i >= 9 && memcmp(sql + i - 9, "DISTINCT ", 9) == 0) ||
+                    (i >= 2 && memcmp(sql + i - 2, ") ", 2) == 0 && strstr(sql, "DISTINCT ON (")))) {
+            i++; /* an empty select list: SELECT 1, SELECT DISTINCT ON (...) 1 */
         } else {
             FUZZ_CHECK(0, "byte 0x%02x at %zu outside any identifier in: %s", c, i, sql);
         }
