@@ -184,6 +184,40 @@ int eng_open(eng *g, bench_ctx *ctx, bench_out *out) {
     o.log = eng_log;
     o.log_user = g;
     o.log_level = ctx->verbose >= 2 ? AORM_LOG_DEBUG : ctx->verbose ? AORM_LOG_INFO : AORM_LOG_WARN;
+    /* Scale-out paths (bench/scale): AORM_BENCH_PGBOUNCER=1 goes through the
+     * sandbox's PgBouncer (--pgbouncer) in transaction mode; AORM_BENCH_ROUTE
+     * puts a router (hosts.h) in front: "primary" over the primary alone
+     * (the routing layer's cost), "replica" over the primary and the
+     * sandbox's standby (--replica; reads there), a pool per server. */
+    const char *route = getenv("AORM_BENCH_ROUTE");
+    const char *pgb = getenv("AORM_BENCH_PGBOUNCER");
+    if (pgb && strcmp(pgb, "1") == 0) {
+        o.conninfo = getenv("AORM_TEST_PGBOUNCER_DSN");
+        if (!o.conninfo) return bench_fail(out, "AORM_BENCH_PGBOUNCER: AORM_TEST_PGBOUNCER_DSN is not set");
+        o.pgbouncer = true;
+    }
+    if (route && *route) {
+        aorm_hosts_options ho;
+        aorm_hosts_options_init(&ho);
+        const char *servers[2] = {o.conninfo, getenv("AORM_TEST_REPLICA_DSN")};
+        ho.servers = servers;
+        ho.nservers = strcmp(route, "replica") == 0 ? 2 : 1;
+        if (ho.nservers == 2 && !servers[1]) return bench_fail(out, "AORM_BENCH_ROUTE=replica: AORM_TEST_REPLICA_DSN is not set");
+        ho.engine = o;
+        g->e = aorm_engine_new_hosts(g->loop, &ho);
+        if (!g->e) return bench_fail(out, "aorm_engine_new_hosts failed (reason logged above)");
+        /* every server's pool warmed, then the router (its first checks) */
+        aorm_engine *router = g->e;
+        for (int i = 0; i < aorm_hosts_count(router); i++) {
+            g->e = aorm_hosts_engine(router, i);
+            if (eng_warm(g) != 0) {
+                g->e = NULL; /* freed by eng_warm; the router is left (the run fails) */
+                return -1;
+            }
+        }
+        g->e = router;
+        return eng_warm(g);
+    }
     g->e = aorm_engine_new(g->loop, &o);
     if (!g->e) return bench_fail(out, "aorm_engine_new failed (reason logged above)");
     return eng_warm(g);

@@ -4,7 +4,8 @@
  * column), an archive table for the data-modifying CTEs, and a table with
  * server defaults. Each suite names the tables: define CORE_T_EMPLOYEES,
  * CORE_T_ARCHIVE and CORE_T_DFLT before including this file. The models
- * are static: one copy per suite. */
+ * are static: one copy per suite. Also the recursive statement both
+ * suites run (core_manager_tree): golden text in one, rows in the other. */
 #ifndef AORM_TEST_CORE_MODELS_H
 #define AORM_TEST_CORE_MODELS_H
 
@@ -12,6 +13,7 @@
 #include <stdint.h>
 
 #include "aorm/model.h"
+#include "aorm/sql.h"
 
 typedef struct employee {
     int64_t id;
@@ -78,5 +80,26 @@ static const aorm_model dflt_model = {
     AORM_MODEL_OF(dflt, CORE_T_DFLT),
     AORM_COLUMNS(dflt_columns),
 };
+
+/* The whole reporting tree under root, with depths, in one statement:
+ * WITH RECURSIVE "tree" AS ((base) UNION ALL (step)), the step joining
+ * the CTE by name. */
+static aorm_stmt *core_manager_tree(int64_t root) {
+    aorm_stmt *base = aorm_select_columns(AORM_COL(employee, id), AORM_COL(employee, name), AORM_COL(employee, manager_id),
+                                          aorm_label(aorm_int4(0), "depth"));
+    aorm_where(base, aorm_eq(AORM_COL(employee, id), aorm_int8(root)));
+    aorm_stmt *step =
+        aorm_select_columns(AORM_ACOL("e", employee, id), AORM_ACOL("e", employee, name), AORM_ACOL("e", employee, manager_id),
+                            aorm_label(aorm_add(aorm_ref("tree", "depth"), aorm_int4(1)), "depth"));
+    aorm_from_alias(step, &employee_model, "e");
+    aorm_join_cte(step, "tree", NULL, aorm_eq(AORM_ACOL("e", employee, manager_id), aorm_ref("tree", "id")), 0);
+    aorm_stmt *q = aorm_select_columns(AORM_ACOL("tree", employee, id), AORM_ACOL("tree", employee, name),
+                                       AORM_ACOL("tree", employee, manager_id), aorm_ref("tree", "depth"));
+    aorm_from_cte(q, "tree");
+    aorm_with_recursive(q, "tree", aorm_union_all(base, step));
+    aorm_order_by(q, aorm_ref("tree", "depth"), 0);
+    aorm_order_by(q, AORM_ACOL("tree", employee, id), 0);
+    return q;
+}
 
 #endif

@@ -22,7 +22,18 @@
  *     invalidation that fails is retried once Redis is back, and the table
  *     is read from PostgreSQL meanwhile;
  *   - the value encoding: every truncation and every single-byte change of
- *     a value is refused; a changed model layout gets other keys.
+ *     a value is refused; a changed model layout gets other keys;
+ *   - collections: a selectin tree (author.books, book.tags) read from
+ *     Redis with no statement once warm; a committed change of a book
+ *     retires the books lists and only them;
+ *   - the near cache: a near hit sends nothing; an entry another process
+ *     changed is gone in the loop turn its invalidation message arrives;
+ *     killing the tracking connection flushes it, and it fills again once
+ *     tracking is back;
+ *   - stampede control: three sessions missing the same keys in one turn
+ *     cost one read of them; a waiter or a loader that goes away leaves
+ *     nobody hanging;
+ *   - the echo: one line per cache read with its keys, hits and misses.
  *
  * Isolation: each test uses its own key prefix (pid and test name); rows a
  * test writes are its own (inserted with its name, deleted at the end).
@@ -401,12 +412,12 @@ static int writer_process(int in, int out, int64_t id, const char *name) {
 }
 
 /* The writer process, forked before the test's own engine opens. */
-typedef struct writer {
+typedef struct writer_proc {
     pid_t pid;
     int go, done; /* pipe ends: to it, from it */
-} writer;
+} writer_proc;
 
-static writer writer_start(int64_t id, const char *newname) {
+static writer_proc writer_start(int64_t id, const char *newname) {
     int p2c[2], c2p[2];
     cr_assert_eq(pipe(p2c), 0);
     cr_assert_eq(pipe(c2p), 0);
@@ -419,16 +430,16 @@ static writer writer_start(int64_t id, const char *newname) {
     }
     close(p2c[0]);
     close(c2p[1]);
-    return (writer){child, p2c[1], c2p[0]};
+    return (writer_proc){child, p2c[1], c2p[0]};
 }
 
 /* Has the writer commit, and waits until its invalidation is in Redis. */
-static void writer_go(writer *w) {
+static void writer_go(writer_proc *w) {
     pipe_put(w->go, 'w');
     cr_assert_eq(pipe_get(w->done), 'd', "the writer process failed");
 }
 
-static void writer_end(writer *w) {
+static void writer_end(writer_proc *w) {
     int status = 0;
     cr_assert_eq(waitpid(w->pid, &status, 0), w->pid);
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "writer exit status %d", status);
@@ -444,7 +455,7 @@ Test(cache, two_processes_commit_is_seen, .timeout = TIMEOUT) {
     env t;
     env_open(&t, false);
     int64_t id = insert_author(&t, name);
-    writer w = writer_start(id, newname);
+    writer_proc w = writer_start(id, newname);
 
     aorm_cache *c = cache_open(&t);
     int64_t ids[3] = {id, 11, 12};
@@ -975,7 +986,7 @@ Test(cache, near_hits_and_drops_what_another_process_changed, .timeout = TIMEOUT
     env t;
     env_open(&t, false);
     int64_t id = insert_author(&t, name);
-    writer w = writer_start(id, newname);
+    writer_proc w = writer_start(id, newname);
 
     aorm_cache *c = near_cache_open(&t);
     warm_near(&t, c, id);
@@ -1182,6 +1193,123 @@ Test(cache, collections_from_redis_and_invalidated_by_commits, .timeout = TIMEOU
     load_trees(&t, s, ids, 5, NULL, 0);
     aorm_session_free(s);
     aorm_cache_free(w2);
+    aorm_cache_free(c);
+    env_close(&t);
+}
+
+/* ==========================================================================
+ * Stampede control in one process
+ * ========================================================================== */
+
+Test(cache, concurrent_misses_become_one_load, .timeout = TIMEOUT) {
+    set_prefix("stampede");
+    env t;
+    env_open(&t, false);
+    aorm_cache *c = cache_open(&t);
+    enum { N = 40 };
+    author ka[N], kb[N + 5];
+    const void *pa[N], *pb[N + 5];
+    for (int i = 0; i < N; i++) {
+        ka[i] = (author){.id = 5001 + i};
+        pa[i] = &ka[i];
+    }
+    for (int i = 0; i < N + 5; i++) { /* the same keys, in reverse, and 5 more */
+        kb[i] = (author){.id = i < N ? 5001 + N - 1 - i : 6001 + i};
+        pb[i] = &kb[i];
+    }
+    aorm_session *a = csession(&t, c), *b = csession(&t, c), *d = csession(&t, c);
+    qres ra = {0}, rb = {0}, rd = {0};
+    /* the three in one loop turn: three MGETs, all misses */
+    cr_assert_eq(aorm_session_get_many(a, &author_model, pa, N, NULL, on_objects, &ra), 0);
+    cr_assert_eq(aorm_session_get_many(b, &author_model, pb, N + 5, NULL, on_objects, &rb), 0);
+    cr_assert_eq(aorm_session_get_many(d, &author_model, pa, N, NULL, on_objects, &rd), 0);
+    wait_done(&t, &ra.done, "a");
+    wait_done(&t, &rb.done, "b");
+    wait_done(&t, &rd.done, "d");
+    cr_assert_null(ra.err);
+    cr_assert_null(rb.err);
+    cr_assert_null(rd.err);
+    for (int i = 0; i < N; i++) {
+        expect_reference(ra.items[i], 5001 + i);
+        expect_reference(rd.items[i], 5001 + i);
+    }
+    for (int i = 0; i < N + 5; i++) expect_reference(rb.items[i], kb[i].id);
+    cr_assert_eq(aorm_session_statements(a), 1, "the first session reads PostgreSQL");
+    cr_assert_eq(aorm_session_statements(b), 1, "the second reads only the 5 keys nobody else was reading");
+    cr_assert_eq(aorm_session_statements(d), 0, "the third waits for the first one's rows");
+    aorm_cache_stats st = rstats(c);
+    cr_assert_eq(st.coalesced, 2 * N, "%llu coalesced", (unsigned long long)st.coalesced);
+    cr_assert_neq(ra.items[0], rd.items[0], "each session has its own objects");
+    cr_assert_eq(aorm_object_state_of(d, rd.items[0]), AORM_PERSISTENT);
+    qres_free(&ra);
+    qres_free(&rb);
+    qres_free(&rd);
+
+    /* a waiter whose session is freed while it waits, and a loader whose
+     * session goes before its rows: nobody is left hanging */
+    author kc = {.id = 7001};
+    const void *pc[1] = {&kc};
+    aorm_session *l = csession(&t, c), *w = csession(&t, c), *w2 = csession(&t, c);
+    qres rl = {0}, rw = {0}, rw2 = {0};
+    cr_assert_eq(aorm_session_get_many(l, &author_model, pc, 1, NULL, on_objects, &rl), 0);
+    cr_assert_eq(aorm_session_get_many(w, &author_model, pc, 1, NULL, on_objects, &rw), 0);
+    cr_assert_eq(aorm_session_get_many(w2, &author_model, pc, 1, NULL, on_objects, &rw2), 0);
+    /* until both waiters wait, then the first waiter's session goes, then the loader's */
+    double t0 = ev_time();
+    while (aorm_session_statements(l) == 0 && ev_time() - t0 < 10) ev_run(t.evl, EVRUN_ONCE);
+    cr_assert_eq(aorm_session_statements(l), 1);
+    aorm_session_free(w);
+    cr_assert_eq(rw.done, 1);
+    cr_assert_not_null(rw.err);
+    cr_assert_eq(rw.err->code, AORM_ECANCELED);
+    aorm_session_free(l);
+    cr_assert_eq(rl.done, 1);
+    wait_done(&t, &rw2.done, "w2");
+    cr_assert_null(rw2.err);
+    expect_reference(rw2.items[0], 7001);
+    cr_assert_eq(aorm_session_statements(w2), 1, "the loader went: the waiter read PostgreSQL itself");
+    qres_free(&rl);
+    qres_free(&rw);
+    qres_free(&rw2);
+    aorm_session_free(w2);
+    aorm_session_free(a);
+    aorm_session_free(b);
+    aorm_session_free(d);
+    aorm_cache_free(c);
+    env_close(&t);
+}
+
+/* ==========================================================================
+ * The echo
+ * ========================================================================== */
+
+static char echo_lines[8][256];
+static int necho;
+
+static void on_cache_log(aorm_log_level level, const char *msg, void *user) {
+    (void)user;
+    t_log("cache log %d: %s", (int)level, msg);
+    if (level == AORM_LOG_SQL && necho < 8) snprintf(echo_lines[necho++], sizeof(echo_lines[0]), "%s", msg);
+}
+
+Test(cache, echo_shows_hits_and_misses, .timeout = TIMEOUT) {
+    set_prefix("echo");
+    env t;
+    env_open(&t, false);
+    aorm_redis_options ro;
+    aorm_redis_options_init(&ro);
+    redis_target(&ro);
+    ro.log = on_cache_log;
+    ro.log_level = AORM_LOG_SQL;
+    aorm_cache *c = cache_with(&t, &ro, true);
+    int64_t ids[3] = {21, 22, 23};
+    necho = 0;
+    read_reference(&t, c, ids, 3);
+    wait_writebacks(&t, c, 3);
+    read_reference(&t, c, ids, 2);
+    cr_assert_eq(necho, 2, "one echo line per cache read");
+    cr_assert_str_eq(echo_lines[0], "cache authors: 3 keys, 0 hits, 3 misses");
+    cr_assert_str_eq(echo_lines[1], "cache authors: 2 keys, 2 hits, 0 misses");
     aorm_cache_free(c);
     env_close(&t);
 }

@@ -1668,6 +1668,66 @@ Test(engine_faults, owner_freed_inside_its_callback, .timeout = 60) {
     fx_close(&f);
 }
 
+/* Several statements of one owner time out waiting for the pool in the
+ * same timer run; the first one's callback frees the owner. The others
+ * are answered once each (cancelled by the owner), in submission order,
+ * and nothing reads the freed ops (ASan). */
+typedef struct expire_free {
+    aorm_owner *ow;
+    int *next;
+    int calls, code, seq;
+} expire_free;
+
+static void on_expire_free(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
+    expire_free *x = user;
+    x->calls++;
+    x->code = err ? err->code : 0;
+    x->seq = (*x->next)++;
+    if (x->ow) aorm_owner_free(x->ow);
+}
+
+Test(engine_faults, owner_freed_by_a_pool_timeout_callback, .timeout = 30) {
+    fx f;
+    aorm_engine_options o;
+    fx_init(&f, &o, "owner_expire_free", NULL);
+    o.pool_size = 1;
+    o.max_overflow = 0;
+    o.pool_timeout = 0.3;
+    fx_engine(&f, &o);
+    rec warm;
+    run_sql(&f, "SELECT 1", &warm, 10);
+    cr_assert_eq(warm.code, 0);
+    hold h = {0};
+    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0); /* the only connection */
+    cr_assert(wait_flag(f.evl, &h.calls, 5));
+    cr_assert_eq(h.code, 0);
+
+    aorm_owner *ow = aorm_owner_new(f.e);
+    enum { N = 4 };
+    int next = 0;
+    expire_free x[N];
+    memset(x, 0, sizeof(x));
+    aorm_exec_options xo = {.owner = ow};
+    for (int i = 0; i < N; i++) {
+        x[i].next = &next;
+        x[i].ow = i == 0 ? ow : NULL;
+        cr_assert_eq(aorm_engine_execute(f.e, "SELECT 2", NULL, &xo, on_expire_free, &x[i]), 0);
+    }
+    cr_assert(wait_flag(f.evl, &x[N - 1].calls, 5));
+    run_for(&f, 0.1);
+    cr_assert_eq(x[0].code, AORM_EPOOLTIMEOUT, "first: %s", aorm_errname(x[0].code));
+    for (int i = 0; i < N; i++) {
+        cr_assert_eq(x[i].calls, 1, "statement %d called back %d times", i, x[i].calls);
+        cr_assert_eq(x[i].seq, i, "statement %d called back in position %d", i, x[i].seq);
+        if (i > 0) cr_assert_eq(x[i].code, AORM_ECANCELED, "statement %d: %s", i, aorm_errname(x[i].code));
+    }
+    aorm_conn_release(h.c);
+    rec after = {0};
+    cr_assert_eq(aorm_engine_execute(f.e, "SELECT 3", NULL, NULL, on_rec, &after), 0);
+    cr_assert(wait_flag(f.evl, &after.calls, 5));
+    cr_assert_eq(after.code, 0);
+    fx_close(&f);
+}
 /* While the server is down, queued work waits for the pool to reconnect
  * (up to its pool timeout) instead of failing at the first refused
  * attempt; when the server is back, all of it runs. */

@@ -352,30 +352,11 @@ Test(sql_hard, joined_load_self_referential, .timeout = TIMEOUT) {
  * CTEs
  * ========================================================================== */
 
-/* The whole reporting tree under root, with depths, in one statement. */
-static aorm_stmt *manager_tree(int64_t root) {
-    aorm_stmt *base = aorm_select_columns(AORM_COL(employee, id), AORM_COL(employee, name), AORM_COL(employee, manager_id),
-                                          aorm_label(aorm_int4(0), "depth"));
-    aorm_where(base, aorm_eq(AORM_COL(employee, id), aorm_int8(root)));
-    aorm_stmt *step =
-        aorm_select_columns(AORM_ACOL("e", employee, id), AORM_ACOL("e", employee, name), AORM_ACOL("e", employee, manager_id),
-                            aorm_label(aorm_add(aorm_ref("tree", "depth"), aorm_int4(1)), "depth"));
-    aorm_from_alias(step, &employee_model, "e");
-    aorm_join_cte(step, "tree", NULL, aorm_eq(AORM_ACOL("e", employee, manager_id), aorm_ref("tree", "id")), 0);
-    aorm_stmt *q = aorm_select_columns(AORM_ACOL("tree", employee, id), AORM_ACOL("tree", employee, name),
-                                       AORM_ACOL("tree", employee, manager_id), aorm_ref("tree", "depth"));
-    aorm_from_cte(q, "tree");
-    aorm_with_recursive(q, "tree", aorm_union_all(base, step));
-    aorm_order_by(q, aorm_ref("tree", "depth"), 0);
-    aorm_order_by(q, AORM_ACOL("tree", employee, id), 0);
-    return q;
-}
-
 Test(sql_hard, with_recursive_manager_tree, .timeout = TIMEOUT) {
     ctx c;
     ctx_open(&c, "tree", false);
     company k = make_company(&c);
-    aorm_stmt *q = manager_tree(k.a);
+    aorm_stmt *q = core_manager_tree(k.a);
     aorm_result *r = run(&c, q);
     char sql[512];
     snprintf(sql, sizeof(sql),

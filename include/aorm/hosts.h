@@ -38,6 +38,10 @@
  * replay is more than max_lag seconds behind the primary leaves the
  * rotation until it catches up.
  *
+ * aorm_engine_stats_get() on a router sums its servers' counters; its
+ * `statements` leaves out the router's own checks and position fetches.
+ * The router keeps a timer running (the checks) until it is freed.
+ *
  * Handles and ownership: the router is made by aorm_engine_new_hosts() and
  * freed with aorm_engine_free() like any engine; it owns the servers'
  * engines (aorm_hosts_engine() lends one: never free it). Owners made on

@@ -597,8 +597,10 @@ AORM_API int aorm_stmt_execute_on(aorm_conn *c, aorm_stmt *q, const aorm_exec_op
                                   aorm_result_cb cb, void *user);
 
 /** Position in the result of a select-list or RETURNING entry: a column
- * (AORM_COL) or a label name given with aorm_label (pass aorm_label's
- * expression or just the column). Returns the index or AORM_ENOTFOUND. */
+ * (AORM_COL: the model's own table; AORM_ACOL: that alias only) or a
+ * label name given with aorm_label (pass aorm_label's expression or just
+ * the column). For a set operation, the entries of its first arm.
+ * Returns the index or AORM_ENOTFOUND. */
 AORM_API int aorm_stmt_column(const aorm_stmt *q, const aorm_expr *col);
 AORM_API int aorm_stmt_label(const aorm_stmt *q, const char *label);
 

@@ -717,6 +717,12 @@ static int conn_exec_role(aorm_conn *c, const char *sql, const aorm_params *para
     if (rc < 0) return rc;
     if (!sql || (!cb && role != ROLE_INTERNAL)) return AORM_EMISUSE;
     if (params && params->error) return params->error;
+    aorm_exec_options mapped; /* an owner of the router this server belongs to: its owner here */
+    if (opts && opts->owner && c->e->router && aorm_owner_engine(opts->owner) == c->e->router) {
+        mapped = *opts;
+        if (!(mapped.owner = aorm__owner_sub(opts->owner, c->e->group_index))) return AORM_ENOMEM;
+        opts = &mapped;
+    }
     if (opts && opts->owner && aorm_owner_engine(opts->owner) != c->e) return AORM_EMISUSE;
     if (params && c->e->o.max_param_bytes && params->len > c->e->o.max_param_bytes) return AORM_ERANGE;
     if ((rc = aorm__pgbouncer_check(c->e, sql)) < 0) return rc;
@@ -938,6 +944,28 @@ static bool shared_usable(const aorm_conn *c) {
     return c->state == CONN_READY && !c->held && !c->draining && !c->reserved && !c->dead;
 }
 
+/* PgBouncer in transaction mode (o.pgbouncer) hands the server connection
+ * to another client as soon as a transaction ends (a ReadyForQuery with no
+ * transaction open), and 1.18 does not wait for the syncs still in flight:
+ * whatever the client pipelined behind that sync could reach another
+ * server. So a new sync group goes out only on a connection with nothing
+ * in flight, or behind groups of a transaction block whose end (COMMIT,
+ * ROLLBACK) has not been sent; a statement that joins the open group goes
+ * out at once (statements of one group are one transaction: one server). */
+static bool pgb_may_send(const aorm_conn *c, const aorm__op *op) {
+    if (c->icount == 0 && !c->group_open) return true;
+    bool deadline = op->kind == OP_QUERY && op->deadline < AORM__NEVER;
+    bool share = ((op->flags & AORM_EXEC_READONLY) && !deadline) || (c->held && c->in_tx) || op->role == ROLE_BEGIN;
+    bool new_group = (op->flags & AORM__EXEC_NEW_GROUP) || op->role == ROLE_END || op->kind == OP_COPY;
+    if (c->group_open && share && !new_group) return true;
+    if (!c->held || !c->in_tx) return false;
+    for (uint32_t i = 0; i < c->icount; i++) {
+        const aorm__item *it = &c->items[(c->ihead + i) % c->icap];
+        if (it->kind == IT_QUERY && it->op && (it->op->role == ROLE_COMMIT || it->op->role == ROLE_END)) return false;
+    }
+    return true;
+}
+
 static void touch(aorm_conn *c, aorm_conn **touched) {
     if (c->touched) return;
     c->touched = true;
@@ -1083,6 +1111,7 @@ static aorm_conn *pick_shared(aorm_engine *e, const aorm__op *op, bool *packed) 
     double least_load = 0;
     for (aorm_conn *c = e->conns; c; c = c->next) {
         if (!shared_usable(c) || c->icount >= (uint32_t)e->o.max_pipeline) continue;
+        if (e->o.pgbouncer && !pgb_may_send(c, op)) continue;
         if (c->icount == 0) {
             if (!c->touched && needs_check(e, c) && !aorm__conn_check_alive(c))
                 return pick_shared(e, op, packed); /* the list changed */
@@ -1216,6 +1245,7 @@ static void finish_release(aorm_engine *e, aorm_conn *c) {
 static void send_pending(aorm_conn *c, aorm_conn **touched) {
     while (c->pend_head && c->state == CONN_READY) {
         aorm__op *op = c->pend_head;
+        if (c->e->o.pgbouncer && !pgb_may_send(c, op)) return; /* after the answers in flight */
         if (op->kind == OP_COPY && (c->icount > 0 || c->group_open)) {
             if (c->group_open && aorm__conn_sync(c) == 0) c->group_open = false;
             return; /* COPY leaves pipeline mode: wait for the pipeline to drain */
@@ -1441,6 +1471,7 @@ static void expire_list(aorm_engine *e, aorm__op **head, aorm__op **tail, int *l
         if (op_wait_limit(op, e) <= now) {
             op->next = expired;
             expired = op;
+            op->nitems++; /* pinned: a callback below may cancel its owner, which must not free it */
             (*len)--;
         } else {
             queue_push(&keep_head, &keep_tail, op);
@@ -1451,11 +1482,24 @@ static void expire_list(aorm_engine *e, aorm__op **head, aorm__op **tail, int *l
     bool usable = false; /* a connection is open: the wait was for a turn, not for the server */
     for (aorm_conn *c = e->conns; c && !usable; c = c->next) usable = c->state == CONN_READY || c->state == CONN_COPY;
     e->rescan = true; /* a connection reserved for an expired acquire goes back */
+    /* callbacks in submission order: the chain was built newest first */
+    aorm__op *ordered = NULL;
     while (expired) {
         aorm__op *op = expired;
         expired = op->next;
+        op->next = ordered;
+        ordered = op;
+    }
+    while (ordered) {
+        aorm__op *op = ordered;
+        ordered = op->next;
+        op->next = NULL;
         op->queued = false;
-        if (op->deadline <= now)
+        if (op->done) {
+            /* an earlier callback cancelled its owner: answered already */
+        } else if (e->closing)
+            aorm__op_fail(op, AORM_ECANCELED, "", "engine closed");
+        else if (op->deadline <= now)
             aorm__op_fail(op, AORM_ETIMEOUT, "57014", "statement deadline expired before it could be sent");
         else if (!usable && e->backoff > 0) {
             /* the server could not be reached for the whole wait: say why */
@@ -1465,8 +1509,8 @@ static void expire_list(aorm_engine *e, aorm__op **head, aorm__op **tail, int *l
             aorm__op_deliver(op, NULL, &err);
         } else
             aorm__op_fail(op, AORM_EPOOLTIMEOUT, "", "timed out waiting for a connection from the pool");
+        op->nitems--;
         aorm__op_release(op);
-        if (e->closing) return;
     }
 }
 

@@ -86,6 +86,7 @@ struct aorm__hosts {
     bool started;
     bool answered;          /* every server has answered (or failed) a check once */
     bool soon_armed;
+    uint64_t own;           /* statements of the router's own (checks, positions): not in stats.statements */
     uint64_t rng;
     lsn_sample samples[LSN_SAMPLES];
     int nsamples, sample_next;
@@ -218,6 +219,14 @@ static int fail_later(aorm__hosts *hs, aorm_owner *owner, bool conn, aorm_result
 
 /* ---- choosing a server ----------------------------------------------------------- */
 
+/* A standby at `replay` has everything up to `target` (a primary's
+ * pg_current_wal_insert_lsn). When the last record ends on a WAL page
+ * boundary, the insert position is past the next page's header (24 bytes,
+ * 40 at a segment start) while replay stops at the boundary: the same place. */
+static bool reached(uint64_t replay, uint64_t target) {
+    return replay >= target || (replay % 8192 == 0 && target - replay <= 40);
+}
+
 static bool up(const host *h) { return h->role == AORM_HOST_PRIMARY || h->role == AORM_HOST_STANDBY; }
 
 static bool in_rotation(const aorm__hosts *hs, const host *h) {
@@ -252,7 +261,7 @@ static int choose(aorm__hosts *hs, aorm_target_attrs t, uint64_t min_lsn) {
     for (int i = 0; i < hs->n; i++) {
         host *h = &hs->h[i];
         if (!in_rotation(hs, h) || !qualifies(h, t)) continue;
-        if (h->role == AORM_HOST_STANDBY && h->lsn < min_lsn) continue;
+        if (h->role == AORM_HOST_STANDBY && !reached(h->lsn, min_lsn)) continue;
         if (hs->o.balance == AORM_BALANCE_LEAST_BUSY) {
             int b = busy(h);
             if (best < 0 || b < best_busy) {
@@ -340,6 +349,7 @@ static void fetch_lsn(aorm__hosts *hs, aorm_owner *owner, int i, aorm_conn *on, 
         return;
     }
     hs->refs++;
+    hs->own++;
     rw->pending++;
 }
 
@@ -601,7 +611,7 @@ static double lag_of(aorm__hosts *hs, uint64_t replay) {
     double t = now(hs);
     for (int k = 0; k < hs->nsamples; k++) { /* oldest first */
         int idx = (hs->sample_next - hs->nsamples + k + LSN_SAMPLES) % LSN_SAMPLES;
-        if (hs->samples[idx].lsn > replay) {
+        if (!reached(replay, hs->samples[idx].lsn)) {
             if (k == 0 && hs->nsamples == LSN_SAMPLES) return t - hs->samples[idx].t; /* at least */
             return t - hs->samples[idx].t;
         }
@@ -686,6 +696,7 @@ static void start_check(aorm__hosts *hs, int i) {
     }
     h->checking = true;
     hs->refs++;
+    hs->own++;
 }
 
 static void on_timer(aorm_timer *t, void *arg) {
@@ -801,6 +812,8 @@ void aorm__hosts_stats(const aorm_engine *r, aorm_engine_stats *out) {
         out->held += s.held;
         out->waiting += s.waiting;
     }
+    /* statements: the callers' (the checks and position fetches are the router's own) */
+    out->statements = out->statements > hs->own ? out->statements - hs->own : 0;
 }
 
 void aorm__hosts_free(aorm_engine *r) {
