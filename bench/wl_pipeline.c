@@ -17,7 +17,12 @@
  *                           `rt_per_tx` is the engine's round trips per
  *                           transaction. bench/tpcb runs them next to
  *                           `pgbench -M prepared` and pgbench's pipelined
- *                           script and prints the ratios.
+ *                           script and prints the ratios. The five
+ *                           statements are compiled once per run
+ *                           (aorm_stmt_prepare, named placeholders) and
+ *                           executed with each transaction's values.
+ *   tpcb_session_built_1    the same, with the statements built and
+ *   tpcb_session_built_20   compiled again for every transaction.
  *
  * The TPC-B tables are pgbench's own (`pgbench -i -s 10`, which bench/tpcb
  * runs): the workloads fail when they are missing. The history row's
@@ -251,7 +256,42 @@ struct tpcb_run {
     int clients;
     int started, done, idle;
     int64_t balance_sum;
+    aorm_prepared *prep[5]; /* the five statements compiled once (NULL: rebuilt per transaction) */
 };
+
+/* The five statements with named placeholders, compiled once per run
+ * (aorm_stmt_prepare) and shared by the clients: a session execution
+ * copies the values bound at that moment. Returns 0 or -1. */
+static int tpcb_prepare(tpcb_run *p) {
+    aorm_stmt *q[5];
+    q[0] = aorm_update(&pgb_account_model);
+    aorm_set(q[0], AORM_COL(pgb_account, abalance),
+             aorm_add(AORM_COL(pgb_account, abalance), aorm_param(AORM_INT4, "delta")));
+    aorm_where(q[0], aorm_eq(AORM_COL(pgb_account, aid), aorm_param(AORM_INT4, "aid")));
+    q[1] = aorm_select_exprs((const aorm_expr *[]){AORM_COL(pgb_account, abalance)}, 1);
+    aorm_from(q[1], &pgb_account_model);
+    aorm_where(q[1], aorm_eq(AORM_COL(pgb_account, aid), aorm_param(AORM_INT4, "aid")));
+    q[2] = aorm_update(&pgb_teller_model);
+    aorm_set(q[2], AORM_COL(pgb_teller, tbalance),
+             aorm_add(AORM_COL(pgb_teller, tbalance), aorm_param(AORM_INT4, "delta")));
+    aorm_where(q[2], aorm_eq(AORM_COL(pgb_teller, tid), aorm_param(AORM_INT4, "tid")));
+    q[3] = aorm_update(&pgb_branch_model);
+    aorm_set(q[3], AORM_COL(pgb_branch, bbalance),
+             aorm_add(AORM_COL(pgb_branch, bbalance), aorm_param(AORM_INT4, "delta")));
+    aorm_where(q[3], aorm_eq(AORM_COL(pgb_branch, bid), aorm_param(AORM_INT4, "bid")));
+    q[4] = aorm_insert(&pgb_history_model);
+    aorm_set(q[4], AORM_COL(pgb_history, tid), aorm_param(AORM_INT4, "tid"));
+    aorm_set(q[4], AORM_COL(pgb_history, bid), aorm_param(AORM_INT4, "bid"));
+    aorm_set(q[4], AORM_COL(pgb_history, aid), aorm_param(AORM_INT4, "aid"));
+    aorm_set(q[4], AORM_COL(pgb_history, delta), aorm_param(AORM_INT4, "delta"));
+    int rc = 0;
+    for (int i = 0; i < 5; i++) {
+        p->prep[i] = rc == 0 ? aorm_stmt_prepare(q[i]) : NULL;
+        if (!p->prep[i] && rc == 0) rc = bench_fail(p->g->out, "tpcb: prepare: %s", aorm_stmt_errmsg(q[i]));
+        aorm_stmt_free(q[i]);
+    }
+    return rc;
+}
 
 static int tpcb_issue(tpcb_client *c);
 
@@ -314,6 +354,21 @@ static int tpcb_issue(tpcb_client *c) {
     int32_t tid = (int32_t)bench_rng_range(p->rng, 1, 10 * TPCB_SCALE);
     int32_t delta = (int32_t)bench_rng_range(p->rng, -5000, 5000);
 
+    if (p->prep[0]) {
+        static const char *const names[4] = {"aid", "bid", "tid", "delta"};
+        const int32_t vals[4] = {aid, bid, tid, delta};
+        for (int i = 0; i < 5; i++) {
+            for (int k = 0; k < 4; k++) {
+                int b = aorm_prepared_bind_int4(p->prep[i], names[k], vals[k]);
+                if (b != 0 && b != AORM_EMISUSE) return eng_code(g, "aorm_prepared_bind_int4", b);
+            }
+            int rc = aorm_session_execute_prepared(c->s, p->prep[i], tpcb_rows, c);
+            if (rc != 0) return eng_code(g, "aorm_session_execute_prepared", rc);
+        }
+        int rc = aorm_session_commit(c->s, tpcb_committed, c);
+        return rc != 0 ? eng_code(g, "aorm_session_commit", rc) : 0;
+    }
+
     aorm_stmt *q[5];
     q[0] = aorm_update(&pgb_account_model);
     aorm_set(q[0], AORM_COL(pgb_account, abalance), aorm_add(AORM_COL(pgb_account, abalance), aorm_int4(delta)));
@@ -341,7 +396,7 @@ static int tpcb_issue(tpcb_client *c) {
     return rc != 0 ? eng_code(g, "aorm_session_commit", rc) : 0;
 }
 
-static int run_tpcb(bench_ctx *ctx, bench_out *out, int clients) {
+static int run_tpcb(bench_ctx *ctx, bench_out *out, int clients, bool prepared) {
     const char *env_secs = getenv("AORM_BENCH_TPCB_SECONDS");
     double secs = env_secs && atof(env_secs) > 0 ? atof(env_secs) : TPCB_SECONDS;
     eng g;
@@ -353,6 +408,7 @@ static int run_tpcb(bench_ctx *ctx, bench_out *out, int clients) {
     tpcb_client *cl = calloc((size_t)clients, sizeof(*cl));
     tpcb_run p = {.g = &g, .rng = &ctx->rng, .clients = clients};
     if (rc == 0 && !cl) rc = bench_fail(out, "out of memory");
+    if (rc == 0 && prepared) rc = tpcb_prepare(&p);
     if (rc == 0) {
         aorm_engine_stats st0, st1;
         g.phase = "tpcb";
@@ -372,22 +428,28 @@ static int run_tpcb(bench_ctx *ctx, bench_out *out, int clients) {
         out->queries = st1.statements - st0.statements;
         double n = p.done ? (double)p.done : 1.0;
         bench_extra(out, "clients", "%d", clients);
+        bench_extra(out, "statements", "%s", prepared ? "prepared once" : "built per transaction");
         bench_extra(out, "rt_per_tx", "%.3f", (double)(st1.round_trips - st0.round_trips) / n);
         bench_extra(out, "stmts_per_tx", "%.3f", (double)out->queries / n);
         eng_report_stats(&g, &st0, &st1);
     }
     for (int k = 0; cl && k < clients; k++) aorm_session_free(cl[k].s);
     free(cl);
+    for (int i = 0; i < 5; i++) aorm_prepared_free(p.prep[i]);
     eng_close(&g);
     return rc;
 }
 
-static int run_tpcb_session_1(bench_ctx *ctx, bench_out *out) { return run_tpcb(ctx, out, 1); }
-static int run_tpcb_session_20(bench_ctx *ctx, bench_out *out) { return run_tpcb(ctx, out, 20); }
+static int run_tpcb_session_1(bench_ctx *ctx, bench_out *out) { return run_tpcb(ctx, out, 1, true); }
+static int run_tpcb_session_20(bench_ctx *ctx, bench_out *out) { return run_tpcb(ctx, out, 20, true); }
+static int run_tpcb_session_built_1(bench_ctx *ctx, bench_out *out) { return run_tpcb(ctx, out, 1, false); }
+static int run_tpcb_session_built_20(bench_ctx *ctx, bench_out *out) { return run_tpcb(ctx, out, 20, false); }
 
 const bench_workload wl_pipeline_list[] = {
     {"session_gets_same_turn", "pipeline", run_session_gets_same_turn},
     {"tpcb_session_1", "tpcb", run_tpcb_session_1},
     {"tpcb_session_20", "tpcb", run_tpcb_session_20},
+    {"tpcb_session_built_1", "tpcb", run_tpcb_session_built_1},
+    {"tpcb_session_built_20", "tpcb", run_tpcb_session_built_20},
     {NULL, NULL, NULL}
 };

@@ -150,6 +150,47 @@ int t_run_until(struct ev_loop *evl, volatile int *flag, double seconds) {
     return t_run_until_fn(evl, flag_cond, (void *)flag, seconds);
 }
 
+/* The before-poll check of t_run_until_prompt(): a prepare watcher of the
+ * lowest priority (it runs after the engine's); when the condition holds
+ * there, an idle watcher makes the coming poll return at once. */
+typedef struct prompt_waiter {
+    ev_prepare prep; /* first: the watcher is the waiter */
+    ev_idle idle;
+    int (*cond)(void *);
+    void *arg;
+} prompt_waiter;
+
+static void prompt_idle(struct ev_loop *evl, ev_idle *w, int revents) { ev_idle_stop(evl, w); }
+
+static void prompt_prepare(struct ev_loop *evl, ev_prepare *w, int revents) {
+    prompt_waiter *wt = (prompt_waiter *)w;
+    if (wt->cond(wt->arg)) {
+        ev_idle_start(evl, &wt->idle);
+        ev_break(evl, EVBREAK_ONE);
+    }
+}
+
+int t_run_until_prompt(struct ev_loop *evl, int (*cond)(void *), void *arg, double seconds) {
+    prompt_waiter wt;
+    memset(&wt, 0, sizeof(wt));
+    wt.cond = cond;
+    wt.arg = arg;
+    ev_prepare_init(&wt.prep, prompt_prepare);
+    ev_set_priority(&wt.prep, EV_MINPRI);
+    ev_idle_init(&wt.idle, prompt_idle);
+    ev_prepare_start(evl, &wt.prep);
+    /* the loop's clock is refreshed even when the condition already holds:
+     * a caller's timer started next is timed from now, not from before a
+     * blocking call (t_pg, t_sandbox) */
+    ev_now_update(evl);
+    int r = t_run_until_fn(evl, cond, arg, seconds);
+    ev_prepare_stop(evl, &wt.prep);
+    ev_idle_stop(evl, &wt.idle);
+    return r;
+}
+
+int t_flag_set(void *arg) { return *(volatile int *)arg != 0; }
+
 void t_sandbox(const char *cmd) {
     const char *script = need_env("AORM_SANDBOX_SCRIPT");
     char line[4096];
@@ -546,10 +587,26 @@ void t_echo_dump(const t_echo *e) {
 
 /* ---- statement counters ---------------------------------------------------------- */
 
-aorm_engine_stats t_stats(aorm_engine *e) {
+aorm_engine_stats t_stats(const aorm_engine *e) {
     aorm_engine_stats st;
+    memset(&st, 0, sizeof(st));
     aorm_engine_stats_get(e, &st);
     return st;
+}
+
+typedef struct idle_want {
+    const aorm_engine *e;
+    int n;
+} idle_want;
+
+static int idle_at_least(void *arg) {
+    idle_want *w = arg;
+    return t_stats(w->e).idle >= w->n;
+}
+
+void t_wait_idle(struct ev_loop *evl, const aorm_engine *e, int n, double seconds) {
+    idle_want w = {e, n};
+    cr_assert(t_run_until_prompt(evl, idle_at_least, &w, seconds), "the pool never had %d idle connections", n);
 }
 
 /* ---- time and backends -------------------------------------------------------------- */
@@ -565,4 +622,166 @@ void t_pg_terminate(PGconn *c, long pid) {
     char *v = t_pg_execf(c, "SELECT pg_terminate_backend(%ld, 5000)", pid);
     cr_assert(v && strcmp(v, "t") == 0, "pg_terminate_backend(%ld) returned %s", pid, v ? v : "NULL");
     free(v);
+}
+
+/* ---- the sandbox Redis ---------------------------------------------------------- */
+
+void t_redis_sandbox(aorm_redis_options *o) {
+    o->host = t_redis_host();
+    o->port = t_redis_port();
+    const char *pw = getenv("AORM_TEST_REDIS_PASSWORD");
+    const char *user = getenv("AORM_TEST_REDIS_USER");
+    if (pw && *pw) o->password = pw;
+    if (pw && *pw && user && *user) o->username = user;
+}
+
+pid_t t_sandbox_redis_pid(void) {
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/redis.pid", t_env("AORM_SANDBOX_DIR"));
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f, "no %s", path);
+    long pid = 0;
+    cr_assert_eq(fscanf(f, "%ld", &pid), 1, "%s holds no pid", path);
+    fclose(f);
+    cr_assert_gt(pid, 1);
+    return (pid_t)pid;
+}
+
+/* ---- files ------------------------------------------------------------------------ */
+
+char *t_read_file(const char *path) {
+    FILE *f = fopen(path, "rb");
+    cr_assert_not_null(f, "cannot open %s: %s", path, strerror(errno));
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *m = open_memstream(&buf, &len);
+    cr_assert_not_null(m, "out of memory reading %s", path);
+    char chunk[4096];
+    size_t n;
+    while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0) fwrite(chunk, 1, n, m);
+    fclose(m);
+    fclose(f);
+    cr_assert_not_null(buf, "out of memory reading %s", path);
+    return buf;
+}
+
+/* ---- result recorder ---------------------------------------------------------------- */
+
+int t_rec_seq;
+int t_rec_mark;
+
+bool t_rec_err(t_rec *r, const aorm_error *err) {
+    r->calls++;
+    if (r->calls > 1) return false; /* the first outcome is kept; the count tells the rest */
+    r->at = t_mono();
+    r->seq = ++t_rec_seq;
+    r->mark = t_rec_mark;
+    r->code = err ? err->code : 0;
+    snprintf(r->sqlstate, sizeof(r->sqlstate), "%s", err ? err->sqlstate : "");
+    snprintf(r->constraint, sizeof(r->constraint), "%s", err && err->constraint ? err->constraint : "");
+    snprintf(r->msg, sizeof(r->msg), "%s", err && err->message ? err->message : "");
+    snprintf(r->detail, sizeof(r->detail), "%s", err && err->detail ? err->detail : "");
+    return true;
+}
+
+static void rec_result(t_rec *r, aorm_result *res) {
+    r->nrows = aorm_result_nrows(res);
+    r->affected = aorm_result_affected(res);
+    if (r->nrows > 0 && aorm_result_ncols(res) > 0 && aorm_result_int64(res, 0, 0, &r->ival) == 0) r->has_int = 1;
+}
+
+void t_rec_take(t_rec *r, aorm_result *res, const aorm_error *err) {
+    if (!t_rec_err(r, err) || err) return;
+    rec_result(r, res);
+}
+
+void t_rec_on_result(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
+    (void)e;
+    t_rec_take(user, res, err);
+}
+
+void t_rec_on_conn(aorm_engine *e, aorm_conn *c, const aorm_error *err, void *user) {
+    (void)e;
+    t_rec *r = user;
+    if (!t_rec_err(r, err)) return;
+    r->conn = c;
+}
+
+void t_rec_on_obj(aorm_session *s, void *obj, const aorm_error *err, void *user) {
+    (void)s;
+    t_rec *r = user;
+    if (err) cr_assert_null(obj, "an object came with an error");
+    if (!t_rec_err(r, err)) return;
+    r->obj = obj;
+}
+
+static void rec_objs(t_rec *r, aorm_objects *objs, const aorm_error *err, bool copy) {
+    if (err) cr_assert_null(objs, "objects came with an error");
+    else cr_assert_not_null(objs, "neither objects nor an error");
+    if (!t_rec_err(r, err) || err) return;
+    r->len = objs->len;
+    r->obj = objs->len ? objs->items[0] : NULL;
+    if (!copy) return;
+    r->items = malloc((objs->len + 1) * sizeof(void *));
+    cr_assert_not_null(r->items);
+    if (objs->len) memcpy(r->items, objs->items, objs->len * sizeof(void *));
+}
+
+void t_rec_on_objs(aorm_session *s, aorm_objects *objs, const aorm_error *err, void *user) {
+    (void)s;
+    rec_objs(user, objs, err, false);
+}
+
+void t_rec_on_items(aorm_session *s, aorm_objects *objs, const aorm_error *err, void *user) {
+    (void)s;
+    rec_objs(user, objs, err, true);
+}
+
+void t_rec_on_done(aorm_session *s, const aorm_error *err, void *user) {
+    (void)s;
+    t_rec_err(user, err);
+}
+
+void t_rec_on_rows(aorm_session *s, aorm_result *res, const aorm_error *err, void *user) {
+    (void)s;
+    t_rec *r = user;
+    if (err) cr_assert_null(res, "a result came with an error");
+    if (!t_rec_err(r, err) || err) return;
+    rec_result(r, res);
+}
+
+void t_rec_free(t_rec *r) {
+    free(r->items);
+    memset(r, 0, sizeof(*r));
+}
+
+typedef struct rec_set {
+    t_rec *r;
+    int n;
+} rec_set;
+
+static int recs_all_called(void *arg) {
+    rec_set *rs = arg;
+    for (int i = 0; i < rs->n; i++)
+        if (rs->r[i].calls == 0) return 0;
+    return 1;
+}
+
+bool t_rec_wait_all(struct ev_loop *evl, t_rec *r, int n, double seconds) {
+    rec_set rs = {r, n};
+    return t_run_until_prompt(evl, recs_all_called, &rs, seconds) != 0;
+}
+
+int t_recs_called(void *arg) {
+    t_rec **rs = arg;
+    for (int i = 0; rs[i]; i++)
+        if (rs[i]->calls == 0) return 0;
+    return 1;
+}
+
+const char *t_rec_str(const t_rec *r) {
+    static char buf[640];
+    if (r->code == 0) snprintf(buf, sizeof(buf), "OK");
+    else snprintf(buf, sizeof(buf), "%s [%s] %s", aorm_errname(r->code), r->sqlstate, r->msg);
+    return buf;
 }

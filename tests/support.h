@@ -8,6 +8,8 @@
 #include <ev.h>
 #include <libpq-fe.h>
 #include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
 #include <unistd.h>
 
 #include "aorm/aorm.h"
@@ -119,13 +121,26 @@ void t_pg_terminate(PGconn *c, long pid);
 
 /* ---- statement counters ------------------------------------------------------ */
 /* The engine's counters now (aorm_engine_stats_get). */
-aorm_engine_stats t_stats(aorm_engine *e);
+aorm_engine_stats t_stats(const aorm_engine *e);
+/* Runs the loop (t_run_until_prompt) until the engine's pool has at least
+ * n idle connections, asserting it does within `seconds` (after
+ * aorm_engine_warm, say). */
+void t_wait_idle(struct ev_loop *evl, const aorm_engine *e, int n, double seconds);
 
 /* Runs the loop until *flag becomes non-zero or `seconds` pass; returns
  * the flag. */
 int t_run_until(struct ev_loop *evl, volatile int *flag, double seconds);
 /* Runs the loop until cond(arg) or `seconds`; returns cond's last value. */
 int t_run_until_fn(struct ev_loop *evl, int (*cond)(void *), void *arg, double seconds);
+/* t_run_until_fn(), with the condition also checked right after the
+ * engine's before-poll dispatch, where the engine delivers some callbacks
+ * (acquire grants, connection failures, ECONNECT to waiters): checked only
+ * after the poll, the test would sit in poll until the next unrelated
+ * event. Nothing else shortens the poll, so an engine that leaves work
+ * unsent until some other event still shows as slow. */
+int t_run_until_prompt(struct ev_loop *evl, int (*cond)(void *), void *arg, double seconds);
+/* A condition: *(volatile int *)arg != 0. */
+int t_flag_set(void *arg);
 
 /* Runs "$AORM_SANDBOX_SCRIPT cmd" (e.g. "restart-pg"), asserting success. */
 void t_sandbox(const char *cmd);
@@ -142,5 +157,82 @@ void t_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  * AORM_TEST_LOG_DIR. */
 bool t_log_path(char *out, size_t cap);
 void t_log_error(const char *where, const aorm_error *err);
+
+/* ---- the sandbox Redis --------------------------------------------------------
+ * Points o (already aorm_redis_options_init'ed) at the sandbox Redis over
+ * TCP (AORM_TEST_REDIS) and, when the sandbox has them, its credentials
+ * (AORM_TEST_REDIS_PASSWORD; AORM_TEST_REDIS_USER only together with a
+ * password). The rest of *o is left alone. */
+void t_redis_sandbox(aorm_redis_options *o);
+/* The pid of the sandbox's redis-server ($AORM_SANDBOX_DIR/redis.pid), for
+ * tests that stop (SIGSTOP) or kill it; asserted. */
+pid_t t_sandbox_redis_pid(void);
+
+/* ---- files ------------------------------------------------------------------------ */
+/* The whole content of path, NUL-terminated, malloc'd; asserted. */
+char *t_read_file(const char *path);
+
+/* ---- result recorder ---------------------------------------------------------------
+ * One record of a callback's outcome, for engine and session callbacks
+ * alike. Every callback counts in `calls`; the first outcome is kept and a
+ * later call only counts (a test checks calls == 1 to see a second
+ * callback). Zero-initialise it ({0}); t_rec_free() frees what it holds
+ * (items) and zeroes it again. */
+typedef struct t_rec {
+    int calls;
+    int code;            /* 0, or err->code */
+    char sqlstate[6];
+    char constraint[128];
+    char msg[256];       /* err->message */
+    char detail[256];    /* err->detail */
+    double at;           /* t_mono() at the first callback */
+    int seq;             /* ++t_rec_seq at the first callback */
+    int mark;            /* t_rec_mark at the first callback */
+    int64_t nrows;       /* a result's rows */
+    int64_t affected;    /* a result's affected rows */
+    int has_int;         /* ival holds the first column of the first row */
+    int64_t ival;
+    void *obj;           /* get: the object; query, get_many: the first one */
+    void **items;        /* query, get_many: a copy of the array (malloc'd) */
+    size_t len;
+    aorm_conn *conn;     /* acquire: the connection (NULL with an error) */
+} t_rec;
+/* Callbacks so far (each record's first one counts); a test resets it to
+ * give the records of a scenario their places. */
+extern int t_rec_seq;
+/* What each record's first callback stores in `mark` (a test sets it
+ * around a call, e.g. 1 around aorm_engine_free(), to tell callbacks run
+ * inside that call). */
+extern int t_rec_mark;
+/* Records a call: counts it and, for the first one, when and the error's
+ * fields (code 0 without one); true for the first call. For callbacks of a
+ * test's own that record into a t_rec. */
+bool t_rec_err(t_rec *r, const aorm_error *err);
+/* t_rec_err(), and for a first call without error the result's rows,
+ * affected rows and first integer. */
+void t_rec_take(t_rec *r, aorm_result *res, const aorm_error *err);
+/* aorm_engine_execute / aorm_conn_execute callback (user = the t_rec). */
+void t_rec_on_result(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user);
+/* aorm_engine_acquire callback (user = the t_rec): conn. */
+void t_rec_on_conn(aorm_engine *e, aorm_conn *c, const aorm_error *err, void *user);
+/* Session callbacks (user = the t_rec): get, query / get_many (obj = the
+ * first; len = how many), flush / commit / rollback, execute. An error
+ * that comes with an object, objects or a result fails the test. */
+void t_rec_on_obj(aorm_session *s, void *obj, const aorm_error *err, void *user);
+void t_rec_on_objs(aorm_session *s, aorm_objects *objs, const aorm_error *err, void *user);
+/* t_rec_on_objs that also keeps a copy of the array in items (free it
+ * with t_rec_free()). */
+void t_rec_on_items(aorm_session *s, aorm_objects *objs, const aorm_error *err, void *user);
+void t_rec_on_done(aorm_session *s, const aorm_error *err, void *user);
+void t_rec_on_rows(aorm_session *s, aorm_result *res, const aorm_error *err, void *user);
+void t_rec_free(t_rec *r);
+/* Runs the loop (t_run_until_prompt) until every one of the n records has
+ * been called, or `seconds` pass; true when all were. */
+bool t_rec_wait_all(struct ev_loop *evl, t_rec *r, int n, double seconds);
+/* A t_run_until_fn() / t_run_until_prompt() condition: every record of
+ * the NULL-terminated array of t_rec pointers arg has been called. */
+int t_recs_called(void *arg);
+/* "OK" or "AORM_E... [sqlstate] message" (a static buffer: one at a time). */
+const char *t_rec_str(const t_rec *r);
 
 #endif

@@ -91,6 +91,8 @@ static void redis_target(aorm_redis_options *ro) {
 
 static size_t near_entries; /* near cache of the authors region in caches made from now on (0: none) */
 
+static double lease_secs, lease_wait_secs = 0.05; /* leases of the authors region in caches made from now on */
+
 static aorm_cache *cache_with(env *t, const aorm_redis_options *ro, bool wait) {
     aorm_cache_options co;
     aorm_cache_options_init(&co);
@@ -107,6 +109,8 @@ static aorm_cache *cache_with(env *t, const aorm_redis_options *ro, bool wait) {
     aorm_cache_region_options rgo;
     aorm_cache_region_options_init(&rgo);
     rgo.near_max_entries = near_entries;
+    rgo.lease = lease_secs;
+    rgo.lease_wait = lease_wait_secs;
     cr_assert_not_null(aorm_cache_model(c, &author_model, &rgo));
     cr_assert_not_null(aorm_cache_model(c, &book_model, NULL));
     if (wait) {
@@ -1311,5 +1315,352 @@ Test(cache, echo_shows_hits_and_misses, .timeout = TIMEOUT) {
     cr_assert_str_eq(echo_lines[0], "cache authors: 3 keys, 0 hits, 3 misses");
     cr_assert_str_eq(echo_lines[1], "cache authors: 2 keys, 2 hits, 0 misses");
     aorm_cache_free(c);
+    env_close(&t);
+}
+
+/* ==========================================================================
+ * Cached queries
+ * ========================================================================== */
+
+static aorm_cache_stats qstats(aorm_cache *c, const aorm_model *m) {
+    aorm_cache_stats st;
+    aorm_cache_region_stats(aorm__cache_query_region(c, m), &st);
+    return st;
+}
+
+typedef struct qwcond {
+    aorm_cache *c;
+    const aorm_model *m;
+    uint64_t want;
+} qwcond;
+
+static int qwritebacks_reach(void *arg) {
+    qwcond *w = arg;
+    aorm_cache_stats st = qstats(w->c, w->m);
+    return st.writebacks + st.writebacks_refused >= w->want;
+}
+
+static void wait_qwritebacks(env *t, aorm_cache *c, const aorm_model *m, uint64_t want) {
+    qwcond w = {c, m, want};
+    cr_assert(t_run_until_fn(t->evl, qwritebacks_reach, &w, 10), "query write-backs did not reach %llu",
+              (unsigned long long)want);
+}
+
+/* aorm_session_query with the cache option, to completion; *r holds the
+ * objects; the statements it cost are checked against `statements`. */
+static void cached_query(env *t, aorm_session *s, aorm_stmt *q, qres *r, uint64_t statements, const char *what) {
+    aorm_query_options qo;
+    aorm_query_options_init(&qo);
+    qo.cache = true;
+    memset(r, 0, sizeof(*r));
+    mark m0 = mark_now(t, s);
+    cr_assert_eq(aorm_session_query(s, q, &qo, on_objects, r), 0);
+    wait_done(t, &r->done, what);
+    mark m1 = mark_now(t, s);
+    cr_assert_null(r->err, "%s failed: %s", what, r->err ? r->err->message : "");
+    expect_cost(&m0, &m1, statements, statements, what);
+}
+
+static aorm_stmt *q_author_named(const char *name) {
+    aorm_stmt *q = aorm_select(&author_model);
+    cr_assert_eq(aorm_where(q, aorm_eq(AORM_COL(author, name), aorm_text(name))), 0);
+    cr_assert_eq(aorm_order_by(q, AORM_COL(author, id), 0), 0);
+    return q;
+}
+
+Test(cache, query_cached_and_retired_by_another_process, .timeout = TIMEOUT) {
+    set_prefix("query");
+    char name[64], newname[64];
+    snprintf(name, sizeof(name), "cache-query-%d", (int)getpid());
+    snprintf(newname, sizeof(newname), "cache-query-%d-renamed", (int)getpid());
+    env t;
+    env_open(&t, false);
+    int64_t id = insert_author(&t, name);
+    writer_proc w = writer_start(id, newname); /* its cache has no query region */
+
+    aorm_cache *c = cache_open(&t);
+    cr_assert_not_null(aorm_cache_query(c, &author_model, NULL));
+    cr_assert_null(aorm_cache_query(c, &author_model, NULL), "one query region per model");
+    qres r;
+    aorm_session *s = csession(&t, c);
+    cached_query(&t, s, q_author_named(name), &r, 1, "cold cached query");
+    cr_assert_eq(r.len, 1);
+    cr_assert_eq(((author *)r.items[0])->id, id);
+    qres_free(&r);
+    wait_qwritebacks(&t, c, &author_model, 1);
+    cr_assert_eq(qstats(c, &author_model).writebacks, 1);
+    aorm_session_free(s);
+
+    /* warm, another session: no statement; another parameter is another key */
+    s = csession(&t, c);
+    cached_query(&t, s, q_author_named(name), &r, 0, "warm cached query");
+    cr_assert_eq(r.len, 1);
+    cr_assert_eq(((author *)r.items[0])->id, id);
+    cr_assert_str_eq(((author *)r.items[0])->name, name);
+    cr_assert_eq(aorm_object_state_of(s, r.items[0]), AORM_PERSISTENT);
+    qres_free(&r);
+    cached_query(&t, s, q_author_named(newname), &r, 1, "another parameter");
+    cr_assert_eq(r.len, 0);
+    qres_free(&r);
+    wait_qwritebacks(&t, c, &author_model, 2);
+    aorm_session_free(s);
+    s = csession(&t, c);
+    cached_query(&t, s, q_author_named(newname), &r, 0, "an empty answer is cached too");
+    cr_assert_eq(r.len, 0);
+    qres_free(&r);
+    aorm_session_free(s);
+    cr_assert_eq(qstats(c, &author_model).hits, 2);
+
+    /* another process commits a change of the table: both answers retire */
+    writer_go(&w);
+    s = csession(&t, c);
+    cached_query(&t, s, q_author_named(name), &r, 1, "after the other process's commit");
+    cr_assert_eq(r.len, 0, "the renamed author no longer answers");
+    qres_free(&r);
+    cached_query(&t, s, q_author_named(newname), &r, 1, "the new name, after the commit");
+    cr_assert_eq(r.len, 1);
+    cr_assert_str_eq(((author *)r.items[0])->name, newname);
+    qres_free(&r);
+    aorm_session_free(s);
+    writer_end(&w);
+
+    /* a session's own write to the table: it reads PostgreSQL */
+    wait_qwritebacks(&t, c, &author_model, 4);
+    s = csession(&t, c);
+    author *a = get_author(&t, s, id);
+    a->born = AORM_SOME(aorm_opt_int32, 7);
+    session_flush(&t, s); /* written in its open transaction, not committed */
+    uint64_t bypasses = qstats(c, &author_model).bypasses;
+    cached_query(&t, s, q_author_named(newname), &r, 1, "after its own flushed write");
+    cr_assert_eq(qstats(c, &author_model).bypasses, bypasses + 1);
+    cr_assert_eq(r.len, 1);
+    cr_assert_eq(((author *)r.items[0])->born.value, 7);
+    qres_free(&r);
+    session_commit(&t, s); /* the row lock goes before delete_author */
+    aorm_session_free(s);
+
+    aorm_cache_free(c);
+    delete_author(id);
+    env_close(&t);
+}
+
+/* The books of the authors named nm (a join). */
+static aorm_stmt *q_books_of(const char *nm) {
+    aorm_stmt *q = aorm_select(&book_model);
+    cr_assert_eq(aorm_join(q, &author_model, aorm_eq(AORM_COL(book, author_id), AORM_COL(author, id))), 0);
+    cr_assert_eq(aorm_where(q, aorm_eq(AORM_COL(author, name), aorm_text(nm))), 0);
+    return q;
+}
+
+/* A query of books joined to authors: a commit that changes only authors
+ * retires it; and the reader/writer race for queries stays closed. */
+Test(cache, query_race_and_join_dependency, .timeout = TIMEOUT) {
+    set_prefix("qrace");
+    char name[64], newname[64];
+    snprintf(name, sizeof(name), "cache-qrace-%d", (int)getpid());
+    snprintf(newname, sizeof(newname), "cache-qrace-%d-new", (int)getpid());
+    env t;
+    env_open(&t, false);
+    int64_t id = insert_author(&t, name);
+    PGconn *pg = t_pg();
+    t_pg_runf(pg, "INSERT INTO books (author_id, title, year, price) VALUES (%lld, 'qrace', 2000, 1.5)", (long long)id);
+    aorm_cache *reader = cache_open(&t);
+    cr_assert_not_null(aorm_cache_query(reader, &book_model, NULL));
+    aorm_cache *writer = cache_open(&t); /* another connection, no query region: as another process */
+
+    /* 1. the reader misses and reads PostgreSQL; its write-back is held */
+    aorm__cache_wb_gate = hold_writeback;
+    aorm_session *rs = csession(&t, reader);
+    qres r;
+    cached_query(&t, rs, q_books_of(name), &r, 1, "cold join query");
+    cr_assert_eq(r.len, 1);
+    qres_free(&r);
+    cr_assert_not_null(held_job);
+    aorm__cache_wb_gate = NULL;
+    aorm_session_free(rs);
+
+    /* 2. the writer commits a change of authors only */
+    long long g0 = redis_gen("authors");
+    rename_author(&t, writer, id, newname);
+    wait_acked(&t, writer);
+    cr_assert_gt(redis_gen("authors"), g0);
+
+    /* 3. the reader's write-back arrives late: refused */
+    release_writeback();
+    wait_qwritebacks(&t, reader, &book_model, 1);
+    cr_assert_eq(qstats(reader, &book_model).writebacks_refused, 1, "the stale answer was refused");
+    cr_assert_eq(qstats(reader, &book_model).writebacks, 0);
+
+    /* 4. read again: PostgreSQL (nothing cached), the right answer, cached */
+    rs = csession(&t, reader);
+    cached_query(&t, rs, q_books_of(name), &r, 1, "join query after the race");
+    cr_assert_eq(r.len, 0);
+    qres_free(&r);
+    wait_qwritebacks(&t, reader, &book_model, 2);
+    aorm_session_free(rs);
+    rs = csession(&t, reader);
+    cached_query(&t, rs, q_books_of(name), &r, 0, "warm join query");
+    cr_assert_eq(r.len, 0);
+    qres_free(&r);
+    aorm_session_free(rs);
+
+    /* 5. a commit to the joined table (authors) retires it */
+    rename_author(&t, writer, id, name);
+    wait_acked(&t, writer);
+    rs = csession(&t, reader);
+    cached_query(&t, rs, q_books_of(name), &r, 1, "join query after a commit to the joined table");
+    cr_assert_eq(r.len, 1);
+    cr_assert_str_eq(((book *)r.items[0])->title, "qrace");
+    qres_free(&r);
+    aorm_session_free(rs);
+
+    aorm_cache_free(reader);
+    aorm_cache_free(writer);
+    t_pg_runf(pg, "DELETE FROM books WHERE author_id = %lld", (long long)id);
+    PQfinish(pg);
+    delete_author(id);
+    env_close(&t);
+}
+
+/* ==========================================================================
+ * Leases across processes
+ * ========================================================================== */
+
+static bool redis_exists(const char *k, size_t len) {
+    redisContext *r = t_redis(false);
+    redisReply *rep = redisCommand(r, "EXISTS %b", k, len);
+    cr_assert(rep && rep->type == REDIS_REPLY_INTEGER);
+    bool has = rep->integer == 1;
+    freeReplyObject(rep);
+    redisFree(r);
+    return has;
+}
+
+/* The lease key of author id in c. */
+static void author_lease_key(aorm_cache *c, int64_t id, aorm__buf *b) {
+    aorm__buf k = {0};
+    author_key(c, id, &k);
+    b->len = 0;
+    cr_assert_eq(aorm__buf_append(b, c->prefix, c->prefix_len), 0);
+    cr_assert_eq(aorm__buf_append(b, "l:", 2), 0);
+    cr_assert_eq(aorm__buf_append(b, k.data + c->prefix_len, k.len - c->prefix_len), 0);
+    aorm__buf_free(&k);
+}
+
+typedef struct lwcond {
+    aorm_cache *c;
+    int *done;
+} lwcond;
+
+static int lease_waiting_or_done(void *arg) {
+    lwcond *w = arg;
+    return *w->done || rstats(w->c).lease_waits >= 1;
+}
+
+/* The other process: reads author id through its leased region when told
+ * ('r'), says 'w' once it waits for another process's lease ('x' if it
+ * never did), then how it was answered: 'h' the right row with no
+ * statement, 'p' the right row from PostgreSQL, 'e' anything else. */
+static int lease_child(int in, int out, int64_t id) {
+    env t;
+    env_open(&t, false);
+    aorm_cache *c = cache_open(&t);
+    if (pipe_get(in) != 'r') return 2;
+    aorm_session *s = csession(&t, c);
+    ores r = {0};
+    author key = {.id = id};
+    uint64_t st0 = aorm_session_statements(s);
+    if (aorm_session_get(s, &author_model, &key, NULL, on_obj, &r) != 0) return 3;
+    lwcond w = {c, &r.done};
+    t_run_until_fn(t.evl, lease_waiting_or_done, &w, 10);
+    pipe_put(out, rstats(c).lease_waits >= 1 && !r.done ? 'w' : 'x');
+    wait_done(&t, &r.done, "leased get");
+    char name[32];
+    snprintf(name, sizeof(name), "author %lld", (long long)id);
+    bool right = !r.err && r.obj && r.obj->id == id && strcmp(r.obj->name, name) == 0;
+    uint64_t stmts = aorm_session_statements(s) - st0;
+    pipe_put(out, !right ? 'e' : stmts == 0 && rstats(c).lease_hits == 1 ? 'h' : 'p');
+    aorm_session_free(s);
+    aorm_cache_free(c);
+    env_close(&t);
+    return 0;
+}
+
+Test(cache, lease_other_process_waits_for_the_loader, .timeout = TIMEOUT) {
+    set_prefix("lease");
+    lease_secs = 5;
+    lease_wait_secs = 5;
+    const int64_t id = 4242;
+    env t;
+    env_open(&t, false);
+    int p2c[2], c2p[2];
+    cr_assert_eq(pipe(p2c), 0);
+    cr_assert_eq(pipe(c2p), 0);
+    pid_t child = fork();
+    cr_assert_geq(child, 0);
+    if (child == 0) {
+        close(p2c[1]);
+        close(c2p[0]);
+        _exit(lease_child(p2c[0], c2p[1], id));
+    }
+    close(p2c[0]);
+    close(c2p[1]);
+    writer_proc w = {child, p2c[1], c2p[0]};
+
+    /* this process misses first: it takes the lease and reads PostgreSQL;
+     * its write-back (and so the lease's release) is held */
+    aorm_cache *c = cache_open(&t);
+    aorm__buf lk = {0};
+    author_lease_key(c, id, &lk);
+    aorm__cache_wb_gate = hold_writeback;
+    aorm_session *s = csession(&t, c);
+    uint64_t st0 = aorm_session_statements(s);
+    expect_reference(get_author(&t, s, id), id);
+    cr_assert_eq(aorm_session_statements(s) - st0, 1);
+    cr_assert_not_null(held_job);
+    aorm__cache_wb_gate = NULL;
+    cr_assert(redis_exists(lk.data, lk.len), "the loader holds the lease");
+
+    /* the other process misses the same key: it waits for the lease */
+    pipe_put(w.go, 'r');
+    cr_assert_eq(pipe_get(w.done), 'w', "the other process did not wait for the lease");
+
+    /* the loader writes back and releases: the waiter reads Redis */
+    release_writeback();
+    wait_writebacks(&t, c, 1);
+    cr_assert_eq(rstats(c).writebacks, 1);
+    cr_assert_eq(pipe_get(w.done), 'h', "the waiter was not answered from Redis without a statement");
+    cr_assert_not(redis_exists(lk.data, lk.len), "the lease was released");
+    writer_end(&w);
+    aorm_session_free(s);
+    aorm_cache_free(c);
+
+    /* a lease whose holder never writes back: the wait ends at the bound,
+     * the row comes from PostgreSQL, the other holder's lease stays */
+    lease_wait_secs = 0.3;
+    c = cache_open(&t);
+    const int64_t id2 = 4243;
+    author_lease_key(c, id2, &lk);
+    redisContext *rc = t_redis(false);
+    redisReply *rep = redisCommand(rc, "SET %b someone-else PX 10000", lk.data, lk.len);
+    cr_assert(rep && rep->type == REDIS_REPLY_STATUS);
+    freeReplyObject(rep);
+    redisFree(rc);
+    s = csession(&t, c);
+    st0 = aorm_session_statements(s);
+    double t0 = aorm_loop_now(t.loop);
+    expect_reference(get_author(&t, s, id2), id2);
+    double waited = aorm_loop_now(t.loop) - t0;
+    cr_assert_eq(aorm_session_statements(s) - st0, 1, "read from PostgreSQL at the bound");
+    cr_assert(waited >= 0.29 && waited < 3, "waited %.3f s for a bound of 0.3 s", waited);
+    aorm_cache_stats st = rstats(c);
+    cr_assert_eq(st.lease_waits, 1);
+    cr_assert_eq(st.lease_hits, 0);
+    cr_assert(redis_exists(lk.data, lk.len), "another holder's lease is not deleted");
+    aorm_session_free(s);
+    aorm_cache_free(c);
+    aorm__buf_free(&lk);
+    lease_secs = 0;
+    lease_wait_secs = 0.05;
     env_close(&t);
 }

@@ -1251,3 +1251,85 @@ Test(codec, params_bounded_by_the_servers_message_limit, .timeout = 30) {
     cr_assert_eq(aorm_params_count(&p), 1);
     aorm_params_free(&p);
 }
+
+/* ---- interval, inet / cidr, the field codecs of arrays and enums --------------- */
+
+Test(codec, interval_roundtrip, .timeout = 30) {
+    PGconn *c = conn();
+    free(t_pg_exec(c, "SET IntervalStyle = 'postgres'"));
+    const aorm_interval v[] = {{0, 0, 0}, {7200000005LL, 3, 14}, {-1, -2, -3}, {INT64_MAX, INT32_MAX, INT32_MIN}};
+    const char *text[] = {"00:00:00", "1 year 2 mons 3 days 02:00:00.000005", "-3 mons -2 days -00:00:00.000001",
+                          NULL};
+    aorm_params p;
+    aorm_params_init(&p);
+    for (int i = 0; i < 4; i++) aorm_params_interval(&p, &v[i]);
+    aorm_params_interval(&p, NULL);
+    aorm_result r;
+    PGresult *res = query(c, "SELECT $1, $2, $3, $4, $5, $1::text, $2::text, $3::text, '1 day'::interval", &p, &r);
+    for (int i = 0; i < 4; i++) {
+        aorm_interval got;
+        cr_assert_eq(aorm_result_interval(&r, 0, i, &got), 0, "col %d", i);
+        cr_expect(got.usecs == v[i].usecs && got.days == v[i].days && got.months == v[i].months, "interval %d", i);
+        if (text[i]) cr_expect_str_eq(text_at(&r, 0, 5 + i), text[i], "server text of %d", i);
+    }
+    aorm_interval got;
+    cr_expect_eq(aorm_result_interval(&r, 0, 4, &got), AORM_ENULLVALUE);
+    cr_assert_eq(aorm_result_interval(&r, 0, 8, &got), 0);
+    cr_expect(got.days == 1 && got.usecs == 0 && got.months == 0, "server's 1 day");
+    cr_expect_eq(aorm_result_interval(&r, 0, 5, &got), AORM_ETYPE, "text is not an interval");
+    PQclear(res);
+    aorm_params_free(&p);
+    char bad[15] = {0};
+    cr_expect_eq(aorm_decode_interval(bad, 15, &got), AORM_EPROTOCOL);
+    PQfinish(c);
+}
+
+Test(codec, inet_and_cidr, .timeout = 30) {
+    PGconn *c = conn();
+    aorm_inet h4 = {.family = AORM_INET_V4, .bits = 32, .addr = {192, 168, 1, 7}};
+    aorm_inet m4 = {.family = AORM_INET_V4, .bits = 8, .addr = {10, 1, 2, 3}};
+    aorm_inet n6 = {.family = AORM_INET_V6, .bits = 32, .addr = {0x20, 0x01, 0x0d, 0xb8}};
+    aorm_inet h6 = {.family = AORM_INET_V6, .bits = 128, .addr = {[15] = 1}};
+    aorm_params p;
+    aorm_params_init(&p);
+    aorm_params_inet(&p, &h4);
+    aorm_params_inet(&p, &m4);
+    aorm_params_cidr(&p, &n6);
+    aorm_params_inet(&p, &h6);
+    aorm_params_inet(&p, NULL);
+    aorm_result r;
+    PGresult *res = query(c, "SELECT $1, $2, $3, $4, $5, $1::text, $2::text, $3::text, $4::text, '172.16.0.0/12'::cidr",
+                          &p, &r);
+    const aorm_inet *want[] = {&h4, &m4, &n6, &h6};
+    const char *text[] = {"192.168.1.7/32", "10.1.2.3/8", "2001:db8::/32", "::1/128"};
+    for (int i = 0; i < 4; i++) {
+        aorm_inet got;
+        cr_assert_eq(aorm_result_inet(&r, 0, i, &got), 0, "col %d", i);
+        cr_expect(got.family == want[i]->family && got.bits == want[i]->bits &&
+                      memcmp(got.addr, want[i]->addr, got.family == AORM_INET_V4 ? 4 : 16) == 0,
+                  "inet %d", i);
+        cr_expect_str_eq(text_at(&r, 0, 5 + i), text[i], "server text of %d", i);
+    }
+    aorm_inet got;
+    cr_expect_eq(aorm_result_inet(&r, 0, 4, &got), AORM_ENULLVALUE);
+    cr_assert_eq(aorm_result_inet(&r, 0, 9, &got), 0);
+    cr_expect(got.family == AORM_INET_V4 && got.bits == 12 && got.addr[0] == 172 && got.addr[1] == 16);
+    PQclear(res);
+    aorm_params_free(&p);
+    /* refused before sending: host bits in a cidr, bits past the address, a bad family */
+    aorm_inet bad1 = m4, bad2 = h4, bad3 = h4;
+    bad2.bits = 33;
+    bad3.family = 5;
+    aorm_params_init(&p);
+    cr_expect_eq(aorm_params_cidr(&p, &bad1), AORM_EENCODING);
+    aorm_params_free(&p);
+    aorm_params_init(&p);
+    cr_expect_eq(aorm_params_inet(&p, &bad2), AORM_EENCODING);
+    aorm_params_free(&p);
+    aorm_params_init(&p);
+    cr_expect_eq(aorm_params_inet(&p, &bad3), AORM_EENCODING);
+    aorm_params_free(&p);
+    const char odd[8] = {2, 32, 0, 16, 1, 2, 3, 4}; /* v4 family with a 16-byte length */
+    cr_expect_eq(aorm_decode_inet(odd, 8, &got), AORM_EPROTOCOL);
+    PQfinish(c);
+}

@@ -72,10 +72,7 @@ typedef struct src {
     size_t first_fill;  /* bytes buffered by the first fill */
     int64_t sum_id;
     int64_t name_bytes;
-    /* the reply */
-    int done;
-    int64_t affected;
-    aorm_error *err;
+    t_rec done;         /* the reply */
 } src;
 
 static int fill(aorm_copy *cp, void *user) {
@@ -104,13 +101,6 @@ static int fill(aorm_copy *cp, void *user) {
     return 0;
 }
 
-static void on_done(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
-    src *s = user;
-    s->done++;
-    if (err) s->err = aorm_error_copy(err);
-    else s->affected = aorm_result_affected(res);
-}
-
 /* One COPY of s->rows rows in one fill, handed over in s->piece-byte
  * pieces; then what the table holds is checked by the server. */
 static void copy_in_pieces(env *t, src *s, const char *table) {
@@ -119,11 +109,11 @@ static void copy_in_pieces(env *t, src *s, const char *table) {
              table);
     free(t_pg_exec(t->pg, sql));
     snprintf(sql, sizeof(sql), "COPY %s (id, name, blob) FROM STDIN (FORMAT binary)", table);
-    cr_assert_eq(aorm_engine_copy(t->e, sql, fill, s, on_done, s), 0);
-    cr_assert(t_run_until(t->evl, &s->done, WAIT), "the COPY did not finish within %.0f s", WAIT);
-    cr_assert_eq(s->done, 1);
-    cr_assert_null(s->err, "COPY failed: %s %s", s->err ? s->err->sqlstate : "", s->err ? s->err->message : "");
-    cr_assert_eq(s->affected, s->rows, "COPY reported %" PRId64 " rows of %d", s->affected, s->rows);
+    cr_assert_eq(aorm_engine_copy(t->e, sql, fill, s, t_rec_on_result, &s->done), 0);
+    cr_assert(t_run_until(t->evl, &s->done.calls, WAIT), "the COPY did not finish within %.0f s", WAIT);
+    cr_assert_eq(s->done.calls, 1);
+    cr_assert_eq(s->done.code, 0, "COPY failed: %s %s", s->done.sqlstate, s->done.msg);
+    cr_assert_eq(s->done.affected, s->rows, "COPY reported %" PRId64 " rows of %d", s->done.affected, s->rows);
     cr_assert_eq(s->calls, 1, "fill called %d times (once: it returned 0, done)", s->calls);
     cr_assert_gt(s->first_fill, 100 * s->piece, "the fill must span many pieces (%zu bytes)", s->first_fill);
 
@@ -155,7 +145,6 @@ Test(copy, one_fill_in_seven_byte_pieces, .timeout = 60) {
     env_open(&t);
     src s = {.piece = 7, .rows = 3000, .blob = 20000};
     copy_in_pieces(&t, &s, "copy_pieces_7");
-    aorm_error_free(s.err);
     env_close(&t);
 }
 
@@ -165,6 +154,5 @@ Test(copy, one_fill_in_64k_pieces, .timeout = 60) {
     env_open(&t);
     src s = {.piece = 65536 + 3, .rows = 200000, .blob = 300000};
     copy_in_pieces(&t, &s, "copy_pieces_64k");
-    aorm_error_free(s.err);
     env_close(&t);
 }

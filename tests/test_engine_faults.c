@@ -58,157 +58,32 @@ static void fx_close(fx *f) {
     t_loop_close(&f->evl, &f->l);
 }
 
-/* Runs the loop until cond(arg) or `seconds`; returns cond's last value.
- *
- * Like t_run_until_fn(), but the condition is also checked right after the
- * engine's before-poll dispatch (a prepare watcher of the lowest priority
- * runs after the engine's), because the engine delivers some callbacks from
- * there (acquire grants, connection failures, ECONNECT to waiters): checked
- * only after the poll, the test would sit in poll until the next unrelated
- * event. When the condition holds there, an idle watcher makes that poll
- * return at once. Nothing else shortens the poll, so an engine that leaves
- * work unsent until some other event still shows as slow. */
-typedef struct waiter {
-    ev_prepare prep;
-    ev_idle idle;
-    int (*cond)(void *);
-    void *arg;
-} waiter;
-
-static void waiter_idle(struct ev_loop *evl, ev_idle *w, int revents) { ev_idle_stop(evl, w); }
-
-static void waiter_prepare(struct ev_loop *evl, ev_prepare *w, int revents) {
-    waiter *wt = (waiter *)w;
-    if (wt->cond(wt->arg)) {
-        ev_idle_start(evl, &wt->idle);
-        ev_break(evl, EVBREAK_ONE);
-    }
-}
-
-static int wait_fn(struct ev_loop *evl, int (*cond)(void *), void *arg, double seconds) {
-    waiter wt;
-    memset(&wt, 0, sizeof(wt));
-    wt.cond = cond;
-    wt.arg = arg;
-    ev_prepare_init(&wt.prep, waiter_prepare);
-    ev_set_priority(&wt.prep, EV_MINPRI);
-    ev_idle_init(&wt.idle, waiter_idle);
-    ev_prepare_start(evl, &wt.prep);
-    /* t_run_until_fn() arms its time limit before refreshing the loop's
-     * clock: after a blocking call (t_pg, t_sandbox) the limit would be
-     * measured from a stale time, so refresh it first */
-    ev_now_update(evl);
-    int r = t_run_until_fn(evl, cond, arg, seconds);
-    ev_prepare_stop(evl, &wt.prep);
-    ev_idle_stop(evl, &wt.idle);
-    return r;
-}
-
-static int flag_set(void *arg) { return *(volatile int *)arg != 0; }
-
 static int wait_flag(struct ev_loop *evl, volatile int *flag, double seconds) {
-    return wait_fn(evl, flag_set, (void *)flag, seconds);
+    return t_run_until_prompt(evl, t_flag_set, (void *)flag, seconds);
 }
 
-static void run_for(fx *f, double seconds) { t_settle(f->evl, seconds); /* times from now, as wait_fn() */ }
-
-static aorm_engine_stats stats_of(const aorm_engine *e) {
-    aorm_engine_stats s;
-    memset(&s, 0, sizeof(s));
-    aorm_engine_stats_get(e, &s);
-    return s;
-}
+static void run_for(fx *f, double seconds) { t_settle(f->evl, seconds); /* times from now, as t_run_until_prompt() */ }
 
 /* ---- recording outcomes ---------------------------------------------------- */
 
-static int g_in_free; /* set by a test around its aorm_engine_free() call */
-
-typedef struct rec {
-    int calls;
-    int code;           /* 0 on success */
-    char sqlstate[6];
-    char msg[256];
-    double at;          /* t_mono() at the (first) callback */
-    int in_free;        /* the callback ran inside aorm_engine_free() */
-    int has_int;
-    int64_t ival;       /* first column of the first row, when an integer */
-    int64_t nrows;
-} rec;
-
-static void rec_take(rec *r, aorm_result *res, const aorm_error *err) {
-    r->calls++;
-    if (r->calls > 1) return; /* keep the first outcome; the count tells the rest */
-    r->at = t_mono();
-    r->in_free = g_in_free;
-    if (err) {
-        r->code = err->code;
-        snprintf(r->sqlstate, sizeof(r->sqlstate), "%s", err->sqlstate);
-        snprintf(r->msg, sizeof(r->msg), "%s", err->message);
-        return;
-    }
-    r->code = 0;
-    r->nrows = aorm_result_nrows(res);
-    if (r->nrows > 0 && aorm_result_ncols(res) > 0 && aorm_result_int64(res, 0, 0, &r->ival) == 0) r->has_int = 1;
-}
-
-static void on_rec(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
-    rec_take(user, res, err);
-}
-
-typedef struct hold {
-    int calls;
-    aorm_conn *c;
-    int code;
-    double at;
-} hold;
-
-static void on_hold(aorm_engine *e, aorm_conn *c, const aorm_error *err, void *user) {
-    hold *h = user;
-    h->calls++;
-    if (h->calls > 1) return;
-    h->at = t_mono();
-    h->c = c;
-    h->code = err ? err->code : 0;
-}
-
-typedef struct recs {
-    rec *r;
-    int n;
-} recs;
-
-static int recs_all_called(void *arg) {
-    recs *rs = arg;
-    for (int i = 0; i < rs->n; i++)
-        if (rs->r[i].calls == 0) return 0;
-    return 1;
-}
-
-static int run_until_all(fx *f, rec *r, int n, double seconds) {
-    recs rs = {r, n};
-    return wait_fn(f->evl, recs_all_called, &rs, seconds);
-}
-
-static int holds_all_called(void *arg) {
-    hold **hs = arg;
-    for (int i = 0; hs[i]; i++)
-        if (hs[i]->calls == 0) return 0;
-    return 1;
-}
+/* Outcomes go to t_rec (the test kit's recorder: the first outcome is
+ * kept, the count tells the rest); a test sets t_rec_mark around its
+ * aorm_engine_free() call, so that mark tells the callbacks run inside it. */
 
 /* A lost connection is always AORM_ECONNLOST. Its SQLSTATE is a
  * synthesized class-08 code, or, for the statement the server was running
  * when it was told to terminate, the server's own FATAL code (57P01
  * admin_shutdown) that arrives just before the end of the stream. */
-static int lost_outcome(const rec *r) {
+static int lost_outcome(const t_rec *r) {
     return r->code == AORM_ECONNLOST &&
            (strncmp(r->sqlstate, "08", 2) == 0 || strcmp(r->sqlstate, "57P01") == 0);
 }
 
 /* Runs one statement and waits for it. *r must outlive the engine's
  * callbacks (the caller checks later that it was called only once). */
-static void run_sql(fx *f, const char *sql, rec *r, double seconds) {
+static void run_sql(fx *f, const char *sql, t_rec *r, double seconds) {
     memset(r, 0, sizeof(*r));
-    cr_assert_eq(aorm_engine_execute(f->e, sql, NULL, NULL, on_rec, r), 0, "%s", sql);
+    cr_assert_eq(aorm_engine_execute(f->e, sql, NULL, NULL, t_rec_on_result, r), 0, "%s", sql);
     cr_assert(wait_flag(f->evl, &r->calls, seconds), "no answer to %s", sql);
 }
 
@@ -252,7 +127,6 @@ static long find_sleeper(fx *f, PGconn *pg, double seconds) {
     }
 }
 
-
 /* Count of this engine's client backends, optionally narrowed by `where`. */
 static void activity_sql(char *buf, size_t cap, const fx *f, const char *where) {
     snprintf(buf, cap,
@@ -275,15 +149,15 @@ Test(engine_faults, terminate_busy_connection, .timeout = 90) {
 
     /* pg_sleep first, five statements queued behind it on the one connection */
     enum { N = 6 };
-    rec r[N];
+    t_rec r[N];
     memset(r, 0, sizeof(r));
     double t0 = t_mono();
-    cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(5)", NULL, NULL, on_rec, &r[0]), 0);
+    cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(5)", NULL, NULL, t_rec_on_result, &r[0]), 0);
     for (int i = 1; i < N; i++) {
         aorm_params p;
         aorm_params_init(&p);
         aorm_params_int4(&p, i);
-        cr_assert_eq(aorm_engine_execute(f.e, "SELECT $1::int4 + 100", &p, NULL, on_rec, &r[i]), 0);
+        cr_assert_eq(aorm_engine_execute(f.e, "SELECT $1::int4 + 100", &p, NULL, t_rec_on_result, &r[i]), 0);
         aorm_params_free(&p);
     }
 
@@ -293,7 +167,7 @@ Test(engine_faults, terminate_busy_connection, .timeout = 90) {
     for (int i = 0; i < N; i++) cr_assert_eq(r[i].calls, 0, "statement %d answered before the terminate", i);
     t_pg_terminate(pg, pid);
 
-    cr_assert(run_until_all(&f, r, N, 10), "not every pending statement was called back");
+    cr_assert(t_rec_wait_all(f.evl, r, N, 10), "not every pending statement was called back");
     run_for(&f, 0.2); /* a duplicate would show up now */
     for (int i = 0; i < N; i++) {
         cr_assert_eq(r[i].calls, 1, "statement %d called back %d times", i, r[i].calls);
@@ -312,11 +186,11 @@ Test(engine_faults, terminate_busy_connection, .timeout = 90) {
         cr_assert_eq(r[i].code, AORM_ECONNLOST, "statement %d: %s", i, aorm_errname(r[i].code));
         cr_assert_str_eq(r[i].sqlstate, "08006");
     }
-    aorm_engine_stats s = stats_of(f.e);
+    aorm_engine_stats s = t_stats(f.e);
     cr_assert_eq(s.connections_lost, 1, "connections_lost = %llu", (unsigned long long)s.connections_lost);
 
     /* the engine heals on its own: the next statements just work */
-    rec ok[3];
+    t_rec ok[3];
     for (int i = 0; i < 3; i++) {
         run_sql(&f, "SELECT 41 + 1", &ok[i], 10);
         cr_assert_eq(ok[i].code, 0, "statement after the terminate failed: %s [%s] %s", aorm_errname(ok[i].code),
@@ -326,7 +200,7 @@ Test(engine_faults, terminate_busy_connection, .timeout = 90) {
     run_for(&f, 0.1);
     for (int i = 0; i < N; i++) cr_assert_eq(r[i].calls, 1);
     for (int i = 0; i < 3; i++) cr_assert_eq(ok[i].calls, 1);
-    s = stats_of(f.e);
+    s = t_stats(f.e);
     cr_assert_eq(s.connections_lost, 1);
     cr_assert_eq(s.connects, 2, "connects = %llu", (unsigned long long)s.connects);
     PQfinish(pg);
@@ -343,7 +217,7 @@ Test(engine_faults, terminate_idle_connection, .timeout = 90) {
     o.pool_size = 1;
     o.max_overflow = 0;
     fx_engine(&f, &o);
-    rec pidr;
+    t_rec pidr;
     run_sql(&f, "SELECT pg_backend_pid()", &pidr, 10);
     cr_assert(pidr.code == 0 && pidr.has_int && pidr.ival > 0);
 
@@ -351,7 +225,7 @@ Test(engine_faults, terminate_idle_connection, .timeout = 90) {
     t_pg_terminate(pg, (long)pidr.ival);
     PQfinish(pg);
 
-    rec r;
+    t_rec r;
     run_sql(&f, "SELECT 5", &r, 10);
     run_for(&f, 0.1);
     cr_assert_eq(pidr.calls, 1);
@@ -360,7 +234,7 @@ Test(engine_faults, terminate_idle_connection, .timeout = 90) {
                  "the first statement after the idle connection's backend was terminated failed: %s [%s] %s",
                  aorm_errname(r.code), r.sqlstate, r.msg);
     cr_assert(r.has_int && r.ival == 5);
-    aorm_engine_stats s = stats_of(f.e);
+    aorm_engine_stats s = t_stats(f.e);
     cr_assert_eq(s.connections_lost, 1);
     cr_assert_eq(s.connects, 2);
     fx_close(&f);
@@ -370,16 +244,9 @@ Test(engine_faults, terminate_idle_connection, .timeout = 90) {
  * 2. The server restarts
  * ========================================================================== */
 
-static int idle_at_least(void *arg) {
-    void **a = arg;
-    aorm_engine_stats s = stats_of(a[0]);
-    return s.idle >= *(int *)a[1];
-}
-
 static void warm_and_wait(fx *f, int n) {
     cr_assert_eq(aorm_engine_warm(f->e), 0);
-    void *a[2] = {f->e, &n};
-    cr_assert(wait_fn(f->evl, idle_at_least, a, 10), "the pool never had %d idle connections", n);
+    t_wait_idle(f->evl, f->e, n, 10);
 }
 
 Test(engine_faults, restart_with_statements_in_flight, .timeout = 90) {
@@ -392,20 +259,20 @@ Test(engine_faults, restart_with_statements_in_flight, .timeout = 90) {
     warm_and_wait(&f, 4);
 
     /* two held connections and the shared ones, each running pg_sleep(3) */
-    hold h[2];
+    t_rec h[2];
     memset(h, 0, sizeof(h));
-    for (int i = 0; i < 2; i++) cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h[i]), 0);
-    hold *hs[] = {&h[0], &h[1], NULL};
-    cr_assert(wait_fn(f.evl, holds_all_called, hs, 10));
-    for (int i = 0; i < 2; i++) cr_assert(h[i].c && h[i].code == 0);
+    for (int i = 0; i < 2; i++) cr_assert_eq(aorm_engine_acquire(f.e, t_rec_on_conn, &h[i]), 0);
+    t_rec *hs[] = {&h[0], &h[1], NULL};
+    cr_assert(t_run_until_prompt(f.evl, t_recs_called, hs, 10));
+    for (int i = 0; i < 2; i++) cr_assert(h[i].conn && h[i].code == 0);
 
     enum { NH = 2, NA = 3, N = NH + NA };
-    rec r[N];
+    t_rec r[N];
     memset(r, 0, sizeof(r));
     for (int i = 0; i < NH; i++)
-        cr_assert_eq(aorm_conn_execute(h[i].c, "SELECT pg_sleep(3)", NULL, NULL, on_rec, &r[i]), 0);
+        cr_assert_eq(aorm_conn_execute(h[i].conn, "SELECT pg_sleep(3)", NULL, NULL, t_rec_on_result, &r[i]), 0);
     for (int i = NH; i < N; i++)
-        cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(3)", NULL, NULL, on_rec, &r[i]), 0);
+        cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(3)", NULL, NULL, t_rec_on_result, &r[i]), 0);
 
     /* wait until the server is running them: the held ones and at least one
      * shared connection */
@@ -420,7 +287,7 @@ Test(engine_faults, restart_with_statements_in_flight, .timeout = 90) {
     double t0 = t_mono();
     t_sandbox("restart-pg"); /* blocking: the loop is not running meanwhile */
 
-    cr_assert(run_until_all(&f, r, N, 10), "not every in-flight statement was called back");
+    cr_assert(t_rec_wait_all(f.evl, r, N, 10), "not every in-flight statement was called back");
     run_for(&f, 0.2);
     for (int i = 0; i < N; i++) {
         cr_assert_eq(r[i].calls, 1, "statement %d called back %d times", i, r[i].calls);
@@ -433,27 +300,27 @@ Test(engine_faults, restart_with_statements_in_flight, .timeout = 90) {
 
     /* held connections are now broken; their handles still need a release */
     for (int i = 0; i < NH; i++) {
-        cr_assert(aorm_conn_broken(h[i].c), "held connection %d not marked broken", i);
-        cr_assert_eq(aorm_conn_tx_status(h[i].c), AORM_TX_UNKNOWN);
-        rec never_called = {0};
-        cr_assert_eq(aorm_conn_execute(h[i].c, "SELECT 1", NULL, NULL, on_rec, &never_called), AORM_ECONNLOST);
-        aorm_conn_release(h[i].c);
+        cr_assert(aorm_conn_broken(h[i].conn), "held connection %d not marked broken", i);
+        cr_assert_eq(aorm_conn_tx_status(h[i].conn), AORM_TX_UNKNOWN);
+        t_rec never_called = {0};
+        cr_assert_eq(aorm_conn_execute(h[i].conn, "SELECT 1", NULL, NULL, t_rec_on_result, &never_called), AORM_ECONNLOST);
+        aorm_conn_release(h[i].conn);
         run_for(&f, 0.01);
         cr_assert_eq(never_called.calls, 0);
     }
 
     /* the first statements after the restart succeed, on the first try */
     enum { M = 5 };
-    rec after[M];
+    t_rec after[M];
     memset(after, 0, sizeof(after));
     for (int i = 0; i < M; i++) {
         aorm_params p;
         aorm_params_init(&p);
         aorm_params_int4(&p, i);
-        cr_assert_eq(aorm_engine_execute(f.e, "SELECT $1::int4 * 3", &p, NULL, on_rec, &after[i]), 0);
+        cr_assert_eq(aorm_engine_execute(f.e, "SELECT $1::int4 * 3", &p, NULL, t_rec_on_result, &after[i]), 0);
         aorm_params_free(&p);
     }
-    cr_assert(run_until_all(&f, after, M, 10), "statements after the restart never completed");
+    cr_assert(t_rec_wait_all(f.evl, after, M, 10), "statements after the restart never completed");
     run_for(&f, 0.1);
     for (int i = 0; i < M; i++) {
         cr_assert_eq(after[i].calls, 1);
@@ -462,19 +329,19 @@ Test(engine_faults, restart_with_statements_in_flight, .timeout = 90) {
         cr_assert(after[i].has_int && after[i].ival == 3 * i);
     }
     /* and a transaction works too */
-    hold h2 = {0};
-    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h2), 0);
+    t_rec h2 = {0};
+    cr_assert_eq(aorm_engine_acquire(f.e, t_rec_on_conn, &h2), 0);
     cr_assert(wait_flag(f.evl, &h2.calls, 10));
     cr_assert_eq(h2.code, 0);
-    rec b = {0}, q = {0}, c = {0};
-    aorm_conn_begin(h2.c, NULL, on_rec, &b);
-    aorm_conn_execute(h2.c, "SELECT 5", NULL, NULL, on_rec, &q);
-    aorm_conn_commit(h2.c, on_rec, &c);
+    t_rec b = {0}, q = {0}, c = {0};
+    aorm_conn_begin(h2.conn, NULL, t_rec_on_result, &b);
+    aorm_conn_execute(h2.conn, "SELECT 5", NULL, NULL, t_rec_on_result, &q);
+    aorm_conn_commit(h2.conn, t_rec_on_result, &c);
     cr_assert(wait_flag(f.evl, &c.calls, 10));
     cr_assert(b.calls == 1 && q.calls == 1 && c.calls == 1);
     cr_assert(b.code == 0 && q.code == 0 && c.code == 0, "transaction after restart: %s %s %s",
               aorm_errname(b.code), aorm_errname(q.code), aorm_errname(c.code));
-    aorm_conn_release(h2.c);
+    aorm_conn_release(h2.conn);
     run_for(&f, 0.05);
     cr_assert(h[0].calls == 1 && h[1].calls == 1 && h2.calls == 1);
     for (int i = 0; i < M; i++) cr_assert_eq(after[i].calls, 1);
@@ -498,16 +365,16 @@ static void restart_while_idle(const char *tag, double idle_for) {
     double took = t_mono() - t0;
 
     enum { M = 3 };
-    rec r[M];
+    t_rec r[M];
     memset(r, 0, sizeof(r));
     for (int i = 0; i < M; i++) {
         aorm_params p;
         aorm_params_init(&p);
         aorm_params_int4(&p, i + 1);
-        cr_assert_eq(aorm_engine_execute(f.e, "SELECT $1::int4", &p, NULL, on_rec, &r[i]), 0);
+        cr_assert_eq(aorm_engine_execute(f.e, "SELECT $1::int4", &p, NULL, t_rec_on_result, &r[i]), 0);
         aorm_params_free(&p);
     }
-    cr_assert(run_until_all(&f, r, M, 10), "statements after the restart never completed");
+    cr_assert(t_rec_wait_all(f.evl, r, M, 10), "statements after the restart never completed");
     run_for(&f, 0.1);
     for (int i = 0; i < M; i++) {
         cr_assert_eq(r[i].calls, 1);
@@ -517,7 +384,7 @@ static void restart_while_idle(const char *tag, double idle_for) {
                      i, took, idle_for, aorm_errname(r[i].code), r[i].sqlstate, r[i].msg);
         cr_assert(r[i].has_int && r[i].ival == i + 1);
     }
-    aorm_engine_stats s = stats_of(f.e);
+    aorm_engine_stats s = t_stats(f.e);
     cr_assert_eq(s.connections_lost, 3, "connections_lost = %llu", (unsigned long long)s.connections_lost);
     fx_close(&f);
 }
@@ -540,14 +407,14 @@ Test(engine_faults, deadline_cancels_on_server, .timeout = 90) {
     o.pool_size = 1;
     o.max_overflow = 0;
     fx_engine(&f, &o);
-    rec warm;
+    t_rec warm;
     run_sql(&f, "SELECT 1", &warm, 10); /* connected: the deadline measures the statement only */
     cr_assert_eq(warm.code, 0);
 
-    rec slow = {0}, next = {0};
+    t_rec slow = {0}, next = {0};
     aorm_exec_options xo = {.flags = 0, .deadline = 0.1};
     double t0 = t_mono();
-    cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(10)", NULL, &xo, on_rec, &slow), 0);
+    cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(10)", NULL, &xo, t_rec_on_result, &slow), 0);
     cr_assert(wait_flag(f.evl, &slow.calls, 5));
     double took = slow.at - t0;
     cr_assert_eq(slow.code, AORM_ETIMEOUT, "got %s [%s] %s", aorm_errname(slow.code), slow.sqlstate, slow.msg);
@@ -555,7 +422,7 @@ Test(engine_faults, deadline_cancels_on_server, .timeout = 90) {
     cr_assert(took >= 0.09 && took < 1.0, "deadline of 0.1 s fired after %.3f s", took);
 
     /* queued at once on the same (only) connection */
-    cr_assert_eq(aorm_engine_execute(f.e, "SELECT 7", NULL, NULL, on_rec, &next), 0);
+    cr_assert_eq(aorm_engine_execute(f.e, "SELECT 7", NULL, NULL, t_rec_on_result, &next), 0);
 
     /* the server stops running it: cancelled, not just forgotten */
     PGconn *pg = t_pg();
@@ -574,7 +441,7 @@ Test(engine_faults, deadline_cancels_on_server, .timeout = 90) {
                  next.msg);
     cr_assert(next.has_int && next.ival == 7);
     cr_assert(next.at - slow.at < 2.0, "the next statement waited %.2f s", next.at - slow.at);
-    aorm_engine_stats s = stats_of(f.e);
+    aorm_engine_stats s = t_stats(f.e);
     cr_assert_eq(s.cancels, 1, "cancels = %llu", (unsigned long long)s.cancels);
     /* drained and reused, not discarded */
     cr_assert_eq(s.connects, 1, "connects = %llu", (unsigned long long)s.connects);
@@ -591,25 +458,25 @@ Test(engine_faults, default_statement_timeout, .timeout = 90) {
     o.max_overflow = 0;
     o.statement_timeout = 0.2;
     fx_engine(&f, &o);
-    rec warm;
+    t_rec warm;
     run_sql(&f, "SELECT 1", &warm, 10);
     cr_assert_eq(warm.code, 0, "a fast statement under the default deadline failed: %s", aorm_errname(warm.code));
 
     double t0 = t_mono();
-    rec slow;
+    t_rec slow;
     run_sql(&f, "SELECT pg_sleep(10)", &slow, 5); /* no options: the engine default applies */
     cr_assert_eq(slow.code, AORM_ETIMEOUT, "got %s [%s] %s", aorm_errname(slow.code), slow.sqlstate, slow.msg);
     cr_assert(slow.at - t0 >= 0.19 && slow.at - t0 < 1.0, "default deadline of 0.2 s fired after %.3f s",
               slow.at - t0);
 
     /* a negative deadline means none, overriding the default */
-    rec none = {0};
+    t_rec none = {0};
     aorm_exec_options xo = {.flags = 0, .deadline = -1};
-    cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(0.5)", NULL, &xo, on_rec, &none), 0);
+    cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(0.5)", NULL, &xo, t_rec_on_result, &none), 0);
     cr_assert(wait_flag(f.evl, &none.calls, 10));
     cr_assert_eq(none.code, 0, "no-deadline statement failed: %s [%s] %s", aorm_errname(none.code), none.sqlstate,
                  none.msg);
-    rec after;
+    t_rec after;
     run_sql(&f, "SELECT 9", &after, 5);
     cr_assert_eq(after.code, 0);
     cr_assert(after.has_int && after.ival == 9);
@@ -619,9 +486,9 @@ Test(engine_faults, default_statement_timeout, .timeout = 90) {
 }
 
 /* Runs one statement on a held connection and waits for it (see run_sql). */
-static void conn_sql(fx *f, aorm_conn *c, const char *sql, const aorm_exec_options *xo, rec *r) {
+static void conn_sql(fx *f, aorm_conn *c, const char *sql, const aorm_exec_options *xo, t_rec *r) {
     memset(r, 0, sizeof(*r));
-    cr_assert_eq(aorm_conn_execute(c, sql, NULL, xo, on_rec, r), 0, "%s", sql);
+    cr_assert_eq(aorm_conn_execute(c, sql, NULL, xo, t_rec_on_result, r), 0, "%s", sql);
     cr_assert(wait_flag(f->evl, &r->calls, 10), "no answer to %s", sql);
 }
 
@@ -632,43 +499,43 @@ Test(engine_faults, deadline_inside_transaction, .timeout = 90) {
     o.pool_size = 1;
     o.max_overflow = 0;
     fx_engine(&f, &o);
-    hold h = {0};
-    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0);
+    t_rec h = {0};
+    cr_assert_eq(aorm_engine_acquire(f.e, t_rec_on_conn, &h), 0);
     cr_assert(wait_flag(f.evl, &h.calls, 10));
     cr_assert_eq(h.code, 0);
 
-    rec b = {0};
-    cr_assert_eq(aorm_conn_begin(h.c, NULL, on_rec, &b), 0);
+    t_rec b = {0};
+    cr_assert_eq(aorm_conn_begin(h.conn, NULL, t_rec_on_result, &b), 0);
     cr_assert(wait_flag(f.evl, &b.calls, 10));
     cr_assert_eq(b.code, 0);
 
     aorm_exec_options xo = {.flags = 0, .deadline = 0.1};
     double t0 = t_mono();
-    rec slow;
-    conn_sql(&f, h.c, "SELECT pg_sleep(10)", &xo, &slow);
+    t_rec slow;
+    conn_sql(&f, h.conn, "SELECT pg_sleep(10)", &xo, &slow);
     cr_assert_eq(slow.code, AORM_ETIMEOUT, "got %s [%s] %s", aorm_errname(slow.code), slow.sqlstate, slow.msg);
     cr_assert(slow.at - t0 < 1.0, "deadline fired after %.3f s", slow.at - t0);
 
     /* the cancelled statement aborted the transaction: everything fails
      * until the rollback */
-    rec e1;
-    conn_sql(&f, h.c, "SELECT 1", NULL, &e1);
+    t_rec e1;
+    conn_sql(&f, h.conn, "SELECT 1", NULL, &e1);
     cr_assert_eq(e1.code, AORM_ESERVER, "after a timeout in a transaction: %s [%s] %s", aorm_errname(e1.code),
                  e1.sqlstate, e1.msg);
     cr_assert_str_eq(e1.sqlstate, "25P02");
-    cr_assert_eq(aorm_conn_tx_status(h.c), AORM_TX_INERROR);
-    rec e2;
-    conn_sql(&f, h.c, "SELECT 2", NULL, &e2);
+    cr_assert_eq(aorm_conn_tx_status(h.conn), AORM_TX_INERROR);
+    t_rec e2;
+    conn_sql(&f, h.conn, "SELECT 2", NULL, &e2);
     cr_assert_eq(e2.code, AORM_ESERVER);
     cr_assert_str_eq(e2.sqlstate, "25P02");
 
-    rec rb = {0};
-    cr_assert_eq(aorm_conn_rollback(h.c, on_rec, &rb), 0);
+    t_rec rb = {0};
+    cr_assert_eq(aorm_conn_rollback(h.conn, t_rec_on_result, &rb), 0);
     cr_assert(wait_flag(f.evl, &rb.calls, 10));
     cr_assert_eq(rb.code, 0, "rollback: %s [%s] %s", aorm_errname(rb.code), rb.sqlstate, rb.msg);
-    cr_assert_eq(aorm_conn_tx_status(h.c), AORM_TX_IDLE);
-    rec ok;
-    conn_sql(&f, h.c, "SELECT 3", NULL, &ok);
+    cr_assert_eq(aorm_conn_tx_status(h.conn), AORM_TX_IDLE);
+    t_rec ok;
+    conn_sql(&f, h.conn, "SELECT 3", NULL, &ok);
     cr_assert_eq(ok.code, 0, "after rollback: %s [%s] %s", aorm_errname(ok.code), ok.sqlstate, ok.msg);
     cr_assert(ok.has_int && ok.ival == 3);
 
@@ -682,9 +549,9 @@ Test(engine_faults, deadline_inside_transaction, .timeout = 90) {
     run_for(&f, 0.1);
     cr_assert(b.calls == 1 && slow.calls == 1 && e1.calls == 1 && e2.calls == 1 && rb.calls == 1 && ok.calls == 1);
     cr_assert_eq(h.calls, 1);
-    aorm_conn_release(h.c);
+    aorm_conn_release(h.conn);
     run_for(&f, 0.05);
-    aorm_engine_stats s = stats_of(f.e);
+    aorm_engine_stats s = t_stats(f.e);
     cr_assert_eq(s.held, 0);
     cr_assert_eq(s.connections_lost, 0);
     fx_close(&f);
@@ -695,7 +562,7 @@ Test(engine_faults, deadline_inside_transaction, .timeout = 90) {
  * ========================================================================== */
 
 static int none_held(void *arg) {
-    aorm_engine_stats s = stats_of(arg);
+    aorm_engine_stats s = t_stats(arg);
     return s.held == 0 && s.waiting == 0;
 }
 
@@ -708,54 +575,54 @@ Test(engine_faults, pool_exhausted, .timeout = 90) {
     o.pool_timeout = 0.3;
     fx_engine(&f, &o);
 
-    hold h = {0};
-    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0);
+    t_rec h = {0};
+    cr_assert_eq(aorm_engine_acquire(f.e, t_rec_on_conn, &h), 0);
     cr_assert(wait_flag(f.evl, &h.calls, 10));
     cr_assert_eq(h.code, 0);
 
     /* a second acquire waits, then times out */
-    hold h2 = {0};
+    t_rec h2 = {0};
     double t0 = t_mono();
-    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h2), 0);
+    cr_assert_eq(aorm_engine_acquire(f.e, t_rec_on_conn, &h2), 0);
     cr_assert(wait_flag(f.evl, &h2.calls, 5));
     cr_assert_eq(h2.code, AORM_EPOOLTIMEOUT, "got %s", aorm_errname(h2.code));
-    cr_assert_null(h2.c);
+    cr_assert_null(h2.conn);
     cr_assert(h2.at - t0 >= 0.28 && h2.at - t0 < 1.0, "pool timeout of 0.3 s after %.3f s", h2.at - t0);
 
     /* so does an autocommit statement */
-    rec r = {0};
+    t_rec r = {0};
     t0 = t_mono();
-    cr_assert_eq(aorm_engine_execute(f.e, "SELECT 1", NULL, NULL, on_rec, &r), 0);
+    cr_assert_eq(aorm_engine_execute(f.e, "SELECT 1", NULL, NULL, t_rec_on_result, &r), 0);
     cr_assert(wait_flag(f.evl, &r.calls, 5));
     cr_assert_eq(r.code, AORM_EPOOLTIMEOUT, "got %s [%s] %s", aorm_errname(r.code), r.sqlstate, r.msg);
     cr_assert(r.at - t0 >= 0.28 && r.at - t0 < 1.0, "pool timeout of 0.3 s after %.3f s", r.at - t0);
 
-    aorm_engine_stats s = stats_of(f.e);
+    aorm_engine_stats s = t_stats(f.e);
     cr_assert_eq(s.open, 1);
     cr_assert_eq(s.held, 1);
     cr_assert_eq(s.waiting, 0);
 
-    aorm_conn_release(h.c);
-    cr_assert(wait_fn(f.evl, none_held, f.e, 2), "the released connection never came back");
-    s = stats_of(f.e);
+    aorm_conn_release(h.conn);
+    cr_assert(t_run_until_prompt(f.evl, none_held, f.e, 2), "the released connection never came back");
+    s = t_stats(f.e);
     cr_assert_eq(s.open, 1, "open = %d", s.open);
     cr_assert_eq(s.held, 0, "held = %d", s.held);
     cr_assert_eq(s.waiting, 0, "waiting = %d", s.waiting);
     cr_assert_eq(s.idle, 1, "idle = %d", s.idle);
 
-    hold h3 = {0};
+    t_rec h3 = {0};
     t0 = t_mono();
-    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h3), 0);
+    cr_assert_eq(aorm_engine_acquire(f.e, t_rec_on_conn, &h3), 0);
     cr_assert(wait_flag(f.evl, &h3.calls, 2));
     cr_assert_eq(h3.code, 0);
     cr_assert(h3.at - t0 < 0.1, "acquire of an idle connection took %.3f s", h3.at - t0);
-    rec q;
-    conn_sql(&f, h3.c, "SELECT 11", NULL, &q);
+    t_rec q;
+    conn_sql(&f, h3.conn, "SELECT 11", NULL, &q);
     cr_assert(q.code == 0 && q.ival == 11);
-    aorm_conn_release(h3.c);
+    aorm_conn_release(h3.conn);
     run_for(&f, 0.1);
     cr_assert(h.calls == 1 && h2.calls == 1 && h3.calls == 1 && r.calls == 1 && q.calls == 1);
-    s = stats_of(f.e);
+    s = t_stats(f.e);
     cr_assert_eq(s.connects, 1);
     fx_close(&f);
 }
@@ -770,33 +637,33 @@ Test(engine_faults, pool_overflow, .timeout = 90) {
     o.idle_timeout = 0.5;
     fx_engine(&f, &o);
 
-    hold h[3];
+    t_rec h[3];
     memset(h, 0, sizeof(h));
-    for (int i = 0; i < 3; i++) cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h[i]), 0);
-    hold *hs[] = {&h[0], &h[1], &h[2], NULL};
-    cr_assert(wait_fn(f.evl, holds_all_called, hs, 10));
+    for (int i = 0; i < 3; i++) cr_assert_eq(aorm_engine_acquire(f.e, t_rec_on_conn, &h[i]), 0);
+    t_rec *hs[] = {&h[0], &h[1], &h[2], NULL};
+    cr_assert(t_run_until_prompt(f.evl, t_recs_called, hs, 10));
     for (int i = 0; i < 3; i++) cr_assert_eq(h[i].code, 0, "acquire %d: %s", i, aorm_errname(h[i].code));
-    cr_assert(h[0].c != h[1].c && h[1].c != h[2].c && h[0].c != h[2].c);
-    aorm_engine_stats s = stats_of(f.e);
+    cr_assert(h[0].conn != h[1].conn && h[1].conn != h[2].conn && h[0].conn != h[2].conn);
+    aorm_engine_stats s = t_stats(f.e);
     cr_assert_eq(s.open, 3);
     cr_assert_eq(s.held, 3);
 
-    hold h4 = {0};
+    t_rec h4 = {0};
     double t0 = t_mono();
-    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h4), 0);
+    cr_assert_eq(aorm_engine_acquire(f.e, t_rec_on_conn, &h4), 0);
     cr_assert(wait_flag(f.evl, &h4.calls, 5));
     cr_assert_eq(h4.code, AORM_EPOOLTIMEOUT, "fourth acquire: %s", aorm_errname(h4.code));
     cr_assert(h4.at - t0 >= 0.28 && h4.at - t0 < 1.0, "pool timeout of 0.3 s after %.3f s", h4.at - t0);
 
-    for (int i = 0; i < 3; i++) aorm_conn_release(h[i].c);
-    cr_assert(wait_fn(f.evl, none_held, f.e, 2));
-    s = stats_of(f.e);
+    for (int i = 0; i < 3; i++) aorm_conn_release(h[i].conn);
+    cr_assert(t_run_until_prompt(f.evl, none_held, f.e, 2));
+    s = t_stats(f.e);
     cr_assert_eq(s.open, 3, "the overflow connection should linger for reuse: open = %d", s.open);
     cr_assert_eq(s.held, 0);
     cr_assert_eq(s.overflow_opened, 1);
     double until = t_mono() + 5;
-    while (stats_of(f.e).open > 2 && t_mono() < until) run_for(&f, 0.05);
-    s = stats_of(f.e);
+    while (t_stats(f.e).open > 2 && t_mono() < until) run_for(&f, 0.05);
+    s = t_stats(f.e);
     cr_assert(s.open <= 2, "the overflow connection was kept past idle_timeout: open = %d", s.open);
     cr_assert_eq(s.overflow_closed, 1);
 
@@ -818,7 +685,7 @@ Test(engine_faults, pool_overflow, .timeout = 90) {
 
 static int all_sent(void *arg) {
     void **a = arg;
-    aorm_engine_stats s = stats_of(a[0]);
+    aorm_engine_stats s = t_stats(a[0]);
     return s.statements >= *(uint64_t *)a[1];
 }
 
@@ -828,23 +695,23 @@ Test(engine_faults, free_with_statements_in_flight, .timeout = 90) {
     fx_init(&f, &o, "free_inflight", NULL);
     fx_engine(&f, &o);
     enum { N = 100 };
-    rec *r = calloc(N, sizeof(*r));
+    t_rec *r = calloc(N, sizeof(*r));
     cr_assert_not_null(r);
     for (int i = 0; i < N; i++)
-        cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(0.5)", NULL, NULL, on_rec, &r[i]), 0);
+        cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(0.5)", NULL, NULL, t_rec_on_result, &r[i]), 0);
     run_for(&f, 0.1);
     uint64_t want = N;
     void *a[2] = {f.e, &want};
-    cr_assert(wait_fn(f.evl, all_sent, a, 5), "the statements were not all sent");
+    cr_assert(t_run_until_prompt(f.evl, all_sent, a, 5), "the statements were not all sent");
     for (int i = 0; i < N; i++) cr_assert_eq(r[i].calls, 0, "statement %d answered already", i);
 
-    g_in_free = 1;
+    t_rec_mark = 1;
     aorm_engine_free(f.e);
-    g_in_free = 0;
+    t_rec_mark = 0;
     f.e = NULL;
     for (int i = 0; i < N; i++) {
         cr_assert_eq(r[i].calls, 1, "statement %d called back %d times", i, r[i].calls);
-        cr_assert(r[i].in_free, "statement %d was not called back from inside aorm_engine_free", i);
+        cr_assert(r[i].mark, "statement %d was not called back from inside aorm_engine_free", i);
         cr_assert_eq(r[i].code, AORM_ECANCELED, "statement %d: %s [%s] %s", i, aorm_errname(r[i].code),
                      r[i].sqlstate, r[i].msg);
     }
@@ -856,18 +723,18 @@ Test(engine_faults, free_with_statements_in_flight, .timeout = 90) {
 
 /* A cancelled callback that calls back into the closing engine. */
 typedef struct reentry {
-    rec r;
-    rec dummy;   /* would receive the re-entrant statement's outcome */
-    hold dummy_h;
+    t_rec r;
+    t_rec dummy;   /* would receive the re-entrant statement's outcome */
+    t_rec dummy_h;
     int exec_rc;
     int acquire_rc;
 } reentry;
 
 static void on_cancel_reenter(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
     reentry *x = user;
-    rec_take(&x->r, res, err);
-    x->exec_rc = aorm_engine_execute(e, "SELECT 1", NULL, NULL, on_rec, &x->dummy);
-    x->acquire_rc = aorm_engine_acquire(e, on_hold, &x->dummy_h);
+    t_rec_take(&x->r, res, err);
+    x->exec_rc = aorm_engine_execute(e, "SELECT 1", NULL, NULL, t_rec_on_result, &x->dummy);
+    x->acquire_rc = aorm_engine_acquire(e, t_rec_on_conn, &x->dummy_h);
     aorm_engine_free(e); /* again, from inside the first free: a no-op */
 }
 
@@ -877,19 +744,19 @@ Test(engine_faults, free_with_statements_queued, .timeout = 90) {
     fx_init(&f, &o, "free_queued", NULL);
     fx_engine(&f, &o);
     enum { N = 100 };
-    rec *r = calloc(N, sizeof(*r));
+    t_rec *r = calloc(N, sizeof(*r));
     cr_assert_not_null(r);
     reentry x;
     memset(&x, 0, sizeof(x));
-    hold h = {0};
+    t_rec h = {0};
     cr_assert_eq(aorm_engine_execute(f.e, "SELECT 0", NULL, NULL, on_cancel_reenter, &x), 0);
     for (int i = 0; i < N; i++)
-        cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(0.5)", NULL, NULL, on_rec, &r[i]), 0);
-    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0);
+        cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(0.5)", NULL, NULL, t_rec_on_result, &r[i]), 0);
+    cr_assert_eq(aorm_engine_acquire(f.e, t_rec_on_conn, &h), 0);
 
-    g_in_free = 1;
+    t_rec_mark = 1;
     aorm_engine_free(f.e); /* the loop never ran: nothing was sent */
-    g_in_free = 0;
+    t_rec_mark = 0;
     f.e = NULL;
     cr_assert_eq(x.r.calls, 1);
     cr_assert_eq(x.r.code, AORM_ECANCELED);
@@ -899,12 +766,12 @@ Test(engine_faults, free_with_statements_queued, .timeout = 90) {
     cr_assert(x.dummy.calls == 0 && x.dummy_h.calls == 0);
     for (int i = 0; i < N; i++) {
         cr_assert_eq(r[i].calls, 1, "statement %d called back %d times", i, r[i].calls);
-        cr_assert(r[i].in_free);
+        cr_assert(r[i].mark);
         cr_assert_eq(r[i].code, AORM_ECANCELED, "statement %d: %s", i, aorm_errname(r[i].code));
     }
     cr_assert_eq(h.calls, 1);
     cr_assert_eq(h.code, AORM_ECANCELED, "acquire: %s", aorm_errname(h.code));
-    cr_assert_null(h.c);
+    cr_assert_null(h.conn);
     run_for(&f, 0.05);
     free(r);
     fx_close(&f);
@@ -912,24 +779,24 @@ Test(engine_faults, free_with_statements_queued, .timeout = 90) {
 
 /* The statement whose callback frees the engine. */
 typedef struct freer {
-    rec r;
+    t_rec r;
     fx *f;
-    rec *late;          /* queued from inside the callback, before the free */
+    t_rec *late;          /* queued from inside the callback, before the free */
     int nlate;
     int others_done_in_free; /* callbacks of `others` that had run when free returned */
-    rec *others;
+    t_rec *others;
     int nothers;
-    rec *held;
+    t_rec *held;
     int held_done_in_free;
 } freer;
 
 static void on_free_engine(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
     freer *fr = user;
-    rec_take(&fr->r, res, err);
-    for (int i = 0; i < fr->nlate; i++) aorm_engine_execute(e, "SELECT 2", NULL, NULL, on_rec, &fr->late[i]);
-    g_in_free = 1;
+    t_rec_take(&fr->r, res, err);
+    for (int i = 0; i < fr->nlate; i++) aorm_engine_execute(e, "SELECT 2", NULL, NULL, t_rec_on_result, &fr->late[i]);
+    t_rec_mark = 1;
     aorm_engine_free(e);
-    g_in_free = 0;
+    t_rec_mark = 0;
     fr->f->e = NULL;
     for (int i = 0; i < fr->nothers; i++) fr->others_done_in_free += fr->others[i].calls;
     fr->held_done_in_free = fr->held->calls;
@@ -943,23 +810,23 @@ Test(engine_faults, free_from_inside_a_callback, .timeout = 90) {
     fx_engine(&f, &o);
 
     /* a held connection with a statement running on it */
-    hold h = {0};
-    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0);
+    t_rec h = {0};
+    cr_assert_eq(aorm_engine_acquire(f.e, t_rec_on_conn, &h), 0);
     cr_assert(wait_flag(f.evl, &h.calls, 10));
     cr_assert_eq(h.code, 0);
-    rec held_sleep = {0};
-    cr_assert_eq(aorm_conn_execute(h.c, "SELECT pg_sleep(5)", NULL, NULL, on_rec, &held_sleep), 0);
+    t_rec held_sleep = {0};
+    cr_assert_eq(aorm_conn_execute(h.conn, "SELECT pg_sleep(5)", NULL, NULL, t_rec_on_result, &held_sleep), 0);
 
     /* the freeing statement first, sleepers pipelined behind it */
     enum { NS = 10, NL = 5 };
-    rec sleepers[NS];
-    rec late[NL];
+    t_rec sleepers[NS];
+    t_rec late[NL];
     memset(sleepers, 0, sizeof(sleepers));
     memset(late, 0, sizeof(late));
     freer fr = {.f = &f, .late = late, .nlate = NL, .others = sleepers, .nothers = NS, .held = &held_sleep};
     cr_assert_eq(aorm_engine_execute(f.e, "SELECT 1", NULL, NULL, on_free_engine, &fr), 0);
     for (int i = 0; i < NS; i++)
-        cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(5)", NULL, NULL, on_rec, &sleepers[i]), 0);
+        cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(5)", NULL, NULL, t_rec_on_result, &sleepers[i]), 0);
 
     cr_assert(wait_flag(f.evl, &fr.r.calls, 10), "the freeing statement never completed");
     cr_assert_null(f.e, "the callback did not run aorm_engine_free");
@@ -973,16 +840,16 @@ Test(engine_faults, free_from_inside_a_callback, .timeout = 90) {
     for (int i = 0; i < NS; i++) {
         cr_assert_eq(sleepers[i].calls, 1, "sleeper %d called back %d times", i, sleepers[i].calls);
         cr_assert_eq(sleepers[i].code, AORM_ECANCELED, "sleeper %d: %s", i, aorm_errname(sleepers[i].code));
-        cr_assert(sleepers[i].in_free);
+        cr_assert(sleepers[i].mark);
     }
     for (int i = 0; i < NL; i++) {
         cr_assert_eq(late[i].calls, 1, "late %d called back %d times", i, late[i].calls);
         cr_assert_eq(late[i].code, AORM_ECANCELED);
-        cr_assert(late[i].in_free);
+        cr_assert(late[i].mark);
     }
     cr_assert_eq(held_sleep.calls, 1, "held statement called back %d times", held_sleep.calls);
     cr_assert_eq(held_sleep.code, AORM_ECANCELED, "held statement: %s", aorm_errname(held_sleep.code));
-    cr_assert(held_sleep.in_free);
+    cr_assert(held_sleep.mark);
     cr_assert_eq(h.calls, 1);
     fx_close(&f); /* asserts (debug builds) that the engine left no watcher behind */
 }
@@ -999,27 +866,27 @@ Test(engine_faults, connection_refused, .timeout = 90) {
      * engine keeps trying, then hear why none came */
     o.pool_timeout = 0.5;
     fx_engine(&f, &o);
-    rec r = {0};
+    t_rec r = {0};
     double t0 = t_mono();
-    cr_assert_eq(aorm_engine_execute(f.e, "SELECT 1", NULL, NULL, on_rec, &r), 0);
+    cr_assert_eq(aorm_engine_execute(f.e, "SELECT 1", NULL, NULL, t_rec_on_result, &r), 0);
     cr_assert(wait_flag(f.evl, &r.calls, 10));
     cr_assert_eq(r.code, AORM_ECONNECT, "got %s [%s] %s", aorm_errname(r.code), r.sqlstate, r.msg);
     cr_assert_str_eq(r.sqlstate, "08001");
     cr_assert(r.at - t0 >= o.pool_timeout - 0.05, "gave up after %.2f s, before the pool timeout", r.at - t0);
     cr_assert(r.at - t0 < o.pool_timeout + 0.5, "connection refused reported after %.2f s", r.at - t0);
 
-    hold h = {0};
+    t_rec h = {0};
     t0 = t_mono();
-    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0);
+    cr_assert_eq(aorm_engine_acquire(f.e, t_rec_on_conn, &h), 0);
     cr_assert(wait_flag(f.evl, &h.calls, 10));
     cr_assert_eq(h.code, AORM_ECONNECT, "acquire: %s", aorm_errname(h.code));
-    cr_assert_null(h.c);
+    cr_assert_null(h.conn);
     cr_assert(h.at - t0 >= o.pool_timeout - 0.05 && h.at - t0 < o.pool_timeout + 0.5, "acquire failed after %.2f s",
               h.at - t0);
     run_for(&f, 0.1);
     cr_assert_eq(r.calls, 1);
     cr_assert_eq(h.calls, 1);
-    aorm_engine_stats s = stats_of(f.e);
+    aorm_engine_stats s = t_stats(f.e);
     cr_assert(s.connect_failures >= 1);
     cr_assert_eq(s.connects, 0);
     cr_assert_eq(s.open, 0);
@@ -1030,7 +897,7 @@ Test(engine_faults, connection_refused, .timeout = 90) {
 typedef struct feeder {
     ev_timer w;
     aorm_engine *e;
-    rec *r;
+    t_rec *r;
     double *sent_at;
     int n, next;
 } feeder;
@@ -1042,7 +909,7 @@ static void on_feed(struct ev_loop *evl, ev_timer *w, int revents) {
         return;
     }
     fd->sent_at[fd->next] = t_mono();
-    int rc = aorm_engine_execute(fd->e, "SELECT 1", NULL, NULL, on_rec, &fd->r[fd->next]);
+    int rc = aorm_engine_execute(fd->e, "SELECT 1", NULL, NULL, t_rec_on_result, &fd->r[fd->next]);
     if (rc != 0) {
         /* refused at submission: never called back, and the count check fails */
         fd->r[fd->next].code = rc;
@@ -1058,13 +925,13 @@ Test(engine_faults, connection_refused_backoff, .timeout = 90) {
     o.pool_timeout = 0.3;
     fx_engine(&f, &o);
     enum { N = 100 };
-    rec r[N];
+    t_rec r[N];
     double sent_at[N];
     memset(r, 0, sizeof(r));
     feeder fd = {.e = f.e, .r = r, .sent_at = sent_at, .n = N};
     ev_timer_init(&fd.w, on_feed, 0.0, 0.01); /* one statement every 10 ms for a second */
     ev_timer_start(f.evl, &fd.w);
-    cr_assert(run_until_all(&f, r, N, 10), "not every statement was called back");
+    cr_assert(t_rec_wait_all(f.evl, r, N, 10), "not every statement was called back");
     ev_timer_stop(f.evl, &fd.w);
     run_for(&f, 0.1);
     double worst = 0;
@@ -1074,7 +941,7 @@ Test(engine_faults, connection_refused_backoff, .timeout = 90) {
         cr_assert_str_eq(r[i].sqlstate, "08001");
         if (r[i].at - sent_at[i] > worst) worst = r[i].at - sent_at[i];
     }
-    aorm_engine_stats s = stats_of(f.e);
+    aorm_engine_stats s = t_stats(f.e);
     cr_log_info("%llu connection attempts for %d statements; slowest failure %.3f s",
                 (unsigned long long)s.connect_failures, N, worst);
     /* backoff from 0.05 s doubling: about six attempts in 1.3 s */
@@ -1102,28 +969,28 @@ Test(engine_faults, commit_on_terminated_backend, .timeout = 90) {
     fx_init(&f, &o, "commit", NULL);
     o.pool_size = 2;
     fx_engine(&f, &o);
-    hold h = {0};
-    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0);
+    t_rec h = {0};
+    cr_assert_eq(aorm_engine_acquire(f.e, t_rec_on_conn, &h), 0);
     cr_assert(wait_flag(f.evl, &h.calls, 10));
     cr_assert_eq(h.code, 0);
 
-    rec b = {0}, pidr = {0}, ins = {0}, commit = {0};
-    cr_assert_eq(aorm_conn_begin(h.c, NULL, on_rec, &b), 0);
-    cr_assert_eq(aorm_conn_execute(h.c, "SELECT pg_backend_pid()", NULL, NULL, on_rec, &pidr), 0);
-    cr_assert_eq(aorm_conn_execute(h.c, "INSERT INTO aorm_flt_commit VALUES (1, 'lost')", NULL, NULL, on_rec, &ins),
+    t_rec b = {0}, pidr = {0}, ins = {0}, commit = {0};
+    cr_assert_eq(aorm_conn_begin(h.conn, NULL, t_rec_on_result, &b), 0);
+    cr_assert_eq(aorm_conn_execute(h.conn, "SELECT pg_backend_pid()", NULL, NULL, t_rec_on_result, &pidr), 0);
+    cr_assert_eq(aorm_conn_execute(h.conn, "INSERT INTO aorm_flt_commit VALUES (1, 'lost')", NULL, NULL, t_rec_on_result, &ins),
                  0);
     cr_assert(wait_flag(f.evl, &ins.calls, 10));
     cr_assert(b.code == 0 && pidr.code == 0 && ins.code == 0);
     cr_assert(pidr.has_int && pidr.ival > 0);
-    cr_assert_eq(aorm_conn_tx_status(h.c), AORM_TX_INTRANS);
+    cr_assert_eq(aorm_conn_tx_status(h.conn), AORM_TX_INTRANS);
 
     /* the backend dies while the engine is not looking; COMMIT goes out on
      * the dead connection */
     t_pg_terminate(pg, (long)pidr.ival);
-    uint64_t sent_before = stats_of(f.e).statements;
-    cr_assert_eq(aorm_conn_commit(h.c, on_rec, &commit), 0);
+    uint64_t sent_before = t_stats(f.e).statements;
+    cr_assert_eq(aorm_conn_commit(h.conn, t_rec_on_result, &commit), 0);
     cr_assert(wait_flag(f.evl, &commit.calls, 10));
-    bool commit_sent = stats_of(f.e).statements > sent_before;
+    bool commit_sent = t_stats(f.e).statements > sent_before;
     cr_log_info("COMMIT on a dead connection (%s): %s [%s] %s", commit_sent ? "sent" : "not sent",
                 aorm_errname(commit.code), commit.sqlstate, commit.msg);
     /* The engine sends the COMMIT (the kernel accepts a write to a socket
@@ -1148,25 +1015,25 @@ Test(engine_faults, commit_on_terminated_backend, .timeout = 90) {
                   commit.msg);
     }
 
-    cr_assert(wait_fn(f.evl, conn_is_broken, h.c, 5), "the held connection was never marked broken");
-    cr_assert_eq(aorm_conn_tx_status(h.c), AORM_TX_UNKNOWN);
-    rec never_called = {0};
-    cr_assert_eq(aorm_conn_execute(h.c, "SELECT 1", NULL, NULL, on_rec, &never_called), AORM_ECONNLOST);
-    cr_assert_eq(aorm_conn_commit(h.c, on_rec, &never_called), AORM_ECONNLOST);
-    aorm_conn_release(h.c);
+    cr_assert(t_run_until_prompt(f.evl, conn_is_broken, h.conn, 5), "the held connection was never marked broken");
+    cr_assert_eq(aorm_conn_tx_status(h.conn), AORM_TX_UNKNOWN);
+    t_rec never_called = {0};
+    cr_assert_eq(aorm_conn_execute(h.conn, "SELECT 1", NULL, NULL, t_rec_on_result, &never_called), AORM_ECONNLOST);
+    cr_assert_eq(aorm_conn_commit(h.conn, t_rec_on_result, &never_called), AORM_ECONNLOST);
+    aorm_conn_release(h.conn);
     run_for(&f, 0.1);
     cr_assert_eq(never_called.calls, 0);
     cr_assert(b.calls == 1 && pidr.calls == 1 && ins.calls == 1 && commit.calls == 1);
 
     /* here the backend died before it read the COMMIT: nothing committed */
-    rec cnt;
+    t_rec cnt;
     run_sql(&f, "SELECT count(*) FROM aorm_flt_commit", &cnt, 10);
     cr_assert_eq(cnt.code, 0, "the engine does not work after the lost commit: %s [%s] %s", aorm_errname(cnt.code),
                  cnt.sqlstate, cnt.msg);
     cr_assert(cnt.has_int && cnt.ival == 0);
     run_for(&f, 0.05);
     cr_assert_eq(cnt.calls, 1);
-    aorm_engine_stats s = stats_of(f.e);
+    aorm_engine_stats s = t_stats(f.e);
     cr_assert_eq(s.connections_lost, 1);
     cr_assert_eq(s.held, 0);
     PQfinish(pg);
@@ -1182,8 +1049,8 @@ enum { RO_N = 50, RO_FAIL = 25 };
 typedef struct ro_state {
     int notices[RO_N];  /* executions seen, one NOTICE per execution */
     int other_notices;
-    rec r[RO_N];
-    rec warm;
+    t_rec r[RO_N];
+    t_rec warm;
 } ro_state;
 
 static void on_ro_log(aorm_log_level level, const char *message, void *user) {
@@ -1197,14 +1064,14 @@ static void on_ro_log(aorm_log_level level, const char *message, void *user) {
 
 static void on_ro_warm(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
     ro_state *st = user;
-    rec_take(&st->warm, res, err);
+    t_rec_take(&st->warm, res, err);
     /* all fifty in one loop turn: one pipeline, one shared sync */
     aorm_exec_options ro = {.flags = AORM_EXEC_READONLY, .deadline = 0};
     for (int i = 0; i < RO_N; i++) {
         aorm_params p;
         aorm_params_init(&p);
         aorm_params_int4(&p, i);
-        int rc = aorm_engine_execute(e, "SELECT aorm_flt_probe($1)", &p, &ro, on_rec, &st->r[i]);
+        int rc = aorm_engine_execute(e, "SELECT aorm_flt_probe($1)", &p, &ro, t_rec_on_result, &st->r[i]);
         if (rc != 0) st->r[i].calls = -1000;
         aorm_params_free(&p);
     }
@@ -1232,7 +1099,7 @@ Test(engine_faults, readonly_resend_runs_once, .timeout = 90) {
     cr_assert_eq(aorm_engine_execute(f.e, "SELECT 1", NULL, NULL, on_ro_warm, st), 0);
     cr_assert(wait_flag(f.evl, &st->warm.calls, 10));
     cr_assert_eq(st->warm.code, 0);
-    cr_assert(run_until_all(&f, st->r, RO_N, 20), "not every read-only statement was called back");
+    cr_assert(t_rec_wait_all(f.evl, st->r, RO_N, 20), "not every read-only statement was called back");
     run_for(&f, 0.2);
 
     for (int i = 0; i < RO_N; i++) {
@@ -1250,7 +1117,7 @@ Test(engine_faults, readonly_resend_runs_once, .timeout = 90) {
         cr_assert_eq(st->notices[i], 1, "probe %d ran %d times on the server", i, st->notices[i]);
     }
     cr_assert_eq(st->other_notices, 0);
-    aorm_engine_stats s = stats_of(f.e);
+    aorm_engine_stats s = t_stats(f.e);
     /* the ones after the failure were skipped by the server and re-sent */
     cr_assert(s.resent >= 1, "nothing was re-sent: was the pipeline really shared? (syncs %llu)",
               (unsigned long long)s.syncs);
@@ -1288,32 +1155,32 @@ Test(engine_faults, tx_status_inside_callbacks, .timeout = 60) {
     o.pool_size = 1;
     o.max_overflow = 0;
     fx_engine(&f, &o);
-    hold h = {0};
-    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0);
+    t_rec h = {0};
+    cr_assert_eq(aorm_engine_acquire(f.e, t_rec_on_conn, &h), 0);
     cr_assert(wait_flag(f.evl, &h.calls, 10));
     cr_assert_eq(h.code, 0);
 
     enum { BEGIN, SAVE, FAIL, AFTER, BACK, OK, COMMIT, RAW_BEGIN, RAW_FAIL, RAW_ROLLBACK, N };
     txs_probe p[N];
     memset(p, 0, sizeof(p));
-    for (int i = 0; i < N; i++) p[i].c = h.c;
+    for (int i = 0; i < N; i++) p[i].c = h.conn;
     /* all queued in one turn: one pipeline, several sync groups */
-    cr_assert_eq(aorm_conn_begin(h.c, NULL, on_txs_probe, &p[BEGIN]), 0);
-    cr_assert_eq(aorm_conn_savepoint(h.c, "s1", on_txs_probe, &p[SAVE]), 0);
-    cr_assert_eq(aorm_conn_execute(h.c, "SELECT 1/0", NULL, NULL, on_txs_probe, &p[FAIL]), 0);
-    cr_assert_eq(aorm_conn_execute(h.c, "SELECT 2", NULL, NULL, on_txs_probe, &p[AFTER]), 0);
-    cr_assert_eq(aorm_conn_rollback_to(h.c, "s1", on_txs_probe, &p[BACK]), 0);
-    cr_assert_eq(aorm_conn_execute(h.c, "SELECT 3", NULL, NULL, on_txs_probe, &p[OK]), 0);
-    cr_assert_eq(aorm_conn_commit(h.c, on_txs_probe, &p[COMMIT]), 0);
+    cr_assert_eq(aorm_conn_begin(h.conn, NULL, on_txs_probe, &p[BEGIN]), 0);
+    cr_assert_eq(aorm_conn_savepoint(h.conn, "s1", on_txs_probe, &p[SAVE]), 0);
+    cr_assert_eq(aorm_conn_execute(h.conn, "SELECT 1/0", NULL, NULL, on_txs_probe, &p[FAIL]), 0);
+    cr_assert_eq(aorm_conn_execute(h.conn, "SELECT 2", NULL, NULL, on_txs_probe, &p[AFTER]), 0);
+    cr_assert_eq(aorm_conn_rollback_to(h.conn, "s1", on_txs_probe, &p[BACK]), 0);
+    cr_assert_eq(aorm_conn_execute(h.conn, "SELECT 3", NULL, NULL, on_txs_probe, &p[OK]), 0);
+    cr_assert_eq(aorm_conn_commit(h.conn, on_txs_probe, &p[COMMIT]), 0);
     txs_probe *last = &p[COMMIT];
     cr_assert(wait_flag(f.evl, &last->calls, 10));
     /* a transaction opened and ended with raw SQL is tracked too */
     aorm_exec_options raw = {.flags = AORM_EXEC_UNPREPARED, .deadline = 0};
-    cr_assert_eq(aorm_conn_execute(h.c, "BEGIN", NULL, &raw, on_txs_probe, &p[RAW_BEGIN]), 0);
+    cr_assert_eq(aorm_conn_execute(h.conn, "BEGIN", NULL, &raw, on_txs_probe, &p[RAW_BEGIN]), 0);
     cr_assert(wait_flag(f.evl, &p[RAW_BEGIN].calls, 10));
-    cr_assert_eq(aorm_conn_execute(h.c, "SELECT 1/0", NULL, &raw, on_txs_probe, &p[RAW_FAIL]), 0);
+    cr_assert_eq(aorm_conn_execute(h.conn, "SELECT 1/0", NULL, &raw, on_txs_probe, &p[RAW_FAIL]), 0);
     cr_assert(wait_flag(f.evl, &p[RAW_FAIL].calls, 10));
-    cr_assert_eq(aorm_conn_execute(h.c, "ROLLBACK", NULL, &raw, on_txs_probe, &p[RAW_ROLLBACK]), 0);
+    cr_assert_eq(aorm_conn_execute(h.conn, "ROLLBACK", NULL, &raw, on_txs_probe, &p[RAW_ROLLBACK]), 0);
     cr_assert(wait_flag(f.evl, &p[RAW_ROLLBACK].calls, 10));
     run_for(&f, 0.05);
 
@@ -1335,8 +1202,8 @@ Test(engine_faults, tx_status_inside_callbacks, .timeout = 60) {
         cr_assert_eq(p[i].seen, want[i].st, "%s: the callback saw status %d, want %d", want[i].what, p[i].seen,
                      want[i].st);
     }
-    cr_assert_eq(aorm_conn_tx_status(h.c), AORM_TX_IDLE);
-    aorm_conn_release(h.c);
+    cr_assert_eq(aorm_conn_tx_status(h.conn), AORM_TX_IDLE);
+    aorm_conn_release(h.conn);
     fx_close(&f);
 }
 
@@ -1345,13 +1212,13 @@ Test(engine_faults, tx_status_inside_callbacks, .timeout = 60) {
  * or rollback callback). The connection's place in the pool is given back
  * once, and the pool opens new connections for the work that follows. */
 typedef struct release_on_cb {
-    rec r;
+    t_rec r;
     aorm_conn *c;
 } release_on_cb;
 
 static void on_rec_release(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
     release_on_cb *x = user;
-    rec_take(&x->r, res, err);
+    t_rec_take(&x->r, res, err);
     aorm_conn_release(x->c);
 }
 
@@ -1364,20 +1231,20 @@ Test(engine_faults, pool_heals_after_release_in_loss_callback, .timeout = 60) {
     o.pool_timeout = 5;
     fx_engine(&f, &o);
     for (int round = 0; round < 3; round++) {
-        hold h = {0};
-        cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0);
+        t_rec h = {0};
+        cr_assert_eq(aorm_engine_acquire(f.e, t_rec_on_conn, &h), 0);
         cr_assert(wait_flag(f.evl, &h.calls, 10));
         cr_assert_eq(h.code, 0, "round %d: acquire: %s", round, aorm_errname(h.code));
         /* the release comes from the callback of the statement queued
          * behind the running one (or, in the last round, of the running
          * one itself) */
-        release_on_cb x = {.c = h.c};
-        rec sleeper = {0};
+        release_on_cb x = {.c = h.conn};
+        t_rec sleeper = {0};
         if (round < 2) {
-            cr_assert_eq(aorm_conn_execute(h.c, "SELECT pg_sleep(5)", NULL, NULL, on_rec, &sleeper), 0);
-            cr_assert_eq(aorm_conn_execute(h.c, round == 0 ? "SELECT 1" : "COMMIT", NULL, NULL, on_rec_release, &x), 0);
+            cr_assert_eq(aorm_conn_execute(h.conn, "SELECT pg_sleep(5)", NULL, NULL, t_rec_on_result, &sleeper), 0);
+            cr_assert_eq(aorm_conn_execute(h.conn, round == 0 ? "SELECT 1" : "COMMIT", NULL, NULL, on_rec_release, &x), 0);
         } else {
-            cr_assert_eq(aorm_conn_execute(h.c, "SELECT pg_sleep(5)", NULL, NULL, on_rec_release, &x), 0);
+            cr_assert_eq(aorm_conn_execute(h.conn, "SELECT pg_sleep(5)", NULL, NULL, on_rec_release, &x), 0);
             sleeper.calls = 1;
             sleeper.code = AORM_ECONNLOST;
             snprintf(sleeper.sqlstate, sizeof(sleeper.sqlstate), "08006");
@@ -1391,21 +1258,21 @@ Test(engine_faults, pool_heals_after_release_in_loss_callback, .timeout = 60) {
         cr_assert(lost_outcome(&x.r), "round %d: %s [%s]", round, aorm_errname(x.r.code), x.r.sqlstate);
         cr_assert_eq(sleeper.calls, 1);
         cr_assert(lost_outcome(&sleeper), "round %d: %s [%s]", round, aorm_errname(sleeper.code), sleeper.sqlstate);
-        aorm_engine_stats s = stats_of(f.e);
+        aorm_engine_stats s = t_stats(f.e);
         cr_assert_eq(s.held, 0, "round %d: held = %d", round, s.held);
 
         /* the pool must heal: autocommit work and a new holder both get a connection */
         enum { N = 10 };
-        rec r[N];
+        t_rec r[N];
         memset(r, 0, sizeof(r));
-        for (int i = 0; i < N; i++) cr_assert_eq(aorm_engine_execute(f.e, "SELECT 7", NULL, NULL, on_rec, &r[i]), 0);
-        cr_assert(run_until_all(&f, r, N, 10));
+        for (int i = 0; i < N; i++) cr_assert_eq(aorm_engine_execute(f.e, "SELECT 7", NULL, NULL, t_rec_on_result, &r[i]), 0);
+        cr_assert(t_rec_wait_all(f.evl, r, N, 10));
         for (int i = 0; i < N; i++)
             cr_assert_eq(r[i].code, 0, "round %d, statement %d after the loss: %s [%s] %s", round, i,
                          aorm_errname(r[i].code), r[i].sqlstate, r[i].msg);
         cr_assert_eq(x.r.calls, 1);
     }
-    aorm_engine_stats s = stats_of(f.e);
+    aorm_engine_stats s = t_stats(f.e);
     cr_assert_eq(s.held, 0);
     cr_assert(s.open <= 1, "open = %d with pool_size 1", s.open);
     fx_close(&f);
@@ -1415,14 +1282,14 @@ Test(engine_faults, pool_heals_after_release_in_loss_callback, .timeout = 60) {
  * submitted: the running statement first, then those pipelined behind it,
  * then a holder's statements that were still queued. */
 typedef struct order_rec {
-    rec r;
+    t_rec r;
     int *next;
     int seq; /* position at which this callback ran */
 } order_rec;
 
 static void on_order(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
     order_rec *o = user;
-    rec_take(&o->r, res, err);
+    t_rec_take(&o->r, res, err);
     o->seq = (*o->next)++;
 }
 
@@ -1433,9 +1300,9 @@ static void loss_order(bool held) {
     o.pool_size = 1;
     o.max_overflow = 0;
     fx_engine(&f, &o);
-    hold h = {0};
+    t_rec h = {0};
     if (held) {
-        cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0);
+        cr_assert_eq(aorm_engine_acquire(f.e, t_rec_on_conn, &h), 0);
         cr_assert(wait_flag(f.evl, &h.calls, 10));
         cr_assert_eq(h.code, 0);
     }
@@ -1446,7 +1313,7 @@ static void loss_order(bool held) {
     for (int i = 0; i < N; i++) {
         r[i].next = &next;
         const char *sql = i == 0 ? "SELECT pg_sleep(5)" : "SELECT 1";
-        int rc = held ? aorm_conn_execute(h.c, sql, NULL, NULL, on_order, &r[i])
+        int rc = held ? aorm_conn_execute(h.conn, sql, NULL, NULL, on_order, &r[i])
                       : aorm_engine_execute(f.e, sql, NULL, NULL, on_order, &r[i]);
         cr_assert_eq(rc, 0);
     }
@@ -1459,7 +1326,7 @@ static void loss_order(bool held) {
     }
     t_pg_terminate(pg, pid);
     PQfinish(pg);
-    rec *flat[N];
+    t_rec *flat[N];
     for (int i = 0; i < N; i++) flat[i] = &r[i].r;
     double until = t_mono() + 10;
     while (t_mono() < until) {
@@ -1475,7 +1342,7 @@ static void loss_order(bool held) {
                   r[i].r.msg);
         cr_assert_eq(r[i].seq, i, "statement %d was called back in position %d", i, r[i].seq);
     }
-    if (held) aorm_conn_release(h.c);
+    if (held) aorm_conn_release(h.conn);
     fx_close(&f);
 }
 
@@ -1487,7 +1354,7 @@ Test(engine_faults, loss_callbacks_in_submission_order_held, .timeout = 60) { lo
 static int g_cancel_depth; /* inside aorm_owner_cancel() in the test */
 
 typedef struct owned {
-    rec r;
+    t_rec r;
     int *next;
     int seq;
     int in_cancel;
@@ -1495,7 +1362,7 @@ typedef struct owned {
 
 static void on_owned(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
     owned *o = user;
-    rec_take(&o->r, res, err);
+    t_rec_take(&o->r, res, err);
     o->seq = (*o->next)++;
     o->in_cancel = g_cancel_depth;
 }
@@ -1515,7 +1382,7 @@ Test(engine_faults, owner_cancel_calls_back_at_once, .timeout = 60) {
     o.pool_size = 1;
     o.max_overflow = 0;
     fx_engine(&f, &o);
-    rec warm;
+    t_rec warm;
     run_sql(&f, "SELECT 1", &warm, 10);
 
     aorm_owner *ow = aorm_owner_new(f.e);
@@ -1531,8 +1398,8 @@ Test(engine_faults, owner_cancel_calls_back_at_once, .timeout = 60) {
     for (int i = 1; i < N; i++) cr_assert_eq(aorm_engine_execute(f.e, "SELECT 2", NULL, &xo, on_owned, &w[i]), 0);
     cr_assert_eq(aorm_owner_acquire(ow, on_owned_hold, &w[N]), 0);
     /* someone else's statement, queued behind: unaffected */
-    rec other = {0};
-    cr_assert_eq(aorm_engine_execute(f.e, "SELECT 3", NULL, NULL, on_rec, &other), 0);
+    t_rec other = {0};
+    cr_assert_eq(aorm_engine_execute(f.e, "SELECT 3", NULL, NULL, t_rec_on_result, &other), 0);
 
     g_cancel_depth++;
     aorm_owner_cancel(ow);
@@ -1549,12 +1416,12 @@ Test(engine_faults, owner_cancel_calls_back_at_once, .timeout = 60) {
     cr_assert(other.has_int && other.ival == 3);
     run_for(&f, 0.6); /* the server's late answer to the sleep is read and dropped */
     /* the owner stays usable */
-    rec again = {0};
-    cr_assert_eq(aorm_engine_execute(f.e, "SELECT 4", NULL, &xo, on_rec, &again), 0);
+    t_rec again = {0};
+    cr_assert_eq(aorm_engine_execute(f.e, "SELECT 4", NULL, &xo, t_rec_on_result, &again), 0);
     cr_assert(wait_flag(f.evl, &again.calls, 10));
     cr_assert_eq(again.code, 0);
     aorm_owner_free(ow);
-    aorm_engine_stats s = stats_of(f.e);
+    aorm_engine_stats s = t_stats(f.e);
     cr_assert_eq(s.connections_lost, 0);
     fx_close(&f);
 }
@@ -1570,31 +1437,31 @@ Test(engine_faults, owner_cancel_releases_its_transaction, .timeout = 60) {
     o.max_overflow = 0;
     fx_engine(&f, &o);
     aorm_owner *ow = aorm_owner_new(f.e);
-    hold h = {0};
-    cr_assert_eq(aorm_owner_acquire(ow, on_hold, &h), 0);
+    t_rec h = {0};
+    cr_assert_eq(aorm_owner_acquire(ow, t_rec_on_conn, &h), 0);
     cr_assert(wait_flag(f.evl, &h.calls, 10));
     cr_assert_eq(h.code, 0);
-    rec b = {0}, ins = {0};
-    cr_assert_eq(aorm_conn_begin(h.c, NULL, on_rec, &b), 0);
-    cr_assert_eq(aorm_conn_execute(h.c, "INSERT INTO flt_owner_tx VALUES (1)", NULL, NULL, on_rec, &ins), 0);
+    t_rec b = {0}, ins = {0};
+    cr_assert_eq(aorm_conn_begin(h.conn, NULL, t_rec_on_result, &b), 0);
+    cr_assert_eq(aorm_conn_execute(h.conn, "INSERT INTO flt_owner_tx VALUES (1)", NULL, NULL, t_rec_on_result, &ins), 0);
     cr_assert(wait_flag(f.evl, &ins.calls, 10));
     cr_assert_eq(ins.code, 0);
     /* queued, never sent: cancelled; a COMMIT never sent did not commit */
-    rec more = {0}, commit = {0};
-    cr_assert_eq(aorm_conn_execute(h.c, "INSERT INTO flt_owner_tx VALUES (2)", NULL, NULL, on_rec, &more), 0);
-    cr_assert_eq(aorm_conn_commit(h.c, on_rec, &commit), 0);
+    t_rec more = {0}, commit = {0};
+    cr_assert_eq(aorm_conn_execute(h.conn, "INSERT INTO flt_owner_tx VALUES (2)", NULL, NULL, t_rec_on_result, &more), 0);
+    cr_assert_eq(aorm_conn_commit(h.conn, t_rec_on_result, &commit), 0);
     aorm_owner_cancel(ow);
     cr_assert_eq(more.calls, 1);
     cr_assert_eq(more.code, AORM_ECANCELED, "%s", aorm_errname(more.code));
     cr_assert_eq(commit.calls, 1);
     cr_assert_eq(commit.code, AORM_ENOT_COMMITTED, "%s", aorm_errname(commit.code));
     /* the connection went back, rolled back: the next holder gets it clean */
-    hold h2 = {0};
-    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h2), 0);
+    t_rec h2 = {0};
+    cr_assert_eq(aorm_engine_acquire(f.e, t_rec_on_conn, &h2), 0);
     cr_assert(wait_flag(f.evl, &h2.calls, 10));
     cr_assert_eq(h2.code, 0, "%s", aorm_errname(h2.code));
-    cr_assert_eq(aorm_conn_tx_status(h2.c), AORM_TX_IDLE);
-    aorm_conn_release(h2.c);
+    cr_assert_eq(aorm_conn_tx_status(h2.conn), AORM_TX_IDLE);
+    aorm_conn_release(h2.conn);
     cr_assert_eq(t_pg_long(pg, "SELECT count(*) FROM flt_owner_tx"), 0);
     run_for(&f, 0.05);
     cr_assert_eq(b.calls, 1);
@@ -1624,9 +1491,9 @@ Test(engine_faults, owner_outlives_its_engine, .timeout = 60) {
     aorm_owner *ow = aorm_owner_new(f.e);
     owner_close cl = {0};
     aorm_owner_on_close(ow, on_owner_close, &cl);
-    rec r = {0};
+    t_rec r = {0};
     aorm_exec_options xo = {.owner = ow};
-    cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(0.2)", NULL, &xo, on_rec, &r), 0);
+    cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(0.2)", NULL, &xo, t_rec_on_result, &r), 0);
     run_for(&f, 0.05);
     aorm_engine_free(f.e);
     f.e = NULL;
@@ -1635,7 +1502,7 @@ Test(engine_faults, owner_outlives_its_engine, .timeout = 60) {
     cr_assert_eq(cl.calls, 1);
     cr_assert(cl.engine_gone);
     cr_assert_null(aorm_owner_engine(ow));
-    cr_assert_eq(aorm_owner_acquire(ow, on_hold, NULL), AORM_ECLOSED);
+    cr_assert_eq(aorm_owner_acquire(ow, t_rec_on_conn, NULL), AORM_ECLOSED);
     aorm_owner_cancel(ow); /* a no-op now */
     aorm_owner_free(ow);
     fx_close(&f);
@@ -1694,11 +1561,11 @@ Test(engine_faults, owner_freed_by_a_pool_timeout_callback, .timeout = 30) {
     o.max_overflow = 0;
     o.pool_timeout = 0.3;
     fx_engine(&f, &o);
-    rec warm;
+    t_rec warm;
     run_sql(&f, "SELECT 1", &warm, 10);
     cr_assert_eq(warm.code, 0);
-    hold h = {0};
-    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0); /* the only connection */
+    t_rec h = {0};
+    cr_assert_eq(aorm_engine_acquire(f.e, t_rec_on_conn, &h), 0); /* the only connection */
     cr_assert(wait_flag(f.evl, &h.calls, 5));
     cr_assert_eq(h.code, 0);
 
@@ -1721,9 +1588,9 @@ Test(engine_faults, owner_freed_by_a_pool_timeout_callback, .timeout = 30) {
         cr_assert_eq(x[i].seq, i, "statement %d called back in position %d", i, x[i].seq);
         if (i > 0) cr_assert_eq(x[i].code, AORM_ECANCELED, "statement %d: %s", i, aorm_errname(x[i].code));
     }
-    aorm_conn_release(h.c);
-    rec after = {0};
-    cr_assert_eq(aorm_engine_execute(f.e, "SELECT 3", NULL, NULL, on_rec, &after), 0);
+    aorm_conn_release(h.conn);
+    t_rec after = {0};
+    cr_assert_eq(aorm_engine_execute(f.e, "SELECT 3", NULL, NULL, t_rec_on_result, &after), 0);
     cr_assert(wait_flag(f.evl, &after.calls, 5));
     cr_assert_eq(after.code, 0);
     fx_close(&f);
@@ -1739,19 +1606,19 @@ Test(engine_faults, work_waits_for_reconnect, .timeout = 90) {
     o.pool_timeout = 30;
     o.reconnect_max = 0.5;
     fx_engine(&f, &o);
-    rec warm;
+    t_rec warm;
     run_sql(&f, "SELECT 1", &warm, 10);
     cr_assert_eq(warm.code, 0);
 
     t_sandbox("stop-pg"); /* blocking: the loop is not running meanwhile */
     enum { N = 20 };
-    rec r[N];
+    t_rec r[N];
     memset(r, 0, sizeof(r));
-    for (int i = 0; i < N; i++) cr_assert_eq(aorm_engine_execute(f.e, "SELECT 42", NULL, NULL, on_rec, &r[i]), 0);
-    hold h = {0};
-    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0);
+    for (int i = 0; i < N; i++) cr_assert_eq(aorm_engine_execute(f.e, "SELECT 42", NULL, NULL, t_rec_on_result, &r[i]), 0);
+    t_rec h = {0};
+    cr_assert_eq(aorm_engine_acquire(f.e, t_rec_on_conn, &h), 0);
     run_for(&f, 1.5); /* refused attempts meanwhile */
-    aorm_engine_stats s = stats_of(f.e);
+    aorm_engine_stats s = t_stats(f.e);
     cr_assert(s.connect_failures >= 1, "no reconnect attempt while the server was down");
     for (int i = 0; i < N; i++)
         cr_assert_eq(r[i].calls, 0, "statement %d failed while the pool was reconnecting: %s [%s] %s", i,
@@ -1759,13 +1626,13 @@ Test(engine_faults, work_waits_for_reconnect, .timeout = 90) {
     cr_assert_eq(h.calls, 0, "the acquire failed while the pool was reconnecting: %s", aorm_errname(h.code));
 
     t_sandbox("start-pg");
-    cr_assert(run_until_all(&f, r, N, 20), "the queued statements did not run after the server came back");
+    cr_assert(t_rec_wait_all(f.evl, r, N, 20), "the queued statements did not run after the server came back");
     cr_assert(wait_flag(f.evl, &h.calls, 20));
     for (int i = 0; i < N; i++)
         cr_assert(r[i].code == 0 && r[i].has_int && r[i].ival == 42, "statement %d: %s [%s] %s", i,
                   aorm_errname(r[i].code), r[i].sqlstate, r[i].msg);
     cr_assert_eq(h.code, 0);
-    aorm_conn_release(h.c);
+    aorm_conn_release(h.conn);
     run_for(&f, 0.1);
     for (int i = 0; i < N; i++) cr_assert_eq(r[i].calls, 1);
     cr_assert_eq(h.calls, 1);
@@ -1783,24 +1650,24 @@ Test(engine_faults, statements_spread_over_idle_connections, .timeout = 60) {
     fx_engine(&f, &o);
     cr_assert_eq(aorm_engine_warm(f.e), 0);
     double until = t_mono() + 10;
-    while (stats_of(f.e).idle < 6 && t_mono() < until) run_for(&f, 0.02);
-    cr_assert_eq(stats_of(f.e).idle, 6, "the pool did not warm up");
+    while (t_stats(f.e).idle < 6 && t_mono() < until) run_for(&f, 0.02);
+    cr_assert_eq(t_stats(f.e).idle, 6, "the pool did not warm up");
 
     /* twice: first with statements the engine has never seen, then with
      * the same ones known (the slow ones as slow, the fast one as fast) */
     for (int round = 0; round < 2; round++) {
         enum { SLOW = 5 };
-        rec slow[SLOW], fast = {0};
+        t_rec slow[SLOW], fast = {0};
         memset(slow, 0, sizeof(slow));
         double t0 = t_mono();
         for (int i = 0; i < SLOW; i++)
-            cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(1)", NULL, NULL, on_rec, &slow[i]), 0);
-        cr_assert_eq(aorm_engine_execute(f.e, "SELECT 5", NULL, NULL, on_rec, &fast), 0);
+            cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(1)", NULL, NULL, t_rec_on_result, &slow[i]), 0);
+        cr_assert_eq(aorm_engine_execute(f.e, "SELECT 5", NULL, NULL, t_rec_on_result, &fast), 0);
         cr_assert(wait_flag(f.evl, &fast.calls, 10));
         cr_assert_eq(fast.code, 0);
         cr_assert(fast.at - t0 < 0.5, "round %d: a fast statement waited %.2f s behind slow ones", round,
                   fast.at - t0);
-        cr_assert(run_until_all(&f, slow, SLOW, 10));
+        cr_assert(t_rec_wait_all(f.evl, slow, SLOW, 10));
         for (int i = 0; i < SLOW; i++) {
             cr_assert_eq(slow[i].code, 0);
             cr_assert(slow[i].at - t0 < 1.8, "round %d: slow statement %d finished after %.2f s: they ran one after "
@@ -1823,10 +1690,10 @@ Test(engine_faults, deadlines_hit_only_their_own_statement, .timeout = 120) {
     o.pool_size = 2;
     o.max_overflow = 0;
     fx_engine(&f, &o);
-    rec warm;
+    t_rec warm;
     run_sql(&f, "SELECT 1", &warm, 10);
     enum { CALLERS = 50, EACH = 20, N = CALLERS * EACH };
-    rec *r = calloc(N, sizeof(*r));
+    t_rec *r = calloc(N, sizeof(*r));
     cr_assert_not_null(r);
     for (int round = 0; round < 2; round++) {
         memset(r, 0, N * sizeof(*r));
@@ -1839,16 +1706,16 @@ Test(engine_faults, deadlines_hit_only_their_own_statement, .timeout = 120) {
                     /* 5 to 25 ms of budget for 30 ms of work: it will time out, at
                      * various points of the others' pipeline */
                     aorm_exec_options xo = {.deadline = 0.005 + 0.001 * (i % 21)};
-                    cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(0.03)", NULL, &xo, on_rec, &r[i]), 0);
+                    cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(0.03)", NULL, &xo, t_rec_on_result, &r[i]), 0);
                 } else {
                     aorm_params_int4(&p, i);
                     aorm_exec_options xo = {.flags = (i % 2) ? AORM_EXEC_READONLY : 0};
-                    cr_assert_eq(aorm_engine_execute(f.e, "SELECT $1::int4 * 2", &p, &xo, on_rec, &r[i]), 0);
+                    cr_assert_eq(aorm_engine_execute(f.e, "SELECT $1::int4 * 2", &p, &xo, t_rec_on_result, &r[i]), 0);
                 }
                 aorm_params_free(&p);
             }
         }
-        cr_assert(run_until_all(&f, r, N, 60), "round %d: not every statement was called back", round);
+        cr_assert(t_rec_wait_all(f.evl, r, N, 60), "round %d: not every statement was called back", round);
         run_for(&f, 0.2);
         int timeouts = 0;
         for (int i = 0; i < N; i++) {
@@ -1865,7 +1732,7 @@ Test(engine_faults, deadlines_hit_only_their_own_statement, .timeout = 120) {
         }
         cr_assert(timeouts >= N / 20, "round %d: only %d deadlines expired", round, timeouts);
     }
-    aorm_engine_stats s = stats_of(f.e);
+    aorm_engine_stats s = t_stats(f.e);
     cr_assert_eq(s.connections_lost, 0);
     cr_assert_eq(s.discarded, 0);
     free(r);
@@ -1886,20 +1753,20 @@ Test(engine_faults, deadline_never_hits_the_commit_behind, .timeout = 120) {
     enum { ROUNDS = 40 };
     int committed = 0;
     for (int i = 0; i < ROUNDS; i++) {
-        hold h = {0};
-        cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0);
+        t_rec h = {0};
+        cr_assert_eq(aorm_engine_acquire(f.e, t_rec_on_conn, &h), 0);
         cr_assert(wait_flag(f.evl, &h.calls, 10));
         cr_assert_eq(h.code, 0);
-        rec b = {0}, ins = {0}, close = {0}, commit = {0};
+        t_rec b = {0}, ins = {0}, close = {0}, commit = {0};
         aorm_params p;
         aorm_params_init(&p);
         aorm_params_int4(&p, i);
-        cr_assert_eq(aorm_conn_begin(h.c, NULL, on_rec, &b), 0);
-        cr_assert_eq(aorm_conn_execute(h.c, "INSERT INTO flt_dl_commit VALUES ($1)", &p, NULL, on_rec, &ins), 0);
+        cr_assert_eq(aorm_conn_begin(h.conn, NULL, t_rec_on_result, &b), 0);
+        cr_assert_eq(aorm_conn_execute(h.conn, "INSERT INTO flt_dl_commit VALUES ($1)", &p, NULL, t_rec_on_result, &ins), 0);
         /* 20 ms of work against a 20-22 ms deadline: finishes just before or just after it */
         aorm_exec_options xo = {.deadline = 0.020 + 0.0001 * (i % 20)};
-        cr_assert_eq(aorm_conn_execute(h.c, "SELECT pg_sleep(0.019)", NULL, &xo, on_rec, &close), 0);
-        cr_assert_eq(aorm_conn_commit(h.c, on_rec, &commit), 0);
+        cr_assert_eq(aorm_conn_execute(h.conn, "SELECT pg_sleep(0.019)", NULL, &xo, t_rec_on_result, &close), 0);
+        cr_assert_eq(aorm_conn_commit(h.conn, t_rec_on_result, &commit), 0);
         aorm_params_free(&p);
         cr_assert(wait_flag(f.evl, &commit.calls, 10));
         if (close.code == 0) {
@@ -1916,7 +1783,7 @@ Test(engine_faults, deadline_never_hits_the_commit_behind, .timeout = 120) {
                       commit.sqlstate, commit.msg);
             committed += commit.code == 0;
         }
-        aorm_conn_release(h.c);
+        aorm_conn_release(h.conn);
     }
     run_for(&f, 0.1);
     cr_assert_eq(t_pg_long(pg, "SELECT count(*) FROM flt_dl_commit"), committed);
@@ -1936,44 +1803,44 @@ Test(engine_faults, stale_plan_on_held_connection_stays_there, .timeout = 60) {
     o.pool_size = 3;
     fx_engine(&f, &o);
     cr_assert_eq(aorm_engine_warm(f.e), 0);
-    hold h = {0};
-    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0);
+    t_rec h = {0};
+    cr_assert_eq(aorm_engine_acquire(f.e, t_rec_on_conn, &h), 0);
     cr_assert(wait_flag(f.evl, &h.calls, 10));
     cr_assert_eq(h.code, 0);
     aorm_exec_options raw = {.flags = AORM_EXEC_UNPREPARED};
-    rec r;
-    conn_sql(&f, h.c, "CREATE TEMP TABLE flt_stale (a int)", &raw, &r);
+    t_rec r;
+    conn_sql(&f, h.conn, "CREATE TEMP TABLE flt_stale (a int)", &raw, &r);
     cr_assert_eq(r.code, 0, "%s", r.msg);
-    conn_sql(&f, h.c, "INSERT INTO flt_stale VALUES (5)", &raw, &r);
+    conn_sql(&f, h.conn, "INSERT INTO flt_stale VALUES (5)", &raw, &r);
     cr_assert_eq(r.code, 0, "%s", r.msg);
-    rec a;
-    conn_sql(&f, h.c, "SELECT * FROM flt_stale", NULL, &a); /* prepared and cached */
+    t_rec a;
+    conn_sql(&f, h.conn, "SELECT * FROM flt_stale", NULL, &a); /* prepared and cached */
     cr_assert_eq(a.code, 0, "%s", a.msg);
     cr_assert(a.has_int && a.ival == 5);
-    conn_sql(&f, h.c, "ALTER TABLE flt_stale ADD COLUMN b int DEFAULT 6", &raw, &r);
+    conn_sql(&f, h.conn, "ALTER TABLE flt_stale ADD COLUMN b int DEFAULT 6", &raw, &r);
     cr_assert_eq(r.code, 0, "%s", r.msg);
-    rec again;
-    conn_sql(&f, h.c, "SELECT * FROM flt_stale", NULL, &again);
+    t_rec again;
+    conn_sql(&f, h.conn, "SELECT * FROM flt_stale", NULL, &again);
     cr_assert_eq(again.code, 0, "the re-prepared statement: %s [%s] %s", aorm_errname(again.code), again.sqlstate,
                  again.msg);
     cr_assert(again.has_int && again.ival == 5);
 
     /* the same inside a raw transaction block: the error aborted it */
-    conn_sql(&f, h.c, "BEGIN", &raw, &r);
+    conn_sql(&f, h.conn, "BEGIN", &raw, &r);
     cr_assert_eq(r.code, 0);
-    conn_sql(&f, h.c, "ALTER TABLE flt_stale ADD COLUMN c int", &raw, &r);
+    conn_sql(&f, h.conn, "ALTER TABLE flt_stale ADD COLUMN c int", &raw, &r);
     cr_assert_eq(r.code, 0, "%s", r.msg);
-    rec in_tx;
-    conn_sql(&f, h.c, "SELECT * FROM flt_stale", NULL, &in_tx);
+    t_rec in_tx;
+    conn_sql(&f, h.conn, "SELECT * FROM flt_stale", NULL, &in_tx);
     cr_assert_eq(in_tx.code, AORM_ESERVER, "inside the block: %s [%s] %s", aorm_errname(in_tx.code), in_tx.sqlstate,
                  in_tx.msg);
     cr_assert_str_eq(in_tx.sqlstate, "0A000");
-    cr_assert_eq(aorm_conn_tx_status(h.c), AORM_TX_INERROR);
-    rec rb = {0};
-    cr_assert_eq(aorm_conn_rollback(h.c, on_rec, &rb), 0);
+    cr_assert_eq(aorm_conn_tx_status(h.conn), AORM_TX_INERROR);
+    t_rec rb = {0};
+    cr_assert_eq(aorm_conn_rollback(h.conn, t_rec_on_result, &rb), 0);
     cr_assert(wait_flag(f.evl, &rb.calls, 10));
     cr_assert_eq(rb.code, 0);
-    aorm_conn_release(h.c);
+    aorm_conn_release(h.conn);
     run_for(&f, 0.1);
     fx_close(&f);
 }
@@ -2060,7 +1927,7 @@ Test(engine_faults, overflow_connections_are_reused, .timeout = 90) {
         w[i].left = EACH;
         writer_next(&w[i]);
     }
-    cr_assert(wait_fn(f.evl, writers_done, w, 60), "the writers did not finish");
+    cr_assert(t_run_until_prompt(f.evl, writers_done, w, 60), "the writers did not finish");
     run_for(&f, 0.1);
     int total = 0;
     for (int i = 0; i < WRITERS; i++) {
@@ -2069,7 +1936,7 @@ Test(engine_faults, overflow_connections_are_reused, .timeout = 90) {
     }
     cr_assert_eq(total, WRITERS * EACH);
     cr_assert_eq(t_pg_long(pg, "SELECT count(*) FROM flt_churn"), WRITERS * EACH);
-    aorm_engine_stats s = stats_of(f.e);
+    aorm_engine_stats s = t_stats(f.e);
     cr_assert(s.connects <= WRITERS, "%llu connections opened for %d writers: churn", (unsigned long long)s.connects,
               WRITERS);
     cr_assert(s.overflow_opened >= 1 && s.overflow_opened <= WRITERS - 2, "overflow_opened = %llu",
@@ -2091,35 +1958,35 @@ Test(engine_faults, dealloc_after_failed_transaction, .timeout = 60) {
     o.pool_size = 1;
     o.prepared_cache_size = 2;
     fx_engine(&f, &o);
-    hold h = {0};
-    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0);
+    t_rec h = {0};
+    cr_assert_eq(aorm_engine_acquire(f.e, t_rec_on_conn, &h), 0);
     cr_assert(wait_flag(f.evl, &h.calls, 10));
     cr_assert_eq(h.code, 0);
-    rec r;
-    rec b = {0};
-    cr_assert_eq(aorm_conn_begin(h.c, NULL, on_rec, &b), 0);
-    conn_sql(&f, h.c, "SELECT 1 AS a", NULL, &r);
-    conn_sql(&f, h.c, "SELECT 2 AS b", NULL, &r);
-    conn_sql(&f, h.c, "SELECT 1/0", NULL, &r); /* evicts the first; the transaction fails */
+    t_rec r;
+    t_rec b = {0};
+    cr_assert_eq(aorm_conn_begin(h.conn, NULL, t_rec_on_result, &b), 0);
+    conn_sql(&f, h.conn, "SELECT 1 AS a", NULL, &r);
+    conn_sql(&f, h.conn, "SELECT 2 AS b", NULL, &r);
+    conn_sql(&f, h.conn, "SELECT 1/0", NULL, &r); /* evicts the first; the transaction fails */
     cr_assert_eq(r.code, AORM_ESERVER);
     for (int i = 0; i < 4; i++) {
         char sql[64];
         snprintf(sql, sizeof(sql), "SELECT %d AS c%d", 10 + i, i); /* more evictions, all refused */
-        conn_sql(&f, h.c, sql, NULL, &r);
+        conn_sql(&f, h.conn, sql, NULL, &r);
         cr_assert_eq(r.code, AORM_ESERVER, "%s", r.msg);
     }
-    rec rb = {0};
-    cr_assert_eq(aorm_conn_rollback(h.c, on_rec, &rb), 0);
+    t_rec rb = {0};
+    cr_assert_eq(aorm_conn_rollback(h.conn, t_rec_on_result, &rb), 0);
     cr_assert(wait_flag(f.evl, &rb.calls, 10));
     cr_assert_eq(rb.code, 0);
     aorm_exec_options raw = {.flags = AORM_EXEC_UNPREPARED};
-    conn_sql(&f, h.c, "SELECT 1", NULL, &r); /* a turn that sends the pending DEALLOCATEs */
+    conn_sql(&f, h.conn, "SELECT 1", NULL, &r); /* a turn that sends the pending DEALLOCATEs */
     run_for(&f, 0.05);
-    rec n;
-    conn_sql(&f, h.c, "SELECT count(*) FROM pg_prepared_statements", &raw, &n);
+    t_rec n;
+    conn_sql(&f, h.conn, "SELECT count(*) FROM pg_prepared_statements", &raw, &n);
     cr_assert_eq(n.code, 0, "%s", n.msg);
     cr_assert(n.ival <= 2, "%lld prepared statements on a connection whose cache holds 2", (long long)n.ival);
-    aorm_conn_release(h.c);
+    aorm_conn_release(h.conn);
     fx_close(&f);
 }
 
@@ -2140,7 +2007,7 @@ Test(engine_faults, fatal_answering_a_prepare_is_a_loss, .timeout = 60) {
     o.pool_size = 1;
     o.max_overflow = 0;
     fx_engine(&f, &o);
-    rec warm;
+    t_rec warm;
     run_sql(&f, "SELECT 1", &warm, 10);
     cr_assert_eq(warm.code, 0, "%s", warm.msg);
 
@@ -2159,9 +2026,9 @@ Test(engine_faults, fatal_answering_a_prepare_is_a_loss, .timeout = 60) {
     fp_stall_live(px, FP_BOTH);
     t_pg_terminate(pg, pid);
 
-    rec r = {0}, behind = {0};
-    cr_assert_eq(aorm_engine_execute(f.e, "SELECT 77 AS fresh", NULL, NULL, on_rec, &r), 0);
-    cr_assert_eq(aorm_engine_execute(f.e, "SELECT 78 AS fresh2", NULL, NULL, on_rec, &behind), 0);
+    t_rec r = {0}, behind = {0};
+    cr_assert_eq(aorm_engine_execute(f.e, "SELECT 77 AS fresh", NULL, NULL, t_rec_on_result, &r), 0);
+    cr_assert_eq(aorm_engine_execute(f.e, "SELECT 78 AS fresh2", NULL, NULL, t_rec_on_result, &behind), 0);
     run_for(&f, 0.2); /* sent, Parse first */
     cr_assert_eq(r.calls, 0);
     fp_stall_live(px, FP_UP); /* the goodbye now arrives, as the answer to the PREPARE */
@@ -2171,7 +2038,7 @@ Test(engine_faults, fatal_answering_a_prepare_is_a_loss, .timeout = 60) {
                  r.sqlstate, r.msg);
     cr_assert_eq(behind.code, AORM_ECONNLOST, "%s [%s] %s", aorm_errname(behind.code), behind.sqlstate, behind.msg);
     /* and the pool heals */
-    rec after;
+    t_rec after;
     run_sql(&f, "SELECT 79", &after, 20);
     cr_assert_eq(after.code, 0, "after the loss: %s [%s] %s", aorm_errname(after.code), after.sqlstate, after.msg);
     run_for(&f, 0.1);
@@ -2208,8 +2075,8 @@ Test(engine_faults, copy_fill_frees_the_engine, .timeout = 60) {
     fx_init(&f, &o, "copy_free", NULL);
     fx_engine(&f, &o);
     copy_free x = {.e = f.e};
-    rec r = {0};
-    cr_assert_eq(aorm_engine_copy(f.e, "COPY flt_copy_free (v) FROM STDIN (FORMAT binary)", fill_and_free, &x, on_rec,
+    t_rec r = {0};
+    cr_assert_eq(aorm_engine_copy(f.e, "COPY flt_copy_free (v) FROM STDIN (FORMAT binary)", fill_and_free, &x, t_rec_on_result,
                                   &r),
                  0);
     cr_assert(wait_flag(f.evl, &r.calls, 10));
@@ -2249,24 +2116,24 @@ Test(engine_faults, commit_outcomes_at_engine_free, .timeout = 60) {
     fx_init(&f, &o, "commit_free", NULL);
     o.pool_size = 2;
     fx_engine(&f, &o);
-    hold h1 = {0}, h2 = {0};
-    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h1), 0);
-    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h2), 0);
-    hold *hs[] = {&h1, &h2, NULL};
-    cr_assert(wait_fn(f.evl, holds_all_called, hs, 10));
+    t_rec h1 = {0}, h2 = {0};
+    cr_assert_eq(aorm_engine_acquire(f.e, t_rec_on_conn, &h1), 0);
+    cr_assert_eq(aorm_engine_acquire(f.e, t_rec_on_conn, &h2), 0);
+    t_rec *hs[] = {&h1, &h2, NULL};
+    cr_assert(t_run_until_prompt(f.evl, t_recs_called, hs, 10));
     cr_assert(h1.code == 0 && h2.code == 0);
-    rec b1 = {0}, i1 = {0}, c1 = {0}, b2 = {0}, i2 = {0}, slow = {0}, c2 = {0};
-    cr_assert_eq(aorm_conn_begin(h1.c, NULL, on_rec, &b1), 0);
-    cr_assert_eq(aorm_conn_execute(h1.c, "INSERT INTO flt_commit_free VALUES (1)", NULL, NULL, on_rec, &i1), 0);
-    cr_assert_eq(aorm_conn_commit(h1.c, on_rec, &c1), 0);
-    cr_assert_eq(aorm_conn_begin(h2.c, NULL, on_rec, &b2), 0);
-    cr_assert_eq(aorm_conn_execute(h2.c, "INSERT INTO flt_commit_free VALUES (2)", NULL, NULL, on_rec, &i2), 0);
+    t_rec b1 = {0}, i1 = {0}, c1 = {0}, b2 = {0}, i2 = {0}, slow = {0}, c2 = {0};
+    cr_assert_eq(aorm_conn_begin(h1.conn, NULL, t_rec_on_result, &b1), 0);
+    cr_assert_eq(aorm_conn_execute(h1.conn, "INSERT INTO flt_commit_free VALUES (1)", NULL, NULL, t_rec_on_result, &i1), 0);
+    cr_assert_eq(aorm_conn_commit(h1.conn, t_rec_on_result, &c1), 0);
+    cr_assert_eq(aorm_conn_begin(h2.conn, NULL, t_rec_on_result, &b2), 0);
+    cr_assert_eq(aorm_conn_execute(h2.conn, "INSERT INTO flt_commit_free VALUES (2)", NULL, NULL, t_rec_on_result, &i2), 0);
     cr_assert(wait_flag(f.evl, &i2.calls, 10));
-    cr_assert_eq(aorm_conn_execute(h2.c, "SELECT pg_sleep(3)", NULL, NULL, on_rec, &slow), 0);
+    cr_assert_eq(aorm_conn_execute(h2.conn, "SELECT pg_sleep(3)", NULL, NULL, t_rec_on_result, &slow), 0);
     void *a[] = {&f, pg};
-    cr_assert(wait_fn(f.evl, commit_running, a, 10), "the first COMMIT never started on the server");
+    cr_assert(t_run_until_prompt(f.evl, commit_running, a, 10), "the first COMMIT never started on the server");
     /* queued after the slow statement had gone out: never sent */
-    cr_assert_eq(aorm_conn_commit(h2.c, on_rec, &c2), 0);
+    cr_assert_eq(aorm_conn_commit(h2.conn, t_rec_on_result, &c2), 0);
     aorm_engine_free(f.e);
     f.e = NULL;
     cr_assert_eq(c1.calls, 1);
@@ -2317,16 +2184,16 @@ int __wrap_PQpipelineSync(PGconn *conn) {
 
 /* A statement whose callback frees the engine. */
 typedef struct rv_freer {
-    rec r;
+    t_rec r;
     fx *f;
 } rv_freer;
 
 static void on_rv_free_engine(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
     rv_freer *x = user;
-    rec_take(&x->r, res, err);
-    g_in_free = 1;
+    t_rec_take(&x->r, res, err);
+    t_rec_mark = 1;
     aorm_engine_free(e);
-    g_in_free = 0;
+    t_rec_mark = 0;
     x->f->e = NULL;
 }
 
@@ -2342,28 +2209,28 @@ Test(engine_faults, review_deadline_callback_frees_the_engine, .timeout = 30) {
         o.pool_size = 1;
         o.max_overflow = 0;
         fx_engine(&f, &o);
-        hold h = {0};
-        rec warm;
+        t_rec h = {0};
+        t_rec warm;
         if (held) {
-            cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0);
+            cr_assert_eq(aorm_engine_acquire(f.e, t_rec_on_conn, &h), 0);
             cr_assert(wait_flag(f.evl, &h.calls, 10));
             cr_assert_eq(h.code, 0);
-            conn_sql(&f, h.c, "SELECT 1", NULL, &warm);
+            conn_sql(&f, h.conn, "SELECT 1", NULL, &warm);
         } else {
             run_sql(&f, "SELECT 1", &warm, 10);
         }
         cr_assert_eq(warm.code, 0);
 
         rv_freer x = {.f = &f};
-        rec behind = {0};
+        t_rec behind = {0};
         aorm_exec_options xo = {.deadline = 0.2};
         double t0 = t_mono();
         if (held) {
-            cr_assert_eq(aorm_conn_execute(h.c, "SELECT pg_sleep(1)", NULL, &xo, on_rv_free_engine, &x), 0);
-            cr_assert_eq(aorm_conn_execute(h.c, "SELECT 2", NULL, NULL, on_rec, &behind), 0);
+            cr_assert_eq(aorm_conn_execute(h.conn, "SELECT pg_sleep(1)", NULL, &xo, on_rv_free_engine, &x), 0);
+            cr_assert_eq(aorm_conn_execute(h.conn, "SELECT 2", NULL, NULL, t_rec_on_result, &behind), 0);
         } else {
             cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(1)", NULL, &xo, on_rv_free_engine, &x), 0);
-            cr_assert_eq(aorm_engine_execute(f.e, "SELECT 2", NULL, NULL, on_rec, &behind), 0);
+            cr_assert_eq(aorm_engine_execute(f.e, "SELECT 2", NULL, NULL, t_rec_on_result, &behind), 0);
         }
         cr_assert(wait_flag(f.evl, &x.r.calls, 5), "%s: the deadline never expired", held ? "held" : "shared");
         cr_assert_null(f.e, "the callback did not free the engine");
@@ -2376,7 +2243,7 @@ Test(engine_faults, review_deadline_callback_frees_the_engine, .timeout = 30) {
                      behind.calls);
         cr_assert_eq(behind.code, AORM_ECANCELED, "%s: the statement behind: %s", held ? "held" : "shared",
                      aorm_errname(behind.code));
-        cr_assert(behind.in_free, "the statement behind was not called back from inside the free");
+        cr_assert(behind.mark, "the statement behind was not called back from inside the free");
         run_for(&f, 1.0); /* past the end of the sleep: nothing more is called */
         cr_assert_eq(x.r.calls, 1);
         cr_assert_eq(behind.calls, 1);
@@ -2410,7 +2277,7 @@ Test(engine_faults, review_owner_cancel_frees_engine_and_owner, .timeout = 30) {
         o.pool_size = 1;
         o.max_overflow = 0;
         fx_engine(&f, &o);
-        rec warm;
+        t_rec warm;
         run_sql(&f, "SELECT 1", &warm, 10);
         cr_assert_eq(warm.code, 0);
 
@@ -2419,16 +2286,16 @@ Test(engine_faults, review_owner_cancel_frees_engine_and_owner, .timeout = 30) {
         rv_close cl = {0};
         aorm_owner_on_close(ow, on_rv_close_free_owner, &cl);
         rv_freer x = {.f = &f};
-        rec second = {0};
+        t_rec second = {0};
         aorm_exec_options xo = {.owner = ow};
         cr_assert_eq(aorm_engine_execute(f.e, sent ? "SELECT pg_sleep(0.3)" : "SELECT 1", NULL, &xo,
                                          on_rv_free_engine, &x),
                      0);
-        cr_assert_eq(aorm_engine_execute(f.e, "SELECT 2", NULL, &xo, on_rec, &second), 0);
+        cr_assert_eq(aorm_engine_execute(f.e, "SELECT 2", NULL, &xo, t_rec_on_result, &second), 0);
         if (sent) {
             uint64_t want = 2; /* the warm-up and the sleep */
             void *a[2] = {f.e, &want};
-            cr_assert(wait_fn(f.evl, all_sent, a, 5), "the sleep was never sent");
+            cr_assert(t_run_until_prompt(f.evl, all_sent, a, 5), "the sleep was never sent");
             cr_assert_eq(x.r.calls, 0);
         }
         aorm_owner_cancel(ow); /* ow is freed by its close callback during this call */
@@ -2465,12 +2332,12 @@ Test(engine_faults, review_sync_failure_on_shared_connection, .timeout = 30) {
     fx_engine(&f, &o);
     for (int round = 0; round < 2; round++) {
         warm_and_wait(&f, 2);
-        uint64_t lost_before = stats_of(f.e).connections_lost;
+        uint64_t lost_before = t_stats(f.e).connections_lost;
         aorm_exec_options xo = {.flags = round ? 0 : AORM_EXEC_READONLY};
-        rec lost = {0}, other = {0};
+        t_rec lost = {0}, other = {0};
         g_fail_syncs = 1;
-        cr_assert_eq(aorm_engine_execute(f.e, round ? "SELECT 11" : "SELECT 13", NULL, &xo, on_rec, &lost), 0);
-        if (round == 1) cr_assert_eq(aorm_engine_execute(f.e, "SELECT 12", NULL, NULL, on_rec, &other), 0);
+        cr_assert_eq(aorm_engine_execute(f.e, round ? "SELECT 11" : "SELECT 13", NULL, &xo, t_rec_on_result, &lost), 0);
+        if (round == 1) cr_assert_eq(aorm_engine_execute(f.e, "SELECT 12", NULL, NULL, t_rec_on_result, &other), 0);
         cr_assert(wait_flag(f.evl, &lost.calls, 10), "round %d: the statement never came back", round);
         if (round == 1) cr_assert(wait_flag(f.evl, &other.calls, 10));
         cr_assert_eq(g_fail_syncs, 0, "round %d: no sync was made", round);
@@ -2482,8 +2349,8 @@ Test(engine_faults, review_sync_failure_on_shared_connection, .timeout = 30) {
                          aorm_errname(other.code), other.sqlstate, other.msg);
             cr_assert(other.has_int && other.ival == 12);
         }
-        cr_assert_eq(stats_of(f.e).connections_lost, lost_before + 1);
-        rec after;
+        cr_assert_eq(t_stats(f.e).connections_lost, lost_before + 1);
+        t_rec after;
         run_sql(&f, "SELECT 14", &after, 10);
         cr_assert_eq(after.code, 0, "round %d, after the loss: %s [%s] %s", round, aorm_errname(after.code),
                      after.sqlstate, after.msg);
@@ -2499,7 +2366,7 @@ Test(engine_faults, review_sync_failure_on_shared_connection, .timeout = 30) {
 /* A held connection's statement whose callback releases the connection
  * on error (the usual handler). */
 typedef struct rv_rel {
-    rec r;
+    t_rec r;
     aorm_conn **c;
     int *releases;
     int *next;
@@ -2508,7 +2375,7 @@ typedef struct rv_rel {
 
 static void on_rv_release(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
     rv_rel *x = user;
-    rec_take(&x->r, res, err);
+    t_rec_take(&x->r, res, err);
     x->seq = (*x->next)++;
     if (err && *x->c) {
         aorm_conn_release(*x->c);
@@ -2529,15 +2396,15 @@ Test(engine_faults, review_sync_failure_on_held_connection, .timeout = 30) {
     o.max_overflow = 0;
     o.pool_timeout = 5;
     fx_engine(&f, &o);
-    hold h = {0};
-    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0);
+    t_rec h = {0};
+    cr_assert_eq(aorm_engine_acquire(f.e, t_rec_on_conn, &h), 0);
     cr_assert(wait_flag(f.evl, &h.calls, 10));
     cr_assert_eq(h.code, 0);
-    rec warm;
-    conn_sql(&f, h.c, "SELECT 1", NULL, &warm);
+    t_rec warm;
+    conn_sql(&f, h.conn, "SELECT 1", NULL, &warm);
     cr_assert_eq(warm.code, 0);
 
-    aorm_conn *c = h.c;
+    aorm_conn *c = h.conn;
     int releases = 0, next = 0;
     rv_rel q[2];
     memset(q, 0, sizeof(q));
@@ -2560,23 +2427,23 @@ Test(engine_faults, review_sync_failure_on_held_connection, .timeout = 30) {
         cr_assert_eq(q[i].seq, i, "statement %d called back in position %d", i, q[i].seq);
     }
     cr_assert_eq(releases, 1);
-    aorm_engine_stats s = stats_of(f.e);
+    aorm_engine_stats s = t_stats(f.e);
     cr_assert_eq(s.held, 0, "held = %d", s.held);
     cr_assert_eq(s.connections_lost, 1);
 
     /* the pool heals: autocommit work, and a new holder */
-    rec after;
+    t_rec after;
     run_sql(&f, "SELECT 23", &after, 10);
     cr_assert_eq(after.code, 0, "after the loss: %s [%s] %s", aorm_errname(after.code), after.sqlstate, after.msg);
     cr_assert(after.has_int && after.ival == 23);
-    hold h2 = {0};
-    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h2), 0);
+    t_rec h2 = {0};
+    cr_assert_eq(aorm_engine_acquire(f.e, t_rec_on_conn, &h2), 0);
     cr_assert(wait_flag(f.evl, &h2.calls, 10));
     cr_assert_eq(h2.code, 0, "acquire after the loss: %s", aorm_errname(h2.code));
-    rec on_new;
-    conn_sql(&f, h2.c, "SELECT 24", NULL, &on_new);
+    t_rec on_new;
+    conn_sql(&f, h2.conn, "SELECT 24", NULL, &on_new);
     cr_assert(on_new.code == 0 && on_new.has_int && on_new.ival == 24);
-    aorm_conn_release(h2.c);
+    aorm_conn_release(h2.conn);
     run_for(&f, 0.05);
     cr_assert_eq(h.calls, 1);
     cr_assert_eq(h2.calls, 1);
@@ -2597,15 +2464,15 @@ Test(engine_faults, review_deadline_behind_long_statement, .timeout = 40) {
     o.max_overflow = 0;
     o.connect_timeout = 1;
     fx_engine(&f, &o);
-    rec warm;
+    t_rec warm;
     run_sql(&f, "SELECT 1", &warm, 10);
     cr_assert_eq(warm.code, 0);
 
-    rec slow = {0}, quick = {0};
+    t_rec slow = {0}, quick = {0};
     aorm_exec_options xo = {.deadline = 0.5};
     double t0 = t_mono();
-    cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(6)", NULL, NULL, on_rec, &slow), 0);
-    cr_assert_eq(aorm_engine_execute(f.e, "SELECT 42", NULL, &xo, on_rec, &quick), 0);
+    cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(6)", NULL, NULL, t_rec_on_result, &slow), 0);
+    cr_assert_eq(aorm_engine_execute(f.e, "SELECT 42", NULL, &xo, t_rec_on_result, &quick), 0);
     cr_assert(wait_flag(f.evl, &quick.calls, 5));
     cr_assert_eq(quick.code, AORM_ETIMEOUT, "the statement with the deadline: %s [%s] %s", aorm_errname(quick.code),
                  quick.sqlstate, quick.msg);
@@ -2615,13 +2482,13 @@ Test(engine_faults, review_deadline_behind_long_statement, .timeout = 40) {
     cr_assert(wait_flag(f.evl, &slow.calls, 10), "the long statement never came back");
     cr_assert_eq(slow.code, 0, "the long statement (no deadline) after %.2f s: %s [%s] %s", slow.at - t0,
                  aorm_errname(slow.code), slow.sqlstate, slow.msg);
-    rec after;
+    t_rec after;
     run_sql(&f, "SELECT 43", &after, 10);
     cr_assert(after.code == 0 && after.has_int && after.ival == 43, "after: %s", aorm_errname(after.code));
     run_for(&f, 0.1);
     cr_assert_eq(slow.calls, 1);
     cr_assert_eq(quick.calls, 1);
-    aorm_engine_stats s = stats_of(f.e);
+    aorm_engine_stats s = t_stats(f.e);
     cr_assert_eq(s.connections_lost, 0);
     cr_assert_eq(s.discarded, 0);
     cr_assert_eq(s.connects, 1, "connects = %llu", (unsigned long long)s.connects);
@@ -2642,19 +2509,19 @@ Test(engine_faults, review_deadline_behind_long_statement_held, .timeout = 40) {
     o.max_overflow = 0;
     o.connect_timeout = 1;
     fx_engine(&f, &o);
-    hold h = {0};
-    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0);
+    t_rec h = {0};
+    cr_assert_eq(aorm_engine_acquire(f.e, t_rec_on_conn, &h), 0);
     cr_assert(wait_flag(f.evl, &h.calls, 10));
     cr_assert_eq(h.code, 0);
 
-    rec b = {0}, ins = {0}, slow = {0}, quick = {0}, commit = {0};
+    t_rec b = {0}, ins = {0}, slow = {0}, quick = {0}, commit = {0};
     aorm_exec_options xo = {.deadline = 0.5};
     double t0 = t_mono();
-    cr_assert_eq(aorm_conn_begin(h.c, NULL, on_rec, &b), 0);
-    cr_assert_eq(aorm_conn_execute(h.c, "INSERT INTO flt_rv_long VALUES (1)", NULL, NULL, on_rec, &ins), 0);
-    cr_assert_eq(aorm_conn_execute(h.c, "SELECT pg_sleep(6)", NULL, NULL, on_rec, &slow), 0);
-    cr_assert_eq(aorm_conn_execute(h.c, "SELECT 42", NULL, &xo, on_rec, &quick), 0);
-    cr_assert_eq(aorm_conn_commit(h.c, on_rec, &commit), 0);
+    cr_assert_eq(aorm_conn_begin(h.conn, NULL, t_rec_on_result, &b), 0);
+    cr_assert_eq(aorm_conn_execute(h.conn, "INSERT INTO flt_rv_long VALUES (1)", NULL, NULL, t_rec_on_result, &ins), 0);
+    cr_assert_eq(aorm_conn_execute(h.conn, "SELECT pg_sleep(6)", NULL, NULL, t_rec_on_result, &slow), 0);
+    cr_assert_eq(aorm_conn_execute(h.conn, "SELECT 42", NULL, &xo, t_rec_on_result, &quick), 0);
+    cr_assert_eq(aorm_conn_commit(h.conn, t_rec_on_result, &commit), 0);
     cr_assert(wait_flag(f.evl, &quick.calls, 5));
     cr_assert_eq(quick.code, AORM_ETIMEOUT, "%s [%s] %s", aorm_errname(quick.code), quick.sqlstate, quick.msg);
     cr_assert(quick.at - t0 >= 0.45 && quick.at - t0 < 1.5, "a deadline of 0.5 s expired after %.2f s",
@@ -2665,13 +2532,13 @@ Test(engine_faults, review_deadline_behind_long_statement_held, .timeout = 40) {
     cr_assert_eq(b.code, 0, "BEGIN: %s [%s] %s", aorm_errname(b.code), b.sqlstate, b.msg);
     cr_assert_eq(ins.code, 0, "INSERT: %s [%s] %s", aorm_errname(ins.code), ins.sqlstate, ins.msg);
     cr_assert_eq(commit.code, 0, "COMMIT: %s [%s] %s", aorm_errname(commit.code), commit.sqlstate, commit.msg);
-    cr_assert_eq(aorm_conn_tx_status(h.c), AORM_TX_IDLE);
+    cr_assert_eq(aorm_conn_tx_status(h.conn), AORM_TX_IDLE);
     run_for(&f, 0.1);
     cr_assert(b.calls == 1 && ins.calls == 1 && slow.calls == 1 && quick.calls == 1 && commit.calls == 1);
     cr_assert_eq(t_pg_long(pg, "SELECT count(*) FROM flt_rv_long"), 1);
-    aorm_conn_release(h.c);
+    aorm_conn_release(h.conn);
     run_for(&f, 0.05);
-    aorm_engine_stats s = stats_of(f.e);
+    aorm_engine_stats s = t_stats(f.e);
     cr_assert_eq(s.connections_lost, 0);
     cr_assert_eq(s.discarded, 0);
     fx_close(&f);
@@ -2690,47 +2557,47 @@ Test(engine_faults, review_reservation_of_cancelled_acquire, .timeout = 30) {
     o.max_overflow = 0;
     o.pool_timeout = 2;
     fx_engine(&f, &o);
-    rec warm;
+    t_rec warm;
     run_sql(&f, "SELECT 1", &warm, 10);
     cr_assert_eq(warm.code, 0);
 
-    rec busy = {0};
-    cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(0.5)", NULL, NULL, on_rec, &busy), 0);
+    t_rec busy = {0};
+    cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(0.5)", NULL, NULL, t_rec_on_result, &busy), 0);
     uint64_t want = 2;
     void *a[2] = {f.e, &want};
-    cr_assert(wait_fn(f.evl, all_sent, a, 5), "the sleep was never sent");
+    cr_assert(t_run_until_prompt(f.evl, all_sent, a, 5), "the sleep was never sent");
     aorm_owner *ow = aorm_owner_new(f.e);
     cr_assert_not_null(ow);
-    hold h = {0};
-    cr_assert_eq(aorm_owner_acquire(ow, on_hold, &h), 0);
+    t_rec h = {0};
+    cr_assert_eq(aorm_owner_acquire(ow, t_rec_on_conn, &h), 0);
     run_for(&f, 0.1); /* a dispatch reserves the busy connection for it */
     cr_assert_eq(h.calls, 0);
-    cr_assert_eq(stats_of(f.e).waiting, 1);
+    cr_assert_eq(t_stats(f.e).waiting, 1);
     aorm_owner_cancel(ow);
     cr_assert_eq(h.calls, 1);
     cr_assert_eq(h.code, AORM_ECANCELED, "the cancelled acquire: %s", aorm_errname(h.code));
-    cr_assert_null(h.c);
+    cr_assert_null(h.conn);
     cr_assert(wait_flag(f.evl, &busy.calls, 5));
     cr_assert_eq(busy.code, 0);
 
-    rec next = {0};
+    t_rec next = {0};
     double t0 = t_mono();
-    cr_assert_eq(aorm_engine_execute(f.e, "SELECT 2", NULL, NULL, on_rec, &next), 0);
+    cr_assert_eq(aorm_engine_execute(f.e, "SELECT 2", NULL, NULL, t_rec_on_result, &next), 0);
     cr_assert(wait_flag(f.evl, &next.calls, 5));
     cr_assert_eq(next.code, 0, "a statement after the cancelled acquire: %s [%s] %s", aorm_errname(next.code),
                  next.sqlstate, next.msg);
     cr_assert(next.has_int && next.ival == 2);
     cr_assert(next.at - t0 < 0.5, "it waited %.2f s for the idle connection", next.at - t0);
     /* and the connection can be acquired again */
-    hold h2 = {0};
-    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h2), 0);
+    t_rec h2 = {0};
+    cr_assert_eq(aorm_engine_acquire(f.e, t_rec_on_conn, &h2), 0);
     cr_assert(wait_flag(f.evl, &h2.calls, 5));
     cr_assert_eq(h2.code, 0, "%s", aorm_errname(h2.code));
-    aorm_conn_release(h2.c);
+    aorm_conn_release(h2.conn);
     run_for(&f, 0.05);
     cr_assert_eq(h.calls, 1);
     cr_assert_eq(next.calls, 1);
-    aorm_engine_stats s = stats_of(f.e);
+    aorm_engine_stats s = t_stats(f.e);
     cr_assert_eq(s.connects, 1);
     cr_assert_eq(s.idle, 1, "idle = %d", s.idle);
     aorm_owner_free(ow);
@@ -2745,17 +2612,17 @@ Test(engine_faults, review_reservation_of_timed_out_acquire, .timeout = 30) {
     o.max_overflow = 0;
     o.pool_timeout = 0.3;
     fx_engine(&f, &o);
-    rec warm;
+    t_rec warm;
     run_sql(&f, "SELECT 1", &warm, 10);
     cr_assert_eq(warm.code, 0);
 
-    rec busy = {0};
-    cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(1)", NULL, NULL, on_rec, &busy), 0);
+    t_rec busy = {0};
+    cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(1)", NULL, NULL, t_rec_on_result, &busy), 0);
     uint64_t want = 2;
     void *a[2] = {f.e, &want};
-    cr_assert(wait_fn(f.evl, all_sent, a, 5), "the sleep was never sent");
-    hold h = {0};
-    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0);
+    cr_assert(t_run_until_prompt(f.evl, all_sent, a, 5), "the sleep was never sent");
+    t_rec h = {0};
+    cr_assert_eq(aorm_engine_acquire(f.e, t_rec_on_conn, &h), 0);
     cr_assert(wait_flag(f.evl, &h.calls, 5));
     cr_assert_eq(h.code, AORM_EPOOLTIMEOUT, "the acquire: %s", aorm_errname(h.code));
     cr_assert_eq(busy.calls, 0, "the sleep ended before the acquire timed out");
@@ -2763,11 +2630,11 @@ Test(engine_faults, review_reservation_of_timed_out_acquire, .timeout = 30) {
     cr_assert_eq(busy.code, 0);
 
     enum { N = 3 };
-    rec next[N];
+    t_rec next[N];
     memset(next, 0, sizeof(next));
     double t0 = t_mono();
-    for (int i = 0; i < N; i++) cr_assert_eq(aorm_engine_execute(f.e, "SELECT 2", NULL, NULL, on_rec, &next[i]), 0);
-    cr_assert(run_until_all(&f, next, N, 5));
+    for (int i = 0; i < N; i++) cr_assert_eq(aorm_engine_execute(f.e, "SELECT 2", NULL, NULL, t_rec_on_result, &next[i]), 0);
+    cr_assert(t_rec_wait_all(f.evl, next, N, 5));
     for (int i = 0; i < N; i++) {
         /* (one left out of rotation: each would wait its pool timeout, 0.3 s, and fail) */
         cr_assert_eq(next[i].code, 0, "statement %d after the timed-out acquire, %.2f s later: %s [%s] %s", i,
@@ -2776,7 +2643,7 @@ Test(engine_faults, review_reservation_of_timed_out_acquire, .timeout = 30) {
     run_for(&f, 0.05);
     cr_assert_eq(h.calls, 1);
     for (int i = 0; i < N; i++) cr_assert_eq(next[i].calls, 1);
-    aorm_engine_stats s = stats_of(f.e);
+    aorm_engine_stats s = t_stats(f.e);
     cr_assert_eq(s.connects, 1);
     cr_assert_eq(s.idle, 1, "idle = %d", s.idle);
     fx_close(&f);
@@ -2817,14 +2684,14 @@ Test(engine_faults, review_owned_copy_goes_with_its_owner, .timeout = 30) {
     /* queued behind a statement, the owner freed before anything is sent */
     aorm_owner *ow = aorm_owner_new(f.e);
     cr_assert_not_null(ow);
-    hold h = {0};
-    cr_assert_eq(aorm_owner_acquire(ow, on_hold, &h), 0);
+    t_rec h = {0};
+    cr_assert_eq(aorm_owner_acquire(ow, t_rec_on_conn, &h), 0);
     cr_assert(wait_flag(f.evl, &h.calls, 10));
     cr_assert_eq(h.code, 0);
-    rec ins = {0}, cp = {0};
+    t_rec ins = {0}, cp = {0};
     rv_fill fl = {0};
-    cr_assert_eq(aorm_conn_execute(h.c, "INSERT INTO flt_rv_copy VALUES (-1)", NULL, NULL, on_rec, &ins), 0);
-    cr_assert_eq(aorm_conn_copy(h.c, "COPY flt_rv_copy (v) FROM STDIN (FORMAT binary)", rv_fill_rows, &fl, on_rec,
+    cr_assert_eq(aorm_conn_execute(h.conn, "INSERT INTO flt_rv_copy VALUES (-1)", NULL, NULL, t_rec_on_result, &ins), 0);
+    cr_assert_eq(aorm_conn_copy(h.conn, "COPY flt_rv_copy (v) FROM STDIN (FORMAT binary)", rv_fill_rows, &fl, t_rec_on_result,
                                 &cp),
                  0);
     aorm_owner_free(ow);
@@ -2836,16 +2703,16 @@ Test(engine_faults, review_owned_copy_goes_with_its_owner, .timeout = 30) {
     cr_assert_eq(ins.calls, 1);
     cr_assert_eq(cp.calls, 1, "the COPY was called back again after its owner was freed");
     cr_assert_eq(fl.fills, 0, "the COPY of a freed owner was filled");
-    cr_assert(wait_fn(f.evl, none_held, f.e, 5), "the owner's connection never came back");
+    cr_assert(t_run_until_prompt(f.evl, none_held, f.e, 5), "the owner's connection never came back");
     cr_assert_eq(t_pg_long(pg, "SELECT count(*) FROM flt_rv_copy"), 0);
 
     /* the pool works on */
-    hold h2 = {0};
-    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h2), 0);
+    t_rec h2 = {0};
+    cr_assert_eq(aorm_engine_acquire(f.e, t_rec_on_conn, &h2), 0);
     cr_assert(wait_flag(f.evl, &h2.calls, 10));
     cr_assert_eq(h2.code, 0, "%s", aorm_errname(h2.code));
-    cr_assert_eq(aorm_conn_tx_status(h2.c), AORM_TX_IDLE);
-    aorm_conn_release(h2.c);
+    cr_assert_eq(aorm_conn_tx_status(h2.conn), AORM_TX_IDLE);
+    aorm_conn_release(h2.conn);
     run_for(&f, 0.05);
     cr_assert(h.calls == 1 && h2.calls == 1);
     fx_close(&f);
@@ -2868,16 +2735,16 @@ Test(engine_faults, review_owned_copy_cancelled_while_streaming, .timeout = 30) 
     fx_engine(&f, &o);
     aorm_owner *ow = aorm_owner_new(f.e);
     cr_assert_not_null(ow);
-    hold h = {0};
-    cr_assert_eq(aorm_owner_acquire(ow, on_hold, &h), 0);
+    t_rec h = {0};
+    cr_assert_eq(aorm_owner_acquire(ow, t_rec_on_conn, &h), 0);
     cr_assert(wait_flag(f.evl, &h.calls, 10));
     cr_assert_eq(h.code, 0);
-    rec cp = {0};
+    t_rec cp = {0};
     rv_fill fl = {.forever = 1};
-    cr_assert_eq(aorm_conn_copy(h.c, "COPY flt_rv_copy_cancel (v) FROM STDIN (FORMAT binary)", rv_fill_rows, &fl,
-                                on_rec, &cp),
+    cr_assert_eq(aorm_conn_copy(h.conn, "COPY flt_rv_copy_cancel (v) FROM STDIN (FORMAT binary)", rv_fill_rows, &fl,
+                                t_rec_on_result, &cp),
                  0);
-    cr_assert(wait_fn(f.evl, rv_fill_started, &fl, 10), "the COPY never started streaming");
+    cr_assert(t_run_until_prompt(f.evl, rv_fill_started, &fl, 10), "the COPY never started streaming");
     cr_assert_eq(cp.calls, 0);
     aorm_owner_cancel(ow);
     int fills = fl.fills;
@@ -2886,17 +2753,17 @@ Test(engine_faults, review_owned_copy_cancelled_while_streaming, .timeout = 30) 
     run_for(&f, 0.3);
     cr_assert_eq(cp.calls, 1);
     cr_assert_eq(fl.fills, fills, "filled %d more times after the cancel", fl.fills - fills);
-    cr_assert(wait_fn(f.evl, none_held, f.e, 5),
+    cr_assert(t_run_until_prompt(f.evl, none_held, f.e, 5),
               "the connection of the cancelled COPY never went back to the pool: held %d, open %d, idle %d",
-              stats_of(f.e).held, stats_of(f.e).open, stats_of(f.e).idle);
+              t_stats(f.e).held, t_stats(f.e).open, t_stats(f.e).idle);
     cr_assert_eq(t_pg_long(pg, "SELECT count(*) FROM flt_rv_copy_cancel"), 0);
     /* the owner stays usable, and gets the connection clean */
-    hold h2 = {0};
-    cr_assert_eq(aorm_owner_acquire(ow, on_hold, &h2), 0);
+    t_rec h2 = {0};
+    cr_assert_eq(aorm_owner_acquire(ow, t_rec_on_conn, &h2), 0);
     cr_assert(wait_flag(f.evl, &h2.calls, 10));
     cr_assert_eq(h2.code, 0, "%s", aorm_errname(h2.code));
-    cr_assert_eq(aorm_conn_tx_status(h2.c), AORM_TX_IDLE);
-    aorm_conn_release(h2.c);
+    cr_assert_eq(aorm_conn_tx_status(h2.conn), AORM_TX_IDLE);
+    aorm_conn_release(h2.conn);
     aorm_owner_free(ow);
     run_for(&f, 0.05);
     cr_assert(h.calls == 1 && h2.calls == 1);
@@ -2925,26 +2792,26 @@ Test(engine_faults, review_copy_released_while_streaming, .timeout = 30) {
     o.pool_size = 1;
     o.max_overflow = 0;
     fx_engine(&f, &o);
-    hold h = {0};
-    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0);
+    t_rec h = {0};
+    cr_assert_eq(aorm_engine_acquire(f.e, t_rec_on_conn, &h), 0);
     cr_assert(wait_flag(f.evl, &h.calls, 10));
     cr_assert_eq(h.code, 0);
-    rec cp = {0};
+    t_rec cp = {0};
     rv_fill fl = {.forever = 1};
-    cr_assert_eq(aorm_conn_copy(h.c, "COPY flt_rv_copy_rel (v) FROM STDIN (FORMAT binary)", rv_fill_twenty, &fl,
-                                on_rec, &cp),
+    cr_assert_eq(aorm_conn_copy(h.conn, "COPY flt_rv_copy_rel (v) FROM STDIN (FORMAT binary)", rv_fill_twenty, &fl,
+                                t_rec_on_result, &cp),
                  0);
-    cr_assert(wait_fn(f.evl, rv_fill_started, &fl, 10), "the COPY never started streaming");
+    cr_assert(t_run_until_prompt(f.evl, rv_fill_started, &fl, 10), "the COPY never started streaming");
     cr_assert_eq(cp.calls, 0);
-    aorm_conn_release(h.c);
+    aorm_conn_release(h.conn);
     cr_assert(wait_flag(f.evl, &cp.calls, 10), "the COPY never completed");
     cr_assert_eq(cp.code, 0, "the COPY: %s [%s] %s", aorm_errname(cp.code), cp.sqlstate, cp.msg);
     cr_assert_eq(fl.fills, 20);
-    cr_assert(wait_fn(f.evl, none_held, f.e, 5),
+    cr_assert(t_run_until_prompt(f.evl, none_held, f.e, 5),
               "the connection released during its COPY never went back to the pool: held %d, open %d, idle %d",
-              stats_of(f.e).held, stats_of(f.e).open, stats_of(f.e).idle);
+              t_stats(f.e).held, t_stats(f.e).open, t_stats(f.e).idle);
     cr_assert_eq(t_pg_long(pg, "SELECT count(*) FROM flt_rv_copy_rel"), 20 * 1000);
-    rec after;
+    t_rec after;
     run_sql(&f, "SELECT 5", &after, 5);
     cr_assert_eq(after.code, 0, "%s", aorm_errname(after.code));
     run_for(&f, 0.05);
@@ -2955,7 +2822,7 @@ Test(engine_faults, review_copy_released_while_streaming, .timeout = 30) {
     PQfinish(pg);
 }
 
-static int open_at_most_one(void *arg) { return stats_of(arg).open <= 1; }
+static int open_at_most_one(void *arg) { return t_stats(arg).open <= 1; }
 
 /* Overflow connections that were busy with autocommit statements in the
  * last dispatch are closed idle_timeout after they go idle, with no
@@ -2968,21 +2835,21 @@ Test(engine_faults, review_idle_overflow_reaped_without_traffic, .timeout = 30) 
     o.max_overflow = 1;
     o.idle_timeout = 0.5;
     fx_engine(&f, &o);
-    hold h1 = {0}, h2 = {0};
-    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h1), 0);
-    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h2), 0);
-    hold *hs[] = {&h1, &h2, NULL};
-    cr_assert(wait_fn(f.evl, holds_all_called, hs, 10));
+    t_rec h1 = {0}, h2 = {0};
+    cr_assert_eq(aorm_engine_acquire(f.e, t_rec_on_conn, &h1), 0);
+    cr_assert_eq(aorm_engine_acquire(f.e, t_rec_on_conn, &h2), 0);
+    t_rec *hs[] = {&h1, &h2, NULL};
+    cr_assert(t_run_until_prompt(f.evl, t_recs_called, hs, 10));
     cr_assert(h1.code == 0 && h2.code == 0);
-    aorm_conn_release(h1.c);
-    aorm_conn_release(h2.c);
-    cr_assert(wait_fn(f.evl, none_held, f.e, 5));
-    cr_assert_eq(stats_of(f.e).open, 2);
+    aorm_conn_release(h1.conn);
+    aorm_conn_release(h2.conn);
+    cr_assert(t_run_until_prompt(f.evl, none_held, f.e, 5));
+    cr_assert_eq(t_stats(f.e).open, 2);
 
-    rec a = {0}, b = {0};
-    cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_backend_pid() FROM pg_sleep(0.2)", NULL, NULL, on_rec, &a), 0);
-    cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_backend_pid() FROM pg_sleep(0.2)", NULL, NULL, on_rec, &b), 0);
-    rec ab[2];
+    t_rec a = {0}, b = {0};
+    cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_backend_pid() FROM pg_sleep(0.2)", NULL, NULL, t_rec_on_result, &a), 0);
+    cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_backend_pid() FROM pg_sleep(0.2)", NULL, NULL, t_rec_on_result, &b), 0);
+    t_rec ab[2];
     cr_assert(wait_flag(f.evl, &a.calls, 5) && wait_flag(f.evl, &b.calls, 5));
     ab[0] = a;
     ab[1] = b;
@@ -2993,9 +2860,9 @@ Test(engine_faults, review_idle_overflow_reaped_without_traffic, .timeout = 30) 
     double idle_since = t_mono();
 
     /* no more traffic from here on */
-    cr_assert(wait_fn(f.evl, open_at_most_one, f.e, 3), "%d connections still open %.1f s after the last statement "
-              "(pool_size 1, idle_timeout 0.5)", stats_of(f.e).open, t_mono() - idle_since);
-    aorm_engine_stats s = stats_of(f.e);
+    cr_assert(t_run_until_prompt(f.evl, open_at_most_one, f.e, 3), "%d connections still open %.1f s after the last statement "
+              "(pool_size 1, idle_timeout 0.5)", t_stats(f.e).open, t_mono() - idle_since);
+    aorm_engine_stats s = t_stats(f.e);
     cr_assert_eq(s.open, 1, "open = %d", s.open);
     cr_assert_eq(s.overflow_closed, 1, "overflow_closed = %llu", (unsigned long long)s.overflow_closed);
     PGconn *pg = t_pg();
@@ -3012,7 +2879,7 @@ Test(engine_faults, review_idle_overflow_reaped_without_traffic, .timeout = 30) 
 /* The statement_timeout of the holder's session, in ms. */
 static int64_t rv_statement_timeout(fx *f, aorm_conn *c) {
     aorm_exec_options raw = {.flags = AORM_EXEC_UNPREPARED, .deadline = -1};
-    rec r;
+    t_rec r;
     conn_sql(f, c, "SELECT setting::int8 FROM pg_settings WHERE name = 'statement_timeout'", &raw, &r);
     cr_assert(r.code == 0 && r.has_int, "statement_timeout: %s [%s] %s", aorm_errname(r.code), r.sqlstate, r.msg);
     return r.ival;
@@ -3028,19 +2895,19 @@ Test(engine_faults, review_deadline_on_raw_commit, .timeout = 30) {
     fx_init(&f, &o, "rv_dl_commit", NULL);
     o.pool_size = 1;
     fx_engine(&f, &o);
-    hold h = {0};
-    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0);
+    t_rec h = {0};
+    cr_assert_eq(aorm_engine_acquire(f.e, t_rec_on_conn, &h), 0);
     cr_assert(wait_flag(f.evl, &h.calls, 10));
     cr_assert_eq(h.code, 0);
-    int64_t before = rv_statement_timeout(&f, h.c);
+    int64_t before = rv_statement_timeout(&f, h.conn);
 
     for (int round = 0; round < 2; round++) {
         /* round 1: the COMMIT's statement is prepared by now */
-        rec b = {0}, commit = {0}, after = {0};
+        t_rec b = {0}, commit = {0}, after = {0};
         aorm_exec_options xo = {.deadline = 2};
-        cr_assert_eq(aorm_conn_begin(h.c, NULL, on_rec, &b), 0);
-        cr_assert_eq(aorm_conn_execute(h.c, "COMMIT", NULL, &xo, on_rec, &commit), 0);
-        cr_assert_eq(aorm_conn_execute(h.c, "SELECT 1", NULL, NULL, on_rec, &after), 0);
+        cr_assert_eq(aorm_conn_begin(h.conn, NULL, t_rec_on_result, &b), 0);
+        cr_assert_eq(aorm_conn_execute(h.conn, "COMMIT", NULL, &xo, t_rec_on_result, &commit), 0);
+        cr_assert_eq(aorm_conn_execute(h.conn, "SELECT 1", NULL, NULL, t_rec_on_result, &after), 0);
         cr_assert(wait_flag(f.evl, &after.calls, 10));
         cr_assert_eq(b.code, 0, "round %d: BEGIN: %s", round, aorm_errname(b.code));
         cr_assert_eq(commit.code, 0, "round %d: COMMIT: %s [%s] %s", round, aorm_errname(commit.code),
@@ -3048,13 +2915,13 @@ Test(engine_faults, review_deadline_on_raw_commit, .timeout = 30) {
         cr_assert_eq(after.code, 0, "round %d: the statement after the COMMIT: %s [%s] %s", round,
                      aorm_errname(after.code), after.sqlstate, after.msg);
         cr_assert(after.has_int && after.ival == 1);
-        cr_assert_eq(aorm_conn_tx_status(h.c), AORM_TX_IDLE);
-        cr_assert_eq(rv_statement_timeout(&f, h.c), before, "round %d: the session's statement_timeout changed",
+        cr_assert_eq(aorm_conn_tx_status(h.conn), AORM_TX_IDLE);
+        cr_assert_eq(rv_statement_timeout(&f, h.conn), before, "round %d: the session's statement_timeout changed",
                      round);
         run_for(&f, 0.05);
         cr_assert(b.calls == 1 && commit.calls == 1 && after.calls == 1);
     }
-    aorm_conn_release(h.c);
+    aorm_conn_release(h.conn);
     fx_close(&f);
 }
 
@@ -3076,24 +2943,24 @@ Test(engine_faults, review_deadline_on_raw_rollback_to_savepoint, .timeout = 30)
         o.pool_size = 1;
         if (round) o.statement_timeout = 5;
         fx_engine(&f, &o);
-        hold h = {0};
-        cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0);
+        t_rec h = {0};
+        cr_assert_eq(aorm_engine_acquire(f.e, t_rec_on_conn, &h), 0);
         cr_assert(wait_flag(f.evl, &h.calls, 10));
         cr_assert_eq(h.code, 0);
 
-        rec b = {0}, sp = {0}, i1 = {0}, i2 = {0}, back = {0}, after = {0}, commit = {0};
+        t_rec b = {0}, sp = {0}, i1 = {0}, i2 = {0}, back = {0}, after = {0}, commit = {0};
         aorm_exec_options xo = {.deadline = 2};
-        cr_assert_eq(aorm_conn_begin(h.c, NULL, on_rec, &b), 0);
-        cr_assert_eq(aorm_conn_execute(h.c, "INSERT INTO flt_rv_sp VALUES (1)", NULL, NULL, on_rec, &i1), 0);
-        cr_assert_eq(aorm_conn_savepoint(h.c, "s1", on_rec, &sp), 0);
-        cr_assert_eq(aorm_conn_execute(h.c, "INSERT INTO flt_rv_sp VALUES (2)", NULL, NULL, on_rec, &i2), 0);
-        cr_assert_eq(aorm_conn_execute(h.c, "ROLLBACK TO SAVEPOINT s1", NULL, round ? NULL : &xo, on_rec, &back), 0);
-        cr_assert_eq(aorm_conn_execute(h.c, "SELECT 3", NULL, NULL, on_rec, &after), 0);
-        cr_assert_eq(aorm_conn_commit(h.c, on_rec, &commit), 0);
+        cr_assert_eq(aorm_conn_begin(h.conn, NULL, t_rec_on_result, &b), 0);
+        cr_assert_eq(aorm_conn_execute(h.conn, "INSERT INTO flt_rv_sp VALUES (1)", NULL, NULL, t_rec_on_result, &i1), 0);
+        cr_assert_eq(aorm_conn_savepoint(h.conn, "s1", t_rec_on_result, &sp), 0);
+        cr_assert_eq(aorm_conn_execute(h.conn, "INSERT INTO flt_rv_sp VALUES (2)", NULL, NULL, t_rec_on_result, &i2), 0);
+        cr_assert_eq(aorm_conn_execute(h.conn, "ROLLBACK TO SAVEPOINT s1", NULL, round ? NULL : &xo, t_rec_on_result, &back), 0);
+        cr_assert_eq(aorm_conn_execute(h.conn, "SELECT 3", NULL, NULL, t_rec_on_result, &after), 0);
+        cr_assert_eq(aorm_conn_commit(h.conn, t_rec_on_result, &commit), 0);
         cr_assert(wait_flag(f.evl, &commit.calls, 10));
         run_for(&f, 0.05);
         const struct {
-            rec *r;
+            t_rec *r;
             const char *what;
         } steps[] = {{&b, "BEGIN"},
                      {&i1, "first INSERT"},
@@ -3109,10 +2976,10 @@ Test(engine_faults, review_deadline_on_raw_rollback_to_savepoint, .timeout = 30)
                          aorm_errname(steps[i].r->code), steps[i].r->sqlstate, steps[i].r->msg);
         }
         cr_assert(after.has_int && after.ival == 3);
-        cr_assert_eq(aorm_conn_tx_status(h.c), AORM_TX_IDLE);
+        cr_assert_eq(aorm_conn_tx_status(h.conn), AORM_TX_IDLE);
         cr_assert_eq(t_pg_long(pg, "SELECT count(*) FROM flt_rv_sp"), 1, "round %d", round);
         cr_assert_eq(t_pg_long(pg, "SELECT sum(v) FROM flt_rv_sp"), 1, "round %d", round);
-        aorm_conn_release(h.c);
+        aorm_conn_release(h.conn);
         run_for(&f, 0.05);
         fx_close(&f);
     }
@@ -3132,38 +2999,38 @@ Test(engine_faults, review_failed_deallocate_not_resent, .timeout = 30) {
     o.max_overflow = 0;
     o.prepared_cache_size = 2;
     fx_engine(&f, &o);
-    hold h = {0};
-    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0);
+    t_rec h = {0};
+    cr_assert_eq(aorm_engine_acquire(f.e, t_rec_on_conn, &h), 0);
     cr_assert(wait_flag(f.evl, &h.calls, 10));
     cr_assert_eq(h.code, 0);
     aorm_exec_options raw = {.flags = AORM_EXEC_UNPREPARED};
-    rec r;
-    conn_sql(&f, h.c, "SELECT 1 AS rv_a", NULL, &r); /* prepared and cached */
+    t_rec r;
+    conn_sql(&f, h.conn, "SELECT 1 AS rv_a", NULL, &r); /* prepared and cached */
     cr_assert_eq(r.code, 0);
-    conn_sql(&f, h.c, "SELECT 2 AS rv_b", NULL, &r);
+    conn_sql(&f, h.conn, "SELECT 2 AS rv_b", NULL, &r);
     cr_assert_eq(r.code, 0);
-    conn_sql(&f, h.c, "DEALLOCATE ALL", &raw, &r); /* the cache does not know */
+    conn_sql(&f, h.conn, "DEALLOCATE ALL", &raw, &r); /* the cache does not know */
     cr_assert_eq(r.code, 0, "%s", r.msg);
-    conn_sql(&f, h.c, "SELECT 3 AS rv_c", NULL, &r); /* evicts rv_a: its DEALLOCATE fails */
+    conn_sql(&f, h.conn, "SELECT 3 AS rv_c", NULL, &r); /* evicts rv_a: its DEALLOCATE fails */
     cr_assert_eq(r.code, 0, "%s", r.msg);
     cr_assert(r.has_int && r.ival == 3);
-    conn_sql(&f, h.c, "SELECT 4", &raw, &r); /* answered after the DEALLOCATE was */
+    conn_sql(&f, h.conn, "SELECT 4", &raw, &r); /* answered after the DEALLOCATE was */
     cr_assert_eq(r.code, 0);
 
     enum { K = 6 };
-    uint64_t s0 = stats_of(f.e).syncs;
+    uint64_t s0 = t_stats(f.e).syncs;
     for (int i = 0; i < K; i++) {
-        conn_sql(&f, h.c, "SELECT 5", &raw, &r);
+        conn_sql(&f, h.conn, "SELECT 5", &raw, &r);
         cr_assert_eq(r.code, 0, "%s", r.msg);
     }
-    uint64_t s1 = stats_of(f.e).syncs;
+    uint64_t s1 = t_stats(f.e).syncs;
     cr_assert_eq(s1 - s0, K, "%llu syncs for %d statements: the failed DEALLOCATE is being sent again",
                  (unsigned long long)(s1 - s0), K);
     /* the statement whose server side was dropped runs (prepared again) */
-    conn_sql(&f, h.c, "SELECT 2 AS rv_b", NULL, &r);
+    conn_sql(&f, h.conn, "SELECT 2 AS rv_b", NULL, &r);
     cr_assert_eq(r.code, 0, "%s [%s] %s", aorm_errname(r.code), r.sqlstate, r.msg);
     cr_assert(r.has_int && r.ival == 2);
-    aorm_conn_release(h.c);
+    aorm_conn_release(h.conn);
     run_for(&f, 0.05);
     fx_close(&f);
 }

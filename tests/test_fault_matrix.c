@@ -183,124 +183,32 @@ static void fx_close(fx *f) {
 
 /* ---- running the loop ---------------------------------------------------------- */
 
-/* Runs the loop until cond(arg) or `seconds`. The condition is also checked
- * right after the engine's before-poll dispatch (a prepare watcher of the
- * lowest priority), because the engine completes some work there. */
-typedef struct waiter {
-    ev_prepare prep;
-    ev_idle idle;
-    int (*cond)(void *);
-    void *arg;
-} waiter;
-
-static void waiter_idle(struct ev_loop *evl, ev_idle *w, int revents) { ev_idle_stop(evl, w); }
-
-static void waiter_prepare(struct ev_loop *evl, ev_prepare *w, int revents) {
-    waiter *wt = (waiter *)w;
-    if (wt->cond(wt->arg)) {
-        ev_idle_start(evl, &wt->idle);
-        ev_break(evl, EVBREAK_ONE);
-    }
-}
-
+/* Runs the loop (t_run_until_prompt) until cond(arg) or `seconds`. */
 static int wait_fn(fx *f, int (*cond)(void *), void *arg, double seconds) {
-    waiter wt;
-    memset(&wt, 0, sizeof(wt));
-    wt.cond = cond;
-    wt.arg = arg;
-    ev_prepare_init(&wt.prep, waiter_prepare);
-    ev_set_priority(&wt.prep, EV_MINPRI);
-    ev_idle_init(&wt.idle, waiter_idle);
-    ev_prepare_start(f->evl, &wt.prep);
-    ev_now_update(f->evl);
     f->hb.last = t_mono(); /* time spent outside the loop is the test's, not the engine's */
-    int r = t_run_until_fn(f->evl, cond, arg, seconds);
-    ev_prepare_stop(f->evl, &wt.prep);
-    ev_idle_stop(f->evl, &wt.idle);
-    return r;
+    return t_run_until_prompt(f->evl, cond, arg, seconds);
 }
 
-static int flag_set(void *arg) { return *(volatile int *)arg != 0; }
-static int wait_flag(fx *f, volatile int *flag, double seconds) { return wait_fn(f, flag_set, (void *)flag, seconds); }
+static int wait_flag(fx *f, volatile int *flag, double seconds) { return wait_fn(f, t_flag_set, (void *)flag, seconds); }
 static void run_for(fx *f, double seconds) { wait_fn(f, t_never, NULL, seconds); }
-
-static aorm_engine_stats stats_of(const aorm_engine *e) {
-    aorm_engine_stats s;
-    memset(&s, 0, sizeof(s));
-    aorm_engine_stats_get(e, &s);
-    return s;
-}
 
 /* ---- recording outcomes ------------------------------------------------------- */
 
-static int g_seq; /* callbacks so far in this scenario: gives each its place */
+/* Outcomes go to t_rec (the test kit's recorder: the first outcome is
+ * kept, the count tells the rest); t_rec_seq counts the callbacks of a
+ * scenario and gives each its place (seq), holds included. */
 
-typedef struct rec {
-    int calls;
-    int seq;            /* g_seq at the first callback */
-    int code;
-    char sqlstate[6];
-    char msg[256];
-    char detail[256];
-    double at;
-    int has_int;
-    int64_t ival;
-    int64_t nrows;
-} rec;
-
-static void rec_err(rec *r, const aorm_error *err) {
-    r->code = err->code;
-    snprintf(r->sqlstate, sizeof(r->sqlstate), "%s", err->sqlstate);
-    snprintf(r->msg, sizeof(r->msg), "%s", err->message);
-    snprintf(r->detail, sizeof(r->detail), "%s", err->detail);
-}
-
-static void rec_take(rec *r, aorm_result *res, const aorm_error *err) {
-    r->calls++;
-    if (r->calls > 1) return; /* the first outcome is kept; the count tells the rest */
-    r->seq = ++g_seq;
-    r->at = t_mono();
-    if (err) {
-        rec_err(r, err);
-        return;
-    }
-    r->code = 0;
-    r->nrows = aorm_result_nrows(res);
-    if (r->nrows > 0 && aorm_result_ncols(res) > 0 && aorm_result_int64(res, 0, 0, &r->ival) == 0) r->has_int = 1;
-}
-
-static void on_rec(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) { rec_take(user, res, err); }
-
-typedef struct recs {
-    rec *r;
-    int n;
-} recs;
-
-static int recs_all_called(void *arg) {
-    recs *rs = arg;
-    for (int i = 0; i < rs->n; i++)
-        if (rs->r[i].calls == 0) return 0;
-    return 1;
-}
-
-static int wait_all(fx *f, rec *r, int n, double seconds) {
-    recs rs = {r, n};
-    return wait_fn(f, recs_all_called, &rs, seconds);
+static int wait_all(fx *f, t_rec *r, int n, double seconds) {
+    f->hb.last = t_mono(); /* as wait_fn() */
+    return t_rec_wait_all(f->evl, r, n, seconds);
 }
 
 /* A lost connection: AORM_ECONNLOST with a synthesized class-08 SQLSTATE,
  * or the server's own FATAL code (57P01 admin_shutdown, 57P02/57P03 for a
  * shutdown) that the dying backend wrote just before the end of the
  * stream. */
-static bool lost_outcome(const rec *r) {
+static bool lost_outcome(const t_rec *r) {
     return r->code == AORM_ECONNLOST && (strncmp(r->sqlstate, "08", 2) == 0 || strncmp(r->sqlstate, "57P0", 4) == 0);
-}
-
-static const char *rec_str(const rec *r) {
-    static char buf[640];
-    if (r->code == 0) snprintf(buf, sizeof(buf), "OK");
-    else snprintf(buf, sizeof(buf), "%s [%s] %s", aorm_errname(r->code), r->sqlstate, r->msg);
-    return buf;
 }
 
 /* The short name of a code for the matrix: AORM_ECONNLOST -> ECONNLOST. */
@@ -317,61 +225,31 @@ static void params_int(aorm_params *p, int v) {
 
 /* ---- held connections ------------------------------------------------------------ */
 
-typedef struct hold {
-    int calls;
-    int seq;
-    aorm_conn *c;
-    int code;
-    char msg[256];
-    char detail[256];
-    double at;
-} hold;
-
-static void on_hold(aorm_engine *e, aorm_conn *c, const aorm_error *err, void *user) {
-    hold *h = user;
-    h->calls++;
-    if (h->calls > 1) return;
-    h->seq = ++g_seq;
-    h->at = t_mono();
-    h->c = c;
-    h->code = err ? err->code : 0;
-    if (err) {
-        snprintf(h->msg, sizeof(h->msg), "%s", err->message);
-        snprintf(h->detail, sizeof(h->detail), "%s", err->detail);
-    }
-}
-
-static aorm_conn *acquire(fx *f, hold *h) {
+static aorm_conn *acquire(fx *f, t_rec *h) {
     memset(h, 0, sizeof(*h));
-    cr_assert_eq(aorm_engine_acquire(f->e, on_hold, h), 0);
+    cr_assert_eq(aorm_engine_acquire(f->e, t_rec_on_conn, h), 0);
     cr_assert(wait_flag(f, &h->calls, 10), "acquire: no answer");
     cr_assert_eq(h->code, 0, "acquire: %s %s", aorm_errname(h->code), h->msg);
-    return h->c;
+    return h->conn;
 }
 
 /* Runs one statement and waits for it. */
-static void run_sql(fx *f, const char *sql, rec *r, double seconds) {
+static void run_sql(fx *f, const char *sql, t_rec *r, double seconds) {
     memset(r, 0, sizeof(*r));
-    cr_assert_eq(aorm_engine_execute(f->e, sql, NULL, NULL, on_rec, r), 0, "%s", sql);
+    cr_assert_eq(aorm_engine_execute(f->e, sql, NULL, NULL, t_rec_on_result, r), 0, "%s", sql);
     cr_assert(wait_flag(f, &r->calls, seconds), "no answer to %s within %.1f s", sql, seconds);
-}
-
-static int idle_at_least(void *arg) {
-    void **a = arg;
-    aorm_engine_stats s = stats_of(a[0]);
-    return s.idle >= *(int *)a[1];
 }
 
 static void warm(fx *f, int n) {
     cr_assert_eq(aorm_engine_warm(f->e), 0);
-    void *a[2] = {f->e, &n};
-    cr_assert(wait_fn(f, idle_at_least, a, 10), "the pool never had %d idle connections", n);
+    f->hb.last = t_mono(); /* as wait_fn() */
+    t_wait_idle(f->evl, f->e, n, 10);
 }
 
 /* ---- healing ------------------------------------------------------------------------ */
 
 static int settled(void *arg) {
-    aorm_engine_stats s = stats_of(arg);
+    aorm_engine_stats s = t_stats(arg);
     return s.held == 0 && s.waiting == 0 && s.idle >= 1 && s.idle == s.open;
 }
 
@@ -379,21 +257,21 @@ static int settled(void *arg) {
  * and the pool settles (nothing held or waiting, what is open is idle, at
  * most `max_open` open). Returns the seconds the statement took. */
 static double expect_healed(fx *f, double bound, int max_open, const char *what) {
-    rec r;
+    t_rec r;
     double t = t_mono();
     memset(&r, 0, sizeof(r));
     aorm_params p;
     params_int(&p, 4242);
-    cr_assert_eq(aorm_engine_execute(f->e, "SELECT $1::int4", &p, NULL, on_rec, &r), 0);
+    cr_assert_eq(aorm_engine_execute(f->e, "SELECT $1::int4", &p, NULL, t_rec_on_result, &r), 0);
     aorm_params_free(&p);
     cr_assert(wait_flag(f, &r.calls, bound), "%s: the pool did not heal: no answer to a statement within %.1f s",
               what, bound);
     double took = t_mono() - t;
     cr_assert_eq(r.code, 0, "%s: the pool did not heal: the first statement after the fault failed: %s", what,
-                 rec_str(&r));
+                 t_rec_str(&r));
     cr_assert(r.has_int && r.ival == 4242);
     cr_assert(wait_fn(f, settled, f->e, 2.0), "%s: the pool did not settle", what);
-    aorm_engine_stats s = stats_of(f->e);
+    aorm_engine_stats s = t_stats(f->e);
     cr_assert(s.open <= max_open, "%s: %d connections open, at most %d expected", what, s.open, max_open);
     run_for(f, 0.05);
     cr_assert_eq(r.calls, 1, "%s: the healing statement was called back %d times", what, r.calls);
@@ -408,7 +286,7 @@ typedef struct bystander {
     ev_timer w;
     aorm_engine *e;
     int sent;
-    rec r[BY_MAX];
+    t_rec r[BY_MAX];
     int rc_fail;      /* a submission that returned an error */
 } bystander;
 
@@ -417,7 +295,7 @@ static void on_bystander_tick(struct ev_loop *evl, ev_timer *w, int revents) {
     if (b->sent >= BY_MAX) return;
     aorm_params p;
     params_int(&p, b->sent);
-    int rc = aorm_engine_execute(b->e, "SELECT $1::int4", &p, NULL, on_rec, &b->r[b->sent]);
+    int rc = aorm_engine_execute(b->e, "SELECT $1::int4", &p, NULL, t_rec_on_result, &b->r[b->sent]);
     aorm_params_free(&p);
     if (rc != 0) b->rc_fail = rc;
     else b->sent++;
@@ -451,7 +329,7 @@ static int bystander_stop(fx *f, bystander *b, const char *what) {
     for (int i = 0; i < b->sent; i++) {
         cr_assert_eq(b->r[i].calls, 1, "%s: bystander statement %d called back %d times", what, i, b->r[i].calls);
         cr_assert_eq(b->r[i].code, 0, "%s: bystander statement %d of %d (another caller) failed: %s", what, i,
-                     b->sent, rec_str(&b->r[i]));
+                     b->sent, t_rec_str(&b->r[i]));
         cr_assert(b->r[i].has_int && b->r[i].ival == i, "%s: bystander statement %d got the wrong answer", what, i);
     }
     int n = b->sent;
@@ -560,8 +438,8 @@ Test(fault_matrix, killed_mid_query, .timeout = 120) {
     fx_engine(&f, &o);
     warm(&f, 3);
 
-    rec sleep = {0};
-    cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(30)", NULL, NULL, on_rec, &sleep), 0);
+    t_rec sleep = {0};
+    cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(30)", NULL, NULL, t_rec_on_result, &sleep), 0);
     bystander *by = bystander_start(&f, f.e); /* other callers of the same engine */
     PGconn *pg = t_pg();
     long pid = find_backend(&f, pg, "SELECT pg_sleep%", 10);
@@ -574,12 +452,12 @@ Test(fault_matrix, killed_mid_query, .timeout = 120) {
     run_for(&f, 0.3);
     int nby = bystander_stop(&f, by, title);
     cr_assert_eq(sleep.calls, 1, "the terminated statement was called back %d times", sleep.calls);
-    cr_assert(lost_outcome(&sleep), "the terminated statement: expected a lost connection, got %s", rec_str(&sleep));
+    cr_assert(lost_outcome(&sleep), "the terminated statement: expected a lost connection, got %s", t_rec_str(&sleep));
     cr_assert(sleep.at - tk < 3.0, "the loss was reported %.2f s after the terminate", sleep.at - tk);
     cr_assert(nby >= 5, "only %d bystander statements ran", nby);
 
     double healed = expect_healed(&f, HEAL_S, 3, title);
-    aorm_engine_stats s = stats_of(f.e);
+    aorm_engine_stats s = t_stats(f.e);
     cr_assert_eq(s.connections_lost, 1, "connections_lost = %llu", (unsigned long long)s.connections_lost);
     cr_log_info("healed in %.3f s; %d bystander statements", healed, nby);
 
@@ -600,7 +478,7 @@ Test(fault_matrix, killed_mid_query, .timeout = 120) {
 /* A statement of the held transaction; the last one releases the
  * connection from inside its callback. */
 typedef struct txop {
-    rec r;
+    t_rec r;
     aorm_conn *c;
     bool release;          /* release c from inside the callback */
     bool broken_in_cb;     /* aorm_conn_broken() inside the callback */
@@ -609,7 +487,7 @@ typedef struct txop {
 
 static void on_txop(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
     txop *t = user;
-    rec_take(&t->r, res, err);
+    t_rec_take(&t->r, res, err);
     if (t->r.calls > 1) return;
     t->broken_in_cb = aorm_conn_broken(t->c);
     t->tx_in_cb = aorm_conn_tx_status(t->c);
@@ -632,7 +510,7 @@ Test(fault_matrix, killed_mid_transaction, .timeout = 120) {
     o.max_overflow = 0;
     fx_engine(&f, &o);
     warm(&f, 3);
-    hold h;
+    t_rec h;
     aorm_conn *c = acquire(&f, &h);
 
     enum { BEGIN, INSERT, SLEEP, AFTER, N };
@@ -651,7 +529,7 @@ Test(fault_matrix, killed_mid_transaction, .timeout = 120) {
      * answers back until the group ends, so they may not be in yet */
     cr_assert_eq(t[SLEEP].r.calls, 0);
     t_pg_terminate(pg, pid);
-    rec *last = &t[AFTER].r;
+    t_rec *last = &t[AFTER].r;
     cr_assert(wait_flag(&f, &last->calls, 5), "the statement queued behind the terminated one was never called back");
     run_for(&f, 0.3);
     int nby = bystander_stop(&f, by, title);
@@ -659,12 +537,12 @@ Test(fault_matrix, killed_mid_transaction, .timeout = 120) {
     for (int i = 0; i < N; i++) cr_assert_eq(t[i].r.calls, 1, "statement %d called back %d times", i, t[i].r.calls);
     for (int i = BEGIN; i < SLEEP; i++)
         cr_assert(t[i].r.code == 0 || lost_outcome(&t[i].r), "statement %d ahead of the running one: %s", i,
-                  rec_str(&t[i].r));
+                  t_rec_str(&t[i].r));
     for (int i = 1; i < N; i++)
         cr_assert(t[i].r.seq > t[i - 1].r.seq, "callbacks out of submission order: statement %d ran #%d, %d #%d",
                   i - 1, t[i - 1].r.seq, i, t[i].r.seq);
-    cr_assert(lost_outcome(&t[SLEEP].r), "the running statement: %s", rec_str(&t[SLEEP].r));
-    cr_assert(lost_outcome(&t[AFTER].r), "the statement behind it: %s", rec_str(&t[AFTER].r));
+    cr_assert(lost_outcome(&t[SLEEP].r), "the running statement: %s", t_rec_str(&t[SLEEP].r));
+    cr_assert(lost_outcome(&t[AFTER].r), "the statement behind it: %s", t_rec_str(&t[AFTER].r));
     cr_assert(t[SLEEP].r.seq < t[AFTER].r.seq,
               "callbacks out of submission order: the queued statement (#%d) was failed before the running one (#%d)",
               t[AFTER].r.seq, t[SLEEP].r.seq);
@@ -674,17 +552,17 @@ Test(fault_matrix, killed_mid_transaction, .timeout = 120) {
                      t[i].tx_in_cb);
     }
     /* the connection's place is given back once, by the release in the callback */
-    aorm_engine_stats s = stats_of(f.e);
+    aorm_engine_stats s = t_stats(f.e);
     cr_assert_eq(s.held, 0, "held = %d after the release from inside the callback", s.held);
     double healed = expect_healed(&f, HEAL_S, 3, title);
 
     /* a new transaction works, and the lost one left nothing behind */
-    hold h2;
+    t_rec h2;
     aorm_conn *c2 = acquire(&f, &h2);
-    rec b = {0}, cnt = {0}, cm = {0};
-    cr_assert_eq(aorm_conn_begin(c2, NULL, on_rec, &b), 0);
-    cr_assert_eq(aorm_conn_execute(c2, "SELECT count(*) FROM aorm_fm_tx", NULL, NULL, on_rec, &cnt), 0);
-    cr_assert_eq(aorm_conn_commit(c2, on_rec, &cm), 0);
+    t_rec b = {0}, cnt = {0}, cm = {0};
+    cr_assert_eq(aorm_conn_begin(c2, NULL, t_rec_on_result, &b), 0);
+    cr_assert_eq(aorm_conn_execute(c2, "SELECT count(*) FROM aorm_fm_tx", NULL, NULL, t_rec_on_result, &cnt), 0);
+    cr_assert_eq(aorm_conn_commit(c2, t_rec_on_result, &cm), 0);
     cr_assert(wait_flag(&f, &cm.calls, 10));
     cr_assert(b.code == 0 && cnt.code == 0 && cm.code == 0, "transaction after the loss: %s / %s / %s", cname(b.code),
               cname(cnt.code), cname(cm.code));
@@ -692,7 +570,7 @@ Test(fault_matrix, killed_mid_transaction, .timeout = 120) {
     aorm_conn_release(c2);
     run_for(&f, 0.05);
     cr_assert(b.calls == 1 && cnt.calls == 1 && cm.calls == 1 && h.calls == 1 && h2.calls == 1);
-    s = stats_of(f.e);
+    s = t_stats(f.e);
     cr_assert_eq(s.held, 0);
     cr_log_info("healed in %.3f s; %d bystander statements", healed, nby);
 
@@ -725,7 +603,7 @@ typedef struct sres {
 static void sres_take(sres *r, const aorm_error *err) {
     r->calls++;
     if (r->calls > 1) return;
-    r->seq = ++g_seq;
+    r->seq = ++t_rec_seq;
     r->code = err ? err->code : 0;
     if (err) snprintf(r->msg, sizeof(r->msg), "%s [%s] %s", aorm_errname(err->code), err->sqlstate, err->message);
     else snprintf(r->msg, sizeof(r->msg), "OK");
@@ -841,7 +719,7 @@ Test(fault_matrix, killed_mid_session_transaction, .timeout = 120) {
     cr_assert_eq(lost, 0, "the lost transaction's author was written");
     cr_assert_eq(kept, 1, "the next transaction's author was not written");
     expect_healed(&f, HEAL_S, 3, title);
-    aorm_engine_stats st = stats_of(f.e);
+    aorm_engine_stats st = t_stats(f.e);
     char sql[256];
     snprintf(sql, sizeof(sql), "DELETE FROM authors WHERE name IN ('%s', '%s')", name, name2);
     pg_do(pg, sql);
@@ -903,7 +781,7 @@ Test(fault_matrix, killed_mid_commit, .timeout = 120) {
     o.max_overflow = 0;
     fx_engine(&f, &o);
     warm(&f, 3);
-    hold h;
+    t_rec h;
     aorm_conn *c = acquire(&f, &h);
 
     enum { BEGIN, SET, INSERT, COMMIT, N };
@@ -926,23 +804,23 @@ Test(fault_matrix, killed_mid_commit, .timeout = 120) {
     cr_assert(wait_flag(&f, &t[COMMIT].r.calls, 5), "the COMMIT was never called back");
     run_for(&f, 0.3);
     int nby = bystander_stop(&f, by, title);
-    rec *cm = &t[COMMIT].r;
+    t_rec *cm = &t[COMMIT].r;
     for (int i = 0; i < COMMIT; i++) {
         cr_assert_eq(t[i].r.calls, 1, "statement %d before the COMMIT called back %d times", i, t[i].r.calls);
         cr_assert(t[i].r.code == 0 || lost_outcome(&t[i].r), "statement %d before the COMMIT: %s", i,
-                  rec_str(&t[i].r));
+                  t_rec_str(&t[i].r));
         cr_assert(t[i].r.seq < t[i + 1].r.seq, "callbacks out of submission order at statement %d", i);
     }
     cr_assert_eq(cm->calls, 1, "the COMMIT was called back %d times", cm->calls);
-    cr_assert_eq(cm->code, AORM_EUNKNOWN_OUTCOME, "a COMMIT cut off on the server: %s", rec_str(cm));
+    cr_assert_eq(cm->code, AORM_EUNKNOWN_OUTCOME, "a COMMIT cut off on the server: %s", t_rec_str(cm));
     cr_assert_str_eq(cm->sqlstate, "08007");
     cr_assert(t[COMMIT].broken_in_cb, "the connection was not broken yet inside the COMMIT's callback");
-    aorm_engine_stats s = stats_of(f.e);
+    aorm_engine_stats s = t_stats(f.e);
     cr_assert_eq(s.held, 0, "held = %d after the release from inside the COMMIT's callback", s.held);
     expect_healed(&f, HEAL_S, 3, title);
     long rows = t_pg_long(pg, "SELECT count(*) FROM aorm_fm_commit");
     drop_slow_commit_trigger(pg, "aorm_fm_commit");
-    s = stats_of(f.e);
+    s = t_stats(f.e);
     cr_log_info("%d bystander statements", nby);
 
     char caller[512], pool[512];
@@ -1010,7 +888,7 @@ Test(fault_matrix, killed_mid_session_commit, .timeout = 120) {
     cr_assert_eq(rows, 0, "the object of the unknown-outcome commit was inserted again (%ld rows, %llu statements)",
                  rows, (unsigned long long)sent);
     expect_healed(&f, HEAL_S, 3, title);
-    aorm_engine_stats es = stats_of(f.e);
+    aorm_engine_stats es = t_stats(f.e);
 
     char caller[512], pool[512];
     snprintf(caller, sizeof(caller),
@@ -1035,7 +913,7 @@ typedef struct copy_src {
     int kill_on;     /* the fill call that terminates the COPY's backend */
     long killed_pid;
     int64_t next;
-    rec r;
+    t_rec r;
 } copy_src;
 
 static int copy_fill(aorm_copy *cp, void *user) {
@@ -1069,7 +947,7 @@ static int copy_fill(aorm_copy *cp, void *user) {
 
 static void on_copy_done(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
     copy_src *s = user;
-    rec_take(&s->r, res, err);
+    t_rec_take(&s->r, res, err);
 }
 
 Test(fault_matrix, killed_mid_copy, .timeout = 120) {
@@ -1096,14 +974,14 @@ Test(fault_matrix, killed_mid_copy, .timeout = 120) {
     cr_assert(wait_flag(&f, &src.r.calls, 20), "the COPY was never called back (fill ran %d times)", src.calls);
     run_for(&f, 0.3);
     int nby = bystander_stop(&f, by, title);
-    cr_assert(src.killed_pid > 0, "the COPY ended before its backend was terminated: %s", rec_str(&src.r));
+    cr_assert(src.killed_pid > 0, "the COPY ended before its backend was terminated: %s", t_rec_str(&src.r));
     cr_assert_eq(src.r.calls, 1, "the COPY was called back %d times", src.r.calls);
-    cr_assert(lost_outcome(&src.r), "the COPY: expected a lost connection, got %s", rec_str(&src.r));
+    cr_assert(lost_outcome(&src.r), "the COPY: expected a lost connection, got %s", t_rec_str(&src.r));
     cr_assert_eq(src.calls_after_cb, 0, "fill ran %d times after the COPY's callback", src.calls_after_cb);
     expect_healed(&f, HEAL_S, 3, title);
     long rows = t_pg_long(pg, "SELECT count(*) FROM aorm_fm_copy");
     cr_assert_eq(rows, 0, "a COPY that never finished loaded %ld rows", rows);
-    aorm_engine_stats s = stats_of(f.e);
+    aorm_engine_stats s = t_stats(f.e);
     cr_assert_eq(s.connections_lost, 1);
     cr_log_info("fill ran %d times; %d bystander statements", src.calls, nby);
 
@@ -1123,7 +1001,7 @@ Test(fault_matrix, killed_mid_copy, .timeout = 120) {
 
 static int sent_at_least(void *arg) {
     void **a = arg;
-    return stats_of(a[0]).statements >= *(uint64_t *)a[1];
+    return t_stats(a[0]).statements >= *(uint64_t *)a[1];
 }
 
 Test(fault_matrix, killed_mid_pipeline, .timeout = 120) {
@@ -1142,20 +1020,20 @@ Test(fault_matrix, killed_mid_pipeline, .timeout = 120) {
     bystander *by = bystander_start(&f, other);
 
     enum { N = 100 };
-    rec *r = calloc(N, sizeof(*r));
+    t_rec *r = calloc(N, sizeof(*r));
     cr_assert_not_null(r);
-    uint64_t base = stats_of(f.e).statements;
-    cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(30)", NULL, NULL, on_rec, &r[0]), 0);
+    uint64_t base = t_stats(f.e).statements;
+    cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(30)", NULL, NULL, t_rec_on_result, &r[0]), 0);
     for (int i = 1; i < N; i++) {
         aorm_params p;
         params_int(&p, i);
-        cr_assert_eq(aorm_engine_execute(f.e, "SELECT $1::int4", &p, NULL, on_rec, &r[i]), 0);
+        cr_assert_eq(aorm_engine_execute(f.e, "SELECT $1::int4", &p, NULL, t_rec_on_result, &r[i]), 0);
         aorm_params_free(&p);
     }
     uint64_t want = base + N;
     void *a[2] = {f.e, &want};
     cr_assert(wait_fn(&f, sent_at_least, a, 10), "the 100 statements were not all sent (%llu)",
-              (unsigned long long)(stats_of(f.e).statements - base));
+              (unsigned long long)(t_stats(f.e).statements - base));
     PGconn *pg = t_pg();
     long pid = find_backend(&f, pg, "SELECT pg_sleep%", 10);
     cr_assert(pid > 0, "the head of the pipeline never started on the server");
@@ -1167,14 +1045,14 @@ Test(fault_matrix, killed_mid_pipeline, .timeout = 120) {
     int lost = 0;
     for (int i = 0; i < N; i++) {
         cr_assert_eq(r[i].calls, 1, "caller %d called back %d times", i, r[i].calls);
-        cr_assert(lost_outcome(&r[i]), "caller %d: expected a lost connection, got %s", i, rec_str(&r[i]));
+        cr_assert(lost_outcome(&r[i]), "caller %d: expected a lost connection, got %s", i, t_rec_str(&r[i]));
         if (i > 0)
             cr_assert(r[i].seq > r[i - 1].seq, "callbacks out of submission order: caller %d ran #%d, caller %d #%d",
                       i - 1, r[i - 1].seq, i, r[i].seq);
         lost++;
     }
     expect_healed(&f, HEAL_S, 1, title);
-    aorm_engine_stats s = stats_of(f.e);
+    aorm_engine_stats s = t_stats(f.e);
     cr_assert_eq(s.connections_lost, 1);
     aorm_engine_free(other);
     free(r);
@@ -1234,7 +1112,7 @@ Test(fault_matrix, restart_with_100_in_flight, .timeout = 180) {
     /* two held transactions: BEGIN and INSERT done, a sleep and the COMMIT in flight;
      * the COMMIT's callback releases the connection */
     enum { NH = 2, NS = 2, NSLEEP = 4, NQUICK = 88 };
-    hold h[NH];
+    t_rec h[NH];
     txop ht[NH][4];
     memset(ht, 0, sizeof(ht));
     for (int i = 0; i < NH; i++) {
@@ -1268,7 +1146,7 @@ Test(fault_matrix, restart_with_100_in_flight, .timeout = 180) {
                   so[i].begin.msg, so[i].flush.msg);
     }
 
-    uint64_t base = stats_of(f.e).statements;
+    uint64_t base = t_stats(f.e).statements;
     for (int i = 0; i < NH; i++) {
         cr_assert_eq(aorm_conn_execute(ht[i][2].c, "SELECT pg_sleep(30)", NULL, NULL, on_txop, &ht[i][2]), 0);
         cr_assert_eq(aorm_conn_commit(ht[i][3].c, on_txop, &ht[i][3]), 0);
@@ -1277,14 +1155,14 @@ Test(fault_matrix, restart_with_100_in_flight, .timeout = 180) {
         cr_assert_eq(aorm_session_execute(so[i].s, aorm_raw("SELECT pg_sleep(30)"), on_srows, &so[i].sleep), 0);
         cr_assert_eq(aorm_session_commit(so[i].s, on_ses_commit_free, &so[i]), 0);
     }
-    rec *ac = calloc(NSLEEP + NQUICK, sizeof(*ac));
+    t_rec *ac = calloc(NSLEEP + NQUICK, sizeof(*ac));
     cr_assert_not_null(ac);
     for (int i = 0; i < NSLEEP; i++)
-        cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(30)", NULL, NULL, on_rec, &ac[i]), 0);
+        cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(30)", NULL, NULL, t_rec_on_result, &ac[i]), 0);
     for (int i = NSLEEP; i < NSLEEP + NQUICK; i++) {
         aorm_params p;
         params_int(&p, i);
-        cr_assert_eq(aorm_engine_execute(f.e, "SELECT $1::int4", &p, NULL, on_rec, &ac[i]), 0);
+        cr_assert_eq(aorm_engine_execute(f.e, "SELECT $1::int4", &p, NULL, t_rec_on_result, &ac[i]), 0);
         aorm_params_free(&p);
     }
     int in_flight = NH * 2 + NS * 2 + NSLEEP + NQUICK;
@@ -1292,7 +1170,7 @@ Test(fault_matrix, restart_with_100_in_flight, .timeout = 180) {
     uint64_t want = base + NH * 2 + NS + NSLEEP + NQUICK; /* what reaches the wire (the sessions' commits wait) */
     void *a[2] = {f.e, &want};
     cr_assert(wait_fn(&f, sent_at_least, a, 10), "only %llu of %llu statements were sent",
-              (unsigned long long)(stats_of(f.e).statements - base), (unsigned long long)(want - base));
+              (unsigned long long)(t_stats(f.e).statements - base), (unsigned long long)(want - base));
     long sleeping = 0;
     double until = t_mono() + 10;
     while ((sleeping = active_sleepers(&f, pg)) < NH + NS + NSLEEP && t_mono() < until) run_for(&f, 0.02);
@@ -1311,12 +1189,12 @@ Test(fault_matrix, restart_with_100_in_flight, .timeout = 180) {
     cr_assert(done_wait_ok, "not every operation in flight was called back after the restart");
     /* heal probes, queued at once: they wait for the server, then run */
     enum { NP = 20 };
-    rec probe[NP];
+    t_rec probe[NP];
     memset(probe, 0, sizeof(probe));
     for (int i = 0; i < NP; i++) {
         aorm_params p;
         params_int(&p, 1000 + i);
-        cr_assert_eq(aorm_engine_execute(f.e, "SELECT $1::int4", &p, NULL, on_rec, &probe[i]), 0);
+        cr_assert_eq(aorm_engine_execute(f.e, "SELECT $1::int4", &p, NULL, t_rec_on_result, &probe[i]), 0);
         aorm_params_free(&p);
     }
     cr_assert(wait_all(&f, probe, NP, 10), "the probes after the restart were not all answered within 10 s");
@@ -1327,15 +1205,15 @@ Test(fault_matrix, restart_with_100_in_flight, .timeout = 180) {
     for (int i = 0; i < NSLEEP + NQUICK; i++) {
         cr_assert_eq(ac[i].calls, 1, "autocommit statement %d called back %d times", i, ac[i].calls);
         cr_assert(lost_outcome(&ac[i]), "autocommit statement %d: expected a lost connection, got %s", i,
-                  rec_str(&ac[i]));
+                  t_rec_str(&ac[i]));
         lost++;
     }
     for (int i = 0; i < NH; i++) {
         for (int k = 0; k < 4; k++)
             cr_assert_eq(ht[i][k].r.calls, 1, "holder %d statement %d called back %d times", i, k, ht[i][k].r.calls);
-        cr_assert(lost_outcome(&ht[i][2].r), "holder %d, the sleep: %s", i, rec_str(&ht[i][2].r));
+        cr_assert(lost_outcome(&ht[i][2].r), "holder %d, the sleep: %s", i, t_rec_str(&ht[i][2].r));
         cr_assert_eq(ht[i][3].r.code, AORM_EUNKNOWN_OUTCOME, "holder %d, the COMMIT sent before the restart: %s", i,
-                     rec_str(&ht[i][3].r));
+                     t_rec_str(&ht[i][3].r));
         cr_assert(ht[i][2].r.seq < ht[i][3].r.seq, "holder %d: the COMMIT was failed before the statement ahead of it",
                   i);
         lost++;
@@ -1356,20 +1234,20 @@ Test(fault_matrix, restart_with_100_in_flight, .timeout = 180) {
     }
     for (int i = 0; i < NP; i++) {
         cr_assert_eq(probe[i].calls, 1);
-        cr_assert_eq(probe[i].code, 0, "probe %d after the restart failed: %s", i, rec_str(&probe[i]));
+        cr_assert_eq(probe[i].code, 0, "probe %d after the restart failed: %s", i, t_rec_str(&probe[i]));
         cr_assert(probe[i].has_int && probe[i].ival == 1000 + i);
     }
     cr_assert(wait_fn(&f, settled, f.e, 2.0), "the pool did not settle after the restart");
-    aorm_engine_stats s = stats_of(f.e);
+    aorm_engine_stats s = t_stats(f.e);
     cr_assert_eq(s.held, 0, "held = %d after every holder released from inside its callback", s.held);
     cr_assert(s.open <= 8, "open = %d", s.open);
     /* and a transaction works */
-    hold h2;
+    t_rec h2;
     aorm_conn *c2 = acquire(&f, &h2);
-    rec b = {0}, cnt = {0}, cm = {0};
-    aorm_conn_begin(c2, NULL, on_rec, &b);
-    aorm_conn_execute(c2, "SELECT count(*) FROM aorm_fm_restart", NULL, NULL, on_rec, &cnt);
-    aorm_conn_commit(c2, on_rec, &cm);
+    t_rec b = {0}, cnt = {0}, cm = {0};
+    aorm_conn_begin(c2, NULL, t_rec_on_result, &b);
+    aorm_conn_execute(c2, "SELECT count(*) FROM aorm_fm_restart", NULL, NULL, t_rec_on_result, &cnt);
+    aorm_conn_commit(c2, t_rec_on_result, &cm);
     cr_assert(wait_flag(&f, &cm.calls, 10));
     cr_assert(b.code == 0 && cnt.code == 0 && cm.code == 0);
     aorm_conn_release(c2);
@@ -1412,12 +1290,12 @@ Test(fault_matrix, hung_at_connect, .timeout = 120) {
     bystander *by = bystander_start(&f, other);
 
     enum { N = 10 };
-    rec r[N];
+    t_rec r[N];
     memset(r, 0, sizeof(r));
-    hold h = {0};
+    t_rec h = {0};
     double t0 = t_mono();
-    for (int i = 0; i < N; i++) cr_assert_eq(aorm_engine_execute(f.e, "SELECT 1", NULL, NULL, on_rec, &r[i]), 0);
-    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0);
+    for (int i = 0; i < N; i++) cr_assert_eq(aorm_engine_execute(f.e, "SELECT 1", NULL, NULL, t_rec_on_result, &r[i]), 0);
+    cr_assert_eq(aorm_engine_acquire(f.e, t_rec_on_conn, &h), 0);
     double bound = o.pool_timeout + o.connect_timeout + 0.5;
     cr_assert(wait_all(&f, r, N, bound + 2), "not every statement was called back");
     cr_assert(wait_flag(&f, &h.calls, 2), "the acquire was never called back");
@@ -1426,7 +1304,7 @@ Test(fault_matrix, hung_at_connect, .timeout = 120) {
     for (int i = 0; i < N; i++) {
         cr_assert_eq(r[i].calls, 1, "statement %d called back %d times", i, r[i].calls);
         cr_assert(r[i].code == AORM_ECONNECT || r[i].code == AORM_EPOOLTIMEOUT,
-                  "statement %d against a hung server: %s", i, rec_str(&r[i]));
+                  "statement %d against a hung server: %s", i, t_rec_str(&r[i]));
         cr_assert_eq(r[i].code, code, "statement %d: %s, statement 0: %s", i, cname(r[i].code), cname(code));
         double at = r[i].at - t0;
         cr_assert(at >= o.connect_timeout - 0.05 && at <= bound,
@@ -1436,8 +1314,8 @@ Test(fault_matrix, hung_at_connect, .timeout = 120) {
         cr_assert(why[0], "statement %d: %s carries no connection failure", i, cname(r[i].code));
     }
     cr_assert(h.code == AORM_ECONNECT || h.code == AORM_EPOOLTIMEOUT, "acquire: %s %s", cname(h.code), h.msg);
-    cr_assert_null(h.c);
-    aorm_engine_stats s = stats_of(f.e);
+    cr_assert_null(h.conn);
+    aorm_engine_stats s = t_stats(f.e);
     fp_counters pc;
     fp_counters_get(f.proxy, &pc);
     cr_assert(s.connect_failures >= 1, "no connection attempt failed");
@@ -1476,38 +1354,38 @@ Test(fault_matrix, hung_mid_statement, .timeout = 120) {
     fx_engine(&f, &o);
     char other_ci[1024];
     aorm_engine *other = other_engine(&f, other_ci, sizeof(other_ci));
-    rec w;
+    t_rec w;
     run_sql(&f, "SELECT 1", &w, 10);
-    cr_assert_eq(w.code, 0, "through the proxy: %s", rec_str(&w));
+    cr_assert_eq(w.code, 0, "through the proxy: %s", t_rec_str(&w));
     bystander *by = bystander_start(&f, other);
 
     fp_counters before;
     fp_counters_get(f.proxy, &before);
     fp_stall_live(f.proxy, FP_DOWN); /* queries reach the server; answers are held back */
-    rec slow = {0};
+    t_rec slow = {0};
     aorm_exec_options xo = {.deadline = 0.5};
     double t0 = t_mono();
-    cr_assert_eq(aorm_engine_execute(f.e, "SELECT 7", NULL, &xo, on_rec, &slow), 0);
+    cr_assert_eq(aorm_engine_execute(f.e, "SELECT 7", NULL, &xo, t_rec_on_result, &slow), 0);
     cr_assert(wait_flag(&f, &slow.calls, 5), "the statement with a deadline was never called back");
     double at = slow.at - t0;
     fp_counters mid;
     fp_counters_get(f.proxy, &mid);
     cr_assert(mid.bytes_up > before.bytes_up, "the query never left through the proxy");
-    cr_assert_eq(slow.code, AORM_ETIMEOUT, "a statement whose answer never comes: %s", rec_str(&slow));
+    cr_assert_eq(slow.code, AORM_ETIMEOUT, "a statement whose answer never comes: %s", t_rec_str(&slow));
     cr_assert(at >= 0.45 && at < 1.0, "the deadline of 0.5 s fired after %.3f s", at);
 
     /* the next caller must not be stuck behind the dead connection */
-    rec next = {0};
+    t_rec next = {0};
     double t1 = t_mono();
-    cr_assert_eq(aorm_engine_execute(f.e, "SELECT 8", NULL, NULL, on_rec, &next), 0);
+    cr_assert_eq(aorm_engine_execute(f.e, "SELECT 8", NULL, NULL, t_rec_on_result, &next), 0);
     cr_assert(wait_flag(&f, &next.calls, 10), "the next statement never completed: the hung connection was kept");
     double next_took = t_mono() - t1;
     run_for(&f, 0.2);
     cr_assert_eq(slow.calls, 1, "the timed-out statement was called back %d times", slow.calls);
     cr_assert_eq(next.calls, 1);
-    cr_assert_eq(next.code, 0, "the statement after the hang: %s", rec_str(&next));
+    cr_assert_eq(next.code, 0, "the statement after the hang: %s", t_rec_str(&next));
     cr_assert(next.has_int && next.ival == 8);
-    aorm_engine_stats s = stats_of(f.e);
+    aorm_engine_stats s = t_stats(f.e);
     cr_assert(s.discarded + s.connections_lost >= 1, "the hung connection was neither discarded nor lost");
     cr_assert(s.connects >= 2);
     int nby = bystander_stop(&f, by, title);
@@ -1542,23 +1420,23 @@ Test(fault_matrix, stream_cut_mid_message, .timeout = 120) {
     o.pool_size = 1;
     o.max_overflow = 0;
     fx_engine(&f, &o);
-    rec w;
+    t_rec w;
     run_sql(&f, "SELECT 1", &w, 10);
-    cr_assert_eq(w.code, 0, "through the proxy: %s", rec_str(&w));
+    cr_assert_eq(w.code, 0, "through the proxy: %s", t_rec_str(&w));
 
     fp_cut_after(f.proxy, 3000); /* inside the first rows of the answer */
-    rec big = {0};
+    t_rec big = {0};
     cr_assert_eq(aorm_engine_execute(f.e, "SELECT repeat('x', 200) FROM generate_series(1, 5000)", NULL, NULL,
-                                     on_rec, &big), 0);
+                                     t_rec_on_result, &big), 0);
     cr_assert(wait_flag(&f, &big.calls, 10), "the statement whose answer was cut was never called back");
     run_for(&f, 0.2);
     fp_counters pc;
     fp_counters_get(f.proxy, &pc);
     cr_assert_eq(pc.cuts, 1, "the proxy cut %ld connections", pc.cuts);
     cr_assert_eq(big.calls, 1, "called back %d times", big.calls);
-    cr_assert(lost_outcome(&big), "an answer cut mid-message: %s", rec_str(&big));
+    cr_assert(lost_outcome(&big), "an answer cut mid-message: %s", t_rec_str(&big));
     expect_healed(&f, HEAL_S, 1, title);
-    aorm_engine_stats s = stats_of(f.e);
+    aorm_engine_stats s = t_stats(f.e);
     cr_assert_eq(s.connections_lost, 1);
 
     char caller[512], pool[512];
@@ -1581,8 +1459,8 @@ Test(fault_matrix, connection_reset, .timeout = 120) {
     o.max_overflow = 0;
     fx_engine(&f, &o);
     warm(&f, 2);
-    rec sleep = {0};
-    cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(5)", NULL, NULL, on_rec, &sleep), 0);
+    t_rec sleep = {0};
+    cr_assert_eq(aorm_engine_execute(f.e, "SELECT pg_sleep(5)", NULL, NULL, t_rec_on_result, &sleep), 0);
     PGconn *pg = t_pg();
     long pid = find_backend(&f, pg, "SELECT pg_sleep%", 10);
     cr_assert(pid > 0, "the statement never reached the server");
@@ -1591,17 +1469,17 @@ Test(fault_matrix, connection_reset, .timeout = 120) {
     cr_assert(wait_flag(&f, &sleep.calls, 5), "the statement on the reset connection was never called back");
     run_for(&f, 0.2);
     cr_assert_eq(sleep.calls, 1);
-    cr_assert(lost_outcome(&sleep), "a reset connection: %s", rec_str(&sleep));
+    cr_assert(lost_outcome(&sleep), "a reset connection: %s", t_rec_str(&sleep));
     /* the idle one was reset too: the next statements must not land on it */
-    rec r[3];
+    t_rec r[3];
     for (int i = 0; i < 3; i++) {
         run_sql(&f, "SELECT 5", &r[i], HEAL_S);
-        cr_assert_eq(r[i].code, 0, "statement %d after the reset: %s", i, rec_str(&r[i]));
+        cr_assert_eq(r[i].code, 0, "statement %d after the reset: %s", i, t_rec_str(&r[i]));
     }
     expect_healed(&f, HEAL_S, 2, title);
     fp_counters pc;
     fp_counters_get(f.proxy, &pc);
-    aorm_engine_stats s = stats_of(f.e);
+    aorm_engine_stats s = t_stats(f.e);
     cr_assert_eq(pc.resets, 2);
     cr_assert_eq(s.connections_lost, 2, "connections_lost = %llu", (unsigned long long)s.connections_lost);
 
@@ -1638,7 +1516,7 @@ Test(fault_matrix, idle_reset_seen_at_send, .timeout = 120) {
     /* more than libpq buffers before it writes (64 KiB): the writes happen
      * while the statements are being handed over */
     enum { N = 200, LEN = 1024 };
-    rec *r = calloc(N, sizeof(*r));
+    t_rec *r = calloc(N, sizeof(*r));
     char *text = malloc(LEN + 1);
     cr_assert(r && text);
     memset(text, 'x', LEN);
@@ -1648,7 +1526,7 @@ Test(fault_matrix, idle_reset_seen_at_send, .timeout = 120) {
         aorm_params_init(&p);
         aorm_params_int4(&p, i);
         aorm_params_text(&p, text);
-        cr_assert_eq(aorm_engine_execute(f.e, "SELECT $1::int4 + length($2::text)", &p, NULL, on_rec, &r[i]), 0);
+        cr_assert_eq(aorm_engine_execute(f.e, "SELECT $1::int4 + length($2::text)", &p, NULL, t_rec_on_result, &r[i]), 0);
         aorm_params_free(&p);
     }
     free(text);
@@ -1658,13 +1536,13 @@ Test(fault_matrix, idle_reset_seen_at_send, .timeout = 120) {
     for (int i = 0; i < N; i++) {
         cr_assert_eq(r[i].calls, 1, "statement %d called back %d times", i, r[i].calls);
         cr_assert_eq(r[i].code, 0, "statement %d, written to a reset connection and never run: %s", i,
-                     rec_str(&r[i]));
+                     t_rec_str(&r[i]));
         cr_assert(r[i].has_int && r[i].ival == i + LEN);
         ok++;
     }
     free(r);
     expect_healed(&f, HEAL_S, 2, title);
-    aorm_engine_stats s = stats_of(f.e);
+    aorm_engine_stats s = t_stats(f.e);
     cr_assert_eq(s.connections_lost, 2, "connections_lost = %llu", (unsigned long long)s.connections_lost);
 
     char caller[512], pool[512];
@@ -1688,7 +1566,7 @@ enum { HC_N = 128, HC_LEN = 64 * 1024 }; /* 8 MiB: more than the socket buffers 
 typedef struct hc_feed {
     ev_timer w;
     fx *f;
-    rec *r;
+    t_rec *r;
     const char *text;
     int next;
     int rc;
@@ -1700,7 +1578,7 @@ static void on_hc_feed(struct ev_loop *evl, ev_timer *w, int revents) {
         aorm_params p;
         aorm_params_init(&p);
         aorm_params_text(&p, fd->text);
-        int rc = aorm_engine_execute(fd->f->e, "SELECT length($1::text)", &p, NULL, on_rec, &fd->r[fd->next]);
+        int rc = aorm_engine_execute(fd->f->e, "SELECT length($1::text)", &p, NULL, t_rec_on_result, &fd->r[fd->next]);
         aorm_params_free(&p);
         if (rc != 0) fd->rc = rc;
     }
@@ -1712,7 +1590,7 @@ static int hc_fed(void *arg) { return ((hc_feed *)arg)->next >= HC_N; }
 typedef struct late_send {
     ev_timer w;
     fx *f;
-    rec *x;
+    t_rec *x;
     char *text;
     int rc;
 } late_send;
@@ -1723,7 +1601,7 @@ static void on_late_send(struct ev_loop *evl, ev_timer *w, int revents) {
     aorm_params p;
     aorm_params_init(&p);
     aorm_params_text(&p, ls->text);
-    ls->rc = aorm_engine_execute(ls->f->e, "SELECT length($1::text)", &p, NULL, on_rec, ls->x);
+    ls->rc = aorm_engine_execute(ls->f->e, "SELECT length($1::text)", &p, NULL, t_rec_on_result, ls->x);
     aorm_params_free(&p);
 }
 
@@ -1740,7 +1618,7 @@ Test(fault_matrix, closed_while_writes_block, .timeout = 120) {
     fx_engine(&f, &o);
     warm(&f, 1);
     char *text = malloc(HC_LEN + 1);
-    rec *r = calloc(HC_N + 1, sizeof(*r));
+    t_rec *r = calloc(HC_N + 1, sizeof(*r));
     cr_assert(text && r);
     memset(text, 'y', HC_LEN);
     text[HC_LEN] = '\0';
@@ -1769,16 +1647,16 @@ Test(fault_matrix, closed_while_writes_block, .timeout = 120) {
     for (int i = 0; i < HC_N; i++) {
         cr_assert_eq(r[i].calls, 1, "statement %d called back %d times", i, r[i].calls);
         cr_assert(lost_outcome(&r[i]), "statement %d, written to a connection the server closed: %s", i,
-                  rec_str(&r[i]));
+                  t_rec_str(&r[i]));
         lost++;
     }
-    rec *x = &r[HC_N];
+    t_rec *x = &r[HC_N];
     cr_assert_eq(x->calls, 1, "the statement written at the end of the stream was called back %d times", x->calls);
-    cr_assert(x->code == 0 || lost_outcome(x), "the statement written at the end of the stream: %s", rec_str(x));
+    cr_assert(x->code == 0 || lost_outcome(x), "the statement written at the end of the stream: %s", t_rec_str(x));
     if (x->code == 0) cr_assert(x->has_int && x->ival == HC_LEN);
     fp_stall_live(f.proxy, 0);
     expect_healed(&f, HEAL_S, 1, title);
-    aorm_engine_stats s = stats_of(f.e);
+    aorm_engine_stats s = t_stats(f.e);
     cr_assert_eq(s.connections_lost, 1, "connections_lost = %llu", (unsigned long long)s.connections_lost);
     int x_code = x->code;
     free(text);
@@ -1808,22 +1686,22 @@ Test(fault_matrix, pool_exhausted_1000_waiters_time_out, .timeout = 120) {
     o.max_overflow = 0;
     o.pool_timeout = 0.5;
     fx_engine(&f, &o);
-    hold h[2];
+    t_rec h[2];
     acquire(&f, &h[0]);
     acquire(&f, &h[1]);
 
     enum { N = 1000 };
-    hold *ha = calloc(N / 2, sizeof(*ha));
-    rec *ra = calloc(N / 2, sizeof(*ra));
+    t_rec *ha = calloc(N / 2, sizeof(*ha));
+    t_rec *ra = calloc(N / 2, sizeof(*ra));
     cr_assert(ha && ra);
-    g_seq = 0;
+    t_rec_seq = 0;
     double t0 = t_mono();
     for (int i = 0; i < N / 2; i++) {
-        cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &ha[i]), 0);
-        cr_assert_eq(aorm_engine_execute(f.e, "SELECT 1", NULL, NULL, on_rec, &ra[i]), 0);
+        cr_assert_eq(aorm_engine_acquire(f.e, t_rec_on_conn, &ha[i]), 0);
+        cr_assert_eq(aorm_engine_execute(f.e, "SELECT 1", NULL, NULL, t_rec_on_result, &ra[i]), 0);
     }
     run_for(&f, 0.1);
-    aorm_engine_stats s = stats_of(f.e);
+    aorm_engine_stats s = t_stats(f.e);
     cr_assert_eq(s.waiting, N, "waiting = %d with %d waiters", s.waiting, N);
     cr_assert(wait_all(&f, ra, N / 2, 3), "the waiting statements were not all called back");
     for (int i = 0; i < N / 2; i++) cr_assert(wait_flag(&f, &ha[i].calls, 1), "acquire %d never called back", i);
@@ -1833,8 +1711,8 @@ Test(fault_matrix, pool_exhausted_1000_waiters_time_out, .timeout = 120) {
         cr_assert_eq(ha[i].calls, 1, "acquire %d called back %d times", i, ha[i].calls);
         cr_assert_eq(ra[i].calls, 1, "statement %d called back %d times", i, ra[i].calls);
         cr_assert_eq(ha[i].code, AORM_EPOOLTIMEOUT, "acquire %d: %s %s", i, cname(ha[i].code), ha[i].msg);
-        cr_assert_eq(ra[i].code, AORM_EPOOLTIMEOUT, "statement %d: %s", i, rec_str(&ra[i]));
-        cr_assert_null(ha[i].c);
+        cr_assert_eq(ra[i].code, AORM_EPOOLTIMEOUT, "statement %d: %s", i, t_rec_str(&ra[i]));
+        cr_assert_null(ha[i].conn);
         double at[2] = {ha[i].at - t0, ra[i].at - t0};
         for (int k = 0; k < 2; k++) {
             if (at[k] < first) first = at[k];
@@ -1844,14 +1722,14 @@ Test(fault_matrix, pool_exhausted_1000_waiters_time_out, .timeout = 120) {
     cr_assert(first >= o.pool_timeout - 0.02 && last < o.pool_timeout + 0.5,
               "pool timeout of %.1f s: the first waiter failed after %.3f s, the last after %.3f s", o.pool_timeout,
               first, last);
-    s = stats_of(f.e);
+    s = t_stats(f.e);
     cr_assert_eq(s.waiting, 0, "waiting = %d after every timeout", s.waiting);
     cr_assert_eq(s.held, 2);
     cr_assert_eq(s.open, 2, "open = %d", s.open);
-    aorm_conn_release(h[0].c);
-    aorm_conn_release(h[1].c);
+    aorm_conn_release(h[0].conn);
+    aorm_conn_release(h[1].conn);
     expect_healed(&f, HEAL_S, 2, title);
-    s = stats_of(f.e);
+    s = t_stats(f.e);
     free(ha);
     free(ra);
 
@@ -1867,20 +1745,20 @@ Test(fault_matrix, pool_exhausted_1000_waiters_time_out, .timeout = 120) {
 /* A waiter that runs one statement on its grant and releases from inside
  * that statement's callback. */
 typedef struct grantee {
-    hold h;
-    rec r;
+    t_rec h;
+    t_rec r;
     int idx;
 } grantee;
 
 static void on_grantee_stmt(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user) {
     grantee *g = user;
-    rec_take(&g->r, res, err);
-    aorm_conn_release(g->h.c);
+    t_rec_take(&g->r, res, err);
+    aorm_conn_release(g->h.conn);
 }
 
 static void on_grant(aorm_engine *e, aorm_conn *c, const aorm_error *err, void *user) {
     grantee *g = user;
-    on_hold(e, c, err, &g->h);
+    t_rec_on_conn(e, c, err, &g->h);
     if (err || g->h.calls > 1) return;
     aorm_params p;
     params_int(&p, g->idx);
@@ -1903,24 +1781,24 @@ Test(fault_matrix, pool_exhausted_1000_waiters_fifo, .timeout = 120) {
     o.max_overflow = 0;
     o.pool_timeout = 60;
     fx_engine(&f, &o);
-    hold h[2];
+    t_rec h[2];
     acquire(&f, &h[0]);
     acquire(&f, &h[1]);
 
     enum { N = 1000 };
     grantee *g = calloc(N, sizeof(*g));
     cr_assert_not_null(g);
-    g_seq = 0;
+    t_rec_seq = 0;
     for (int i = 0; i < N; i++) {
         g[i].idx = i;
         cr_assert_eq(aorm_engine_acquire(f.e, on_grant, &g[i]), 0);
     }
     run_for(&f, 0.1);
-    aorm_engine_stats s = stats_of(f.e);
+    aorm_engine_stats s = t_stats(f.e);
     cr_assert_eq(s.waiting, N, "waiting = %d", s.waiting);
-    aorm_conn_release(h[0].c);
-    aorm_conn_release(h[1].c);
-    rec *rr = calloc(N, sizeof(*rr));
+    aorm_conn_release(h[0].conn);
+    aorm_conn_release(h[1].conn);
+    t_rec *rr = calloc(N, sizeof(*rr));
     cr_assert_not_null(rr);
     /* wait for the last statement */
     cr_assert(wait_flag(&f, &g[N - 1].r.calls, 60), "not every waiter was granted and served");
@@ -1930,14 +1808,14 @@ Test(fault_matrix, pool_exhausted_1000_waiters_fifo, .timeout = 120) {
         cr_assert_eq(g[i].h.calls, 1, "waiter %d granted %d times", i, g[i].h.calls);
         cr_assert_eq(g[i].h.code, 0, "waiter %d: %s %s", i, cname(g[i].h.code), g[i].h.msg);
         cr_assert_eq(g[i].r.calls, 1, "waiter %d's statement called back %d times", i, g[i].r.calls);
-        cr_assert_eq(g[i].r.code, 0, "waiter %d's statement: %s", i, rec_str(&g[i].r));
+        cr_assert_eq(g[i].r.code, 0, "waiter %d's statement: %s", i, t_rec_str(&g[i].r));
         cr_assert(g[i].r.has_int && g[i].r.ival == i, "waiter %d's statement answered %lld", i,
                   (long long)g[i].r.ival);
         if (i > 0)
             cr_assert(g[i].h.seq > g[i - 1].h.seq, "grants out of FIFO order: waiter %d before waiter %d", i, i - 1);
     }
     cr_assert(wait_fn(&f, settled, f.e, 2.0));
-    s = stats_of(f.e);
+    s = t_stats(f.e);
     cr_assert_eq(s.held, 0);
     cr_assert_eq(s.waiting, 0);
     cr_assert(s.open <= 2);
@@ -1974,28 +1852,28 @@ static bool sandbox_uses_password(void) {
 
 /* Statements every 10 ms for a second against an engine that cannot
  * connect: each fails once with `want`; returns the connection attempts. */
-static uint64_t refused_stream(fx *f, int want, double bound, const char *what, rec *first) {
+static uint64_t refused_stream(fx *f, int want, double bound, const char *what, t_rec *first) {
     enum { N = 100 };
-    rec *r = calloc(N, sizeof(*r));
+    t_rec *r = calloc(N, sizeof(*r));
     double *sent = calloc(N, sizeof(*sent));
     cr_assert(r && sent);
     for (int i = 0; i < N; i++) {
         sent[i] = t_mono();
-        cr_assert_eq(aorm_engine_execute(f->e, "SELECT 1", NULL, NULL, on_rec, &r[i]), 0);
+        cr_assert_eq(aorm_engine_execute(f->e, "SELECT 1", NULL, NULL, t_rec_on_result, &r[i]), 0);
         run_for(f, 0.01);
     }
     cr_assert(wait_all(f, r, N, bound + 2), "%s: not every statement was called back", what);
     run_for(f, 0.2);
     for (int i = 0; i < N; i++) {
         cr_assert_eq(r[i].calls, 1, "%s: statement %d called back %d times", what, i, r[i].calls);
-        cr_assert_eq(r[i].code, want, "%s: statement %d: %s", what, i, rec_str(&r[i]));
+        cr_assert_eq(r[i].code, want, "%s: statement %d: %s", what, i, t_rec_str(&r[i]));
         cr_assert(r[i].at - sent[i] <= bound, "%s: statement %d failed %.2f s after submission", what, i,
                   r[i].at - sent[i]);
     }
     *first = r[0];
     free(r);
     free(sent);
-    return stats_of(f->e).connect_failures;
+    return t_stats(f->e).connect_failures;
 }
 
 Test(fault_matrix, wrong_credentials, .timeout = 120) {
@@ -2010,20 +1888,20 @@ Test(fault_matrix, wrong_credentials, .timeout = 120) {
     o.pool_timeout = 1.0;
     o.reconnect_max = 0.5;
     fx_engine(&f, &o);
-    hold h = {0};
+    t_rec h = {0};
     double t0 = t_mono();
-    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0);
+    cr_assert_eq(aorm_engine_acquire(f.e, t_rec_on_conn, &h), 0);
     cr_assert(wait_flag(&f, &h.calls, 5), "the acquire was never called back");
     cr_assert_eq(h.code, AORM_EAUTH, "acquire with refused credentials: %s %s", cname(h.code), h.msg);
     cr_assert(h.at - t0 < 1.0, "refused credentials reported after %.2f s", h.at - t0);
-    rec first;
+    t_rec first;
     uint64_t attempts = refused_stream(&f, AORM_EAUTH, 1.5, title, &first);
-    aorm_engine_stats s = stats_of(f.e);
+    aorm_engine_stats s = t_stats(f.e);
     cr_assert_eq(s.connects, 0);
     cr_assert_eq(s.open, 0, "open = %d", s.open);
     cr_assert_eq(s.waiting, 0);
     cr_assert(attempts <= 25, "%llu connection attempts in about 1.2 s: no backoff", (unsigned long long)attempts);
-    cr_log_info("%s: %s; %llu attempts", title, rec_str(&first), (unsigned long long)attempts);
+    cr_log_info("%s: %s; %llu attempts", title, t_rec_str(&first), (unsigned long long)attempts);
 
     char caller[512], pool[512];
     snprintf(caller, sizeof(caller), "statements and acquires: %s, once each, at once (not at pool_timeout), "
@@ -2048,16 +1926,16 @@ static void refused_scenario(const char *id, const char *title, const char *labe
     o.pool_timeout = 1.0;
     o.reconnect_max = 0.5;
     fx_engine(&f, &o);
-    hold h = {0};
-    cr_assert_eq(aorm_engine_acquire(f.e, on_hold, &h), 0);
+    t_rec h = {0};
+    cr_assert_eq(aorm_engine_acquire(f.e, t_rec_on_conn, &h), 0);
     cr_assert(wait_flag(&f, &h.calls, 5), "the acquire was never called back");
     cr_assert_eq(h.code, AORM_ECONNECT, "acquire: %s %s", cname(h.code), h.msg);
-    rec first;
+    t_rec first;
     uint64_t attempts = refused_stream(&f, AORM_ECONNECT, o.pool_timeout + o.reconnect_max + 0.5, title, &first);
     cr_assert_str_eq(first.sqlstate, "08001");
     cr_assert(strstr(first.msg, needle) || strstr(first.detail, needle), "%s: the error does not say \"%s\": %s / %s",
               title, needle, first.msg, first.detail);
-    aorm_engine_stats s = stats_of(f.e);
+    aorm_engine_stats s = t_stats(f.e);
     cr_assert_eq(s.connects, 0);
     cr_assert_eq(s.waiting, 0);
     cr_assert(attempts >= 2 && attempts <= 25, "%llu connection attempts", (unsigned long long)attempts);
@@ -2067,7 +1945,7 @@ static void refused_scenario(const char *id, const char *title, const char *labe
 
     cr_assert_eq(fp_listen(f.proxy, FP_ACCEPT), 0);
     double healed = expect_healed(&f, HEAL_S, 2, title);
-    cr_log_info("%s: %s; %llu attempts; healed in %.3f s", title, rec_str(&first), (unsigned long long)attempts,
+    cr_log_info("%s: %s; %llu attempts; healed in %.3f s", title, t_rec_str(&first), (unsigned long long)attempts,
                 healed);
 
     char caller[512], pool[512];

@@ -117,20 +117,6 @@ static void write_file(const char *path, const char *text) {
     fclose(f);
 }
 
-static char *read_all(const char *path) {
-    FILE *f = fopen(path, "rb");
-    cr_assert_not_null(f, "cannot read %s", path);
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *m = open_memstream(&buf, &len);
-    char chunk[4096];
-    size_t k;
-    while ((k = fread(chunk, 1, sizeof chunk, f)) > 0) fwrite(chunk, 1, k, m);
-    fclose(f);
-    fclose(m);
-    return buf;
-}
-
 /* Writes DIR/NAME.sql with a header and the two sections. */
 static void rev(const char *dir, const char *name, const char *id, const char *parents, const char *extra_header,
                 const char *up, const char *down) {
@@ -456,7 +442,7 @@ Test(migrate, two_heads_need_a_target_and_history_lists_the_graph) {
     cr_assert_eq(aorm_migrate_create(t.m, "join the branches", AORM_MIGRATE_MERGE, on_outcome, &n), 0);
     wait_outcome(&t, &n, "new --merge");
     expect_ok(&n, "new --merge");
-    char *text = read_all(n.file);
+    char *text = t_read_file(n.file);
     cr_assert(strstr(text, "-- parents: bbbb00000002 cccc00000003\n"), "%s", text);
     free(text);
     cr_assert_eq(aorm_migrate_history(t.m, &hist, why, sizeof why), 0, "%s", why);
@@ -944,7 +930,7 @@ Test(migrate, a_tampered_and_a_missing_applied_file_stop_the_run_until_repaired)
     char path_a[400], path_b[400];
     snprintf(path_a, sizeof path_a, "%s/01_a.sql", dir);
     snprintf(path_b, sizeof path_b, "%s/02_b.sql", dir);
-    char *bytes = read_all(path_a);
+    char *bytes = t_read_file(path_a);
     PGconn *c = db_conn(d);
     const char *pv[1] = {bytes};
     PGresult *r = PQexecParams(c, "SELECT encode(sha256(convert_to($1, 'UTF8')), 'hex') = checksum "
@@ -1133,7 +1119,7 @@ static const aorm_model *const V3[] = {&author_model, &book3_model, &tag_model, 
 
 /* The up section of a revision file (from its marker to the down one). */
 static char *up_section(const char *path) {
-    char *text = read_all(path);
+    char *text = t_read_file(path);
     char *up = strstr(text, "-- migrate:up\n");
     char *down = strstr(text, "-- migrate:down\n");
     cr_assert(up && down && up < down, "%s", text);
@@ -1204,7 +1190,7 @@ Test(migrate, autogenerate_from_the_bookstore_then_a_changed_model_applies_and_c
     o = run(&t, AUTOGEN, "isbn, editors, title index");
     expect_ok(&o, "autogenerate v2");
     char *v2_path = strdup(o.file);
-    char *text = read_all(o.file);
+    char *text = t_read_file(o.file);
     char parents[64];
     snprintf(parents, sizeof parents, "-- parents: %s\n", first_id);
     cr_assert(strstr(text, parents), "%s", text);
@@ -1420,4 +1406,78 @@ Test(migrate, the_cli_runs_the_bookstore_revisions_and_check_fails_on_drift) {
     cr_assert_eq(cli(d, args), 2, "downgrade without a target is a usage error");
     snprintf(args, sizeof args, "-d '%s' --sql upgrade", AORM_BOOKSTORE_MIGRATIONS);
     cr_assert_eq(cli(d, args), 0);
+}
+
+/* A model with an enum, interval, inet/cidr and array columns: the
+ * revision creates the enum type before the table (and drops it after),
+ * and once applied, check finds no drift (the scratch schema's
+ * format_type() matches the live one). */
+typedef enum mig_level { MIG_LOW = 1, MIG_HIGH = 2 } mig_level;
+static const char *const mig_level_labels[] = {"low", "high"};
+static const int mig_level_values[] = {MIG_LOW, MIG_HIGH};
+static const aorm_enum mig_level_enum = {"mig_level", NULL, mig_level_labels, mig_level_values, 2};
+typedef struct mig_typed {
+    int64_t id;
+    mig_level level;
+    aorm_opt_int32 level2;
+    aorm_interval span;
+    aorm_opt_inet addr;
+    aorm_inet net;
+    aorm_array_int64 ids;
+    aorm_array_text names;
+    aorm_array_int64 stamps;
+    aorm_array_text nums;
+} mig_typed;
+static const aorm_column mig_typed_columns[] = {
+    AORM_COLUMN(mig_typed, id, AORM_INT8, AORM_PK),
+    AORM_COLUMN(mig_typed, level, AORM_ENUM, 0, .enum_type = &mig_level_enum),
+    AORM_COLUMN(mig_typed, level2, AORM_ENUM, AORM_NULLABLE, .enum_type = &mig_level_enum),
+    AORM_COLUMN(mig_typed, span, AORM_INTERVAL, 0),
+    AORM_COLUMN(mig_typed, addr, AORM_INET, AORM_NULLABLE),
+    AORM_COLUMN(mig_typed, net, AORM_CIDR, 0),
+    AORM_COLUMN(mig_typed, ids, AORM_INT8_ARRAY, 0),
+    AORM_COLUMN(mig_typed, names, AORM_TEXT_ARRAY, AORM_NULLABLE),
+    AORM_COLUMN(mig_typed, stamps, AORM_TIMESTAMPTZ_ARRAY, 0),
+    AORM_COLUMN(mig_typed, nums, AORM_NUMERIC_ARRAY, 0),
+};
+static const aorm_model mig_typed_model = {AORM_MODEL_OF(mig_typed, "mig_typed"), AORM_COLUMNS(mig_typed_columns)};
+static const aorm_model *const TYPED[] = {&mig_typed_model};
+
+Test(migrate, autogenerate_a_model_with_enum_interval_inet_and_array_columns_then_check_is_clean) {
+    tdb *d = new_db("typed");
+    char dir[300];
+    new_dir(dir, sizeof dir);
+    struct ev_loop *evl = ev_loop_new(0);
+    env t;
+    env_open(&t, evl, d, dir, TYPED, 1);
+    outcome o = run(&t, AUTOGEN, "typed");
+    expect_ok(&o, "autogenerate");
+    char *text = t_read_file(o.file);
+    char *ct = strstr(text, "CREATE TYPE \"mig_level\" AS ENUM ('low', 'high');");
+    char *tb = strstr(text, "CREATE TABLE \"mig_typed\"");
+    cr_assert(ct && tb && ct < tb, "%s", text);
+    cr_assert(strstr(text, "\"level\" \"mig_level\" NOT NULL") && strstr(text, "\"ids\" bigint[] NOT NULL"), "%s", text);
+    char *dt = strstr(text, "DROP TYPE \"mig_level\";"), *dtb = strstr(text, "DROP TABLE \"mig_typed\";");
+    cr_assert(dt && dtb && dtb < dt, "down: %s", text);
+    free(text);
+    char *first = strdup(o.revision);
+    outcome_free(&o);
+    o = run(&t, UPGRADE, NULL);
+    expect_ok(&o, "upgrade");
+    outcome_free(&o);
+    o = run(&t, CHECK, NULL);
+    expect_ok(&o, "check");
+    cr_assert_not(o.drift, "drift after the revision: %s", o.text);
+    outcome_free(&o);
+    o = run(&t, AUTOGEN, "nothing");
+    expect_ok(&o, "autogenerate without differences");
+    cr_assert(o.nothing && !o.file[0], "%s", o.file);
+    outcome_free(&o);
+    o = run(&t, DOWNGRADE, "base");
+    expect_ok(&o, "downgrade to base");
+    outcome_free(&o);
+    cr_assert_eq(db_long(d, "SELECT count(*) FROM pg_type WHERE typname = 'mig_level'"), 0, "the type is dropped");
+    free(first);
+    env_close(&t);
+    ev_loop_destroy(evl);
 }

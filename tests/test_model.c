@@ -969,6 +969,7 @@ Test(field, params_are_the_builders_encodings, .timeout = TIMEOUT) {
                 case AORM_JSON: aorm_params_json(&want, *(char *const *)f, strlen(*(char *const *)f)); break;
                 case AORM_JSONB: aorm_params_jsonb(&want, *(char *const *)f, strlen(*(char *const *)f)); break;
                 case AORM_BYTEA: aorm_params_bytea(&want, ((const aorm_bytes *)f)->data, ((const aorm_bytes *)f)->len); break;
+                default: cr_assert_fail("column %s: a type the every model does not have", c->name);
                 }
             }
             cr_assert_eq(aorm_params_error(&want), 0);
@@ -1497,24 +1498,10 @@ static char *catalog_of(const char *dsn) {
     return text;
 }
 
-static char *read_file(const char *path) {
-    FILE *f = fopen(path, "rb");
-    cr_assert_not_null(f, "cannot open %s", path);
-    char *buf = NULL;
-    size_t len = 0;
-    FILE *m = open_memstream(&buf, &len);
-    char chunk[4096];
-    size_t n;
-    while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0) fwrite(chunk, 1, n, m);
-    fclose(m);
-    fclose(f);
-    return buf;
-}
-
 /* Runs the CREATE statements of bench/schema.sql (its DDL, not its data
  * load) in the database at dsn. The file has no ';' inside literals. */
 static int load_reference_ddl(const char *dsn) {
-    char *text = read_file(AORM_SOURCE_DIR "/bench/schema.sql");
+    char *text = t_read_file(AORM_SOURCE_DIR "/bench/schema.sql");
     PGconn *c = pg_at(dsn);
     int n = 0;
     char *save = NULL;

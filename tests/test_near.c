@@ -363,16 +363,9 @@ static void on_prepare(struct ev_loop *evl, ev_prepare *w, int revents) {
 
 static void tfx_init(void) {
     memset(&T, 0, sizeof(T));
-    T.evl = ev_loop_new(EVFLAG_AUTO);
-    cr_assert_not_null(T.evl);
-    T.l = aorm_loop_new_ev(T.evl);
+    t_loop_open(&T.evl, &T.l);
     aorm_redis_options_init(&T.o);
-    T.o.host = t_redis_host();
-    T.o.port = t_redis_port();
-    const char *pw = getenv("AORM_TEST_REDIS_PASSWORD");
-    const char *user = getenv("AORM_TEST_REDIS_USER");
-    if (pw && *pw) T.o.password = pw;
-    if (pw && *pw && user && *user) T.o.username = user;
+    t_redis_sandbox(&T.o);
     T.o.log = tlog_cb;
     T.o.log_level = AORM_LOG_DEBUG;
     T.o.reconnect_min = 0.02;
@@ -396,8 +389,7 @@ static void tfx_fini(void) {
     aorm__tracker_free(T.t);
     aorm_redis_free(T.data);
     aorm__near_free(T.near);
-    aorm_loop_free(T.l);
-    ev_loop_destroy(T.evl);
+    t_loop_close(&T.evl, &T.l);
 }
 
 static int ready_cond(void *arg) { return T.t && aorm__tracker_ready(T.t); }
@@ -639,18 +631,6 @@ Test(near, a_reply_racing_its_invalidation_never_leaves_the_old_value, .timeout 
 
 static pid_t stopped_redis;
 
-static pid_t sandbox_redis_pid(void) {
-    char path[512];
-    snprintf(path, sizeof(path), "%s/redis.pid", t_env("AORM_SANDBOX_DIR"));
-    FILE *f = fopen(path, "r");
-    cr_assert_not_null(f, "no %s", path);
-    long pid = 0;
-    cr_assert_eq(fscanf(f, "%ld", &pid), 1);
-    fclose(f);
-    cr_assert_gt(pid, 1);
-    return (pid_t)pid;
-}
-
 static void cont_fini(void) {
     if (stopped_redis > 0) kill(stopped_redis, SIGCONT);
     stopped_redis = 0;
@@ -668,7 +648,7 @@ Test(near, a_stopped_server_drops_everything_at_the_first_deadline, .timeout = 6
      .fini = cont_fini) {
     wait_ready(5);
     int f0 = T.flushes;
-    stopped_redis = sandbox_redis_pid();
+    stopped_redis = t_sandbox_redis_pid();
     cr_assert_eq(kill(stopped_redis, SIGSTOP), 0);
     int got = 0;
     aorm_redis_cmd_options co = {.deadline = 0.2};

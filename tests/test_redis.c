@@ -39,13 +39,7 @@
 #include "cache/redis_int.h"
 #include "support.h"
 
-/* ---- clocks and the heartbeat ------------------------------------------------ */
-
-static double mono(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
+/* ---- the heartbeat ------------------------------------------------------------ */
 
 /* The longest gap between two beats of a 5 ms timer that a test accepts:
  * scheduling noise on a busy machine stays below it, while a loop blocked
@@ -60,7 +54,7 @@ typedef struct heartbeat {
 
 static void hb_tick(struct ev_loop *evl, ev_timer *w, int revents) {
     heartbeat *h = (heartbeat *)w;
-    double now = mono();
+    double now = t_mono();
     if (h->last > 0 && now - h->last > h->max_gap) h->max_gap = now - h->last;
     h->last = now;
     h->beats++;
@@ -102,10 +96,7 @@ static void log_cb(aorm_log_level level, const char *msg, void *user) {
 
 static void fx_init(aorm_redis_options *o) {
     memset(&F, 0, sizeof(F));
-    F.evl = ev_loop_new(EVFLAG_AUTO);
-    cr_assert_not_null(F.evl);
-    F.l = aorm_loop_new_ev(F.evl);
-    cr_assert_not_null(F.l);
+    t_loop_open(&F.evl, &F.l);
     aorm_redis_options_init(o);
     o->log = log_cb;
     o->log_user = &F;
@@ -115,12 +106,7 @@ static void fx_init(aorm_redis_options *o) {
 /* Options for the sandbox Redis, with its credentials when it has them. */
 static void fx_sandbox(aorm_redis_options *o) {
     fx_init(o);
-    o->host = t_redis_host();
-    o->port = t_redis_port();
-    const char *pw = getenv("AORM_TEST_REDIS_PASSWORD");
-    const char *user = getenv("AORM_TEST_REDIS_USER");
-    if (pw && *pw) o->password = pw;
-    if (pw && *pw && user && *user) o->username = user;
+    t_redis_sandbox(o);
 }
 
 static void fx_client(const aorm_redis_options *o) {
@@ -131,8 +117,7 @@ static void fx_client(const aorm_redis_options *o) {
 static void fx_done(void) {
     aorm_redis_free(F.r);
     F.r = NULL;
-    aorm_loop_free(F.l);
-    ev_loop_destroy(F.evl);
+    t_loop_close(&F.evl, &F.l);
     for (int i = 0; i < F.nlogs; i++) free(F.logs[i]);
     F.nlogs = 0;
 }
@@ -170,7 +155,7 @@ static int arrivals;
 static void on_outcome(aorm_redis *r, struct redisReply *reply, const aorm_error *err, void *user) {
     outcome *o = user;
     o->calls++;
-    o->at = mono();
+    o->at = t_mono();
     o->order = arrivals++;
     if (err) {
         cr_assert(!reply, "reply and error together");
@@ -205,10 +190,6 @@ static int one_called_cond(void *arg) { return ((outcome *)arg)->calls > 0; }
 static void wait_for(outcome *o, double seconds) {
     cr_assert(t_run_until_fn(F.evl, one_called_cond, o, seconds), "no callback within %g s", seconds);
 }
-
-/* Runs the loop for `seconds` whatever happens (to catch late duplicates). */
-static int never(void *arg) { return 0; }
-static void run_for(double seconds) { t_run_until_fn(F.evl, never, NULL, seconds); }
 
 /* Sends PING and waits for PONG: the connection is ready. */
 static void ping_ok(double seconds) {
@@ -295,7 +276,7 @@ static void srv_exec(srv *s) {
     s->pid = pid;
     s->stopped = false;
     /* up when it answers on its socket (NOAUTH counts as an answer) */
-    double until = mono() + 10;
+    double until = t_mono() + 10;
     for (;;) {
         struct timeval tv = {0, 200000};
         redisContext *c = redisConnectUnixWithTimeout(s->sock, tv);
@@ -310,7 +291,7 @@ static void srv_exec(srv *s) {
         }
         int status;
         cr_assert(waitpid(pid, &status, WNOHANG) == 0, "redis-server exited at start (see %s/redis.log)", s->dir);
-        cr_assert(mono() < until, "redis-server did not answer within 10 s (see %s/redis.log)", s->dir);
+        cr_assert(t_mono() < until, "redis-server did not answer within 10 s (see %s/redis.log)", s->dir);
         usleep(10000);
     }
 }
@@ -520,7 +501,7 @@ Test(redis, replies_of_every_type, .timeout = 30) {
     cr_assert_eq(mget.elements, 3);
     /* replies arrive in the order the commands were queued */
     for (int i = 1; all[i]; i++) cr_assert_lt(all[i - 1]->order, all[i]->order);
-    run_for(0.05);
+    t_settle(F.evl, 0.05);
     for (int i = 0; all[i]; i++) cr_assert_eq(all[i]->calls, 1);
     aorm_redis_stats s = stats();
     cr_assert_eq(s.commands, 8);
@@ -729,7 +710,7 @@ Test(redis, wrong_password_is_an_auth_error, .timeout = 60, .fini = srv_fini) {
     cr_assert_eq(s.connects, 0);
     cr_assert_geq(s.connect_failures, 1);
     /* refused credentials are retried at reconnect_max, not in a storm */
-    run_for(0.5);
+    t_settle(F.evl, 0.5);
     cr_assert_leq(stats().connect_failures, 4, "%llu attempts in 0.5 s",
                   (unsigned long long)stats().connect_failures);
     cr_assert(logs_lack(PW_ALICE));
@@ -763,7 +744,7 @@ Test(redis, deadline_with_a_stopped_server, .timeout = 60, .fini = srv_fini) {
     srv_stop_signal();
     outcome slow = {0}, other = {0}, later = {0};
     aorm_redis_cmd_options short_dl = {0.2}, long_dl = {5};
-    double t0 = mono();
+    double t0 = t_mono();
     cr_assert_eq(aorm_redis_command(F.r, &short_dl, on_outcome, &slow, "GET a"), 0);
     cr_assert_eq(aorm_redis_command(F.r, &long_dl, on_outcome, &other, "GET b"), 0);
     wait_for(&slow, 5);
@@ -786,7 +767,7 @@ Test(redis, deadline_with_a_stopped_server, .timeout = 60, .fini = srv_fini) {
     ping_until_ok(10);
     double gap = hb_stop(F.evl, &hb);
     cr_assert_lt(gap, HB_MAX, "the loop stalled for %.3f s", gap);
-    run_for(0.05);
+    t_settle(F.evl, 0.05);
     cr_assert_eq(slow.calls + other.calls + later.calls, 3);
     fx_done();
 }
@@ -803,7 +784,7 @@ Test(redis, connect_timeout_with_a_stopped_server, .timeout = 60, .fini = srv_fi
     heartbeat hb;
     hb_start(F.evl, &hb);
     outcome a = {0};
-    double t0 = mono();
+    double t0 = t_mono();
     cr_assert_eq(aorm_redis_command(F.r, NULL, on_outcome, &a, "GET a"), 0);
     wait_for(&a, 5);
     cr_assert_eq(a.code, AORM_ECONNECT, "got %s: %s", aorm_errname(a.code), a.str);
@@ -827,7 +808,7 @@ Test(redis, server_killed_and_restarted, .timeout = 60, .fini = srv_fini) {
     /* a command held by the server (BLPOP) is in flight when it dies */
     outcome held = {0};
     cr_assert_eq(aorm_redis_command(F.r, NULL, on_outcome, &held, "BLPOP aorm:t:nothing 15"), 0);
-    run_for(0.05); /* sent */
+    t_settle(F.evl, 0.05); /* sent */
     cr_assert_eq(stats().in_flight, 1);
     srv_kill();
     wait_for(&held, 5);
@@ -854,7 +835,7 @@ Test(redis, server_killed_and_restarted, .timeout = 60, .fini = srv_fini) {
     cr_assert_eq(s.breaker, AORM_REDIS_BREAKER_CLOSED);
     gap = hb_stop(F.evl, &hb);
     cr_assert_lt(gap, HB_MAX, "the loop stalled for %.3f s", gap);
-    run_for(0.05);
+    t_settle(F.evl, 0.05);
     cr_assert_eq(held.calls, 1);
     fx_done();
 }
@@ -881,9 +862,9 @@ Test(redis, garbage_from_the_server, .timeout = 60) {
     cr_assert_eq(b.code, AORM_EPROTOCOL);
     cr_assert_geq(stats().protocol_errors, 1);
     /* keep failing until the breaker opens; then calls fail at once */
-    double t0 = mono();
+    double t0 = t_mono();
     int rc = 0;
-    while (rc == 0 && mono() - t0 < 5) {
+    while (rc == 0 && t_mono() - t0 < 5) {
         outcome c = {0};
         rc = aorm_redis_command(F.r, NULL, on_outcome, &c, "GET c");
         if (rc == 0) wait_for(&c, 5);
@@ -895,7 +876,7 @@ Test(redis, garbage_from_the_server, .timeout = 60) {
     cr_assert_geq(s.rejected, 1);
     /* after the cooldown it tries again (half-open), fails, opens again */
     uint64_t accepted = FK.accepted;
-    run_for(0.5);
+    t_settle(F.evl, 0.5);
     cr_assert_gt(FK.accepted, accepted, "no attempt after the cooldown");
     cr_assert_geq(stats().breaker_opens, 1);
     cr_assert_lt(hb_stop(F.evl, &hb), HB_MAX);
@@ -939,7 +920,7 @@ Test(redis, server_hangs_up_at_once, .timeout = 30) {
         int want = pass == 0 ? AORM_ECONNECT : AORM_ECONNLOST;
         cr_assert_eq(a.code, want, "pass %d: got %s: %s", pass, aorm_errname(a.code), a.str);
         cr_assert(strstr(a.str, "redis 127.0.0.1:"), "the message does not say where: %s", a.str);
-        run_for(0.05);
+        t_settle(F.evl, 0.05);
         cr_assert_eq(a.calls, 1);
         fake_stop(F.evl);
         fx_done();
@@ -987,7 +968,7 @@ Test(redis, connection_refused_fails_waiting_commands_fast, .timeout = 30) {
     o.command_timeout = 10;
     fx_client(&o);
     outcome a = {0};
-    double t0 = mono();
+    double t0 = t_mono();
     cr_assert_eq(aorm_redis_command(F.r, NULL, on_outcome, &a, "PING"), 0);
     wait_for(&a, 5);
     cr_assert_eq(a.code, AORM_ECONNECT);
@@ -1112,7 +1093,7 @@ Test(redis, free_inside_a_reply_callback, .timeout = 30) {
     F.r = NULL; /* freed by the callback */
     for (int i = 0; i <= 5; i++) cr_assert_eq(v[i].code, 0);
     for (int i = 6; i < 20; i++) cr_assert_eq(v[i].code, AORM_ECANCELED, "command %d: %s", i, aorm_errname(v[i].code));
-    run_for(0.05);
+    t_settle(F.evl, 0.05);
     for (int i = 0; i < 20; i++) cr_assert_eq(v[i].calls, 1);
     fx_done();
 }
@@ -1147,7 +1128,7 @@ Test(redis, free_inside_a_timeout_callback, .timeout = 60, .fini = srv_fini) {
     cr_assert_eq(b.code, AORM_ECANCELED);
     cr_assert_eq(c.code, AORM_ECANCELED);
     srv_cont();
-    run_for(0.05);
+    t_settle(F.evl, 0.05);
     cr_assert_eq(a.calls + b.calls + c.calls, 3);
     fx_done();
 }
@@ -1163,14 +1144,14 @@ Test(redis, free_inside_a_connection_loss_callback, .timeout = 60, .fini = srv_f
     a.free_client = true;
     cr_assert_eq(aorm_redis_command(F.r, NULL, on_outcome, &a, "BLPOP aorm:t:x 15"), 0);
     cr_assert_eq(aorm_redis_command(F.r, NULL, on_outcome, &b, "BLPOP aorm:t:y 15"), 0);
-    run_for(0.05);
+    t_settle(F.evl, 0.05);
     srv_kill();
     outcome *all[] = {&a, &b, NULL};
     cr_assert(t_run_until_fn(F.evl, all_called_cond, all, 5));
     F.r = NULL;
     cr_assert_eq(a.code, AORM_ECONNLOST);
     cr_assert_eq(b.code, AORM_ECANCELED);
-    run_for(0.05);
+    t_settle(F.evl, 0.05);
     cr_assert_eq(a.calls + b.calls, 2);
     fx_done();
 }
@@ -1210,7 +1191,7 @@ Test(redis, free_while_connecting, .timeout = 30) {
     F.r = NULL;
     cr_assert_eq(a.calls, 1);
     cr_assert_eq(a.code, AORM_ECANCELED);
-    run_for(0.05);
+    t_settle(F.evl, 0.05);
     cr_assert_eq(a.calls, 1);
     fx_done();
 }
@@ -1331,7 +1312,7 @@ Test(redis, ready_hook_goes_first_and_lost_hook_runs_once_per_connection, .timeo
     cr_assert_eq(H.lost, 2);
     cr_assert_eq(H.ready, 3);
     cr_assert_eq(H.nseq, 7);
-    run_for(0.05);
+    t_settle(F.evl, 0.05);
     fx_done(); /* freeing runs no hook */
     cr_assert_eq(H.lost, 2);
     for (int i = 0; i < 3; i++) cr_assert_eq(H.hook_cmd[i].calls, 1);
@@ -1442,7 +1423,7 @@ Test(redis, subscriber_receives_messages_and_resubscribes_after_a_reconnect, .ti
     int three = 3;
     cr_assert(t_run_until_fn(F.evl, messages_n, &three, 5));
     cr_assert_str_eq(SR.msg[2], "again");
-    run_for(0.05);
+    t_settle(F.evl, 0.05);
     aorm_redis_stats s = stats();
     cr_assert_eq(s.messages, 3);
     cr_assert_eq(s.connections_lost, 1);
@@ -1470,7 +1451,7 @@ Test(redis, subscribe_not_confirmed_within_the_deadline, .timeout = 60, .fini = 
     F.r = subscriber(&o);
     heartbeat hb;
     hb_start(F.evl, &hb);
-    run_for(0.5);
+    t_settle(F.evl, 0.5);
     cr_assert_lt(hb_stop(F.evl, &hb), HB_MAX);
     aorm_redis_stats s = stats();
     cr_assert_eq(SR.subscribed, 0);
@@ -1540,7 +1521,7 @@ Test(redis, an_unsubscribe_from_the_server_reconnects, .timeout = 30) {
     cr_assert_eq(SR.subscribed, 1);
     cr_assert_eq(SR.lost, 1);
     cr_assert_eq(stats().protocol_errors, 0, "not garbage: a reconnect");
-    cr_assert(t_run_until_fn(F.evl, never, NULL, 0.2) == 0);
+    cr_assert(t_run_until_fn(F.evl, t_never, NULL, 0.2) == 0);
     cr_assert_geq(FK.accepted, 2, "no new connection");
     fake_stop(F.evl);
     fx_done();
@@ -1564,18 +1545,18 @@ Test(redis, subscriber_heartbeat_finds_a_silent_server, .timeout = 60, .fini = s
     int one = 1;
     cr_assert(t_run_until_fn(F.evl, subscribed_n, &one, 5));
     uint64_t w0 = stats().writes;
-    run_for(1.0);
+    t_settle(F.evl, 1.0);
     aorm_redis_stats s = stats();
     cr_assert_eq(s.connections_lost, 0, "an answered PING closed the connection");
     cr_assert_geq(s.writes - w0, 4, "no heartbeat while idle (%llu writes)", (unsigned long long)(s.writes - w0));
     cr_assert_leq(s.writes - w0, 12, "more PINGs than one per interval");
     cr_assert(s.subscribed);
     srv_stop_signal();
-    double t0 = mono();
+    double t0 = t_mono();
     heartbeat hb;
     hb_start(F.evl, &hb);
     cr_assert(t_run_until_fn(F.evl, connection_lost_seen, NULL, 5), "a silent server was not noticed");
-    double took = mono() - t0;
+    double took = t_mono() - t0;
     cr_assert_lt(hb_stop(F.evl, &hb), HB_MAX);
     cr_assert_lt(took, 1.0, "noticed after %.2f s", took);
     cr_assert_eq(SR.lost, 1);

@@ -13,6 +13,13 @@
  *     older state; once replay resumes and the standby has replayed the
  *     commit, the first owner's reads go back to the standby; the same
  *     through a session;
+ *   - read-your-writes through Redis: two routers on two loops, each with
+ *     its own Redis client on the sandbox Redis; what one commits under a
+ *     consistency key, the other reads (from the primary) under the same
+ *     key while replay is paused, from the standby once it has replayed;
+ *     another key reads the standby; the stored position only grows; with
+ *     Redis stopped (SIGSTOP) a keyed read goes to the primary within the
+ *     Redis deadline; the same through sessions;
  *   - a standby lagging past max_lag leaves the rotation and comes back;
  *   - failover: the primary killed, in-flight statements fail with
  *     AORM_ECONNLOST / AORM_EUNKNOWN_OUTCOME, new writes fail fast with
@@ -21,7 +28,9 @@
  *
  * Every test has the same timeout: Criterion 2.4.1's runner leaks under
  * --jobs when timeouts differ. */
+#include <hiredis/hiredis.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -212,6 +221,17 @@ static void make_table(env *t, const char *table) {
     wait_replicated(t, q);
 }
 
+static int owner_has_lsn(void *arg) { return aorm_owner_commit_lsn(arg) > 0; }
+typedef struct lsn_past {
+    aorm_owner *o;
+    uint64_t lsn;
+} lsn_past;
+static int owner_past(void *arg) {
+    lsn_past *p = arg;
+    return aorm_owner_commit_lsn(p->o) > p->lsn;
+}
+static int session_has_lsn(void *arg) { return aorm_session_commit_lsn(arg) > 0; }
+
 static void replay(env *t, bool on) {
     t_pg_runf(t->standby, on ? "SELECT pg_wal_replay_resume()" : "SELECT pg_wal_replay_pause()");
 }
@@ -282,7 +302,9 @@ Test(replica, reads_to_the_standby_writes_to_the_primary) {
     aorm_engine_stats s0, s1;
     aorm_engine_stats_get(aorm_hosts_engine(t.r, 0), &s0);
     aorm_engine_stats_get(aorm_hosts_engine(t.r, 1), &s1);
-    cr_assert_eq(st.statements, s0.statements + s1.statements);
+    /* the router's own checks are not the callers' statements */
+    cr_assert_lt(st.statements, s0.statements + s1.statements);
+    cr_assert_geq(st.statements, 25);
     aorm_host_status h0;
     aorm_hosts_status(t.r, 0, &h0);
     cr_assert_geq(h0.routed, 22);
@@ -301,8 +323,12 @@ Test(replica, read_your_writes_with_replay_paused) {
 
     replay(&t, false);
     insert_tx(&t, writer, "ryw_items", 1);
+    /* until the position is back (right behind the COMMIT's answer) the
+     * writer's reads go to the primary anyway */
+    answer early = exec(&t, t.r, q, READ, writer);
+    cr_assert_eq(early.count, 1);
+    cr_assert(t_run_until_fn(t.evl, owner_has_lsn, writer, 5), "the commit's position did not come back");
     uint64_t lsn = aorm_owner_commit_lsn(writer);
-    cr_assert_gt(lsn, 0, "the commit's position did not come back");
     /* the writer reads its write, from the primary */
     for (int i = 0; i < 5; i++) {
         answer a = exec(&t, t.r, q, READ, writer);
@@ -334,7 +360,8 @@ Test(replica, read_your_writes_with_replay_paused) {
     answer d = exec(&t, t.r, q, READ, writer);
     cr_assert_eq(d.count, 2);
     cr_assert_not(d.recovery);
-    cr_assert_gt(aorm_owner_commit_lsn(writer), lsn);
+    lsn_past past = {writer, lsn};
+    cr_assert(t_run_until_fn(t.evl, owner_past, &past, 5), "the write's position did not come back");
     /* a position set from elsewhere (another process) */
     aorm_owner_set_commit_lsn(other, aorm_owner_commit_lsn(writer));
     cr_assert_not(exec(&t, t.r, q, READ, other).recovery);
@@ -343,6 +370,228 @@ Test(replica, read_your_writes_with_replay_paused) {
     aorm_owner_free(other);
     t_pg_runf(t.primary, "DROP TABLE ryw_items");
     env_close(&t);
+}
+
+/* ---- read-your-writes shared through Redis ------------------------------------ */
+
+typedef struct fleet {
+    env t;
+    aorm_redis *rd;
+} fleet;
+
+static void fleet_open(fleet *f) {
+    env *t = &f->t;
+    memset(f, 0, sizeof(*f));
+    t_loop_open(&t->evl, &t->loop);
+    aorm_redis_options ro;
+    aorm_redis_options_init(&ro);
+    t_redis_sandbox(&ro);
+    ro.command_timeout = 0.3;
+    ro.reconnect_max = 0.2;
+    f->rd = aorm_redis_new(t->loop, &ro);
+    cr_assert_not_null(f->rd);
+    aorm_hosts_options o;
+    aorm_hosts_options_init(&o);
+    const char *servers[2] = {t_env("AORM_TEST_REPLICA_DSN"), t_env("AORM_TEST_DSN")};
+    o.servers = servers;
+    o.nservers = 2;
+    o.check_interval = 0.05;
+    o.check_timeout = 1;
+    o.max_lag = 0;
+    o.engine.pool_size = 4;
+    o.engine.pool_timeout = 3;
+    o.engine.connect_timeout = 2;
+    o.redis = f->rd;
+    o.redis_prefix = "aorm:test:ryw:";
+    o.redis_deadline = 0.3;
+    t->r = aorm_engine_new_hosts(t->loop, &o);
+    cr_assert_not_null(t->r);
+    t->primary = PQconnectdb(t_env("AORM_TEST_DSN"));
+    cr_assert_eq(PQstatus(t->primary), CONNECTION_OK);
+    t->standby = PQconnectdb(t_env("AORM_TEST_REPLICA_DSN"));
+    cr_assert_eq(PQstatus(t->standby), CONNECTION_OK);
+}
+
+static void fleet_close(fleet *f) {
+    aorm_engine_free(f->t.r);
+    f->t.r = NULL;
+    aorm_redis_free(f->rd);
+    env_close(&f->t);
+}
+
+static int redis_idle(void *arg) {
+    aorm_redis_stats st;
+    aorm_redis_stats_get(arg, &st);
+    return st.in_flight == 0 && st.waiting == 0;
+}
+
+typedef struct rget {
+    int done;
+    int code;
+    bool nil;
+    char val[64];
+} rget;
+
+static void on_rget(aorm_redis *r, redisReply *reply, const aorm_error *err, void *user) {
+    (void)r;
+    rget *g = user;
+    g->done++;
+    g->code = err ? err->code : 0;
+    if (reply && reply->type == REDIS_REPLY_NIL) g->nil = true;
+    if (reply && reply->type == REDIS_REPLY_STRING) snprintf(g->val, sizeof(g->val), "%s", reply->str);
+}
+
+static rget redis_cmd(fleet *f, const char *a0, const char *a1, const char *a2) {
+    rget g = {0};
+    const char *argv[3] = {a0, a1, a2};
+    cr_assert_eq(aorm_redis_command_argv(f->rd, a2 ? 3 : 2, argv, NULL, NULL, on_rget, &g), 0);
+    cr_assert(t_run_until(f->t.evl, &g.done, 10));
+    cr_assert_eq(g.code, 0, "redis %s %s: %d", a0, a1, g.code);
+    return g;
+}
+
+/* A read through a new owner of f's router with consistency key `key`
+ * (NULL: none). */
+static answer keyed_read(fleet *f, const char *key, const char *sql) {
+    aorm_owner *o = aorm_owner_new(f->t.r);
+    cr_assert_not_null(o);
+    if (key) cr_assert_eq(aorm_owner_set_consistency_key(o, key), 0);
+    answer a = exec(&f->t, f->t.r, sql, READ, o);
+    aorm_owner_free(o);
+    return a;
+}
+
+Test(replica, read_your_writes_shared_through_redis) {
+    fleet A, B;
+    fleet_open(&A);
+    fleet_open(&B);
+    make_table(&A.t, "ryw_fleet");
+    wait_host(&A.t, 0, AORM_HOST_STANDBY, 1, 0, 10);
+    wait_host(&B.t, 0, AORM_HOST_STANDBY, 1, 0, 10);
+    char key[64], other[64], high[64];
+    snprintf(key, sizeof(key), "user-%d", (int)getpid());
+    snprintf(other, sizeof(other), "user-%d-other", (int)getpid());
+    snprintf(high, sizeof(high), "user-%d-high", (int)getpid());
+    char full[128];
+    snprintf(full, sizeof(full), "aorm:test:ryw:%s", key);
+    redis_cmd(&A, "DEL", full, NULL);
+    const char *q = "SELECT count(*) AS n, pg_is_in_recovery() AS r FROM ryw_fleet";
+
+    /* misuse: a plain owner, an empty key, a router without Redis */
+    aorm_owner *w = aorm_owner_new(A.t.r);
+    cr_assert_eq(aorm_owner_set_consistency_key(w, ""), AORM_EMISUSE);
+    env plain;
+    env_open(&plain);
+    aorm_owner *po = aorm_owner_new(plain.r);
+    cr_assert_eq(aorm_owner_set_consistency_key(po, "k"), AORM_EMISUSE);
+    aorm_owner_free(po);
+    env_close(&plain);
+
+    /* A commits under the key while the standby does not replay */
+    cr_assert_eq(aorm_owner_set_consistency_key(w, key), 0);
+    replay(&A.t, false);
+    insert_tx(&A.t, w, "ryw_fleet", 1);
+    cr_assert(t_run_until_fn(A.t.evl, owner_has_lsn, w, 5), "the commit's position did not come back");
+    uint64_t lsn = aorm_owner_commit_lsn(w);
+    cr_assert(t_run_until_fn(A.t.evl, redis_idle, A.rd, 5), "the position was not stored");
+    rget stored = redis_cmd(&B, "GET", full, NULL);
+    cr_assert_eq(strlen(stored.val), 16, "stored as '%s'", stored.val);
+    cr_assert_eq(strtoull(stored.val, NULL, 16), lsn, "stored %s, committed at %" PRIx64, stored.val, lsn);
+
+    /* B (another router, another loop, another Redis connection) under the
+     * same key reads the write from the primary; under another key or
+     * none it reads the standby, which has not replayed it */
+    answer b1 = keyed_read(&B, key, q);
+    cr_assert_eq(b1.code, 0, "%s", b1.msg);
+    cr_assert_eq(b1.count, 1, "the same key did not read the write");
+    cr_assert_not(b1.recovery);
+    answer b2 = keyed_read(&B, other, q);
+    cr_assert_eq(b2.code, 0, "%s", b2.msg);
+    cr_assert(b2.recovery, "another key did not read the standby");
+    cr_assert_eq(b2.count, 0);
+    answer b3 = keyed_read(&B, NULL, q);
+    cr_assert(b3.recovery);
+    /* one owner: only its first read asks Redis, the later ones keep the position */
+    aorm_owner *bo = aorm_owner_new(B.t.r);
+    cr_assert_eq(aorm_owner_set_consistency_key(bo, key), 0);
+    aorm_redis_stats s0, s1;
+    aorm_redis_stats_get(B.rd, &s0);
+    for (int i = 0; i < 3; i++) cr_assert_not(exec(&B.t, B.t.r, q, READ, bo).recovery);
+    aorm_redis_stats_get(B.rd, &s1);
+    cr_assert_eq(s1.commands - s0.commands, 1, "%" PRIu64 " Redis commands for three reads", s1.commands - s0.commands);
+    cr_assert_geq(aorm_owner_commit_lsn(bo), lsn);
+
+    /* after replay resumes and the standby has replayed it: the standby */
+    replay(&A.t, true);
+    wait_host(&B.t, 0, AORM_HOST_STANDBY, 1, lsn, 10);
+    answer b4 = keyed_read(&B, key, q);
+    cr_assert_eq(b4.code, 0, "%s", b4.msg);
+    cr_assert(b4.recovery, "the key's reads did not go back to the standby");
+    cr_assert_eq(b4.count, 1);
+    cr_assert(exec(&B.t, B.t.r, q, READ, bo).recovery);
+    aorm_owner_free(bo);
+
+    /* the stored position only grows: a higher one stays */
+    char fullhigh[128];
+    snprintf(fullhigh, sizeof(fullhigh), "aorm:test:ryw:%s", high);
+    redis_cmd(&A, "SET", fullhigh, "7fffffffffffffff");
+    cr_assert_eq(aorm_owner_set_consistency_key(w, high), 0);
+    insert_tx(&A.t, w, "ryw_fleet", 2);
+    lsn_past past = {w, lsn};
+    cr_assert(t_run_until_fn(A.t.evl, owner_past, &past, 5));
+    cr_assert(t_run_until_fn(A.t.evl, redis_idle, A.rd, 5));
+    cr_assert_str_eq(redis_cmd(&B, "GET", fullhigh, NULL).val, "7fffffffffffffff");
+    /* (that owner now trusts no standby: its reads go to the primary) */
+    cr_assert_not(exec(&A.t, A.t.r, q, READ, w).recovery);
+    cr_assert_eq(aorm_owner_commit_lsn(w), UINT64_C(0x7fffffffffffffff));
+    aorm_owner_free(w);
+
+    /* Redis stopped: a keyed read still sees the write, from the primary,
+     * within the Redis deadline; reads without a key never wait */
+    w = aorm_owner_new(A.t.r);
+    cr_assert_eq(aorm_owner_set_consistency_key(w, key), 0);
+    replay(&A.t, false);
+    insert_tx(&A.t, w, "ryw_fleet", 3);
+    cr_assert(t_run_until_fn(A.t.evl, owner_has_lsn, w, 5));
+    cr_assert(t_run_until_fn(A.t.evl, redis_idle, A.rd, 5));
+    pid_t pid = t_sandbox_redis_pid();
+    cr_assert_eq(kill(pid, SIGSTOP), 0);
+    double t0 = aorm_loop_now(B.t.loop);
+    answer b5 = keyed_read(&B, key, q);
+    double took = aorm_loop_now(B.t.loop) - t0;
+    answer b6 = keyed_read(&B, other, q);
+    double t1 = aorm_loop_now(B.t.loop);
+    answer b7 = keyed_read(&B, NULL, q);
+    double took_plain = aorm_loop_now(B.t.loop) - t1;
+    kill(pid, SIGCONT);
+    cr_assert_eq(b5.code, 0, "%s", b5.msg);
+    cr_assert_eq(b5.count, 3, "Redis stopped: the keyed read missed the write");
+    cr_assert_not(b5.recovery, "Redis stopped: the keyed read went to the lagging standby");
+    cr_assert_lt(took, 1.0, "the keyed read took %.3f s (Redis deadline 0.3 s)", took);
+    cr_assert_geq(took, 0.25, "the keyed read did not wait for Redis (%.3f s)", took);
+    cr_assert_eq(b6.code, 0, "%s", b6.msg);
+    cr_assert_not(b6.recovery, "Redis stopped: an unknown key must not trust the standby");
+    cr_assert(b7.recovery);
+    cr_assert_lt(took_plain, 0.25, "a read without a key waited %.3f s", took_plain);
+    replay(&A.t, true);
+
+    /* Redis back: B's keyed reads use it again */
+    wait_host(&B.t, 0, AORM_HOST_STANDBY, 1, aorm_owner_commit_lsn(w), 10);
+    answer b8 = {0};
+    for (int i = 0; i < 50; i++) {
+        b8 = keyed_read(&B, key, q);
+        if (b8.recovery) break;
+        t_settle(B.t.evl, 0.1); /* the breaker / reconnect after the deadline */
+    }
+    cr_assert(b8.recovery, "Redis back: the keyed read never reached the standby");
+    cr_assert_eq(b8.count, 3);
+
+    aorm_owner_free(w);
+    redis_cmd(&A, "DEL", full, NULL);
+    redis_cmd(&A, "DEL", fullhigh, NULL);
+    t_pg_runf(A.t.primary, "DROP TABLE ryw_fleet");
+    fleet_close(&A);
+    fleet_close(&B);
 }
 
 typedef struct sres {
@@ -407,7 +656,7 @@ Test(replica, session_reads_its_own_commit) {
     cr_assert_eq(c.code, 0, "commit failed: %s", aorm_errname(c.code));
     int64_t id = a->id;
     cr_assert_gt(id, 0);
-    cr_assert_gt(aorm_session_commit_lsn(s), 0);
+    cr_assert(t_run_until_fn(t.evl, session_has_lsn, s, 5), "the commit's position did not come back");
     /* its reads see its write, from the primary; another session's do not */
     sres mine = session_get(&t, s, id);
     cr_assert_eq(mine.count, 1, "the session did not read its own write");
@@ -429,6 +678,55 @@ Test(replica, session_reads_its_own_commit) {
     aorm_session_free(s);
     t_pg_runf(t.primary, "DELETE FROM authors WHERE name = 'ryw session'");
     env_close(&t);
+}
+
+/* The same through sessions: a session of router A commits under a key, a
+ * session of router B under the same key reads the row. */
+Test(replica, sessions_share_a_consistency_key) {
+    fleet A, B;
+    fleet_open(&A);
+    fleet_open(&B);
+    wait_host(&A.t, 0, AORM_HOST_STANDBY, 1, 0, 10);
+    wait_host(&B.t, 0, AORM_HOST_STANDBY, 1, 0, 10);
+    t_pg_runf(A.t.primary, "DELETE FROM authors WHERE name = 'ryw fleet session'");
+    char key[64];
+    snprintf(key, sizeof(key), "session-%d", (int)getpid());
+    aorm_session *w = aorm_session_new(A.t.r, NULL);
+    cr_assert_not_null(w);
+    cr_assert_eq(aorm_session_set_consistency_key(w, key), 0);
+    cr_assert_eq(aorm_session_set_consistency_key(NULL, key), AORM_EMISUSE);
+    replay(&A.t, false);
+    author *a = aorm_session_new_object(w, &author_model);
+    a->name = aorm_session_strdup(w, "ryw fleet session");
+    cr_assert_eq(aorm_session_add(w, a), 0);
+    sres c = {0};
+    cr_assert_eq(aorm_session_commit(w, on_sdone, &c), 0);
+    cr_assert(t_run_until(A.t.evl, &c.done, 30));
+    cr_assert_eq(c.code, 0, "commit failed: %s", aorm_errname(c.code));
+    int64_t id = a->id;
+    cr_assert(t_run_until_fn(A.t.evl, session_has_lsn, w, 5));
+    cr_assert(t_run_until_fn(A.t.evl, redis_idle, A.rd, 5));
+
+    aorm_session *r = aorm_session_new(B.t.r, NULL), *stranger = aorm_session_new(B.t.r, NULL);
+    cr_assert_eq(aorm_session_set_consistency_key(r, key), 0);
+    sres mine = session_get(&B.t, r, id);
+    cr_assert_eq(mine.count, 1, "the same key on another router did not read the write");
+    cr_assert_not(mine.recovery);
+    cr_assert_geq(aorm_session_commit_lsn(r), aorm_session_commit_lsn(w));
+    sres theirs = session_get(&B.t, stranger, id);
+    cr_assert_eq(theirs.count, 0);
+    cr_assert(theirs.recovery);
+    replay(&A.t, true);
+    wait_host(&B.t, 0, AORM_HOST_STANDBY, 1, aorm_session_commit_lsn(w), 10);
+    sres again = session_get(&B.t, r, id);
+    cr_assert_eq(again.count, 1);
+    cr_assert(again.recovery, "the key's reads did not go back to the standby");
+    aorm_session_free(stranger);
+    aorm_session_free(r);
+    aorm_session_free(w);
+    t_pg_runf(A.t.primary, "DELETE FROM authors WHERE name = 'ryw fleet session'");
+    fleet_close(&A);
+    fleet_close(&B);
 }
 
 Test(replica, a_lagging_standby_leaves_the_rotation) {
@@ -453,6 +751,54 @@ Test(replica, a_lagging_standby_leaves_the_rotation) {
     cr_assert(exec(&t, t.r, "SELECT pg_is_in_recovery() AS r", READ, NULL).recovery);
     t_pg_runf(t.primary, "DROP TABLE lag_items");
     env_close(&t);
+}
+
+/* The port= value of a conninfo (the sandbox writes key=value pairs). */
+static char *port_of(const char *dsn) {
+    const char *p = strstr(dsn, "port=");
+    cr_assert_not_null(p);
+    p += 5;
+    return strndup(p, strspn(p, "0123456789"));
+}
+
+/* One conninfo with host and port lists: one server each, target_session_attrs
+ * dropped (the router decides), reads still on the standby. */
+Test(replica, a_conninfo_host_list_is_split) {
+    const char *dsn = t_env("AORM_TEST_DSN");
+    char *pp = port_of(dsn), *rp = port_of(t_env("AORM_TEST_REPLICA_DSN"));
+    char *list = NULL;
+    const char *rest = strstr(dsn, "dbname=");
+    cr_assert_not_null(rest);
+    cr_assert_gt(asprintf(&list, "host=localhost,localhost port=%s,%s target_session_attrs=any %s", rp, pp, rest), 0);
+    struct ev_loop *evl;
+    aorm_loop *loop;
+    t_loop_open(&evl, &loop);
+    aorm_hosts_options o;
+    aorm_hosts_options_init(&o);
+    o.conninfo = list;
+    o.check_interval = 0.05;
+    aorm_engine *r = aorm_engine_new_hosts(loop, &o);
+    cr_assert_not_null(r);
+    cr_assert_eq(aorm_hosts_count(r), 2);
+    env t = {.evl = evl, .loop = loop, .r = r};
+    wait_host(&t, 0, AORM_HOST_STANDBY, 1, 0, 10);
+    wait_host(&t, 1, AORM_HOST_PRIMARY, 1, 0, 10);
+    cr_assert(exec(&t, r, "SELECT pg_is_in_recovery() AS r", READ, NULL).recovery);
+    cr_assert_not(exec(&t, r, "SELECT pg_is_in_recovery() AS r", 0, NULL).recovery);
+    aorm_engine_free(r);
+    t_loop_close(&evl, &loop);
+    /* an unparsable conninfo, or no server at all */
+    aorm_hosts_options bad;
+    aorm_hosts_options_init(&bad);
+    t_loop_open(&evl, &loop);
+    bad.conninfo = "host='unterminated";
+    cr_assert_null(aorm_engine_new_hosts(loop, &bad));
+    bad.conninfo = NULL;
+    cr_assert_null(aorm_engine_new_hosts(loop, &bad));
+    t_loop_close(&evl, &loop);
+    free(list);
+    free(pp);
+    free(rp);
 }
 
 /* ---- failover (kills the primary: a sandbox of its own) ------------------------------ */

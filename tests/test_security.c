@@ -525,15 +525,13 @@ static void fake_stop(fake_pg *s, struct ev_loop *evl) {
  * returns the error. */
 static aorm_error *against_fake(fake_pg *s, env *t, const char *k1, const char *v1, const char *k2, const char *v2) {
     memset(t, 0, sizeof(*t));
-    t->evl = ev_loop_new(EVFLAG_AUTO);
-    cr_assert_not_null(t->evl);
+    t_loop_open(&t->evl, &t->loop);
     fake_start(s, t->evl);
     char port[16];
     snprintf(port, sizeof(port), "%d", s->port);
     char *dsn = t_conninfo(t_owner_dsn(), "host", "127.0.0.1", "port", port, k1, v1, k2, v2, NULL);
     aorm_engine_options o;
     env_opts(&o, dsn);
-    t->loop = aorm_loop_new_ev(t->evl);
     o.log = on_log;
     o.log_user = t;
     t->e = aorm_engine_new(t->loop, &o);
@@ -720,8 +718,7 @@ Test(secrets, a_conninfo_libpq_cannot_parse_is_logged_without_its_password, .tim
     for (int i = 0; i < 3; i++) {
         env t;
         memset(&t, 0, sizeof(t));
-        t.evl = ev_loop_new(EVFLAG_AUTO);
-        t.loop = aorm_loop_new_ev(t.evl);
+        t_loop_open(&t.evl, &t.loop);
         aorm_engine_options o;
         env_opts(&o, bad[i]);
         o.log = on_log;

@@ -90,16 +90,13 @@ static void env_open_pool(env *t, const char *name, int pool, int overflow) {
     check_reference_data(t);
     cleanup_rows(t);
     t_loop_open(&t->evl, &t->loop);
-    aorm_engine_options o;
+    aorm_engine_options o; /* t_engine() sets conninfo and, through PgBouncer, .pgbouncer */
     aorm_engine_options_init(&o);
-    o.conninfo = t_dsn();
-    o.pgbouncer = t_via_pgbouncer();
     if (pool >= 0) o.pool_size = pool;
     if (overflow >= 0) o.max_overflow = overflow;
     t_echo_attach(&t->log, &o, false);
     t->log.on = false; /* recorded only where a test turns it on */
-    t->e = aorm_engine_new(t->loop, &o);
-    cr_assert_not_null(t->e);
+    t->e = t_engine(t->loop, &o);
 }
 
 static void env_open(env *t, const char *name) { env_open_pool(t, name, -1, -1); }
@@ -123,87 +120,26 @@ static int held_is_zero(void *arg) { return stats(arg).held == 0; }
  * Callback recorders: every callback counts its calls
  * ========================================================================== */
 
-typedef struct rec {
-    int calls;
-    int code; /* 0 or err->code */
-    char sqlstate[6];
-    char constraint[128];
-    char message[256];
-    void *obj;          /* get */
-    void **items;       /* query, get_many: a copy of the array */
-    size_t len;
-    int nrows;          /* execute */
-    int64_t value;      /* execute: first column of the first row, when an integer */
-    int has_value;
-} rec;
-
-static void rec_err(rec *r, const aorm_error *err) {
-    r->calls++;
-    r->code = err ? err->code : 0;
-    snprintf(r->sqlstate, sizeof(r->sqlstate), "%s", err ? err->sqlstate : "");
-    snprintf(r->constraint, sizeof(r->constraint), "%s", err ? err->constraint : "");
-    snprintf(r->message, sizeof(r->message), "%s", err ? err->message : "");
-}
-
-static void on_obj(aorm_session *s, void *obj, const aorm_error *err, void *user) {
-    rec *r = user;
-    rec_err(r, err);
-    if (err) cr_assert_null(obj, "an object came with an error");
-    r->obj = obj;
-}
-
-static void on_objs(aorm_session *s, aorm_objects *objs, const aorm_error *err, void *user) {
-    rec *r = user;
-    rec_err(r, err);
-    free(r->items);
-    r->items = NULL;
-    r->len = 0;
-    if (err) {
-        cr_assert_null(objs, "objects came with an error");
-        return;
-    }
-    cr_assert_not_null(objs);
-    r->items = malloc((objs->len + 1) * sizeof(void *));
-    cr_assert_not_null(r->items);
-    if (objs->len) memcpy(r->items, objs->items, objs->len * sizeof(void *));
-    r->len = objs->len;
-}
-
-static void on_done(aorm_session *s, const aorm_error *err, void *user) { rec_err(user, err); }
-
-static void on_rows(aorm_session *s, aorm_result *res, const aorm_error *err, void *user) {
-    rec *r = user;
-    rec_err(r, err);
-    r->has_value = 0;
-    if (err) {
-        cr_assert_null(res, "a result came with an error");
-        return;
-    }
-    r->nrows = aorm_result_nrows(res);
-    if (r->nrows > 0 && aorm_result_int64(res, 0, 0, &r->value) == 0) r->has_value = 1;
-}
-
-static void rec_free(rec *r) {
-    free(r->items);
-    memset(r, 0, sizeof(*r));
-}
+/* t_rec (the test kit's recorder); get / query / flush / execute record
+ * through t_rec_on_obj, t_rec_on_items (the array is copied: t_rec_free),
+ * t_rec_on_done, t_rec_on_rows. */
 
 /* Waits for the callback; it must have run exactly once. */
-static void await(env *t, rec *r, const char *what) {
+static void await(env *t, t_rec *r, const char *what) {
     cr_assert(t_run_until(t->evl, &r->calls, WAIT), "no callback for %s within %.0f s", what, WAIT);
     cr_assert_eq(r->calls, 1, "%s called back %d times", what, r->calls);
 }
 
-static void await_ok(env *t, rec *r, const char *what) {
+static void await_ok(env *t, t_rec *r, const char *what) {
     await(t, r, what);
     cr_assert_eq(r->code, 0, "%s failed: %s sqlstate=%s constraint=%s: %s", what, aorm_errname(r->code),
-                 r->sqlstate, r->constraint, r->message);
+                 r->sqlstate, r->constraint, r->msg);
 }
 
-static void expect_code(const rec *r, int code, const char *what) {
+static void expect_code(const t_rec *r, int code, const char *what) {
     cr_assert_eq(r->calls, 1, "%s called back %d times", what, r->calls);
     cr_assert_eq(r->code, code, "%s: expected %s, got %s (%s)", what, aorm_errname(code), aorm_errname(r->code),
-                 r->message);
+                 r->msg);
 }
 
 /* ---- small builders ---- */
@@ -292,8 +228,8 @@ Test(identity, one_object_per_row_and_statements_only_when_needed, .timeout = TI
     cr_assert_not_null(s);
 
     /* get, get again, query: one pointer; the second get sends nothing */
-    rec g1 = {0}, g2 = {0}, q = {0};
-    cr_assert_eq(aorm_session_get(s, &author_model, &(author){.id = 42}, NULL, on_obj, &g1), 0);
+    t_rec g1 = {0}, g2 = {0}, q = {0};
+    cr_assert_eq(aorm_session_get(s, &author_model, &(author){.id = 42}, NULL, t_rec_on_obj, &g1), 0);
     cr_assert_eq(g1.calls, 0, "called back inside aorm_session_get");
     await_ok(&t, &g1, "get author 42");
     author *a = g1.obj;
@@ -306,31 +242,31 @@ Test(identity, one_object_per_row_and_statements_only_when_needed, .timeout = TI
     cr_assert_eq(aorm_session_statements(s), 1);
 
     uint64_t ss = aorm_session_statements(s), es = stats(&t).statements;
-    cr_assert_eq(aorm_session_get(s, &author_model, &(author){.id = 42}, NULL, on_obj, &g2), 0);
+    cr_assert_eq(aorm_session_get(s, &author_model, &(author){.id = 42}, NULL, t_rec_on_obj, &g2), 0);
     cr_assert_eq(g2.calls, 0, "called back inside aorm_session_get (identity-map hit)");
     await_ok(&t, &g2, "second get of author 42");
     cr_assert_eq(g2.obj, a, "second get returned another object");
     cr_assert_eq(aorm_session_statements(s), ss, "the second get sent a statement");
     cr_assert_eq(stats(&t).statements, es, "the engine sent a statement for the second get");
 
-    cr_assert_eq(aorm_session_query(s, q_author_id(42), NULL, on_objs, &q), 0);
+    cr_assert_eq(aorm_session_query(s, q_author_id(42), NULL, t_rec_on_items, &q), 0);
     await_ok(&t, &q, "query author 42");
     cr_assert_eq(q.len, 1);
     cr_assert_eq(q.items[0], a, "the query returned another object for the same row");
     cr_assert_eq(aorm_session_statements(s), ss + 1);
 
     /* a missing key: obj NULL, err NULL */
-    rec miss = {0};
-    cr_assert_eq(aorm_session_get(s, &author_model, &(author){.id = 999999999}, NULL, on_obj, &miss), 0);
+    t_rec miss = {0};
+    cr_assert_eq(aorm_session_get(s, &author_model, &(author){.id = 999999999}, NULL, t_rec_on_obj, &miss), 0);
     await_ok(&t, &miss, "get of a missing author");
     cr_assert_null(miss.obj);
 
     /* get_many [1, 2, 999999, 1]: key order, NULL for the missing one, one statement */
     const void *keys[] = {&(author){.id = 1}, &(author){.id = 2}, &(author){.id = 999999}, &(author){.id = 1}};
-    rec gm = {0};
+    t_rec gm = {0};
     ss = aorm_session_statements(s);
     es = stats(&t).statements;
-    cr_assert_eq(aorm_session_get_many(s, &author_model, keys, 4, NULL, on_objs, &gm), 0);
+    cr_assert_eq(aorm_session_get_many(s, &author_model, keys, 4, NULL, t_rec_on_items, &gm), 0);
     await_ok(&t, &gm, "get_many [1, 2, 999999, 1]");
     cr_assert_eq(gm.len, 4);
     cr_assert_not_null(gm.items[0]);
@@ -346,10 +282,10 @@ Test(identity, one_object_per_row_and_statements_only_when_needed, .timeout = TI
 
     /* the same keys that are now in the map: nothing is sent */
     const void *present[] = {&(author){.id = 1}, &(author){.id = 2}, &(author){.id = 1}, &(author){.id = 42}};
-    rec gm2 = {0};
+    t_rec gm2 = {0};
     ss = aorm_session_statements(s);
     es = stats(&t).statements;
-    cr_assert_eq(aorm_session_get_many(s, &author_model, present, 4, NULL, on_objs, &gm2), 0);
+    cr_assert_eq(aorm_session_get_many(s, &author_model, present, 4, NULL, t_rec_on_items, &gm2), 0);
     cr_assert_eq(gm2.calls, 0, "called back inside aorm_session_get_many");
     await_ok(&t, &gm2, "second get_many");
     cr_assert_eq(gm2.len, 4);
@@ -362,9 +298,9 @@ Test(identity, one_object_per_row_and_statements_only_when_needed, .timeout = TI
 
     /* the original keys again: only the key that has no row (and so is not
      * in the identity map) is looked up, in one statement */
-    rec gm3 = {0};
+    t_rec gm3 = {0};
     ss = aorm_session_statements(s);
-    cr_assert_eq(aorm_session_get_many(s, &author_model, keys, 4, NULL, on_objs, &gm3), 0);
+    cr_assert_eq(aorm_session_get_many(s, &author_model, keys, 4, NULL, t_rec_on_items, &gm3), 0);
     await_ok(&t, &gm3, "third get_many");
     cr_assert_eq(gm3.len, 4);
     cr_assert_eq(gm3.items[0], gm.items[0]);
@@ -376,9 +312,9 @@ Test(identity, one_object_per_row_and_statements_only_when_needed, .timeout = TI
     /* expunge: the next get queries again and makes a new object */
     cr_assert_eq(aorm_session_expunge(s, a), 0);
     cr_assert_eq(aorm_object_state_of(s, a), AORM_DETACHED);
-    rec g3 = {0};
+    t_rec g3 = {0};
     ss = aorm_session_statements(s);
-    cr_assert_eq(aorm_session_get(s, &author_model, &(author){.id = 42}, NULL, on_obj, &g3), 0);
+    cr_assert_eq(aorm_session_get(s, &author_model, &(author){.id = 42}, NULL, t_rec_on_obj, &g3), 0);
     await_ok(&t, &g3, "get after expunge");
     cr_assert_eq(aorm_session_statements(s), ss + 1, "get after expunge must query");
     cr_assert_not_null(g3.obj);
@@ -388,21 +324,21 @@ Test(identity, one_object_per_row_and_statements_only_when_needed, .timeout = TI
 
     /* a plain query leaves pending changes alone; populate_existing
      * overwrites them */
-    rec g4 = {0}, q2 = {0}, q3 = {0};
-    cr_assert_eq(aorm_session_get(s, &author_model, &(author){.id = 43}, NULL, on_obj, &g4), 0);
+    t_rec g4 = {0}, q2 = {0}, q3 = {0};
+    cr_assert_eq(aorm_session_get(s, &author_model, &(author){.id = 43}, NULL, t_rec_on_obj, &g4), 0);
     await_ok(&t, &g4, "get author 43");
     author *b = g4.obj;
     cr_assert_not_null(b);
     b->name = aorm_session_strdup(s, "changed in memory");
     cr_assert(aorm_object_modified(s, b));
-    cr_assert_eq(aorm_session_query(s, q_author_id(43), NULL, on_objs, &q2), 0);
+    cr_assert_eq(aorm_session_query(s, q_author_id(43), NULL, t_rec_on_items, &q2), 0);
     await_ok(&t, &q2, "plain query of author 43");
     cr_assert_eq(q2.len, 1);
     cr_assert_eq(q2.items[0], b);
     cr_assert_str_eq(b->name, "changed in memory", "a plain query overwrote a pending change");
     cr_assert(aorm_object_modified(s, b));
     aorm_query_options po = {.populate_existing = true};
-    cr_assert_eq(aorm_session_query(s, q_author_id(43), &po, on_objs, &q3), 0);
+    cr_assert_eq(aorm_session_query(s, q_author_id(43), &po, t_rec_on_items, &q3), 0);
     await_ok(&t, &q3, "populate_existing query of author 43");
     cr_assert_eq(q3.len, 1);
     cr_assert_eq(q3.items[0], b);
@@ -412,9 +348,9 @@ Test(identity, one_object_per_row_and_statements_only_when_needed, .timeout = TI
     /* expire: the next get reloads the columns into the same object */
     b->born = AORM_SOME(aorm_opt_int32, 1);
     cr_assert_eq(aorm_session_expire(s, b), 0);
-    rec g5 = {0};
+    t_rec g5 = {0};
     ss = aorm_session_statements(s);
-    cr_assert_eq(aorm_session_get(s, &author_model, &(author){.id = 43}, NULL, on_obj, &g5), 0);
+    cr_assert_eq(aorm_session_get(s, &author_model, &(author){.id = 43}, NULL, t_rec_on_obj, &g5), 0);
     await_ok(&t, &g5, "get of an expired object");
     cr_assert_eq(aorm_session_statements(s), ss + 1, "an expired object must be reloaded");
     cr_assert_eq(g5.obj, b);
@@ -429,12 +365,12 @@ Test(identity, one_object_per_row_and_statements_only_when_needed, .timeout = TI
     cr_assert_eq(g1.calls + g2.calls + q.calls + miss.calls + gm.calls + gm2.calls + gm3.calls + g3.calls +
                      g4.calls + q2.calls + q3.calls + g5.calls,
                  12, "a callback ran more than once");
-    rec_free(&q);
-    rec_free(&gm);
-    rec_free(&gm2);
-    rec_free(&gm3);
-    rec_free(&q2);
-    rec_free(&q3);
+    t_rec_free(&q);
+    t_rec_free(&gm);
+    t_rec_free(&gm2);
+    t_rec_free(&gm3);
+    t_rec_free(&q2);
+    t_rec_free(&q3);
     env_close(&t);
 }
 
@@ -503,8 +439,8 @@ Test(unit_of_work, graph_is_flushed_in_fk_order_in_one_pipeline_and_reads_back, 
 
     aorm_engine_stats before = stats(&t);
     t.log.on = 1;
-    rec c = {0};
-    cr_assert_eq(aorm_session_commit(s, on_done, &c), 0);
+    t_rec c = {0};
+    cr_assert_eq(aorm_session_commit(s, t_rec_on_done, &c), 0);
     await_ok(&t, &c, "commit of the graph");
     t.log.on = 0;
     aorm_engine_stats after = stats(&t);
@@ -560,19 +496,19 @@ Test(unit_of_work, graph_is_flushed_in_fk_order_in_one_pipeline_and_reads_back, 
     int64_t aids[2] = {a1->id, a2->id};
     int64_t bids[4] = {b[0]->id, b[1]->id, b[2]->id, b[3]->id};
     int64_t tids[3] = {tg[0]->id, tg[1]->id, tg[2]->id};
-    rec ra = {0}, rb = {0}, rt_ = {0}, rl = {0};
-    cr_assert_eq(aorm_session_query(r, q_authors_in(aids, 2), NULL, on_objs, &ra), 0);
+    t_rec ra = {0}, rb = {0}, rt_ = {0}, rl = {0};
+    cr_assert_eq(aorm_session_query(r, q_authors_in(aids, 2), NULL, t_rec_on_items, &ra), 0);
     aorm_stmt *qb = aorm_select(&book_model);
     aorm_where(qb, aorm_in_int8(AORM_COL(book, id), bids, 4));
     aorm_order_by(qb, AORM_COL(book, id), AORM_ASC);
-    cr_assert_eq(aorm_session_query(r, qb, NULL, on_objs, &rb), 0);
+    cr_assert_eq(aorm_session_query(r, qb, NULL, t_rec_on_items, &rb), 0);
     aorm_stmt *qt = aorm_select(&tag_model);
     aorm_where(qt, aorm_in_int8(AORM_COL(tag, id), tids, 3));
     aorm_order_by(qt, AORM_COL(tag, id), AORM_ASC);
-    cr_assert_eq(aorm_session_query(r, qt, NULL, on_objs, &rt_), 0);
+    cr_assert_eq(aorm_session_query(r, qt, NULL, t_rec_on_items, &rt_), 0);
     aorm_stmt *ql = aorm_select(&book_tag_model);
     aorm_where(ql, aorm_in_int8(AORM_COL(book_tag, book_id), bids, 4));
-    cr_assert_eq(aorm_session_query(r, ql, NULL, on_objs, &rl), 0);
+    cr_assert_eq(aorm_session_query(r, ql, NULL, t_rec_on_items, &rl), 0);
     await_ok(&t, &ra, "read back authors");
     await_ok(&t, &rb, "read back books");
     await_ok(&t, &rt_, "read back tags");
@@ -620,10 +556,10 @@ Test(unit_of_work, graph_is_flushed_in_fk_order_in_one_pipeline_and_reads_back, 
     aorm_session_free(r);
     aorm_session_free(s);
     settle(&t, 0.05);
-    rec_free(&ra);
-    rec_free(&rb);
-    rec_free(&rt_);
-    rec_free(&rl);
+    t_rec_free(&ra);
+    t_rec_free(&rb);
+    t_rec_free(&rt_);
+    t_rec_free(&rl);
     env_close(&t);
 }
 
@@ -648,19 +584,19 @@ Test(unit_of_work, a_later_flush_of_flushed_new_objects_writes_only_the_change, 
     cr_assert_eq(aorm_session_list_append(s, &b->tags, t1), 0);
     cr_assert_eq(aorm_session_list_append(s, &b->tags, t2), 0);
     cr_assert_eq(aorm_session_add(s, b), 0);
-    rec c1 = {0}, c2 = {0};
-    cr_assert_eq(aorm_session_commit(s, on_done, &c1), 0);
+    t_rec c1 = {0}, c2 = {0};
+    cr_assert_eq(aorm_session_commit(s, t_rec_on_done, &c1), 0);
     await_ok(&t, &c1, "first commit");
     cr_assert_eq(t_pg_longf(t.pg, "SELECT count(*) FROM book_tags WHERE book_id = %lld", (long long)b->id), 2);
 
     b->price = 6.5;
     t.log.on = 1;
-    cr_assert_eq(aorm_session_commit(s, on_done, &c2), 0);
+    cr_assert_eq(aorm_session_commit(s, t_rec_on_done, &c2), 0);
     await(&t, &c2, "second commit");
     t.log.on = 0;
     t_echo_dump(&t.log);
     cr_assert_eq(c2.code, 0, "changing one column of a flushed new book failed: %s %s (%s)", c2.sqlstate,
-                 c2.message, c2.constraint);
+                 c2.msg, c2.constraint);
     cr_assert_eq(t_echo_count_prefix(&t.log, "INSERT"), 0, "the second flush inserted rows again");
     cr_assert_eq(t_echo_count_prefix(&t.log, "UPDATE"), 1);
     cr_assert_eq(t_pg_longf(t.pg, "SELECT count(*) FROM book_tags WHERE book_id = %lld", (long long)b->id), 2);
@@ -767,12 +703,12 @@ Test(unit_of_work, delete_cascades_to_loaded_and_unloaded_children, .timeout = T
     /* (a) children loaded by a query and put in the parent's collection by
      * hand (what a loader will do) */
     aorm_session *s = aorm_session_new(t.e, NULL);
-    rec gp = {0}, qc = {0}, f1 = {0}, c1 = {0};
-    cr_assert_eq(aorm_session_get(s, &casc_parent_model, &(casc_parent){.id = p1}, NULL, on_obj, &gp), 0);
+    t_rec gp = {0}, qc = {0}, f1 = {0}, c1 = {0};
+    cr_assert_eq(aorm_session_get(s, &casc_parent_model, &(casc_parent){.id = p1}, NULL, t_rec_on_obj, &gp), 0);
     aorm_stmt *q = aorm_select(&casc_child_model);
     aorm_where(q, aorm_eq(AORM_COL(casc_child, parent_id), aorm_int8(p1)));
     aorm_order_by(q, AORM_COL(casc_child, id), AORM_ASC);
-    cr_assert_eq(aorm_session_query(s, q, NULL, on_objs, &qc), 0);
+    cr_assert_eq(aorm_session_query(s, q, NULL, t_rec_on_items, &qc), 0);
     await_ok(&t, &gp, "get parent p1");
     await_ok(&t, &qc, "query children of p1");
     casc_parent *parent = gp.obj;
@@ -782,12 +718,12 @@ Test(unit_of_work, delete_cascades_to_loaded_and_unloaded_children, .timeout = T
     cr_assert_eq(aorm_session_delete(s, parent), 0);
     cr_assert_eq(aorm_object_state_of(s, parent), AORM_DELETED);
     t.log.on = 1;
-    cr_assert_eq(aorm_session_flush(s, on_done, &f1), 0);
+    cr_assert_eq(aorm_session_flush(s, t_rec_on_done, &f1), 0);
     await_ok(&t, &f1, "flush of the deleted parent p1");
     t.log.on = 0;
     t_echo_dump(&t.log);
     cr_assert_eq(aorm_object_state_of(s, parent), AORM_DETACHED);
-    cr_assert_eq(aorm_session_commit(s, on_done, &c1), 0);
+    cr_assert_eq(aorm_session_commit(s, t_rec_on_done, &c1), 0);
     await_ok(&t, &c1, "commit of the deleted parent p1");
     cr_assert_eq(casc_count(&t, casc_child_table, "parent_id", p1), 0, "children of p1 survived");
     cr_assert_eq(casc_count(&t, casc_parent_table, "id", p1), 0, "p1 survived");
@@ -796,13 +732,13 @@ Test(unit_of_work, delete_cascades_to_loaded_and_unloaded_children, .timeout = T
 
     /* (b) children not loaded at all: the flush deletes them by foreign key */
     s = aorm_session_new(t.e, NULL);
-    rec gp2 = {0}, c2 = {0};
-    cr_assert_eq(aorm_session_get(s, &casc_parent_model, &(casc_parent){.id = p2}, NULL, on_obj, &gp2), 0);
+    t_rec gp2 = {0}, c2 = {0};
+    cr_assert_eq(aorm_session_get(s, &casc_parent_model, &(casc_parent){.id = p2}, NULL, t_rec_on_obj, &gp2), 0);
     await_ok(&t, &gp2, "get parent p2");
     cr_assert_not_null(gp2.obj);
     cr_assert_eq(aorm_session_delete(s, gp2.obj), 0);
     t.log.on = 1;
-    cr_assert_eq(aorm_session_commit(s, on_done, &c2), 0);
+    cr_assert_eq(aorm_session_commit(s, t_rec_on_done, &c2), 0);
     await_ok(&t, &c2, "commit of the deleted parent p2");
     t.log.on = 0;
     t_echo_dump(&t.log);
@@ -830,8 +766,8 @@ Test(unit_of_work, delete_cascades_to_loaded_and_unloaded_children, .timeout = T
     set_list(s, &p3->children, 2, k1, k2);
     cr_assert_eq(aorm_session_add(s, p3), 0);
     cr_assert_eq(aorm_object_state_of(s, k1), AORM_PENDING);
-    rec c3 = {0}, c4 = {0};
-    cr_assert_eq(aorm_session_commit(s, on_done, &c3), 0);
+    t_rec c3 = {0}, c4 = {0};
+    cr_assert_eq(aorm_session_commit(s, t_rec_on_done, &c3), 0);
     await_ok(&t, &c3, "commit of p3 and its children");
     cr_assert_neq(p3->id, 0);
     cr_assert_eq(k1->parent_id, p3->id);
@@ -841,7 +777,7 @@ Test(unit_of_work, delete_cascades_to_loaded_and_unloaded_children, .timeout = T
     cr_assert_eq(aorm_session_delete(s, p3), 0);
     cr_assert_eq(aorm_object_state_of(s, k1), AORM_DELETED, "delete did not cascade to a known child");
     cr_assert_eq(aorm_object_state_of(s, k2), AORM_DELETED, "delete did not cascade to a known child");
-    cr_assert_eq(aorm_session_commit(s, on_done, &c4), 0);
+    cr_assert_eq(aorm_session_commit(s, t_rec_on_done, &c4), 0);
     await_ok(&t, &c4, "commit of the deleted p3");
     cr_assert_eq(aorm_object_state_of(s, p3), AORM_DETACHED);
     cr_assert_eq(aorm_object_state_of(s, k1), AORM_DETACHED);
@@ -851,7 +787,7 @@ Test(unit_of_work, delete_cascades_to_loaded_and_unloaded_children, .timeout = T
     aorm_session_free(s);
 
     settle(&t, 0.05);
-    rec_free(&qc);
+    t_rec_free(&qc);
     casc_teardown(&t);
     env_close(&t);
 }
@@ -866,12 +802,12 @@ Test(unit_of_work, delete_cascade_marks_the_children_held_in_the_collection, .ti
     casc_setup(&t, "cst");
     int64_t p1 = casc_make_parent(&t, "p1", 2);
     aorm_session *s = aorm_session_new(t.e, NULL);
-    rec gp = {0}, qc = {0}, c1 = {0};
-    cr_assert_eq(aorm_session_get(s, &casc_parent_model, &(casc_parent){.id = p1}, NULL, on_obj, &gp), 0);
+    t_rec gp = {0}, qc = {0}, c1 = {0};
+    cr_assert_eq(aorm_session_get(s, &casc_parent_model, &(casc_parent){.id = p1}, NULL, t_rec_on_obj, &gp), 0);
     aorm_stmt *q = aorm_select(&casc_child_model);
     aorm_where(q, aorm_eq(AORM_COL(casc_child, parent_id), aorm_int8(p1)));
     aorm_order_by(q, AORM_COL(casc_child, id), AORM_ASC);
-    cr_assert_eq(aorm_session_query(s, q, NULL, on_objs, &qc), 0);
+    cr_assert_eq(aorm_session_query(s, q, NULL, t_rec_on_items, &qc), 0);
     await_ok(&t, &gp, "get parent p1");
     await_ok(&t, &qc, "query children of p1");
     casc_parent *parent = gp.obj;
@@ -883,19 +819,19 @@ Test(unit_of_work, delete_cascade_marks_the_children_held_in_the_collection, .ti
     cr_assert_eq(aorm_session_delete(s, parent), 0);
     cr_expect_eq(aorm_object_state_of(s, k0), AORM_DELETED, "a child in a deleted parent's collection is %d",
                  (int)aorm_object_state_of(s, k0));
-    cr_assert_eq(aorm_session_commit(s, on_done, &c1), 0);
+    cr_assert_eq(aorm_session_commit(s, t_rec_on_done, &c1), 0);
     await_ok(&t, &c1, "commit of the deleted parent");
     cr_assert_eq(casc_count(&t, casc_child_table, "parent_id", p1), 0, "children of p1 survived");
     cr_expect_eq(aorm_object_state_of(s, k0), AORM_DETACHED,
                  "a child whose row the flush deleted is still %d in the session",
                  (int)aorm_object_state_of(s, k0));
-    rec g = {0};
-    cr_assert_eq(aorm_session_get(s, &casc_child_model, &(casc_child){.id = k0id}, NULL, on_obj, &g), 0);
+    t_rec g = {0};
+    cr_assert_eq(aorm_session_get(s, &casc_child_model, &(casc_child){.id = k0id}, NULL, t_rec_on_obj, &g), 0);
     await_ok(&t, &g, "get of a deleted child");
     cr_expect_null(g.obj, "get of a child whose row was deleted returned a stale object from the identity map");
     aorm_session_free(s);
     settle(&t, 0.05);
-    rec_free(&qc);
+    t_rec_free(&qc);
     casc_teardown(&t);
     env_close(&t);
 }
@@ -905,11 +841,11 @@ Test(unit_of_work, delete_cascade_marks_the_children_held_in_the_collection, .ti
 static const aorm_load_plan *const casc_children_plan = AORM_PLAN(AORM_SELECTIN(casc_parent, children));
 
 /* The parent p with its children loaded; the caller frees r.items. */
-static casc_parent *casc_load_parent(env *t, aorm_session *s, int64_t p, rec *r) {
+static casc_parent *casc_load_parent(env *t, aorm_session *s, int64_t p, t_rec *r) {
     aorm_stmt *q = aorm_select(&casc_parent_model);
     aorm_where(q, aorm_eq(AORM_COL(casc_parent, id), aorm_int8(p)));
     aorm_query_options qo = {.load = casc_children_plan};
-    cr_assert_eq(aorm_session_query(s, q, &qo, on_objs, r), 0);
+    cr_assert_eq(aorm_session_query(s, q, &qo, t_rec_on_items, r), 0);
     await_ok(t, r, "query of a parent with its children loaded");
     cr_assert_eq(r->len, 1);
     casc_parent *parent = r->items[0];
@@ -923,7 +859,7 @@ Test(unit_of_work, delete_cascade_marks_the_children_of_a_loaded_collection, .ti
     casc_setup(&t, "cld");
     int64_t p1 = casc_make_parent(&t, "p1", 2);
     aorm_session *s = aorm_session_new(t.e, NULL);
-    rec r = {0}, c = {0}, g = {0};
+    t_rec r = {0}, c = {0}, g = {0};
     casc_parent *parent = casc_load_parent(&t, s, p1, &r);
     cr_assert_eq(parent->children.len, 2);
     casc_child *k0 = parent->children.items[0], *k1 = parent->children.items[1];
@@ -931,19 +867,19 @@ Test(unit_of_work, delete_cascade_marks_the_children_of_a_loaded_collection, .ti
     cr_assert_eq(aorm_session_delete(s, parent), 0);
     cr_assert_eq(aorm_object_state_of(s, k0), AORM_DELETED, "delete did not cascade to a loaded child");
     cr_assert_eq(aorm_object_state_of(s, k1), AORM_DELETED, "delete did not cascade to a loaded child");
-    cr_assert_eq(aorm_session_commit(s, on_done, &c), 0);
+    cr_assert_eq(aorm_session_commit(s, t_rec_on_done, &c), 0);
     await_ok(&t, &c, "commit of the deleted parent");
     cr_assert_eq(casc_count(&t, casc_child_table, "parent_id", p1), 0, "children of p1 survived");
     cr_assert_eq(casc_count(&t, casc_parent_table, "id", p1), 0, "p1 survived");
     cr_assert_eq(aorm_object_state_of(s, parent), AORM_DETACHED);
     cr_assert_eq(aorm_object_state_of(s, k0), AORM_DETACHED);
     cr_assert_eq(aorm_object_state_of(s, k1), AORM_DETACHED);
-    cr_assert_eq(aorm_session_get(s, &casc_child_model, &(casc_child){.id = k0id}, NULL, on_obj, &g), 0);
+    cr_assert_eq(aorm_session_get(s, &casc_child_model, &(casc_child){.id = k0id}, NULL, t_rec_on_obj, &g), 0);
     await_ok(&t, &g, "get of a deleted child");
     cr_assert_null(g.obj);
     aorm_session_free(s);
     settle(&t, 0.05);
-    rec_free(&r);
+    t_rec_free(&r);
     casc_teardown(&t);
     env_close(&t);
 }
@@ -954,14 +890,14 @@ Test(unit_of_work, delete_orphan_of_a_loaded_collection, .timeout = TIMEOUT) {
     casc_setup(&t, "old");
     int64_t p1 = casc_make_parent(&t, "p1", 2);
     aorm_session *s = aorm_session_new(t.e, NULL);
-    rec r = {0}, c = {0};
+    t_rec r = {0}, c = {0};
     casc_parent *parent = casc_load_parent(&t, s, p1, &r);
     cr_assert_eq(parent->children.len, 2);
     casc_child *k0 = parent->children.items[0], *k1 = parent->children.items[1];
     int64_t k0id = k0->id, k1id = k1->id;
     parent->children.len = 1; /* k1 leaves the collection: an orphan */
     t.log.on = 1;
-    cr_assert_eq(aorm_session_commit(s, on_done, &c), 0);
+    cr_assert_eq(aorm_session_commit(s, t_rec_on_done, &c), 0);
     await_ok(&t, &c, "commit after removing a loaded child");
     t.log.on = 0;
     t_echo_dump(&t.log);
@@ -972,7 +908,7 @@ Test(unit_of_work, delete_orphan_of_a_loaded_collection, .timeout = TIMEOUT) {
     cr_assert_eq(aorm_object_state_of(s, k0), AORM_PERSISTENT);
     aorm_session_free(s);
     settle(&t, 0.05);
-    rec_free(&r);
+    t_rec_free(&r);
     casc_teardown(&t);
     env_close(&t);
 }
@@ -994,15 +930,15 @@ Test(unit_of_work, delete_orphan_of_a_flushed_collection, .timeout = TIMEOUT) {
     k2->name = sfmt(s, "p-child-2");
     set_list(s, &p->children, 2, k1, k2);
     cr_assert_eq(aorm_session_add(s, p), 0);
-    rec c1 = {0}, c2 = {0};
-    cr_assert_eq(aorm_session_commit(s, on_done, &c1), 0);
+    t_rec c1 = {0}, c2 = {0};
+    cr_assert_eq(aorm_session_commit(s, t_rec_on_done, &c1), 0);
     await_ok(&t, &c1, "commit of the parent and its children");
     cr_assert_eq(casc_count(&t, casc_child_table, "parent_id", p->id), 2);
     int64_t k2id = k2->id;
 
     p->children.len = 1; /* k2 leaves the collection: an orphan */
     t.log.on = 1;
-    cr_assert_eq(aorm_session_commit(s, on_done, &c2), 0);
+    cr_assert_eq(aorm_session_commit(s, t_rec_on_done, &c2), 0);
     await_ok(&t, &c2, "commit after removing a child");
     t.log.on = 0;
     t_echo_dump(&t.log);
@@ -1027,8 +963,8 @@ Test(unit_of_work, update_sends_changed_columns_only_and_untouched_objects_nothi
     make_author(&t, "writer", 1, &bid);
 
     aorm_session *s = aorm_session_new(t.e, NULL);
-    rec g = {0}, f = {0}, c = {0};
-    cr_assert_eq(aorm_session_get(s, &book_model, &(book){.id = bid}, NULL, on_obj, &g), 0);
+    t_rec g = {0}, f = {0}, c = {0};
+    cr_assert_eq(aorm_session_get(s, &book_model, &(book){.id = bid}, NULL, t_rec_on_obj, &g), 0);
     await_ok(&t, &g, "get the book");
     book *b = g.obj;
     cr_assert_not_null(b);
@@ -1036,7 +972,7 @@ Test(unit_of_work, update_sends_changed_columns_only_and_untouched_objects_nothi
     b->price = 12.25;
     cr_assert(aorm_object_modified(s, b));
     t.log.on = 1;
-    cr_assert_eq(aorm_session_flush(s, on_done, &f), 0);
+    cr_assert_eq(aorm_session_flush(s, t_rec_on_done, &f), 0);
     await_ok(&t, &f, "flush of the new price");
     t.log.on = 0;
     t_echo_dump(&t.log);
@@ -1049,7 +985,7 @@ Test(unit_of_work, update_sends_changed_columns_only_and_untouched_objects_nothi
     cr_assert_null(strstr(upd, "\"year\""), "%s", upd);
     cr_assert_null(strstr(upd, "\"author_id\" ="), "%s", upd);
     cr_assert_not(aorm_object_modified(s, b), "the flushed values are the new snapshot");
-    cr_assert_eq(aorm_session_commit(s, on_done, &c), 0);
+    cr_assert_eq(aorm_session_commit(s, t_rec_on_done, &c), 0);
     await_ok(&t, &c, "commit of the new price");
     char *price = t_pg_execf(t.pg, "SELECT price FROM books WHERE id = %lld", (long long)bid);
     char *dbtitle = t_pg_execf(t.pg, "SELECT title FROM books WHERE id = %lld", (long long)bid);
@@ -1065,8 +1001,8 @@ Test(unit_of_work, update_sends_changed_columns_only_and_untouched_objects_nothi
      * send nothing, not even BEGIN */
     settle(&t, 0.05);
     s = aorm_session_new(t.e, NULL);
-    rec g2 = {0}, f2 = {0}, c2 = {0};
-    cr_assert_eq(aorm_session_get(s, &book_model, &(book){.id = bid}, NULL, on_obj, &g2), 0);
+    t_rec g2 = {0}, f2 = {0}, c2 = {0};
+    cr_assert_eq(aorm_session_get(s, &book_model, &(book){.id = bid}, NULL, t_rec_on_obj, &g2), 0);
     await_ok(&t, &g2, "get the book again");
     b = g2.obj;
     cr_assert_not_null(b);
@@ -1074,9 +1010,9 @@ Test(unit_of_work, update_sends_changed_columns_only_and_untouched_objects_nothi
     cr_assert_not(aorm_object_modified(s, b));
     uint64_t ss = aorm_session_statements(s), es = stats(&t).statements;
     t.log.on = 1;
-    cr_assert_eq(aorm_session_flush(s, on_done, &f2), 0);
+    cr_assert_eq(aorm_session_flush(s, t_rec_on_done, &f2), 0);
     await_ok(&t, &f2, "flush of an untouched object");
-    cr_assert_eq(aorm_session_commit(s, on_done, &c2), 0);
+    cr_assert_eq(aorm_session_commit(s, t_rec_on_done, &c2), 0);
     await_ok(&t, &c2, "commit of an untouched object");
     t.log.on = 0;
     t_echo_dump(&t.log);
@@ -1102,8 +1038,8 @@ Test(failures, unique_violation_in_a_1000_row_flush_and_recovery, .timeout = TIM
     aorm_session *s = aorm_session_new(t.e, NULL);
 
     /* a reference tag in the identity map, for the rollback-required checks */
-    rec g0 = {0};
-    cr_assert_eq(aorm_session_get(s, &tag_model, &(tag){.id = 1}, NULL, on_obj, &g0), 0);
+    t_rec g0 = {0};
+    cr_assert_eq(aorm_session_get(s, &tag_model, &(tag){.id = 1}, NULL, t_rec_on_obj, &g0), 0);
     await_ok(&t, &g0, "get tag 1");
     tag *mapped = g0.obj;
     cr_assert_not_null(mapped);
@@ -1116,23 +1052,23 @@ Test(failures, unique_violation_in_a_1000_row_flush_and_recovery, .timeout = TIM
         news[i]->name = i == 499 ? sfmt(s, "tag 7") : sfmt(s, "%s-%04d", t.tag, i);
         cr_assert_eq(aorm_session_add(s, news[i]), 0);
     }
-    rec c = {0};
-    cr_assert_eq(aorm_session_commit(s, on_done, &c), 0);
+    t_rec c = {0};
+    cr_assert_eq(aorm_session_commit(s, t_rec_on_done, &c), 0);
     await(&t, &c, "commit of 1,000 tags");
     cr_assert_neq(c.code, 0, "a flush with a duplicate name committed");
-    cr_assert_str_eq(c.sqlstate, "23505", "%s: %s", aorm_errname(c.code), c.message);
+    cr_assert_str_eq(c.sqlstate, "23505", "%s: %s", aorm_errname(c.code), c.msg);
     cr_assert_str_eq(c.constraint, "tags_name_key");
     cr_assert_eq(t_pg_longf(t.pg, "SELECT count(*) FROM tags WHERE name LIKE '%s-%%'", t.tag), 0,
                  "rows of the failed flush reached the database");
     cr_assert(aorm_session_rollback_required(s));
 
     /* every operation but rollback fails with AORM_ETXSTATE */
-    rec gx = {0}, gm = {0}, qx = {0}, fx = {0}, cx = {0};
-    cr_assert_eq(aorm_session_get(s, &tag_model, &(tag){.id = 2}, NULL, on_obj, &gx), 0);
-    cr_assert_eq(aorm_session_get(s, &tag_model, &(tag){.id = 1}, NULL, on_obj, &gm), 0);
-    cr_assert_eq(aorm_session_query(s, q_author_id(1), NULL, on_objs, &qx), 0);
-    cr_assert_eq(aorm_session_flush(s, on_done, &fx), 0);
-    cr_assert_eq(aorm_session_commit(s, on_done, &cx), 0);
+    t_rec gx = {0}, gm = {0}, qx = {0}, fx = {0}, cx = {0};
+    cr_assert_eq(aorm_session_get(s, &tag_model, &(tag){.id = 2}, NULL, t_rec_on_obj, &gx), 0);
+    cr_assert_eq(aorm_session_get(s, &tag_model, &(tag){.id = 1}, NULL, t_rec_on_obj, &gm), 0);
+    cr_assert_eq(aorm_session_query(s, q_author_id(1), NULL, t_rec_on_items, &qx), 0);
+    cr_assert_eq(aorm_session_flush(s, t_rec_on_done, &fx), 0);
+    cr_assert_eq(aorm_session_commit(s, t_rec_on_done, &cx), 0);
     await(&t, &cx, "commit in rollback-required state");
     settle(&t, 0.05);
     expect_code(&gx, AORM_ETXSTATE, "get in rollback-required state");
@@ -1146,8 +1082,8 @@ Test(failures, unique_violation_in_a_1000_row_flush_and_recovery, .timeout = TIM
                  aorm_errname(gm.code));
 
     /* rollback: the session works again */
-    rec rb = {0};
-    cr_assert_eq(aorm_session_rollback(s, on_done, &rb), 0);
+    t_rec rb = {0};
+    cr_assert_eq(aorm_session_rollback(s, t_rec_on_done, &rb), 0);
     await_ok(&t, &rb, "rollback");
     cr_assert_not(aorm_session_rollback_required(s));
     cr_assert_not(aorm_session_in_transaction(s));
@@ -1155,8 +1091,8 @@ Test(failures, unique_violation_in_a_1000_row_flush_and_recovery, .timeout = TIM
                  "a new object of the rolled-back flush is %d, not TRANSIENT",
                  (int)aorm_object_state_of(s, news[0]));
     cr_expect_eq(aorm_object_state_of(s, news[499]), AORM_TRANSIENT);
-    rec g3 = {0};
-    cr_assert_eq(aorm_session_get(s, &tag_model, &(tag){.id = 3}, NULL, on_obj, &g3), 0);
+    t_rec g3 = {0};
+    cr_assert_eq(aorm_session_get(s, &tag_model, &(tag){.id = 3}, NULL, t_rec_on_obj, &g3), 0);
     await_ok(&t, &g3, "get after rollback");
     cr_assert_not_null(g3.obj);
     cr_assert_str_eq(((tag *)g3.obj)->name, "tag 3");
@@ -1164,8 +1100,8 @@ Test(failures, unique_violation_in_a_1000_row_flush_and_recovery, .timeout = TIM
     tag *ok = aorm_session_new_object(s, &tag_model);
     ok->name = sfmt(s, "%s-valid", t.tag);
     cr_assert_eq(aorm_session_add(s, ok), 0);
-    rec c2 = {0};
-    cr_assert_eq(aorm_session_commit(s, on_done, &c2), 0);
+    t_rec c2 = {0};
+    cr_assert_eq(aorm_session_commit(s, t_rec_on_done, &c2), 0);
     await_ok(&t, &c2, "a valid commit after the rollback");
     cr_assert_neq(ok->id, 0);
     cr_assert_eq(t_pg_longf(t.pg, "SELECT count(*) FROM tags WHERE name = '%s-valid'", t.tag), 1);
@@ -1174,7 +1110,7 @@ Test(failures, unique_violation_in_a_1000_row_flush_and_recovery, .timeout = TIM
 
     aorm_session_free(s);
     settle(&t, 0.05);
-    rec_free(&qx);
+    t_rec_free(&qx);
     env_close(&t);
 }
 
@@ -1260,8 +1196,8 @@ Test(lazy_tx, a_writer_holds_one_connection_and_sees_its_own_writes, .timeout = 
     snprintf(name, sizeof(name), "%s-uncommitted", t.tag);
 
     /* reads alone hold nothing */
-    rec g = {0};
-    cr_assert_eq(aorm_session_get(w, &author_model, &(author){.id = 7}, NULL, on_obj, &g), 0);
+    t_rec g = {0};
+    cr_assert_eq(aorm_session_get(w, &author_model, &(author){.id = 7}, NULL, t_rec_on_obj, &g), 0);
     await_ok(&t, &g, "a read before writing");
     cr_assert_not(aorm_session_in_transaction(w));
     cr_assert_eq(stats(&t).held, 0);
@@ -1269,46 +1205,46 @@ Test(lazy_tx, a_writer_holds_one_connection_and_sees_its_own_writes, .timeout = 
     author *a = aorm_session_new_object(w, &author_model);
     a->name = aorm_session_strdup(w, name);
     cr_assert_eq(aorm_session_add(w, a), 0);
-    rec f = {0};
-    cr_assert_eq(aorm_session_flush(w, on_done, &f), 0);
+    t_rec f = {0};
+    cr_assert_eq(aorm_session_flush(w, t_rec_on_done, &f), 0);
     await_ok(&t, &f, "flush of the new author");
     cr_assert_eq(stats(&t).held, 1, "a session that flushed must hold exactly one connection");
     cr_assert(aorm_session_in_transaction(w));
     cr_assert_neq(a->id, 0);
 
     /* its own reads see the uncommitted row; another session's do not */
-    rec wq = {0}, wc = {0}, rq = {0}, rc = {0};
-    cr_assert_eq(aorm_session_query(w, q_author_named(name), NULL, on_objs, &wq), 0);
-    cr_assert_eq(aorm_session_execute(w, q_count_authors_named(name), on_rows, &wc), 0);
-    cr_assert_eq(aorm_session_query(r, q_author_named(name), NULL, on_objs, &rq), 0);
-    cr_assert_eq(aorm_session_execute(r, q_count_authors_named(name), on_rows, &rc), 0);
+    t_rec wq = {0}, wc = {0}, rq = {0}, rc = {0};
+    cr_assert_eq(aorm_session_query(w, q_author_named(name), NULL, t_rec_on_items, &wq), 0);
+    cr_assert_eq(aorm_session_execute(w, q_count_authors_named(name), t_rec_on_rows, &wc), 0);
+    cr_assert_eq(aorm_session_query(r, q_author_named(name), NULL, t_rec_on_items, &rq), 0);
+    cr_assert_eq(aorm_session_execute(r, q_count_authors_named(name), t_rec_on_rows, &rc), 0);
     await_ok(&t, &wq, "writer's query");
     await_ok(&t, &wc, "writer's count");
     await_ok(&t, &rq, "reader's query");
     await_ok(&t, &rc, "reader's count");
     cr_assert_eq(wq.len, 1, "the writer does not see its own flushed row");
     cr_assert_eq(wq.items[0], a, "the writer's own row came back as another object");
-    cr_assert(wc.has_value && wc.value == 1, "the writer's count is not 1");
+    cr_assert(wc.has_int && wc.ival == 1, "the writer's count is not 1");
     cr_assert_eq(rq.len, 0, "another session sees uncommitted data");
-    cr_assert(rc.has_value && rc.value == 0, "another session counts uncommitted data");
+    cr_assert(rc.has_int && rc.ival == 0, "another session counts uncommitted data");
     cr_assert_eq(stats(&t).held, 1, "the writer must keep its one connection until commit");
     cr_assert_not(aorm_session_in_transaction(r));
 
-    rec c = {0};
-    cr_assert_eq(aorm_session_commit(w, on_done, &c), 0);
+    t_rec c = {0};
+    cr_assert_eq(aorm_session_commit(w, t_rec_on_done, &c), 0);
     await_ok(&t, &c, "commit");
     cr_assert_not(aorm_session_in_transaction(w));
     cr_assert_eq(stats(&t).held, 0, "the connection is still held after commit");
 
-    rec rc2 = {0};
-    cr_assert_eq(aorm_session_execute(r, q_count_authors_named(name), on_rows, &rc2), 0);
+    t_rec rc2 = {0};
+    cr_assert_eq(aorm_session_execute(r, q_count_authors_named(name), t_rec_on_rows, &rc2), 0);
     await_ok(&t, &rc2, "reader's count after commit");
-    cr_assert(rc2.has_value && rc2.value == 1, "the committed row is not visible to another session");
+    cr_assert(rc2.has_int && rc2.ival == 1, "the committed row is not visible to another session");
     aorm_session_free(w);
     aorm_session_free(r);
     settle(&t, 0.05);
-    rec_free(&wq);
-    rec_free(&rq);
+    t_rec_free(&wq);
+    t_rec_free(&rq);
     env_close(&t);
 }
 
@@ -1340,7 +1276,7 @@ typedef struct skew {
     int me; /* 0: row 1, 1: row 2 */
     int max_attempt;
     int steps_run;
-    rec done;
+    t_rec done;
 } skew;
 
 static int skew_read(aorm_chain *c, void *user) {
@@ -1368,7 +1304,7 @@ static int skew_write(aorm_chain *c, void *user) {
     return aorm_chain_flush(c);
 }
 
-static void on_skew_done(aorm_session *s, const aorm_error *err, void *user) { rec_err(&((skew *)user)->done, err); }
+static void on_skew_done(aorm_session *s, const aorm_error *err, void *user) { t_rec_err(&((skew *)user)->done, err); }
 
 static int both_skews_done(void *arg) {
     skew *k = arg;
@@ -1404,7 +1340,7 @@ Test(retry, serialization_failure_is_retried_and_a_budget_of_one_reports_it, .ti
     run_skew(&t, s, k, 3);
     for (int i = 0; i < 2; i++)
         cr_assert_eq(k[i].done.code, 0, "transaction %d failed: %s %s %s", i, aorm_errname(k[i].done.code),
-                     k[i].done.sqlstate, k[i].done.message);
+                     k[i].done.sqlstate, k[i].done.msg);
     cr_log_info("attempts: %d and %d", k[0].max_attempt, k[1].max_attempt);
     cr_assert((k[0].max_attempt == 1 && k[1].max_attempt == 2) || (k[0].max_attempt == 2 && k[1].max_attempt == 1),
               "expected exactly one retry, attempts were %d and %d", k[0].max_attempt, k[1].max_attempt);
@@ -1428,8 +1364,8 @@ Test(retry, serialization_failure_is_retried_and_a_budget_of_one_reports_it, .ti
     run_skew(&t, s, k, 1);
     int failed = (k[0].done.code != 0) + (k[1].done.code != 0);
     cr_assert_eq(failed, 1, "expected one failed transaction, got %d", failed);
-    rec *bad = k[0].done.code ? &k[0].done : &k[1].done;
-    cr_assert_eq(bad->code, AORM_ESERVER, "%s: %s", aorm_errname(bad->code), bad->message);
+    t_rec *bad = k[0].done.code ? &k[0].done : &k[1].done;
+    cr_assert_eq(bad->code, AORM_ESERVER, "%s: %s", aorm_errname(bad->code), bad->msg);
     cr_assert_str_eq(bad->sqlstate, "40001");
     cr_assert_eq(k[0].max_attempt, 1);
     cr_assert_eq(k[1].max_attempt, 1);
@@ -1456,10 +1392,10 @@ Test(closing, free_before_the_loop_runs_cancels_every_queued_operation, .timeout
     env t;
     env_open(&t, "close1");
     aorm_session *s = aorm_session_new(t.e, NULL);
-    rec g = {0}, q = {0}, c = {0};
-    cr_assert_eq(aorm_session_get(s, &author_model, &(author){.id = 1}, NULL, on_obj, &g), 0);
-    cr_assert_eq(aorm_session_query(s, q_author_id(2), NULL, on_objs, &q), 0);
-    cr_assert_eq(aorm_session_commit(s, on_done, &c), 0);
+    t_rec g = {0}, q = {0}, c = {0};
+    cr_assert_eq(aorm_session_get(s, &author_model, &(author){.id = 1}, NULL, t_rec_on_obj, &g), 0);
+    cr_assert_eq(aorm_session_query(s, q_author_id(2), NULL, t_rec_on_items, &q), 0);
+    cr_assert_eq(aorm_session_commit(s, t_rec_on_done, &c), 0);
     cr_assert_eq(g.calls + q.calls + c.calls, 0, "called back before the loop ran");
     aorm_session_free(s);
     settle(&t, 0.3);
@@ -1467,18 +1403,18 @@ Test(closing, free_before_the_loop_runs_cancels_every_queued_operation, .timeout
     expect_code(&q, AORM_ECANCELED, "queued query");
     expect_code(&c, AORM_ECANCELED, "queued commit");
     cr_assert_eq(stats(&t).statements, 0, "a closed session's operations reached the server");
-    rec_free(&q);
+    t_rec_free(&q);
     env_close(&t);
 }
 
 typedef struct free_in_cb {
-    rec r;
+    t_rec r;
     int64_t id;
 } free_in_cb;
 
 static void on_obj_then_free(aorm_session *s, void *obj, const aorm_error *err, void *user) {
     free_in_cb *f = user;
-    rec_err(&f->r, err);
+    t_rec_err(&f->r, err);
     f->id = obj ? ((author *)obj)->id : -1;
     aorm_session_free(s);
 }
@@ -1488,18 +1424,18 @@ Test(closing, free_from_inside_the_first_callback_cancels_the_rest, .timeout = T
     env_open(&t, "close2");
     aorm_session *s = aorm_session_new(t.e, NULL);
     free_in_cb g = {0};
-    rec q = {0}, c = {0};
+    t_rec q = {0}, c = {0};
     cr_assert_eq(aorm_session_get(s, &author_model, &(author){.id = 3}, NULL, on_obj_then_free, &g), 0);
-    cr_assert_eq(aorm_session_query(s, q_author_id(4), NULL, on_objs, &q), 0);
-    cr_assert_eq(aorm_session_commit(s, on_done, &c), 0);
+    cr_assert_eq(aorm_session_query(s, q_author_id(4), NULL, t_rec_on_items, &q), 0);
+    cr_assert_eq(aorm_session_commit(s, t_rec_on_done, &c), 0);
     cr_assert(t_run_until(t.evl, &c.calls, WAIT), "the commit was never called back");
     settle(&t, 0.3);
     cr_assert_eq(g.r.calls, 1);
-    cr_assert_eq(g.r.code, 0, "%s", g.r.message);
+    cr_assert_eq(g.r.code, 0, "%s", g.r.msg);
     cr_assert_eq(g.id, 3);
     expect_code(&q, AORM_ECANCELED, "query queued behind the freeing callback");
     expect_code(&c, AORM_ECANCELED, "commit queued behind the freeing callback");
-    rec_free(&q);
+    t_rec_free(&q);
     env_close(&t);
 }
 
@@ -1512,13 +1448,13 @@ Test(closing, free_with_a_statement_in_flight_and_a_transaction_open, .timeout =
     author *a = aorm_session_new_object(s, &author_model);
     a->name = aorm_session_strdup(s, name);
     cr_assert_eq(aorm_session_add(s, a), 0);
-    rec f = {0}, x = {0}, c = {0};
-    cr_assert_eq(aorm_session_flush(s, on_done, &f), 0);
-    cr_assert_eq(aorm_session_execute(s, aorm_raw("SELECT pg_sleep(1.0) AS ses_close3_sleep"), on_rows, &x), 0);
+    t_rec f = {0}, x = {0}, c = {0};
+    cr_assert_eq(aorm_session_flush(s, t_rec_on_done, &f), 0);
+    cr_assert_eq(aorm_session_execute(s, aorm_raw("SELECT pg_sleep(1.0) AS ses_close3_sleep"), t_rec_on_rows, &x), 0);
     /* a savepoint waits for the statement in front of it (a COMMIT
      * queued here would be pipelined behind the sleep, already sent: its
      * outcome unknown, see test_session_pipeline.c) */
-    cr_assert_eq(aorm_session_begin_nested(s, on_done, &c), 0);
+    cr_assert_eq(aorm_session_begin_nested(s, t_rec_on_done, &c), 0);
     await_ok(&t, &f, "flush");
     cr_assert_eq(stats(&t).held, 1);
     /* wait until the server runs the sleep */
@@ -1553,7 +1489,7 @@ typedef struct chain_ctx {
     int n;
     char new_title[96];
     int64_t changed;
-    rec done;
+    t_rec done;
 } chain_ctx;
 
 static void mark(chain_ctx *x, int step) {
@@ -1609,7 +1545,7 @@ static int ch_never(aorm_chain *c, void *user) {
     return 0;
 }
 
-static void on_chain_done(aorm_session *s, const aorm_error *err, void *user) { rec_err(&((chain_ctx *)user)->done, err); }
+static void on_chain_done(aorm_session *s, const aorm_error *err, void *user) { t_rec_err(&((chain_ctx *)user)->done, err); }
 
 Test(chain, get_query_edit_commit_runs_in_order, .timeout = TIMEOUT) {
     env t;
@@ -1651,7 +1587,7 @@ Test(chain, aorm_chain_fail_skips_the_rest_and_done_gets_its_error_once, .timeou
     settle(&t, 0.2);
     cr_assert_eq(x.done.calls, 1);
     cr_assert_eq(x.done.code, AORM_ENOTFOUND, "%s", aorm_errname(x.done.code));
-    cr_assert_str_eq(x.done.message, "stopped on purpose");
+    cr_assert_str_eq(x.done.msg, "stopped on purpose");
     cr_assert_eq(x.n, 2, "%d steps ran", x.n);
     cr_assert_eq(x.order[0], 1);
     cr_assert_eq(x.order[1], 5);
@@ -1673,7 +1609,7 @@ Test(chain, a_server_error_skips_the_rest_and_done_gets_it_once, .timeout = TIME
     await(&t, &y.done, "the failing chain");
     settle(&t, 0.2);
     cr_assert_eq(y.done.calls, 1);
-    cr_assert_eq(y.done.code, AORM_ESERVER, "%s: %s", aorm_errname(y.done.code), y.done.message);
+    cr_assert_eq(y.done.code, AORM_ESERVER, "%s: %s", aorm_errname(y.done.code), y.done.msg);
     cr_assert_str_eq(y.done.sqlstate, "22012");
     cr_assert_eq(y.n, 2, "%d steps ran", y.n);
     cr_assert_eq(y.order[0], 1);
@@ -1693,7 +1629,7 @@ Test(chain, a_step_that_finds_nothing_stops_the_chain, .timeout = TIMEOUT) {
     settle(&t, 0.2);
     cr_assert_eq(z.done.calls, 1);
     cr_assert_eq(z.done.code, AORM_ENOTFOUND);
-    cr_assert_str_eq(z.done.message, "no such author");
+    cr_assert_str_eq(z.done.msg, "no such author");
     cr_assert_eq(z.n, 2, "%d steps ran", z.n);
     aorm_session_free(s);
     settle(&t, 0.05);
@@ -1722,23 +1658,23 @@ Test(states, transient_pending_persistent_deleted_detached_and_rollback, .timeou
     cr_assert_eq(aorm_session_delete(s, n), 0, "delete of a pending object");
     cr_assert_eq(aorm_object_state_of(s, n), AORM_TRANSIENT);
     cr_assert_eq(aorm_session_add(s, n), 0);
-    rec f1 = {0};
-    cr_assert_eq(aorm_session_flush(s, on_done, &f1), 0);
+    t_rec f1 = {0};
+    cr_assert_eq(aorm_session_flush(s, t_rec_on_done, &f1), 0);
     await_ok(&t, &f1, "flush of a new object");
     cr_assert_eq(aorm_object_state_of(s, n), AORM_PERSISTENT);
     cr_assert_neq(n->id, 0);
     cr_assert_eq(aorm_session_delete(s, n), 0);
     cr_assert_eq(aorm_object_state_of(s, n), AORM_DELETED);
-    rec f2 = {0}, c1 = {0};
-    cr_assert_eq(aorm_session_flush(s, on_done, &f2), 0);
+    t_rec f2 = {0}, c1 = {0};
+    cr_assert_eq(aorm_session_flush(s, t_rec_on_done, &f2), 0);
     await_ok(&t, &f2, "flush of a deleted object");
     cr_assert_eq(aorm_object_state_of(s, n), AORM_DETACHED);
-    rec gv = {0};
-    cr_assert_eq(aorm_session_get(s, &author_model, &(author){.id = victim}, NULL, on_obj, &gv), 0);
+    t_rec gv = {0};
+    cr_assert_eq(aorm_session_get(s, &author_model, &(author){.id = victim}, NULL, t_rec_on_obj, &gv), 0);
     await_ok(&t, &gv, "get the victim");
     cr_assert_not_null(gv.obj);
     cr_assert_eq(aorm_session_delete(s, gv.obj), 0);
-    cr_assert_eq(aorm_session_commit(s, on_done, &c1), 0);
+    cr_assert_eq(aorm_session_commit(s, t_rec_on_done, &c1), 0);
     await_ok(&t, &c1, "commit");
     cr_assert_eq(aorm_object_state_of(s, gv.obj), AORM_DETACHED);
     cr_assert_eq(t_pg_longf(t.pg, "SELECT count(*) FROM authors WHERE id = %lld", (long long)victim), 0);
@@ -1749,17 +1685,17 @@ Test(states, transient_pending_persistent_deleted_detached_and_rollback, .timeou
     author *n2 = aorm_session_new_object(s, &author_model);
     n2->name = sfmt(s, "%s-rolled-back", t.tag);
     cr_assert_eq(aorm_session_add(s, n2), 0);
-    rec gv2 = {0}, f3 = {0}, rb = {0};
-    cr_assert_eq(aorm_session_get(s, &author_model, &(author){.id = victim2}, NULL, on_obj, &gv2), 0);
+    t_rec gv2 = {0}, f3 = {0}, rb = {0};
+    cr_assert_eq(aorm_session_get(s, &author_model, &(author){.id = victim2}, NULL, t_rec_on_obj, &gv2), 0);
     await_ok(&t, &gv2, "get the second victim");
     author *d = gv2.obj;
     cr_assert_not_null(d);
     cr_assert_eq(aorm_session_delete(s, d), 0);
-    cr_assert_eq(aorm_session_flush(s, on_done, &f3), 0);
+    cr_assert_eq(aorm_session_flush(s, t_rec_on_done, &f3), 0);
     await_ok(&t, &f3, "flush before rollback");
     cr_assert_eq(aorm_object_state_of(s, n2), AORM_PERSISTENT);
     cr_assert_eq(aorm_object_state_of(s, d), AORM_DETACHED);
-    cr_assert_eq(aorm_session_rollback(s, on_done, &rb), 0);
+    cr_assert_eq(aorm_session_rollback(s, t_rec_on_done, &rb), 0);
     await_ok(&t, &rb, "rollback");
     cr_expect_eq(aorm_object_state_of(s, n2), AORM_TRANSIENT, "a rolled-back INSERT's object is %d",
                  (int)aorm_object_state_of(s, n2));
@@ -1768,8 +1704,8 @@ Test(states, transient_pending_persistent_deleted_detached_and_rollback, .timeou
     cr_assert_eq(t_pg_longf(t.pg, "SELECT count(*) FROM authors WHERE name = '%s-rolled-back'", t.tag), 0);
     cr_assert_eq(t_pg_longf(t.pg, "SELECT count(*) FROM authors WHERE id = %lld", (long long)victim2), 1);
     /* the restored object is the session's object for its row again */
-    rec gv3 = {0};
-    cr_assert_eq(aorm_session_get(s, &author_model, &(author){.id = victim2}, NULL, on_obj, &gv3), 0);
+    t_rec gv3 = {0};
+    cr_assert_eq(aorm_session_get(s, &author_model, &(author){.id = victim2}, NULL, t_rec_on_obj, &gv3), 0);
     await_ok(&t, &gv3, "get after rollback");
     cr_expect_eq(gv3.obj, d, "the restored object is not the session's object for its row");
 
@@ -1803,8 +1739,8 @@ Test(states, rollback_discards_unflushed_changes, .timeout = TIMEOUT) {
     int64_t none[1];
     int64_t victim = make_author(&t, "victim", 0, none);
     aorm_session *s = aorm_session_new(t.e, NULL);
-    rec g = {0}, rb = {0}, c = {0};
-    cr_assert_eq(aorm_session_get(s, &author_model, &(author){.id = victim}, NULL, on_obj, &g), 0);
+    t_rec g = {0}, rb = {0}, c = {0};
+    cr_assert_eq(aorm_session_get(s, &author_model, &(author){.id = victim}, NULL, t_rec_on_obj, &g), 0);
     await_ok(&t, &g, "get");
     author *d = g.obj;
     author *n = aorm_session_new_object(s, &author_model);
@@ -1813,14 +1749,14 @@ Test(states, rollback_discards_unflushed_changes, .timeout = TIMEOUT) {
     cr_assert_eq(aorm_session_delete(s, d), 0);
     cr_assert_eq(aorm_object_state_of(s, n), AORM_PENDING);
     cr_assert_eq(aorm_object_state_of(s, d), AORM_DELETED);
-    cr_assert_eq(aorm_session_rollback(s, on_done, &rb), 0);
+    cr_assert_eq(aorm_session_rollback(s, t_rec_on_done, &rb), 0);
     await_ok(&t, &rb, "rollback of unflushed changes");
     cr_expect_eq(aorm_object_state_of(s, n), AORM_TRANSIENT, "a pending object is %d after rollback",
                  (int)aorm_object_state_of(s, n));
     cr_expect_eq(aorm_object_state_of(s, d), AORM_PERSISTENT, "a deleted object is %d after rollback",
                  (int)aorm_object_state_of(s, d));
     /* discarded changes are not written by the next commit */
-    cr_assert_eq(aorm_session_commit(s, on_done, &c), 0);
+    cr_assert_eq(aorm_session_commit(s, t_rec_on_done, &c), 0);
     await_ok(&t, &c, "commit after rollback");
     cr_assert_eq(t_pg_longf(t.pg, "SELECT count(*) FROM authors WHERE name = '%s-pending'", t.tag), 0,
                  "a change discarded by rollback was committed");

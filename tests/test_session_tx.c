@@ -92,15 +92,12 @@ static void env_open_pool(env *t, int pool, int overflow, double pool_timeout) {
             "note text NOT NULL DEFAULT 'none')",
             item_table);
     t_loop_open(&t->evl, &t->loop);
-    aorm_engine_options o;
+    aorm_engine_options o; /* t_engine() sets conninfo and, through PgBouncer, .pgbouncer */
     aorm_engine_options_init(&o);
-    o.conninfo = t_dsn();
-    o.pgbouncer = t_via_pgbouncer();
     if (pool >= 0) o.pool_size = pool;
     if (overflow >= 0) o.max_overflow = overflow;
     if (pool_timeout > 0) o.pool_timeout = pool_timeout;
-    t->e = aorm_engine_new(t->loop, &o);
-    cr_assert_not_null(t->e);
+    t->e = t_engine(t->loop, &o);
 }
 
 static void env_open(env *t) { env_open_pool(t, -1, -1, 0); }
@@ -127,86 +124,50 @@ static int one_lost(void *arg) { return stats(arg).connections_lost >= 1; }
  * Callback recorders
  * ========================================================================== */
 
-typedef struct rec {
-    int calls;
-    int code;
-    char sqlstate[6];
-    char message[256];
-    size_t len;      /* query: objects */
-    void *first;     /* query: the first object */
-    int64_t value;   /* execute: first column of the first row */
-    int has_value;
-} rec;
+/* t_rec (the test kit's recorder), through t_rec_on_done, t_rec_on_objs
+ * (obj: the first object, len: how many), t_rec_on_obj, t_rec_on_rows. */
 
-static void rec_err(rec *r, const aorm_error *err) {
-    r->calls++;
-    r->code = err ? err->code : 0;
-    snprintf(r->sqlstate, sizeof(r->sqlstate), "%s", err ? err->sqlstate : "");
-    snprintf(r->message, sizeof(r->message), "%s", err ? err->message : "");
-}
-
-static void on_done(aorm_session *s, const aorm_error *err, void *user) { rec_err(user, err); }
-
-static void on_objs(aorm_session *s, aorm_objects *objs, const aorm_error *err, void *user) {
-    rec *r = user;
-    rec_err(r, err);
-    r->len = objs ? objs->len : 0;
-    r->first = objs && objs->len ? objs->items[0] : NULL;
-}
-
-static void on_obj(aorm_session *s, void *obj, const aorm_error *err, void *user) {
-    rec *r = user;
-    rec_err(r, err);
-    r->first = obj;
-}
-
-static void on_rows(aorm_session *s, aorm_result *res, const aorm_error *err, void *user) {
-    rec *r = user;
-    rec_err(r, err);
-    r->has_value = res && aorm_result_nrows(res) > 0 && aorm_result_int64(res, 0, 0, &r->value) == 0;
-}
-
-static void await(env *t, rec *r, const char *what) {
+static void await(env *t, t_rec *r, const char *what) {
     cr_assert(t_run_until(t->evl, &r->calls, WAIT), "no callback for %s within %.0f s", what, WAIT);
     settle(t);
     cr_assert_eq(r->calls, 1, "%s called back %d times", what, r->calls);
 }
 
-static void await_code(env *t, rec *r, int code, const char *what) {
+static void await_code(env *t, t_rec *r, int code, const char *what) {
     await(t, r, what);
     cr_assert_eq(r->code, code, "%s: expected %s, got %s [%s] %s", what, aorm_errname(code), aorm_errname(r->code),
-                 r->sqlstate, r->message);
+                 r->sqlstate, r->msg);
 }
 
-static void await_ok(env *t, rec *r, const char *what) { await_code(t, r, 0, what); }
+static void await_ok(env *t, t_rec *r, const char *what) { await_code(t, r, 0, what); }
 
 /* ---- session steps, run to completion ---- */
 
 static void commit_expect(env *t, aorm_session *s, int code, const char *what) {
-    rec r = {0};
-    cr_assert_eq(aorm_session_commit(s, on_done, &r), 0);
+    t_rec r = {0};
+    cr_assert_eq(aorm_session_commit(s, t_rec_on_done, &r), 0);
     await_code(t, &r, code, what);
 }
 
 static void rollback_ok(env *t, aorm_session *s) {
-    rec r = {0};
-    cr_assert_eq(aorm_session_rollback(s, on_done, &r), 0);
+    t_rec r = {0};
+    cr_assert_eq(aorm_session_rollback(s, t_rec_on_done, &r), 0);
     await_ok(t, &r, "rollback");
 }
 
 static void flush_expect(env *t, aorm_session *s, int code, const char *what) {
-    rec r = {0};
-    cr_assert_eq(aorm_session_flush(s, on_done, &r), 0);
+    t_rec r = {0};
+    cr_assert_eq(aorm_session_flush(s, t_rec_on_done, &r), 0);
     await_code(t, &r, code, what);
 }
 
 /* Raw SQL through the session (in its transaction), one integer back. */
 static int64_t session_int(env *t, aorm_session *s, const char *sql) {
-    rec r = {0};
-    cr_assert_eq(aorm_session_execute(s, aorm_raw(sql), on_rows, &r), 0);
+    t_rec r = {0};
+    cr_assert_eq(aorm_session_execute(s, aorm_raw(sql), t_rec_on_rows, &r), 0);
     await_ok(t, &r, sql);
-    cr_assert(r.has_value, "%s returned no integer", sql);
-    return r.value;
+    cr_assert(r.has_int, "%s returned no integer", sql);
+    return r.ival;
 }
 
 static aorm_stmt *q_named(const char *name) {
@@ -215,9 +176,9 @@ static aorm_stmt *q_named(const char *name) {
     return q;
 }
 
-static void query_expect(env *t, aorm_session *s, const char *name, int code, rec *r, const char *what) {
+static void query_expect(env *t, aorm_session *s, const char *name, int code, t_rec *r, const char *what) {
     memset(r, 0, sizeof(*r));
-    cr_assert_eq(aorm_session_query(s, q_named(name), NULL, on_objs, r), 0);
+    cr_assert_eq(aorm_session_query(s, q_named(name), NULL, t_rec_on_objs, r), 0);
     await_code(t, r, code, what);
 }
 
@@ -284,8 +245,8 @@ Test(tx_begin, a_failed_begin_leaves_the_session_rollback_required, .timeout = T
     aorm_session *s = aorm_session_new(t.e, NULL);
     cr_assert_not_null(s);
     static const aorm_tx_options ser_ro = {.isolation = AORM_ISO_SERIALIZABLE, .read_only = true};
-    rec b = {0};
-    cr_assert_eq(aorm_session_begin(s, &ser_ro, on_done, &b), 0);
+    t_rec b = {0};
+    cr_assert_eq(aorm_session_begin(s, &ser_ro, t_rec_on_done, &b), 0);
     await_code(&t, &b, AORM_EPOOLTIMEOUT, "begin(SERIALIZABLE, READ ONLY) without a connection");
     cr_assert(aorm_session_rollback_required(s), "a failed begin was forgotten");
     cr_assert(aorm_session_in_transaction(s));
@@ -297,10 +258,10 @@ Test(tx_begin, a_failed_begin_leaves_the_session_rollback_required, .timeout = T
     cr_assert_eq(aorm_session_add(s, it), 0);
     flush_expect(&t, s, AORM_ETXSTATE, "flush after a failed begin");
     commit_expect(&t, s, AORM_ETXSTATE, "commit after a failed begin");
-    rec q;
+    t_rec q;
     query_expect(&t, s, name, AORM_ETXSTATE, &q, "query after a failed begin");
-    rec g = {0};
-    cr_assert_eq(aorm_session_get(s, &stx_item_model, &(stx_item){.id = 1}, NULL, on_obj, &g), 0);
+    t_rec g = {0};
+    cr_assert_eq(aorm_session_get(s, &stx_item_model, &(stx_item){.id = 1}, NULL, t_rec_on_obj, &g), 0);
     await_code(&t, &g, AORM_ETXSTATE, "get after a failed begin");
     cr_assert_eq(rows_named(&t, name), 0, "a write ran outside the transaction that was asked for");
     cr_assert(aorm_session_rollback_required(s));
@@ -311,8 +272,8 @@ Test(tx_begin, a_failed_begin_leaves_the_session_rollback_required, .timeout = T
     cr_assert_eq(aorm_object_state_of(s, it), AORM_TRANSIENT, "the rollback discards the unwritten add");
 
     /* begun again, the transaction has the options it was asked for */
-    rec b2 = {0};
-    cr_assert_eq(aorm_session_begin(s, &ser_ro, on_done, &b2), 0);
+    t_rec b2 = {0};
+    cr_assert_eq(aorm_session_begin(s, &ser_ro, t_rec_on_done, &b2), 0);
     await_ok(&t, &b2, "begin again");
     cr_assert_eq(session_int(&t, s, "SELECT (current_setting('transaction_isolation') = 'serializable')::int"), 1);
     cr_assert_eq(session_int(&t, s, "SELECT (current_setting('transaction_read_only') = 'on')::int"), 1);
@@ -354,7 +315,7 @@ Test(tx_loss, idle_loss_seen_by_the_engine_makes_the_next_statement_fail_and_req
     cr_assert(aorm_session_rollback_required(s), "a transaction whose connection is gone needs no rollback?");
     cr_assert(aorm_session_in_transaction(s));
 
-    rec q;
+    t_rec q;
     query_expect(&t, s, name, AORM_ECONNLOST, &q, "the first statement after the loss");
     cr_assert_str_eq(q.sqlstate, "08006");
     query_expect(&t, s, name, AORM_ETXSTATE, &q, "the second statement after the loss");
@@ -415,7 +376,7 @@ Test(tx_loss, loss_the_engine_has_not_seen_yet_fails_the_next_statement_and_requ
     /* the loop does not run between the termination and the query: the
      * engine learns of the loss while sending or reading it */
     terminate_backend(&t, pid);
-    rec q;
+    t_rec q;
     query_expect(&t, s, name, AORM_ECONNLOST, &q, "the first statement after the loss");
     cr_assert(aorm_session_rollback_required(s));
     commit_expect(&t, s, AORM_ETXSTATE, "commit of the lost transaction");
@@ -482,18 +443,18 @@ Test(tx_commit, connection_lost_mid_commit_is_unknown_and_nothing_is_inserted_tw
     aorm_session *s = aorm_session_new(t.e, NULL);
     cr_assert_not_null(s);
     int64_t pid = session_int(&t, s, "SELECT pg_backend_pid()");
-    rec q;
+    t_rec q;
     query_expect(&t, s, old_name, 0, &q, "load the existing row");
     cr_assert_eq(q.len, 1);
-    stx_item *old = q.first;
+    stx_item *old = q.obj;
     old->qty = 2; /* an UPDATE in the same transaction */
     stx_item *it = new_item(s, name);
     it->qty = 3;
     cr_assert_eq(aorm_session_add(s, it), 0);
 
     t_pg_runf(t.pg, "SELECT pg_advisory_lock(%ld)", t.lock_key);
-    rec c = {0};
-    cr_assert_eq(aorm_session_commit(s, on_done, &c), 0);
+    t_rec c = {0};
+    cr_assert_eq(aorm_session_commit(s, t_rec_on_done, &c), 0);
     waiting_backend w = {&t, pid, "COMMIT"};
     cr_assert(t_run_until_fn(t.evl, backend_blocked, &w, WAIT), "the COMMIT never reached the trigger");
     cr_assert_eq(c.calls, 0);
@@ -521,12 +482,12 @@ Test(tx_commit, connection_lost_mid_commit_is_unknown_and_nothing_is_inserted_tw
      * expired object reloads from its row */
     cr_assert_eq(rows_named(&t, name), 0);
     query_expect(&t, s, old_name, 0, &q, "reload the existing row");
-    cr_assert_eq(q.first, old, "one object per row");
+    cr_assert_eq(q.obj, old, "one object per row");
     cr_assert_eq(old->qty, 1, "the expired object was reloaded");
-    rec g = {0};
-    cr_assert_eq(aorm_session_get(s, &stx_item_model, &(stx_item){.id = it->id}, NULL, on_obj, &g), 0);
+    t_rec g = {0};
+    cr_assert_eq(aorm_session_get(s, &stx_item_model, &(stx_item){.id = it->id}, NULL, t_rec_on_obj, &g), 0);
     await_ok(&t, &g, "look the detached object's row up");
-    cr_assert_null(g.first, "no row: the commit did not happen");
+    cr_assert_null(g.obj, "no row: the commit did not happen");
     aorm_session_free(s);
     env_close(&t);
 }
@@ -542,9 +503,9 @@ Test(tx_commit, a_session_freed_with_its_commit_in_flight_reports_an_unknown_out
     int64_t pid = session_int(&t, s, "SELECT pg_backend_pid()");
     cr_assert_eq(aorm_session_add(s, new_item(s, name)), 0);
     t_pg_runf(t.pg, "SELECT pg_advisory_lock(%ld)", t.lock_key);
-    rec c = {0}, behind = {0};
-    cr_assert_eq(aorm_session_commit(s, on_done, &c), 0);
-    cr_assert_eq(aorm_session_flush(s, on_done, &behind), 0);
+    t_rec c = {0}, behind = {0};
+    cr_assert_eq(aorm_session_commit(s, t_rec_on_done, &c), 0);
+    cr_assert_eq(aorm_session_flush(s, t_rec_on_done, &behind), 0);
     waiting_backend w = {&t, pid, "COMMIT"};
     cr_assert(t_run_until_fn(t.evl, backend_blocked, &w, WAIT), "the COMMIT never reached the trigger");
     aorm_session_free(s); /* callbacks from inside this call */
@@ -558,7 +519,7 @@ Test(tx_commit, a_session_freed_with_its_commit_in_flight_reports_an_unknown_out
     t_pg_runf(t.pg, "SELECT pg_advisory_unlock(%ld)", t.lock_key);
     /* the connection went back to the pool with its COMMIT unanswered: the
      * engine drops the answer (committed here, since the backend lived) */
-    rec q = {0};
+    t_rec q = {0};
     aorm_session *r = aorm_session_new(t.e, NULL);
     cr_assert_not_null(r);
     query_expect(&t, r, name, 0, &q, "the engine still works");
@@ -702,9 +663,9 @@ Test(tx_defaults, columns_left_to_the_server_take_their_defaults_and_are_read_ba
         cr_assert(strncmp(v, prefix, strlen(prefix)) == 0, "row %s: %s", many[i], v);
         free(v);
     }
-    rec q;
+    t_rec q;
     query_expect(&t, s, many[1], 0, &q, "the identity map answers for a row read back");
-    stx_item *x = q.first;
+    stx_item *x = q.obj;
     cr_assert(x && x->flag && x->qty == 7 && x->rank.value == 11 && strcmp(x->note, "none") == 0);
     cr_assert_not(aorm_object_modified(s, x), "read-back values are part of the snapshot");
     cr_assert_eq(aorm_object_use_default(s, x, NULL), AORM_EMISUSE, "persistent objects have their row");
@@ -797,10 +758,10 @@ Test(tx_engine_free, freeing_the_engine_cancels_queued_and_running_work_and_late
     stx_item *it = new_item(s, name);
     cr_assert_eq(aorm_session_add(s, it), 0);
     t_pg_runf(t.pg, "SELECT pg_advisory_lock(%ld)", t.lock_key);
-    rec f = {0}, c = {0}, q = {0};
-    cr_assert_eq(aorm_session_flush(s, on_done, &f), 0);
-    cr_assert_eq(aorm_session_commit(s, on_done, &c), 0);
-    cr_assert_eq(aorm_session_query(s, q_named(name), NULL, on_objs, &q), 0);
+    t_rec f = {0}, c = {0}, q = {0};
+    cr_assert_eq(aorm_session_flush(s, t_rec_on_done, &f), 0);
+    cr_assert_eq(aorm_session_commit(s, t_rec_on_done, &c), 0);
+    cr_assert_eq(aorm_session_query(s, q_named(name), NULL, t_rec_on_objs, &q), 0);
     waiting_backend w = {&t, pid, "INSERT"};
     cr_assert(t_run_until_fn(t.evl, backend_blocked, &w, WAIT), "the flush never reached the trigger");
     cr_assert_eq(f.calls + c.calls + q.calls, 0);
@@ -818,9 +779,9 @@ Test(tx_engine_free, freeing_the_engine_cancels_queued_and_running_work_and_late
     cr_assert_null(aorm_session_engine(s));
     cr_assert_not(aorm_session_in_transaction(s));
     cr_assert_not(aorm_session_rollback_required(s));
-    rec late = {0};
-    cr_assert_eq(aorm_session_commit(s, on_done, &late), AORM_ECLOSED);
-    cr_assert_eq(aorm_session_query(s, q_named(name), NULL, on_objs, &late), AORM_ECLOSED);
+    t_rec late = {0};
+    cr_assert_eq(aorm_session_commit(s, t_rec_on_done, &late), AORM_ECLOSED);
+    cr_assert_eq(aorm_session_query(s, q_named(name), NULL, t_rec_on_objs, &late), AORM_ECLOSED);
     cr_assert_eq(aorm_session_add(s, late_item), AORM_ECLOSED);
     cr_assert_null(aorm_session_new_object(s, &stx_item_model));
     settle(&t);
@@ -855,12 +816,12 @@ Test(tx_engine_free, a_session_idle_in_a_transaction_is_freed_cleanly_after_its_
 
 typedef struct free_in_cb {
     env *t;
-    rec r;
+    t_rec r;
 } free_in_cb;
 
 static void on_objs_free_engine(aorm_session *s, aorm_objects *objs, const aorm_error *err, void *user) {
     free_in_cb *x = user;
-    rec_err(&x->r, err);
+    t_rec_err(&x->r, err);
     aorm_engine_free(x->t->e); /* from inside a callback of one of its sessions */
     x->t->e = NULL;
 }
@@ -878,10 +839,10 @@ Test(tx_engine_free, engine_freed_from_a_session_callback_cancels_the_other_sess
     int64_t pid = session_int(&t, b, "SELECT pg_backend_pid()");
     cr_assert_eq(aorm_session_add(b, new_item(b, name)), 0);
     t_pg_runf(t.pg, "SELECT pg_advisory_lock(%ld)", t.lock_key);
-    rec bf = {0}, bc = {0}, bc2 = {0};
-    cr_assert_eq(aorm_session_flush(b, on_done, &bf), 0);
-    cr_assert_eq(aorm_session_commit(b, on_done, &bc), 0);
-    cr_assert_eq(aorm_session_commit(b, on_done, &bc2), 0);
+    t_rec bf = {0}, bc = {0}, bc2 = {0};
+    cr_assert_eq(aorm_session_flush(b, t_rec_on_done, &bf), 0);
+    cr_assert_eq(aorm_session_commit(b, t_rec_on_done, &bc), 0);
+    cr_assert_eq(aorm_session_commit(b, t_rec_on_done, &bc2), 0);
     waiting_backend w = {&t, pid, "INSERT"};
     cr_assert(t_run_until_fn(t.evl, backend_blocked, &w, WAIT), "the flush never reached the trigger");
 
@@ -917,9 +878,9 @@ Test(tx_engine_free, a_commit_in_flight_when_the_engine_is_freed_is_an_unknown_o
     stx_item *it = new_item(s, name);
     cr_assert_eq(aorm_session_add(s, it), 0);
     t_pg_runf(t.pg, "SELECT pg_advisory_lock(%ld)", t.lock_key);
-    rec c = {0}, after = {0};
-    cr_assert_eq(aorm_session_commit(s, on_done, &c), 0);
-    cr_assert_eq(aorm_session_flush(s, on_done, &after), 0);
+    t_rec c = {0}, after = {0};
+    cr_assert_eq(aorm_session_commit(s, t_rec_on_done, &c), 0);
+    cr_assert_eq(aorm_session_flush(s, t_rec_on_done, &after), 0);
     waiting_backend w = {&t, pid, "COMMIT"};
     cr_assert(t_run_until_fn(t.evl, backend_blocked, &w, WAIT), "the COMMIT never reached the trigger");
     aorm_engine_free(t.e);

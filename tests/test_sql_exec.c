@@ -1118,3 +1118,111 @@ Test(sql_exec, load_text_format_result, .timeout = 30) {
     aorm_stmt_free(shape);
     env_close(&t);
 }
+
+/* ==========================================================================
+ * Prepared statements: compiled once, executed with new values
+ * ========================================================================== */
+
+#include "sql/sql_int.h" /* aorm__sql_compiles */
+
+static aorm_result *run_prepared(env *t, aorm_prepared *p) {
+    reply r = {0};
+    int rc = aorm_prepared_execute(t->e, p, NULL, on_result, &r);
+    cr_assert_eq(rc, 0, "execute: %s", aorm_errname(rc));
+    reply_wait(t, &r);
+    cr_assert_null(r.err, "%s: %s %s", aorm_prepared_sql(p), r.err->sqlstate, r.err->message);
+    return r.res;
+}
+
+Test(sql_exec, prepared_compiles_once_and_binds_by_name, .timeout = 30) {
+    env t;
+    env_open(&t, "prepared");
+    int64_t a = new_author(&t, "p", 1950);
+    aorm_stmt *q = aorm_update(&author_model);
+    aorm_set(q, AORM_COL(author, born), aorm_param(AORM_INT4, "born"));
+    aorm_where(q, aorm_and(aorm_eq(AORM_COL(author, id), aorm_param(AORM_INT8, "id")),
+                           aorm_ne(AORM_COL(author, born), aorm_param(AORM_INT4, "born"))));
+    aorm_returning(q, AORM_COL(author, born));
+    /* placeholders without values: the statement itself is not executable */
+    reply r0 = {0};
+    cr_assert_eq(aorm_stmt_execute(t.e, q, NULL, on_result, &r0), AORM_EMISUSE);
+    aorm_prepared *p = aorm_stmt_prepare(q);
+    cr_assert_not_null(p, "%s", aorm_stmt_errmsg(q));
+    aorm_stmt_free(q);
+    cr_assert_str_eq(aorm_prepared_sql(p),
+                     "UPDATE \"authors\" SET \"born\" = $1 WHERE \"authors\".\"id\" = $2 AND "
+                     "\"authors\".\"born\" <> $3 RETURNING \"authors\".\"born\"");
+    /* missing values, unknown names, wrong types: refused before sending */
+    reply r = {0};
+    cr_assert_eq(aorm_prepared_execute(t.e, p, NULL, on_result, &r), AORM_EMISUSE, "nothing bound");
+    cr_assert_eq(aorm_prepared_bind_int8(p, "nope", 1), AORM_EMISUSE);
+    cr_assert_eq(aorm_prepared_bind_text(p, "id", "1"), AORM_EMISUSE);
+    cr_assert_eq(aorm_prepared_bind_int8(p, "born", INT64_MAX), AORM_ERANGE);
+    cr_assert_eq(aorm_prepared_bind_int8(p, "id", a), 0);
+    cr_assert_eq(aorm_prepared_execute(t.e, p, NULL, on_result, &r), AORM_EMISUSE, "born unbound");
+    unsigned long compiles = aorm__sql_compiles;
+    for (int year = 1960; year < 1965; year++) {
+        cr_assert_eq(aorm_prepared_bind_int4(p, "born", year), 0);
+        aorm_result *res = run_prepared(&t, p);
+        cr_assert_eq(aorm_result_nrows(res), 1, "year %d", year);
+        int32_t got;
+        cr_assert_eq(aorm_result_int32(res, 0, 0, &got), 0);
+        cr_assert_eq(got, year);
+        aorm_result_free(res);
+        char sql[128];
+        snprintf(sql, sizeof sql, "SELECT born FROM authors WHERE id = %" PRId64, a);
+        cr_assert_eq(t_pg_long(t.pg, sql), year, "stored");
+    }
+    /* the same value again: the WHERE's "born <> $3" takes it too, so no row */
+    aorm_result *res = run_prepared(&t, p);
+    cr_assert_eq(aorm_result_nrows(res), 0);
+    aorm_result_free(res);
+    cr_assert_eq(aorm__sql_compiles, compiles, "executions compile nothing");
+    aorm_prepared_free(p);
+    env_close(&t);
+}
+
+static void on_session_rows(aorm_session *s, aorm_result *res, const aorm_error *err, void *user) {
+    (void)s;
+    on_result(NULL, res, err, user);
+}
+
+/* Through a session: two executions queued in one turn with different
+ * values (the second bound before the first is answered); each answers
+ * with the values bound at its call, and nothing is compiled again. */
+Test(sql_exec, prepared_through_a_session, .timeout = 30) {
+    env t;
+    env_open(&t, "prepared_session");
+    int64_t a = new_author(&t, "s", 1900);
+    aorm_stmt *q = aorm_select_exprs((const aorm_expr *[]){aorm_add(AORM_COL(author, born), aorm_param(AORM_INT4, "d"))}, 1);
+    aorm_from(q, &author_model);
+    aorm_where(q, aorm_eq(AORM_COL(author, id), aorm_param(AORM_INT8, "id")));
+    aorm_prepared *p = aorm_stmt_prepare(q);
+    cr_assert_not_null(p, "%s", aorm_stmt_errmsg(q));
+    aorm_stmt_free(q);
+    aorm_session *s = aorm_session_new(t.e, NULL);
+    cr_assert_not_null(s);
+    reply r1 = {0}, r2 = {0};
+    cr_assert_eq(aorm_session_execute_prepared(s, p, on_session_rows, &r1), AORM_EMISUSE, "nothing bound");
+    cr_assert_eq(aorm_prepared_bind_int8(p, "id", a), 0);
+    cr_assert_eq(aorm_prepared_bind_int4(p, "d", 1), 0);
+    unsigned long compiles = aorm__sql_compiles;
+    cr_assert_eq(aorm_session_execute_prepared(s, p, on_session_rows, &r1), 0);
+    cr_assert_eq(aorm_prepared_bind_int4(p, "d", 2), 0);
+    cr_assert_eq(aorm_session_execute_prepared(s, p, on_session_rows, &r2), 0);
+    reply_wait(&t, &r1);
+    reply_wait(&t, &r2);
+    cr_assert_null(r1.err, "%s", r1.err->message);
+    cr_assert_null(r2.err, "%s", r2.err->message);
+    int32_t v1, v2;
+    cr_assert_eq(aorm_result_int32(r1.res, 0, 0, &v1), 0);
+    cr_assert_eq(aorm_result_int32(r2.res, 0, 0, &v2), 0);
+    cr_assert_eq(v1, 1901, "the value bound at the first execution");
+    cr_assert_eq(v2, 1902);
+    cr_assert_eq(aorm__sql_compiles, compiles, "nothing compiled");
+    aorm_result_free(r1.res);
+    aorm_result_free(r2.res);
+    aorm_session_free(s);
+    aorm_prepared_free(p);
+    env_close(&t);
+}

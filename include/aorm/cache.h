@@ -42,7 +42,7 @@
  * no SCAN) and deletes the written rows' keys. A rollback sends nothing.
  * A COMMIT whose outcome is unknown is treated as committed. Raw SQL
  * writes are invisible to the session: call aorm_cache_invalidate_model()
- * after them.
+ * after them (also for tables only a query or collection region reads).
  *
  * The race every cache has is closed: a reader that missed and read
  * PostgreSQL before a writer's commit writes its (old) row back only if
@@ -66,6 +66,26 @@
  * until Redis answers again and every registered table's generations
  * have been bumped: stale rows are never served by this process, and by
  * other processes at most for the region's TTL.
+ *
+ * Cached queries (aorm_cache_query, aorm_query_options.cache) and leases
+ * against stampedes across processes (aorm_cache_region_options.lease):
+ * see those declarations.
+ *
+ * Redis: run it with maxmemory-policy volatile-lru, volatile-lfu,
+ * volatile-ttl or noeviction. Generation keys (`P g:TABLE`, `P h:TABLE`)
+ * have no TTL and must never be evicted while values written under them
+ * live; values and leases always have a TTL.
+ *
+ * When a commit is seen elsewhere: the session's commit callback runs
+ * once PostgreSQL answered COMMIT; the invalidation is then queued on the
+ * cache's connection and goes out in that loop turn's pipeline, so
+ * another process may still read the old row from Redis for about one
+ * Redis round trip after the callback (never longer than the deadline
+ * while Redis answers, the TTL when it does not). This process reads a
+ * table with an unacknowledged invalidation from PostgreSQL.
+ *
+ * Free order: the sessions that use the cache, the cache, the engine,
+ * the loop.
  *
  * Handles and ownership (every _free accepts NULL):
  *   - aorm_cache: made by aorm_cache_new(), owned by the caller, freed
@@ -151,6 +171,16 @@ typedef struct aorm_cache_region_options {
     aorm_cache_strategy strategy;  /**< AORM_CACHE_READ_WRITE */
     size_t near_max_entries;       /**< near cache (process memory) entries; 0: none (0) */
     size_t near_max_bytes;         /**< near cache bytes; 0: no byte bound */
+    double lease;                  /**< rows regions: seconds a load lease lives; 0: no leases (0).
+                                        With leases, a process that misses a key first takes
+                                        `SET P l:KEY TOKEN NX PX lease`; only the holder reads
+                                        PostgreSQL, writes back and releases it (compare and
+                                        delete); other processes that miss the key meanwhile
+                                        re-read Redis every 5 ms, on the loop's timers, until the
+                                        value is there or lease_wait has passed, then read
+                                        PostgreSQL themselves */
+    double lease_wait;             /**< seconds at most a miss waits for another process's lease
+                                        (0.05) */
 } aorm_cache_region_options;
 
 AORM_API void aorm_cache_region_options_init(aorm_cache_region_options *o);
@@ -176,13 +206,31 @@ AORM_API aorm_cache_region *aorm_cache_model(aorm_cache *c, const aorm_model *m,
 AORM_API aorm_cache_region *aorm_cache_collection(aorm_cache *c, const aorm_model *m, const aorm_relationship *rel,
                                                    const aorm_cache_region_options *o);
 
+/** Declares the query region of model m: aorm_session_query() with
+ * aorm_query_options.cache set, on a SELECT of m, reads its answer from
+ * Redis. The key is the region's prefix and a 128-bit hash of the
+ * compiled SQL text, its parameters (types, formats, bytes) and the
+ * model's layout; the value holds the rows of the answer, in order, and
+ * the generations of every table the statement reads (its FROM and JOIN
+ * tables, those of its subqueries and CTEs) as they were before the
+ * PostgreSQL read. A committed write to any of those tables (through a
+ * session of any process whose cache declares a query region or a region
+ * of that table) retires it. Statements with raw SQL parts, row locks, or
+ * more than 16 tables are never cached; a cached statement must be a
+ * function of its tables and parameters (no now(), random(), sequences).
+ * Write-backs are conditional on the generations, as for rows. Returns
+ * NULL on misuse (m already has a query region, a name with ':') or out
+ * of memory. The near-cache fields of o are ignored. */
+AORM_API aorm_cache_region *aorm_cache_query(aorm_cache *c, const aorm_model *m, const aorm_cache_region_options *o);
+
 /** The region of model m, or NULL. */
 AORM_API aorm_cache_region *aorm_cache_region_of(const aorm_cache *c, const aorm_model *m);
 
 /** After writes the session cannot see (raw SQL, other programs): bumps
- * m's table generations, so that no row or list of it cached before is
- * read again. Returns 0 (queued; retried like any invalidation) or
- * AORM_EMISUSE (no region for m). */
+ * m's table generations, so that no row, list or query answer read from
+ * it before is read again. Returns 0 (queued; retried like any
+ * invalidation) or AORM_EMISUSE (no region reads m's table; with a query
+ * region declared, any table qualifies). */
 AORM_API int aorm_cache_invalidate_model(aorm_cache *c, const aorm_model *m);
 
 /* ---- statistics ----------------------------------------------------------------- */
@@ -203,6 +251,8 @@ typedef struct aorm_cache_stats {
     size_t retry_queued;         /**< invalidations waiting to be retried now */
     bool disabled;               /**< the retry queue overflowed: bypassed until recovered */
     aorm_redis_breaker breaker;  /**< the connection's breaker state now */
+    uint64_t lease_waits;        /**< keys whose miss waited for another process's lease */
+    uint64_t lease_hits;         /**< of those: answered from Redis once the holder wrote back */
 } aorm_cache_stats;
 
 /** Counters of one region (r) since it was declared. */

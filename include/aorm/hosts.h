@@ -34,9 +34,32 @@
  * standby's), else to the primary. An autocommit write through the owner
  * records its position the same way, one statement later. The position can
  * be read and set (aorm_owner_commit_lsn / aorm_owner_set_commit_lsn) to
- * carry it across processes, e.g. in Redis per user. A standby whose
- * replay is more than max_lag seconds behind the primary leaves the
- * rotation until it catches up.
+ * carry it across processes by hand. A standby whose replay is more than
+ * max_lag seconds behind the primary leaves the rotation until it catches
+ * up.
+ *
+ * Shared positions (read-your-writes for the whole fleet): with `redis`
+ * set, an owner (or session) given a consistency key by the application
+ * (aorm_owner_set_consistency_key: a user id, a cookie) shares its
+ * positions with every router using the same Redis and prefix. When a
+ * write position of that owner comes back, the router raises
+ * `redis_prefix + key` to it in one EVAL (a Lua script that keeps the
+ * greater of the stored and the new position, both as 16 hex digits, and
+ * sets the expiry to redis_ttl either way). The first routed read of an
+ * owner after its key was set waits for one GET of the key (at most
+ * redis_deadline, on the loop: nothing blocks) and is then routed by the
+ * greater of the owner's own position and the stored one, as are its
+ * later reads; writes, transactions and reads of owners without a key
+ * never wait for Redis. When the GET fails (Redis down, stopped or slower
+ * than redis_deadline, the breaker open, a value that is not a position),
+ * that read goes to the primary: a read is never served stale because
+ * Redis was unavailable; the next read of the owner asks again. A missing
+ * key means no recorded write within redis_ttl. Limits: the position is
+ * stored one Redis round trip after the write's position came back (so
+ * after the COMMIT's callback): a read elsewhere that starts before that
+ * may miss it; a failed store is not retried (a warning is logged);
+ * after redis_ttl without writes a standby still more than redis_ttl
+ * behind would be trusted, so keep redis_ttl above max_lag.
  *
  * aorm_engine_stats_get() on a router sums its servers' counters; its
  * `statements` leaves out the router's own checks and position fetches.
@@ -47,7 +70,10 @@
  * engines (aorm_hosts_engine() lends one: never free it). Owners made on
  * the router (aorm_owner_new) are the caller's, as usual. A connection
  * acquired through the router belongs to the primary's engine:
- * aorm_conn functions work on it as on any held connection.
+ * aorm_conn functions work on it as on any held connection. The Redis
+ * client of `redis` stays the caller's: the router only queues commands
+ * on it, and it must be freed after the router (its callbacks still due
+ * then come back as AORM_ECANCELED and are absorbed).
  *
  * Callbacks: the router calls a statement's or an acquire's callback with
  * the router as `e`, with the usual contract (once, never from inside the
@@ -106,6 +132,15 @@ typedef struct aorm_hosts_options {
     double max_lag;             /**< seconds of replay lag behind the primary after which a
                                      standby leaves the rotation; 0 no bound (10) */
     bool read_your_writes;      /**< track each owner's last write position (true) */
+    /** Read-your-writes across processes ("Shared positions" above): the
+     * Redis client (the caller's; it must outlive the router) that keeps
+     * each consistency key's last write position; NULL: none (NULL). */
+    struct aorm_redis *redis;
+    const char *redis_prefix;   /**< key prefix, copied ("aorm:ryw:"; the sandbox ACL allows aorm:*) */
+    double redis_ttl;           /**< seconds a position is kept after its last write; keep it above
+                                     max_lag (60) */
+    double redis_deadline;      /**< seconds a read waits for the GET before it goes to the primary;
+                                     0: the client's command_timeout (0.2) */
 } aorm_hosts_options;
 
 /** Fills every field with its default (no servers; engine options as
@@ -156,6 +191,13 @@ AORM_API uint64_t aorm_owner_commit_lsn(const aorm_owner *o);
 /** Raises the owner's position to lsn (a position kept elsewhere, e.g. in
  * Redis for the user); a lower value is ignored. */
 AORM_API void aorm_owner_set_commit_lsn(aorm_owner *o, uint64_t lsn);
+/** Names the owner's consistency key (copied; NULL clears it): the
+ * positions of its writes are kept in Redis under redis_prefix + key, and
+ * its next routed read first reads the key (see "Shared positions").
+ * Setting a key (even the same one) makes the next read ask again.
+ * Returns 0, AORM_EMISUSE (not an owner of a router, or the router has no
+ * redis client, or an empty key) or AORM_ENOMEM. */
+AORM_API int aorm_owner_set_consistency_key(aorm_owner *o, const char *key);
 /** Sends every read of the owner to the primary (on) or lets them be
  * routed again (off). */
 AORM_API void aorm_owner_use_primary(aorm_owner *o, bool on);
@@ -164,6 +206,8 @@ struct aorm_session;
 /** The same for a session on a router (its owner): every later read of
  * the session goes to the primary (on), or is routed again (off). */
 AORM_API void aorm_session_use_primary(struct aorm_session *s, bool on);
+/** aorm_owner_set_consistency_key() for the session's owner. */
+AORM_API int aorm_session_set_consistency_key(struct aorm_session *s, const char *key);
 /** The session's read-your-writes position (aorm_owner_commit_lsn of its owner). */
 AORM_API uint64_t aorm_session_commit_lsn(const struct aorm_session *s);
 

@@ -52,6 +52,16 @@
  *   AORM_TEXT, AORM_JSON, AORM_JSONB, AORM_NUMERIC (decimal string)
  *                    char *   (NULL pointer = SQL NULL, only for NULLABLE)
  *   AORM_BYTEA       aorm_bytes {data, len} (data NULL = SQL NULL)
+ *   AORM_INTERVAL    aorm_interval {usecs, days, months}   aorm_opt_interval
+ *   AORM_INET, AORM_CIDR  aorm_inet {family, bits, addr}  aorm_opt_inet
+ *   AORM_ENUM        a C enum or int32_t (.enum_type = &descriptor)  aorm_opt_int32
+ *   AORM_*_ARRAY     aorm_array_* {v, n} (v NULL = SQL NULL when NULLABLE):
+ *                    BOOL bool, INT2 int16, INT4 int32, INT8 and TIMESTAMPTZ
+ *                    int64, FLOAT4 float, FLOAT8 double, TEXT and NUMERIC
+ *                    text, UUID uuid
+ *
+ * json / jsonb stay text in C; aorm_json_set_hooks() (result.h) plugs a
+ * JSON library in to check or normalize them on the way in and out.
  *
  * Handles and ownership: no handles. Models, columns, foreign keys and
  * relationships are constant declarations of the program (usually
@@ -101,8 +111,25 @@ typedef enum aorm_type {
     AORM_TIMESTAMPTZ,
     AORM_UUID,
     AORM_JSON,
-    AORM_JSONB
+    AORM_JSONB,
+    AORM_INTERVAL,          /**< aorm_interval / aorm_opt_interval */
+    AORM_INET,              /**< aorm_inet / aorm_opt_inet (host address, optional netmask) */
+    AORM_CIDR,              /**< aorm_inet / aorm_opt_inet (network) */
+    AORM_ENUM,              /**< a C enum (or int32_t) / aorm_opt_int32; column's enum_type names the labels */
+    AORM_BOOL_ARRAY,        /**< boolean[]: aorm_array_bool */
+    AORM_INT2_ARRAY,        /**< smallint[]: aorm_array_int16 */
+    AORM_INT4_ARRAY,        /**< integer[]: aorm_array_int32 */
+    AORM_INT8_ARRAY,        /**< bigint[]: aorm_array_int64 */
+    AORM_FLOAT4_ARRAY,      /**< real[]: aorm_array_float */
+    AORM_FLOAT8_ARRAY,      /**< double precision[]: aorm_array_double */
+    AORM_NUMERIC_ARRAY,     /**< numeric[]: aorm_array_text (decimal strings) */
+    AORM_TEXT_ARRAY,        /**< text[]: aorm_array_text */
+    AORM_UUID_ARRAY,        /**< uuid[]: aorm_array_uuid */
+    AORM_TIMESTAMPTZ_ARRAY  /**< timestamp with time zone[]: aorm_array_int64 (µs since 2000-01-01 UTC) */
 } aorm_type;
+
+/** The last value of aorm_type. */
+#define AORM_TYPE_LAST AORM_TIMESTAMPTZ_ARRAY
 
 typedef struct aorm_uuid { uint8_t b[16]; } aorm_uuid;
 typedef struct aorm_bytes { uint8_t *data; size_t len; } aorm_bytes;
@@ -114,6 +141,65 @@ typedef struct aorm_opt_int64 { bool valid; int64_t value; } aorm_opt_int64;
 typedef struct aorm_opt_float { bool valid; float value; } aorm_opt_float;
 typedef struct aorm_opt_double { bool valid; double value; } aorm_opt_double;
 typedef struct aorm_opt_uuid { bool valid; aorm_uuid value; } aorm_opt_uuid;
+
+/** An interval as PostgreSQL keeps it: three independent parts (a month
+ * is not a number of days, a day is not 24 hours across a DST change). */
+typedef struct aorm_interval {
+    int64_t usecs;   /**< microseconds */
+    int32_t days;
+    int32_t months;
+} aorm_interval;
+typedef struct aorm_opt_interval { bool valid; aorm_interval value; } aorm_opt_interval;
+
+/** inet / cidr: family AORM_INET_V4 (4 address bytes used) or
+ * AORM_INET_V6 (16), the netmask length in bits (32 / 128 for a plain
+ * host address), the address in network byte order. */
+enum { AORM_INET_V4 = 4, AORM_INET_V6 = 6 };
+typedef struct aorm_inet {
+    uint8_t family;
+    uint8_t bits;
+    uint8_t addr[16];
+} aorm_inet;
+typedef struct aorm_opt_inet { bool valid; aorm_inet value; } aorm_opt_inet;
+
+/** Array columns: `n` elements at `v`. Loaded arrays live in the session
+ * that loaded them (their region; malloc'd with a NULL aorm_allocator).
+ * SQL NULL is `v == NULL` in a NULLABLE column; in a NOT NULL column
+ * `v == NULL` is the empty array. A loaded empty array has a non-NULL `v`
+ * and n 0. Only one-dimensional arrays are mapped; NULL elements exist only
+ * in aorm_array_text (a NULL pointer), elsewhere they are refused at load.
+ * A session detects changes by content: writing `a->tags.v[1] = 7` in place
+ * is a change, flushed as one UPDATE of the column. Arrays the program
+ * assigns are copied into the session at flush. */
+typedef struct aorm_array_bool { bool *v; size_t n; } aorm_array_bool;
+typedef struct aorm_array_int16 { int16_t *v; size_t n; } aorm_array_int16;
+typedef struct aorm_array_int32 { int32_t *v; size_t n; } aorm_array_int32;
+typedef struct aorm_array_int64 { int64_t *v; size_t n; } aorm_array_int64;
+typedef struct aorm_array_float { float *v; size_t n; } aorm_array_float;
+typedef struct aorm_array_double { double *v; size_t n; } aorm_array_double;
+typedef struct aorm_array_text { char **v; size_t n; } aorm_array_text;
+typedef struct aorm_array_uuid { aorm_uuid *v; size_t n; } aorm_array_uuid;
+
+/** A PostgreSQL enum type mapped to C values, declared once:
+ *
+ *   typedef enum mood { MOOD_SAD = 1, MOOD_OK, MOOD_HAPPY } mood;
+ *   static const char *const mood_labels[] = {"sad", "ok", "happy"};
+ *   static const int mood_values[] = {MOOD_SAD, MOOD_OK, MOOD_HAPPY};
+ *   const aorm_enum mood_enum = {"mood", NULL, mood_labels, mood_values, 3};
+ *   ... AORM_COLUMN(person, mood, AORM_ENUM, 0, .enum_type = &mood_enum) ...
+ *
+ * labels[i] is the label of C value values[i] (values NULL: value i), in
+ * the type's sort order. DDL (aorm_ddl_create_sql) writes CREATE TYPE
+ * name AS ENUM (labels...) before the tables that use it, DROP TYPE after
+ * them. Values travel as their labels; a label the descriptor does not
+ * have is a load error naming the column. */
+typedef struct aorm_enum {
+    const char *name;            /**< SQL type name (quoted when used) */
+    const char *schema;          /**< or NULL for the search path */
+    const char *const *labels;
+    const int *values;           /**< or NULL: 0 .. n-1 */
+    int n;
+} aorm_enum;
 
 /** Values for nullable fields: `a->born = AORM_SOME(aorm_opt_int32, 1929);`
  * and `a->born = AORM_NONE(aorm_opt_int32);`. */
@@ -159,6 +245,8 @@ typedef struct aorm_column {
      * same way, unless the column is given to aorm_insert_use_default()
      * (sql.h). */
     const char *server_default;
+    /** AORM_ENUM columns: the enum type (required); NULL otherwise. */
+    const aorm_enum *enum_type;
     int aorm_reserved;          /**< lets the declaration macros end without a trailing option */
 } aorm_column;
 
@@ -170,7 +258,8 @@ typedef struct aorm_column {
     _Generic((((S *)0)->f),                                                                      \
         bool: (T) == AORM_BOOL && !AORM__NULLABLE(F),                                            \
         int16_t: (T) == AORM_INT2 && !AORM__NULLABLE(F),                                         \
-        int32_t: ((T) == AORM_INT4 || (T) == AORM_DATE) && !AORM__NULLABLE(F),                   \
+        int32_t: ((T) == AORM_INT4 || (T) == AORM_DATE || (T) == AORM_ENUM) && !AORM__NULLABLE(F), \
+        unsigned int: (T) == AORM_ENUM && !AORM__NULLABLE(F),                                    \
         int64_t: ((T) == AORM_INT8 || (T) == AORM_TIMESTAMP || (T) == AORM_TIMESTAMPTZ) &&       \
                      !AORM__NULLABLE(F),                                                         \
         float: (T) == AORM_FLOAT4 && !AORM__NULLABLE(F),                                         \
@@ -178,7 +267,19 @@ typedef struct aorm_column {
         aorm_uuid: (T) == AORM_UUID && !AORM__NULLABLE(F),                                       \
         aorm_opt_bool: (T) == AORM_BOOL && AORM__NULLABLE(F),                                    \
         aorm_opt_int16: (T) == AORM_INT2 && AORM__NULLABLE(F),                                   \
-        aorm_opt_int32: ((T) == AORM_INT4 || (T) == AORM_DATE) && AORM__NULLABLE(F),             \
+        aorm_opt_int32: ((T) == AORM_INT4 || (T) == AORM_DATE || (T) == AORM_ENUM) && AORM__NULLABLE(F), \
+        aorm_interval: (T) == AORM_INTERVAL && !AORM__NULLABLE(F),                               \
+        aorm_opt_interval: (T) == AORM_INTERVAL && AORM__NULLABLE(F),                            \
+        aorm_inet: ((T) == AORM_INET || (T) == AORM_CIDR) && !AORM__NULLABLE(F),                 \
+        aorm_opt_inet: ((T) == AORM_INET || (T) == AORM_CIDR) && AORM__NULLABLE(F),              \
+        aorm_array_bool: (T) == AORM_BOOL_ARRAY,                                                 \
+        aorm_array_int16: (T) == AORM_INT2_ARRAY,                                                \
+        aorm_array_int32: (T) == AORM_INT4_ARRAY,                                                \
+        aorm_array_int64: (T) == AORM_INT8_ARRAY || (T) == AORM_TIMESTAMPTZ_ARRAY,               \
+        aorm_array_float: (T) == AORM_FLOAT4_ARRAY,                                              \
+        aorm_array_double: (T) == AORM_FLOAT8_ARRAY,                                             \
+        aorm_array_text: (T) == AORM_TEXT_ARRAY || (T) == AORM_NUMERIC_ARRAY,                    \
+        aorm_array_uuid: (T) == AORM_UUID_ARRAY,                                                 \
         aorm_opt_int64: ((T) == AORM_INT8 || (T) == AORM_TIMESTAMP || (T) == AORM_TIMESTAMPTZ) && \
                             AORM__NULLABLE(F),                                                   \
         aorm_opt_float: (T) == AORM_FLOAT4 && AORM__NULLABLE(F),                                 \

@@ -44,6 +44,7 @@
 #include <stdint.h>
 
 #include "export.h"
+#include "model.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -75,7 +76,15 @@ enum {
     AORM_T_INT4_ARRAY = 1007,
     AORM_T_TEXT_ARRAY = 1009,
     AORM_T_INT8_ARRAY = 1016,
-    AORM_T_UUID_ARRAY = 2951
+    AORM_T_UUID_ARRAY = 2951,
+    AORM_T_INTERVAL = 1186,
+    AORM_T_INET = 869,
+    AORM_T_CIDR = 650,
+    AORM_T_BOOL_ARRAY = 1000,
+    AORM_T_FLOAT4_ARRAY = 1021,
+    AORM_T_FLOAT8_ARRAY = 1022,
+    AORM_T_NUMERIC_ARRAY = 1231,
+    AORM_T_TIMESTAMPTZ_ARRAY = 1185
 };
 
 /* ---- dates and times ----------------------------------------------------
@@ -189,6 +198,13 @@ AORM_API int aorm_params_int8_array(aorm_params *p, const int64_t *v, const bool
 AORM_API int aorm_params_text_array(aorm_params *p, const char *const *v, size_t n);
 /** uuid arrays take n uuids as 16 * n contiguous bytes. */
 AORM_API int aorm_params_uuid_array(aorm_params *p, const uint8_t *v, const bool *nulls, size_t n);
+/** interval (NULL pointer: SQL NULL). */
+AORM_API int aorm_params_interval(aorm_params *p, const aorm_interval *v);
+/** inet and cidr (NULL pointer: SQL NULL). AORM_EENCODING for a family
+ * other than AORM_INET_V4/V6, bits beyond the address, or (cidr) address
+ * bits set right of the netmask. */
+AORM_API int aorm_params_inet(aorm_params *p, const aorm_inet *v);
+AORM_API int aorm_params_cidr(aorm_params *p, const aorm_inet *v);
 /** Escape hatch: a value already encoded in `format` (0 text, 1 binary)
  * for type OID `type`. data == NULL appends NULL. */
 AORM_API int aorm_params_raw(aorm_params *p, uint32_t type, const void *data, size_t len, int format);
@@ -270,6 +286,36 @@ AORM_API int aorm_array_int32s(const aorm_array *a, int32_t *out, bool *nulls, i
 AORM_API int aorm_decode_int(uint32_t type, const char *v, int len, int64_t *out);
 AORM_API int aorm_decode_float8(uint32_t type, const char *v, int len, double *out);
 AORM_API int aorm_decode_numeric(const char *v, int len, char *buf, size_t cap, size_t *need);
+/** interval (16 bytes); inet or cidr (family, bits, is_cidr, length,
+ * address). */
+AORM_API int aorm_decode_interval(const char *v, int len, aorm_interval *out);
+AORM_API int aorm_decode_inet(const char *v, int len, aorm_inet *out);
+/** Parses a binary array value as aorm_result_array does; elem is the
+ * element type OID it must have (0: any). */
+AORM_API int aorm_decode_array(const char *v, int len, uint32_t elem, aorm_array *out);
+/** Getters for interval and inet/cidr columns. */
+AORM_API int aorm_result_interval(const aorm_result *r, int row, int col, aorm_interval *out);
+AORM_API int aorm_result_inet(const aorm_result *r, int row, int col, aorm_inet *out);
+
+/* ---- json hooks ----------------------------------------------------------
+ * json / jsonb columns are C strings. A program that uses a JSON library
+ * can have it look at every document on the way out (parameters of
+ * AORM_JSON / AORM_JSONB fields and aorm_json/aorm_jsonb values bound by
+ * a session or Core statement) and on the way in (fields loaded from a
+ * result): serialize(user, text, len) and parse(user, text, len) return
+ * 0 to accept, or a negative aorm code to refuse the value (a refused
+ * parameter fails the statement before it is sent with that code; a
+ * refused result value fails the load, named like any decode error). Set
+ * once at start-up, before any engine runs (not thread-safe to change
+ * while statements are built); NULL hooks, or a NULL argument, turn them
+ * off. The text handed over is the document as it travels (jsonb without
+ * its version byte). */
+typedef struct aorm_json_hooks {
+    int (*parse)(void *user, const char *text, size_t len);
+    int (*serialize)(void *user, const char *text, size_t len);
+    void *user;
+} aorm_json_hooks;
+AORM_API void aorm_json_set_hooks(const aorm_json_hooks *hooks);
 
 #ifdef __cplusplus
 }

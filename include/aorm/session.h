@@ -231,6 +231,9 @@ typedef struct aorm_query_options {
     const aorm_load_plan *load;  /**< relationships to load eagerly (loaders.h), or NULL */
     bool populate_existing;      /**< overwrite objects already in the session */
     double deadline;             /**< per statement, 0 = session default */
+    bool cache;                  /**< aorm_session_query: answer from the query region of the
+                                      statement's model (aorm_cache_query, cache.h) when the
+                                      session has a cache; ignored otherwise */
 } aorm_query_options;
 
 /** Fills every field with its default: no load plan, objects already in the
@@ -247,6 +250,11 @@ AORM_API int aorm_session_query(aorm_session *s, aorm_stmt *q, const aorm_query_
  * transaction, if one is open) and hands over the raw result (scalars,
  * row tuples, RETURNING, bulk UPDATEs). Takes over q. */
 AORM_API int aorm_session_execute(aorm_session *s, aorm_stmt *q, aorm_rows_cb cb, void *user);
+/** aorm_session_execute of a prepared statement (sql.h) with its values
+ * bound now: nothing is compiled; p stays the caller's (it may be bound
+ * again and executed again at once, even before this one's answer).
+ * AORM_EMISUSE when a placeholder has no value. */
+AORM_API int aorm_session_execute_prepared(aorm_session *s, aorm_prepared *p, aorm_rows_cb cb, void *user);
 
 /** The object of model m whose primary key equals the key fields of `key`
  * (a struct of model m with its primary-key fields set; composite keys

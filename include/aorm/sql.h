@@ -158,6 +158,7 @@ typedef struct aorm_expr {
     const char *label;        /**< LABEL */
     const char *alias;        /**< COLUMN, REF: the FROM item's alias (NULL: the model's own table) */
     const char *name;         /**< REF: column name; CALL (AORM_FN_NAMED): function; CAST: type name */
+    const struct aorm_enum *enum_type; /**< VALUE of type AORM_ENUM: its descriptor (model.h) */
 } aorm_expr;
 
 #define AORM__X(...) (&(const aorm_expr){__VA_ARGS__})
@@ -185,6 +186,15 @@ typedef struct aorm_expr {
 /** x: pointer to 16 bytes */
 #define aorm_uuid_value(x) AORM__X(.kind = AORM_X_VALUE, .type = AORM_UUID, .v.p = (x), .len = 16)
 #define aorm_null(T) AORM__X(.kind = AORM_X_VALUE, .type = (T), .null = true)
+/** x: pointer to an aorm_interval / aorm_inet (inet or cidr). */
+#define aorm_interval_value(x) AORM__X(.kind = AORM_X_VALUE, .type = AORM_INTERVAL, .v.p = (x))
+#define aorm_inet_value(x) AORM__X(.kind = AORM_X_VALUE, .type = AORM_INET, .v.p = (x))
+#define aorm_cidr_value(x) AORM__X(.kind = AORM_X_VALUE, .type = AORM_CIDR, .v.p = (x))
+/** An enum value: E a `const aorm_enum *`, x its C value (sent as the label). */
+#define aorm_enum_value(E, x) AORM__X(.kind = AORM_X_VALUE, .type = AORM_ENUM, .v.i = (x), .enum_type = (E))
+/** A whole array as one value: T an AORM_*_ARRAY type, x a pointer to the
+ * matching aorm_array_* (model.h); elements and strings are copied. */
+#define aorm_array_value(T, x) AORM__X(.kind = AORM_X_VALUE, .type = (T), .v.p = (x))
 
 /** Comparisons and arithmetic. */
 #define AORM__BIN(o, x, y) AORM__X(.kind = AORM_X_BINARY, .op = (o), .a = (x), .b = (y))
@@ -595,6 +605,66 @@ AORM_API int aorm_stmt_execute(aorm_engine *e, aorm_stmt *q, const aorm_exec_opt
                                aorm_result_cb cb, void *user);
 AORM_API int aorm_stmt_execute_on(aorm_conn *c, aorm_stmt *q, const aorm_exec_options *o,
                                   aorm_result_cb cb, void *user);
+
+/* ---- prepared statements: compiled once, executed with new values -------------
+ *
+ *   aorm_stmt *q = aorm_update(&account_model);
+ *   aorm_set(q, AORM_COL(account, balance),
+ *            aorm_add(AORM_COL(account, balance), aorm_param(AORM_INT4, "delta")));
+ *   aorm_where(q, aorm_eq(AORM_COL(account, id), aorm_param(AORM_INT4, "id")));
+ *   aorm_prepared *p = aorm_stmt_prepare(q);   // compiles q once
+ *   aorm_stmt_free(q);                         // p owns what it needs
+ *   aorm_prepared_bind_int4(p, "delta", 10);
+ *   aorm_prepared_bind_int4(p, "id", 7);
+ *   aorm_prepared_execute(engine, p, NULL, on_result, user);   // again and again
+ *   aorm_prepared_free(p);
+ *
+ * aorm_param(T, "name") is a placeholder of type T in any expression; a
+ * name may appear several times (every place takes the bound value). A
+ * statement holding placeholders cannot be executed itself
+ * (aorm_stmt_execute returns AORM_EMISUSE): prepare it. Values keep their
+ * binding between executions; binding copies them. The engine keeps the
+ * text's server-side prepared statement too, so an execution costs the
+ * values' encoding and nothing else. */
+#define aorm_param(T, nm) AORM__X(.kind = AORM_X_VALUE, .type = (T), .null = true, .name = (nm))
+/** An enum placeholder: E the `const aorm_enum *`. */
+#define aorm_param_enum(E, nm) \
+    AORM__X(.kind = AORM_X_VALUE, .type = AORM_ENUM, .null = true, .name = (nm), .enum_type = (E))
+
+typedef struct aorm_prepared aorm_prepared;
+
+/** Compiles q (not consumed: free it when you like) into a prepared
+ * statement that owns the text and the parameter slots. NULL when q does
+ * not compile (aorm_stmt_error / aorm_stmt_errmsg say why) or out of
+ * memory. */
+AORM_API aorm_prepared *aorm_stmt_prepare(aorm_stmt *q);
+AORM_API void aorm_prepared_free(aorm_prepared *p);
+/** The compiled text ($1, $2 ... for every parameter). */
+AORM_API const char *aorm_prepared_sql(const aorm_prepared *p);
+/** Binds placeholder `name` to value v, an AORM_X_VALUE expression of the
+ * placeholder's type (aorm_int8(5), aorm_text("x"), aorm_null(T)...;
+ * integers may be narrower than the placeholder). AORM_EMISUSE for a
+ * name the statement does not have or a value of another type;
+ * AORM_ERANGE / AORM_EENCODING as Core values. */
+AORM_API int aorm_prepared_bind(aorm_prepared *p, const char *name, const aorm_expr *v);
+AORM_API int aorm_prepared_bind_int4(aorm_prepared *p, const char *name, int32_t v);
+AORM_API int aorm_prepared_bind_int8(aorm_prepared *p, const char *name, int64_t v);
+AORM_API int aorm_prepared_bind_float8(aorm_prepared *p, const char *name, double v);
+AORM_API int aorm_prepared_bind_text(aorm_prepared *p, const char *name, const char *v);
+AORM_API int aorm_prepared_bind_bool(aorm_prepared *p, const char *name, bool v);
+AORM_API int aorm_prepared_bind_null(aorm_prepared *p, const char *name);
+/** Executes with the bound values, as aorm_stmt_execute would (the
+ * prepared statement may be freed once this returns). AORM_EMISUSE when a
+ * placeholder has no value yet, before anything is sent. */
+AORM_API int aorm_prepared_execute(aorm_engine *e, aorm_prepared *p, const aorm_exec_options *o, aorm_result_cb cb,
+                                   void *user);
+AORM_API int aorm_prepared_execute_on(aorm_conn *c, aorm_prepared *p, const aorm_exec_options *o,
+                                      aorm_result_cb cb, void *user);
+/** A statement holding the text and the values bound now, already
+ * compiled (a raw statement: no builder applies to it), for the calls that
+ * take an aorm_stmt (aorm_session_execute takes it over); NULL when a
+ * placeholder has no value or out of memory. */
+AORM_API aorm_stmt *aorm_prepared_stmt(aorm_prepared *p);
 
 /** Position in the result of a select-list or RETURNING entry: a column
  * (AORM_COL: the model's own table; AORM_ACOL: that alias only) or a

@@ -382,7 +382,19 @@ typedef struct aorm__owner_rw {
     int pending;         /* writes whose position has not come back yet */
     bool primary;        /* every read to the primary */
     double primary_until; /* reads to the primary until this loop time (a position lost) */
+    /* the position shared through Redis (hosts.c, aorm_owner_set_consistency_key) */
+    char *fleet_key;     /* prefix + the application's key, or NULL */
+    int fleet_state;     /* AORM__FLEET_ASK / _ASKING / _KNOWN */
+    unsigned fleet_gen;  /* bumped by every key change */
+    struct aorm__fleet_get *fleet_get; /* the GET in flight, or NULL */
 } aorm__owner_rw;
+enum { AORM__FLEET_ASK = 0, AORM__FLEET_ASKING, AORM__FLEET_KNOWN };
+/* the GET of a consistency key in flight; owner cleared when the owner goes */
+typedef struct aorm__fleet_get {
+    aorm_owner *owner;
+    struct aorm__hosts *hs;
+    unsigned gen;
+} aorm__fleet_get;
 aorm_owner *aorm__owner_sub(aorm_owner *o, int host); /* NULL on out of memory */
 aorm_owner *aorm__owner_parent(const aorm_owner *o);  /* the router owner of a server owner, or NULL */
 aorm__owner_rw *aorm__owner_rw_of(aorm_owner *o);        /* NULL unless o is a router owner */

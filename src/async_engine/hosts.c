@@ -27,8 +27,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <hiredis/hiredis.h>
+
 #include "aorm/hosts.h"
+#include "aorm/redis.h"
 #include "async_engine/engine_int.h"
+
+/* route_exec: a read sent to the primary (its consistency key could not
+ * be read), still a read: no position fetched after it */
+#define ROUTE_PRIMARY_READ (1u << 29)
 
 #define LSN_SAMPLES 256 /* primary positions remembered, for the lag of standbys */
 
@@ -92,6 +99,8 @@ struct aorm__hosts {
     int nsamples, sample_next;
     park *park_head, *park_tail;
     park *fail_head, *fail_tail;
+    park *fleet_head, *fleet_tail; /* reads waiting for their owner's consistency key */
+    char *redis_prefix;
 };
 
 typedef struct route {
@@ -131,6 +140,7 @@ static void flush_parked(aorm__hosts *hs);
 static void unref(aorm__hosts *hs) {
     if (--hs->refs > 0) return;
     free(hs->h);
+    free(hs->redis_prefix);
     aorm_engine *r = hs->router;
     free(hs);
     free(r);
@@ -256,12 +266,22 @@ static int busy(const host *h) {
 
 /* Among the servers that qualify (and, for a standby, have replayed
  * min_lsn), one by the balance rule; -1 when none. */
+static bool eligible(const aorm__hosts *hs, const host *h, aorm_target_attrs t, uint64_t min_lsn) {
+    if (!in_rotation(hs, h) || !qualifies(h, t)) return false;
+    return h->role != AORM_HOST_STANDBY || reached(h->lsn, min_lsn);
+}
+
 static int choose(aorm__hosts *hs, aorm_target_attrs t, uint64_t min_lsn) {
-    int best = -1, nbest = 0, best_busy = 0;
+    int best = -1, nbest = 0, best_busy = 0, count = 0, only = -1;
+    for (int i = 0; i < hs->n && count < 2; i++)
+        if (eligible(hs, &hs->h[i], t, min_lsn)) {
+            count++;
+            only = i;
+        }
+    if (count < 2) return only; /* the common case: one primary, one standby */
     for (int i = 0; i < hs->n; i++) {
         host *h = &hs->h[i];
-        if (!in_rotation(hs, h) || !qualifies(h, t)) continue;
-        if (h->role == AORM_HOST_STANDBY && !reached(h->lsn, min_lsn)) continue;
+        if (!eligible(hs, h, t, min_lsn)) continue;
         if (hs->o.balance == AORM_BALANCE_LEAST_BUSY) {
             int b = busy(h);
             if (best < 0 || b < best_busy) {
@@ -323,6 +343,9 @@ static bool lost(const aorm_error *err) {
 }
 
 static void on_lsn(aorm_engine *e, aorm_result *res, const aorm_error *err, void *user);
+static void fleet_store(aorm__hosts *hs, const char *key, uint64_t lsn);
+static int fleet_wait(aorm__hosts *hs, const char *sql, const aorm_params *params, unsigned flags, double deadline,
+                      aorm_owner *owner, aorm_result_cb cb, void *user);
 
 /* Asks server i (the primary) for its position on behalf of owner; the
  * owner's reads go to the primary until it has come. */
@@ -361,6 +384,7 @@ static void on_lsn(aorm_engine *e, aorm_result *res, const aorm_error *err, void
     int64_t v = 0;
     if (!err && aorm_result_nrows(res) == 1 && aorm_result_int64(res, 0, 0, &v) == 0) {
         if ((uint64_t)v > rw->lsn) rw->lsn = (uint64_t)v;
+        if (rw->fleet_key && hs->o.redis && !hs->closing) fleet_store(hs, rw->fleet_key, (uint64_t)v);
     } else if (!hs->closing && (!err || err->code != AORM_ECANCELED)) {
         /* the position is unknown: ask the primary again (a later position
          * is as good), or keep the owner on the primary for a while */
@@ -423,7 +447,12 @@ static route *route_new(aorm__hosts *hs, int i, bool write, aorm_owner *owner, a
 static int route_exec(aorm__hosts *hs, const char *sql, const aorm_params *params, unsigned flags, double deadline,
                       aorm_owner *owner, aorm_result_cb cb, void *user) {
     bool read = (flags & AORM_EXEC_READONLY) && !(flags & AORM_EXEC_PRIMARY);
-    int i = read ? pick_read(hs, owner) : pick_write(hs);
+    if (read && owner && hs->o.redis && !(flags & ROUTE_PRIMARY_READ)) {
+        aorm__owner_rw *rw = aorm__owner_rw_of(owner);
+        if (rw && rw->fleet_key && rw->fleet_state != AORM__FLEET_KNOWN)
+            return fleet_wait(hs, sql, params, flags, deadline, owner, cb, user);
+    }
+    int i = read && !(flags & ROUTE_PRIMARY_READ) ? pick_read(hs, owner) : pick_write(hs);
     if (i < 0) {
         char msg[512];
         no_server_msg(hs, !read, msg, sizeof(msg));
@@ -433,7 +462,7 @@ static int route_exec(aorm__hosts *hs, const char *sql, const aorm_params *param
     if (owner && !(sub = aorm__owner_sub(owner, i))) return AORM_ENOMEM;
     route *r = route_new(hs, i, !read, owner, cb, NULL, user);
     if (!r) return AORM_ENOMEM;
-    aorm_exec_options xo = {.flags = flags & ~AORM_EXEC_PRIMARY, .deadline = deadline, .owner = sub};
+    aorm_exec_options xo = {.flags = flags & ~(AORM_EXEC_PRIMARY | ROUTE_PRIMARY_READ), .deadline = deadline, .owner = sub};
     int rc = aorm_engine_execute(hs->h[i].e, sql, params, &xo, on_routed, r);
     if (rc < 0) {
         free(r);
@@ -561,7 +590,13 @@ void aorm__hosts_unpark(aorm_engine *router, aorm_owner *owner) {
     aorm__hosts *hs = router->group;
     park *gone = take_owned(&hs->park_head, &hs->park_tail, owner);
     park *failed = take_owned(&hs->fail_head, &hs->fail_tail, owner);
+    park *waiting = take_owned(&hs->fleet_head, &hs->fleet_tail, owner);
     hs->refs++;
+    for (park *p = waiting, *next; p; p = next) {
+        next = p->next;
+        park_fail(hs, p, AORM_ECANCELED, "cancelled by its owner");
+        park_free(p);
+    }
     for (park *p = gone, *next; p; p = next) {
         next = p->next;
         park_fail(hs, p, AORM_ECANCELED, "cancelled by its owner");
@@ -593,6 +628,181 @@ static bool copy_params(aorm_params *dst, const aorm_params *src) {
 }
 
 /* ---- checks ------------------------------------------------------------------------ */
+
+/* A statement copied to wait (parked until the checks, or for a consistency key). */
+static park *park_exec_new(aorm__hosts *hs, const char *sql, const aorm_params *params, unsigned flags,
+                           double deadline, aorm_owner *owner, aorm_result_cb cb, void *user) {
+    park *p = park_new(hs, P_EXEC);
+    if (!p || !(p->sql = aorm__strdup(sql))) {
+        free(p);
+        return NULL;
+    }
+    if (params) {
+        if (!copy_params(&p->params, params)) {
+            park_free(p);
+            return NULL;
+        }
+        p->has_params = true;
+    }
+    p->flags = flags;
+    p->deadline = deadline;
+    p->owner = owner;
+    p->cb = cb;
+    p->user = user;
+    return p;
+}
+
+/* ---- positions shared through Redis (consistency keys) ------------------------------ */
+
+/* KEYS[1] the key, ARGV[1] the position (16 hex digits: comparing the
+ * strings compares the positions), ARGV[2] the expiry in milliseconds. */
+static const char FLEET_STORE_LUA[] =
+    "local c = redis.call('GET', KEYS[1]) "
+    "if (not c) or string.len(c) ~= 16 or ARGV[1] > c then "
+    "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end "
+    "redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 0";
+
+static void on_fleet_store(aorm_redis *r, redisReply *reply, const aorm_error *err, void *user) {
+    (void)r;
+    (void)reply;
+    aorm__hosts *hs = user;
+    if (err && !hs->closing)
+        aorm__engine_log(hs->router, AORM_LOG_WARN, "could not store a write position in Redis: %s",
+                         err->message ? err->message : "");
+    unref(hs);
+}
+
+static void fleet_store(aorm__hosts *hs, const char *key, uint64_t lsn) {
+    char pos[24], ttl[32];
+    snprintf(pos, sizeof(pos), "%016" PRIx64, lsn);
+    long long ms = (long long)(hs->o.redis_ttl * 1000);
+    snprintf(ttl, sizeof(ttl), "%lld", ms > 0 ? ms : 1);
+    const char *argv[] = {"EVAL", FLEET_STORE_LUA, "1", key, pos, ttl};
+    int rc = aorm_redis_command_argv(hs->o.redis, 6, argv, NULL, NULL, on_fleet_store, hs);
+    if (rc < 0) {
+        aorm__engine_log(hs->router, AORM_LOG_WARN, "could not store a write position in Redis: %s",
+                         aorm_strerror(rc));
+        return;
+    }
+    hs->refs++;
+}
+
+/* A stored position: 1 to 16 hex digits. */
+static bool parse_pos(const char *s, size_t len, uint64_t *out) {
+    if (len < 1 || len > 16) return false;
+    uint64_t v = 0;
+    for (size_t k = 0; k < len; k++) {
+        char c = s[k];
+        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        if (d < 0) return false;
+        v = v << 4 | (uint64_t)d;
+    }
+    *out = v;
+    return true;
+}
+
+static void route_waited(aorm__hosts *hs, park *p, unsigned extra) {
+    double deadline = p->deadline;
+    if (deadline > 0) {
+        deadline -= now(hs) - p->submitted;
+        if (deadline <= 0) deadline = 1e-6; /* expired while waiting: the engine reports it */
+    }
+    int rc = route_exec(hs, p->sql, p->has_params ? &p->params : NULL, p->flags | extra, deadline, p->owner, p->cb,
+                        p->user);
+    if (rc < 0) park_fail(hs, p, rc, "could not route the statement");
+    park_free(p);
+}
+
+static void on_fleet_get(aorm_redis *r, redisReply *reply, const aorm_error *err, void *user) {
+    (void)r;
+    aorm__fleet_get *g = user;
+    aorm__hosts *hs = g->hs;
+    aorm_owner *owner = g->owner;
+    unsigned gen = g->gen;
+    free(g);
+    uint64_t lsn = 0;
+    bool ok = !err && reply &&
+              (reply->type == REDIS_REPLY_NIL ||
+               (reply->type == REDIS_REPLY_STRING && parse_pos(reply->str, reply->len, &lsn)));
+    if (owner) {
+        aorm__owner_rw *rw = aorm__owner_rw_of(owner);
+        rw->fleet_get = NULL;
+        if (ok && lsn > rw->lsn) rw->lsn = lsn;
+        rw->fleet_state = ok && gen == rw->fleet_gen ? AORM__FLEET_KNOWN : AORM__FLEET_ASK;
+        if (!hs->closing) {
+            if (!ok)
+                aorm__engine_log(hs->router, AORM_LOG_WARN,
+                                 "could not read a consistency key from Redis (%s): the read goes to the primary",
+                                 err && err->message ? err->message : "not a position");
+            park *list = take_owned(&hs->fleet_head, &hs->fleet_tail, owner);
+            hs->refs++;
+            for (park *p = list, *next; p; p = next) {
+                next = p->next;
+                route_waited(hs, p, ok ? 0 : ROUTE_PRIMARY_READ);
+            }
+            unref(hs);
+        }
+    }
+    unref(hs);
+}
+
+/* A read of an owner whose consistency key has not been read yet: waits
+ * for the GET (started here when none is in flight). */
+static int fleet_wait(aorm__hosts *hs, const char *sql, const aorm_params *params, unsigned flags, double deadline,
+                      aorm_owner *owner, aorm_result_cb cb, void *user) {
+    aorm__owner_rw *rw = aorm__owner_rw_of(owner);
+    park *p = park_exec_new(hs, sql, params, flags, deadline, owner, cb, user);
+    if (!p) return AORM_ENOMEM;
+    if (rw->fleet_state == AORM__FLEET_ASK) {
+        aorm__fleet_get *g = calloc(1, sizeof(*g));
+        if (!g) {
+            park_free(p);
+            return AORM_ENOMEM;
+        }
+        g->owner = owner;
+        g->hs = hs;
+        g->gen = rw->fleet_gen;
+        aorm_redis_cmd_options co;
+        aorm_redis_cmd_options_init(&co);
+        co.deadline = hs->o.redis_deadline;
+        const char *argv[] = {"GET", rw->fleet_key};
+        int rc = aorm_redis_command_argv(hs->o.redis, 2, argv, NULL, &co, on_fleet_get, g);
+        if (rc < 0) { /* refused at once (breaker open, ...): this read goes to the primary */
+            free(g);
+            park_free(p);
+            aorm__engine_log(hs->router, AORM_LOG_WARN,
+                             "could not read a consistency key from Redis (%s): the read goes to the primary",
+                             aorm_strerror(rc));
+            return route_exec(hs, sql, params, flags | ROUTE_PRIMARY_READ, deadline, owner, cb, user);
+        }
+        hs->refs++;
+        rw->fleet_get = g;
+        rw->fleet_state = AORM__FLEET_ASKING;
+    }
+    if (hs->fleet_tail) hs->fleet_tail->next = p;
+    else hs->fleet_head = p;
+    hs->fleet_tail = p;
+    return 0;
+}
+
+int aorm_owner_set_consistency_key(aorm_owner *o, const char *key) {
+    aorm__owner_rw *rw = aorm__owner_rw_of(o);
+    aorm_engine *r = aorm_owner_engine(o);
+    if (!rw || !r || !r->group || !r->group->o.redis || (key && !*key)) return AORM_EMISUSE;
+    char *k = NULL;
+    if (key) {
+        const char *prefix = r->group->redis_prefix;
+        size_t a = strlen(prefix), b = strlen(key);
+        if (!(k = malloc(a + b + 1))) return AORM_ENOMEM;
+        memcpy(k, prefix, a);
+        memcpy(k + a, key, b + 1);
+    }
+    free(rw->fleet_key);
+    rw->fleet_key = k;
+    rw->fleet_gen++;
+    if (rw->fleet_state != AORM__FLEET_ASKING) rw->fleet_state = AORM__FLEET_ASK;
+    return 0;
+}
 
 static void add_sample(aorm__hosts *hs, uint64_t lsn) {
     double t = now(hs);
@@ -725,23 +935,8 @@ int aorm__hosts_execute(aorm_engine *r, const char *sql, const aorm_params *para
     double deadline = opts ? opts->deadline : 0;
     start_checks(hs);
     if (hs->answered) return route_exec(hs, sql, params, flags, deadline, owner, cb, user);
-    park *p = park_new(hs, P_EXEC);
-    if (!p || !(p->sql = aorm__strdup(sql))) {
-        free(p);
-        return AORM_ENOMEM;
-    }
-    if (params) {
-        if (!copy_params(&p->params, params)) {
-            park_free(p);
-            return AORM_ENOMEM;
-        }
-        p->has_params = true;
-    }
-    p->flags = flags;
-    p->deadline = deadline;
-    p->owner = owner;
-    p->cb = cb;
-    p->user = user;
+    park *p = park_exec_new(hs, sql, params, flags, deadline, owner, cb, user);
+    if (!p) return AORM_ENOMEM;
     park_push(hs, p);
     return 0;
 }
@@ -844,6 +1039,13 @@ void aorm__hosts_free(aorm_engine *r) {
         park_free(p);
     }
     hs->fail_tail = NULL;
+    while (hs->fleet_head) {
+        park *p = hs->fleet_head;
+        hs->fleet_head = p->next;
+        park_fail(hs, p, AORM_ECANCELED, "the engine was freed");
+        park_free(p);
+    }
+    hs->fleet_tail = NULL;
     for (int i = 0; i < hs->n; i++) aorm_engine_free(hs->h[i].e);
     aorm__owners_orphan(r);
     unref(hs);
@@ -862,6 +1064,9 @@ void aorm_hosts_options_init(aorm_hosts_options *o) {
     o->check_timeout = 2;
     o->max_lag = 10;
     o->read_your_writes = true;
+    o->redis_prefix = "aorm:ryw:";
+    o->redis_ttl = 60;
+    o->redis_deadline = 0.2;
 }
 
 /* Splits a conninfo with host (and port / hostaddr) lists into one
@@ -980,6 +1185,9 @@ aorm_engine *aorm_engine_new_hosts(aorm_loop *loop, const aorm_hosts_options *o)
     if (hs->o.check_timeout <= 0) hs->o.check_timeout = 2;
     if (hs->o.writes != AORM_TARGET_PRIMARY) hs->o.writes = AORM_TARGET_READ_WRITE;
     if ((unsigned)hs->o.reads > AORM_TARGET_PREFER_STANDBY) hs->o.reads = AORM_TARGET_PREFER_STANDBY;
+    if (hs->o.redis_ttl <= 0) hs->o.redis_ttl = 60;
+    if (!(hs->redis_prefix = aorm__strdup(o->redis_prefix ? o->redis_prefix : "aorm:ryw:"))) goto fail;
+    hs->o.redis_prefix = hs->redis_prefix;
     hs->n = n;
     hs->primary = -1;
     hs->refs = 1;
@@ -1007,7 +1215,10 @@ aorm_engine *aorm_engine_new_hosts(aorm_loop *loop, const aorm_hosts_options *o)
 fail:
     if (hs && hs->h)
         for (int i = 0; i < n; i++) aorm_engine_free(hs->h[i].e);
-    if (hs) free(hs->h);
+    if (hs) {
+        free(hs->h);
+        free(hs->redis_prefix);
+    }
     free(hs);
     free(r);
     if (split) {

@@ -213,6 +213,8 @@ void aorm_owner_free(aorm_owner *o) {
         }
         for (int i = 0; i < o->nsubs; i++) aorm_owner_free(o->subs[i]);
         free(o->subs);
+        if (o->rw.fleet_get) o->rw.fleet_get->owner = NULL; /* its reply finds nobody */
+        free(o->rw.fleet_key);
         o->subs = NULL;
         if (o->e) engine_unlink(o);
         free(o);

@@ -395,6 +395,52 @@ int aorm_params_uuid(aorm_params *p, const uint8_t uuid[16]) {
     return add_bytes(p, AORM_T_UUID, uuid, 16);
 }
 
+/* interval: int64 microseconds, int32 days, int32 months. */
+int aorm_params_interval(aorm_params *p, const aorm_interval *v) {
+    PARAMS_ENTER(p);
+    if (!v) return aorm_params_null(p, AORM_T_INTERVAL);
+    char w[16];
+    aorm__put_be64(w, (uint64_t)v->usecs);
+    aorm__put_be32(w + 8, (uint32_t)v->days);
+    aorm__put_be32(w + 12, (uint32_t)v->months);
+    return add_bytes(p, AORM_T_INTERVAL, w, sizeof(w));
+}
+
+/* inet / cidr: family (2 = AF_INET, 3 = AF_INET6 as PostgreSQL numbers
+ * them), bits, is_cidr, address length, address bytes. */
+static int inet_encode(const aorm_inet *v, bool cidr, char out[20], size_t *len) {
+    size_t nb = v->family == AORM_INET_V4 ? 4 : v->family == AORM_INET_V6 ? 16 : 0;
+    if (!nb || v->bits > nb * 8) return AORM_EENCODING;
+    if (cidr) { /* a network: no bits set right of the netmask (the server refuses them) */
+        for (size_t i = 0; i < nb; i++) {
+            int keep = (int)v->bits - (int)(i * 8);
+            uint8_t mask = keep >= 8 ? 0xff : keep <= 0 ? 0 : (uint8_t)(0xff << (8 - keep));
+            if (v->addr[i] & (uint8_t)~mask) return AORM_EENCODING;
+        }
+    }
+    out[0] = (char)(nb == 4 ? 2 : 3);
+    out[1] = (char)v->bits;
+    out[2] = (char)(cidr ? 1 : 0);
+    out[3] = (char)nb;
+    memcpy(out + 4, v->addr, nb);
+    *len = 4 + nb;
+    return 0;
+}
+
+static int add_inet(aorm_params *p, const aorm_inet *v, bool cidr) {
+    PARAMS_ENTER(p);
+    uint32_t oid = cidr ? AORM_T_CIDR : AORM_T_INET;
+    if (!v) return aorm_params_null(p, oid);
+    char w[20];
+    size_t n;
+    int rc = inet_encode(v, cidr, w, &n);
+    if (rc) return fail(p, rc);
+    return add_bytes(p, oid, w, n);
+}
+
+int aorm_params_inet(aorm_params *p, const aorm_inet *v) { return add_inet(p, v, false); }
+int aorm_params_cidr(aorm_params *p, const aorm_inet *v) { return add_inet(p, v, true); }
+
 static int hexval(char c) {
     if (c >= '0' && c <= '9') return c - '0';
     if (c >= 'a' && c <= 'f') return c - 'a' + 10;

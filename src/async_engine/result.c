@@ -569,6 +569,64 @@ static int parse_array(const char *v, int len, uint32_t expect, aorm_array *out)
     return 0;
 }
 
+int aorm_decode_array(const char *v, int len, uint32_t elem, aorm_array *out) {
+    if (!out || (!v && len > 0) || len < 0) return AORM_EMISUSE;
+    return parse_array(v, len, elem, out);
+}
+
+int aorm_decode_interval(const char *v, int len, aorm_interval *out) {
+    if (!out || (!v && len > 0)) return AORM_EMISUSE;
+    if (len != 16) return AORM_EPROTOCOL;
+    out->usecs = (int64_t)aorm__get_be64(v);
+    out->days = (int32_t)aorm__get_be32(v + 8);
+    out->months = (int32_t)aorm__get_be32(v + 12);
+    return 0;
+}
+
+int aorm_decode_inet(const char *v, int len, aorm_inet *out) {
+    if (!out || (!v && len > 0)) return AORM_EMISUSE;
+    if (len < 4) return AORM_EPROTOCOL;
+    uint8_t fam = (uint8_t)v[0], bits = (uint8_t)v[1], nb = (uint8_t)v[3];
+    size_t want = fam == 2 ? 4 : fam == 3 ? 16 : 0;
+    if (!want || nb != want || (size_t)len != 4 + want || bits > want * 8 || (v[2] != 0 && v[2] != 1))
+        return AORM_EPROTOCOL;
+    aorm_inet a;
+    memset(&a, 0, sizeof(a));
+    a.family = want == 4 ? AORM_INET_V4 : AORM_INET_V6;
+    a.bits = bits;
+    memcpy(a.addr, v + 4, want);
+    *out = a;
+    return 0;
+}
+
+static int raw_of(const aorm_result *r, int row, int col, uint32_t t1, uint32_t t2, const char **v, int *len) {
+    int rc = check_cell(r, row, col);
+    if (rc) return rc;
+    if (PQgetisnull(r->pg, row, col)) return AORM_ENULLVALUE;
+    uint32_t t = (uint32_t)PQftype(r->pg, col);
+    if (t != t1 && t != t2) return AORM_ETYPE;
+    if (PQfformat(r->pg, col) != 1) return AORM_EPROTOCOL;
+    *v = PQgetvalue(r->pg, row, col);
+    *len = PQgetlength(r->pg, row, col);
+    return 0;
+}
+
+int aorm_result_interval(const aorm_result *r, int row, int col, aorm_interval *out) {
+    const char *v;
+    int len, rc;
+    if (!out) return AORM_EMISUSE;
+    if ((rc = raw_of(r, row, col, AORM_T_INTERVAL, AORM_T_INTERVAL, &v, &len))) return rc;
+    return aorm_decode_interval(v, len, out);
+}
+
+int aorm_result_inet(const aorm_result *r, int row, int col, aorm_inet *out) {
+    const char *v;
+    int len, rc;
+    if (!out) return AORM_EMISUSE;
+    if ((rc = raw_of(r, row, col, AORM_T_INET, AORM_T_CIDR, &v, &len))) return rc;
+    return aorm_decode_inet(v, len, out);
+}
+
 int aorm_result_array(const aorm_result *r, int row, int col, aorm_array *out) {
     if (!out) return AORM_EMISUSE;
     int rc = check_cell(r, row, col);

@@ -887,6 +887,12 @@ static int send_update(aorm_session *s, flush_run *f, aorm__obj *h) {
                 aorm_stmt_free(q);
                 return AORM_ENOMEM;
             }
+        } else if (aorm__type_elem(c->type)) { /* arrays too (and the in-place edited ones: harmless) */
+            aorm_allocator alloc = {aorm__region_alloc_fn, &s->region};
+            if (aorm__field_own_array(c, obj, &alloc) < 0) {
+                aorm_stmt_free(q);
+                return AORM_ENOMEM;
+            }
         }
         aorm_expr col = {.kind = AORM_X_COLUMN, .model = m, .offset = c->offset};
         aorm_expr val;
@@ -1028,6 +1034,12 @@ static void send_writes(flush_run *f) {
         model_batch *b = &f->batches[i];
         for (int c = 0; c < b->m->ncolumns; c++) {
             const aorm_column *col = &b->m->columns[c];
+            if (aorm__type_elem(col->type)) { /* arrays of new objects move in too */
+                aorm_allocator alloc = {aorm__region_alloc_fn, &s->region};
+                for (size_t k = 0; k < b->nnew; k++)
+                    if (aorm__field_own_array(col, aorm__obj_data(b->news[k]), &alloc) < 0) goto oom;
+                continue;
+            }
             if (col->type != AORM_TEXT && col->type != AORM_NUMERIC && col->type != AORM_JSON && col->type != AORM_JSONB)
                 continue;
             for (size_t k = 0; k < b->nnew; k++) {

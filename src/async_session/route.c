@@ -10,3 +10,7 @@ void aorm_session_use_primary(aorm_session *s, bool on) {
 }
 
 uint64_t aorm_session_commit_lsn(const aorm_session *s) { return s ? aorm_owner_commit_lsn(s->owner) : 0; }
+
+int aorm_session_set_consistency_key(aorm_session *s, const char *key) {
+    return s ? aorm_owner_set_consistency_key(s->owner, key) : AORM_EMISUSE;
+}

@@ -176,7 +176,15 @@ bool aorm_object_modified(const aorm_session *s, const void *obj) {
 void aorm__session_take_snapshot(aorm_session *s, aorm__obj *h) {
     size_t span = aorm__colspan(h->model);
     if (!h->snapshot) h->snapshot = aorm__region_alloc(&s->region, span);
-    if (h->snapshot) memcpy(h->snapshot, aorm__obj_data(h), span);
+    if (!h->snapshot) return;
+    memcpy(h->snapshot, aorm__obj_data(h), span);
+    /* arrays: the snapshot keeps its own copy, so that an element changed
+     * in place is seen as a change (failing that, it shares: a missed
+     * in-place change, never a wrong write) */
+    aorm_allocator alloc = {aorm__region_alloc_fn, &s->region};
+    for (int i = 0; i < h->model->ncolumns; i++)
+        if (aorm__type_elem(h->model->columns[i].type))
+            (void)aorm__field_own_array(&h->model->columns[i], h->snapshot, &alloc);
 }
 
 /* Save-update cascade: objects reachable through relationships of an added
@@ -440,7 +448,8 @@ void aorm__rowplan_free(aorm__rowplan *rp) {
 static int decode_error(aorm_session *s, const aorm__rowplan *rp, const aorm__rowplan_col *pc, int rc) {
     char pg[96];
     aorm__oid_describe(pc->oid, pg, sizeof(pg));
-    const char *field = aorm__type_sql(pc->c->type, false);
+    char ename[160];
+    const char *field = aorm__column_type_sql(pc->c, false, ename, sizeof(ename));
     snprintf(s->decode_msg, sizeof(s->decode_msg),
              "%s.%s: a value of type %s (from the server) cannot be loaded into its %s field (%s): %s", rp->m->name,
              pc->c->name, pg, field ? field : "?", aorm__type_name(pc->c->type), aorm_strerror(rc));
@@ -516,7 +525,13 @@ static int load_cols(aorm_session *s, const aorm__rowplan *rp, int row, void *ob
             int rc = aorm__field_load(pc->c, obj, pc->oid, null ? NULL : v, null ? -1 : len, &alloc);
             if (rc < 0) return rc == AORM_ENOMEM ? rc : decode_error(s, rp, pc, rc);
         }
-        if (snap) memcpy((char *)snap + off, f, pc->c->size);
+        if (snap) {
+            memcpy((char *)snap + off, f, pc->c->size);
+            if (aorm__type_elem(pc->c->type)) { /* the snapshot's own copy (see take_snapshot) */
+                aorm_allocator alloc = {aorm__region_alloc_fn, &s->region};
+                if (aorm__field_own_array(pc->c, snap, &alloc) < 0) return AORM_ENOMEM;
+            }
+        }
     }
     return 0;
 }
@@ -760,6 +775,14 @@ int aorm__field_value_expr(const aorm_column *c, const void *obj, aorm_expr *out
         out->v.p = nullable ? ((const aorm_opt_uuid *)f)->value.b : ((const aorm_uuid *)f)->b;
         out->len = 16;
         break;
+    case AORM_INTERVAL: out->v.p = nullable ? (const void *)&((const aorm_opt_interval *)f)->value : f; break;
+    case AORM_INET:
+    case AORM_CIDR: out->v.p = nullable ? (const void *)&((const aorm_opt_inet *)f)->value : f; break;
+    case AORM_ENUM:
+        out->v.i = nullable ? ((const aorm_opt_int32 *)f)->value : *(const int32_t *)f;
+        out->enum_type = c->enum_type;
+        break;
+    default: out->v.p = f; break; /* arrays: the aorm_array_* itself (copied when attached) */
     }
     return 0;
 }
@@ -1435,6 +1458,17 @@ static void after_autoflush(aorm__sop *op, const aorm_error *err) {
     }
     /* a locking read needs the transaction; plain reads go wherever the
      * session is (its connection when in a transaction) */
+    if (op->kind == SOP_QUERY && op->qo.cache && s->o.cache) {
+        void **items = NULL;
+        size_t n = 0;
+        int q = aorm__cache_query_start(op, &items, &n);
+        if (q == 1) return; /* resumed once Redis has answered */
+        if (q == 2) {       /* answered by the query cache: no statement */
+            deliver_rows(op, items, n, NULL);
+            free(items);
+            return;
+        }
+    }
     if (op->stmt && !aorm_stmt_readonly(op->stmt) && s->tx == TX_NONE)
         aorm__session_ensure_tx(s, op, query_send);
     else
@@ -1652,6 +1686,14 @@ static void start_get_many(aorm_session *s, aorm__sop *op) {
         return;
     }
     if (aorm__cache_read_start(op)) return; /* resumed once Redis has answered */
+    void **cached = NULL;
+    if (op->cache && aorm__cache_take_answer(op, &cached)) { /* Redis answered every key */
+        aorm_objects objs = {cached, op->nkeys};
+        deliver(s, op, NULL, &objs, NULL, NULL);
+        free(cached);
+        aorm__session_op_done(s, op);
+        return;
+    }
     /* the keys the identity map cannot answer go into one statement */
     const aorm_column *pk[AORM_KEY_MAX];
     int npk = aorm_model_pk_count(m);
@@ -2138,6 +2180,7 @@ static bool can_go_ahead(aorm_session *s, aorm__sop *op) {
         return false;
     }
     case SOP_QUERY:
+        if (s->o.cache && op->qo.cache) return false; /* the query cache may answer it first */
         default_plan(s, op);
         if (op->qo.load || (s->o.autoflush && aorm__session_has_changes(s))) return false;
         return aorm_stmt_readonly(op->stmt) || in_tx;

@@ -64,6 +64,7 @@ void aorm_cache_region_options_init(aorm_cache_region_options *o) {
     memset(o, 0, sizeof(*o));
     o->ttl = 300;
     o->strategy = AORM_CACHE_READ_WRITE;
+    o->lease_wait = 0.05;
 }
 
 static void on_retry_timer(aorm_timer *t, void *user);
@@ -149,6 +150,8 @@ void aorm_cache_free(aorm_cache *c) {
         free(t);
     }
     free_ropts(c);
+    free(c->scr_argv);
+    free(c->scr_lens);
     free(c->prefix);
     free(c);
 }
@@ -183,6 +186,20 @@ aorm__ctable *aorm__cache_table(const aorm_cache *c, const aorm_model *m) {
 
 aorm_cache_region *aorm_cache_region_of(const aorm_cache *c, const aorm_model *m) { return aorm__cache_region(c, m); }
 
+aorm_cache_region *aorm__cache_query_region(const aorm_cache *c, const aorm_model *m) {
+    for (aorm_cache_region *rg = c ? c->regions : NULL; rg; rg = rg->next)
+        if (rg->kind == AORM__REGION_QUERY && rg->m == m) return rg;
+    return NULL;
+}
+
+static aorm__ctable *table_for(aorm_cache *c, const aorm_model *m);
+
+aorm__ctable *aorm__cache_table_make(aorm_cache *c, const aorm_model *m) { return table_for(c, m); }
+
+aorm__ctable *aorm__cache_table_written(aorm_cache *c, const aorm_model *m) {
+    return c->nqueries > 0 ? table_for(c, m) : aorm__cache_table(c, m);
+}
+
 /* Bytes one fixed-width value takes (0: a variable-length type). */
 static size_t fixed_width(aorm_type t) {
     switch (t) {
@@ -201,8 +218,12 @@ static size_t fixed_width(aorm_type t) {
     case AORM_BYTEA:
     case AORM_JSON:
     case AORM_JSONB: return 0;
+    case AORM_ENUM: return 4;
+    case AORM_INTERVAL: return sizeof(aorm_interval);
+    case AORM_INET:
+    case AORM_CIDR: return sizeof(aorm_inet);
+    default: return 0; /* arrays: not cached (encode_col refuses them) */
     }
-    return 0;
 }
 
 /* What a value's bytes depend on: every column's name, type, size,
@@ -299,6 +320,8 @@ aorm_cache_region *aorm_cache_model(aorm_cache *c, const aorm_model *m, const ao
     rg->strategy = o->strategy;
     rg->near_max_entries = o->near_max_entries;
     rg->near_max_bytes = o->near_max_bytes;
+    rg->lease = o->lease > 0 ? o->lease : 0;
+    rg->lease_wait = o->lease_wait > 0 ? o->lease_wait : 0;
     rg->layout = layout_hash(m);
     char hex[24];
     snprintf(hex, sizeof(hex), "%08x:", (unsigned)(uint32_t)rg->layout);
@@ -368,6 +391,38 @@ aorm_cache_region *aorm_cache_collection(aorm_cache *c, const aorm_model *m, con
     return rg;
 }
 
+aorm_cache_region *aorm_cache_query(aorm_cache *c, const aorm_model *m, const aorm_cache_region_options *o) {
+    aorm_cache_region_options def;
+    if (!o) {
+        aorm_cache_region_options_init(&def);
+        o = &def;
+    }
+    if (!c || !m || !m->table || aorm_model_pk_count(m) < 1 || aorm__cache_query_region(c, m) || o->ttl <= 0)
+        return NULL;
+    const char *name = o->name ? o->name : m->table;
+    if (!*name || strchr(name, ':')) return NULL;
+    aorm_cache_region *rg = calloc(1, sizeof(*rg));
+    if (!rg) return NULL;
+    rg->cache = c;
+    rg->kind = AORM__REGION_QUERY;
+    rg->m = m;
+    rg->ttl = o->ttl;
+    rg->strategy = o->strategy;
+    rg->layout = layout_hash(m);
+    char hex[24];
+    snprintf(hex, sizeof(hex), "%08x:", (unsigned)(uint32_t)rg->layout);
+    if (!(rg->name = strdup(name)) || !(rg->table = table_for(c, m)) ||
+        aorm__buf_append(&rg->kprefix, c->prefix, c->prefix_len) < 0 || buf_str(&rg->kprefix, "q:") < 0 ||
+        buf_str(&rg->kprefix, name) < 0 || buf_str(&rg->kprefix, ":") < 0 || buf_str(&rg->kprefix, hex) < 0) {
+        region_free(rg);
+        return NULL;
+    }
+    rg->next = c->regions;
+    c->regions = rg;
+    c->nqueries++;
+    return rg;
+}
+
 bool aorm__cache_near_ok(const aorm_cache_region *rg) {
     const aorm_cache *c = rg->cache;
     return rg->near && c->tracker && !c->freeing && aorm__tracker_ready(c->tracker);
@@ -397,6 +452,7 @@ static int encode_col(const aorm_column *c, const void *obj, aorm__buf *b) {
         }
         return aorm__buf_append(b, f, w);
     }
+    if ((int)c->type > (int)AORM_CIDR && c->type != AORM_ENUM) return -1; /* array columns: not cached */
     if (c->type == AORM_BYTEA) {
         const aorm_bytes *v = (const aorm_bytes *)f;
         if (!v->data) return put_u32(b, NULL_LEN);
@@ -797,10 +853,11 @@ bool aorm__cache_usable(const aorm_cache_region *rg) {
 }
 
 int aorm_cache_invalidate_model(aorm_cache *c, const aorm_model *m) {
-    aorm_cache_region *rg = aorm__cache_region(c, m);
-    if (!rg) return AORM_EMISUSE;
+    /* a table some region reads (rows, lists, queries: with query regions any table) */
+    aorm__ctable *tb = c && m && m->table ? aorm__cache_table_written(c, m) : NULL;
+    if (!tb) return AORM_EMISUSE;
     aorm__inval *iv = aorm__inval_new(c);
-    if (!iv || aorm__inval_table(iv, rg->table, true) < 0) {
+    if (!iv || aorm__inval_table(iv, tb, true) < 0) {
         aorm__inval_free(iv);
         return AORM_ENOMEM;
     }
@@ -820,6 +877,8 @@ static void add_stats(aorm_cache_stats *o, const aorm_cache_stats *a) {
     o->invalidations += a->invalidations;
     o->bypasses += a->bypasses;
     o->errors += a->errors;
+    o->lease_waits += a->lease_waits;
+    o->lease_hits += a->lease_hits;
 }
 
 static void state_stats(const aorm_cache *c, aorm_cache_stats *out) {

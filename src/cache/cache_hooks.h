@@ -21,6 +21,18 @@ struct aorm_stmt;
  * usual. Returns false when the operation goes on at once (no cache, a
  * bypass, or Redis was already asked). */
 bool aorm__cache_read_start(struct aorm__sop *op);
+/* A SELECT of aorm_session_query with aorm_query_options.cache: returns
+ * 0 when the operation goes on to PostgreSQL at once (no query region, a
+ * bypass, a statement that cannot be cached, or Redis answered a miss:
+ * the rows are written back through aorm__cache_loaded), 1 when Redis was
+ * asked (the operation is resumed later: aorm__session_resume), 2 when the
+ * answer is there: *items (malloc'd, n + 1 slots) holds the rows. */
+int aorm__cache_query_start(struct aorm__sop *op, void ***items, size_t *n);
+/* A get_many that Redis (and the identity map) answered completely:
+ * returns true and *objs (malloc'd, op's nkeys slots, in key order, the
+ * caller frees it) when every object is unchanged since; false: the
+ * session looks the keys up as usual. */
+bool aorm__cache_take_answer(struct aorm__sop *op, void ***objs);
 /* Rows op read from PostgreSQL after a cache miss (objs[i] may be NULL):
  * written back, conditionally, in one pipelined step. */
 void aorm__cache_loaded(struct aorm__sop *op, void *const *objs, size_t n);

@@ -39,7 +39,8 @@ typedef struct aorm__ctable {
 
 typedef enum aorm__region_kind {
     AORM__REGION_ROWS, /* rows of a model, by primary key */
-    AORM__REGION_COLL  /* a relationship collection of an owner model: its children's rows, in order */
+    AORM__REGION_COLL, /* a relationship collection of an owner model: its children's rows, in order */
+    AORM__REGION_QUERY /* answers of SELECTs of a model: their rows, in order (cache_query.c) */
 } aorm__region_kind;
 
 struct aorm_cache_region {
@@ -59,6 +60,7 @@ struct aorm_cache_region {
     aorm__ctable *table;
     size_t near_max_entries, near_max_bytes;
     aorm__near *near;      /* the near cache, or NULL */
+    double lease, lease_wait; /* ROWS: load leases across processes (0: none) */
     aorm_cache_stats st;
 };
 
@@ -85,6 +87,11 @@ struct aorm_cache {
     aorm__tracker *tracker;   /* keeps the near caches coherent; made with the first near region */
     aorm_cache_region *regions;
     aorm__ctable *tables;
+    int nqueries;             /* query regions: every table a session writes gets bumped */
+    char lease_token[48];     /* this cache's lease value ("" until the first lease) */
+    const char **scr_argv;    /* argument scratch of read commands (copied by the Redis client) */
+    size_t *scr_lens;
+    size_t scr_cap;
     aorm__load *loads[AORM__LOAD_BUCKETS]; /* keys being read from PostgreSQL, by key hash */
     aorm__inval *retry_head, *retry_tail; /* failed invalidations, oldest first */
     size_t nretry;
@@ -120,6 +127,14 @@ aorm_cache_region *aorm__cache_region(const aorm_cache *c, const aorm_model *m);
 aorm__ctable *aorm__cache_table(const aorm_cache *c, const aorm_model *m);
 /* The collection region of relationship rel of model m (NULL when none). */
 aorm_cache_region *aorm__cache_coll_region(const aorm_cache *c, const aorm_model *m, const aorm_relationship *rel);
+/* The query region of model m (NULL when none). */
+aorm_cache_region *aorm__cache_query_region(const aorm_cache *c, const aorm_model *m);
+/* The table of model m, made when missing (NULL: out of memory). */
+aorm__ctable *aorm__cache_table_make(aorm_cache *c, const aorm_model *m);
+/* The table whose generation a session's write to m's table must bump:
+ * aorm__cache_table, or made when the cache has query regions (a cached
+ * query may read any table). */
+aorm__ctable *aorm__cache_table_written(aorm_cache *c, const aorm_model *m);
 /* Appends the key bytes (primary-key columns) of obj, a struct of m. */
 int aorm__cache_key_bytes(const aorm_model *m, const void *obj, aorm__buf *b);
 /* Appends region rg's key of the row whose key fields are in obj to b.
@@ -156,6 +171,22 @@ bool aorm__cache_usable(const aorm_cache_region *rg);
  * Lets a test put a writer's commit between a reader's PostgreSQL read
  * and its write-back. */
 extern void (*aorm__cache_wb_gate)(void (*send)(void *job), void *job);
+/* The session object for a row value of region rg (stamp 0): the
+ * identity map's (the session's copy wins, an expired one is refreshed)
+ * or a new one; NULL when the value does not decode or the map's object
+ * is detached (cache_session.c). */
+struct aorm_session;
+void *aorm__cache_child_object(struct aorm_session *s, aorm_cache_region *rg, const char *v, size_t len);
+/* Whether s wrote one of tabs[0..n) in its open transaction, or is in
+ * an explicitly begun one (cache_session.c). */
+bool aorm__cache_session_wrote(struct aorm_session *s, aorm__ctable *const *tabs, int n);
+/* Read tickets (op->cache) start with their kind. */
+enum { AORM__TICKET_READ = 0, AORM__TICKET_QUERY = 1 };
+/* cache_query.c: the query ticket's side of aorm__cache_loaded and
+ * aorm__cache_op_free. */
+struct aorm__sop;
+void aorm__cache_query_loaded(struct aorm__sop *op, void *const *objs, size_t n);
+void aorm__cache_query_free(void *ticket);
 /* The conditional write-back script (EVAL). */
 const char *aorm__cache_wb_script(void);
 void aorm__cache_logf(aorm_cache *c, aorm_log_level level, const char *fmt, ...)

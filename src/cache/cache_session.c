@@ -21,12 +21,14 @@
  * or send an invalidation before COMMIT. */
 #include <hiredis/hiredis.h>
 #include <stdio.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 #include "async_session/session_int.h"
 #include "cache/cache_int.h"
 
 typedef struct cread {
+    int kind;                 /* AORM__TICKET_READ */
     aorm__sop *op;            /* NULL once the operation is gone */
     aorm_cache_region *rg;
     uint64_t stamp;           /* row generation read */
@@ -46,7 +48,37 @@ typedef struct cread {
     size_t nowned;
     int waiting;
     bool resume_queued;       /* a soon callback will resume the operation */
+    /* leases across processes (region lease > 0): the misses asked for,
+     * as indices into kb/koff, and what became of each */
+    size_t *miss;
+    unsigned char *mstate;    /* LEASE_* */
+    size_t nmiss, npoll;      /* npoll: misses still waiting for another process's lease */
+    aorm_timer *ptimer;
+    double pdeadline;
+    /* a get_many's answer in key order (NULL: not answered yet), and the
+     * index of each of keys[] in it: when Redis answered every key, the
+     * session delivers these without looking them up again */
+    void **objs;
+    size_t *midx;
+    bool complete;
 } cread;
+
+enum { LEASE_ASKED, LEASE_HELD, LEASE_WAIT, LEASE_DONE };
+
+/* SET NX PX of each lease key; 1 per key taken, 0 per key another holds. */
+static const char lease_take_script[] =
+    "local r = {}\n"
+    "for i, k in ipairs(KEYS) do\n"
+    "  if redis.call('SET', k, ARGV[1], 'NX', 'PX', ARGV[2]) then r[i] = 1 else r[i] = 0 end\n"
+    "end\n"
+    "return r\n";
+/* Deletes each lease key that still holds this process's token. */
+static const char lease_release_script[] =
+    "local n = 0\n"
+    "for i, k in ipairs(KEYS) do\n"
+    "  if redis.call('GET', k) == ARGV[1] then redis.call('DEL', k); n = n + 1 end\n"
+    "end\n"
+    "return n\n";
 
 struct aorm__load {
     aorm__load *next;         /* in its bucket */
@@ -70,7 +102,15 @@ static void *region_alloc(void *ctx, size_t n) { return aorm__region_alloc(ctx, 
 
 static void loads_complete(cread *t, void *const *objs, size_t n);
 
+static void lease_release(cread *t);
+
 static void cread_free(cread *t) {
+    lease_release(t);
+    aorm_timer_free(t->ptimer);
+    free(t->miss);
+    free(t->mstate);
+    free(t->objs);
+    free(t->midx);
     loads_complete(t, NULL, 0); /* waiters of its loads read PostgreSQL themselves */
     aorm__buf_free(&t->gen);
     aorm__buf_free(&t->kb);
@@ -82,6 +122,12 @@ static void cread_free(cread *t) {
 void aorm__cache_op_free(void *state) {
     cread *t = state;
     if (!t) return;
+    if (t->kind == AORM__TICKET_QUERY) {
+        aorm__cache_query_free(state);
+        return;
+    }
+    aorm_timer_free(t->ptimer); /* a lease wait ends with its operation */
+    t->ptimer = NULL;
     if (t->in_flight || t->waiting > 0 || t->resume_queued) {
         t->op = NULL; /* the reply, the last load waited for, or the soon callback frees it */
         loads_complete(t, NULL, 0);
@@ -99,6 +145,14 @@ static bool table_written(const aorm_session *s, const aorm__ctable *t) {
     return false;
 }
 
+bool aorm__cache_session_wrote(aorm_session *s, aorm__ctable *const *tabs, int n) {
+    const ctx_notes *notes = s->cache_tx;
+    if (notes && notes->explicit_tx) return true;
+    for (int i = 0; i < n; i++)
+        if (table_written(s, tabs[i])) return true;
+    return false;
+}
+
 /* May s read region rg from the cache now? (Its own writes, an explicit
  * transaction, pending changes, a pending invalidation: no.) */
 static bool may_read(aorm_session *s, const aorm_cache_region *rg) {
@@ -113,11 +167,12 @@ static bool may_read(aorm_session *s, const aorm_cache_region *rg) {
  * new object, or over an expired one. Returns true when the value was a
  * row of this layout, stamp and key. */
 static bool take_value(aorm_session *s, aorm_cache_region *rg, const void *key, const char *v, size_t len,
-                       uint64_t stamp) {
+                       uint64_t stamp, void **out) {
     const aorm_model *m = rg->m;
     aorm_allocator al = {region_alloc, &s->region};
     uint64_t hash = aorm__key_hash(m, key);
     aorm__obj *h = aorm__idmap_find(&s->idmap, m, key, hash);
+    if (out) *out = h ? aorm__obj_data(h) : NULL;
     if (h && !(h->flags & OBJ_EXPIRED)) return true; /* arrived meanwhile: the session's copy wins */
     bool fresh = h == NULL;
     if (fresh && !(h = aorm__session_new_row(s, m, hash))) return false;
@@ -140,22 +195,44 @@ static bool take_value(aorm_session *s, aorm_cache_region *rg, const void *key, 
         h->flags &= (uint8_t)~OBJ_EXPIRED;
         return true;
     }
-    return aorm__session_adopt_row(s, h) == 0;
+    if (aorm__session_adopt_row(s, h) != 0) return false;
+    if (out) *out = obj;
+    return true;
 }
 
 /* The keys of op the identity map cannot answer, into keys[] (n at most
- * op's count). */
-static size_t missing_keys(aorm_session *s, aorm__sop *op, void **keys) {
+ * op's count), with their positions in op's keys in midx[]; objs[k] gets
+ * the identity map's answer to the others (as the session answers:
+ * NULL for an object marked deleted). */
+static size_t missing_keys(aorm_session *s, aorm__sop *op, void **keys, size_t *midx, void **objs) {
     const aorm_model *m = op->model;
     size_t n = 0;
     size_t total = op->kind == SOP_GET ? 1 : op->nkeys;
     for (size_t k = 0; k < total; k++) {
         void *key = op->kind == SOP_GET ? op->key : op->keys[k];
         aorm__obj *h = aorm__idmap_find(&s->idmap, m, key, aorm__key_hash(m, key));
-        if (h && !(h->flags & OBJ_EXPIRED)) continue;
+        objs[k] = NULL;
+        if (h && !(h->flags & OBJ_EXPIRED)) {
+            if (h->state != AORM_DELETED) objs[k] = aorm__obj_data(h);
+            continue;
+        }
+        midx[n] = k;
         keys[n++] = key;
     }
     return n;
+}
+
+bool aorm__cache_take_answer(aorm__sop *op, void ***objs) {
+    cread *t = op->cache;
+    if (!t || t->kind != AORM__TICKET_READ || !t->complete || !t->objs || op->kind != SOP_GET_MANY) return false;
+    for (size_t k = 0; k < op->nkeys; k++) { /* unchanged since: else the session looks again */
+        if (!t->objs[k]) continue;
+        aorm__obj *h = aorm__obj_hdr(t->objs[k]);
+        if ((h->flags & OBJ_EXPIRED) || h->state != AORM_PERSISTENT) return false;
+    }
+    *objs = t->objs;
+    t->objs = NULL;
+    return true;
 }
 
 /* ---- stampede control ------------------------------------------------------------------ */
@@ -223,7 +300,7 @@ static void loads_complete(cread *t, void *const *objs, size_t n) {
         for (size_t w = 0; w < l->nwaiters; w++) {
             cread *wt = l->waiters[w].t;
             if (have && wt->op && !wt->op->s->closing &&
-                take_value(wt->op->s, rg, l->waiters[w].key, vb.data, vb.len, t->stamp)) {
+                take_value(wt->op->s, rg, l->waiters[w].key, vb.data, vb.len, t->stamp, NULL)) {
                 rg->st.coalesced++;
             }
             wait_done(wt);
@@ -291,18 +368,217 @@ static bool loads_join(cread *t, void **keys, const bool *hit, size_t n, const a
     return false;
 }
 
-static void on_mget(aorm_redis *r, struct redisReply *rep, const aorm_error *err, void *user) {
+/* ---- leases across processes ------------------------------------------------------------- */
+
+/* P l:<row key without P> */
+static int lease_key(const aorm_cache *c, const char *k, size_t len, aorm__buf *b) {
+    b->len = 0;
+    if (aorm__buf_append(b, c->prefix, c->prefix_len) < 0 || aorm__buf_append(b, "l:", 2) < 0) return -1;
+    return aorm__buf_append(b, k + c->prefix_len, len - c->prefix_len);
+}
+
+static const char *lease_token(aorm_cache *c) {
+    if (!c->lease_token[0])
+        snprintf(c->lease_token, sizeof(c->lease_token), "%ld:%p:%llx", (long)getpid(), (void *)c,
+                 (unsigned long long)(aorm_loop_now(c->loop) * 1e6));
+    return c->lease_token;
+}
+
+/* One EVAL of script over the lease keys of the misses whose state is
+ * `which`. Returns 0 (cb runs later) or -1 (none, or not sent). */
+static int lease_eval(cread *t, const char *script, int which, aorm_redis_cb cb, void *user) {
+    aorm_cache *c = t->rg->cache;
+    size_t cnt = 0;
+    for (size_t i = 0; i < t->nmiss; i++) cnt += t->mstate[i] == which;
+    if (cnt == 0) return -1;
+    size_t argc = 3 + cnt + 2;
+    const char **argv = malloc(argc * sizeof(char *));
+    size_t *lens = malloc(argc * sizeof(size_t));
+    size_t *off = malloc((cnt + 1) * sizeof(size_t));
+    aorm__buf all = {0}, one = {0};
+    char nk[24], px[32];
+    snprintf(nk, sizeof(nk), "%zu", cnt);
+    snprintf(px, sizeof(px), "%lld", (long long)(t->rg->lease * 1000) + 1);
+    int rc = argv && lens && off ? 0 : -1;
+    size_t k = 0;
+    for (size_t i = 0; rc == 0 && i < t->nmiss; i++) {
+        if (t->mstate[i] != which) continue;
+        size_t m = t->miss[i];
+        off[k++] = all.len;
+        if (lease_key(c, t->kb.data + t->koff[m], t->koff[m + 1] - t->koff[m], &one) < 0 ||
+            aorm__buf_append(&all, one.data, one.len) < 0)
+            rc = -1;
+    }
+    if (rc == 0) {
+        off[cnt] = all.len;
+        size_t a = 0;
+        argv[a] = "EVAL", lens[a++] = 4;
+        argv[a] = script, lens[a] = strlen(script), a++;
+        argv[a] = nk, lens[a++] = strlen(nk);
+        for (k = 0; k < cnt; k++) argv[a] = all.data + off[k], lens[a++] = off[k + 1] - off[k];
+        argv[a] = lease_token(c), lens[a] = strlen(argv[a]), a++;
+        argv[a] = px, lens[a++] = strlen(px);
+        aorm_redis_cmd_options co = {.deadline = c->deadline};
+        rc = aorm_redis_command_argv(c->r, (int)a, argv, lens, &co, cb, user) < 0 ? -1 : 0;
+    }
+    free(argv);
+    free(lens);
+    free(off);
+    aorm__buf_free(&all);
+    aorm__buf_free(&one);
+    return rc;
+}
+
+/* Releases the leases t holds (once): after its write-back, on the same
+ * connection, so that a waiter re-reading finds the value. */
+static void lease_release(cread *t) {
+    if (!t->nmiss || t->rg->cache->freeing || !t->rg->cache->r) return;
+    if (lease_eval(t, lease_release_script, LEASE_HELD, NULL, NULL) < 0) return;
+    for (size_t i = 0; i < t->nmiss; i++)
+        if (t->mstate[i] == LEASE_HELD) t->mstate[i] = LEASE_DONE;
+}
+
+/* The lease wait of t is over: the operation goes on (to PostgreSQL for
+ * what is still missing). Inside the session. */
+static void lease_finish(cread *t) {
+    aorm__sop *op = t->op;
+    free(t->keys);
+    t->keys = NULL;
+    t->nkeys = 0;
+    if (op && !op->s->closing && !op->answered) aorm__session_resume(op);
+}
+
+static void on_poll(aorm_redis *r, struct redisReply *rep, const aorm_error *err, void *user);
+
+/* Re-reads the keys another process holds leases on. */
+static void on_ptimer(aorm_timer *tm, void *user) {
+    (void)tm;
+    cread *t = user;
+    aorm_cache *c = t->rg->cache;
+    size_t argc = 2 + t->npoll;
+    const char **argv = malloc(argc * sizeof(char *));
+    size_t *lens = malloc(argc * sizeof(size_t));
+    int rc = -1;
+    if (argv && lens) {
+        size_t a = 0;
+        argv[a] = "MGET", lens[a++] = 4;
+        argv[a] = t->rg->table->hkey.data, lens[a++] = t->rg->table->hkey.len;
+        for (size_t i = 0; i < t->nmiss; i++) {
+            if (t->mstate[i] != LEASE_WAIT) continue;
+            size_t m = t->miss[i];
+            argv[a] = t->kb.data + t->koff[m], lens[a++] = t->koff[m + 1] - t->koff[m];
+        }
+        aorm_redis_cmd_options co = {.deadline = c->deadline};
+        rc = aorm_redis_command_argv(c->r, (int)a, argv, lens, &co, on_poll, t);
+    }
+    free(argv);
+    free(lens);
+    if (rc == 0) {
+        t->in_flight = true;
+        return;
+    }
+    aorm_session *s = t->op->s;
+    aorm__session_enter(s);
+    lease_finish(t);
+    aorm__session_leave(s);
+}
+
+/* The start of a reply to t's command: the session entered, or NULL when
+ * t's operation is gone (t is then freed). */
+static aorm_session *reply_begins(cread *t) {
+    t->in_flight = false;
+    if (!t->op) {
+        cread_free(t);
+        return NULL;
+    }
+    aorm__session_enter(t->op->s);
+    return t->op->s;
+}
+
+static void on_poll(aorm_redis *r, struct redisReply *rep, const aorm_error *err, void *user) {
+    (void)r;
+    cread *t = user;
+    aorm_session *s = reply_begins(t);
+    if (!s) return;
+    aorm_cache_region *rg = t->rg;
+    bool ok = !err && rep && rep->type == REDIS_REPLY_ARRAY && rep->elements == t->npoll + 1 && !s->closing;
+    if (ok) {
+        const redisReply *hg = rep->element[0];
+        uint64_t stamp = hg->type == REDIS_REPLY_STRING ? aorm__cache_gen_value(hg->str, hg->len) : 0;
+        size_t e = 1, left = 0;
+        for (size_t i = 0; i < t->nmiss; i++) {
+            if (t->mstate[i] != LEASE_WAIT) continue;
+            const redisReply *v = rep->element[e++];
+            size_t m = t->miss[i];
+            if (v->type == REDIS_REPLY_STRING && take_value(s, rg, t->keys[m], v->str, v->len, stamp, NULL)) {
+                t->mstate[i] = LEASE_DONE;
+                rg->st.lease_hits++;
+                rg->st.hits++;
+            } else {
+                left++;
+            }
+        }
+        t->npoll = left;
+    }
+    if (ok && t->npoll > 0 && aorm_loop_now(s->loop) < t->pdeadline) aorm_timer_start(t->ptimer, 0.005);
+    else lease_finish(t);
+    aorm__session_leave(s);
+}
+
+static void on_lease(aorm_redis *r, struct redisReply *rep, const aorm_error *err, void *user) {
     (void)r;
     cread *t = user;
     t->in_flight = false;
+    bool ok = !err && rep && rep->type == REDIS_REPLY_ARRAY && rep->elements == t->nmiss;
+    t->npoll = 0;
+    for (size_t i = 0; i < t->nmiss; i++) {
+        bool held = ok && rep->element[i]->type == REDIS_REPLY_INTEGER && rep->element[i]->integer == 1;
+        t->mstate[i] = held ? LEASE_HELD : ok ? LEASE_WAIT : LEASE_DONE; /* no answer: every miss reads PostgreSQL */
+        if (ok && !held) t->npoll++;
+    }
     aorm__sop *op = t->op;
     if (!op) {
-        cread_free(t);
+        cread_free(t); /* releases what it took */
         return;
     }
     aorm_session *s = op->s;
     aorm_cache_region *rg = t->rg;
     aorm__session_enter(s);
+    rg->st.lease_waits += t->npoll;
+    if (t->npoll > 0 && !s->closing && (t->ptimer || (t->ptimer = aorm_timer_new(s->loop, on_ptimer, t)))) {
+        t->pdeadline = aorm_loop_now(s->loop) + rg->lease_wait;
+        aorm_timer_start(t->ptimer, 0.005);
+    } else {
+        lease_finish(t);
+    }
+    aorm__session_leave(s);
+}
+
+/* After t's MGET missed some keys (hit[k] false): asks for their leases.
+ * Returns true when the EVAL went out (the operation waits for it). */
+static bool lease_ask(cread *t, const bool *hit) {
+    size_t n = t->nkeys;
+    t->miss = malloc((n + 1) * sizeof(size_t));
+    t->mstate = calloc(n + 1, 1);
+    if (!t->miss || !t->mstate) return false;
+    t->nmiss = 0;
+    for (size_t k = 0; k < n; k++)
+        if (!hit[k]) t->miss[t->nmiss++] = k;
+    if (lease_eval(t, lease_take_script, LEASE_ASKED, on_lease, t) < 0) {
+        t->nmiss = 0;
+        return false;
+    }
+    t->in_flight = true;
+    return true;
+}
+
+static void on_mget(aorm_redis *r, struct redisReply *rep, const aorm_error *err, void *user) {
+    (void)r;
+    cread *t = user;
+    aorm_session *s = reply_begins(t);
+    if (!s) return;
+    aorm__sop *op = t->op;
+    aorm_cache_region *rg = t->rg;
     void **keys = t->keys;
     size_t n = t->nkeys;
     size_t hits = 0;
@@ -328,15 +604,18 @@ static void on_mget(aorm_redis *r, struct redisReply *rep, const aorm_error *err
         ok = ok && hit;
         for (size_t k = 0; ok && k < n; k++) {
             const redisReply *v = rep->element[k + 2];
-            if (v->type != REDIS_REPLY_STRING || !take_value(s, rg, keys[k], v->str, v->len, t->stamp)) continue;
+            void *obj = NULL;
+            if (v->type != REDIS_REPLY_STRING || !take_value(s, rg, keys[k], v->str, v->len, t->stamp, &obj)) continue;
             hits++;
             hit[k] = true;
+            if (t->objs) t->objs[t->midx[k]] = obj;
             if (near)
                 aorm__near_put_after(rg->near, t->kb.data + t->koff[k], t->koff[k + 1] - t->koff[k], v->str, v->len,
                                      now + rg->ttl, now, t->near_seq);
         }
     }
     if (ok) {
+        t->complete = hits == n;
         rg->st.hits += hits;
         rg->st.misses += n - hits;
         if (hits < n && !s->closing && !op->answered) wait = loads_join(t, keys, hit, n, &t->kb, t->koff);
@@ -349,6 +628,7 @@ static void on_mget(aorm_redis *r, struct redisReply *rep, const aorm_error *err
     }
     aorm__cache_logf(rg->cache, AORM_LOG_SQL, "cache %s: %zu keys, %zu hits, %zu misses%s", rg->name, n, hits,
                      ok ? n - hits : 0, ok ? "" : " (Redis unusable: read from PostgreSQL)");
+    if (ok && !wait && rg->lease > 0 && hits < n && !s->closing && !op->answered) wait = lease_ask(t, hit);
     free(hit);
     if (!wait) {
         free(t->keys);
@@ -373,12 +653,24 @@ bool aorm__cache_read_start(aorm__sop *op) {
     }
     void **keys = malloc((total + 1) * sizeof(void *));
     size_t *off = malloc((total + 3) * sizeof(size_t));
-    const char **argv = malloc((total + 3) * sizeof(char *));
-    size_t *lens = malloc((total + 3) * sizeof(size_t));
+    if (c->scr_cap < total + 3) { /* argument arrays: the cache's, reused (the client copies them) */
+        const char **na = realloc(c->scr_argv, (total + 3) * sizeof(char *));
+        if (na) c->scr_argv = na;
+        size_t *nl = na ? realloc(c->scr_lens, (total + 3) * sizeof(size_t)) : NULL;
+        if (nl) {
+            c->scr_lens = nl;
+            c->scr_cap = total + 3;
+        }
+    }
+    const char **argv = c->scr_cap >= total + 3 ? c->scr_argv : NULL;
+    size_t *lens = argv ? c->scr_lens : NULL;
     cread *t = calloc(1, sizeof(*t));
     aorm__buf kb = {0};
     int rc = keys && off && argv && lens && t ? 0 : AORM_ENOMEM;
-    size_t n = rc == 0 ? missing_keys(s, op, keys) : 0;
+    if (rc == 0 && (!(t->objs = malloc((total + 1) * sizeof(void *))) || !(t->midx = malloc((total + 1) * sizeof(size_t)))))
+        rc = AORM_ENOMEM;
+    size_t n = rc == 0 ? missing_keys(s, op, keys, t->midx, t->objs) : 0;
+    if (rc == 0 && aorm__buf_reserve(&kb, n * (rg->kprefix.len + 17)) < 0) rc = AORM_ENOMEM;
     bool near = rg->near && aorm__cache_near_ok(rg);
     double now = aorm_loop_now(s->loop);
     size_t kept = 0;
@@ -391,12 +683,15 @@ bool aorm__cache_read_start(aorm__sop *op) {
         if (near) { /* process memory first */
             size_t vlen;
             const char *v = aorm__near_get(rg->near, kb.data + off[kept], kb.len - off[kept], now, &vlen);
-            if (v && take_value(s, rg, keys[k], v, vlen, aorm__cache_value_stamp(v, vlen))) {
+            void *obj = NULL;
+            if (v && take_value(s, rg, keys[k], v, vlen, aorm__cache_value_stamp(v, vlen), &obj)) {
                 rg->st.near_hits++;
+                t->objs[t->midx[k]] = obj;
                 kb.len = off[kept];
                 continue;
             }
         }
+        t->midx[kept] = t->midx[k];
         keys[kept++] = keys[k];
     }
     n = kept;
@@ -438,8 +733,6 @@ bool aorm__cache_read_start(aorm__sop *op) {
     }
     free(keys);
     free(off);
-    free(argv);
-    free(lens);
     aorm__buf_free(&kb);
     if (rc != 0) {
         if (t) cread_free(t);
@@ -479,6 +772,9 @@ typedef struct wb_job {
     aorm__buf kb, vb;
     size_t *koff, *voff; /* m + 1 offsets into kb / vb */
     size_t m;
+    aorm__buf lk;        /* lease keys to release after the write-back... */
+    size_t *lkoff;       /* ...at these offsets (nlk + 1) */
+    size_t nlk;
 } wb_job;
 
 static void wb_job_free(wb_job *j) {
@@ -488,7 +784,52 @@ static void wb_job_free(wb_job *j) {
     aorm__buf_free(&j->gen[1]);
     free(j->koff);
     free(j->voff);
+    aorm__buf_free(&j->lk);
+    free(j->lkoff);
     free(j);
+}
+
+/* The leases t holds go with its write-back j: released right after it. */
+static void lease_move(cread *t, wb_job *j) {
+    aorm_cache *c = t->rg->cache;
+    aorm__buf one = {0};
+    j->lkoff = malloc((t->nmiss + 1) * sizeof(size_t));
+    for (size_t i = 0; j->lkoff && i < t->nmiss; i++) {
+        if (t->mstate[i] != LEASE_HELD) continue;
+        size_t m = t->miss[i];
+        size_t at = j->lk.len;
+        if (lease_key(c, t->kb.data + t->koff[m], t->koff[m + 1] - t->koff[m], &one) < 0 ||
+            aorm__buf_append(&j->lk, one.data, one.len) < 0) {
+            j->lk.len = at;
+            continue; /* stays held by t: released when it goes */
+        }
+        j->lkoff[j->nlk++] = at;
+        t->mstate[i] = LEASE_DONE;
+    }
+    if (j->lkoff) j->lkoff[j->nlk] = j->lk.len;
+    aorm__buf_free(&one);
+}
+
+static void wb_release_leases(wb_job *j) {
+    aorm_cache *c = j->rg->cache;
+    if (!j->nlk || c->freeing) return;
+    size_t argc = 3 + j->nlk + 1;
+    const char **argv = malloc(argc * sizeof(char *));
+    size_t *lens = malloc(argc * sizeof(size_t));
+    char nk[24];
+    snprintf(nk, sizeof(nk), "%zu", j->nlk);
+    if (argv && lens) {
+        size_t a = 0;
+        argv[a] = "EVAL", lens[a++] = 4;
+        argv[a] = lease_release_script, lens[a] = strlen(lease_release_script), a++;
+        argv[a] = nk, lens[a++] = strlen(nk);
+        for (size_t k = 0; k < j->nlk; k++) argv[a] = j->lk.data + j->lkoff[k], lens[a++] = j->lkoff[k + 1] - j->lkoff[k];
+        argv[a] = lease_token(c), lens[a] = strlen(argv[a]), a++;
+        aorm_redis_cmd_options co = {.deadline = c->deadline};
+        aorm_redis_command_argv(c->r, (int)a, argv, lens, &co, NULL, NULL);
+    }
+    free(argv);
+    free(lens);
 }
 
 static void wb_send(void *arg) {
@@ -531,6 +872,7 @@ static void wb_send(void *arg) {
                 rg->st.errors++;
                 free(w);
             }
+            wb_release_leases(j);
         } else {
             free(w);
         }
@@ -550,20 +892,39 @@ static void wb_send(void *arg) {
                 break;
             }
         }
+        wb_release_leases(j);
     }
     wb_job_free(j);
 }
 
+static wb_job *rows_writeback(cread *t, void *const *objs, size_t n);
+
 void aorm__cache_loaded(aorm__sop *op, void *const *objs, size_t n) {
     cread *t = op->cache;
-    if (t) loads_complete(t, objs, n); /* waiting sessions take these rows */
-    if (!t || !t->have_gen || n == 0) return;
+    if (t && t->kind == AORM__TICKET_QUERY) {
+        aorm__cache_query_loaded(op, objs, n);
+        return;
+    }
+    if (!t) return;
+    loads_complete(t, objs, n); /* waiting sessions take these rows */
+    wb_job *j = rows_writeback(t, objs, n);
+    if (j && t->nmiss) lease_move(t, j); /* released after the write-back */
+    lease_release(t);                     /* what is left: nothing to wait for */
+    if (!j) return;
+    if (aorm__cache_wb_gate) aorm__cache_wb_gate(wb_send, j);
+    else wb_send(j);
+}
+
+/* The write-back job of the rows t's operation read from PostgreSQL
+ * (NULL: none). */
+static wb_job *rows_writeback(cread *t, void *const *objs, size_t n) {
+    if (!t->have_gen || n == 0) return NULL;
     t->have_gen = false; /* once */
     aorm_cache_region *rg = t->rg;
     aorm_cache *c = rg->cache;
-    if (c->freeing || !aorm__cache_usable(rg)) return;
+    if (c->freeing || !aorm__cache_usable(rg)) return NULL;
     wb_job *j = calloc(1, sizeof(*j));
-    if (!j) return;
+    if (!j) return NULL;
     j->rg = rg;
     j->ngen = 1;
     j->gtab[0] = rg->table;
@@ -584,13 +945,12 @@ void aorm__cache_loaded(aorm__sop *op, void *const *objs, size_t n) {
     }
     if (!ok || m == 0) {
         wb_job_free(j);
-        return;
+        return NULL;
     }
     j->koff[m] = j->kb.len;
     j->voff[m] = j->vb.len;
     j->m = m;
-    if (aorm__cache_wb_gate) aorm__cache_wb_gate(wb_send, j);
-    else wb_send(j);
+    return j;
 }
 
 /* ---- collections ------------------------------------------------------------------------
@@ -640,7 +1000,7 @@ static int coll_key(const aorm_cache_region *rg, const void *owner, aorm__buf *b
 /* The session object of a child row value: the identity map's when it
  * holds the row (the session's copy wins, an expired one is refreshed),
  * else a new object. NULL when the value does not decode. */
-static void *child_object(aorm_session *s, aorm_cache_region *rg, const char *v, size_t len) {
+void *aorm__cache_child_object(aorm_session *s, aorm_cache_region *rg, const char *v, size_t len) {
     const aorm_model *m = rg->m;
     aorm_allocator al = {region_alloc, &s->region};
     void *tmp = aorm__region_alloc(&s->region, m->size);
@@ -687,7 +1047,7 @@ static bool coll_decode(aorm_session *s, ccoll *t, const char *v, size_t len, ao
         memcpy(&cl, v + at, 4);
         at += 4;
         if (end - at < cl) return false;
-        if (!(items[i] = child_object(s, rg, v + at, cl))) return false;
+        if (!(items[i] = aorm__cache_child_object(s, rg, v + at, cl))) return false;
         at += cl;
     }
     if (at != end) return false;
@@ -887,7 +1247,7 @@ static void note_cascades(ctx_notes *n, aorm_cache *c, const aorm_model *m) {
         for (int i = 0; i < m->nrelationships && !hit; i++)
             hit = m->relationships[i].kind == AORM_ONE_TO_MANY && m->relationships[i].target == x &&
                   (m->relationships[i].cascade & AORM_CASCADE_DELETE);
-        aorm__ctable *tb = hit ? aorm__cache_table(c, x) : NULL;
+        aorm__ctable *tb = hit ? aorm__cache_table_written(c, x) : NULL;
         if (tb && aorm__inval_table(n->iv, tb, true) == 0) rg->st.invalidations++;
     }
 }
@@ -897,7 +1257,7 @@ void aorm__cache_note_row(aorm_session *s, const aorm_model *m, const void *obj,
     if (!n) return;
     aorm_cache *c = s->o.cache;
     if (deleted) note_cascades(n, c, m);
-    aorm__ctable *tb = aorm__cache_table(c, m); /* lists of a collection region may depend on it */
+    aorm__ctable *tb = aorm__cache_table_written(c, m); /* lists and queries may depend on it */
     if (tb && aorm__inval_table(n->iv, tb, false) < 0) aorm__inval_table(n->iv, tb, true);
     aorm_cache_region *rg = aorm__cache_region(c, m);
     if (!rg) return;
@@ -921,7 +1281,7 @@ void aorm__cache_note_stmt(aorm_session *s, const aorm_stmt *q) {
     ctx_notes *n = m ? notes(s) : NULL;
     if (!n) return; /* raw SQL: invisible (aorm_cache_invalidate_model) */
     note_cascades(n, s->o.cache, m);
-    aorm__ctable *tb = aorm__cache_table(s->o.cache, m);
+    aorm__ctable *tb = aorm__cache_table_written(s->o.cache, m);
     if (tb) aorm__inval_table(n->iv, tb, true);
     aorm_cache_region *rg = aorm__cache_region(s->o.cache, m);
     if (rg) rg->st.invalidations++;

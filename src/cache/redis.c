@@ -49,6 +49,7 @@
 #include <hiredis/sds.h>
 #include <netdb.h>
 #include <stdarg.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1334,6 +1335,58 @@ static int refuse(aorm_redis *r) {
     return 0;
 }
 
+static size_t dec_digits(size_t v) {
+    size_t n = 1;
+    while (v >= 10) {
+        v /= 10;
+        n++;
+    }
+    return n;
+}
+
+static char *put_dec(char *p, size_t v, size_t digits) {
+    char *e = p + digits;
+    do {
+        *--e = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    return p + digits;
+}
+
+/* The RESP array of bulk strings redisFormatCommandArgv writes, without
+ * its printf per argument (an MGET of a thousand keys is mostly that).
+ * Returns the length and *out (malloc'd, NUL-terminated), -1 out of
+ * memory, -2 too long. */
+static long format_argv(char **out, int argc, const char *const *argv, const size_t *argvlen) {
+    size_t total = 1 + dec_digits((size_t)argc) + 2;
+    for (int i = 0; i < argc; i++) {
+        size_t len = argvlen ? argvlen[i] : strlen(argv[i]);
+        total += 1 + dec_digits(len) + 2 + len + 2;
+    }
+    if (total > (size_t)INT_MAX) return -2;
+    char *buf = malloc(total + 1);
+    if (!buf) return -1;
+    char *p = buf;
+    *p++ = '*';
+    p = put_dec(p, (size_t)argc, dec_digits((size_t)argc));
+    *p++ = '\r';
+    *p++ = '\n';
+    for (int i = 0; i < argc; i++) {
+        size_t len = argvlen ? argvlen[i] : strlen(argv[i]);
+        *p++ = '$';
+        p = put_dec(p, len, dec_digits(len));
+        *p++ = '\r';
+        *p++ = '\n';
+        memcpy(p, argv[i], len);
+        p += len;
+        *p++ = '\r';
+        *p++ = '\n';
+    }
+    *p = '\0';
+    *out = buf;
+    return (long)total;
+}
+
 int aorm_redis_command_argv(aorm_redis *r, int argc, const char *const *argv, const size_t *argvlen,
                             const aorm_redis_cmd_options *opts, aorm_redis_cb cb, void *user) {
     if (!r || argc <= 0 || !argv) return AORM_EMISUSE;
@@ -1342,7 +1395,7 @@ int aorm_redis_command_argv(aorm_redis *r, int argc, const char *const *argv, co
     int rc = refuse(r);
     if (rc < 0) return rc;
     char *buf = NULL;
-    int len = redisFormatCommandArgv(&buf, argc, (const char **)argv, argvlen);
+    long len = format_argv(&buf, argc, argv, argvlen);
     if (len < 0 || !buf) return len == -1 ? AORM_ENOMEM : AORM_EMISUSE;
     return submit(r, buf, (size_t)len, opts, cb, user);
 }

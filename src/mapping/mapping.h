@@ -22,6 +22,34 @@ uint32_t aorm__type_array_oid(aorm_type t);
 /* The SQL name of the type of OID oid into buf ("text", "integer[]",
  * "interval", ...; for a type it does not know, its OID), for messages. */
 void aorm__oid_describe(uint32_t oid, char *buf, size_t cap);
+/* The SQL type of column c for DDL and casts: aorm__type_sql, or for an
+ * AORM_ENUM column its enum type's quoted (schema-qualified) name written
+ * into buf. NULL when there is none (or it does not fit in cap). */
+const char *aorm__column_type_sql(const aorm_column *c, bool serial, char *buf, size_t cap);
+/* The element type of an AORM_*_ARRAY type; 0 for the others. */
+aorm_type aorm__type_elem(aorm_type t);
+/* True for the types a multi-row INSERT can pass as one unnest() array
+ * (AORM_BOOL .. AORM_JSONB); the others go as VALUES rows. */
+bool aorm__type_unnest_ok(aorm_type t);
+/* Enum descriptors: the label of C value `value` (NULL if none); the C
+ * value of a label (0, or AORM_ETYPE for a label the descriptor lacks);
+ * the C value at position i. */
+const char *aorm__enum_label(const aorm_enum *e, int32_t value);
+int aorm__enum_find(const aorm_enum *e, const char *label, size_t len, int32_t *value);
+int aorm__enum_value_of(const aorm_enum *e, int i);
+/* The json hooks (aorm_json_set_hooks): in = a loaded value (parse),
+ * else a parameter (serialize). 0, or the hook's negative code. */
+int aorm__json_check(bool in, const char *text, size_t len);
+/* Copies the array of column col of obj (and its strings) into memory
+ * from alloc, so that obj no longer shares it: for snapshots, which must
+ * see later in-place edits as changes, and for arrays the program
+ * assigned, which move into the session. Other columns are left alone.
+ * Returns 0 or AORM_ENOMEM (the field unchanged). */
+int aorm__field_own_array(const aorm_column *col, void *obj, const aorm_allocator *alloc);
+/* Binds one value of type t held in its C representation at cval (an
+ * aorm_interval, aorm_inet, int32_t enum value, aorm_array_*...), as a
+ * field of that type would be (enum_type for AORM_ENUM). */
+int aorm__value_param(aorm_type t, const aorm_enum *enum_type, const void *cval, aorm_params *p);
 /* The C name of a column type ("AORM_TEXT"), for messages. */
 const char *aorm__type_name(aorm_type t);
 const char *aorm__type_sql(aorm_type t, bool serial);

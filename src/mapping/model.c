@@ -156,7 +156,20 @@ void aorm_model_free_fields(const aorm_model *m, void *obj) {
         case AORM_DATE:
         case AORM_TIMESTAMP:
         case AORM_TIMESTAMPTZ:
-        case AORM_UUID: break;
+        case AORM_UUID:
+        case AORM_INTERVAL:
+        case AORM_INET:
+        case AORM_CIDR:
+        case AORM_ENUM: break;
+        default: { /* arrays: elements and their strings are one block */
+            aorm_array_int64 a; /* every aorm_array_* has this layout */
+            memcpy(&a, f, sizeof(a));
+            free(a.v);
+            a.v = NULL;
+            a.n = 0;
+            memcpy(f, &a, sizeof(a));
+            break;
+        }
         }
     }
 }
@@ -236,6 +249,31 @@ static int check_columns(const aorm_model *m, vmsg *v) {
             return fail(v, "model %s: column %s has an invalid type (%d)", m->name, c->name, (int)c->type);
         if (c->flags & ~known)
             return fail(v, "model %s: column %s has unknown flags 0x%x", m->name, c->name, c->flags & ~known);
+        if (c->type == AORM_ENUM) {
+            const aorm_enum *e = c->enum_type;
+            if (!e || !e->name || !*e->name || !e->labels || e->n < 1)
+                return fail(v, "model %s: column %s is AORM_ENUM but has no enum_type (name, labels, n >= 1)",
+                            m->name, c->name);
+            for (int a = 0; a < e->n; a++) {
+                if (!e->labels[a] || !*e->labels[a])
+                    return fail(v, "model %s: column %s: enum %s has an empty label at %d", m->name, c->name,
+                                e->name, a);
+                for (int b = 0; b < a; b++) {
+                    if (strcmp(e->labels[a], e->labels[b]) == 0)
+                        return fail(v, "model %s: column %s: enum %s has label \"%s\" twice", m->name, c->name,
+                                    e->name, e->labels[a]);
+                    if (aorm__enum_value_of(e, a) == aorm__enum_value_of(e, b))
+                        return fail(v, "model %s: column %s: enum %s maps two labels to C value %d", m->name,
+                                    c->name, e->name, aorm__enum_value_of(e, a));
+                }
+            }
+        } else if (c->enum_type) {
+            return fail(v, "model %s: column %s has an enum_type but is %s, not AORM_ENUM", m->name, c->name,
+                        aorm__type_name(c->type));
+        }
+        if (aorm__type_elem(c->type) && (c->flags & (AORM_PK | AORM_SERIAL | AORM_IDENTITY)))
+            return fail(v, "model %s: column %s is an array (%s): it cannot be part of the primary key", m->name,
+                        c->name, aorm__type_name(c->type));
         bool nullable = (c->flags & AORM_NULLABLE) != 0;
         size_t want = aorm__type_csize(c->type, nullable);
         if (c->size != want)

@@ -34,6 +34,7 @@
  * own scope, above which its owner's scope stays visible (CTEs of an
  * enclosing statement are found the same way). */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "mapping/mapping.h"
@@ -261,15 +262,37 @@ int aorm__sql_param(aorm_params *p, const aorm_expr *e) {
     case AORM_TIMESTAMP: return aorm_params_timestamp(p, e->v.i);
     case AORM_TIMESTAMPTZ: return aorm_params_timestamptz(p, e->v.i);
     case AORM_UUID: return aorm_params_uuid(p, e->v.p);
-    case AORM_JSON: return aorm_params_json(p, e->v.s, e->len);
-    case AORM_JSONB: return aorm_params_jsonb(p, e->v.s, e->len);
+    case AORM_JSON:
+    case AORM_JSONB: {
+        int rc = aorm__json_check(false, e->v.s, e->len);
+        if (rc) return p->error ? p->error : (p->error = rc);
+        return e->type == AORM_JSON ? aorm_params_json(p, e->v.s, e->len) : aorm_params_jsonb(p, e->v.s, e->len);
     }
-    return bad_param(p);
+    case AORM_ENUM: {
+        int32_t v = (int32_t)e->v.i;
+        return aorm__value_param(e->type, e->enum_type, &v, p);
+    }
+    default: return aorm__value_param(e->type, NULL, e->v.p, p); /* interval, inet, cidr, arrays */
+    }
 }
 
 static void param(cc *c, const aorm_expr *e) {
     aorm__sql_param(c->p, e); /* a failure stays in the builder: checked at the end */
     number(c, c->p->count);
+    if (e->kind != AORM_X_VALUE || !e->name) return;
+    aorm_stmt *r = c->root; /* a named placeholder: its slot, for aorm_stmt_prepare */
+    if (r->nnamed == r->cap_named) {
+        int cap = r->cap_named ? r->cap_named * 2 : 4;
+        struct aorm__named *g = realloc(r->named, (size_t)cap * sizeof(*g));
+        if (!g) {
+            c->oom = true;
+            return;
+        }
+        r->named = g;
+        r->cap_named = cap;
+    }
+    r->named[r->nnamed++] =
+        (struct aorm__named){.name = e->name, .slot = c->p->count - 1, .type = e->type, .enum_type = e->enum_type};
 }
 
 static void emit(cc *c, const aorm_expr *e);
@@ -856,14 +879,22 @@ static void insert_body(cc *c, aorm_stmt *q) {
         c->sc = saved;
     } else if (q->nrows && q->nicols) {
         col_names(c, q->icols, q->nicols);
-        aorm__assert(q->rows.count == q->nicols);
-        if (q->nrows == 1) {
-            LIT(c, " VALUES (");
-            for (int i = 0; i < q->nicols; i++) {
-                if (i) LIT(c, ", ");
-                row_param(c, &q->rows, i);
+        /* one value per column (one row, or one unnest() array per column),
+         * or -- for column types without an unnest() form (arrays, enums,
+         * interval, inet) -- one value per column per row, row after row */
+        bool by_rows = q->nrows > 1 && (size_t)q->rows.count == (size_t)q->nicols * q->nrows;
+        aorm__assert(q->rows.count == q->nicols || by_rows);
+        if (q->nrows == 1 || by_rows) {
+            LIT(c, " VALUES ");
+            for (size_t r = 0; r < q->nrows; r++) {
+                if (r) LIT(c, ", ");
+                LIT(c, "(");
+                for (int i = 0; i < q->nicols; i++) {
+                    if (i) LIT(c, ", ");
+                    row_param(c, &q->rows, (int)(r * (size_t)q->nicols) + i);
+                }
+                LIT(c, ")");
             }
-            LIT(c, ")");
         } else {
             LIT(c, " SELECT * FROM unnest(");
             for (int i = 0; i < q->nicols; i++) {
@@ -965,7 +996,11 @@ static void stmt_body(cc *c, aorm_stmt *q) {
     }
 }
 
+unsigned long aorm__sql_compiles;
+
 int aorm__sql_compile(aorm_stmt *q) {
+    aorm__sql_compiles++;
+    q->nnamed = 0;
     q->sql.len = 0;
     aorm_params_reset(&q->params);
     scope sc = {q, NULL};

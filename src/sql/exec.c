@@ -28,6 +28,7 @@ static int prepare(aorm_stmt *q, const aorm_exec_options *o, aorm_exec_options *
     if (!q) return AORM_EMISUSE;
     int rc = aorm_stmt_compile(q);
     if (rc) return rc;
+    if (q->nnamed) return AORM_EMISUSE; /* named placeholders: aorm_stmt_prepare() binds them */
     if (o) *out = *o;
     else memset(out, 0, sizeof(*out));
     if (aorm_stmt_readonly(q)) out->flags |= AORM_EXEC_READONLY;

@@ -56,6 +56,20 @@ static const char *type_name(aorm_type t) {
     case AORM_UUID: return "uuid";
     case AORM_JSON: return "json";
     case AORM_JSONB: return "jsonb";
+    case AORM_INTERVAL: return "interval";
+    case AORM_INET: return "inet";
+    case AORM_CIDR: return "cidr";
+    case AORM_ENUM: return "enum";
+    case AORM_BOOL_ARRAY: return "bool[]";
+    case AORM_INT2_ARRAY: return "int2[]";
+    case AORM_INT4_ARRAY: return "int4[]";
+    case AORM_INT8_ARRAY: return "int8[]";
+    case AORM_FLOAT4_ARRAY: return "float4[]";
+    case AORM_FLOAT8_ARRAY: return "float8[]";
+    case AORM_NUMERIC_ARRAY: return "numeric[]";
+    case AORM_TEXT_ARRAY: return "text[]";
+    case AORM_UUID_ARRAY: return "uuid[]";
+    case AORM_TIMESTAMPTZ_ARRAY: return "timestamptz[]";
     }
     return "?";
 }
@@ -211,6 +225,7 @@ void aorm__sql_take_subs(aorm_stmt *q, const aorm_expr *e, const aorm_expr *e2) 
 static int fail_nomem(cp *c) { return aorm__sql_fail(c->q, AORM_ENOMEM, NULL); }
 
 static void *alloc(cp *c, size_t n) { return aorm__arena_alloc(&c->q->arena, n); }
+static void *arena_alloc_fn(void *arena, size_t n) { return aorm__arena_alloc(arena, n); }
 
 /* Text-like values: the given length (or strlen), NUL-terminated copy. */
 static int copy_text(cp *c, const aorm_expr *e, aorm_expr *n) {
@@ -253,10 +268,22 @@ static int copy_text(cp *c, const aorm_expr *e, aorm_expr *n) {
     return 0;
 }
 
+static const char *copy_str(cp *c, const char *s);
+
 static int copy_value(cp *c, const aorm_expr *e, aorm_expr *n) {
     n->type = e->type;
     n->null = e->null;
-    if (e->type < AORM_BOOL || e->type > AORM_JSONB)
+    if (e->name) { /* aorm_param: a named placeholder, its value bound later */
+        if (!*e->name) return aorm__sql_fail(c->q, AORM_EMISUSE, "%s: aorm_param with an empty name", c->what);
+        if (e->type < AORM_BOOL || e->type > AORM_TYPE_LAST)
+            return aorm__sql_fail(c->q, AORM_EMISUSE, "%s: aorm_param \"%.40s\" of unknown type %d", c->what,
+                                  e->name, (int)e->type);
+        if (!(n->name = copy_str(c, e->name))) return fail_nomem(c);
+        n->null = true;
+        n->enum_type = e->enum_type;
+        return 0;
+    }
+    if (e->type < AORM_BOOL || e->type > AORM_TYPE_LAST)
         return aorm__sql_fail(c->q, AORM_EMISUSE, "%s: unknown value type %d", c->what, (int)e->type);
     if (e->null) return 0;
     switch (e->type) {
@@ -303,6 +330,43 @@ static int copy_value(cp *c, const aorm_expr *e, aorm_expr *n) {
         memcpy(d, e->v.p, 16);
         n->v.p = d;
         n->len = 16;
+        return 0;
+    }
+    case AORM_INTERVAL:
+    case AORM_INET:
+    case AORM_CIDR: {
+        size_t sz = e->type == AORM_INTERVAL ? sizeof(aorm_interval) : sizeof(aorm_inet);
+        if (!e->v.p) {
+            n->null = true;
+            return 0;
+        }
+        void *d = alloc(c, sz);
+        if (!d) return fail_nomem(c);
+        memcpy(d, e->v.p, sz);
+        n->v.p = d;
+        return 0;
+    }
+    case AORM_ENUM:
+        if (!e->enum_type)
+            return aorm__sql_fail(c->q, AORM_EMISUSE, "%s: enum value without its aorm_enum", c->what);
+        if (e->v.i < INT32_MIN || e->v.i > INT32_MAX || !aorm__enum_label(e->enum_type, (int32_t)e->v.i))
+            return aorm__sql_fail(c->q, AORM_EENCODING, "%s: %lld is not a value of enum %s", c->what,
+                                  (long long)e->v.i, e->enum_type->name ? e->enum_type->name : "?");
+        n->v.i = e->v.i;
+        n->enum_type = e->enum_type;
+        return 0;
+    default: { /* arrays: the aorm_array_* and its elements (and strings) into the arena */
+        if (!e->v.p) {
+            n->null = true;
+            return 0;
+        }
+        aorm_array_int64 *d = alloc(c, sizeof(*d)); /* every aorm_array_* has this layout */
+        if (!d) return fail_nomem(c);
+        memcpy(d, e->v.p, sizeof(*d));
+        aorm_column col = {.name = "value", .type = e->type, .size = sizeof(*d)};
+        aorm_allocator al = {arena_alloc_fn, &c->q->arena};
+        if (aorm__field_own_array(&col, d, &al)) return fail_nomem(c);
+        n->v.p = d;
         return 0;
     }
     }
@@ -665,7 +729,7 @@ static int copy_node(cp *c, const aorm_expr *e, int depth, const aorm_expr **out
                                       "optionally schema-qualified, optionally ending in [])",
                                       c->what, e->name);
             if (!(n->name = copy_str(c, e->name))) return fail_nomem(c);
-        } else if (e->type < AORM_BOOL || e->type > AORM_JSONB) {
+        } else if (e->type < AORM_BOOL || e->type > AORM_TYPE_LAST) {
             return aorm__sql_fail(q, AORM_EMISUSE, "%s: aorm_cast to unknown type %d", c->what, (int)e->type);
         }
         n->type = e->type;

@@ -194,6 +194,10 @@ struct aorm_stmt {
     aorm__buf sql;
     aorm__buf qual;            /* compile scratch: a quoted table name */
     aorm_params params;
+    /* named placeholders (aorm_param) met by the last compile: the
+     * parameter index each one took (names live in the arena) */
+    struct aorm__named { const char *name; int slot; aorm_type type; const aorm_enum *enum_type; } *named;
+    int nnamed, cap_named;
 
     aorm__arena arena;
     max_align_t inline_mem[AORM__STMT_INLINE / sizeof(max_align_t)];
@@ -246,6 +250,8 @@ void aorm__sql_destroy(aorm_stmt *q);
 
 /* Compiles q into its sql buffer and params (both reset first). */
 int aorm__sql_compile(aorm_stmt *q);
+/* Compiles so far, in this process (tests of aorm_stmt_prepare). */
+extern unsigned long aorm__sql_compiles;
 
 /* Raw text: splits it into placeholders (aorm_raw) / compiles it into b
  * with parameters appended to p (numbered in p's sequence). */

@@ -177,6 +177,7 @@ void aorm__sql_destroy(aorm_stmt *q) {
     aorm__buf_free(&q->qual);
     aorm_params_free(&q->params);
     aorm_params_free(&q->rows);
+    free(q->named);
     aorm__arena_free(&q->arena);
     free(q);
 }
@@ -1112,7 +1113,26 @@ int aorm__insert_objects_cols(aorm_stmt *q, const void *const *objs, size_t n, c
                               "at a time",
                               m->table);
     aorm_params_reset(&q->rows);
-    for (int i = 0; i < k; i++) {
+    /* Types without an unnest() form (arrays, enums, interval, inet) make
+     * a multi-row insert a VALUES list: k parameters per row. */
+    bool by_rows = false;
+    for (int i = 0; i < k && n > 1; i++) by_rows = by_rows || !aorm__type_unnest_ok(cols[i]->type);
+    if (by_rows && (size_t)k * n > 65535)
+        return aorm__sql_fail(q, AORM_EMISUSE,
+                              "aorm_insert_objects(%s): %zu rows of %d columns need more than 65535 parameters "
+                              "(array, enum, interval or inet columns go as VALUES rows); insert fewer at a time",
+                              m->table, n, k);
+    for (size_t r = 0; by_rows && r < n && rc == 0; r++)
+        for (int i = 0; i < k && rc == 0; i++) {
+            rc = aorm__field_param(cols[i], objs[r], &q->rows);
+            if (rc) {
+                aorm_params_reset(&q->rows);
+                if (rc == AORM_ENOMEM) return OOM(q);
+                return aorm__sql_fail(q, rc, "aorm_insert_objects(%s): object %zu, column \"%s\": %s", m->table,
+                                      r, cols[i]->name, aorm_strerror(rc));
+            }
+        }
+    for (int i = 0; i < k && !by_rows; i++) {
         rc = n == 1 ? aorm__field_param(cols[i], objs[0], &q->rows)
                     : aorm__field_param_array(cols[i], objs, n, &q->rows);
         if (rc) {
