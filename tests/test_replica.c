@@ -50,11 +50,13 @@ typedef struct env {
     PGconn *standby;
 } env;
 
-static void env_open_lag(env *t, double max_lag, bool standby_first) {
+static void env_open_with(env *t, double max_lag, bool standby_first, aorm_target_attrs reads, aorm_balance balance) {
     memset(t, 0, sizeof(*t));
     t_loop_open(&t->evl, &t->loop);
     aorm_hosts_options o;
     aorm_hosts_options_init(&o);
+    o.reads = reads;
+    o.balance = balance;
     const char *servers[2];
     servers[standby_first ? 0 : 1] = t_env("AORM_TEST_REPLICA_DSN");
     servers[standby_first ? 1 : 0] = t_env("AORM_TEST_DSN");
@@ -74,6 +76,10 @@ static void env_open_lag(env *t, double max_lag, bool standby_first) {
     cr_assert_eq(PQstatus(t->primary), CONNECTION_OK);
     t->standby = PQconnectdb(t_env("AORM_TEST_REPLICA_DSN"));
     cr_assert_eq(PQstatus(t->standby), CONNECTION_OK);
+}
+
+static void env_open_lag(env *t, double max_lag, bool standby_first) {
+    env_open_with(t, max_lag, standby_first, AORM_TARGET_PREFER_STANDBY, AORM_BALANCE_LEAST_BUSY);
 }
 
 static void env_open(env *t) { env_open_lag(t, 0, true); }
@@ -270,6 +276,77 @@ Test(replica, roles_come_from_the_servers) {
     cr_assert_eq(a.e, u.r);
     env_close(&u);
     env_close(&t);
+}
+
+/* Where reads go under each target: counted over many reads, with both
+ * servers up and checked. ANY with random balancing uses both (all 60 on
+ * one server: probability 2^-59). */
+static int reads_on_standby(env *t, int n) {
+    int on_standby = 0;
+    for (int i = 0; i < n; i++) {
+        answer a = exec(t, t->r, "SELECT pg_is_in_recovery() AS r", READ, NULL);
+        cr_assert_eq(a.code, 0, "read %d: %s", i, a.msg);
+        on_standby += a.recovery;
+    }
+    return on_standby;
+}
+
+Test(replica, every_read_target_routes_as_documented) {
+    static const struct {
+        aorm_target_attrs target;
+        aorm_balance balance;
+        int min_standby, max_standby; /* of 60 reads */
+    } cases[] = {
+        {AORM_TARGET_ANY, AORM_BALANCE_RANDOM, 1, 59},
+        {AORM_TARGET_READ_WRITE, AORM_BALANCE_LEAST_BUSY, 0, 0},
+        {AORM_TARGET_PRIMARY, AORM_BALANCE_RANDOM, 0, 0},
+        {AORM_TARGET_READ_ONLY, AORM_BALANCE_RANDOM, 60, 60},
+        {AORM_TARGET_STANDBY, AORM_BALANCE_LEAST_BUSY, 60, 60},
+        {AORM_TARGET_PREFER_STANDBY, AORM_BALANCE_RANDOM, 60, 60},
+    };
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        env t;
+        env_open_with(&t, 0, k % 2 == 0, cases[k].target, cases[k].balance);
+        int sb = k % 2 == 0 ? 0 : 1;
+        wait_host(&t, sb, AORM_HOST_STANDBY, 1, 0, 10);
+        wait_host(&t, 1 - sb, AORM_HOST_PRIMARY, 1, 0, 10);
+        int n = reads_on_standby(&t, 60);
+        cr_assert(n >= cases[k].min_standby && n <= cases[k].max_standby,
+                  "target %d: %d of 60 reads on the standby, expected %d..%d", (int)cases[k].target, n,
+                  cases[k].min_standby, cases[k].max_standby);
+        /* writes go to the primary whatever the read target */
+        cr_assert_not(exec(&t, t.r, "SELECT pg_is_in_recovery() AS r", 0, NULL).recovery);
+        env_close(&t);
+    }
+
+    /* only the primary listed: STANDBY has nowhere to read and says so;
+     * READ_ONLY and PREFER_STANDBY fall back to the primary */
+    static const aorm_target_attrs alone[] = {AORM_TARGET_STANDBY, AORM_TARGET_READ_ONLY, AORM_TARGET_PREFER_STANDBY};
+    for (size_t k = 0; k < sizeof(alone) / sizeof(alone[0]); k++) {
+        env t;
+        memset(&t, 0, sizeof(t));
+        t_loop_open(&t.evl, &t.loop);
+        aorm_hosts_options o;
+        aorm_hosts_options_init(&o);
+        const char *servers[1] = {t_env("AORM_TEST_DSN")};
+        o.servers = servers;
+        o.nservers = 1;
+        o.check_interval = 0.05;
+        o.reads = alone[k];
+        o.engine.pool_size = 2;
+        t.r = aorm_engine_new_hosts(t.loop, &o);
+        cr_assert_not_null(t.r);
+        wait_host(&t, 0, AORM_HOST_PRIMARY, 1, 0, 10);
+        answer a = exec(&t, t.r, "SELECT pg_is_in_recovery() AS r", READ, NULL);
+        if (alone[k] == AORM_TARGET_STANDBY) {
+            cr_assert_eq(a.code, AORM_ECONNECT, "STANDBY with no standby: %s (%s)", aorm_errname(a.code), a.msg);
+            cr_assert(strstr(a.msg, "no server to read from"), "message: %s", a.msg);
+        } else {
+            cr_assert_eq(a.code, 0, "target %d: %s", (int)alone[k], a.msg);
+            cr_assert_not(a.recovery);
+        }
+        env_close(&t);
+    }
 }
 
 Test(replica, reads_to_the_standby_writes_to_the_primary) {
