@@ -137,7 +137,11 @@ static void flush_parked(aorm__hosts *hs);
 
 /* ---- small things ------------------------------------------------------------- */
 
-static void unref(aorm__hosts *hs) {
+/* Out of line on purpose: inlined twice into one caller (a callback that
+ * holds a reference around a helper that takes and drops its own), gcc 12
+ * cannot see that the outer reference keeps the struct alive and reports
+ * a use after free (-Wuse-after-free) that cannot happen. */
+__attribute__((noinline)) static void unref(aorm__hosts *hs) {
     if (--hs->refs > 0) return;
     free(hs->h);
     free(hs->redis_prefix);
