@@ -937,7 +937,7 @@ static const char *const keywords[] = {
     "TRUE", "FALSE", "unnest", "count", "sum", "avg", "min", "max",
     /* type names of multi-row inserts: unnest($1::bigint[], ...) */
     "boolean", "smallint", "integer", "bigint", "real", "double", "precision", "numeric", "text", "bytea",
-    "date", "timestamp", "with", "without", "time", "zone", "uuid", "json", "jsonb"};
+    "date", "timestamp", "with", "without", "time", "zone", "uuid", "json", "jsonb", "interval", "inet", "cidr"};
 
 static bool keyword(const char *w, size_t n) {
     for (size_t i = 0; i < sizeof(keywords) / sizeof(keywords[0]); i++)
